@@ -1,0 +1,100 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{DType, FormatError, Layout, ModelConfig};
+
+/// Everything about the file but the tensor bytes: encoded with bincode (fixed-width
+/// little-endian integers, `u64` lengths) right after the header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Who wrote the file, e.g. `olmoc 0.1.0`.
+    pub producer: String,
+    pub config: ModelConfig,
+    /// In increasing offset order, without overlap.
+    pub tensors: Vec<TensorEntry>,
+    /// Present when the vocabulary was packed (its bytes are the `tokenizer.*` tensors).
+    pub vocab: Option<VocabInfo>,
+}
+
+/// One row of the tensor table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    pub name: String,
+    /// A [`DType`] code; kept raw so an unknown code is reported with the tensor's name.
+    pub dtype: u8,
+    /// A [`Layout`] code, likewise.
+    pub layout: u8,
+    /// Logical shape; matrices are `[out, in]`.
+    pub shape: Vec<u64>,
+    /// Start of the tensor's bytes, relative to the start of the data region.
+    pub offset: u64,
+    pub byte_len: u64,
+    /// CRC-32 (IEEE) of the tensor's bytes, checked by `olmoc verify`, not on open.
+    pub crc32: u32,
+}
+
+impl TensorEntry {
+    pub fn dtype(&self) -> Result<DType, FormatError> {
+        DType::from_code(self.dtype).ok_or_else(|| FormatError::UnknownDType {
+            name: self.name.clone(),
+            code: self.dtype,
+        })
+    }
+
+    pub fn layout(&self) -> Result<Layout, FormatError> {
+        Layout::from_code(self.layout).ok_or_else(|| FormatError::UnknownLayout {
+            name: self.name.clone(),
+            code: self.layout,
+        })
+    }
+}
+
+/// The packed tokenizer vocabulary. Token ids are indices; for ids below
+/// `special_ids`' entries the ids double as byte-pair merge ranks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VocabInfo {
+    /// Number of tokens with bytes (may be less than `vocab_size`, whose tail is padding).
+    pub n_tokens: u32,
+    /// Ids of special tokens (`<|endoftext|>`, ...): never produced by byte-pair merging.
+    pub special_ids: Vec<u32>,
+}
+
+/// Fixed-width integers, so the manifest's size does not depend on the values in it.
+const BINCODE: bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+> = bincode::config::standard()
+    .with_little_endian()
+    .with_fixed_int_encoding();
+
+/// A manifest larger than this is refused before decoding (a real one is a few KiB per layer).
+pub const MAX_MANIFEST_LEN: u64 = 64 << 20;
+
+impl Manifest {
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, BINCODE)
+            .expect("encoding a manifest into memory cannot fail")
+    }
+
+    /// Decodes exactly `bytes`; a length prefix larger than what remains is refused before
+    /// anything is allocated for it.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, FormatError> {
+        if bytes.len() as u64 > MAX_MANIFEST_LEN {
+            return Err(FormatError::ManifestDecode(format!(
+                "{} bytes is more than the limit of {MAX_MANIFEST_LEN}",
+                bytes.len()
+            )));
+        }
+        // The limit makes bincode check every claimed length against the bytes left.
+        let config = BINCODE.with_limit::<{ MAX_MANIFEST_LEN as usize }>();
+        let (manifest, used): (Manifest, usize) =
+            bincode::serde::decode_from_slice(bytes, config)
+                .map_err(|e| FormatError::ManifestDecode(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(FormatError::ManifestDecode(format!(
+                "{} unused bytes after the manifest",
+                bytes.len() - used
+            )));
+        }
+        Ok(manifest)
+    }
+}
