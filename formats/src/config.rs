@@ -36,9 +36,10 @@ const MAX_INTERMEDIATE: u32 = 1 << 20;
 const MAX_VOCAB: u32 = 1 << 24;
 const MAX_POSITIONS: u32 = 1 << 24;
 
-pub const ARCHITECTURE: &str = "Olmo2ForCausalLM";
-
 impl ModelConfig {
+    /// The only architecture this format holds today.
+    pub const ARCHITECTURE: &'static str = "Olmo2ForCausalLM";
+
     /// Width of the query projection: `num_attention_heads * head_dim`.
     pub fn q_dim(&self) -> u64 {
         self.num_attention_heads as u64 * self.head_dim as u64
@@ -66,10 +67,10 @@ impl ModelConfig {
             }
             Ok(())
         }
-        if self.architecture != ARCHITECTURE {
+        if self.architecture != Self::ARCHITECTURE {
             return Err(bad(
                 "architecture",
-                format!("{:?} is not {ARCHITECTURE}", self.architecture),
+                format!("{:?} is not {}", self.architecture, Self::ARCHITECTURE),
             ));
         }
         bounded("hidden_size", self.hidden_size, MAX_HIDDEN)?;
@@ -136,7 +137,7 @@ pub(crate) mod tests {
 
     pub fn small_config() -> ModelConfig {
         ModelConfig {
-            architecture: ARCHITECTURE.into(),
+            architecture: ModelConfig::ARCHITECTURE.into(),
             hidden_size: 36,
             num_hidden_layers: 2,
             num_attention_heads: 6,

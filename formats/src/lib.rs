@@ -31,5 +31,6 @@ pub use names::{
     LayerNames, TensorRole, EMBED_TOKENS, FINAL_NORM, LM_HEAD, VOCAB_BYTES, VOCAB_OFFSETS,
 };
 
+pub mod mapped;
 mod blob;
 pub use blob::{Blob, TensorView};

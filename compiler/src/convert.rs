@@ -1,0 +1,130 @@
+//! Encoding f32 matrices into the stored dtypes, row by row, in the layouts the
+//! runtime's kernels read (see `olmo_format::Layout`).
+
+use std::io::{self, Write};
+
+use half::{bf16, f16};
+use olmo_format::{DType, Q8_0_BLOCK};
+
+const BLOCK: usize = Q8_0_BLOCK as usize;
+
+/// Writes the `rows x cols` row-major matrix `values` as `dtype`.
+pub fn write_matrix(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    assert_eq!(values.len(), rows * cols, "matrix size");
+    let mut buf = Vec::with_capacity(cols * 4 + BLOCK);
+    match dtype {
+        DType::F32 => {
+            for row in values.chunks(cols.max(1)) {
+                buf.clear();
+                buf.extend(row.iter().flat_map(|v| v.to_le_bytes()));
+                out.write_all(&buf)?;
+            }
+        }
+        DType::F16 | DType::BF16 => {
+            for row in values.chunks(cols.max(1)) {
+                buf.clear();
+                for &v in row {
+                    let bits = if dtype == DType::F16 {
+                        f16::from_f32(v).to_bits()
+                    } else {
+                        bf16::from_f32(v).to_bits()
+                    };
+                    buf.extend_from_slice(&bits.to_le_bytes());
+                }
+                out.write_all(&buf)?;
+            }
+        }
+        DType::Q8_0 => {
+            let blocks = cols.div_ceil(BLOCK);
+            let mut scales = Vec::with_capacity(rows * blocks * 2);
+            for row in values.chunks(cols.max(1)) {
+                buf.clear();
+                for block in row.chunks(BLOCK) {
+                    let (quants, scale) = quantize_block(block);
+                    buf.extend(quants.iter().map(|&q| q as u8));
+                    scales.extend_from_slice(&scale.to_bits().to_le_bytes());
+                }
+                out.write_all(&buf)?;
+            }
+            out.write_all(&scales)?;
+        }
+        DType::U8 | DType::U32 => unreachable!("{dtype} is not a matrix type"),
+    }
+    Ok(())
+}
+
+/// Quantises up to 32 values to signed bytes with one f16 scale; a short block is
+/// padded with zeros. The bytes are chosen against the f16-rounded scale the runtime
+/// will multiply by, so rounding the scale adds no error of its own.
+pub fn quantize_block(values: &[f32]) -> ([i8; BLOCK], f16) {
+    let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = f16::from_f32(amax / 127.0);
+    let d = scale.to_f32();
+    let mut quants = [0i8; BLOCK];
+    if d > 0.0 {
+        for (q, &v) in quants.iter_mut().zip(values) {
+            *q = (v / d).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    (quants, scale)
+}
+
+/// Writes f32 values (norm weights) as little-endian bytes.
+pub fn write_f32s(values: &[f32], out: &mut dyn Write) -> io::Result<()> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    out.write_all(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_0_rows_are_padded_and_scaled() {
+        let rows = 2;
+        let cols = 36;
+        let values: Vec<f32> = (0..rows * cols).map(|i| (i as f32 - 30.0) * 0.25).collect();
+        let mut out = Vec::new();
+        write_matrix(&values, rows, cols, DType::Q8_0, &mut out).unwrap();
+        let blocks = 2;
+        assert_eq!(out.len(), rows * blocks * 34);
+        let (quants, scales) = out.split_at(rows * blocks * 32);
+        for r in 0..rows {
+            for c in 0..blocks * 32 {
+                let q = quants[(r * blocks * 32) + c] as i8 as f32;
+                let s_bits = u16::from_le_bytes([
+                    scales[(r * blocks + c / 32) * 2],
+                    scales[(r * blocks + c / 32) * 2 + 1],
+                ]);
+                let w = q * f16::from_bits(s_bits).to_f32();
+                let expected = if c < cols { values[r * cols + c] } else { 0.0 };
+                let amax = values[r * cols..][..cols]
+                    .chunks(32)
+                    .nth(c / 32)
+                    .unwrap()
+                    .iter()
+                    .fold(0f32, |m, v| m.max(v.abs()));
+                assert!((w - expected).abs() <= amax / 127.0 * 0.51 + 1e-6, "{r},{c}: {w} vs {expected}");
+            }
+        }
+    }
+
+    #[test]
+    fn half_types_round_to_nearest() {
+        let mut out = Vec::new();
+        write_matrix(&[1.0, -2.5, 1e-3], 1, 3, DType::BF16, &mut out).unwrap();
+        let got: Vec<f32> = out
+            .chunks(2)
+            .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect();
+        assert_eq!(got[0], 1.0);
+        assert_eq!(got[1], -2.5);
+        assert!((got[2] - 1e-3).abs() < 1e-5);
+    }
+}

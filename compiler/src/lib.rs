@@ -1,0 +1,25 @@
+//! olmoc: compiles an OLMo-2 checkpoint into one blob that `olmort` maps and runs as is.
+
+pub mod convert;
+pub mod hf_config;
+pub mod inspect;
+pub mod npy;
+pub mod pack;
+
+pub use pack::{pack, PackOptions, PackSummary};
+
+use olmo_format::FormatError;
+
+/// Why a command failed. Each message is one line naming the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// Something in the input checkpoint or blob is missing or wrong.
+    #[error("{0}")]
+    Input(String),
+    /// The output could not be written.
+    #[error("cannot write {0}")]
+    Output(String),
+    /// A blob was refused by the format's validation.
+    #[error("{0}")]
+    Format(FormatError),
+}

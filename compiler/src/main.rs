@@ -1,0 +1,85 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use olmo_format::mapped::MappedFile;
+use olmo_format::{Blob, DType};
+use olmoc::{PackError, PackOptions};
+
+/// Compiles OLMo-2 weights into one blob that olmort maps and runs.
+#[derive(Parser)]
+#[command(name = "olmoc", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pack a folder of per-tensor .npy files (+ config.json, vocab.txt) into a blob.
+    Pack {
+        /// Folder with one NAME.npy per tensor, named as the Hugging Face parameters.
+        weights: PathBuf,
+        /// The blob to write (replaced atomically).
+        out: PathBuf,
+        /// Storage type of the weight matrices: f32, bf16, f16 or q8_0.
+        #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+        dtype: DType,
+    },
+    /// Print a blob's header, config and tensor table.
+    Inspect { blob: PathBuf },
+    /// Check every tensor's bytes against the checksums in the manifest.
+    Verify { blob: PathBuf },
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    DType::from_name(s)
+        .filter(|d| d.is_weight_type())
+        .ok_or_else(|| format!("{s:?} is not one of f32, bf16, f16, q8_0"))
+}
+
+fn with_blob<T>(path: &PathBuf, f: impl FnOnce(&Blob) -> Result<T, PackError>) -> Result<T, PackError> {
+    let map = MappedFile::open(path)
+        .map_err(|e| PackError::Input(format!("{}: {e}", path.display())))?;
+    let blob = Blob::parse(map.bytes())
+        .map_err(|e| PackError::Input(format!("{}: {e}", path.display())))?;
+    f(&blob)
+}
+
+fn run(cli: Cli) -> Result<(), PackError> {
+    match cli.command {
+        Command::Pack { weights, out, dtype } => {
+            let s = olmoc::pack(&weights, &out, &PackOptions { dtype })?;
+            eprintln!(
+                "packed {} tensors ({} layers, vocab {}) as {}: {:.1} MiB in {:.2} s -> {}",
+                s.tensors,
+                s.config.num_hidden_layers,
+                s.vocab_tokens.map_or("ids only".to_string(), |n| format!("{n} tokens")),
+                s.dtype,
+                s.bytes as f64 / (1 << 20) as f64,
+                s.seconds,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Inspect { blob } => with_blob(&blob, |b| {
+            print!("{}", olmoc::inspect::describe(b));
+            Ok(())
+        }),
+        Command::Verify { blob } => with_blob(&blob, |b| {
+            let n = olmoc::inspect::verify(b)?;
+            println!("{}: {n} tensors, all checksums match", blob.display());
+            Ok(())
+        }),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("olmoc: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! `olmoc pack`: a folder of per-tensor `.npy` files (and `config.json`, `vocab.txt`)
+//! into one blob. Every input is checked before the first byte is written; the blob is
+//! written to a temporary file beside the output and renamed into place only when
+//! complete, so a failure never leaves a partial file or clobbers an existing one.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use olmo_format::vocab::Vocab;
+use olmo_format::writer::{BlobPlan, TensorSpec};
+use olmo_format::{
+    DType, LayerNames, ModelConfig, TensorRole, EMBED_TOKENS, LM_HEAD, VOCAB_BYTES,
+    VOCAB_OFFSETS,
+};
+
+use crate::convert::{write_f32s, write_matrix};
+use crate::hf_config::{infer_config, read_config_json, InferredShapes};
+use crate::npy::NpyTensor;
+use crate::PackError;
+
+/// How to pack.
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    /// Storage type of the matrices (norm weights are always f32).
+    pub dtype: DType,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions { dtype: DType::F32 }
+    }
+}
+
+/// What a pack produced.
+#[derive(Debug, Clone)]
+pub struct PackSummary {
+    pub tensors: usize,
+    pub bytes: u64,
+    pub dtype: DType,
+    pub seconds: f64,
+    pub config: ModelConfig,
+    pub vocab_tokens: Option<u32>,
+}
+
+/// Where a blob tensor's values come from: one or more checkpoint tensors stacked by rows.
+struct Source {
+    spec: TensorSpec,
+    role: TensorRole,
+    parts: Vec<NpyTensor>,
+}
+
+/// The checkpoint folder's `.npy` files by tensor name.
+struct Checkpoint {
+    dir: PathBuf,
+    files: BTreeMap<String, PathBuf>,
+}
+
+impl Checkpoint {
+    fn scan(dir: &Path) -> Result<Checkpoint, PackError> {
+        let meta = fs::metadata(dir)
+            .map_err(|e| PackError::Input(format!("{}: {e}", dir.display())))?;
+        if !meta.is_dir() {
+            return Err(PackError::Input(format!("{}: not a folder", dir.display())));
+        }
+        let mut files = BTreeMap::new();
+        let entries =
+            fs::read_dir(dir).map_err(|e| PackError::Input(format!("{}: {e}", dir.display())))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| PackError::Input(format!("{}: {e}", dir.display())))?
+                .path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if let Some(tensor) = name.strip_suffix(".npy") {
+                // Non-persistent buffers some exporters save; OLMo-2 recomputes them.
+                if tensor.ends_with("rotary_emb.inv_freq") {
+                    continue;
+                }
+                files.insert(tensor.to_string(), path.clone());
+            }
+        }
+        if files.is_empty() {
+            return Err(PackError::Input(format!(
+                "{}: no .npy tensor files in this folder",
+                dir.display()
+            )));
+        }
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            files,
+        })
+    }
+
+    fn path_of(&self, tensor: &str) -> PathBuf {
+        self.dir.join(format!("{tensor}.npy"))
+    }
+
+    /// Opens the header of `tensor`'s file and checks its shape.
+    fn open(&self, tensor: &str, shape: &[u64]) -> Result<NpyTensor, PackError> {
+        let path = self.files.get(tensor).ok_or_else(|| {
+            PackError::Input(format!(
+                "{}: missing tensor {tensor}",
+                self.path_of(tensor).display()
+            ))
+        })?;
+        let t = NpyTensor::open(path)?;
+        if t.shape != shape {
+            return Err(PackError::Input(format!(
+                "{}: shape {:?}, but the config needs {:?}",
+                path.display(),
+                t.shape,
+                shape
+            )));
+        }
+        Ok(t)
+    }
+
+    /// The number of decoder layers the files hold (one past the highest index).
+    fn layer_count(&self) -> u32 {
+        self.files
+            .keys()
+            .filter_map(|k| k.strip_prefix("model.layers.")?.split('.').next()?.parse::<u32>().ok())
+            .map(|l| l + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn shape_of(&self, tensor: &str) -> Result<Vec<u64>, PackError> {
+        let path = self.files.get(tensor).ok_or_else(|| {
+            PackError::Input(format!(
+                "{}: missing tensor {tensor}",
+                self.path_of(tensor).display()
+            ))
+        })?;
+        Ok(NpyTensor::open(path)?.shape)
+    }
+
+    fn infer_config(&self) -> Result<ModelConfig, PackError> {
+        let matrix = |name: &str| -> Result<(u64, u64), PackError> {
+            match self.shape_of(name)?[..] {
+                [rows, cols] => Ok((rows, cols)),
+                ref other => Err(PackError::Input(format!(
+                    "{}: shape {other:?} is not a matrix",
+                    self.path_of(name).display()
+                ))),
+            }
+        };
+        let (vocab, hidden) = matrix(EMBED_TOKENS)?;
+        let (q_rows, _) = matrix("model.layers.0.self_attn.q_proj.weight")?;
+        let (k_rows, _) = matrix("model.layers.0.self_attn.k_proj.weight")?;
+        let (ffn, _) = matrix("model.layers.0.mlp.gate_proj.weight")?;
+        infer_config(&InferredShapes {
+            vocab,
+            hidden,
+            q_rows,
+            k_rows,
+            ffn,
+            layers: self.layer_count(),
+        })
+    }
+}
+
+/// The checkpoint tensors that make up each blob tensor, checked against the config.
+fn plan_sources(
+    ckpt: &Checkpoint,
+    config: &ModelConfig,
+    tie_word_embeddings: bool,
+    dtype: DType,
+) -> Result<Vec<Source>, PackError> {
+    let d = config.hidden_size as u64;
+    let ffn = config.intermediate_size as u64;
+    let (q, kv) = (config.q_dim(), config.kv_dim());
+    let lm_head_source = if tie_word_embeddings && !ckpt.files.contains_key(LM_HEAD) {
+        EMBED_TOKENS
+    } else {
+        LM_HEAD
+    };
+    let mut used: Vec<String> = Vec::new();
+    let mut sources = Vec::new();
+    for (name, role, shape) in config.model_tensors() {
+        // (checkpoint tensor, its shape) stacked by rows to form `name`.
+        let parts: Vec<(String, Vec<u64>)> = if let Some(layer) = name
+            .strip_prefix("model.layers.")
+            .and_then(|rest| rest.split('.').next())
+        {
+            let p = format!("model.layers.{layer}");
+            let n = LayerNames::new(layer.parse().expect("model_tensors names layers by number"));
+            if name == n.qkv_proj {
+                vec![
+                    (format!("{p}.self_attn.q_proj.weight"), vec![q, d]),
+                    (format!("{p}.self_attn.k_proj.weight"), vec![kv, d]),
+                    (format!("{p}.self_attn.v_proj.weight"), vec![kv, d]),
+                ]
+            } else if name == n.gate_up_proj {
+                vec![
+                    (format!("{p}.mlp.gate_proj.weight"), vec![ffn, d]),
+                    (format!("{p}.mlp.up_proj.weight"), vec![ffn, d]),
+                ]
+            } else {
+                vec![(name.clone(), shape.clone())]
+            }
+        } else if name == LM_HEAD {
+            vec![(lm_head_source.to_string(), shape.clone())]
+        } else {
+            vec![(name.clone(), shape.clone())]
+        };
+        let parts = parts
+            .into_iter()
+            .map(|(part, part_shape)| {
+                let t = ckpt.open(&part, &part_shape)?;
+                used.push(part);
+                Ok(t)
+            })
+            .collect::<Result<Vec<_>, PackError>>()?;
+        let dtype = match role {
+            TensorRole::Matrix => dtype,
+            _ => DType::F32,
+        };
+        sources.push(Source {
+            spec: TensorSpec { name, dtype, shape },
+            role,
+            parts,
+        });
+    }
+    if let Some(extra) = ckpt.files.keys().find(|k| !used.contains(k)) {
+        let why = match ckpt.layer_count() {
+            n if n > config.num_hidden_layers && extra.starts_with("model.layers.") => format!(
+                " (the config has {} layers, the files have {n})",
+                config.num_hidden_layers
+            ),
+            _ => String::new(),
+        };
+        return Err(PackError::Input(format!(
+            "{}: unexpected tensor {extra}{why}",
+            ckpt.files[extra].display()
+        )));
+    }
+    Ok(sources)
+}
+
+fn read_vocab(dir: &Path, config: &ModelConfig) -> Result<Option<Vocab>, PackError> {
+    let path = dir.join("vocab.txt");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bad = |reason: String| PackError::Input(format!("{}: {reason}", path.display()));
+    let text = fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let vocab = Vocab::parse_vocab_txt(&text).map_err(bad)?;
+    if vocab.tokens.len() > config.vocab_size as usize {
+        return Err(bad(format!(
+            "{} tokens, more than the model's vocab_size {}",
+            vocab.tokens.len(),
+            config.vocab_size
+        )));
+    }
+    Ok(Some(vocab))
+}
+
+/// A file being written under a temporary name; removed on drop unless persisted.
+struct TempOutput {
+    path: PathBuf,
+    persisted: bool,
+}
+
+impl TempOutput {
+    fn beside(out: &Path) -> TempOutput {
+        let name = out.file_name().map_or_else(|| "blob".into(), |n| n.to_string_lossy().into_owned());
+        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        TempOutput {
+            path: dir.join(format!(".{name}.tmp-{}", std::process::id())),
+            persisted: false,
+        }
+    }
+
+    fn persist(mut self, out: &Path) -> std::io::Result<()> {
+        fs::rename(&self.path, out)?;
+        self.persisted = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Packs the checkpoint in `dir` into the blob `out`.
+pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary, PackError> {
+    let start = Instant::now();
+    let ckpt = Checkpoint::scan(dir)?;
+    let config_path = dir.join("config.json");
+    let (config, tied) = if config_path.exists() {
+        let loaded = read_config_json(&config_path)?;
+        (loaded.config, loaded.tie_word_embeddings)
+    } else {
+        (ckpt.infer_config()?, false)
+    };
+    let sources = plan_sources(&ckpt, &config, tied, options.dtype)?;
+    let vocab = read_vocab(dir, &config)?;
+
+    let mut specs: Vec<TensorSpec> = sources.iter().map(|s| s.spec.clone()).collect();
+    let packed_vocab = vocab.as_ref().map(|v| v.to_packed());
+    if let Some((offsets, bytes)) = &packed_vocab {
+        specs.push(TensorSpec {
+            name: VOCAB_OFFSETS.into(),
+            dtype: DType::U32,
+            shape: vec![offsets.len() as u64],
+        });
+        specs.push(TensorSpec {
+            name: VOCAB_BYTES.into(),
+            dtype: DType::U8,
+            shape: vec![bytes.len() as u64],
+        });
+    }
+    let producer = format!("olmoc {}", env!("CARGO_PKG_VERSION"));
+    let plan = BlobPlan::new(&producer, config.clone(), vocab.as_ref().map(Vocab::info), &specs)
+        .map_err(PackError::Format)?;
+    let total_bytes = plan.data_offset + plan.data_len;
+
+    let temp = TempOutput::beside(out);
+    let write_err = |e: std::io::Error| PackError::Output(format!("{}: {e}", out.display()));
+    let file = File::create(&temp.path).map_err(write_err)?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let mut values: Vec<f32> = Vec::new();
+    // Input errors found while streaming are kept here; the io::Error only stops the writer.
+    let mut input_error: Option<PackError> = None;
+    let result = plan.write(&mut writer, |entry, sink| {
+        if let Some(source) = sources.iter().find(|s| s.spec.name == entry.name) {
+            values.clear();
+            for part in &source.parts {
+                if let Err(e) = part.read_f32_into(&mut values) {
+                    input_error = Some(e);
+                    return Err(std::io::Error::other("input error"));
+                }
+            }
+            match source.role {
+                TensorRole::Matrix => {
+                    let (rows, cols) = (source.spec.shape[0] as usize, source.spec.shape[1] as usize);
+                    write_matrix(&values, rows, cols, source.spec.dtype, sink)
+                }
+                _ => write_f32s(&values, sink),
+            }
+        } else {
+            let (offsets, bytes) = packed_vocab.as_ref().expect("only vocab tensors have no source");
+            if entry.name == VOCAB_OFFSETS {
+                sink.write_all(&offsets.iter().flat_map(|o| o.to_le_bytes()).collect::<Vec<u8>>())
+            } else {
+                sink.write_all(bytes)
+            }
+        }
+    });
+    if let Some(e) = input_error {
+        return Err(e);
+    }
+    result.map_err(write_err)?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| write_err(e.into_error()))?;
+    file.sync_all().map_err(write_err)?;
+    drop(file);
+    temp.persist(out).map_err(write_err)?;
+    Ok(PackSummary {
+        tensors: specs.len(),
+        bytes: total_bytes,
+        dtype: options.dtype,
+        seconds: start.elapsed().as_secs_f64(),
+        config,
+        vocab_tokens: vocab.map(|v| v.tokens.len() as u32),
+    })
+}
