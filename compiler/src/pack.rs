@@ -75,11 +75,13 @@ impl Checkpoint {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if let Some(tensor) = name.strip_suffix(".npy") {
-                // Non-persistent buffers some exporters save; OLMo-2 recomputes them.
-                if tensor.ends_with("rotary_emb.inv_freq") {
-                    continue;
-                }
+            let Some(tensor) = name.strip_suffix(".npy") else {
+                continue;
+            };
+            // Only checkpoint parameters count; other arrays (references, activations) and
+            // the non-persistent rotary buffers some exporters save are not the model's.
+            let is_parameter = tensor.starts_with("model.") || tensor.starts_with("lm_head.");
+            if is_parameter && !tensor.ends_with("rotary_emb.inv_freq") {
                 files.insert(tensor.to_string(), path.clone());
             }
         }
