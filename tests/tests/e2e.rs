@@ -1,0 +1,183 @@
+//! Pack each committed fixture with `olmoc`, run it with `olmort`, and compare every
+//! step's logits with the ones transformers computed for the same weights.
+
+use olmo_e2e::{argmax, describe, fixtures, read_npy_2d, reference, run, Scratch};
+
+/// Kernel selections every check runs under: the default (SIMD where the CPU has it)
+/// and the portable fallback.
+const KERNEL_PATHS: [&str; 2] = ["auto", "portable"];
+
+fn pack(fixture: &str, scratch: &Scratch) -> String {
+    let out = scratch.path(&format!("{fixture}.bin"));
+    let dir = fixtures().join(fixture);
+    let result = run("olmoc", &["pack", dir.to_str().unwrap(), out.to_str().unwrap()], &[]);
+    assert!(result.status.success(), "olmoc pack {fixture}: {}", describe(&result));
+    out.to_str().unwrap().to_string()
+}
+
+/// Runs the trace for the fixture's reference length and checks logits and argmax.
+fn check_against_reference(fixture: &str) {
+    let scratch = Scratch::new(fixture);
+    let blob = pack(fixture, &scratch);
+    let reference = reference(fixture);
+    let prompt = fixtures().join(fixture).join("prompt.tokens.bin");
+    let (ref_steps, vocab, expected) =
+        read_npy_2d(&fixtures().join(fixture).join("reference_logits.npy"));
+    assert_eq!(ref_steps, reference.steps);
+    for kernels in KERNEL_PATHS {
+        let dump = scratch.path(&format!("logits-{kernels}.npy"));
+        let steps = reference.steps.to_string();
+        let out = run(
+            "olmort",
+            &[&blob, prompt.to_str().unwrap(), "--steps", &steps, "--dump-logits", dump.to_str().unwrap()],
+            &[("OLMORT_KERNELS", kernels)],
+        );
+        assert!(out.status.success(), "olmort {fixture} ({kernels}): {}", describe(&out));
+        let (steps, cols, got) = read_npy_2d(&dump);
+        assert_eq!((steps, cols), (ref_steps, vocab));
+        let mut worst = 0f32;
+        for step in 0..steps {
+            let (g, e) = (&got[step * vocab..][..vocab], &expected[step * vocab..][..vocab]);
+            let diff = g.iter().zip(e).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            worst = worst.max(diff);
+            assert_eq!(
+                argmax(g) as u32,
+                reference.argmax[step],
+                "{fixture} ({kernels}): argmax differs at step {step}"
+            );
+        }
+        assert!(worst <= 1e-4, "{fixture} ({kernels}): max |logit difference| {worst} > 1e-4");
+        // The trace feeds the prompt, then its own argmax: the same tokens as the reference.
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let fed: Vec<u32> = stdout
+            .lines()
+            .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(fed, reference.input_tokens, "{fixture} ({kernels}): tokens fed");
+    }
+}
+
+#[test]
+fn gqa_fixture_matches_transformers() {
+    check_against_reference("gqa");
+}
+
+#[test]
+fn tiny_fixture_matches_transformers() {
+    check_against_reference("tiny");
+}
+
+#[test]
+fn trace_lines_have_the_seed_format_with_text() {
+    let scratch = Scratch::new("trace");
+    let blob = pack("tiny", &scratch);
+    let reference = reference("tiny");
+    let prompt = fixtures().join("tiny").join("prompt.tokens.bin");
+    let out = run("olmort", &[&blob, prompt.to_str().unwrap(), "--steps", "6"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 6);
+    // "Four score and seven" = 28070 5573 323 8254.
+    assert!(
+        lines[0].starts_with("0: token 28070 (\"Four\") Top 5 next tokens: "),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].starts_with("1: token 5573 (\" score\") Top 5 next tokens: "), "{}", lines[1]);
+    assert!(lines[3].starts_with("3: token 8254 (\" seven\") Top 5 next tokens: "), "{}", lines[3]);
+    for (step, line) in lines.iter().enumerate() {
+        let (_, next) = line.split_once("Top 5 next tokens: ").unwrap();
+        // Each entry is `ID ("text")`; the ids are the reference's top-5, best first.
+        let ids: Vec<u32> = next
+            .split(") ")
+            .map(|entry| entry.split_whitespace().next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(ids, reference.top5[step], "step {step}: {line}");
+    }
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for phase in ["load", "prompt", "generation"] {
+        assert!(stderr.contains(phase), "timing summary lacks {phase}: {stderr}");
+    }
+}
+
+#[test]
+fn without_a_vocabulary_ids_are_printed_alone() {
+    let scratch = Scratch::new("ids");
+    let blob = pack("gqa", &scratch);
+    let reference = reference("gqa");
+    let prompt = fixtures().join("gqa").join("prompt.tokens.bin");
+    let out = run("olmort", &[&blob, prompt.to_str().unwrap(), "--steps", "2"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let first = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_string();
+    let t = &reference.top5[0];
+    let expected = format!(
+        "0: token {} Top 5 next tokens: {} {} {} {} {}",
+        reference.input_tokens[0], t[0], t[1], t[2], t[3], t[4]
+    );
+    assert_eq!(first, expected);
+}
+
+#[test]
+fn prompt_is_read_from_stdin_when_absent_or_dash() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let scratch = Scratch::new("stdin");
+    let blob = pack("gqa", &scratch);
+    let prompt = std::fs::read(fixtures().join("gqa").join("prompt.tokens.bin")).unwrap();
+    let from_file = run(
+        "olmort",
+        &[&blob, fixtures().join("gqa/prompt.tokens.bin").to_str().unwrap(), "--steps", "9"],
+        &[],
+    );
+    for extra in [vec![], vec!["-"]] {
+        let mut child = Command::new(olmo_e2e::bin("olmort"))
+            .arg(&blob)
+            .args(&extra)
+            .args(["--steps", "9"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&prompt).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        assert_eq!(out.stdout, from_file.stdout, "args {extra:?}");
+    }
+}
+
+#[test]
+fn steps_zero_only_opens_and_validates() {
+    let scratch = Scratch::new("steps0");
+    let blob = pack("tiny", &scratch);
+    // No tokens are read: stdin is not consulted, the prompt may even be absent.
+    let out = run("olmort", &[&blob, "--steps", "0"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn inspect_and_verify_read_the_blob_back() {
+    let scratch = Scratch::new("inspect");
+    let blob = pack("gqa", &scratch);
+    let out = run("olmoc", &["inspect", &blob], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("heads 6  kv_heads 2  head_dim 6"), "{text}");
+    assert!(text.contains("model.layers.2.self_attn.qkv_proj.weight"), "{text}");
+    assert!(text.contains("[60, 36]"), "fused qkv shape (6 + 2 * 2) * 6 = 60 rows: {text}");
+    let out = run("olmoc", &["verify", &blob], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    // A flipped byte in the last tensor is invisible to open but caught by verify.
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&blob, &bytes).unwrap();
+    let out = run("olmoc", &["verify", &blob], &[]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("lm_head.weight") && stderr.contains("checksum"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
