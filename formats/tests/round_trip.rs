@@ -1,0 +1,85 @@
+//! A blob written by `BlobPlan` opens with the same manifest and tensor bytes.
+
+use std::io::Cursor;
+
+use olmo_format::vocab::Vocab;
+use olmo_format::writer::{BlobPlan, TensorSpec};
+use olmo_format::{Blob, DType, ModelConfig, TensorRole, DATA_ALIGN, TENSOR_ALIGN, VOCAB_BYTES, VOCAB_OFFSETS};
+
+fn config() -> ModelConfig {
+    ModelConfig {
+        architecture: ModelConfig::ARCHITECTURE.into(),
+        hidden_size: 12,
+        num_hidden_layers: 2,
+        num_attention_heads: 3,
+        num_key_value_heads: 1,
+        head_dim: 4,
+        intermediate_size: 20,
+        vocab_size: 7,
+        max_position_embeddings: 16,
+        rope_theta: 500000.0,
+        rms_norm_eps: 1e-6,
+        bos_token_id: None,
+        eos_token_id: Some(6),
+        pad_token_id: None,
+    }
+}
+
+/// Deterministic bytes for tensor number `i`.
+fn content(i: usize, len: u64) -> Vec<u8> {
+    (0..len).map(|j| (j as usize * 31 + i * 7) as u8).collect()
+}
+
+#[test]
+fn written_blobs_read_back_identically() {
+    for matrix_dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8_0] {
+        let config = config();
+        let vocab = Vocab::parse_vocab_txt("0\ta\n1\tĠb\n2\t<|endoftext|>\n").unwrap();
+        let (offsets, bytes) = vocab.to_packed();
+        let mut specs: Vec<TensorSpec> = config
+            .model_tensors()
+            .into_iter()
+            .map(|(name, role, shape)| TensorSpec {
+                name,
+                dtype: if role == TensorRole::Matrix { matrix_dtype } else { DType::F32 },
+                shape,
+            })
+            .collect();
+        specs.push(TensorSpec { name: VOCAB_OFFSETS.into(), dtype: DType::U32, shape: vec![4] });
+        specs.push(TensorSpec { name: VOCAB_BYTES.into(), dtype: DType::U8, shape: vec![bytes.len() as u64] });
+
+        let plan = BlobPlan::new("test", config.clone(), Some(vocab.info()), &specs).unwrap();
+        let mut file = Cursor::new(Vec::new());
+        let mut index = 0;
+        let written = plan
+            .write(&mut file, |entry, out| {
+                index += 1;
+                match entry.name.as_str() {
+                    VOCAB_OFFSETS => out.write_all(&offsets.iter().flat_map(|o| o.to_le_bytes()).collect::<Vec<_>>()),
+                    VOCAB_BYTES => out.write_all(&bytes),
+                    _ => out.write_all(&content(index, entry.byte_len)),
+                }
+            })
+            .unwrap();
+        let file = file.into_inner();
+
+        let blob = Blob::parse(&file).unwrap();
+        assert_eq!(blob.manifest, written);
+        assert_eq!(blob.manifest.config, config);
+        assert_eq!(blob.header.data_offset % DATA_ALIGN, 0);
+        assert_eq!(blob.header.data_offset + blob.header.data_len, file.len() as u64);
+        for (i, entry) in blob.manifest.tensors.iter().enumerate() {
+            assert_eq!(entry.offset % TENSOR_ALIGN, 0, "{}", entry.name);
+            let view = blob.tensor(&entry.name).unwrap();
+            assert_eq!(view.bytes.len() as u64, entry.byte_len);
+            assert_eq!(crc32fast::hash(view.bytes), entry.crc32, "{}", entry.name);
+            if !entry.name.starts_with("tokenizer.") {
+                assert_eq!(view.bytes, &content(i + 1, entry.byte_len)[..], "{}", entry.name);
+            }
+        }
+        let v = blob.vocab().unwrap().unwrap();
+        assert_eq!(v.token(1), Some(&b" b"[..]));
+        assert!(v.is_special(2));
+        assert_eq!(v.token(3), None);
+    }
+}
