@@ -92,9 +92,13 @@ impl<'a> Blob<'a> {
 /// # Safety
 /// Implementors must have no padding, no invalid bit patterns and no drop glue.
 unsafe trait Plain: Copy {}
+// SAFETY: every 32-bit pattern is some f32 (NaNs included); no padding, no drop glue.
 unsafe impl Plain for f32 {}
+// SAFETY: every bit pattern is a u16; no padding, no drop glue.
 unsafe impl Plain for u16 {}
+// SAFETY: every bit pattern is a u32; no padding, no drop glue.
 unsafe impl Plain for u32 {}
+// SAFETY: every bit pattern is an i8; no padding, no drop glue.
 unsafe impl Plain for i8 {}
 
 /// Reinterprets `bytes` as a slice of `T` after checking length and alignment.
@@ -162,9 +166,23 @@ impl<'a> TensorView<'a> {
                 reason: "q8_0 tensors must be matrices".into(),
             });
         };
-        // Validated: byte_len == rows * blocks * 34, so this split is in bounds.
-        let quant_len = (rows * cols.div_ceil(crate::Q8_0_BLOCK) * crate::Q8_0_BLOCK) as usize;
-        let (q, s) = self.bytes.split_at(quant_len);
+        // Validation proved byte_len == rows * blocks * 34, so the quants (32 bytes per
+        // block) end inside the bytes and the scales (2 per block) fill the rest; the
+        // checks below keep that true even for a view that was not validated.
+        let blocks = rows.checked_mul(cols.div_ceil(crate::Q8_0_BLOCK));
+        let quant_len = blocks
+            .and_then(|b| b.checked_mul(crate::Q8_0_BLOCK))
+            .and_then(|n| usize::try_from(n).ok());
+        let split = quant_len.and_then(|n| self.bytes.split_at_checked(n));
+        let Some((q, s)) = split.filter(|(_, s)| Some(s.len() as u64 / 2) == blocks) else {
+            return Err(FormatError::ByteLength {
+                name: self.entry.name.clone(),
+                shape: self.entry.shape.clone(),
+                dtype: self.dtype.to_string(),
+                expected: crate::dtype::byte_len(DType::Q8_0, &self.entry.shape).unwrap_or(u64::MAX),
+                found: self.bytes.len() as u64,
+            });
+        };
         Ok((cast(&self.entry.name, q)?, cast(&self.entry.name, s)?))
     }
 }

@@ -6,6 +6,7 @@ use crate::FormatError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     /// `Olmo2ForCausalLM` for every model this format holds today.
+    #[serde(deserialize_with = "crate::manifest::borrowed_string")]
     pub architecture: String,
     /// d_model.
     pub hidden_size: u32,

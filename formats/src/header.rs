@@ -48,10 +48,21 @@ impl Header {
     /// before anything else, and a file from a newer writer says so before its checksum
     /// (whose coverage a newer version may have changed) is looked at.
     pub fn parse(bytes: &[u8], file_len: u64) -> Result<Header, FormatError> {
-        if bytes.len() < 8 || bytes[0..8] != MAGIC {
-            if bytes.is_empty() {
-                return Err(FormatError::Empty);
+        if bytes.is_empty() {
+            return Err(FormatError::Empty);
+        }
+        if bytes.len() < MAGIC.len() {
+            // A file cut inside the magic is a truncated blob if what is there matches.
+            if MAGIC.starts_with(bytes) {
+                return Err(FormatError::Truncated {
+                    what: "header",
+                    needed: HEADER_LEN as u64,
+                    file_len,
+                });
             }
+            return Err(FormatError::BadMagic);
+        }
+        if bytes[0..8] != MAGIC {
             return Err(FormatError::BadMagic);
         }
         if bytes.len() < HEADER_LEN {

@@ -32,5 +32,6 @@ pub use names::{
 };
 
 pub mod mapped;
+pub mod sample;
 mod blob;
 pub use blob::{Blob, TensorView};

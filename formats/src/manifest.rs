@@ -7,6 +7,7 @@ use crate::{DType, FormatError, Layout, ModelConfig};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Who wrote the file, e.g. `olmoc 0.1.0`.
+    #[serde(deserialize_with = "borrowed_string")]
     pub producer: String,
     pub config: ModelConfig,
     /// In increasing offset order, without overlap.
@@ -18,6 +19,7 @@ pub struct Manifest {
 /// One row of the tensor table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorEntry {
+    #[serde(deserialize_with = "borrowed_string")]
     pub name: String,
     /// A [`DType`] code; kept raw so an unknown code is reported with the tensor's name.
     pub dtype: u8,
@@ -58,6 +60,24 @@ pub struct VocabInfo {
     pub special_ids: Vec<u32>,
 }
 
+/// Decodes a string by borrowing it from the input first. bincode's owned-string path
+/// allocates whatever length the bytes claim (up to the decode limit) before it finds
+/// out the bytes are not there; the borrowed path checks the claim against the bytes
+/// present, so a corrupt length costs nothing.
+pub(crate) fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Str;
+    impl serde::de::Visitor<'_> for Str {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+    }
+    d.deserialize_str(Str)
+}
+
 /// Fixed-width integers, so the manifest's size does not depend on the values in it.
 const BINCODE: bincode::config::Configuration<
     bincode::config::LittleEndian,
@@ -75,8 +95,10 @@ impl Manifest {
             .expect("encoding a manifest into memory cannot fail")
     }
 
-    /// Decodes exactly `bytes`; a length prefix larger than what remains is refused before
-    /// anything is allocated for it.
+    /// Decodes exactly `bytes`. No allocation is larger than `bytes` requires: strings are
+    /// borrowed before they are copied ([`borrowed_string`]), and sequences grow as their
+    /// elements decode (serde preallocates at most 1 MiB whatever length is claimed), so
+    /// a length prefix larger than what remains fails when the bytes run out.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, FormatError> {
         if bytes.len() as u64 > MAX_MANIFEST_LEN {
             return Err(FormatError::ManifestDecode(format!(
@@ -84,7 +106,7 @@ impl Manifest {
                 bytes.len()
             )));
         }
-        // The limit makes bincode check every claimed length against the bytes left.
+        // The limit also caps what bincode may claim for any one container.
         let config = BINCODE.with_limit::<{ MAX_MANIFEST_LEN as usize }>();
         let (manifest, used): (Manifest, usize) =
             bincode::serde::decode_from_slice(bytes, config)

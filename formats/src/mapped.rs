@@ -8,10 +8,29 @@ use memmap2::{Advice, Mmap};
 
 /// A read-only memory map of a whole file.
 ///
-/// If another process truncates or rewrites the file while it is mapped, reads of the
-/// affected pages see the new bytes or fault with SIGBUS; nothing here can prevent that,
-/// so blobs are replaced by writing a new file and renaming it over the old one (as
-/// `olmoc pack` does), which leaves existing maps on the old, unchanged inode.
+/// # If the file changes while it is mapped
+///
+/// The map is shared with the page cache, so it sees what other processes write to the
+/// file. What that can and cannot do:
+///
+/// - Bounds stay sound. [`crate::Blob::parse`] copies the header and decodes the
+///   manifest into owned values, and every slice it hands out is computed from those
+///   copies and the map's length, which is fixed when the map is made. A later write to
+///   the header or manifest bytes changes nothing already validated, and no slice can
+///   reach outside the map.
+/// - Values can change. A write into the data region changes the weights a running
+///   model reads (garbage numbers, never an out-of-bounds access). The packed
+///   vocabulary's offsets are read lazily and every use is bounds-checked for this
+///   reason.
+/// - Truncation is fatal. Pages past the new end of the file fault with SIGBUS when
+///   touched, which kills the process; nothing in safe code can catch it.
+///
+/// Strictly, Rust's `&[u8]` promises the bytes do not change while borrowed, which a
+/// concurrent writer breaks; the above is what happens in practice on Linux. The
+/// protection is procedural: `olmoc pack` never writes into an existing blob, it writes
+/// a new file and renames it over the old one, so existing maps keep the old, unchanged
+/// inode. Replace blobs the same way (`cp` onto a mapped blob rewrites it in place;
+/// `cp` to a new name and `mv` does not).
 pub struct MappedFile {
     map: Option<Mmap>,
 }
@@ -24,10 +43,10 @@ impl MappedFile {
             // Mapping zero bytes fails on Linux; an empty file is simply empty.
             return Ok(MappedFile { map: None });
         }
-        // SAFETY: the map is read-only and private to this process's view of the file;
-        // Rust code only ever sees it as `&[u8]`. The documented hazard is another
-        // process modifying the file underneath (see the type's documentation), which
-        // the packer avoids by always renaming a new file into place.
+        // SAFETY: the map is read-only (PROT_READ) and Rust code only ever sees it as
+        // `&[u8]` borrowed from `self`, so it cannot outlive the map. The one hazard is
+        // another process writing or truncating the file while it is mapped; see the
+        // type's documentation for what that can do and how the tools avoid it.
         let map = unsafe { Mmap::map(&file)? };
         Ok(MappedFile { map: Some(map) })
     }

@@ -1,0 +1,141 @@
+//! Small synthetic blobs, built in memory with [`BlobPlan`]: for tests, fuzzing seeds
+//! and examples. Their weights are deterministic but meaningless.
+
+use crate::vocab::Vocab;
+use crate::writer::{BlobPlan, TensorSpec};
+use crate::{DType, ModelConfig, TensorRole, VOCAB_BYTES, VOCAB_OFFSETS};
+
+/// A two-layer grouped-query config (6 heads over 2 kv heads, head_dim 6), 97 tokens.
+pub fn small_config() -> ModelConfig {
+    ModelConfig {
+        architecture: ModelConfig::ARCHITECTURE.into(),
+        hidden_size: 36,
+        num_hidden_layers: 2,
+        num_attention_heads: 6,
+        num_key_value_heads: 2,
+        head_dim: 6,
+        intermediate_size: 92,
+        vocab_size: 97,
+        max_position_embeddings: 64,
+        rope_theta: 10000.0,
+        rms_norm_eps: 1e-6,
+        bos_token_id: None,
+        eos_token_id: Some(96),
+        pad_token_id: Some(1),
+    }
+}
+
+/// A vocabulary of `n` tokens: `t0`, `t1`, ..., the last one special.
+pub fn small_vocab(n: u32) -> Vocab {
+    let mut tokens: Vec<Vec<u8>> = (0..n).map(|i| format!("t{i}").into_bytes()).collect();
+    if let Some(last) = tokens.last_mut() {
+        *last = b"<|endoftext|>".to_vec();
+    }
+    Vocab {
+        tokens,
+        special_ids: n.checked_sub(1).into_iter().collect(),
+    }
+}
+
+/// The plan of a blob for `config` with matrices stored as `dtype` (norms are f32),
+/// optionally with `vocab`, in the order `olmoc pack` writes.
+pub fn plan(config: &ModelConfig, dtype: DType, vocab: Option<&Vocab>) -> BlobPlan {
+    let mut specs: Vec<TensorSpec> = config
+        .model_tensors()
+        .into_iter()
+        .map(|(name, role, shape)| TensorSpec {
+            name,
+            dtype: if role == TensorRole::Matrix { dtype } else { DType::F32 },
+            shape,
+        })
+        .collect();
+    if let Some(v) = vocab {
+        let (offsets, bytes) = v.to_packed();
+        specs.push(TensorSpec {
+            name: VOCAB_OFFSETS.into(),
+            dtype: DType::U32,
+            shape: vec![offsets.len() as u64],
+        });
+        specs.push(TensorSpec {
+            name: VOCAB_BYTES.into(),
+            dtype: DType::U8,
+            shape: vec![bytes.len() as u64],
+        });
+    }
+    BlobPlan::new("sample", config.clone(), vocab.map(Vocab::info), &specs)
+        .expect("a sample config has representable sizes")
+}
+
+/// The bytes of a complete blob for `config`.
+pub fn blob(config: &ModelConfig, dtype: DType, vocab: Option<&Vocab>) -> Vec<u8> {
+    let packed = vocab.map(Vocab::to_packed);
+    let mut out = std::io::Cursor::new(Vec::new());
+    plan(config, dtype, vocab)
+        .write(&mut out, |entry, sink| {
+            if entry.name == VOCAB_OFFSETS {
+                let (offsets, _) = packed.as_ref().expect("vocab tensors only with a vocab");
+                let bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+                return sink.write_all(&bytes);
+            }
+            if entry.name == VOCAB_BYTES {
+                let (_, bytes) = packed.as_ref().expect("vocab tensors only with a vocab");
+                return sink.write_all(bytes);
+            }
+            // Small values whose bit patterns are valid in every float type; the q8_0
+            // scales come out as 0x3c00 (f16 1.0) and the quants as small integers.
+            let pattern: Vec<u8> = (0..entry.byte_len)
+                .map(|i| match DType::from_code(entry.dtype) {
+                    Some(DType::Q8_0) => {
+                        let quant_len = entry.byte_len / 34 * 32;
+                        if i < quant_len {
+                            (i % 7) as u8
+                        } else if i % 2 == 0 {
+                            0x00
+                        } else {
+                            0x3c
+                        }
+                    }
+                    Some(DType::F32) => [0x00, 0x00, 0x80, 0x3f][(i % 4) as usize],
+                    _ => [0x00, 0x3c][(i % 2) as usize],
+                })
+                .collect();
+            sink.write_all(&pattern)
+        })
+        .expect("writing into memory cannot fail");
+    out.into_inner()
+}
+
+/// The small sample blob: [`small_config`], f32 matrices, a vocabulary of 90 tokens.
+pub fn small_blob() -> Vec<u8> {
+    blob(&small_config(), DType::F32, Some(&small_vocab(90)))
+}
+
+/// Bytes held in a buffer aligned to 64, like a memory map's (a `Vec<u8>` only promises
+/// 1), so that typed views of a valid blob built in memory succeed.
+#[derive(Clone)]
+pub struct Aligned {
+    words: Vec<[u64; 8]>,
+    len: usize,
+}
+
+impl Aligned {
+    pub fn new(bytes: &[u8]) -> Aligned {
+        let mut a = Aligned {
+            words: vec![[0u64; 8]; bytes.len().div_ceil(64)],
+            len: bytes.len(),
+        };
+        a.bytes_mut().copy_from_slice(bytes);
+        a
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` owns `words.len() * 64 >= len` initialised bytes; u8 has no
+        // alignment or validity requirements; the slice borrows `self`.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and the exclusive borrow of `self` makes it unique.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+}
