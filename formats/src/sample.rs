@@ -3,7 +3,10 @@
 
 use crate::vocab::Vocab;
 use crate::writer::{BlobPlan, TensorSpec};
-use crate::{DType, ModelConfig, TensorRole, VOCAB_BYTES, VOCAB_OFFSETS};
+use crate::{
+    DType, Header, Manifest, ModelConfig, TensorRole, DATA_ALIGN, HEADER_LEN, VOCAB_BYTES,
+    VOCAB_OFFSETS,
+};
 
 /// A two-layer grouped-query config (6 heads over 2 kv heads, head_dim 6), 97 tokens.
 pub fn small_config() -> ModelConfig {
@@ -108,6 +111,40 @@ pub fn blob(config: &ModelConfig, dtype: DType, vocab: Option<&Vocab>) -> Vec<u8
 /// The small sample blob: [`small_config`], f32 matrices, a vocabulary of 90 tokens.
 pub fn small_blob() -> Vec<u8> {
     blob(&small_config(), DType::F32, Some(&small_vocab(90)))
+}
+
+/// A valid blob's header, decoded manifest and data region, to mutate and [`assemble`].
+pub fn split(bytes: &[u8]) -> (Header, Manifest, Vec<u8>) {
+    let h = Header::parse(&bytes[..HEADER_LEN.min(bytes.len())], bytes.len() as u64)
+        .expect("split needs a valid header");
+    let m = Manifest::decode(&bytes[HEADER_LEN..][..h.manifest_len as usize])
+        .expect("split needs a valid manifest");
+    (h, m, bytes[h.data_offset as usize..].to_vec())
+}
+
+/// Writes a blob from a (possibly mutated) header, manifest and data region, with
+/// lengths and both checksums made consistent, so that whatever is wrong with it is
+/// what the mutation did. The data region moves to the next page if the manifest grew
+/// into it.
+pub fn assemble(h: Header, m: &Manifest, data: &[u8]) -> Vec<u8> {
+    assemble_raw(h, &m.encode(), data)
+}
+
+/// Like [`assemble`] with raw manifest bytes (which need not decode).
+pub fn assemble_raw(mut h: Header, manifest: &[u8], data: &[u8]) -> Vec<u8> {
+    h.manifest_offset = HEADER_LEN as u64;
+    h.manifest_len = manifest.len() as u64;
+    h.manifest_crc32 = crc32fast::hash(manifest);
+    let min_data = (HEADER_LEN + manifest.len()) as u64;
+    if h.data_offset < min_data {
+        h.data_offset = min_data.div_ceil(DATA_ALIGN) * DATA_ALIGN;
+    }
+    h.data_len = data.len() as u64;
+    let mut out = h.to_bytes().to_vec();
+    out.extend_from_slice(manifest);
+    out.resize(h.data_offset as usize, 0);
+    out.extend_from_slice(data);
+    out
 }
 
 /// Bytes held in a buffer aligned to 64, like a memory map's (a `Vec<u8>` only promises

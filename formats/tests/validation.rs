@@ -4,7 +4,7 @@
 
 use olmo_format::sample::{self, Aligned};
 use olmo_format::{
-    Blob, DType, FormatError, Header, Manifest, TensorEntry, DATA_ALIGN, FORMAT_VERSION,
+    Blob, DType, FormatError, Header, Manifest, TensorEntry, FORMAT_VERSION,
     HEADER_LEN, VOCAB_BYTES, VOCAB_OFFSETS,
 };
 
@@ -37,32 +37,13 @@ fn manifest_of(bytes: &[u8]) -> Manifest {
     Manifest::decode(&bytes[h.manifest_offset as usize..][..h.manifest_len as usize]).unwrap()
 }
 
-/// Rebuilds `bytes` from a (mutated) header and raw manifest bytes, with both checksums
-/// correct. The data region moves to the next page if the manifest grew past it.
-fn assemble(mut h: Header, manifest: &[u8], data: &[u8]) -> Vec<u8> {
-    h.manifest_offset = HEADER_LEN as u64;
-    h.manifest_len = manifest.len() as u64;
-    h.manifest_crc32 = crc32fast::hash(manifest);
-    let min_data = (HEADER_LEN + manifest.len()) as u64;
-    if h.data_offset < min_data {
-        h.data_offset = min_data.div_ceil(DATA_ALIGN) * DATA_ALIGN;
-    }
-    let mut out = h.to_bytes().to_vec();
-    out.extend_from_slice(manifest);
-    out.resize(h.data_offset as usize, 0);
-    out.extend_from_slice(data);
-    out
-}
-
 /// Applies `f` to the decoded manifest (and the data region) and re-encodes it.
 fn with_manifest(bytes: &[u8], f: impl FnOnce(&mut Manifest, &mut Vec<u8>)) -> Vec<u8> {
     let h = header_of(bytes);
     let mut m = manifest_of(bytes);
     let mut data = bytes[h.data_offset as usize..].to_vec();
     f(&mut m, &mut data);
-    let mut h2 = h;
-    h2.data_len = data.len() as u64;
-    assemble(h2, &m.encode(), &data)
+    sample::assemble(h, &m, &data)
 }
 
 /// Applies `f` to the raw manifest bytes, fixing up lengths and checksums.
@@ -70,7 +51,7 @@ fn with_manifest_bytes(bytes: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let h = header_of(bytes);
     let mut raw = bytes[HEADER_LEN..][..h.manifest_len as usize].to_vec();
     f(&mut raw);
-    assemble(h, &raw, &bytes[h.data_offset as usize..])
+    sample::assemble_raw(h, &raw, &bytes[h.data_offset as usize..])
 }
 
 /// Rewrites header bytes `at..` with `value` and recomputes the header's own checksum.
