@@ -2,8 +2,20 @@
 //!
 //! Every matrix is `rows x cols` with each output row contiguous (`[out, in]`), so
 //! `y = W x` streams through the weights once. Kernels run on the current rayon pool.
+//!
+//! Two implementations sit behind one dispatch: [`portable`] (plain Rust, the reference
+//! and the fallback) and `avx2` (AVX2 + FMA + F16C intrinsics, chosen at run time when
+//! the CPU has them). `OLMORT_KERNELS=portable` forces the portable path for a process;
+//! [`with_kernels`] forces either for the calling thread (tests use it to run both).
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod gemm;
 mod portable;
+
+use std::cell::Cell;
+use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
@@ -28,16 +40,23 @@ pub enum MatrixData<'a> {
 impl Matrix<'_> {
     /// Writes row `r` as f32 into `out` (`cols` long): an embedding lookup.
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
+        self.segment_to_f32(r, 0, out);
+    }
+
+    /// Writes columns `c0 .. c0 + out.len()` of row `r` as f32 into `out`.
+    pub fn segment_to_f32(&self, r: usize, c0: usize, out: &mut [f32]) {
         let c = self.cols;
+        let n = out.len();
+        debug_assert!(c0 + n <= c);
         match self.data {
-            MatrixData::F32(w) => out.copy_from_slice(&w[r * c..][..c]),
+            MatrixData::F32(w) => out.copy_from_slice(&w[r * c + c0..][..n]),
             MatrixData::F16(w) => {
-                for (o, &b) in out.iter_mut().zip(&w[r * c..][..c]) {
+                for (o, &b) in out.iter_mut().zip(&w[r * c + c0..][..n]) {
                     *o = f16::from_bits(b).to_f32();
                 }
             }
             MatrixData::BF16(w) => {
-                for (o, &b) in out.iter_mut().zip(&w[r * c..][..c]) {
+                for (o, &b) in out.iter_mut().zip(&w[r * c + c0..][..n]) {
                     *o = bf16::from_bits(b).to_f32();
                 }
             }
@@ -46,25 +65,183 @@ impl Matrix<'_> {
                 let q = &quants[r * blocks * 32..][..c];
                 let s = &scales[r * blocks..][..blocks];
                 for (i, o) in out.iter_mut().enumerate() {
-                    *o = q[i] as f32 * f16::from_bits(s[i / 32]).to_f32();
+                    let j = c0 + i;
+                    *o = q[j] as f32 * f16::from_bits(s[j / 32]).to_f32();
                 }
             }
         }
     }
 }
 
+/// Which implementation the kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// Plain Rust: the reference.
+    Portable,
+    /// AVX2 + FMA + F16C intrinsics; only selectable where [`avx2_available`].
+    Avx2,
+}
+
+/// Whether this CPU can run [`Kernels::Avx2`].
+pub fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The process-wide choice: the best available, unless `OLMORT_KERNELS=portable`
+/// (read once). `OLMORT_KERNELS=avx2` on a CPU without it falls back to portable.
+pub fn default_kernels() -> Kernels {
+    static DEFAULT: OnceLock<Kernels> = OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        let wanted = std::env::var("OLMORT_KERNELS").unwrap_or_default();
+        match wanted.trim() {
+            "portable" => Kernels::Portable,
+            _ if avx2_available() => Kernels::Avx2,
+            _ => Kernels::Portable,
+        }
+    })
+}
+
+thread_local! {
+    static OVERRIDE: Cell<Option<Kernels>> = const { Cell::new(None) };
+}
+
+/// The kernels the calling thread uses: its [`with_kernels`] override, else the default.
+pub fn active() -> Kernels {
+    OVERRIDE.with(|o| o.get()).unwrap_or_else(default_kernels)
+}
+
+/// Runs `f` with the calling thread's kernels forced to `k` (entry points resolve the
+/// choice on the calling thread, so work they hand to rayon follows it too).
+///
+/// Panics if `k` is [`Kernels::Avx2`] and the CPU lacks it.
+pub fn with_kernels<R>(k: Kernels, f: impl FnOnce() -> R) -> R {
+    assert!(
+        k == Kernels::Portable || avx2_available(),
+        "this CPU has no AVX2/FMA/F16C"
+    );
+    struct Restore(Option<Kernels>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(k))));
+    f()
+}
+
+/// Every kernel set this CPU can run: what tests iterate over.
+pub fn available_kernels() -> Vec<Kernels> {
+    let mut all = vec![Kernels::Portable];
+    if avx2_available() {
+        all.push(Kernels::Avx2);
+    }
+    all
+}
+
 /// `y = W x`: `x` has `w.cols` elements, `y` has `w.rows`.
 pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
+    matvec_with(active(), w, x, y)
+}
+
+/// [`matvec`] with an explicit kernel choice.
+pub fn matvec_with(k: Kernels, w: &Matrix, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), w.cols);
     assert_eq!(y.len(), w.rows);
-    portable::matvec(w, x, y);
+    check_data(w);
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2 if avx2_available() => avx2::matvec(w, x, y),
+        _ => portable::matvec(w, x, y),
+    }
 }
 
 /// `Y = X W^T` for a batch: `x` is `n x w.cols` row-major, `y` is `n x w.rows`.
+///
+/// With AVX2 this is a blocked GEMM that reads (and converts) each weight tile once
+/// for all `n` rows of `x`.
 pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
+    matmul_with(active(), w, x, n, y)
+}
+
+/// [`matmul`] with an explicit kernel choice.
+pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols);
     assert_eq!(y.len(), n * w.rows);
-    for (xi, yi) in x.chunks_exact(w.cols).zip(y.chunks_exact_mut(w.rows)) {
-        matvec(w, xi, yi);
+    check_data(w);
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2 if avx2_available() => {
+            if n < gemm::MIN_BATCH {
+                for (xi, yi) in x.chunks_exact(w.cols).zip(y.chunks_exact_mut(w.rows)) {
+                    avx2::matvec(w, xi, yi);
+                }
+            } else {
+                gemm::matmul(w, x, n, y);
+            }
+        }
+        _ => {
+            for (xi, yi) in x.chunks_exact(w.cols).zip(y.chunks_exact_mut(w.rows)) {
+                portable::matvec(w, xi, yi);
+            }
+        }
     }
 }
+
+/// `a . b`.
+pub fn dot(k: Kernels, a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2 if avx2_available() => unsafe { avx2::dot(a, b) },
+        _ => portable::dot(a, b),
+    }
+}
+
+/// `y += a x`.
+pub fn axpy(k: Kernels, a: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len());
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2 if avx2_available() => unsafe { avx2::axpy(a, x, y) },
+        _ => portable::axpy(a, x, y),
+    }
+}
+
+/// The slices must hold the whole matrix: the SIMD kernels read through raw pointers.
+fn check_data(w: &Matrix) {
+    let (r, c) = (w.rows, w.cols);
+    match w.data {
+        MatrixData::F32(d) => assert!(d.len() >= r * c),
+        MatrixData::F16(d) | MatrixData::BF16(d) => assert!(d.len() >= r * c),
+        MatrixData::Q8_0 { quants, scales } => {
+            let blocks = c.div_ceil(32);
+            assert!(quants.len() >= r * blocks * 32 && scales.len() >= r * blocks);
+        }
+    }
+}
+
+/// Splits `rows` outputs into rayon tasks: a few per thread so a busy core is covered
+/// by stealing, in multiples of `align`; one task for small matrices.
+pub(crate) fn rows_per_task(rows: usize, cols: usize, align: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    if threads == 1 || rows * cols < 1 << 15 {
+        return rows.max(1);
+    }
+    let per = rows.div_ceil(threads * 4).max(16);
+    per.div_ceil(align) * align
+}
+
+#[cfg(test)]
+mod tests;

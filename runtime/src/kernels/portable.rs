@@ -13,6 +13,16 @@ fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(a, b)| a * b).sum()
 }
 
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_f32(a, b)
+}
+
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
 pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
     let c = w.cols;
     let blocks = c.div_ceil(32);

@@ -1,0 +1,408 @@
+//! AVX2 + FMA + F16C kernels. Every `unsafe fn` here may only run where
+//! [`super::avx2_available`] holds; the public entry points in `super` check that.
+//!
+//! A matrix-vector product is bound by the speed weights arrive from memory, so the
+//! kernels stream four rows at a time against one load of `x` (two accumulators per
+//! row to hide FMA latency) and convert f16/bf16 in registers. q8_0 quantises `x` to
+//! int8 per block of 32 once per call and multiplies bytes with `maddubs`.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::{rows_per_task, Matrix, MatrixData};
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// How one stored element type widens to f32, eight at a time.
+pub(super) trait Widen {
+    type E: Copy;
+    unsafe fn load8(p: *const Self::E) -> __m256;
+    fn one(e: Self::E) -> f32;
+}
+
+pub(super) struct WF32;
+pub(super) struct WF16;
+pub(super) struct WBF16;
+
+impl Widen for WF32 {
+    type E = f32;
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    fn one(e: f32) -> f32 {
+        e
+    }
+}
+
+impl Widen for WF16 {
+    type E = u16;
+    #[inline(always)]
+    unsafe fn load8(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
+    fn one(e: u16) -> f32 {
+        f16::from_bits(e).to_f32()
+    }
+}
+
+impl Widen for WBF16 {
+    type E = u16;
+    #[inline(always)]
+    unsafe fn load8(p: *const u16) -> __m256 {
+        let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32(w, 16))
+    }
+    #[inline(always)]
+    fn one(e: u16) -> f32 {
+        bf16::from_bits(e).to_f32()
+    }
+}
+
+/// `y[i] = W[r0 + i] . x` for the rows of `y`; `w` points at row 0 of the matrix.
+#[inline(always)]
+unsafe fn rows_float<L: Widen>(w: *const L::E, cols: usize, r0: usize, x: &[f32], y: &mut [f32]) {
+    let xp = x.as_ptr();
+    let n = y.len();
+    let mut i = 0;
+    while i + 4 <= n {
+        let p: [*const L::E; 4] = std::array::from_fn(|j| w.add((r0 + i + j) * cols));
+        let mut a = [_mm256_setzero_ps(); 4];
+        let mut b = [_mm256_setzero_ps(); 4];
+        let mut c = 0;
+        while c + 16 <= cols {
+            let x0 = _mm256_loadu_ps(xp.add(c));
+            let x1 = _mm256_loadu_ps(xp.add(c + 8));
+            for j in 0..4 {
+                a[j] = _mm256_fmadd_ps(L::load8(p[j].add(c)), x0, a[j]);
+                b[j] = _mm256_fmadd_ps(L::load8(p[j].add(c + 8)), x1, b[j]);
+            }
+            c += 16;
+        }
+        if c + 8 <= cols {
+            let x0 = _mm256_loadu_ps(xp.add(c));
+            for j in 0..4 {
+                a[j] = _mm256_fmadd_ps(L::load8(p[j].add(c)), x0, a[j]);
+            }
+            c += 8;
+        }
+        for j in 0..4 {
+            let mut s = hsum(_mm256_add_ps(a[j], b[j]));
+            for k in c..cols {
+                s += L::one(*p[j].add(k)) * x[k];
+            }
+            y[i + j] = s;
+        }
+        i += 4;
+    }
+    while i < n {
+        let p = w.add((r0 + i) * cols);
+        let mut a = _mm256_setzero_ps();
+        let mut b = _mm256_setzero_ps();
+        let mut c = 0;
+        while c + 16 <= cols {
+            a = _mm256_fmadd_ps(L::load8(p.add(c)), _mm256_loadu_ps(xp.add(c)), a);
+            b = _mm256_fmadd_ps(L::load8(p.add(c + 8)), _mm256_loadu_ps(xp.add(c + 8)), b);
+            c += 16;
+        }
+        if c + 8 <= cols {
+            a = _mm256_fmadd_ps(L::load8(p.add(c)), _mm256_loadu_ps(xp.add(c)), a);
+            c += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(a, b));
+        for k in c..cols {
+            s += L::one(*p.add(k)) * x[k];
+        }
+        y[i] = s;
+        i += 1;
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_f32(w: *const f32, cols: usize, r0: usize, x: &[f32], y: &mut [f32]) {
+    rows_float::<WF32>(w, cols, r0, x, y)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_f16(w: *const u16, cols: usize, r0: usize, x: &[f32], y: &mut [f32]) {
+    rows_float::<WF16>(w, cols, r0, x, y)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_bf16(w: *const u16, cols: usize, r0: usize, x: &[f32], y: &mut [f32]) {
+    rows_float::<WBF16>(w, cols, r0, x, y)
+}
+
+/// `x` quantised like a q8_0 row: per block of 32, `round(x / d)` with
+/// `d = max|x| / 127`, the tail block padded with zeros.
+pub(super) struct QuantX {
+    pub quants: Vec<i8>,
+    pub scales: Vec<f32>,
+}
+
+impl QuantX {
+    pub(super) const fn new() -> QuantX {
+        QuantX { quants: Vec::new(), scales: Vec::new() }
+    }
+
+    /// Quantises `x`; grows the buffers only when `x` is longer than any before.
+    pub(super) fn quantize(&mut self, x: &[f32]) {
+        let blocks = x.len().div_ceil(32);
+        if self.quants.len() < blocks * 32 {
+            self.quants.resize(blocks * 32, 0);
+            self.scales.resize(blocks, 0.0);
+        }
+        let whole = x.len() / 32;
+        unsafe { quantize_blocks(&x[..whole * 32], &mut self.quants, &mut self.scales) };
+        if whole < blocks {
+            let mut tail = [0f32; 32];
+            tail[..x.len() - whole * 32].copy_from_slice(&x[whole * 32..]);
+            unsafe {
+                quantize_blocks(&tail, &mut self.quants[whole * 32..], &mut self.scales[whole..])
+            };
+        }
+    }
+}
+
+/// Quantises whole blocks of 32 (`x.len()` a multiple of 32).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (b, xb) in x.chunks_exact(32).enumerate() {
+        let p = xb.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+        let amax = _mm_cvtss_f32(m);
+        let scale = amax / 127.0;
+        d[b] = scale;
+        let inv = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+        let i: [__m256i; 4] = std::array::from_fn(|j| {
+            _mm256_cvtps_epi32(_mm256_round_ps(
+                _mm256_mul_ps(v[j], inv),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            ))
+        });
+        let lo = _mm256_packs_epi32(i[0], i[1]);
+        let hi = _mm256_packs_epi32(i[2], i[3]);
+        let all = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), perm);
+        _mm256_storeu_si256(q.as_mut_ptr().add(b * 32) as *mut __m256i, all);
+    }
+}
+
+/// Sum of the 32 byte products of `w` and `x` as eight i32 lanes converted to f32.
+#[inline(always)]
+unsafe fn dot_q8(w: __m256i, x: __m256i) -> __m256 {
+    let ones = _mm256_set1_epi16(1);
+    let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones))
+}
+
+/// q8_0 rows `r0 ..` against quantised `x`; `blocks` per row.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_q8_0(
+    quants: *const i8,
+    scales: *const u16,
+    blocks: usize,
+    r0: usize,
+    xq: &[i8],
+    xd: &[f32],
+    y: &mut [f32],
+) {
+    let n = y.len();
+    let xqp = xq.as_ptr();
+    let xdp = xd.as_ptr();
+    let groups = blocks / 8;
+    let mut i = 0;
+    // Four rows at a time share each load of x; scales are widened eight blocks at once.
+    while i < n {
+        let rows = (n - i).min(4);
+        let q: [*const i8; 4] = std::array::from_fn(|j| quants.add((r0 + i + j.min(rows - 1)) * blocks * 32));
+        let s: [*const u16; 4] = std::array::from_fn(|j| scales.add((r0 + i + j.min(rows - 1)) * blocks));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for g in 0..groups {
+            let dx = _mm256_loadu_ps(xdp.add(g * 8));
+            let mut d = [[0f32; 8]; 4];
+            for j in 0..4 {
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(s[j].add(g * 8) as *const __m128i));
+                _mm256_storeu_ps(d[j].as_mut_ptr(), _mm256_mul_ps(dw, dx));
+            }
+            for k in 0..8 {
+                let b = g * 8 + k;
+                let xv = _mm256_loadu_si256(xqp.add(b * 32) as *const __m256i);
+                for j in 0..4 {
+                    let wv = _mm256_loadu_si256(q[j].add(b * 32) as *const __m256i);
+                    acc[j] = _mm256_fmadd_ps(dot_q8(wv, xv), _mm256_set1_ps(d[j][k]), acc[j]);
+                }
+            }
+        }
+        for b in groups * 8..blocks {
+            let xv = _mm256_loadu_si256(xqp.add(b * 32) as *const __m256i);
+            for j in 0..4 {
+                let wv = _mm256_loadu_si256(q[j].add(b * 32) as *const __m256i);
+                let d = f16::from_bits(*s[j].add(b)).to_f32() * xd[b];
+                acc[j] = _mm256_fmadd_ps(dot_q8(wv, xv), _mm256_set1_ps(d), acc[j]);
+            }
+        }
+        for j in 0..rows {
+            y[i + j] = hsum(acc[j]);
+        }
+        i += rows;
+    }
+}
+
+thread_local! {
+    static QX: RefCell<QuantX> = const { RefCell::new(QuantX::new()) };
+}
+
+/// `y = W x` on the current rayon pool.
+pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    let per = rows_per_task(rows, cols, 4);
+    match w.data {
+        MatrixData::F32(d) => par_rows(y, per, |r0, ys| unsafe { rows_f32(d.as_ptr(), cols, r0, x, ys) }),
+        MatrixData::F16(d) => par_rows(y, per, |r0, ys| unsafe { rows_f16(d.as_ptr(), cols, r0, x, ys) }),
+        MatrixData::BF16(d) => par_rows(y, per, |r0, ys| unsafe { rows_bf16(d.as_ptr(), cols, r0, x, ys) }),
+        MatrixData::Q8_0 { quants, scales } => {
+            let blocks = cols.div_ceil(32);
+            let run = |qx: &QuantX, y: &mut [f32]| {
+                let (xq, xd) = (&qx.quants[..blocks * 32], &qx.scales[..blocks]);
+                par_rows(y, per, |r0, ys| unsafe {
+                    rows_q8_0(quants.as_ptr(), scales.as_ptr(), blocks, r0, xq, xd, ys)
+                })
+            };
+            // The scratch lives with the calling thread and only ever grows; a nested
+            // call (the thread is busy in an outer one) gets a buffer of its own.
+            QX.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut qx) => {
+                    qx.quantize(x);
+                    run(&qx, y)
+                }
+                Err(_) => {
+                    let mut qx = QuantX::new();
+                    qx.quantize(x);
+                    run(&qx, y)
+                }
+            })
+        }
+    }
+}
+
+fn par_rows(y: &mut [f32], per: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if per >= y.len() {
+        f(0, y);
+    } else {
+        y.par_chunks_mut(per).enumerate().for_each(|(i, ys)| f(i * per, ys));
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut s0 = _mm256_setzero_ps();
+    let mut s1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
+        i += 16;
+    }
+    if i + 8 <= n {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+        i += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(s0, s1));
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(py.add(i), _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))));
+        i += 8;
+    }
+    while i < n {
+        y[i] += a * x[i];
+        i += 1;
+    }
+}
+
+/// Columns `c0 .. c0 + out.len()` of row `r` widened to f32 (`c0` a multiple of 32
+/// for q8_0): the GEMM's weight-tile conversion.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn segment_to_f32(w: &Matrix, r: usize, c0: usize, out: &mut [f32]) {
+    #[inline(always)]
+    unsafe fn widen<L: Widen>(src: *const L::E, out: &mut [f32]) {
+        let n = out.len();
+        let o = out.as_mut_ptr();
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(o.add(i), L::load8(src.add(i)));
+            i += 8;
+        }
+        while i < n {
+            *o.add(i) = L::one(*src.add(i));
+            i += 1;
+        }
+    }
+    let cols = w.cols;
+    match w.data {
+        MatrixData::F32(d) => widen::<WF32>(d.as_ptr().add(r * cols + c0), out),
+        MatrixData::F16(d) => widen::<WF16>(d.as_ptr().add(r * cols + c0), out),
+        MatrixData::BF16(d) => widen::<WBF16>(d.as_ptr().add(r * cols + c0), out),
+        MatrixData::Q8_0 { quants, scales } => {
+            debug_assert_eq!(c0 % 32, 0);
+            let blocks = cols.div_ceil(32);
+            let q = quants.as_ptr().add(r * blocks * 32 + c0);
+            let s = scales.as_ptr().add(r * blocks + c0 / 32);
+            let n = out.len();
+            let o = out.as_mut_ptr();
+            let mut i = 0;
+            while i < n {
+                let d = _mm256_set1_ps(f16::from_bits(*s.add(i / 32)).to_f32());
+                let end = (i + 32).min(n);
+                while i + 8 <= end {
+                    let b = _mm_loadl_epi64(q.add(i) as *const __m128i);
+                    let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+                    _mm256_storeu_ps(o.add(i), _mm256_mul_ps(v, d));
+                    i += 8;
+                }
+                while i < end {
+                    *o.add(i) = *q.add(i) as f32 * _mm256_cvtss_f32(d);
+                    i += 1;
+                }
+            }
+        }
+    }
+}

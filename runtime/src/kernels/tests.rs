@@ -1,0 +1,223 @@
+//! The SIMD kernels against the portable reference on awkward shapes.
+
+use half::{bf16, f16};
+
+use super::*;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+/// Owned storage for a test matrix of every dtype.
+struct Owned {
+    rows: usize,
+    cols: usize,
+    f32: Vec<f32>,
+    f16: Vec<u16>,
+    bf16: Vec<u16>,
+    quants: Vec<i8>,
+    scales: Vec<u16>,
+}
+
+impl Owned {
+    fn new(rng: &mut Rng, rows: usize, cols: usize) -> Owned {
+        let f32 = rng.vec(rows * cols);
+        let blocks = cols.div_ceil(32);
+        let mut quants = vec![0i8; rows * blocks * 32];
+        let mut scales = vec![0u16; rows * blocks];
+        for r in 0..rows {
+            for b in 0..blocks {
+                let vals = &f32[r * cols + b * 32..r * cols + ((b + 1) * 32).min(cols)];
+                let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let s = f16::from_f32(amax / 127.0);
+                scales[r * blocks + b] = s.to_bits();
+                let d = s.to_f32();
+                for (i, v) in vals.iter().enumerate() {
+                    quants[r * blocks * 32 + b * 32 + i] =
+                        if d > 0.0 { (v / d).round().clamp(-127.0, 127.0) as i8 } else { 0 };
+                }
+            }
+        }
+        Owned {
+            rows,
+            cols,
+            f16: f32.iter().map(|&v| f16::from_f32(v).to_bits()).collect(),
+            bf16: f32.iter().map(|&v| bf16::from_f32(v).to_bits()).collect(),
+            f32,
+            quants,
+            scales,
+        }
+    }
+
+    fn all(&self) -> Vec<(&'static str, Matrix<'_>)> {
+        let m = |data| Matrix { rows: self.rows, cols: self.cols, data };
+        vec![
+            ("f32", m(MatrixData::F32(&self.f32))),
+            ("f16", m(MatrixData::F16(&self.f16))),
+            ("bf16", m(MatrixData::BF16(&self.bf16))),
+            ("q8_0", m(MatrixData::Q8_0 { quants: &self.quants, scales: &self.scales })),
+        ]
+    }
+}
+
+/// Allowed difference between two ways of computing `W x` row `r`: float reordering,
+/// plus for q8_0 on AVX2 the int8 rounding of `x` (half a step of `max|x_block| / 127`
+/// per element, times `|w|`).
+fn tolerance(name: &str, w: &Matrix, r: usize, x: &[f32], quantised_x: bool) -> f32 {
+    let mut row = vec![0f32; w.cols];
+    w.row_to_f32(r, &mut row);
+    let mag: f32 = row.iter().zip(x).map(|(a, b)| (a * b).abs()).sum();
+    let mut tol = mag * 1e-5 + 1e-6;
+    if name == "q8_0" && quantised_x {
+        for (b, xb) in x.chunks(32).enumerate() {
+            let step = xb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let wsum: f32 = row[b * 32..][..xb.len()].iter().map(|v| v.abs()).sum();
+            tol += wsum * step * 0.5 * 1.001 + wsum * step * 1e-3;
+        }
+    }
+    tol
+}
+
+const SHAPES: [(usize, usize); 9] =
+    [(1, 1), (3, 7), (5, 31), (7, 33), (13, 64), (67, 100), (130, 257), (9, 300), (301, 515)];
+
+#[test]
+fn avx2_matvec_matches_portable() {
+    if !avx2_available() {
+        return;
+    }
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    for (rows, cols) in SHAPES {
+        let owned = Owned::new(&mut rng, rows, cols);
+        let x = rng.vec(cols);
+        for (name, w) in owned.all() {
+            let mut want = vec![0f32; rows];
+            let mut got = vec![0f32; rows];
+            matvec_with(Kernels::Portable, &w, &x, &mut want);
+            matvec_with(Kernels::Avx2, &w, &x, &mut got);
+            for r in 0..rows {
+                let tol = tolerance(name, &w, r, &x, true);
+                assert!(
+                    (want[r] - got[r]).abs() <= tol,
+                    "{name} {rows}x{cols} row {r}: {} vs {} (tol {tol})",
+                    want[r],
+                    got[r]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn avx2_matvec_is_exact_on_integers() {
+    // Small integers multiply and add exactly in f32, so any summation order agrees.
+    if !avx2_available() {
+        return;
+    }
+    let (rows, cols) = (37, 75);
+    let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+    let x: Vec<f32> = (0..cols).map(|i| ((i * 3) % 5) as f32 - 2.0).collect();
+    let m = Matrix { rows, cols, data: MatrixData::F32(&w) };
+    let mut want = vec![0f32; rows];
+    let mut got = vec![0f32; rows];
+    matvec_with(Kernels::Portable, &m, &x, &mut want);
+    matvec_with(Kernels::Avx2, &m, &x, &mut got);
+    assert_eq!(want, got);
+}
+
+#[test]
+fn matmul_matches_matvec() {
+    let mut rng = Rng(12345);
+    for (n, rows, cols) in [(1, 5, 7), (3, 17, 33), (7, 67, 100), (13, 130, 300), (20, 70, 530)] {
+        let owned = Owned::new(&mut rng, rows, cols);
+        let x = rng.vec(n * cols);
+        for k in available_kernels() {
+            for (name, w) in owned.all() {
+                let mut got = vec![0f32; n * rows];
+                matmul_with(k, &w, &x, n, &mut got);
+                for i in 0..n {
+                    let xi = &x[i * cols..][..cols];
+                    let mut want = vec![0f32; rows];
+                    matvec_with(Kernels::Portable, &w, xi, &mut want);
+                    for r in 0..rows {
+                        // The GEMM widens q8_0 weights and keeps x in f32.
+                        let tol = tolerance(name, &w, r, xi, n < gemm_min_batch());
+                        let g = got[i * rows + r];
+                        assert!(
+                            (want[r] - g).abs() <= tol,
+                            "{k:?} {name} n={n} {rows}x{cols} [{i},{r}]: {} vs {g}",
+                            want[r]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn gemm_min_batch() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        gemm::MIN_BATCH
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        usize::MAX
+    }
+}
+
+#[test]
+fn dot_and_axpy_match() {
+    let mut rng = Rng(777);
+    for n in [0, 1, 7, 8, 15, 16, 17, 100, 128, 129] {
+        let a = rng.vec(n);
+        let b = rng.vec(n);
+        let want = dot(Kernels::Portable, &a, &b);
+        let mut y0 = b.clone();
+        axpy(Kernels::Portable, 0.37, &a, &mut y0);
+        for k in available_kernels() {
+            assert!((dot(k, &a, &b) - want).abs() <= 1e-5 * (n as f32 + 1.0));
+            let mut y = b.clone();
+            axpy(k, 0.37, &a, &mut y);
+            for (p, q) in y.iter().zip(&y0) {
+                assert!((p - q).abs() <= 1e-6);
+            }
+        }
+    }
+}
+
+#[test]
+fn with_kernels_overrides_and_restores() {
+    let before = active();
+    with_kernels(Kernels::Portable, || assert_eq!(active(), Kernels::Portable));
+    assert_eq!(active(), before);
+}
+
+#[test]
+fn q8_0_segments_widen_like_rows() {
+    let mut rng = Rng(4242);
+    let owned = Owned::new(&mut rng, 3, 100);
+    for (_, w) in owned.all() {
+        let mut row = vec![0f32; 100];
+        w.row_to_f32(2, &mut row);
+        let mut seg = vec![0f32; 36];
+        w.segment_to_f32(2, 64, &mut seg);
+        assert_eq!(&row[64..], &seg[..]);
+        #[cfg(target_arch = "x86_64")]
+        if avx2_available() {
+            let mut simd = vec![0f32; 36];
+            unsafe { avx2::segment_to_f32(&w, 2, 64, &mut simd) };
+            assert_eq!(seg, simd);
+        }
+    }
+}
