@@ -12,7 +12,9 @@ pub mod forward;
 pub mod kernels;
 pub mod model;
 pub mod ops;
+pub mod pretokenize;
 pub mod text;
+pub mod tokenizer;
 pub mod trace;
 
 pub use forward::{forward, RunState};
