@@ -9,9 +9,11 @@
 //! ```
 
 pub mod forward;
+pub mod generate;
 pub mod kernels;
 pub mod model;
 pub mod ops;
+pub mod sampling;
 pub mod pretokenize;
 pub mod text;
 pub mod tokenizer;

@@ -1,5 +1,7 @@
+mod generate_cli;
+
 use std::fs::File;
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufWriter};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -7,11 +9,12 @@ use std::time::Instant;
 use clap::Parser;
 use olmo_format::mapped::MappedFile;
 use olmo_format::Blob;
-use olmort::trace::{parse_tokens, run_trace, LogitsSink, NpyLogits, Timings};
+use olmort::generate::{generate, plan};
+use olmort::trace::{run_trace, LogitsSink, NpyLogits, Timings};
 use olmort::{Model, RunState};
 
-/// Runs an OLMo-2 blob: the prompt's tokens, then greedy generation, printing each
-/// step's top-5 next tokens.
+/// Runs an OLMo-2 blob: the prompt's tokens, then generation (greedy unless asked to
+/// sample), printing each step's top-5 next tokens, running text or JSON lines.
 #[derive(Parser)]
 #[command(name = "olmort", version)]
 struct Cli {
@@ -19,37 +22,22 @@ struct Cli {
     model: PathBuf,
     /// Prompt as little-endian u32 token ids; `-` or absent reads standard input.
     tokens: Option<PathBuf>,
-    /// Positions to run (prompt tokens, then generated ones); 0 only opens and checks the model.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
+    /// Positions to run (prompt tokens, then generated ones; default 20 for the trace
+    /// format); 0 only opens and checks the model.
+    #[arg(long)]
+    steps: Option<usize>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
     /// Write every step's logits to this .npy file, f32 of shape [steps, vocab].
     #[arg(long, value_name = "FILE.npy")]
     dump_logits: Option<PathBuf>,
+    #[command(flatten)]
+    generation: generate_cli::GenerateArgs,
 }
 
 fn fail(msg: impl std::fmt::Display) -> String {
     msg.to_string()
-}
-
-fn read_prompt(path: &Option<PathBuf>) -> Result<Vec<u32>, String> {
-    let mut bytes = Vec::new();
-    match path {
-        Some(p) if p.as_os_str() != "-" => {
-            File::open(p)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(|e| format!("{}: {e}", p.display()))?;
-        }
-        _ => {
-            io::stdin()
-                .read_to_end(&mut bytes)
-                .map_err(|e| format!("standard input: {e}"))?;
-        }
-    }
-    let name = path.as_ref().map_or("standard input".into(), |p| p.display().to_string());
-    parse_tokens(&bytes).map_err(|e| format!("{name}: {e}"))
 }
 
 fn print_timings(load_ms: f64, t: &Timings) {
@@ -73,12 +61,19 @@ fn run(cli: Cli) -> Result<(), String> {
     let blob = Blob::parse(map.bytes()).map_err(|e| where_(&e))?;
     let model = Model::new(&blob).map_err(|e| where_(&e))?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    if cli.steps == 0 {
+    if cli.steps == Some(0) {
         eprintln!("olmort: {}: ok ({load_ms:.2} ms to map and validate)", cli.model.display());
         return Ok(());
     }
-    let prompt = read_prompt(&cli.tokens)?;
-    olmort::trace::check_request(&model, &prompt, cli.steps).map_err(fail)?;
+    let prompt = cli.generation.read_prompt(&model, &cli.model, cli.tokens.as_ref())?;
+    let seed_trace = cli.generation.is_seed_trace();
+    let options = cli.generation.options(cli.steps)?;
+    let steps = if seed_trace {
+        cli.steps.unwrap_or(olmort::generate::DEFAULT_TRACE_STEPS)
+    } else {
+        plan(&model, prompt.len(), &options).map_err(fail)?.positions
+    };
+    olmort::trace::check_request(&model, &prompt, steps).map_err(fail)?;
 
     rayon::ThreadPoolBuilder::new()
         .num_threads(cli.threads.unwrap_or(0))
@@ -89,33 +84,61 @@ fn run(cli: Cli) -> Result<(), String> {
             let file = File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
             let w = BufWriter::new(file);
             Some(
-                NpyLogits::new(w, cli.steps, model.config.vocab_size as usize)
+                NpyLogits::new(w, steps, model.config.vocab_size as usize)
                     .map_err(|e| format!("{}: {e}", p.display()))?,
             )
         }
         None => None,
     };
-    let mut state = RunState::new(&model, cli.steps);
+    let mut state = RunState::new(&model, steps);
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let timings = run_trace(
-        &model,
-        &mut state,
-        &prompt,
-        cli.steps,
-        &mut out,
-        dump.as_mut().map(|d| d as &mut dyn LogitsSink),
-    )
+    let sink = dump.as_mut().map(|d| d as &mut dyn LogitsSink);
+    let timings = if seed_trace {
+        run_trace(&model, &mut state, &prompt, steps, &mut out, sink)
+    } else {
+        let plan = plan(&model, prompt.len(), &options).map_err(fail)?;
+        generate(&model, &mut state, &prompt, &options, plan, &mut out, sink)
+    }
     .map_err(fail)?;
+    drop(out);
+    generate_cli::end_text(options.format);
     if let (Some(d), Some(p)) = (dump, &cli.dump_logits) {
         d.finish().map_err(|e| format!("{}: {e}", p.display()))?;
+        let rows = timings.prompt_tokens + timings.generated_tokens;
+        if rows < steps {
+            generate_cli::shrink_npy_rows(p, rows, model.config.vocab_size as usize)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+        }
     }
     print_timings(load_ms, &timings);
     Ok(())
 }
 
+/// Command-line errors as one line (`--help` and `--version` print as usual).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // The message is the first paragraph; tips and usage follow a blank line.
+        let text = e.to_string();
+        let message: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+        let message = message.join(" ");
+        let message = message.strip_prefix("error: ").unwrap_or(&message);
+        eprintln!("olmort: {message} (see olmort --help)");
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("olmort: {e}");

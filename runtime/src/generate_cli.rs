@@ -1,0 +1,191 @@
+//! olmort's prompt and generation options: text prompts through the built-in tokenizer,
+//! output formats, limits and sampling.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use olmort::generate::{Format, GenerateOptions};
+use olmort::sampling::SamplingParams;
+use olmort::tokenizer::Tokenizer;
+use olmort::trace::parse_tokens;
+use olmort::Model;
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// Prompt text, encoded with the vocabulary packed in the model.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Read the prompt text from a file (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
+    /// Recognise special-token spellings such as <|endoftext|> in the prompt text.
+    #[arg(long)]
+    pub special: bool,
+    /// Output: the seed's trace lines, running text, or one JSON object per position.
+    #[arg(long, value_enum, default_value = "trace")]
+    pub format: Format,
+    /// New tokens to produce after the prompt (default for text and jsonl: 256, or
+    /// fewer if the model's context ends first).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
+    /// Do not stop at the model's end-of-sequence token (text and jsonl formats).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Sampling temperature; 0 (the default) is greedy.
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    pub temperature: f32,
+    /// Sample only from the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub top_k: usize,
+    /// Sample only from the most likely tokens that make up probability P (1: all).
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub top_p: f32,
+    /// Seed of the sampler (default: from the clock, printed on stderr).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+}
+
+impl GenerateArgs {
+    fn has_text_prompt(&self) -> bool {
+        self.prompt.is_some() || self.prompt_file.is_some()
+    }
+
+    /// Whether the request is the seed's loop exactly: greedy trace lines, `--steps`
+    /// positions, nothing else.
+    pub fn is_seed_trace(&self) -> bool {
+        self.format == Format::Trace && self.temperature == 0.0 && self.max_tokens.is_none()
+    }
+
+    /// The checked options; the seed is drawn here when sampling without one.
+    pub fn options(&self, steps: Option<usize>) -> Result<GenerateOptions, String> {
+        let seed = match self.seed {
+            Some(seed) => seed,
+            None if self.temperature > 0.0 => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                let seed = nanos ^ ((std::process::id() as u64) << 32);
+                eprintln!("olmort: sampling with --seed {seed}");
+                seed
+            }
+            None => 0,
+        };
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed,
+        };
+        sampling.validate()?;
+        Ok(GenerateOptions {
+            format: self.format,
+            steps,
+            max_tokens: self.max_tokens,
+            ignore_eos: self.ignore_eos,
+            sampling,
+        })
+    }
+
+    /// The prompt's token ids: from `tokens` (a file of u32 ids, `-` or absent: standard
+    /// input) or from the text of `--prompt` / `--prompt-file`.
+    pub fn read_prompt(
+        &self,
+        model: &Model,
+        model_path: &Path,
+        tokens: Option<&PathBuf>,
+    ) -> Result<Vec<u32>, String> {
+        let given = [tokens.is_some(), self.prompt.is_some(), self.prompt_file.is_some()];
+        if given.iter().filter(|&&g| g).count() > 1 {
+            return Err("give the prompt once: TOKENS.bin, --prompt or --prompt-file".into());
+        }
+        if self.special && !self.has_text_prompt() {
+            return Err("--special applies to a text prompt (--prompt or --prompt-file)".into());
+        }
+        if !self.has_text_prompt() {
+            return read_token_file(tokens);
+        }
+        let text = match (&self.prompt, &self.prompt_file) {
+            (Some(text), _) => text.clone(),
+            (None, Some(path)) => read_text_file(path)?,
+            (None, None) => unreachable!("has_text_prompt"),
+        };
+        let vocab = model.vocab.ok_or_else(|| {
+            format!(
+                "{}: no vocabulary in this model to encode a text prompt with (pack it with vocab.txt or tokenizer.json, or give token ids)",
+                model_path.display()
+            )
+        })?;
+        Tokenizer::new(vocab)
+            .encode(&text, self.special)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn read_token_file(path: Option<&PathBuf>) -> Result<Vec<u32>, String> {
+    let mut bytes = Vec::new();
+    match path {
+        Some(p) if p.as_os_str() != "-" => {
+            File::open(p)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        _ => {
+            io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("standard input: {e}"))?;
+        }
+    }
+    let name = path.map_or("standard input".into(), |p| p.display().to_string());
+    parse_tokens(&bytes).map_err(|e| format!("{name}: {e}"))
+}
+
+fn read_text_file(path: &Path) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    let name = if path.as_os_str() == "-" {
+        io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("standard input: {e}"))?;
+        "standard input".to_string()
+    } else {
+        File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        path.display().to_string()
+    };
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{name}: not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Ends running text with a line break when a person is watching, so the shell's prompt
+/// does not follow the text on its line.
+pub fn end_text(format: Format) {
+    if format == Format::Text && io::stdout().is_terminal() {
+        println!();
+    }
+}
+
+/// Rewrites the row count of a `[rows, vocab]` f32 `.npy` written with a larger count
+/// (generation stopped early) and drops the unwritten tail. The header keeps its length:
+/// the shorter shape is padded with spaces.
+pub fn shrink_npy_rows(path: &Path, rows: usize, vocab: usize) -> io::Result<()> {
+    let mut f = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut head = [0u8; 10];
+    f.read_exact(&mut head)?;
+    let header_len = u16::from_le_bytes([head[8], head[9]]) as usize;
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {vocab}), }}");
+    if dict.len() + 1 > header_len {
+        return Err(io::Error::other("the .npy header has no room for the new shape"));
+    }
+    let mut header = dict.into_bytes();
+    header.resize(header_len - 1, b' ');
+    header.push(b'\n');
+    f.seek(SeekFrom::Start(10))?;
+    f.write_all(&header)?;
+    f.set_len((10 + header_len + rows * vocab * 4) as u64)?;
+    f.sync_all()
+}

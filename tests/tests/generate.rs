@@ -1,0 +1,257 @@
+//! olmort's text prompts, output formats, limits, end-of-sequence and sampling options.
+
+use std::path::Path;
+
+use olmo_e2e::{describe, fixtures, read_npy_2d, reference, run, Scratch};
+use olmo_format::vocab::Vocab;
+
+fn pack(dir: &Path, out: &Path) {
+    let result = run("olmoc", &["pack", dir.to_str().unwrap(), out.to_str().unwrap()], &[]);
+    assert!(result.status.success(), "olmoc pack: {}", describe(&result));
+}
+
+fn pack_fixture(fixture: &str, scratch: &Scratch) -> String {
+    let out = scratch.path(&format!("{fixture}.bin"));
+    pack(&fixtures().join(fixture), &out);
+    out.to_str().unwrap().to_string()
+}
+
+fn olmort(args: &[&str]) -> (String, String) {
+    let out = run("olmort", args, &[]);
+    assert!(out.status.success(), "olmort {args:?}: {}", describe(&out));
+    (
+        String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs olmort expecting a refusal: non-zero exit, one line on stderr, no panic.
+fn refused(args: &[&str]) -> String {
+    let out = run("olmort", args, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "olmort {args:?} should fail: {}", describe(&out));
+    assert_eq!(stderr.lines().count(), 1, "olmort {args:?}: {}", describe(&out));
+    assert!(stderr.starts_with("olmort: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn dolma2() -> Vocab {
+    let text = std::fs::read_to_string(fixtures().join("tiny/vocab.txt")).unwrap();
+    Vocab::parse_vocab_txt(&text).unwrap()
+}
+
+fn decode(vocab: &Vocab, ids: &[u32]) -> Vec<u8> {
+    ids.iter().flat_map(|&id| vocab.tokens[id as usize].clone()).collect()
+}
+
+#[test]
+fn a_text_prompt_gives_the_same_trace_as_its_ids() {
+    let scratch = Scratch::new("gen-trace");
+    let blob = pack_fixture("tiny", &scratch);
+    let ids = fixtures().join("seed/fourscore.tokens.bin");
+    let (seed, _) = olmort(&[&blob, ids.to_str().unwrap()]);
+    assert_eq!(seed.lines().count(), 20);
+    let (text, _) = olmort(&[&blob, "--prompt", "Four score and seven"]);
+    assert_eq!(text, seed);
+    let prompt_file = scratch.path("prompt.txt");
+    std::fs::write(&prompt_file, "Four score and seven").unwrap();
+    let (file, _) = olmort(&[&blob, "--prompt-file", prompt_file.to_str().unwrap()]);
+    assert_eq!(file, seed);
+    // The generation loop's trace (any option beyond the seed's routes through it) prints
+    // the same lines: 4 prompt positions and 16 new tokens fed back.
+    let (generated, _) = olmort(&[&blob, "--prompt", "Four score and seven", "--max-tokens", "16"]);
+    assert_eq!(generated, seed);
+    let (sampled_greedy, _) =
+        olmort(&[&blob, ids.to_str().unwrap(), "--steps", "20", "--top-k", "1", "--temperature", "0.5"]);
+    assert_eq!(sampled_greedy, seed, "top-k 1 is greedy at any temperature");
+}
+
+#[test]
+fn text_format_prints_the_prompt_and_the_continuation() {
+    let scratch = Scratch::new("gen-text");
+    let blob = pack_fixture("tiny", &scratch);
+    let r = reference("tiny");
+    let vocab = dolma2();
+    // The reference feeds 4 prompt tokens and 16 argmax tokens; its last step's argmax
+    // is the 17th new token.
+    let mut expected_ids = r.input_tokens.clone();
+    expected_ids.push(*r.argmax.last().unwrap());
+    for n in [1usize, 5, 17] {
+        let (out, _) = olmort(&[
+            &blob,
+            "--prompt",
+            "Four score and seven",
+            "--format",
+            "text",
+            "--max-tokens",
+            &n.to_string(),
+        ]);
+        let expected = String::from_utf8_lossy(&decode(&vocab, &expected_ids[..4 + n])).into_owned();
+        assert_eq!(out, expected, "--max-tokens {n}");
+    }
+    // --steps limits positions: 6 positions are the 4 prompt tokens and 3 new ones.
+    let (out, _) = olmort(&[&blob, "--prompt", "Four score and seven", "--format", "text", "--steps", "6"]);
+    assert_eq!(out.as_bytes(), decode(&vocab, &expected_ids[..7]));
+}
+
+#[test]
+fn jsonl_format_has_one_object_per_position() {
+    let scratch = Scratch::new("gen-jsonl");
+    let blob = pack_fixture("tiny", &scratch);
+    let r = reference("tiny");
+    let (out, _) =
+        olmort(&[&blob, "--prompt", "Four score and seven", "--format", "jsonl", "--max-tokens", "6"]);
+    let lines: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).expect("a JSON object")).collect();
+    assert_eq!(lines.len(), 4 + 6 - 1);
+    for (pos, step) in lines.iter().enumerate() {
+        assert_eq!(step["pos"], pos);
+        assert_eq!(step["token"], r.input_tokens[pos]);
+        let next = if pos < 3 { r.input_tokens[pos + 1] } else { r.argmax[pos] };
+        assert_eq!(step["next"], next);
+        assert_eq!(step["generated"], pos >= 3);
+        let top: Vec<u32> = serde_json::from_value(step["top_ids"].clone()).unwrap();
+        assert_eq!(top, r.top5[pos]);
+        assert_eq!(step["top_logits"].as_array().unwrap().len(), 5);
+        assert!(step["text"].is_string() && step["next_text"].is_string());
+    }
+    assert_eq!(lines[0]["text"], "Four");
+    assert_eq!(lines[3]["text"], " seven");
+}
+
+/// The gqa fixture with its eos id set to a token its greedy continuation produces.
+fn gqa_with_eos(scratch: &Scratch, eos: u32) -> String {
+    let dir = scratch.path("gqa-eos");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("gqa")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace("\"eos_token_id\": 996", &format!("\"eos_token_id\": {eos}"));
+    assert!(config.contains(&format!("\"eos_token_id\": {eos}")));
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let out = scratch.path("gqa-eos.bin");
+    pack(&dir, &out);
+    out.to_str().unwrap().to_string()
+}
+
+#[test]
+fn generation_stops_at_eos_unless_told_not_to() {
+    let scratch = Scratch::new("gen-eos");
+    // Greedy after the 7-token prompt: 585 585 585 479 590 ...
+    let blob = gqa_with_eos(&scratch, 479);
+    let prompt = fixtures().join("gqa/prompt.tokens.bin");
+    let prompt = prompt.to_str().unwrap();
+    let dump = scratch.path("logits.npy");
+    let (out, _) = olmort(&[
+        &blob, prompt, "--format", "jsonl", "--max-tokens", "10", "--dump-logits", dump.to_str().unwrap(),
+    ]);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 10, "{out}");
+    assert_eq!(lines.last().unwrap()["next"], 479);
+    // Without a vocabulary the text is null.
+    assert!(lines[0]["text"].is_null());
+    // The logits file holds exactly the positions that ran.
+    let (rows, cols, _) = read_npy_2d(&dump);
+    assert_eq!((rows, cols), (10, 997));
+
+    let (out, _) = olmort(&[&blob, prompt, "--format", "jsonl", "--max-tokens", "10", "--ignore-eos"]);
+    assert_eq!(out.lines().count(), 7 + 10 - 1);
+    // The trace format is the seed's loop: it never stops early.
+    let (out, _) = olmort(&[&blob, prompt, "--steps", "24"]);
+    assert_eq!(out.lines().count(), 24);
+    let (out, _) = olmort(&[&blob, prompt, "--max-tokens", "10", "--temperature", "0"]);
+    assert_eq!(out.lines().count(), 17);
+}
+
+#[test]
+fn the_same_seed_samples_the_same_text() {
+    let scratch = Scratch::new("gen-seed");
+    let blob = pack_fixture("tiny", &scratch);
+    let args = |seed: &'static str| {
+        vec![
+            blob.clone(),
+            "--prompt".into(),
+            "Four score".into(),
+            "--format".into(),
+            "text".into(),
+            "--max-tokens".into(),
+            "24".into(),
+            "--temperature".into(),
+            "1.0".into(),
+            "--top-p".into(),
+            "0.95".into(),
+            "--top-k".into(),
+            "50".into(),
+            "--seed".into(),
+            seed.into(),
+        ]
+    };
+    let go = |seed| {
+        let a = args(seed);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        olmort(&a).0
+    };
+    let (a, b, c) = (go("11"), go("11"), go("12"));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(a.starts_with("Four score"));
+    // Without --seed one is drawn and printed, so a run can be repeated.
+    let (_, stderr) = olmort(&[&blob, "--prompt", "x", "--format", "text", "--max-tokens", "2", "--temperature", "1"]);
+    assert!(stderr.contains("--seed "), "{stderr}");
+}
+
+#[test]
+fn special_tokens_in_a_prompt_only_with_special() {
+    let scratch = Scratch::new("gen-special");
+    let blob = pack_fixture("tiny", &scratch);
+    let first_token = |extra: &[&str]| {
+        let mut args = vec![blob.as_str(), "--prompt", "<|endoftext|>Hi", "--format", "jsonl", "--max-tokens", "1"];
+        args.extend_from_slice(extra);
+        let (out, _) = olmort(&args);
+        let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        first["token"].as_u64().unwrap()
+    };
+    assert_eq!(first_token(&["--special"]), 100257);
+    assert_ne!(first_token(&[]), 100257);
+}
+
+#[test]
+fn bad_requests_are_one_line_each() {
+    let scratch = Scratch::new("gen-bad");
+    let tiny = pack_fixture("tiny", &scratch);
+    let gqa = pack_fixture("gqa", &scratch);
+    let ids = fixtures().join("seed/fourscore.tokens.bin");
+    let ids = ids.to_str().unwrap();
+    assert!(refused(&[&gqa, "--prompt", "hello"]).contains("no vocabulary"));
+    let gqa_prompt = fixtures().join("gqa/prompt.tokens.bin");
+    assert!(refused(&[&gqa, gqa_prompt.to_str().unwrap(), "--format", "text"]).contains("vocabulary"));
+    assert!(refused(&[&tiny, ids, "--prompt", "hello"]).contains("once"));
+    assert!(refused(&[&tiny, "--prompt", ""]).contains("no tokens"));
+    assert!(refused(&[&tiny, ids, "--special"]).contains("--special"));
+    assert!(refused(&[&tiny, "--prompt", "a", "--top-p", "1.5"]).contains("--top-p"));
+    assert!(refused(&[&tiny, "--prompt", "a", "--temperature=-1"]).contains("--temperature"));
+    // The tiny model has 128 positions.
+    assert!(refused(&[&tiny, "--prompt", "a", "--format", "text", "--max-tokens", "500"])
+        .contains("maximum sequence length"));
+    assert!(refused(&[&tiny, "--prompt", "a", "--steps", "129"]).contains("maximum sequence length"));
+    assert!(refused(&[&tiny, "--prompt", "a", "--format", "xml"]).contains("xml"));
+    assert!(refused(&[&tiny, "--prompt", "a", "--max-tokens", "-3"]).contains("-3"));
+    let bad = scratch.path("latin1.txt");
+    std::fs::write(&bad, b"caf\xe9").unwrap();
+    assert!(refused(&[&tiny, "--prompt-file", bad.to_str().unwrap()]).contains("not UTF-8"));
+    let missing = scratch.path("missing.txt");
+    assert!(refused(&[&tiny, "--prompt-file", missing.to_str().unwrap()]).contains("missing.txt"));
+}
+
+#[test]
+fn default_text_generation_fits_the_context() {
+    let scratch = Scratch::new("gen-default");
+    let blob = pack_fixture("tiny", &scratch);
+    // 256 new tokens by default, but the tiny model has 128 positions: the 4 prompt
+    // positions and 124 more, which produce 125 new tokens (the last needs no position).
+    let (out, _) = olmort(&[&blob, "--prompt", "Four score and seven", "--format", "jsonl", "--ignore-eos"]);
+    assert_eq!(out.lines().count(), 128);
+}
