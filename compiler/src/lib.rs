@@ -4,6 +4,7 @@ pub mod convert;
 pub mod hf_config;
 pub mod inspect;
 pub mod npy;
+pub mod output;
 pub mod pack;
 
 pub use pack::{pack, PackOptions, PackSummary};

@@ -1,10 +1,11 @@
 //! `olmoc pack`: a folder of per-tensor `.npy` files (and `config.json`, `vocab.txt`)
 //! into one blob. Every input is checked before the first byte is written; the blob is
 //! written to a temporary file beside the output and renamed into place only when
-//! complete, so a failure never leaves a partial file or clobbers an existing one.
+//! complete, so a failure or an interrupt never leaves a partial file or clobbers an
+//! existing one (see [`crate::output`]).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,6 +20,7 @@ use olmo_format::{
 use crate::convert::{write_f32s, write_matrix};
 use crate::hf_config::{infer_config, read_config_json, InferredShapes};
 use crate::npy::NpyTensor;
+use crate::output::Output;
 use crate::PackError;
 
 /// How to pack.
@@ -262,37 +264,6 @@ fn read_vocab(dir: &Path, config: &ModelConfig) -> Result<Option<Vocab>, PackErr
     Ok(Some(vocab))
 }
 
-/// A file being written under a temporary name; removed on drop unless persisted.
-struct TempOutput {
-    path: PathBuf,
-    persisted: bool,
-}
-
-impl TempOutput {
-    fn beside(out: &Path) -> TempOutput {
-        let name = out.file_name().map_or_else(|| "blob".into(), |n| n.to_string_lossy().into_owned());
-        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        TempOutput {
-            path: dir.join(format!(".{name}.tmp-{}", std::process::id())),
-            persisted: false,
-        }
-    }
-
-    fn persist(mut self, out: &Path) -> std::io::Result<()> {
-        fs::rename(&self.path, out)?;
-        self.persisted = true;
-        Ok(())
-    }
-}
-
-impl Drop for TempOutput {
-    fn drop(&mut self) {
-        if !self.persisted {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
 /// Packs the checkpoint in `dir` into the blob `out`.
 pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary, PackError> {
     let start = Instant::now();
@@ -326,10 +297,9 @@ pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary
         .map_err(PackError::Format)?;
     let total_bytes = plan.data_offset + plan.data_len;
 
-    let temp = TempOutput::beside(out);
+    let mut output = Output::create(out)?;
     let write_err = |e: std::io::Error| PackError::Output(format!("{}: {e}", out.display()));
-    let file = File::create(&temp.path).map_err(write_err)?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let mut writer = BufWriter::with_capacity(1 << 20, output.file());
     let mut values: Vec<f32> = Vec::new();
     // Input errors found while streaming are kept here; the io::Error only stops the writer.
     let mut input_error: Option<PackError> = None;
@@ -362,12 +332,8 @@ pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary
         return Err(e);
     }
     result.map_err(write_err)?;
-    let file = writer
-        .into_inner()
-        .map_err(|e| write_err(e.into_error()))?;
-    file.sync_all().map_err(write_err)?;
-    drop(file);
-    temp.persist(out).map_err(write_err)?;
+    writer.into_inner().map_err(|e| write_err(e.into_error()))?;
+    output.finish()?;
     Ok(PackSummary {
         tensors: specs.len(),
         bytes: total_bytes,
