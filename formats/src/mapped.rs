@@ -36,7 +36,16 @@ pub struct MappedFile {
 }
 
 impl MappedFile {
+    /// Maps the regular file at `path`. A folder, device or pipe is refused before it is
+    /// opened (opening a pipe would wait for a writer; mapping a folder fails obscurely).
     pub fn open(path: &Path) -> io::Result<MappedFile> {
+        let meta = std::fs::metadata(path)?;
+        if meta.is_dir() {
+            return Err(io::Error::other("is a folder, not a file"));
+        }
+        if !meta.is_file() {
+            return Err(io::Error::other("is not a regular file"));
+        }
         let file = File::open(path)?;
         let len = file.metadata()?.len();
         if len == 0 {
