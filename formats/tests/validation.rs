@@ -549,3 +549,34 @@ fn typed_views_check_their_type() {
         }
     }
 }
+
+/// The test above that covers each variant. A new variant fails to compile here until
+/// it has a test of its own.
+#[allow(dead_code)]
+fn test_of(e: &FormatError) -> &'static str {
+    match e {
+        FormatError::Empty => "empty_file",
+        FormatError::BadMagic => "wrong_magic",
+        FormatError::Truncated { .. } => "truncated_at_every_length",
+        FormatError::NewerVersion { .. } | FormatError::OlderVersion { .. } => "newer_and_older_versions",
+        FormatError::HeaderChecksum => "every_byte_flip_in_the_header_is_caught",
+        FormatError::BadHeader(_) => "bad_header_fields",
+        FormatError::TrailingBytes { .. } => "trailing_bytes",
+        FormatError::ManifestChecksum { .. } => "manifest_checksum",
+        FormatError::ManifestDecode(_) => "manifest_that_does_not_decode",
+        FormatError::Config { .. } => "config_errors",
+        FormatError::UnknownDType { .. } | FormatError::UnknownLayout { .. } => "unknown_dtype_and_layout",
+        FormatError::BadType { .. } => "bad_types",
+        FormatError::SizeOverflow { .. } => "size_overflow",
+        FormatError::ByteLength { .. } => "byte_length_disagrees_with_shape",
+        FormatError::Misaligned { .. } => "misaligned",
+        FormatError::OutOfBounds { .. } => "out_of_bounds",
+        FormatError::Overlap { .. } => "overlap",
+        FormatError::UnusedData { .. } => "unused_data",
+        FormatError::Duplicate { .. } => "duplicate",
+        FormatError::Missing { .. } => "missing_required_tensor",
+        FormatError::Unexpected { .. } => "unexpected_tensor",
+        FormatError::Shape { .. } => "shape_disagrees_with_config",
+        FormatError::Vocab(_) => "vocabulary_errors",
+    }
+}
