@@ -70,4 +70,13 @@ impl MappedFile {
             let _ = map.advise(advice);
         }
     }
+
+    /// Locks the whole map in memory (mlock): reads every page that is not cached and
+    /// keeps them resident until the map is dropped.
+    pub fn lock(&self) -> io::Result<()> {
+        match &self.map {
+            Some(map) => map.lock(),
+            None => Ok(()),
+        }
+    }
 }

@@ -1,9 +1,11 @@
 mod generate_cli;
+mod load;
 
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
@@ -32,6 +34,11 @@ struct Cli {
     /// Write every step's logits to this .npy file, f32 of shape [steps, vocab].
     #[arg(long, value_name = "FILE.npy")]
     dump_logits: Option<PathBuf>,
+    /// How the weights reach memory: lazy (default: on demand, with the huge-page hint),
+    /// prefetch (a thread faults them in ahead of the computation), none (no hint),
+    /// populate or mlock (all of it before the first token). See docs/STARTUP.md.
+    #[arg(long, value_name = "MODE", default_value = "lazy")]
+    load: load::LoadMode,
     #[command(flatten)]
     generation: generate_cli::GenerateArgs,
 }
@@ -57,7 +64,7 @@ fn print_timings(load_ms: f64, t: &Timings) {
 fn run(cli: Cli) -> Result<(), String> {
     let started = Instant::now();
     let where_ = |e: &dyn std::fmt::Display| format!("{}: {e}", cli.model.display());
-    let map = MappedFile::open(&cli.model).map_err(|e| where_(&e))?;
+    let map = Arc::new(MappedFile::open(&cli.model).map_err(|e| where_(&e))?);
     let blob = Blob::parse(map.bytes()).map_err(|e| where_(&e))?;
     let model = Model::new(&blob).map_err(|e| where_(&e))?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -65,6 +72,7 @@ fn run(cli: Cli) -> Result<(), String> {
         eprintln!("olmort: {}: ok ({load_ms:.2} ms to map and validate)", cli.model.display());
         return Ok(());
     }
+    load::start(&map, &blob, cli.load).map_err(|e| format!("--load: {e}"))?;
     let prompt = cli.generation.read_prompt(&model, &cli.model, cli.tokens.as_ref())?;
     let seed_trace = cli.generation.is_seed_trace();
     let options = cli.generation.options(cli.steps)?;
