@@ -1,29 +1,38 @@
-//! The forward pass, one token at a time against a KV cache, as Hugging Face's
-//! `Olmo2ForCausalLM` computes it.
+//! The forward pass against a KV cache, as Hugging Face's `Olmo2ForCausalLM` computes
+//! it: one token at a time ([`forward`]) or a run of consecutive tokens at once
+//! ([`forward_batch`], prompt processing), which reads every weight once for the whole
+//! run and attends causally inside it.
 
 use rayon::prelude::*;
 
-use crate::kernels::matvec;
+use crate::kernels::{self, matmul_with, Kernels};
 use crate::model::Model;
 use crate::ops::{rms_norm, softmax, swiglu, RopeTables};
 
-/// Every buffer a forward pass needs, allocated once for at most `max_positions` positions.
+/// The most tokens [`RunState::new`] lets one [`forward_batch`] call take: enough that
+/// the GEMMs are compute-bound, small enough that the batch logits stay modest
+/// (`max_batch * vocab` floats).
+pub const DEFAULT_MAX_BATCH: usize = 128;
+
+/// Every buffer a forward pass needs, allocated once for at most `max_positions`
+/// positions and batches of at most `max_batch` tokens. Row `i` of each batch buffer
+/// belongs to the batch's token `i`.
 pub struct RunState {
-    /// (d) the residual stream
+    /// (batch, d) the residual stream
     x: Vec<f32>,
-    /// (q + 2 kv) this token's query, key and value
+    /// (batch, q + 2 kv) query, key and value
     qkv: Vec<f32>,
-    /// (q) attention output, heads concatenated
+    /// (batch, q) attention output, heads concatenated
     attn: Vec<f32>,
-    /// (d) output of o_proj or down_proj before its norm
+    /// (batch, d) output of o_proj or down_proj before its norm
     proj: Vec<f32>,
-    /// (2 f) gate then up
+    /// (batch, 2 f) gate then up
     gate_up: Vec<f32>,
-    /// (f) silu(gate) * up
+    /// (batch, f) silu(gate) * up
     act: Vec<f32>,
     /// (heads, max_positions) attention weights
     scores: Vec<f32>,
-    /// (vocab)
+    /// (batch, vocab): the last call's logits, one row per token
     pub logits: Vec<f32>,
     /// (layer, max_positions, kv)
     key_cache: Vec<f32>,
@@ -31,109 +40,187 @@ pub struct RunState {
     value_cache: Vec<f32>,
     rope: RopeTables,
     max_positions: usize,
+    max_batch: usize,
 }
 
 impl RunState {
+    /// Buffers for `max_positions` positions, batches of up to
+    /// `min(max_positions, DEFAULT_MAX_BATCH)` tokens.
     pub fn new(model: &Model, max_positions: usize) -> RunState {
+        RunState::with_max_batch(model, max_positions, max_positions.min(DEFAULT_MAX_BATCH))
+    }
+
+    /// Buffers for `max_positions` positions and batches of up to `max_batch` tokens.
+    pub fn with_max_batch(model: &Model, max_positions: usize, max_batch: usize) -> RunState {
         let c = model.config;
         let d = c.hidden_size as usize;
         let q = c.q_dim() as usize;
         let kv = c.kv_dim() as usize;
         let f = c.intermediate_size as usize;
         let layers = c.num_hidden_layers as usize;
+        let b = max_batch.max(1);
         RunState {
-            x: vec![0.0; d],
-            qkv: vec![0.0; q + 2 * kv],
-            attn: vec![0.0; q],
-            proj: vec![0.0; d],
-            gate_up: vec![0.0; 2 * f],
-            act: vec![0.0; f],
+            x: vec![0.0; b * d],
+            qkv: vec![0.0; b * (q + 2 * kv)],
+            attn: vec![0.0; b * q],
+            proj: vec![0.0; b * d],
+            gate_up: vec![0.0; b * 2 * f],
+            act: vec![0.0; b * f],
             scores: vec![0.0; c.num_attention_heads as usize * max_positions],
-            logits: vec![0.0; c.vocab_size as usize],
+            logits: vec![0.0; b * c.vocab_size as usize],
             key_cache: vec![0.0; layers * max_positions * kv],
             value_cache: vec![0.0; layers * max_positions * kv],
             rope: RopeTables::new(max_positions, c.head_dim as usize, c.rope_theta),
             max_positions,
+            max_batch: b,
         }
     }
 
     pub fn max_positions(&self) -> usize {
         self.max_positions
     }
+
+    /// The most tokens one [`forward_batch`] call takes.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
 }
 
 /// Runs `token` at position `pos` (all earlier positions must already be in the cache)
 /// and returns the next-token logits.
 pub fn forward<'s>(model: &Model, s: &'s mut RunState, token: u32, pos: usize) -> &'s [f32] {
+    forward_batch(model, s, &[token], pos)
+}
+
+/// Runs `tokens` at positions `start ..` (all earlier positions must already be in the
+/// cache) and returns their next-token logits, `tokens.len() x vocab` row-major.
+pub fn forward_batch<'s>(model: &Model, s: &'s mut RunState, tokens: &[u32], start: usize) -> &'s [f32] {
+    let n = tokens.len();
+    assert!(n <= s.max_batch, "{n} tokens is more than the batch buffers hold ({})", s.max_batch);
+    assert!(start + n <= s.max_positions, "position {} beyond the KV cache", start + n - 1);
+    let vocab = model.config.vocab_size as usize;
+    if n == 0 {
+        return &s.logits[..0];
+    }
+    let k = kernels::active();
+    run(k, model, s, tokens, start);
+    &s.logits[..n * vocab]
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Applies `f` to each token's row of `buf` (rows `width` apart), in parallel when the
+/// batch is big enough to pay for it.
+fn per_token(n: usize, width: usize, buf: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let rows = &mut buf[..n * width];
+    if n < 4 {
+        rows.chunks_exact_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+    } else {
+        rows.par_chunks_exact_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+    }
+}
+
+fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize) {
     let c = model.config;
-    assert!(pos < s.max_positions, "position {pos} beyond the KV cache");
+    let n = tokens.len();
     let eps = c.rms_norm_eps as f32;
+    let d = c.hidden_size as usize;
     let head_dim = c.head_dim as usize;
     let heads = c.num_attention_heads as usize;
     let group = heads / c.num_key_value_heads as usize;
     let q_dim = c.q_dim() as usize;
     let kv_dim = c.kv_dim() as usize;
+    let qkv_dim = q_dim + 2 * kv_dim;
     let f = c.intermediate_size as usize;
-    let n_ctx = pos + 1;
-    let layer_stride = s.max_positions * kv_dim;
+    let vocab = c.vocab_size as usize;
+    let max_positions = s.max_positions;
+    let layer_stride = max_positions * kv_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
 
-    model.embed_tokens.row_to_f32(token as usize, &mut s.x);
+    for (i, &t) in tokens.iter().enumerate() {
+        model.embed_tokens.row_to_f32(t as usize, &mut s.x[i * d..][..d]);
+    }
 
     for (l, w) in model.layers.iter().enumerate() {
         // Attention. OLMo-2 normalises the q and k projections (over all heads at once)
         // and the attention output, not the layer input.
-        matvec(&w.qkv_proj, &s.x, &mut s.qkv);
-        let (q, kv) = s.qkv.split_at_mut(q_dim);
-        let (k, v) = kv.split_at_mut(kv_dim);
-        rms_norm(q, w.q_norm, eps);
-        rms_norm(k, w.k_norm, eps);
-        s.rope.apply(q, pos);
-        s.rope.apply(k, pos);
+        matmul_with(k, &w.qkv_proj, &s.x[..n * d], n, &mut s.qkv[..n * qkv_dim]);
+        let rope = &s.rope;
+        per_token(n, qkv_dim, &mut s.qkv, |i, row| {
+            let (q, kv) = row.split_at_mut(q_dim);
+            let kk = &mut kv[..kv_dim];
+            rms_norm(q, w.q_norm, eps);
+            rms_norm(kk, w.k_norm, eps);
+            rope.apply(q, start + i);
+            rope.apply(kk, start + i);
+        });
         let key_cache = &mut s.key_cache[l * layer_stride..][..layer_stride];
         let value_cache = &mut s.value_cache[l * layer_stride..][..layer_stride];
-        key_cache[pos * kv_dim..][..kv_dim].copy_from_slice(k);
-        value_cache[pos * kv_dim..][..kv_dim].copy_from_slice(v);
+        for (i, row) in s.qkv[..n * qkv_dim].chunks_exact(qkv_dim).enumerate() {
+            let pos = start + i;
+            key_cache[pos * kv_dim..][..kv_dim].copy_from_slice(&row[q_dim..][..kv_dim]);
+            value_cache[pos * kv_dim..][..kv_dim].copy_from_slice(&row[q_dim + kv_dim..][..kv_dim]);
+        }
         let (key_cache, value_cache) = (&*key_cache, &*value_cache);
-        let q = &*q;
-        s.attn
-            .par_chunks_mut(head_dim)
-            .zip(s.scores.par_chunks_mut(s.max_positions))
-            .enumerate()
-            .for_each(|(h, (out, scores))| {
-                let qh = &q[h * head_dim..][..head_dim];
-                let kv_off = (h / group) * head_dim;
+        let qkv = &s.qkv;
+        let attn = SendPtr(s.attn.as_mut_ptr());
+        let head = |h: usize, scores: &mut [f32]| {
+            let attn = attn;
+            let kv_off = (h / group) * head_dim;
+            for i in 0..n {
+                let qh = &qkv[i * qkv_dim + h * head_dim..][..head_dim];
+                let n_ctx = start + i + 1;
                 let scores = &mut scores[..n_ctx];
                 for (t, score) in scores.iter_mut().enumerate() {
                     let kh = &key_cache[t * kv_dim + kv_off..][..head_dim];
-                    *score = qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    *score = kernels::dot(k, qh, kh) * scale;
                 }
                 softmax(scores);
+                // SAFETY: head h of token i is written by this task alone, and `attn`
+                // (n x q) outlives the parallel loop.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(attn.0.add(i * q_dim + h * head_dim), head_dim)
+                };
                 out.fill(0.0);
                 for (t, &p) in scores.iter().enumerate() {
-                    let vh = &value_cache[t * kv_dim + kv_off..][..head_dim];
-                    for (o, &vv) in out.iter_mut().zip(vh) {
-                        *o += p * vv;
-                    }
+                    kernels::axpy(k, p, &value_cache[t * kv_dim + kv_off..][..head_dim], out);
                 }
-            });
-        matvec(&w.o_proj, &s.attn, &mut s.proj);
-        rms_norm(&mut s.proj, w.post_attention_layernorm, eps);
-        for (x, p) in s.x.iter_mut().zip(&s.proj) {
-            *x += p;
-        }
+            }
+        };
+        s.scores
+            .par_chunks_mut(max_positions)
+            .enumerate()
+            .for_each(|(h, scores)| head(h, scores));
+        matmul_with(k, &w.o_proj, &s.attn[..n * q_dim], n, &mut s.proj[..n * d]);
+        residual(n, d, &mut s.x, &mut s.proj, w.post_attention_layernorm, eps);
 
         // MLP: SwiGLU, normalised before the residual add.
-        matvec(&w.gate_up_proj, &s.x, &mut s.gate_up);
-        swiglu(&s.gate_up, &mut s.act[..f]);
-        matvec(&w.down_proj, &s.act, &mut s.proj);
-        rms_norm(&mut s.proj, w.post_feedforward_layernorm, eps);
-        for (x, p) in s.x.iter_mut().zip(&s.proj) {
-            *x += p;
-        }
+        matmul_with(k, &w.gate_up_proj, &s.x[..n * d], n, &mut s.gate_up[..n * 2 * f]);
+        let gate_up = &s.gate_up;
+        per_token(n, f, &mut s.act, |i, act| swiglu(&gate_up[i * 2 * f..][..2 * f], act));
+        matmul_with(k, &w.down_proj, &s.act[..n * f], n, &mut s.proj[..n * d]);
+        residual(n, d, &mut s.x, &mut s.proj, w.post_feedforward_layernorm, eps);
     }
 
-    rms_norm(&mut s.x, model.norm, eps);
-    matvec(&model.lm_head, &s.x, &mut s.logits);
-    &s.logits
+    per_token(n, d, &mut s.x, |_, x| rms_norm(x, model.norm, eps));
+    matmul_with(k, &model.lm_head, &s.x[..n * d], n, &mut s.logits[..n * vocab]);
+}
+
+/// `x += rms_norm(proj)` for each token.
+fn residual(n: usize, d: usize, x: &mut [f32], proj: &mut [f32], weight: &[f32], eps: f32) {
+    let proj = &mut proj[..n * d];
+    let f = |(x, p): (&mut [f32], &mut [f32])| {
+        rms_norm(p, weight, eps);
+        for (x, p) in x.iter_mut().zip(p.iter()) {
+            *x += p;
+        }
+    };
+    if n < 4 {
+        x.chunks_exact_mut(d).zip(proj.chunks_exact_mut(d)).for_each(f);
+    } else {
+        x[..n * d].par_chunks_exact_mut(d).zip(proj.par_chunks_exact_mut(d)).for_each(f);
+    }
 }

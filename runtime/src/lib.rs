@@ -19,7 +19,7 @@ pub mod text;
 pub mod tokenizer;
 pub mod trace;
 
-pub use forward::{forward, RunState};
+pub use forward::{forward, forward_batch, RunState};
 pub use model::Model;
 
 use olmo_format::FormatError;

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use crate::forward::{forward, RunState};
+use crate::forward::{forward, forward_batch, RunState};
 use crate::model::Model;
 use crate::ops::top_k;
 use crate::text::Escaped;
@@ -72,37 +72,54 @@ pub fn run_trace(
 ) -> Result<Timings, RunError> {
     check_request(model, prompt, steps)?;
     let mut timings = Timings::default();
+    let vocab = model.config.vocab_size as usize;
+    // The prompt goes through in batches: one pass over the weights per batch.
+    let prompt_steps = prompt.len().min(steps);
     let mut token = prompt[0];
-    for pos in 0..steps {
-        if pos < prompt.len() {
-            token = prompt[pos];
+    let mut pos = 0;
+    while pos < prompt_steps {
+        let n = (prompt_steps - pos).min(state.max_batch());
+        let chunk = &prompt[pos..pos + n];
+        let started = Instant::now();
+        let logits = forward_batch(model, state, chunk, pos);
+        let tops: Vec<[(u32, f32); 5]> = logits.chunks_exact(vocab).map(top_k::<5>).collect();
+        timings.prompt += started.elapsed();
+        timings.prompt_tokens += n;
+        for (i, (&t, top)) in chunk.iter().zip(&tops).enumerate() {
+            if let Some(sink) = logits_sink.as_deref_mut() {
+                sink.write_step(&logits[i * vocab..][..vocab])?;
+            }
+            write_step(model, pos + i, t, top, out)?;
+            token = top[0].0;
         }
+        pos += n;
+    }
+    for pos in prompt_steps..steps {
         let started = Instant::now();
         let logits = forward(model, state, token, pos);
         let top = top_k::<5>(logits);
-        let spent = started.elapsed();
-        if pos < prompt.len() {
-            timings.prompt += spent;
-            timings.prompt_tokens += 1;
-        } else {
-            timings.generation += spent;
-            timings.generated_tokens += 1;
-        }
+        timings.generation += started.elapsed();
+        timings.generated_tokens += 1;
         if let Some(sink) = logits_sink.as_deref_mut() {
             sink.write_step(logits)?;
         }
-        write!(out, "{pos}: token ")?;
-        write_token(model, token, out)?;
-        write!(out, " Top 5 next tokens:")?;
-        for (id, _) in top {
-            write!(out, " ")?;
-            write_token(model, id, out)?;
-        }
-        writeln!(out)?;
+        write_step(model, pos, token, &top, out)?;
         token = top[0].0;
     }
     out.flush()?;
     Ok(timings)
+}
+
+/// One trace line: the position, the token fed there and the top-5 next tokens.
+fn write_step(model: &Model, pos: usize, token: u32, top: &[(u32, f32); 5], out: &mut dyn Write) -> io::Result<()> {
+    write!(out, "{pos}: token ")?;
+    write_token(model, token, out)?;
+    write!(out, " Top 5 next tokens:")?;
+    for &(id, _) in top {
+        write!(out, " ")?;
+        write_token(model, id, out)?;
+    }
+    writeln!(out)
 }
 
 /// `ID ("text")` with a vocabulary, `ID` without one.

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{rows_per_task, Matrix, MatrixData};
+use super::{rows_per_task, Matrix, MatrixData, QuantX};
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -144,25 +144,11 @@ unsafe fn rows_bf16(w: *const u16, cols: usize, r0: usize, x: &[f32], y: &mut [f
     rows_float::<WBF16>(w, cols, r0, x, y)
 }
 
-/// `x` quantised like a q8_0 row: per block of 32, `round(x / d)` with
-/// `d = max|x| / 127`, the tail block padded with zeros.
-pub(super) struct QuantX {
-    pub quants: Vec<i8>,
-    pub scales: Vec<f32>,
-}
-
 impl QuantX {
-    pub(super) const fn new() -> QuantX {
-        QuantX { quants: Vec::new(), scales: Vec::new() }
-    }
-
-    /// Quantises `x`; grows the buffers only when `x` is longer than any before.
+    /// Quantises `x` (see [`super::portable::quantize_block`]); grows the buffers only
+    /// when `x` is longer than any before.
     pub(super) fn quantize(&mut self, x: &[f32]) {
-        let blocks = x.len().div_ceil(32);
-        if self.quants.len() < blocks * 32 {
-            self.quants.resize(blocks * 32, 0);
-            self.scales.resize(blocks, 0.0);
-        }
+        let blocks = self.reserve(x.len());
         let whole = x.len() / 32;
         unsafe { quantize_blocks(&x[..whole * 32], &mut self.quants, &mut self.scales) };
         if whole < blocks {
@@ -196,8 +182,7 @@ unsafe fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32]) {
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
         let amax = _mm_cvtss_f32(m);
-        let scale = amax / 127.0;
-        d[b] = scale;
+        d[b] = amax / 127.0;
         let inv = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
         let i: [__m256i; 4] = std::array::from_fn(|j| {
             _mm256_cvtps_epi32(_mm256_round_ps(

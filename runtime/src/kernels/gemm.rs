@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::avx2::segment_to_f32;
-use super::Matrix;
+use super::{round_like_q8, Matrix, MatrixData};
 
 /// Rows of `X` per micro-kernel call.
 const MR: usize = 6;
@@ -21,7 +21,7 @@ const NR: usize = 16;
 /// Input columns per packed tile.
 const KC: usize = 256;
 /// Weight rows per task (a multiple of `NR`).
-const NB: usize = 64;
+const NB: usize = 128;
 /// Below this many rows of `X`, a matrix-vector product per row is cheaper.
 pub const MIN_BATCH: usize = 3;
 
@@ -31,8 +31,10 @@ struct Panel {
 }
 
 thread_local! {
-    /// Per-thread packing scratch, allocated on a thread's first GEMM and reused.
+    /// Per-thread weight-packing scratch, allocated on a thread's first GEMM and reused.
     static PANEL: RefCell<Panel> = const { RefCell::new(Panel { buf: Vec::new(), row: Vec::new() }) };
+    /// The calling thread's packed copy of `X`, grown to the largest call and reused.
+    static APACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 #[derive(Clone, Copy)]
@@ -40,42 +42,96 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+/// Runs `f` on a thread-local buffer of at least `len` floats (a fresh one if the
+/// thread's own is already in use further up the stack).
+fn with_scratch<R>(key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
 pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     let (rows, k) = (w.rows, w.cols);
-    let yp = SendPtr(y.as_mut_ptr());
-    let tasks = rows.div_ceil(NB);
-    let task = |t: usize| {
-        let yp = yp;
-        PANEL.with(|cell| {
-            let mut fresh;
-            let mut guard;
-            let panel: &mut Panel = match cell.try_borrow_mut() {
-                Ok(g) => {
-                    guard = g;
-                    &mut guard
+    let groups = n.div_ceil(MR);
+    // X packed once for every task: for each KC slice, for each group of MR rows,
+    // [kk][MR] with zero rows past n.
+    with_scratch(&APACK, groups * MR * k, |apack| {
+        pack_a(x, n, k, matches!(w.data, MatrixData::Q8_0 { .. }), apack);
+        let apack = &*apack;
+        let yp = SendPtr(y.as_mut_ptr());
+        let tasks = rows.div_ceil(NB);
+        let task = |t: usize| {
+            let yp = yp;
+            PANEL.with(|cell| {
+                let mut fresh;
+                let mut guard;
+                let panel: &mut Panel = match cell.try_borrow_mut() {
+                    Ok(g) => {
+                        guard = g;
+                        &mut guard
+                    }
+                    Err(_) => {
+                        fresh = Panel { buf: Vec::new(), row: Vec::new() };
+                        &mut fresh
+                    }
+                };
+                if panel.buf.len() < KC * NB + 16 {
+                    panel.buf.resize(KC * NB + 16, 0.0);
+                    panel.row.resize(KC, 0.0);
                 }
-                Err(_) => {
-                    fresh = Panel { buf: Vec::new(), row: Vec::new() };
-                    &mut fresh
+                // 64-byte align the panel so every B load stays within one cache line.
+                let off = panel.buf.as_ptr().align_offset(64).min(16);
+                let Panel { buf, row } = panel;
+                let packed = &mut buf[off..off + KC * NB];
+                let r0 = t * NB;
+                let nb = NB.min(rows - r0);
+                unsafe { block(w, apack, n, k, r0, nb, packed, row, yp.0, rows) };
+            })
+        };
+        if rayon::current_num_threads() == 1 || tasks == 1 {
+            (0..tasks).for_each(task);
+        } else {
+            (0..tasks).into_par_iter().for_each(task);
+        }
+    })
+}
+
+/// Packs `x` (`n x k`) as described in [`matmul`]: slice `k0` starts at `k0 * groups * MR`.
+/// With `q8`, each row is first rounded as q8_0 activations ([`round_like_q8`]).
+fn pack_a(x: &[f32], n: usize, k: usize, q8: bool, apack: &mut [f32]) {
+    let mut tmp = [0f32; KC];
+    let groups = n.div_ceil(MR);
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = KC.min(k - k0);
+        let slice = &mut apack[k0 * groups * MR..][..groups * MR * kc];
+        for (g, dst) in slice.chunks_exact_mut(kc * MR).enumerate() {
+            for i in 0..MR {
+                let row = g * MR + i;
+                if row < n {
+                    let mut src = &x[row * k + k0..][..kc];
+                    if q8 {
+                        tmp[..kc].copy_from_slice(src);
+                        round_like_q8(&mut tmp[..kc]);
+                        src = &tmp[..kc];
+                    }
+                    for (kk, &v) in src.iter().enumerate() {
+                        dst[kk * MR + i] = v;
+                    }
+                } else {
+                    for kk in 0..kc {
+                        dst[kk * MR + i] = 0.0;
+                    }
                 }
-            };
-            if panel.buf.len() < KC * NB + 16 {
-                panel.buf.resize(KC * NB + 16, 0.0);
-                panel.row.resize(KC, 0.0);
             }
-            // 64-byte align the panel so every B load stays within one cache line.
-            let off = panel.buf.as_ptr().align_offset(64).min(16);
-            let Panel { buf, row } = panel;
-            let packed = &mut buf[off..off + KC * NB];
-            let r0 = t * NB;
-            let nb = NB.min(rows - r0);
-            unsafe { block(w, x, n, k, r0, nb, packed, row, yp.0, rows) };
-        })
-    };
-    if rayon::current_num_threads() == 1 || tasks == 1 {
-        (0..tasks).for_each(task);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
+        }
+        k0 += kc;
     }
 }
 
@@ -84,7 +140,7 @@ pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn block(
     w: &Matrix,
-    x: &[f32],
+    apack: &[f32],
     n: usize,
     k: usize,
     r0: usize,
@@ -95,6 +151,7 @@ unsafe fn block(
     ldy: usize,
 ) {
     let strips = nb.div_ceil(NR);
+    let groups = n.div_ceil(MR);
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
@@ -116,67 +173,78 @@ unsafe fn block(
             }
         }
         let acc = k0 > 0;
-        let mut i0 = 0;
-        while i0 < n {
-            let mr = MR.min(n - i0);
-            let a = x.as_ptr().add(i0 * k + k0);
-            for s in 0..strips {
-                let b = packed.as_ptr().add(s * KC * NR);
-                let c = y.add(i0 * ldy + r0 + s * NR);
-                let valid = NR.min(nb - s * NR);
-                match mr {
-                    6 => kernel::<6>(kc, a, k, b, c, ldy, valid, acc),
-                    5 => kernel::<5>(kc, a, k, b, c, ldy, valid, acc),
-                    4 => kernel::<4>(kc, a, k, b, c, ldy, valid, acc),
-                    3 => kernel::<3>(kc, a, k, b, c, ldy, valid, acc),
-                    2 => kernel::<2>(kc, a, k, b, c, ldy, valid, acc),
-                    _ => kernel::<1>(kc, a, k, b, c, ldy, valid, acc),
-                }
+        let a_slice = apack.as_ptr().add(k0 * groups * MR);
+        // Each weight strip stays in L1 while every group of inputs passes over it.
+        for s in 0..strips {
+            let b = packed.as_ptr().add(s * KC * NR);
+            let valid = NR.min(nb - s * NR);
+            for g in 0..groups {
+                let mr = MR.min(n - g * MR);
+                let c = y.add(g * MR * ldy + r0 + s * NR);
+                kernel(kc, a_slice.add(g * kc * MR), b, c, ldy, mr, valid, acc);
             }
-            i0 += mr;
         }
         k0 += kc;
     }
 }
 
-/// `C[M x valid] (+)= A[M x kc] B[kc x NR]`; A rows `lda` apart, C rows `ldc` apart.
+/// `C[mr x valid] (+)= A[kc x MR]^T B[kc x NR]`: A and B packed, C rows `ldc` apart.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kernel<const M: usize>(
+unsafe fn kernel(
     kc: usize,
     a: *const f32,
-    lda: usize,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
+    mr: usize,
     valid: usize,
     acc: bool,
 ) {
-    let mut c0 = [_mm256_setzero_ps(); M];
-    let mut c1 = [_mm256_setzero_ps(); M];
-    for kk in 0..kc {
-        let b0 = _mm256_load_ps(b.add(kk * NR));
-        let b1 = _mm256_load_ps(b.add(kk * NR + 8));
-        for i in 0..M {
-            let av = _mm256_broadcast_ss(&*a.add(i * lda + kk));
-            c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
-            c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
-        }
+    let z = _mm256_setzero_ps();
+    let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
+    let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
+    let mut a = a;
+    let mut b = b;
+    for _ in 0..kc {
+        let b0 = _mm256_load_ps(b);
+        let b1 = _mm256_load_ps(b.add(8));
+        let av = _mm256_broadcast_ss(&*a);
+        c00 = _mm256_fmadd_ps(av, b0, c00);
+        c01 = _mm256_fmadd_ps(av, b1, c01);
+        let av = _mm256_broadcast_ss(&*a.add(1));
+        c10 = _mm256_fmadd_ps(av, b0, c10);
+        c11 = _mm256_fmadd_ps(av, b1, c11);
+        let av = _mm256_broadcast_ss(&*a.add(2));
+        c20 = _mm256_fmadd_ps(av, b0, c20);
+        c21 = _mm256_fmadd_ps(av, b1, c21);
+        let av = _mm256_broadcast_ss(&*a.add(3));
+        c30 = _mm256_fmadd_ps(av, b0, c30);
+        c31 = _mm256_fmadd_ps(av, b1, c31);
+        let av = _mm256_broadcast_ss(&*a.add(4));
+        c40 = _mm256_fmadd_ps(av, b0, c40);
+        c41 = _mm256_fmadd_ps(av, b1, c41);
+        let av = _mm256_broadcast_ss(&*a.add(5));
+        c50 = _mm256_fmadd_ps(av, b0, c50);
+        c51 = _mm256_fmadd_ps(av, b1, c51);
+        a = a.add(MR);
+        b = b.add(NR);
     }
-    for i in 0..M {
+    let rows = [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)];
+    for (i, &(mut lo, mut hi)) in rows.iter().enumerate().take(mr) {
         let ci = c.add(i * ldc);
         if valid == NR {
             if acc {
-                c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(ci));
-                c1[i] = _mm256_add_ps(c1[i], _mm256_loadu_ps(ci.add(8)));
+                lo = _mm256_add_ps(lo, _mm256_loadu_ps(ci));
+                hi = _mm256_add_ps(hi, _mm256_loadu_ps(ci.add(8)));
             }
-            _mm256_storeu_ps(ci, c0[i]);
-            _mm256_storeu_ps(ci.add(8), c1[i]);
+            _mm256_storeu_ps(ci, lo);
+            _mm256_storeu_ps(ci.add(8), hi);
         } else {
             let mut t = [0f32; NR];
-            _mm256_storeu_ps(t.as_mut_ptr(), c0[i]);
-            _mm256_storeu_ps(t.as_mut_ptr().add(8), c1[i]);
+            _mm256_storeu_ps(t.as_mut_ptr(), lo);
+            _mm256_storeu_ps(t.as_mut_ptr().add(8), hi);
             for (j, &v) in t[..valid].iter().enumerate() {
                 let p = ci.add(j);
                 *p = if acc { *p + v } else { v };

@@ -73,6 +73,51 @@ impl Matrix<'_> {
     }
 }
 
+/// Activations quantised for a q8_0 product, per block of 32 as
+/// [`portable::quantize_block`] defines (the tail block padded with zeros). Both kernel
+/// sets compute the same bytes, so they differ only in summation order.
+pub(crate) struct QuantX {
+    pub quants: Vec<i8>,
+    pub scales: Vec<f32>,
+}
+
+impl QuantX {
+    pub(crate) const fn new() -> QuantX {
+        QuantX { quants: Vec::new(), scales: Vec::new() }
+    }
+
+    /// Makes room for `len` values; returns the block count.
+    fn reserve(&mut self, len: usize) -> usize {
+        let blocks = len.div_ceil(32);
+        if self.quants.len() < blocks * 32 {
+            self.quants.resize(blocks * 32, 0);
+            self.scales.resize(blocks, 0.0);
+        }
+        blocks
+    }
+
+    pub(crate) fn quantize_portable(&mut self, x: &[f32]) {
+        let blocks = self.reserve(x.len());
+        for b in 0..blocks {
+            let xb = &x[b * 32..x.len().min(b * 32 + 32)];
+            self.scales[b] = portable::quantize_block(xb, &mut self.quants[b * 32..]);
+        }
+    }
+}
+
+/// Replaces `x` by its q8_0 activation rounding, `q * d` per block of 32: what a q8_0
+/// product effectively multiplies the weights with. The GEMM uses it so that prompt
+/// processing agrees with the one-token path.
+pub(crate) fn round_like_q8(x: &mut [f32]) {
+    let mut q = [0i8; 32];
+    for xb in x.chunks_mut(32) {
+        let d = portable::quantize_block(xb, &mut q);
+        for (v, &q) in xb.iter_mut().zip(&q) {
+            *v = q as f32 * d;
+        }
+    }
+}
+
 /// Which implementation the kernels use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {

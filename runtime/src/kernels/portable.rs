@@ -1,10 +1,12 @@
 //! Plain Rust kernels: the reference every other path is tested against, and the
 //! fallback on CPUs without AVX2/FMA/F16C.
 
+use std::cell::RefCell;
+
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{Matrix, MatrixData};
+use super::{Matrix, MatrixData, QuantX};
 
 /// Rows per parallel task: enough work to amortise scheduling.
 const ROWS_PER_TASK: usize = 64;
@@ -23,12 +25,27 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// Quantises one block (at most 32 values; missing ones count as zero) as q8_0
+/// activations: `d = max|x| / 127`, `q = round_ties_even(x * (127 / max|x|))`.
+/// The AVX2 path computes exactly the same bytes and scale.
+pub fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (i, q) in q[..32].iter_mut().enumerate() {
+        *q = x.get(i).map_or(0, |&v| (v * inv).round_ties_even() as i8);
+    }
+    amax / 127.0
+}
+
+thread_local! {
+    static QX: RefCell<QuantX> = const { RefCell::new(QuantX::new()) };
+}
+
 pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
     let c = w.cols;
     let blocks = c.div_ceil(32);
-    y.par_chunks_mut(ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(chunk, ys)| {
+    let run = |qx: Option<&QuantX>, y: &mut [f32]| {
+        y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(chunk, ys)| {
             for (i, yr) in ys.iter_mut().enumerate() {
                 let r = chunk * ROWS_PER_TASK + i;
                 *yr = match w.data {
@@ -44,17 +61,38 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
                         .map(|(&b, &v)| bf16::from_bits(b).to_f32() * v)
                         .sum(),
                     MatrixData::Q8_0 { quants, scales } => {
+                        // Bytes times bytes per block (exact in i32), then both scales.
+                        let qx = qx.expect("quantised x");
                         let q = &quants[r * blocks * 32..][..blocks * 32];
                         let s = &scales[r * blocks..][..blocks];
                         let mut acc = 0f32;
-                        for (b, xb) in x.chunks(32).enumerate() {
-                            let qb = &q[b * 32..][..xb.len()];
-                            let dot: f32 = qb.iter().zip(xb).map(|(&q, &v)| q as f32 * v).sum();
-                            acc += dot * f16::from_bits(s[b]).to_f32();
+                        for b in 0..blocks {
+                            let dot: i32 = q[b * 32..][..32]
+                                .iter()
+                                .zip(&qx.quants[b * 32..][..32])
+                                .map(|(&a, &b)| a as i32 * b as i32)
+                                .sum();
+                            acc += dot as f32 * (f16::from_bits(s[b]).to_f32() * qx.scales[b]);
                         }
                         acc
                     }
                 };
             }
         });
+    };
+    if matches!(w.data, MatrixData::Q8_0 { .. }) {
+        QX.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut qx) => {
+                qx.quantize_portable(x);
+                run(Some(&qx), y)
+            }
+            Err(_) => {
+                let mut qx = QuantX::new();
+                qx.quantize_portable(x);
+                run(Some(&qx), y)
+            }
+        })
+    } else {
+        run(None, y)
+    }
 }

@@ -1,0 +1,69 @@
+//! Throughput of the matrix kernels on 1B-shaped matrices held in memory:
+//!
+//!     cargo bench -p olmort --bench kernels -- [THREADS] [BATCH]
+//!
+//! For each dtype: matvec GB/s (weights streamed per second) and GEMM GFLOP/s for a
+//! batch of BATCH rows (default 128). `OLMORT_KERNELS=portable` measures the fallback.
+
+use std::time::Instant;
+
+use half::{bf16, f16};
+use olmort::kernels::{matmul, matvec, Matrix, MatrixData};
+
+/// CPU seconds this process has used (user + system), from /proc; 0 elsewhere.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+    ticks / 100.0
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let threads: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(2);
+    let batch: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(128);
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
+    // gate_up of the 1B: 16384 x 2048, 128 MiB in f32.
+    let (rows, cols) = (16384, 2048);
+    let vals: Vec<f32> = (0..rows * cols).map(|i| ((i * 2654435761usize) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let f16s: Vec<u16> = vals.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+    let bf16s: Vec<u16> = vals.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+    let quants: Vec<i8> = vals.iter().map(|&v| (v * 254.0) as i8).collect();
+    let scales: Vec<u16> = vec![f16::from_f32(0.004).to_bits(); rows * cols / 32];
+    let all = [
+        ("f32", MatrixData::F32(&vals), 4.0),
+        ("f16", MatrixData::F16(&f16s), 2.0),
+        ("bf16", MatrixData::BF16(&bf16s), 2.0),
+        ("q8_0", MatrixData::Q8_0 { quants: &quants, scales: &scales }, 34.0 / 32.0),
+    ];
+    let x: Vec<f32> = (0..batch * cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
+    let mut y = vec![0f32; batch * rows];
+    println!("kernels {:?}, {threads} threads, {rows}x{cols}, batch {batch}", olmort::kernels::active());
+    for (name, data, bytes_per) in all {
+        let w = Matrix { rows, cols, data };
+        let mut times = Vec::new();
+        for _ in 0..15 {
+            let t = Instant::now();
+            matvec(&w, &x[..cols], &mut y[..rows]);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let mv = (rows * cols) as f64 * bytes_per / times[times.len() / 2] / 1e9;
+        let mut times = Vec::new();
+        let cpu0 = cpu_seconds();
+        for _ in 0..5 {
+            let t = Instant::now();
+            matmul(&w, &x, batch, &mut y);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let cpu = cpu_seconds() - cpu0;
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let flops = 2.0 * (rows * cols * batch) as f64;
+        let gf = flops / times[2] / 1e9;
+        println!(
+            "{name:>5}: matvec {mv:6.2} GB/s ({:.2} ms)   gemm {gf:7.1} GFLOP/s ({:.1} per CPU-second)",
+            (rows * cols) as f64 * bytes_per / mv / 1e6,
+            5.0 * flops / cpu / 1e9
+        );
+    }
+}
