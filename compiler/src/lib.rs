@@ -1,11 +1,15 @@
 //! olmoc: compiles an OLMo-2 checkpoint into one blob that `olmort` maps and runs as is.
 
+pub mod checkpoint;
 pub mod convert;
 pub mod hf_config;
 pub mod inspect;
 pub mod npy;
 pub mod output;
 pub mod pack;
+pub mod progress;
+pub mod safetensors;
+pub mod tokenizer_json;
 
 pub use pack::{pack, PackOptions, PackSummary};
 

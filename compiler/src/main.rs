@@ -49,7 +49,8 @@ fn with_blob<T>(path: &PathBuf, f: impl FnOnce(&Blob) -> Result<T, PackError>) -
 fn run(cli: Cli) -> Result<(), PackError> {
     match cli.command {
         Command::Pack { weights, out, dtype } => {
-            let s = olmoc::pack(&weights, &out, &PackOptions { dtype })?;
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let s = olmoc::pack(&weights, &out, &PackOptions { dtype, progress })?;
             eprintln!(
                 "packed {} tensors ({} layers, vocab {}) as {}: {:.1} MiB in {:.2} s -> {}",
                 s.tensors,

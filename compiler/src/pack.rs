@@ -1,13 +1,13 @@
-//! `olmoc pack`: a folder of per-tensor `.npy` files (and `config.json`, `vocab.txt`)
-//! into one blob. Every input is checked before the first byte is written; the blob is
+//! `olmoc pack`: a checkpoint folder (per-tensor `.npy` files or a Hugging Face
+//! safetensors snapshot, see [`crate::checkpoint`], with `config.json` and `vocab.txt` or
+//! `tokenizer.json`) into one blob. Every input is checked before the first byte is written; the blob is
 //! written to a temporary file beside the output and renamed into place only when
 //! complete, so a failure or an interrupt never leaves a partial file or clobbers an
 //! existing one (see [`crate::output`]).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use olmo_format::vocab::Vocab;
@@ -18,9 +18,11 @@ use olmo_format::{
 };
 
 use crate::convert::{write_f32s, write_matrix};
-use crate::hf_config::{infer_config, read_config_json, InferredShapes};
-use crate::npy::NpyTensor;
+use crate::checkpoint::{Checkpoint, Tensor};
+use crate::hf_config::read_config_json;
 use crate::output::Output;
+use crate::progress::Progress;
+use crate::tokenizer_json::read_tokenizer_json;
 use crate::PackError;
 
 /// How to pack.
@@ -28,11 +30,16 @@ use crate::PackError;
 pub struct PackOptions {
     /// Storage type of the matrices (norm weights are always f32).
     pub dtype: DType,
+    /// Draw a progress bar on stderr while writing (olmoc: when stderr is a terminal).
+    pub progress: bool,
 }
 
 impl Default for PackOptions {
     fn default() -> Self {
-        PackOptions { dtype: DType::F32 }
+        PackOptions {
+            dtype: DType::F32,
+            progress: false,
+        }
     }
 }
 
@@ -51,121 +58,7 @@ pub struct PackSummary {
 struct Source {
     spec: TensorSpec,
     role: TensorRole,
-    parts: Vec<NpyTensor>,
-}
-
-/// The checkpoint folder's `.npy` files by tensor name.
-struct Checkpoint {
-    dir: PathBuf,
-    files: BTreeMap<String, PathBuf>,
-}
-
-impl Checkpoint {
-    fn scan(dir: &Path) -> Result<Checkpoint, PackError> {
-        let meta = fs::metadata(dir)
-            .map_err(|e| PackError::Input(format!("{}: {e}", dir.display())))?;
-        if !meta.is_dir() {
-            return Err(PackError::Input(format!("{}: not a folder", dir.display())));
-        }
-        let mut files = BTreeMap::new();
-        let entries =
-            fs::read_dir(dir).map_err(|e| PackError::Input(format!("{}: {e}", dir.display())))?;
-        for entry in entries {
-            let path = entry
-                .map_err(|e| PackError::Input(format!("{}: {e}", dir.display())))?
-                .path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            let Some(tensor) = name.strip_suffix(".npy") else {
-                continue;
-            };
-            // Only checkpoint parameters count; other arrays (references, activations) and
-            // the non-persistent rotary buffers some exporters save are not the model's.
-            let is_parameter = tensor.starts_with("model.") || tensor.starts_with("lm_head.");
-            if is_parameter && !tensor.ends_with("rotary_emb.inv_freq") {
-                files.insert(tensor.to_string(), path.clone());
-            }
-        }
-        if files.is_empty() {
-            return Err(PackError::Input(format!(
-                "{}: no .npy tensor files in this folder",
-                dir.display()
-            )));
-        }
-        Ok(Checkpoint {
-            dir: dir.to_path_buf(),
-            files,
-        })
-    }
-
-    fn path_of(&self, tensor: &str) -> PathBuf {
-        self.dir.join(format!("{tensor}.npy"))
-    }
-
-    /// Opens the header of `tensor`'s file and checks its shape.
-    fn open(&self, tensor: &str, shape: &[u64]) -> Result<NpyTensor, PackError> {
-        let path = self.files.get(tensor).ok_or_else(|| {
-            PackError::Input(format!(
-                "{}: missing tensor {tensor}",
-                self.path_of(tensor).display()
-            ))
-        })?;
-        let t = NpyTensor::open(path)?;
-        if t.shape != shape {
-            return Err(PackError::Input(format!(
-                "{}: shape {:?}, but the config needs {:?}",
-                path.display(),
-                t.shape,
-                shape
-            )));
-        }
-        Ok(t)
-    }
-
-    /// The number of decoder layers the files hold (one past the highest index).
-    fn layer_count(&self) -> u32 {
-        self.files
-            .keys()
-            .filter_map(|k| k.strip_prefix("model.layers.")?.split('.').next()?.parse::<u32>().ok())
-            .map(|l| l + 1)
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn shape_of(&self, tensor: &str) -> Result<Vec<u64>, PackError> {
-        let path = self.files.get(tensor).ok_or_else(|| {
-            PackError::Input(format!(
-                "{}: missing tensor {tensor}",
-                self.path_of(tensor).display()
-            ))
-        })?;
-        Ok(NpyTensor::open(path)?.shape)
-    }
-
-    fn infer_config(&self) -> Result<ModelConfig, PackError> {
-        let matrix = |name: &str| -> Result<(u64, u64), PackError> {
-            match self.shape_of(name)?[..] {
-                [rows, cols] => Ok((rows, cols)),
-                ref other => Err(PackError::Input(format!(
-                    "{}: shape {other:?} is not a matrix",
-                    self.path_of(name).display()
-                ))),
-            }
-        };
-        let (vocab, hidden) = matrix(EMBED_TOKENS)?;
-        let (q_rows, _) = matrix("model.layers.0.self_attn.q_proj.weight")?;
-        let (k_rows, _) = matrix("model.layers.0.self_attn.k_proj.weight")?;
-        let (ffn, _) = matrix("model.layers.0.mlp.gate_proj.weight")?;
-        infer_config(&InferredShapes {
-            vocab,
-            hidden,
-            q_rows,
-            k_rows,
-            ffn,
-            layers: self.layer_count(),
-        })
-    }
+    parts: Vec<Tensor>,
 }
 
 /// The checkpoint tensors that make up each blob tensor, checked against the config.
@@ -178,7 +71,7 @@ fn plan_sources(
     let d = config.hidden_size as u64;
     let ffn = config.intermediate_size as u64;
     let (q, kv) = (config.q_dim(), config.kv_dim());
-    let lm_head_source = if tie_word_embeddings && !ckpt.files.contains_key(LM_HEAD) {
+    let lm_head_source = if tie_word_embeddings && !ckpt.contains(LM_HEAD) {
         EMBED_TOKENS
     } else {
         LM_HEAD
@@ -230,7 +123,7 @@ fn plan_sources(
             parts,
         });
     }
-    if let Some(extra) = ckpt.files.keys().find(|k| !used.contains(k)) {
+    if let Some(extra) = ckpt.names().into_iter().find(|k| !used.iter().any(|u| u == k)) {
         let why = match ckpt.layer_count() {
             n if n > config.num_hidden_layers && extra.starts_with("model.layers.") => format!(
                 " (the config has {} layers, the files have {n})",
@@ -240,20 +133,28 @@ fn plan_sources(
         };
         return Err(PackError::Input(format!(
             "{}: unexpected tensor {extra}{why}",
-            ckpt.files[extra].display()
+            ckpt.location(extra).display()
         )));
     }
     Ok(sources)
 }
 
+/// The vocabulary from `tokenizer.json` (a Hugging Face snapshot's) or, without one,
+/// from `vocab.txt`; none if the folder has neither. `tokenizer.json` wins when both are
+/// there: it is the tokenizer itself, `vocab.txt` an export of it.
 fn read_vocab(dir: &Path, config: &ModelConfig) -> Result<Option<Vocab>, PackError> {
-    let path = dir.join("vocab.txt");
+    let json = dir.join("tokenizer.json");
+    let path = if json.exists() { json } else { dir.join("vocab.txt") };
     if !path.exists() {
         return Ok(None);
     }
     let bad = |reason: String| PackError::Input(format!("{}: {reason}", path.display()));
-    let text = fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
-    let vocab = Vocab::parse_vocab_txt(&text).map_err(bad)?;
+    let vocab = if path.ends_with("tokenizer.json") {
+        read_tokenizer_json(&path)?
+    } else {
+        let text = fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+        Vocab::parse_vocab_txt(&text).map_err(bad)?
+    };
     if vocab.tokens.len() > config.vocab_size as usize {
         return Err(bad(format!(
             "{} tokens, more than the model's vocab_size {}",
@@ -303,31 +204,39 @@ pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary
     let mut values: Vec<f32> = Vec::new();
     // Input errors found while streaming are kept here; the io::Error only stops the writer.
     let mut input_error: Option<PackError> = None;
+    let mut progress = Progress::new(options.progress, specs.len(), plan.data_len);
     let result = plan.write(&mut writer, |entry, sink| {
-        if let Some(source) = sources.iter().find(|s| s.spec.name == entry.name) {
-            values.clear();
-            for part in &source.parts {
-                if let Err(e) = part.read_f32_into(&mut values) {
-                    input_error = Some(e);
-                    return Err(std::io::Error::other("input error"));
+        let written = (|| {
+            if let Some(source) = sources.iter().find(|s| s.spec.name == entry.name) {
+                values.clear();
+                for part in &source.parts {
+                    if let Err(e) = part.read_f32_into(&mut values) {
+                        input_error = Some(e);
+                        return Err(std::io::Error::other("input error"));
+                    }
                 }
-            }
-            match source.role {
-                TensorRole::Matrix => {
-                    let (rows, cols) = (source.spec.shape[0] as usize, source.spec.shape[1] as usize);
-                    write_matrix(&values, rows, cols, source.spec.dtype, sink)
+                match source.role {
+                    TensorRole::Matrix => {
+                        let (rows, cols) = (source.spec.shape[0] as usize, source.spec.shape[1] as usize);
+                        write_matrix(&values, rows, cols, source.spec.dtype, sink)
+                    }
+                    _ => write_f32s(&values, sink),
                 }
-                _ => write_f32s(&values, sink),
-            }
-        } else {
-            let (offsets, bytes) = packed_vocab.as_ref().expect("only vocab tensors have no source");
-            if entry.name == VOCAB_OFFSETS {
-                sink.write_all(&offsets.iter().flat_map(|o| o.to_le_bytes()).collect::<Vec<u8>>())
             } else {
-                sink.write_all(bytes)
+                let (offsets, bytes) = packed_vocab.as_ref().expect("only vocab tensors have no source");
+                if entry.name == VOCAB_OFFSETS {
+                    sink.write_all(&offsets.iter().flat_map(|o| o.to_le_bytes()).collect::<Vec<u8>>())
+                } else {
+                    sink.write_all(bytes)
+                }
             }
+        })();
+        if written.is_ok() {
+            progress.advance(entry.byte_len);
         }
+        written
     });
+    progress.finish();
     if let Some(e) = input_error {
         return Err(e);
     }
