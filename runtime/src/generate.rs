@@ -12,7 +12,7 @@
 use std::io::{self, Write};
 use std::time::Instant;
 
-use crate::forward::{forward, RunState};
+use crate::forward::{forward, forward_batch, RunState};
 use crate::model::Model;
 use crate::ops::top_k;
 use crate::sampling::{Sampler, SamplingParams};
@@ -106,8 +106,9 @@ pub fn plan(model: &Model, prompt_len: usize, o: &GenerateOptions) -> Result<Pla
     })
 }
 
-/// Runs the plan: the prompt, then new tokens, each step written to `out` in `format`.
-/// `tokens` must already be checked against the vocabulary (`trace::check_request`).
+/// Runs the plan: the prompt (in batches through `forward_batch`), then new tokens one
+/// at a time, each position written to `out` in the requested format. `prompt` must
+/// already be checked against the vocabulary (`trace::check_request`).
 pub fn generate(
     model: &Model,
     state: &mut RunState,
@@ -122,44 +123,94 @@ pub fn generate(
             "--format text needs a vocabulary; this model was packed without one".into(),
         ));
     }
-    let eos = model.config.eos_token_id;
-    let stop_at_eos = options.format != Format::Trace && !options.ignore_eos;
-    let mut sampler = Sampler::new(options.sampling, model.config.vocab_size as usize);
+    let mut steps = Steps {
+        model,
+        options,
+        plan,
+        prompt,
+        sampler: Sampler::new(options.sampling, model.config.vocab_size as usize),
+        stream: Utf8Stream::new(),
+        generated: 0,
+    };
     let mut timings = Timings::default();
-    let mut stream = Utf8Stream::new();
-    let token_bytes = |id: u32| model.vocab.as_ref().and_then(|v| v.token(id));
-
     if options.format == Format::Text {
         for &id in prompt {
-            stream.push(token_bytes(id).unwrap_or(&[]), out)?;
+            let bytes = model.vocab.as_ref().and_then(|v| v.token(id)).unwrap_or(&[]);
+            steps.stream.push(bytes, out)?;
         }
         out.flush()?;
     }
-    let mut token = prompt[0];
-    let mut generated = 0usize;
-    for pos in 0..plan.positions {
+    let vocab = model.config.vocab_size as usize;
+    let prompt_steps = prompt.len().min(plan.positions);
+    let mut pos = 0;
+    let mut next = Some(prompt[0]);
+    while pos < prompt_steps {
+        let n = (prompt_steps - pos).min(state.max_batch());
+        let started = Instant::now();
+        let logits = forward_batch(model, state, &prompt[pos..pos + n], pos);
+        timings.prompt += started.elapsed();
+        timings.prompt_tokens += n;
+        for (i, row) in logits.chunks_exact(vocab).enumerate() {
+            next = steps.step(pos + i, prompt[pos + i], row, out, &mut logits_sink)?;
+        }
+        pos += n;
+    }
+    while let Some(token) = next {
+        if pos >= plan.positions {
+            break;
+        }
         let started = Instant::now();
         let logits = forward(model, state, token, pos);
-        let from_prompt = pos + 1 < prompt.len();
+        timings.generation += started.elapsed();
+        timings.generated_tokens += 1;
+        next = steps.step(pos, token, logits, out, &mut logits_sink)?;
+        pos += 1;
+    }
+    if options.format == Format::Text {
+        steps.stream.finish(out)?;
+    }
+    out.flush()?;
+    Ok(timings)
+}
+
+/// What happens at each position once its logits are known.
+struct Steps<'a, 'm> {
+    model: &'a Model<'m>,
+    options: &'a GenerateOptions,
+    plan: Plan,
+    prompt: &'a [u32],
+    sampler: Sampler,
+    stream: Utf8Stream,
+    /// New tokens so far.
+    generated: usize,
+}
+
+impl Steps<'_, '_> {
+    /// Writes position `pos` (fed `token`, giving `logits`) and returns the token for the
+    /// next position, or None when the run is over (eos, or the last new token).
+    fn step(
+        &mut self,
+        pos: usize,
+        token: u32,
+        logits: &[f32],
+        out: &mut dyn Write,
+        logits_sink: &mut Option<&mut dyn LogitsSink>,
+    ) -> Result<Option<u32>, RunError> {
+        let model = self.model;
+        let format = self.options.format;
+        let from_prompt = pos + 1 < self.prompt.len();
         let next = if from_prompt {
-            prompt[pos + 1]
+            self.prompt[pos + 1]
         } else {
-            sampler.sample(logits)
+            self.sampler.sample(logits)
         };
-        let top = top_k::<5>(logits);
-        let spent = started.elapsed();
-        if pos < prompt.len() {
-            timings.prompt += spent;
-            timings.prompt_tokens += 1;
-        } else {
-            timings.generation += spent;
-            timings.generated_tokens += 1;
-        }
         if let Some(sink) = logits_sink.as_deref_mut() {
             sink.write_step(logits)?;
         }
-        let is_eos = Some(next) == eos;
-        match options.format {
+        let stop_at_eos = format != Format::Trace && !self.options.ignore_eos;
+        let is_eos = Some(next) == model.config.eos_token_id;
+        let top = top_k::<5>(logits);
+        match format {
             Format::Trace => write_trace_line(model, pos, token, &top, out)?,
             Format::Jsonl => {
                 write_json_step(model, pos, token, next, !from_prompt, &top, out)?;
@@ -167,27 +218,23 @@ pub fn generate(
             }
             Format::Text => {
                 if !from_prompt && !(stop_at_eos && is_eos) {
-                    stream.push(token_bytes(next).unwrap_or(&[]), out)?;
+                    let bytes = model.vocab.as_ref().and_then(|v| v.token(next)).unwrap_or(&[]);
+                    self.stream.push(bytes, out)?;
                     out.flush()?;
                 }
             }
         }
         if !from_prompt {
-            generated += 1;
+            self.generated += 1;
             if stop_at_eos && is_eos {
-                break;
+                return Ok(None);
             }
-            if options.format != Format::Trace && generated >= plan.max_new {
-                break;
+            if format != Format::Trace && self.generated >= self.plan.max_new {
+                return Ok(None);
             }
         }
-        token = next;
+        Ok(Some(next))
     }
-    if options.format == Format::Text {
-        stream.finish(out)?;
-    }
-    out.flush()?;
-    Ok(timings)
 }
 
 /// The seed's trace line for one position.
