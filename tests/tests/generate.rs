@@ -120,6 +120,25 @@ fn jsonl_format_has_one_object_per_position() {
     assert_eq!(lines[3]["text"], " seven");
 }
 
+#[test]
+fn jsonl_keeps_the_bytes_of_a_split_character() {
+    let scratch = Scratch::new("gen-bytes");
+    let blob = pack_fixture("tiny", &scratch);
+    let vocab = dolma2();
+    // "é" as two single-byte tokens, 0xC3 then 0xA9.
+    let id = |b: u8| vocab.tokens.iter().position(|t| t[..] == [b]).unwrap() as u32;
+    let ids = scratch.path("e-acute.bin");
+    std::fs::write(&ids, [id(0xC3), id(0xA9)].iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let (out, _) = olmort(&[&blob, ids.to_str().unwrap(), "--format", "jsonl", "--max-tokens", "1"]);
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["text"], "\u{FFFD}");
+    assert_eq!(first["text_bytes"], serde_json::json!([0xC3]));
+    assert_eq!(first["next_text_bytes"], serde_json::json!([0xA9]));
+    // As running text the two tokens are one character again.
+    let (text, _) = olmort(&[&blob, ids.to_str().unwrap(), "--format", "text", "--max-tokens", "1"]);
+    assert!(text.starts_with("é"), "{text:?}");
+}
+
 /// The gqa fixture with its eos id set to a token its greedy continuation produces.
 fn gqa_with_eos(scratch: &Scratch, eos: u32) -> String {
     let dir = scratch.path("gqa-eos");
