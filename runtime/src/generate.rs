@@ -217,7 +217,8 @@ impl Steps<'_, '_> {
                 out.flush()?;
             }
             Format::Text => {
-                if !from_prompt && !(stop_at_eos && is_eos) {
+                let stopping = stop_at_eos && is_eos;
+                if !from_prompt && !stopping {
                     let bytes = model.vocab.as_ref().and_then(|v| v.token(next)).unwrap_or(&[]);
                     self.stream.push(bytes, out)?;
                     out.flush()?;

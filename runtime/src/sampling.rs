@@ -144,7 +144,7 @@ impl Sampler {
             c.sort_unstable_by(by_logit_desc);
         }
         let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
-        if max == f32::NEG_INFINITY || max == f32::INFINITY {
+        if max.is_infinite() {
             // Nothing to weigh by: the best candidate.
             return c.iter().min_by(|a, b| by_logit_desc(a, b)).map_or(0, |x| x.0);
         }

@@ -152,7 +152,7 @@ fn random_text(rng: &mut Rng) -> String {
 fn encode_then_decode_is_the_identity() {
     let packed = Packed::dolma2();
     let t = packed.tokenizer();
-    let mut rng = Rng(0x5eed_0f_01_2025);
+    let mut rng = Rng(0x5eed_0f01_2025);
     for _ in 0..3000 {
         let text = random_text(&mut rng);
         for special in [false, true] {
