@@ -140,35 +140,44 @@ impl Sampler {
             c.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
             c.truncate(p.top_k);
         }
-        if p.top_p < 1.0 {
-            c.sort_unstable_by(by_logit_desc);
-        }
         let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
         if max.is_infinite() {
             // Nothing to weigh by: the best candidate.
             return c.iter().min_by(|a, b| by_logit_desc(a, b)).map_or(0, |x| x.0);
         }
         let inv_t = 1.0 / p.temperature as f64;
-        let mut total = 0.0f64;
-        for x in c.iter_mut() {
-            let w = (((x.1 - max) as f64) * inv_t).exp();
-            x.1 = w as f32;
-            total += w;
-        }
+        let weight = |logit: f32| (((logit - max) as f64) * inv_t).exp();
         if p.top_p < 1.0 {
-            // Sorted best first: keep the shortest prefix reaching top_p of the mass.
-            let target = p.top_p as f64 * total;
-            let mut kept = 0.0f64;
-            let mut n = 0;
-            for x in c.iter() {
-                kept += x.1 as f64;
-                n += 1;
-                if kept >= target {
+            // Keep the shortest best-first prefix reaching top_p of the mass. Only as many
+            // candidates are sorted as the prefix needs: the best 64, then 8 times more...
+            let target = p.top_p as f64 * c.iter().map(|x| weight(x.1)).sum::<f64>();
+            let (mut sorted, mut kept, mut n) = (0, 0.0f64, 0);
+            let mut m = c.len().min(64);
+            'grow: loop {
+                if m < c.len() {
+                    c[sorted..].select_nth_unstable_by(m - sorted - 1, by_logit_desc);
+                }
+                c[sorted..m].sort_unstable_by(by_logit_desc);
+                for x in &c[sorted..m] {
+                    kept += weight(x.1);
+                    n += 1;
+                    if kept >= target {
+                        break 'grow;
+                    }
+                }
+                if m == c.len() {
                     break;
                 }
+                sorted = m;
+                m = (m * 8).min(c.len());
             }
             c.truncate(n.max(1));
-            total = c.iter().map(|x| x.1 as f64).sum();
+        }
+        let mut total = 0.0f64;
+        for x in c.iter_mut() {
+            let w = weight(x.1);
+            x.1 = w as f32;
+            total += w;
         }
         let mut r = self.rng.next_f64() * total;
         for x in c.iter() {
@@ -223,6 +232,20 @@ mod tests {
         }
         assert_eq!(seen[0] + seen[2] + seen[3], 0, "{seen:?}");
         assert!(seen[1] > seen[4] && seen[4] > 300, "{seen:?}");
+    }
+
+    #[test]
+    fn a_wide_nucleus_is_found_past_the_first_sorted_block() {
+        // 1000 equal logits: top_p 0.5 keeps the 500 lowest ids (ties go to the lower id).
+        let logits = vec![0.0f32; 1000];
+        let mut s = Sampler::new(params(1.0, 0, 0.5, 9), logits.len());
+        let mut highest = 0;
+        for _ in 0..5000 {
+            let id = s.sample(&logits);
+            assert!(id < 500, "{id}");
+            highest = highest.max(id);
+        }
+        assert!(highest > 450, "{highest}");
     }
 
     #[test]
