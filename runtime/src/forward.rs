@@ -12,7 +12,7 @@ use crate::ops::{rms_norm, softmax, swiglu, RopeTables};
 /// The most tokens [`RunState::new`] lets one [`forward_batch`] call take: enough that
 /// the GEMMs are compute-bound, small enough that the batch logits stay modest
 /// (`max_batch * vocab` floats).
-pub const DEFAULT_MAX_BATCH: usize = 128;
+pub const DEFAULT_MAX_BATCH: usize = 256;
 
 /// Every buffer a forward pass needs, allocated once for at most `max_positions`
 /// positions and batches of at most `max_batch` tokens. Row `i` of each batch buffer

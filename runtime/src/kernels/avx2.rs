@@ -70,11 +70,18 @@ impl Widen for WBF16 {
     }
 }
 
+/// How far ahead (bytes) of each of the four row streams the float kernels prefetch:
+/// the hardware prefetcher alone ramps up too slowly on rows of a few KiB read four
+/// at a time.
+const PREFETCH_BYTES: usize = 1024;
+
 /// `y[i] = W[r0 + i] . x` for the rows of `y`; `w` points at row 0 of the matrix.
 #[inline(always)]
 unsafe fn rows_float<L: Widen>(w: *const L::E, cols: usize, r0: usize, x: &[f32], y: &mut [f32]) {
     let xp = x.as_ptr();
     let n = y.len();
+    // Prefetch distance in elements (see PREFETCH_BYTES).
+    let pf = PREFETCH_BYTES / std::mem::size_of::<L::E>();
     let mut i = 0;
     while i + 4 <= n {
         let p: [*const L::E; 4] = std::array::from_fn(|j| w.add((r0 + i + j) * cols));
@@ -85,6 +92,7 @@ unsafe fn rows_float<L: Widen>(w: *const L::E, cols: usize, r0: usize, x: &[f32]
             let x0 = _mm256_loadu_ps(xp.add(c));
             let x1 = _mm256_loadu_ps(xp.add(c + 8));
             for j in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(p[j].wrapping_add(c + pf) as *const i8);
                 a[j] = _mm256_fmadd_ps(L::load8(p[j].add(c)), x0, a[j]);
                 b[j] = _mm256_fmadd_ps(L::load8(p[j].add(c + 8)), x1, b[j]);
             }
@@ -205,6 +213,10 @@ unsafe fn dot_q8(w: __m256i, x: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones))
 }
 
+/// How far ahead (bytes) of each row stream the q8_0 kernel prefetches: rows are short
+/// (2 KiB for a 2048-wide matrix), too short for the hardware prefetcher to ramp up.
+const PREFETCH_Q8: usize = 768;
+
 /// q8_0 rows `r0 ..` against quantised `x`; `blocks` per row.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_q8_0(
@@ -238,6 +250,7 @@ unsafe fn rows_q8_0(
                 let b = g * 8 + k;
                 let xv = _mm256_loadu_si256(xqp.add(b * 32) as *const __m256i);
                 for j in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(q[j].wrapping_add(b * 32 + PREFETCH_Q8) as *const i8);
                     let wv = _mm256_loadu_si256(q[j].add(b * 32) as *const __m256i);
                     acc[j] = _mm256_fmadd_ps(dot_q8(wv, xv), _mm256_set1_ps(d[j][k]), acc[j]);
                 }

@@ -1,9 +1,9 @@
 //! `Y = X W^T` for many rows of `X` at once (prompt processing), AVX2 + FMA.
 //!
-//! Each rayon task owns a block of [`NB`] weight rows. For every [`KC`]-wide slice of
-//! the inputs it widens that weight tile to f32 once into a packed panel (`[strip][k]
-//! [NR]`, `NR` outputs side by side), then sweeps every row of `X` over it with an
-//! `MR x NR` register-blocked micro-kernel. Weights are read from memory once per call,
+//! Each rayon task owns a block of up to [`NB`] weight rows. It reads each row once,
+//! front to back, widening it to f32 into a packed panel of `KC x NR` tiles (`NR`
+//! outputs side by side), then sweeps every row of `X` (packed once per call) over
+//! each tile with an `MR x NR` register-blocked micro-kernel. Weights are read from memory once per call,
 //! whatever their dtype; the panel stays in L2 while all tokens use it.
 
 use std::arch::x86_64::*;
@@ -20,8 +20,14 @@ const MR: usize = 6;
 const NR: usize = 16;
 /// Input columns per packed tile.
 const KC: usize = 256;
-/// Weight rows per task (a multiple of `NR`).
+/// Weight rows per task (a multiple of `NR`) at most; fewer for wide matrices so a
+/// task's packed weights (`nb x cols` f32) stay around [`PANEL_BYTES`].
 const NB: usize = 128;
+const PANEL_BYTES: usize = 1 << 20;
+
+fn rows_per_block(cols: usize) -> usize {
+    (PANEL_BYTES / 4 / cols.max(1)).clamp(NR, NB) / NR * NR
+}
 /// Below this many rows of `X`, a matrix-vector product per row is cheaper.
 pub const MIN_BATCH: usize = 3;
 
@@ -65,7 +71,9 @@ pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
         pack_a(x, n, k, matches!(w.data, MatrixData::Q8_0 { .. }), apack);
         let apack = &*apack;
         let yp = SendPtr(y.as_mut_ptr());
-        let tasks = rows.div_ceil(NB);
+        let nb_max = rows_per_block(k);
+        let kblocks = k.div_ceil(KC);
+        let tasks = rows.div_ceil(nb_max);
         let task = |t: usize| {
             let yp = yp;
             PANEL.with(|cell| {
@@ -81,16 +89,19 @@ pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
                         &mut fresh
                     }
                 };
-                if panel.buf.len() < KC * NB + 16 {
-                    panel.buf.resize(KC * NB + 16, 0.0);
-                    panel.row.resize(KC, 0.0);
+                let len = kblocks * KC * nb_max.next_multiple_of(NR);
+                if panel.buf.len() < len + 16 {
+                    panel.buf.resize(len + 16, 0.0);
+                }
+                if panel.row.len() < 8 * k {
+                    panel.row.resize(8 * k, 0.0);
                 }
                 // 64-byte align the panel so every B load stays within one cache line.
                 let off = panel.buf.as_ptr().align_offset(64).min(16);
                 let Panel { buf, row } = panel;
-                let packed = &mut buf[off..off + KC * NB];
-                let r0 = t * NB;
-                let nb = NB.min(rows - r0);
+                let packed = &mut buf[off..off + len];
+                let r0 = t * nb_max;
+                let nb = nb_max.min(rows - r0);
                 unsafe { block(w, apack, n, k, r0, nb, packed, row, yp.0, rows) };
             })
         };
@@ -146,37 +157,57 @@ unsafe fn block(
     r0: usize,
     nb: usize,
     packed: &mut [f32],
-    row: &mut [f32],
+    rows8: &mut [f32],
     y: *mut f32,
     ldy: usize,
 ) {
     let strips = nb.div_ceil(NR);
     let groups = n.div_ceil(MR);
-    let mut k0 = 0;
-    while k0 < k {
-        let kc = KC.min(k - k0);
-        // Pack: strip s holds rows r0 + s*NR .. as [kk][NR], zero beyond nb.
-        for s in 0..strips {
-            let strip = &mut packed[s * KC * NR..][..kc * NR];
-            for j in 0..NR {
-                let r = s * NR + j;
+    // Pack every row whole (one sequential read per weight row, which the hardware
+    // prefetcher follows) into `rows8`, eight rows at a time, then transpose 8 x 8
+    // blocks into the tiles: tile (kb, s) holds rows r0 + s*NR .. as [kk][NR], zero
+    // beyond nb, at (kb * strips + s) * KC * NR.
+    let tile = |kb: usize, s: usize| (kb * strips + s) * KC * NR;
+    let k8 = k / 8 * 8;
+    for s in 0..strips {
+        for half in 0..NR / 8 {
+            let j0 = half * 8;
+            for j in 0..8 {
+                let r = s * NR + j0 + j;
+                let dst = &mut rows8[j * k..][..k];
                 if r < nb {
-                    segment_to_f32(w, r0 + r, k0, &mut row[..kc]);
-                    for (kk, &v) in row[..kc].iter().enumerate() {
-                        *strip.get_unchecked_mut(kk * NR + j) = v;
-                    }
+                    segment_to_f32(w, r0 + r, 0, dst);
                 } else {
-                    for kk in 0..kc {
-                        *strip.get_unchecked_mut(kk * NR + j) = 0.0;
-                    }
+                    dst.fill(0.0);
+                }
+            }
+            let src = rows8.as_ptr();
+            let mut c = 0;
+            while c < k8 {
+                let v: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(src.add(j * k + c)));
+                let t = transpose8(v);
+                let dst = packed.as_mut_ptr().add(tile(c / KC, s) + (c % KC) * NR + j0);
+                for (kk, tv) in t.iter().enumerate() {
+                    _mm256_store_ps(dst.add(kk * NR), *tv);
+                }
+                c += 8;
+            }
+            for c in k8..k {
+                let dst = packed.as_mut_ptr().add(tile(c / KC, s) + (c % KC) * NR + j0);
+                for j in 0..8 {
+                    *dst.add(j) = *src.add(j * k + c);
                 }
             }
         }
+    }
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = KC.min(k - k0);
         let acc = k0 > 0;
         let a_slice = apack.as_ptr().add(k0 * groups * MR);
-        // Each weight strip stays in L1 while every group of inputs passes over it.
+        // Each weight tile stays in L1 while every group of inputs passes over it.
         for s in 0..strips {
-            let b = packed.as_ptr().add(s * KC * NR);
+            let b = packed.as_ptr().add(tile(k0 / KC, s));
             let valid = NR.min(nb - s * NR);
             for g in 0..groups {
                 let mr = MR.min(n - g * MR);
@@ -186,6 +217,37 @@ unsafe fn block(
         }
         k0 += kc;
     }
+}
+
+/// Rows of `v` become columns.
+#[inline(always)]
+unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+    let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+    let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+    let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+    let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+    let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+    let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+    let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
 }
 
 /// `C[mr x valid] (+)= A[kc x MR]^T B[kc x NR]`: A and B packed, C rows `ldc` apart.

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Decode and prompt speed of olmort on an OLMo-2-0425-1B-shaped checkpoint, per dtype,
+against the memory-bandwidth floor measured in the same run.
+
+    python3 tools/bench_decode.py                  # everything, 2 threads
+    python3 tools/bench_decode.py --dtypes q8_0 --runs 5 --no-prompt
+
+Steps (each reuses what is already there):
+  1. bench-data/1b: random weights of the 1B shape (tools/make_fixture.py --shape 1b
+     --no-reference; ~6 GB of .npy, needs torch + transformers, git-ignored).
+  2. bench-data/1b-DTYPE.bin: `olmoc pack --dtype DTYPE` of it.
+  3. Read bandwidth: `cargo bench -p olmort --bench bandwidth` (THREADS workers
+     streaming a 2 GiB buffer), measured before every dtype; the floor uses the median.
+  4. Decode: a 1-token prompt then --steps generated tokens; ms/token is olmort's own
+     `generation` line, median over --runs runs after one warm-up run.
+  5. Prompt: tools/data/benchmark512.tokens.bin (512 tokens) with --steps 512; tokens/s
+     from olmort's `prompt` line (logits at every position, as the trace needs).
+
+Floor = bytes of weights one token reads (every matrix once, norms, no embedding table:
+what `Model::bytes_per_token` counts) / bandwidth. Prints a Markdown table.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DTYPES = ["f32", "bf16", "f16", "q8_0"]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, cwd=ROOT, check=True, text=True, **kw)
+
+
+def load_average():
+    try:
+        return Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return ["?"] * 3
+
+
+def bytes_per_token(config, dtype):
+    """What Model::bytes_per_token counts, from the config alone."""
+    d = config["hidden_size"]
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads", heads)
+    head_dim = config.get("head_dim") or d // heads
+    q, kv = heads * head_dim, kv_heads * head_dim
+    f = config["intermediate_size"]
+    vocab = config["vocab_size"]
+    layers = config["num_hidden_layers"]
+
+    def matrix(rows, cols):
+        if dtype == "f32":
+            return rows * cols * 4
+        if dtype in ("f16", "bf16"):
+            return rows * cols * 2
+        return rows * -(-cols // 32) * 34
+
+    per_layer = (matrix(q + 2 * kv, d) + matrix(d, q) + matrix(2 * f, d) + matrix(d, f)
+                 + 4 * (q + kv + 2 * d))
+    return layers * per_layer + matrix(vocab, d) + 4 * d
+
+
+def bandwidth(threads):
+    out = run(["cargo", "bench", "-q", "-p", "olmort", "--bench", "bandwidth", "--", "2", str(threads), "7"],
+              capture_output=True).stdout
+    m = re.search(r"bandwidth_gbps: ([\d.]+) ([\d.]+)", out)
+    if not m:
+        sys.exit(f"no bandwidth line in: {out}")
+    return float(m.group(1))
+
+
+TIMING = re.compile(r"olmort:\s+(prompt|generation) =\s+([\d.]+) ms /\s+(\d+) tokens")
+
+
+def olmort(blob, tokens, steps, threads):
+    proc = run([str(ROOT / "target/release/olmort"), str(blob), str(tokens), "--steps", str(steps),
+                "--threads", str(threads)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    found = {k: (float(ms), int(n)) for k, ms, n in TIMING.findall(proc.stderr)}
+    if "prompt" not in found or "generation" not in found:
+        sys.exit(f"no timing lines from olmort:\n{proc.stderr}")
+    return found
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=ROOT / "bench-data")
+    ap.add_argument("--dtypes", default=",".join(DTYPES))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=64, help="generated tokens per decode run")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median)")
+    ap.add_argument("--prompt", type=Path, default=ROOT / "tools/data/benchmark512.tokens.bin")
+    ap.add_argument("--no-prompt", action="store_true", help="skip the prompt-processing runs")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    ckpt = args.data / "1b"
+    if not (ckpt / "config.json").exists():
+        print(f"generating the 1B-shaped checkpoint in {ckpt} (~6 GB)", file=sys.stderr)
+        run([sys.executable, "tools/make_fixture.py", "--shape", "1b", "--no-reference", str(ckpt)])
+    config = json.loads((ckpt / "config.json").read_text())
+    run(["cargo", "build", "-q", "--release", "-p", "olmort", "-p", "olmoc"])
+
+    one = Path(tempfile.mkdtemp()) / "one.tokens.bin"
+    one.write_bytes(args.prompt.read_bytes()[:4])
+    prompt_len = len(args.prompt.read_bytes()) // 4
+
+    print(f"load average at start: {' '.join(load_average())}", file=sys.stderr)
+    rows = []
+    for dtype in args.dtypes.split(","):
+        blob = args.data / f"1b-{dtype}.bin"
+        newest = max(p.stat().st_mtime for p in ckpt.glob("*.npy"))
+        if not blob.exists() or blob.stat().st_mtime < newest:
+            run([str(ROOT / "target/release/olmoc"), "pack", str(ckpt), str(blob), "--dtype", dtype],
+                stdout=subprocess.DEVNULL)
+        bw = [bandwidth(args.threads)]
+        olmort(blob, one, 2, args.threads)  # warm-up: fault the weights in
+        decode = []
+        for _ in range(args.runs):
+            ms, n = olmort(blob, one, args.steps + 1, args.threads)["generation"]
+            decode.append(ms / n)
+        bw.append(bandwidth(args.threads))
+        prompt = []
+        if not args.no_prompt:
+            for _ in range(args.runs):
+                ms, n = olmort(blob, args.prompt, prompt_len, args.threads)["prompt"]
+                prompt.append(n * 1e3 / ms)
+        gbps = statistics.median(bw)
+        nbytes = bytes_per_token(config, dtype)
+        floor = nbytes / (gbps * 1e9) * 1e3
+        ms = statistics.median(decode)
+        row = dict(dtype=dtype, bytes_per_token=nbytes, bandwidth_gbps=gbps, floor_ms=floor,
+                   decode_ms=ms, decode_runs=decode, ratio=ms / floor,
+                   prompt_tps=statistics.median(prompt) if prompt else None, prompt_runs=prompt)
+        rows.append(row)
+        print(f"{dtype}: decode {ms:.1f} ms/token (runs {', '.join(f'{v:.1f}' for v in decode)}), "
+              f"floor {floor:.1f} ms at {gbps:.1f} GB/s, ratio {ms / floor:.3f}"
+              + (f", prompt {row['prompt_tps']:.1f} tok/s" if prompt else ""), file=sys.stderr)
+    load = " ".join(load_average())
+    print(f"load average at end: {load}", file=sys.stderr)
+
+    print(f"\n{args.threads} threads, decode = median of {args.runs} runs of {args.steps} tokens, "
+          f"prompt = {prompt_len} tokens; load average at end {load}\n")
+    print("| dtype | weights read / token | bandwidth | floor | decode | ratio | prompt |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        p = f"{r['prompt_tps']:.1f} tok/s" if r["prompt_tps"] is not None else "-"
+        print(f"| {r['dtype']} | {r['bytes_per_token'] / 1e9:.3f} GB | {r['bandwidth_gbps']:.1f} GB/s | "
+              f"{r['floor_ms']:.1f} ms | {r['decode_ms']:.1f} ms | {r['ratio']:.3f} | {p} |")
+    if args.json:
+        args.json.write_text(json.dumps(dict(rows=rows, load_average=load, threads=args.threads), indent=2))
+
+
+if __name__ == "__main__":
+    main()
