@@ -133,27 +133,9 @@ impl ModelConfig {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub fn small_config() -> ModelConfig {
-        ModelConfig {
-            architecture: ModelConfig::ARCHITECTURE.into(),
-            hidden_size: 36,
-            num_hidden_layers: 2,
-            num_attention_heads: 6,
-            num_key_value_heads: 2,
-            head_dim: 6,
-            intermediate_size: 92,
-            vocab_size: 97,
-            max_position_embeddings: 64,
-            rope_theta: 10000.0,
-            rms_norm_eps: 1e-6,
-            bos_token_id: None,
-            eos_token_id: Some(96),
-            pad_token_id: Some(1),
-        }
-    }
+    use crate::sample::small_config;
 
     #[test]
     fn accepts_a_consistent_config() {

@@ -16,8 +16,8 @@ use crate::forward::{forward, forward_batch, RunState};
 use crate::model::Model;
 use crate::ops::top_k;
 use crate::sampling::{Sampler, SamplingParams};
-use crate::text::{Escaped, Utf8Stream};
-use crate::trace::{LogitsSink, Timings};
+use crate::text::Utf8Stream;
+use crate::trace::{write_trace_line, LogitsSink, Timings};
 use crate::RunError;
 
 /// How each step is written.
@@ -235,32 +235,6 @@ impl Steps<'_, '_> {
             }
         }
         Ok(Some(next))
-    }
-}
-
-/// The seed's trace line for one position.
-fn write_trace_line(
-    model: &Model,
-    pos: usize,
-    token: u32,
-    top: &[(u32, f32)],
-    out: &mut dyn Write,
-) -> io::Result<()> {
-    write!(out, "{pos}: token ")?;
-    write_token(model, token, out)?;
-    write!(out, " Top 5 next tokens:")?;
-    for &(id, _) in top {
-        write!(out, " ")?;
-        write_token(model, id, out)?;
-    }
-    writeln!(out)
-}
-
-/// `ID ("text")` with a vocabulary, `ID` without one.
-fn write_token(model: &Model, id: u32, out: &mut dyn Write) -> io::Result<()> {
-    match model.vocab.as_ref().and_then(|v| v.token(id)) {
-        Some(bytes) => write!(out, "{id} (\"{}\")", Escaped(bytes)),
-        None => write!(out, "{id}"),
     }
 }
 

@@ -89,7 +89,7 @@ pub fn run_trace(
             if let Some(sink) = logits_sink.as_deref_mut() {
                 sink.write_step(&logits[i * vocab..][..vocab])?;
             }
-            write_step(model, pos + i, t, top, out)?;
+            write_trace_line(model, pos + i, t, top, out)?;
             token = top[0].0;
         }
         pos += n;
@@ -103,7 +103,7 @@ pub fn run_trace(
         if let Some(sink) = logits_sink.as_deref_mut() {
             sink.write_step(logits)?;
         }
-        write_step(model, pos, token, &top, out)?;
+        write_trace_line(model, pos, token, &top, out)?;
         token = top[0].0;
     }
     out.flush()?;
@@ -111,7 +111,13 @@ pub fn run_trace(
 }
 
 /// One trace line: the position, the token fed there and the top-5 next tokens.
-fn write_step(model: &Model, pos: usize, token: u32, top: &[(u32, f32); 5], out: &mut dyn Write) -> io::Result<()> {
+pub(crate) fn write_trace_line(
+    model: &Model,
+    pos: usize,
+    token: u32,
+    top: &[(u32, f32)],
+    out: &mut dyn Write,
+) -> io::Result<()> {
     write!(out, "{pos}: token ")?;
     write_token(model, token, out)?;
     write!(out, " Top 5 next tokens:")?;
