@@ -477,3 +477,19 @@ fn killed() {
     interrupt_with(libc::SIGKILL, "sigkill", false);
     interrupt_with(libc::SIGINT, "sigint-unnamed", false);
 }
+
+#[test]
+fn command_line_mistakes_are_one_line() {
+    for args in [
+        vec!["pack"],
+        vec!["pack", "a", "b", "--dtype", "q4"],
+        vec!["frobnicate"],
+        vec!["inspect", "a", "b"],
+    ] {
+        let out = Command::new(OLMOC).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("olmoc: "), "{args:?}: {stderr}");
+    }
+}

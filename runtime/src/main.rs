@@ -22,7 +22,9 @@ use olmort::{Model, RunState};
 struct Cli {
     /// The blob written by `olmoc pack`.
     model: PathBuf,
-    /// Prompt as little-endian u32 token ids; `-` or absent reads standard input.
+    /// Prompt as little-endian u32 token ids; `-` or absent reads standard input. An
+    /// empty prompt is an error: generation needs a first token, and OLMo-2 has no
+    /// beginning-of-sequence token to supply one.
     tokens: Option<PathBuf>,
     /// Positions to run (prompt tokens, then generated ones; default 20 for the trace
     /// format); 0 only opens and checks the model.
@@ -76,10 +78,14 @@ fn run(cli: Cli) -> Result<(), String> {
     let prompt = cli.generation.read_prompt(&model, &cli.model, cli.tokens.as_ref())?;
     let seed_trace = cli.generation.is_seed_trace();
     let options = cli.generation.options(cli.steps)?;
-    let steps = if seed_trace {
-        cli.steps.unwrap_or(olmort::generate::DEFAULT_TRACE_STEPS)
+    let generation_plan = if seed_trace {
+        None
     } else {
-        plan(&model, prompt.len(), &options).map_err(fail)?.positions
+        Some(plan(&model, prompt.len(), &options).map_err(fail)?)
+    };
+    let steps = match &generation_plan {
+        Some(p) => p.positions,
+        None => cli.steps.unwrap_or(olmort::generate::DEFAULT_TRACE_STEPS),
     };
     olmort::trace::check_request(&model, &prompt, steps).map_err(fail)?;
 
@@ -102,11 +108,9 @@ fn run(cli: Cli) -> Result<(), String> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let sink = dump.as_mut().map(|d| d as &mut dyn LogitsSink);
-    let timings = if seed_trace {
-        run_trace(&model, &mut state, &prompt, steps, &mut out, sink)
-    } else {
-        let plan = plan(&model, prompt.len(), &options).map_err(fail)?;
-        generate(&model, &mut state, &prompt, &options, plan, &mut out, sink)
+    let timings = match generation_plan {
+        None => run_trace(&model, &mut state, &prompt, steps, &mut out, sink),
+        Some(plan) => generate(&model, &mut state, &prompt, &options, plan, &mut out, sink),
     }
     .map_err(fail)?;
     drop(out);
