@@ -13,12 +13,13 @@ side:
 
 each as whole-process wall time (median of --runs) and peak RSS, plus one decode step of
 olmort for reference. Then, for the largest shape: cold-cache first tokens for each
-`olmort --load` mode, several olmort processes sharing one copy of the weights
+`olmort --load` mode and for other madvise hints (runtime/examples/map_hints.rs),
+several olmort processes sharing one copy of the weights
 (Rss/Pss from /proc/PID/smaps_rollup), and `olmoc verify` speed.
 
 It shells out to the release binaries; build them first:
 
-    cargo build --release -p olmort -p olmoc --example load_npy_dir
+    cargo build --release -p olmort -p olmoc --examples
     python3 tools/make_fixture.py --shape 0.1b --no-reference --vocab-txt tests/fixtures/tiny/vocab.txt \\
         --safetensors bench-data/0.1b-safetensors bench-data/0.1b          # and 0.5b, 1b
     python3 tools/bench_startup.py
@@ -46,9 +47,12 @@ RELEASE = ROOT / "target" / "release"
 OLMORT = RELEASE / "olmort"
 OLMOC = RELEASE / "olmoc"
 LOAD_NPY = RELEASE / "examples" / "load_npy_dir"
+MAP_HINTS = RELEASE / "examples" / "map_hints"
 VOCAB_TXT = ROOT / "tests" / "fixtures" / "tiny" / "vocab.txt"
 TOKENS = ROOT / "tests" / "fixtures" / "seed" / "fourscore.tokens.bin"
 LOAD_MODES = ["lazy", "prefetch", "none", "populate", "mlock"]
+# madvise hints olmort does not use, measured with the map_hints example.
+OTHER_HINTS = ["willneed", "sequential", "random", "hugepage,willneed", "hugepage,sequential"]
 
 TORCH_SNIPPET = r"""
 import sys, time
@@ -145,14 +149,18 @@ def ensure_blob(shape_dir, work):
     return blob
 
 
-def decode_step_ms(blob, runs):
-    """olmort's steady generation ms per token (median over runs)."""
-    values = []
+def first_token_and_step(blob, runs, threads):
+    """Alternates `olmort --steps 1` (whole-process wall, peak RSS) with a 10-step run
+    (its generation ms per token), so both see the same machine conditions; medians."""
+    first, rss, step = [], 0, []
     for _ in range(runs):
-        _, _, _, err = run([OLMORT, blob, TOKENS, "--steps", "10"], capture=True)
+        wall, peak, _, _ = run([OLMORT, blob, TOKENS, "--steps", "1", "--threads", threads])
+        first.append(wall)
+        rss = max(rss, peak)
+        _, _, _, err = run([OLMORT, blob, TOKENS, "--steps", "10", "--threads", threads])
         m = re.search(r"generation =\s*([0-9.]+) ms /\s*(\d+) tokens", err)
-        values.append(float(m.group(1)) / int(m.group(2)))
-    return statistics.median(values)
+        step.append(float(m.group(1)) / int(m.group(2)))
+    return statistics.median(first), rss, statistics.median(step)
 
 
 def smaps_rollup(pid):
@@ -237,7 +245,7 @@ def main():
 
     for exe in (OLMORT, OLMOC, LOAD_NPY):
         if not exe.exists():
-            sys.exit(f"{exe} is missing: cargo build --release -p olmort -p olmoc --example load_npy_dir")
+            sys.exit(f"{exe} is missing: cargo build --release -p olmort -p olmoc --examples")
     work = args.data / "startup"
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}\n")
@@ -262,9 +270,7 @@ def main():
         r["npy_step_ms"] = statistics.median(keyvals(o)["step_ms"] for o in outs)
         read_through([blob])
         r["open_wall"], r["open_rss"], _ = median_runs([OLMORT, blob, "--steps", "0"], args.open_runs)
-        r["first_wall"], r["first_rss"], _ = median_runs(
-            [OLMORT, blob, TOKENS, "--steps", "1", "--threads", args.threads], args.runs)
-        r["step_ms"] = decode_step_ms(blob, max(3, args.runs // 2))
+        r["first_wall"], r["first_rss"], r["step_ms"] = first_token_and_step(blob, args.runs, args.threads)
         if not args.no_torch and (st_dir / "config.json").exists():
             try:
                 tw, trss, kv = [], 0, []
@@ -323,6 +329,13 @@ def main():
             after, _, _, _ = run(cmd)
             cold[mode] = (wall, after)
             print(f"| olmort --load {mode} | {ms(wall)} | {ms(after)} |")
+        if MAP_HINTS.exists():
+            for hints in OTHER_HINTS:
+                cmd = [MAP_HINTS, blob, hints, "1"]
+                wall, _, _ = median_runs(cmd, args.cold_runs, before=lambda: evict([blob]))
+                after, _, _, _ = run(cmd)
+                cold[hints] = (wall, after)
+                print(f"| map_hints {hints} | {ms(wall)} | {ms(after)} |")
         wall, _, _ = median_runs([LOAD_NPY, args.data / shape], args.cold_runs, before=lambda: evict(npys))
         cold["npy_load"] = (wall, None)
         print(f"| load_npy_dir (load only) | {ms(wall)} | |")
