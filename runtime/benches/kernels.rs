@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use half::{bf16, f16};
 use olmort::kernels::{matmul, matvec, Matrix, MatrixData};
+use rayon::prelude::*;
 
 /// CPU seconds this process has used (user + system), from /proc; 0 elsewhere.
 fn cpu_seconds() -> f64 {
@@ -41,6 +42,23 @@ fn main() {
     println!("kernels {:?}, {threads} threads, {rows}x{cols}, batch {batch}", olmort::kernels::active());
     for (name, data, bytes_per) in all {
         let w = Matrix { rows, cols, data };
+        // The same bytes summed as plain u64 words by the same pool: the speed memory
+        // gives a pure stream right now, the yardstick for the matvec.
+        let raw: &[u8] = match data {
+            MatrixData::F32(d) => unsafe { std::slice::from_raw_parts(d.as_ptr() as *const u8, d.len() * 4) },
+            MatrixData::F16(d) | MatrixData::BF16(d) => unsafe { std::slice::from_raw_parts(d.as_ptr() as *const u8, d.len() * 2) },
+            MatrixData::Q8_0 { quants, .. } => unsafe { std::slice::from_raw_parts(quants.as_ptr() as *const u8, quants.len()) },
+        };
+        let words: &[u64] = unsafe { std::slice::from_raw_parts(raw.as_ptr() as *const u64, raw.len() / 8) };
+        let mut stream = Vec::new();
+        for _ in 0..15 {
+            let t = Instant::now();
+            let s: u64 = words.par_chunks(words.len() / rayon::current_num_threads()).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).sum();
+            std::hint::black_box(s);
+            stream.push(t.elapsed().as_secs_f64());
+        }
+        stream.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let stream_gbps = raw.len() as f64 / stream[stream.len() / 2] / 1e9;
         let mut times = Vec::new();
         for _ in 0..15 {
             let t = Instant::now();
@@ -61,7 +79,7 @@ fn main() {
         let flops = 2.0 * (rows * cols * batch) as f64;
         let gf = flops / times[2] / 1e9;
         println!(
-            "{name:>5}: matvec {mv:6.2} GB/s ({:.2} ms)   gemm {gf:7.1} GFLOP/s ({:.1} per CPU-second)",
+            "{name:>5}: stream {stream_gbps:6.2} GB/s, matvec {mv:6.2} GB/s ({:.2} ms)   gemm {gf:7.1} GFLOP/s ({:.1} per CPU-second)",
             (rows * cols) as f64 * bytes_per / mv / 1e6,
             5.0 * flops / cpu / 1e9
         );
