@@ -190,10 +190,15 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
                 }
             }
         };
-        s.scores
-            .par_chunks_mut(max_positions)
-            .enumerate()
-            .for_each(|(h, scores)| head(h, scores));
+        // A short decode step's attention is a few microseconds: not worth waking the pool.
+        if n * (start + n) * heads < 1 << 11 {
+            s.scores.chunks_mut(max_positions).take(heads).enumerate().for_each(|(h, sc)| head(h, sc));
+        } else {
+            s.scores
+                .par_chunks_mut(max_positions)
+                .enumerate()
+                .for_each(|(h, scores)| head(h, scores));
+        }
         matmul_with(k, &w.o_proj, &s.attn[..n * q_dim], n, &mut s.proj[..n * d]);
         residual(n, d, &mut s.x, &mut s.proj, w.post_attention_layernorm, eps);
 

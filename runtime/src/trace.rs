@@ -4,6 +4,8 @@
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
+
 use crate::forward::{forward, forward_batch, RunState};
 use crate::model::Model;
 use crate::ops::top_k;
@@ -82,7 +84,7 @@ pub fn run_trace(
         let chunk = &prompt[pos..pos + n];
         let started = Instant::now();
         let logits = forward_batch(model, state, chunk, pos);
-        let tops: Vec<[(u32, f32); 5]> = logits.chunks_exact(vocab).map(top_k::<5>).collect();
+        let tops: Vec<[(u32, f32); 5]> = logits.par_chunks_exact(vocab).map(top_k::<5>).collect();
         timings.prompt += started.elapsed();
         timings.prompt_tokens += n;
         for (i, (&t, top)) in chunk.iter().zip(&tops).enumerate() {
