@@ -50,7 +50,7 @@ LOAD_NPY = RELEASE / "examples" / "load_npy_dir"
 MAP_HINTS = RELEASE / "examples" / "map_hints"
 VOCAB_TXT = ROOT / "tests" / "fixtures" / "tiny" / "vocab.txt"
 TOKENS = ROOT / "tests" / "fixtures" / "seed" / "fourscore.tokens.bin"
-LOAD_MODES = ["lazy", "prefetch", "none", "populate", "mlock"]
+LOAD_MODES = ["prefetch", "lazy", "none", "populate", "mlock"]
 # madvise hints olmort does not use, measured with the map_hints example.
 OTHER_HINTS = ["willneed", "sequential", "random", "hugepage,willneed", "hugepage,sequential"]
 

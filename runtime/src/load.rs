@@ -14,14 +14,14 @@ use olmo_format::{Blob, EMBED_TOKENS, VOCAB_BYTES, VOCAB_OFFSETS};
 /// `olmort --load MODE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LoadMode {
-    /// Huge-page hint only: page faults read the weights on demand.
-    #[default]
-    Lazy,
     /// Huge-page hint, and a background thread touches the weights in the order the first
     /// token uses them, running ahead of the computation: on a cold cache it keeps the
     /// disk busy (its page faults read while the kernels compute on what has arrived);
     /// on a warm one it costs a few thousand cheap faults.
+    #[default]
     Prefetch,
+    /// Huge-page hint only: page faults read the weights on demand.
+    Lazy,
     /// No hint at all: the plain memory map.
     None,
     /// Huge-page hint, then every page is faulted in (MADV_POPULATE_READ) before the
@@ -33,7 +33,7 @@ pub enum LoadMode {
 }
 
 impl LoadMode {
-    pub const NAMES: &'static str = "lazy, prefetch, none, populate, mlock";
+    pub const NAMES: &'static str = "prefetch, lazy, none, populate, mlock";
 }
 
 impl FromStr for LoadMode {

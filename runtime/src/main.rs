@@ -36,10 +36,10 @@ struct Cli {
     /// Write every step's logits to this .npy file, f32 of shape [steps, vocab].
     #[arg(long, value_name = "FILE.npy")]
     dump_logits: Option<PathBuf>,
-    /// How the weights reach memory: lazy (default: on demand, with the huge-page hint),
-    /// prefetch (a thread faults them in ahead of the computation), none (no hint),
-    /// populate or mlock (all of it before the first token). See docs/STARTUP.md.
-    #[arg(long, value_name = "MODE", default_value = "lazy")]
+    /// How the weights reach memory: prefetch (default: a thread faults them in ahead of
+    /// the computation), lazy (on demand), none (no huge-page hint), populate or mlock
+    /// (all of it before the first token). See docs/STARTUP.md.
+    #[arg(long, value_name = "MODE", default_value = "prefetch")]
     load: load::LoadMode,
     #[command(flatten)]
     generation: generate_cli::GenerateArgs,
