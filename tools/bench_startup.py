@@ -70,8 +70,17 @@ print(f"import_ms={{(t1-t0)*1e3:.1f}} load_ms={{(t2-t1)*1e3:.1f}} step_ms={{(t3-
 """
 
 
+def peak_rss(cmd):
+    """Peak RSS (bytes) of one run of cmd, from GNU time's %M. A child spawned straight
+    from Python would report Python's own resident size as its floor: the kernel carries
+    the high-water mark of the address space replaced by exec over into ru_maxrss."""
+    with tempfile.NamedTemporaryFile(mode="r") as f:
+        run(["/usr/bin/time", "-f", "%M", "-o", f.name, *cmd])
+        return int(f.read().split()[-1]) * 1024
+
+
 def run(cmd, capture=True):
-    """Runs cmd; returns (wall seconds, peak RSS bytes, stdout, stderr)."""
+    """Runs cmd; returns (wall seconds, peak RSS bytes (see peak_rss), stdout, stderr)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen([str(c) for c in cmd], stdout=out if capture else subprocess.DEVNULL,
@@ -89,16 +98,16 @@ def run(cmd, capture=True):
     return wall, usage.ru_maxrss * 1024, stdout, stderr
 
 
-def median_runs(cmd, runs, before=None):
-    walls, rss, outs = [], [], []
+def median_runs(cmd, runs, before=None, rss=True):
+    """Median wall of `runs` runs, and the peak RSS of one more run (if rss)."""
+    walls, outs = [], []
     for _ in range(runs):
         if before:
             before()
-        wall, peak, out, err = run(cmd)
+        wall, _, out, err = run(cmd)
         walls.append(wall)
-        rss.append(peak)
         outs.append(out + err)
-    return statistics.median(walls), max(rss), outs
+    return statistics.median(walls), peak_rss(cmd) if rss else None, outs
 
 
 def keyvals(text):
@@ -152,14 +161,14 @@ def ensure_blob(shape_dir, work):
 def first_token_and_step(blob, runs, threads):
     """Alternates `olmort --steps 1` (whole-process wall, peak RSS) with a 10-step run
     (its generation ms per token), so both see the same machine conditions; medians."""
-    first, rss, step = [], 0, []
+    first, step = [], []
     for _ in range(runs):
-        wall, peak, _, _ = run([OLMORT, blob, TOKENS, "--steps", "1", "--threads", threads])
+        wall, _, _, _ = run([OLMORT, blob, TOKENS, "--steps", "1", "--threads", threads])
         first.append(wall)
-        rss = max(rss, peak)
         _, _, _, err = run([OLMORT, blob, TOKENS, "--steps", "10", "--threads", threads])
         m = re.search(r"generation =\s*([0-9.]+) ms /\s*(\d+) tokens", err)
         step.append(float(m.group(1)) / int(m.group(2)))
+    rss = peak_rss([OLMORT, blob, TOKENS, "--steps", "1", "--threads", threads])
     return statistics.median(first), rss, statistics.median(step)
 
 
@@ -203,10 +212,8 @@ def sharing(blob, procs, seconds):
     return best
 
 
-def torch_first_token(st_dir, threads):
-    code = TORCH_SNIPPET.format(threads=threads)
-    wall, peak, out, _ = run([sys.executable, "-c", code, st_dir, 28070])
-    return wall, peak, keyvals(out)
+def torch_command(st_dir, threads):
+    return [sys.executable, "-c", TORCH_SNIPPET.format(threads=threads), st_dir, 28070]
 
 
 def machine():
@@ -273,14 +280,14 @@ def main():
         r["first_wall"], r["first_rss"], r["step_ms"] = first_token_and_step(blob, args.runs, args.threads)
         if not args.no_torch and (st_dir / "config.json").exists():
             try:
-                tw, trss, kv = [], 0, []
+                cmd = torch_command(st_dir, args.threads)
+                tw, kv = [], []
                 for _ in range(max(1, args.runs // 2)):
-                    w, p, k = torch_first_token(st_dir, args.threads)
+                    w, _, out, _ = run(cmd)
                     tw.append(w)
-                    trss = max(trss, p)
-                    kv.append(k)
+                    kv.append(keyvals(out))
                 r["torch_first_wall"] = statistics.median(tw)
-                r["torch_rss"] = trss
+                r["torch_rss"] = peak_rss(cmd)
                 r["torch_import_ms"] = statistics.median(k["import_ms"] for k in kv)
                 r["torch_load_ms"] = statistics.median(k["load_ms"] for k in kv)
             except RuntimeError as e:
@@ -325,18 +332,19 @@ def main():
         cold = {}
         for mode in LOAD_MODES:
             cmd = [OLMORT, blob, TOKENS, "--steps", "1", "--load", mode]
-            wall, _, _ = median_runs(cmd, args.cold_runs, before=lambda: evict([blob]))
+            wall, _, _ = median_runs(cmd, args.cold_runs, before=lambda: evict([blob]), rss=False)
             after, _, _, _ = run(cmd)
             cold[mode] = (wall, after)
             print(f"| olmort --load {mode} | {ms(wall)} | {ms(after)} |")
         if MAP_HINTS.exists():
             for hints in OTHER_HINTS:
                 cmd = [MAP_HINTS, blob, hints, "1"]
-                wall, _, _ = median_runs(cmd, args.cold_runs, before=lambda: evict([blob]))
+                wall, _, _ = median_runs(cmd, args.cold_runs, before=lambda: evict([blob]), rss=False)
                 after, _, _, _ = run(cmd)
                 cold[hints] = (wall, after)
                 print(f"| map_hints {hints} | {ms(wall)} | {ms(after)} |")
-        wall, _, _ = median_runs([LOAD_NPY, args.data / shape], args.cold_runs, before=lambda: evict(npys))
+        wall, _, _ = median_runs([LOAD_NPY, args.data / shape], args.cold_runs, before=lambda: evict(npys),
+                                 rss=False)
         cold["npy_load"] = (wall, None)
         print(f"| load_npy_dir (load only) | {ms(wall)} | |")
         results["cold"] = {"shape": shape, "disk_bytes_per_s": disk, "runs": cold}
@@ -363,7 +371,7 @@ def main():
     print(f"\nolmoc verify {shape} (warm): {ms(v)} ms, {r['blob_bytes'] / v / 1e9:.2f} GB/s")
     results["verify_wall"] = v
     if not args.no_cold:
-        wall, _, _ = median_runs([OLMOC, "verify", blob], args.cold_runs, before=lambda: evict([blob]))
+        wall, _, _ = median_runs([OLMOC, "verify", blob], args.cold_runs, before=lambda: evict([blob]), rss=False)
         print(f"olmoc verify {shape} (cold): {ms(wall)} ms, {r['blob_bytes'] / wall / 1e9:.2f} GB/s")
         results["verify_cold_wall"] = wall
 
