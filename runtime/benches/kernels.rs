@@ -40,6 +40,28 @@ fn main() {
     let x: Vec<f32> = (0..batch * cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
     let mut y = vec![0f32; batch * rows];
     println!("kernels {:?}, {threads} threads, {rows}x{cols}, batch {batch}", olmort::kernels::active());
+    // OLMORT_BENCH_BLOB=FILE: the f32 matvec over 128 MiB of a mapped file (page-cache
+    // pages, as olmort reads weights) against the same bytes copied to the heap.
+    if let Ok(path) = std::env::var("OLMORT_BENCH_BLOB") {
+        let file = std::fs::File::open(&path).unwrap();
+        let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
+        let bytes = &map[4096..4096 + rows * cols * 4];
+        let mapped: &[f32] = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, rows * cols) };
+        let owned: Vec<f32> = mapped.to_vec();
+        for round in 0..3 {
+            for (what, d) in [("mapped", mapped), ("heap", &owned[..])] {
+                let w = Matrix { rows, cols, data: MatrixData::F32(d) };
+                let mut times = Vec::new();
+                for _ in 0..9 {
+                    let t = Instant::now();
+                    matvec(&w, &x[..cols], &mut y[..rows]);
+                    times.push(t.elapsed().as_secs_f64());
+                }
+                times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                println!("round {round} {what:>6}: f32 matvec {:.2} GB/s", (rows * cols * 4) as f64 / times[4] / 1e9);
+            }
+        }
+    }
     for (name, data, bytes_per) in all {
         let w = Matrix { rows, cols, data };
         // The same bytes summed as plain u64 words by the same pool: the speed memory
