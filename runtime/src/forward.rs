@@ -112,6 +112,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// Through a method, so closures capture the whole (Send) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Applies `f` to each token's row of `buf` (rows `width` apart), in parallel when the
 /// batch is big enough to pay for it.
 fn per_token(n: usize, width: usize, buf: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
@@ -168,7 +175,6 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
         let qkv = &s.qkv;
         let attn = SendPtr(s.attn.as_mut_ptr());
         let head = |h: usize, scores: &mut [f32]| {
-            let attn = attn;
             let kv_off = (h / group) * head_dim;
             for i in 0..n {
                 let qh = &qkv[i * qkv_dim + h * head_dim..][..head_dim];
@@ -182,7 +188,7 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
                 // SAFETY: head h of token i is written by this task alone, and `attn`
                 // (n x q) outlives the parallel loop.
                 let out = unsafe {
-                    std::slice::from_raw_parts_mut(attn.0.add(i * q_dim + h * head_dim), head_dim)
+                    std::slice::from_raw_parts_mut(attn.get().add(i * q_dim + h * head_dim), head_dim)
                 };
                 out.fill(0.0);
                 for (t, &p) in scores.iter().enumerate() {

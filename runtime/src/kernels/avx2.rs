@@ -219,7 +219,7 @@ unsafe fn rows_q8_0_r<const R: usize>(
                 let xv = _mm256_loadu_si256(xqp.add(b * 32) as *const __m256i);
                 let xv2 = _mm256_loadu_si256(xqp.add(b * 32 + 32) as *const __m256i);
                 for j in 0..R {
-                    _mm_prefetch::<_MM_HINT_T0>(q[j].wrapping_add(b * 32 + PREFETCH_Q8) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(q[j].wrapping_add(b * 32 + PREFETCH_Q8));
                     let wv = _mm256_loadu_si256(q[j].add(b * 32) as *const __m256i);
                     let wv2 = _mm256_loadu_si256(q[j].add(b * 32 + 32) as *const __m256i);
                     acc[j] = _mm256_fmadd_ps(dot_q8(wv, xv), _mm256_set1_ps(d[j][k]), acc[j]);

@@ -48,6 +48,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// Through a method, so closures capture the whole (Send) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Runs `f` on a thread-local buffer of at least `len` floats (a fresh one if the
 /// thread's own is already in use further up the stack).
 fn with_scratch<R>(key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
@@ -75,7 +82,6 @@ pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
         let kblocks = k.div_ceil(KC);
         let tasks = rows.div_ceil(nb_max);
         let task = |t: usize| {
-            let yp = yp;
             PANEL.with(|cell| {
                 let mut fresh;
                 let mut guard;
@@ -102,7 +108,7 @@ pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
                 let packed = &mut buf[off..off + len];
                 let r0 = t * nb_max;
                 let nb = nb_max.min(rows - r0);
-                unsafe { block(w, apack, n, k, r0, nb, packed, row, yp.0, rows) };
+                unsafe { block(w, apack, n, k, r0, nb, packed, row, yp.get(), rows) };
             })
         };
         if rayon::current_num_threads() == 1 || tasks == 1 {
