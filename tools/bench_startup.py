@@ -244,6 +244,7 @@ def main():
     ap.add_argument("--cold-runs", type=int, default=2, help="runs per cold measurement (median)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-npy", action="store_true", help="skip the .npy loads (blob columns only)")
     ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--share-procs", type=int, default=3)
     ap.add_argument("--share-seconds", type=float, default=20)
@@ -269,13 +270,14 @@ def main():
         npys = sorted(shape_dir.glob("*.npy"))
         st_dir = args.data / f"{shape}-safetensors"
         r = {"blob_bytes": blob.stat().st_size, "npy_bytes": sum(p.stat().st_size for p in npys)}
-        read_through(npys + [blob])  # warm
+        read_through(([] if args.no_npy else npys) + [blob])  # warm
 
-        r["npy_load_wall"], r["npy_load_rss"], _ = median_runs([LOAD_NPY, shape_dir], args.runs)
-        r["npy_first_wall"], r["npy_first_rss"], outs = median_runs(
-            [LOAD_NPY, shape_dir, "--first-token", TOKENS], args.runs)
-        r["npy_step_ms"] = statistics.median(keyvals(o)["step_ms"] for o in outs)
-        read_through([blob])
+        if not args.no_npy:
+            r["npy_load_wall"], r["npy_load_rss"], _ = median_runs([LOAD_NPY, shape_dir], args.runs)
+            r["npy_first_wall"], r["npy_first_rss"], outs = median_runs(
+                [LOAD_NPY, shape_dir, "--first-token", TOKENS], args.runs)
+            r["npy_step_ms"] = statistics.median(keyvals(o)["step_ms"] for o in outs)
+            read_through([blob])
         r["open_wall"], r["open_rss"], _ = median_runs([OLMORT, blob, "--steps", "0"], args.open_runs)
         r["first_wall"], r["first_rss"], r["step_ms"] = first_token_and_step(blob, args.runs, args.threads)
         if not args.no_torch and (st_dir / "config.json").exists():
@@ -306,8 +308,9 @@ def main():
         torch_cell = (f"{ms(r['torch_first_wall'])} ({r['torch_import_ms']:,.0f} + {r['torch_load_ms']:,.0f} + step)"
                       if "torch_first_wall" in r else "-")
         torch_rss = mib(r["torch_rss"]) if "torch_rss" in r else "-"
-        print(f"| {shape} | {mib(r['blob_bytes'])} | {ms(r['npy_load_wall'])} | {ms(r['npy_first_wall'])} "
-              f"| {mib(r['npy_first_rss'])} | {ms(r['open_wall'])} | {mib(r['open_rss'])} "
+        npy = (f"{ms(r['npy_load_wall'])} | {ms(r['npy_first_wall'])} | {mib(r['npy_first_rss'])}"
+               if "npy_load_wall" in r else "- | - | -")
+        print(f"| {shape} | {mib(r['blob_bytes'])} | {npy} | {ms(r['open_wall'])} | {mib(r['open_rss'])} "
               f"| {ms(r['first_wall'])} | {mib(r['first_rss'])} | {r['step_ms']:.1f} | {torch_cell} | {torch_rss} |")
 
     if not rows:
