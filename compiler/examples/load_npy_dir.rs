@@ -163,7 +163,7 @@ fn run() -> Result<(), String> {
         let t = Instant::now();
         let blob = Blob::parse(&blob_bytes).map_err(|e| e.to_string())?;
         let model = olmort::Model::new(&blob).map_err(|e| e.to_string())?;
-        let mut state = olmort::RunState::new(&model, 1);
+        let mut state = olmort::RunState::new(&model, 1).map_err(|e| e.to_string())?;
         let logits = olmort::forward(&model, &mut state, first, 0);
         let top = olmort::ops::top_k::<1>(logits)[0].0;
         let step_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -47,7 +47,7 @@ fn run() -> Result<(), String> {
         }
     }
     let hint_ms = t.elapsed().as_secs_f64() * 1e3;
-    let mut state = olmort::RunState::new(&model, steps.max(1));
+    let mut state = olmort::RunState::new(&model, steps.max(1)).map_err(|e| e.to_string())?;
     let mut token = 28070u32.min(model.config.vocab_size - 1);
     let mut step_ms = Vec::new();
     for pos in 0..steps {

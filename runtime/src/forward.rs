@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use crate::kernels::{self, matmul_with, Kernels};
 use crate::model::Model;
 use crate::ops::{rms_norm, softmax, swiglu, RopeTables};
+use crate::RunError;
 
 /// The most tokens [`RunState::new`] lets one [`forward_batch`] call take: enough that
 /// the GEMMs are compute-bound, small enough that the batch logits stay modest
@@ -46,12 +47,18 @@ pub struct RunState {
 impl RunState {
     /// Buffers for `max_positions` positions, batches of up to
     /// `min(max_positions, DEFAULT_MAX_BATCH)` tokens.
-    pub fn new(model: &Model, max_positions: usize) -> RunState {
+    /// Buffers for `max_positions` positions; fails cleanly (rather than aborting) when
+    /// the KV cache and buffers do not fit in memory.
+    pub fn new(model: &Model, max_positions: usize) -> Result<RunState, RunError> {
         RunState::with_max_batch(model, max_positions, max_positions.min(DEFAULT_MAX_BATCH))
     }
 
     /// Buffers for `max_positions` positions and batches of up to `max_batch` tokens.
-    pub fn with_max_batch(model: &Model, max_positions: usize, max_batch: usize) -> RunState {
+    pub fn with_max_batch(
+        model: &Model,
+        max_positions: usize,
+        max_batch: usize,
+    ) -> Result<RunState, RunError> {
         let c = model.config;
         let d = c.hidden_size as usize;
         let q = c.q_dim() as usize;
@@ -59,21 +66,24 @@ impl RunState {
         let f = c.intermediate_size as usize;
         let layers = c.num_hidden_layers as usize;
         let b = max_batch.max(1);
-        RunState {
-            x: vec![0.0; b * d],
-            qkv: vec![0.0; b * (q + 2 * kv)],
-            attn: vec![0.0; b * q],
-            proj: vec![0.0; b * d],
-            gate_up: vec![0.0; b * 2 * f],
-            act: vec![0.0; b * f],
-            scores: vec![0.0; c.num_attention_heads as usize * max_positions],
-            logits: vec![0.0; b * c.vocab_size as usize],
-            key_cache: vec![0.0; layers * max_positions * kv],
-            value_cache: vec![0.0; layers * max_positions * kv],
+        let kv_cache_len = layers
+            .checked_mul(max_positions)
+            .and_then(|n| n.checked_mul(kv));
+        Ok(RunState {
+            x: zeros(b.checked_mul(d))?,
+            qkv: zeros(b.checked_mul(q + 2 * kv))?,
+            attn: zeros(b.checked_mul(q))?,
+            proj: zeros(b.checked_mul(d))?,
+            gate_up: zeros(b.checked_mul(2 * f))?,
+            act: zeros(b.checked_mul(f))?,
+            scores: zeros((c.num_attention_heads as usize).checked_mul(max_positions))?,
+            logits: zeros(b.checked_mul(c.vocab_size as usize))?,
+            key_cache: zeros(kv_cache_len)?,
+            value_cache: zeros(kv_cache_len)?,
             rope: RopeTables::new(max_positions, c.head_dim as usize, c.rope_theta),
             max_positions,
             max_batch: b,
-        }
+        })
     }
 
     pub fn max_positions(&self) -> usize {
@@ -234,4 +244,15 @@ fn residual(n: usize, d: usize, x: &mut [f32], proj: &mut [f32], weight: &[f32],
     } else {
         x[..n * d].par_chunks_exact_mut(d).zip(proj.par_chunks_exact_mut(d)).for_each(f);
     }
+}
+
+/// A zeroed buffer of `len` floats (`None`: the size overflowed), or an error if memory
+/// cannot be had.
+fn zeros(len: Option<usize>) -> Result<Vec<f32>, RunError> {
+    let too_big = || RunError::Usage("the KV cache and buffers for this many positions do not fit in memory: ask for fewer steps".into());
+    let len = len.ok_or_else(too_big)?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| too_big())?;
+    v.resize(len, 0.0);
+    Ok(v)
 }

@@ -4,7 +4,7 @@
 //! let map = MappedFile::open(path)?;     // no copy
 //! let blob = Blob::parse(map.bytes())?;  // header, manifest, every tensor entry checked
 //! let model = Model::new(&blob)?;        // typed views, nothing converted
-//! let mut state = RunState::new(&model, steps);  // every buffer and the KV cache, once
+//! let mut state = RunState::new(&model, steps)?; // every buffer and the KV cache, once
 //! forward(&model, &mut state, token, pos);
 //! ```
 

@@ -104,7 +104,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         None => None,
     };
-    let mut state = RunState::new(&model, steps);
+    let mut state = RunState::new(&model, steps).map_err(fail)?;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let sink = dump.as_mut().map(|d| d as &mut dyn LogitsSink);

@@ -199,7 +199,7 @@ fn exercise(bytes: &[u8]) -> bool {
     let Ok(model) = Model::new(&blob) else {
         return false;
     };
-    let mut state = RunState::new(&model, 2);
+    let mut state = RunState::new(&model, 2).expect("a small model's buffers");
     for pos in 0..2 {
         let token = (pos as u32 * 7) % model.config.vocab_size;
         let _ = forward(&model, &mut state, token, pos);

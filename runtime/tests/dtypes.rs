@@ -89,7 +89,7 @@ fn with_model<R>(blob: &Path, f: impl FnOnce(&Model) -> R) -> R {
 /// The trace as the binary runs it: the prompt (batched), then greedy steps.
 fn trace_logits(blob: &Path, prompt: &[u32], steps: usize) -> Vec<f32> {
     with_model(blob, |model| {
-        let mut state = RunState::new(model, steps);
+        let mut state = RunState::new(model, steps).unwrap();
         let mut sink = Collect(Vec::new());
         run_trace(model, &mut state, prompt, steps, &mut io::sink(), Some(&mut sink)).unwrap();
         sink.0
@@ -100,7 +100,7 @@ fn trace_logits(blob: &Path, prompt: &[u32], steps: usize) -> Vec<f32> {
 /// (`None`: one token at a time through `forward`).
 fn forced_logits(blob: &Path, tokens: &[u32], batch: Option<usize>) -> Vec<f32> {
     with_model(blob, |model| {
-        let mut state = RunState::with_max_batch(model, tokens.len(), batch.unwrap_or(1));
+        let mut state = RunState::with_max_batch(model, tokens.len(), batch.unwrap_or(1)).unwrap();
         let mut all = Vec::new();
         match batch {
             None => {

@@ -267,14 +267,20 @@ pub fn axpy(k: Kernels, a: f32, x: &[f32], y: &mut [f32]) {
 /// The slices must hold the whole matrix: the SIMD kernels read through raw pointers.
 fn check_data(w: &Matrix) {
     let (r, c) = (w.rows, w.cols);
-    match w.data {
-        MatrixData::F32(d) => assert!(d.len() >= r * c),
-        MatrixData::F16(d) | MatrixData::BF16(d) => assert!(d.len() >= r * c),
+    // Checked products: a hand-built Matrix must not pass by wrapping around.
+    let fits = |len: usize, per_row: usize| r.checked_mul(per_row).is_some_and(|n| len >= n);
+    let ok = match w.data {
+        MatrixData::F32(d) => fits(d.len(), c),
+        MatrixData::F16(d) | MatrixData::BF16(d) => fits(d.len(), c),
         MatrixData::Q8_0 { quants, scales } => {
             let blocks = c.div_ceil(32);
-            assert!(quants.len() >= r * blocks * 32 && scales.len() >= r * blocks);
+            blocks
+                .checked_mul(32)
+                .is_some_and(|per_row| fits(quants.len(), per_row))
+                && fits(scales.len(), blocks)
         }
-    }
+    };
+    assert!(ok, "matrix data shorter than {r} x {c}");
 }
 
 /// Splits `rows` outputs into rayon tasks: a few per thread so a busy core is covered
