@@ -13,8 +13,7 @@ use std::time::Instant;
 use olmo_format::vocab::Vocab;
 use olmo_format::writer::{BlobPlan, TensorSpec};
 use olmo_format::{
-    DType, LayerNames, ModelConfig, TensorRole, EMBED_TOKENS, LM_HEAD, VOCAB_BYTES,
-    VOCAB_OFFSETS,
+    DType, LayerNames, ModelConfig, TensorRole, EMBED_TOKENS, LM_HEAD,
 };
 
 use crate::convert::{write_f32s, write_matrix};
@@ -181,17 +180,8 @@ pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary
 
     let mut specs: Vec<TensorSpec> = sources.iter().map(|s| s.spec.clone()).collect();
     let packed_vocab = vocab.as_ref().map(|v| v.to_packed());
-    if let Some((offsets, bytes)) = &packed_vocab {
-        specs.push(TensorSpec {
-            name: VOCAB_OFFSETS.into(),
-            dtype: DType::U32,
-            shape: vec![offsets.len() as u64],
-        });
-        specs.push(TensorSpec {
-            name: VOCAB_BYTES.into(),
-            dtype: DType::U8,
-            shape: vec![bytes.len() as u64],
-        });
+    if let Some(p) = &packed_vocab {
+        specs.extend(p.tensor_specs());
     }
     let producer = format!("olmoc {}", env!("CARGO_PKG_VERSION"));
     let plan = BlobPlan::new(&producer, config.clone(), vocab.as_ref().map(Vocab::info), &specs)
@@ -223,12 +213,10 @@ pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary
                     _ => write_f32s(&values, sink),
                 }
             } else {
-                let (offsets, bytes) = packed_vocab.as_ref().expect("only vocab tensors have no source");
-                if entry.name == VOCAB_OFFSETS {
-                    sink.write_all(&offsets.iter().flat_map(|o| o.to_le_bytes()).collect::<Vec<u8>>())
-                } else {
-                    sink.write_all(bytes)
-                }
+                packed_vocab
+                    .as_ref()
+                    .and_then(|p| p.write_tensor(&entry.name, sink))
+                    .expect("every tensor but the vocabulary's has a source")
             }
         })();
         if written.is_ok() {

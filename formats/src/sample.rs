@@ -4,8 +4,7 @@
 use crate::vocab::Vocab;
 use crate::writer::{BlobPlan, TensorSpec};
 use crate::{
-    DType, Header, Manifest, ModelConfig, TensorRole, DATA_ALIGN, HEADER_LEN, VOCAB_BYTES,
-    VOCAB_OFFSETS,
+    DType, Header, Manifest, ModelConfig, TensorRole, DATA_ALIGN, HEADER_LEN,
 };
 
 /// A two-layer grouped-query config (6 heads over 2 kv heads, head_dim 6), 97 tokens.
@@ -53,17 +52,7 @@ pub fn plan(config: &ModelConfig, dtype: DType, vocab: Option<&Vocab>) -> BlobPl
         })
         .collect();
     if let Some(v) = vocab {
-        let (offsets, bytes) = v.to_packed();
-        specs.push(TensorSpec {
-            name: VOCAB_OFFSETS.into(),
-            dtype: DType::U32,
-            shape: vec![offsets.len() as u64],
-        });
-        specs.push(TensorSpec {
-            name: VOCAB_BYTES.into(),
-            dtype: DType::U8,
-            shape: vec![bytes.len() as u64],
-        });
+        specs.extend(v.to_packed().tensor_specs());
     }
     BlobPlan::new("sample", config.clone(), vocab.map(Vocab::info), &specs)
         .expect("a sample config has representable sizes")
@@ -75,14 +64,8 @@ pub fn blob(config: &ModelConfig, dtype: DType, vocab: Option<&Vocab>) -> Vec<u8
     let mut out = std::io::Cursor::new(Vec::new());
     plan(config, dtype, vocab)
         .write(&mut out, |entry, sink| {
-            if entry.name == VOCAB_OFFSETS {
-                let (offsets, _) = packed.as_ref().expect("vocab tensors only with a vocab");
-                let bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
-                return sink.write_all(&bytes);
-            }
-            if entry.name == VOCAB_BYTES {
-                let (_, bytes) = packed.as_ref().expect("vocab tensors only with a vocab");
-                return sink.write_all(bytes);
+            if let Some(written) = packed.as_ref().and_then(|p| p.write_tensor(&entry.name, sink)) {
+                return written;
             }
             // Small values whose bit patterns are valid in every float type; the q8_0
             // scales come out as 0x3c00 (f16 1.0) and the quants as small integers.

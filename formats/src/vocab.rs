@@ -1,7 +1,10 @@
 //! The tokenizer vocabulary: reading `vocab.txt`, GPT-2 byte-level decoding, and the
 //! packed form a blob holds (every token's raw bytes, so the runtime decodes nothing).
 
-use crate::VocabInfo;
+use std::io::{self, Write};
+
+use crate::writer::TensorSpec;
+use crate::{DType, VocabInfo, VOCAB_BYTES, VOCAB_OFFSETS};
 
 /// GPT-2's byte-level alphabet: the character that stands for each byte value. Printable
 /// Latin-1 bytes stand for themselves; the other 68 bytes are shifted to U+0100.. in order.
@@ -117,7 +120,7 @@ impl Vocab {
     }
 
     /// The packed form: offsets (`n + 1` entries) and the concatenated bytes.
-    pub fn to_packed(&self) -> (Vec<u32>, Vec<u8>) {
+    pub fn to_packed(&self) -> PackedVocab {
         let mut offsets = Vec::with_capacity(self.tokens.len() + 1);
         let mut bytes = Vec::new();
         offsets.push(0);
@@ -125,13 +128,52 @@ impl Vocab {
             bytes.extend_from_slice(t);
             offsets.push(bytes.len() as u32);
         }
-        (offsets, bytes)
+        PackedVocab { offsets, bytes }
     }
 
     pub fn info(&self) -> VocabInfo {
         VocabInfo {
             n_tokens: self.tokens.len() as u32,
             special_ids: self.special_ids.clone(),
+        }
+    }
+}
+
+/// A vocabulary as the two tensors a blob stores it in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedVocab {
+    /// `n + 1` offsets into `bytes`.
+    pub offsets: Vec<u32>,
+    /// Every token's raw bytes, back to back.
+    pub bytes: Vec<u8>,
+}
+
+impl PackedVocab {
+    /// The specs of the [`VOCAB_OFFSETS`] and [`VOCAB_BYTES`] tensors.
+    pub fn tensor_specs(&self) -> [TensorSpec; 2] {
+        [
+            TensorSpec {
+                name: VOCAB_OFFSETS.into(),
+                dtype: DType::U32,
+                shape: vec![self.offsets.len() as u64],
+            },
+            TensorSpec {
+                name: VOCAB_BYTES.into(),
+                dtype: DType::U8,
+                shape: vec![self.bytes.len() as u64],
+            },
+        ]
+    }
+
+    /// Writes the bytes of the vocabulary tensor `name`; `None` if `name` is not one.
+    pub fn write_tensor(&self, name: &str, out: &mut dyn Write) -> Option<io::Result<()>> {
+        match name {
+            VOCAB_OFFSETS => {
+                let le: Vec<u8> = self.offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+                Some(out.write_all(&le))
+            }
+            VOCAB_BYTES => Some(out.write_all(&self.bytes)),
+            _ => None,
         }
     }
 }
@@ -221,13 +263,13 @@ mod tests {
     #[test]
     fn packed_view_is_bounds_checked() {
         let v = Vocab::parse_vocab_txt("0\ta\n1\tbc\n").unwrap();
-        let (offsets, bytes) = v.to_packed();
+        let packed = v.to_packed();
         let info = v.info();
-        let view = VocabView::new(&info, &offsets, &bytes);
+        let view = VocabView::new(&info, &packed.offsets, &packed.bytes);
         assert_eq!(view.token(1), Some(&b"bc"[..]));
         assert_eq!(view.token(2), None);
         let corrupt = [0u32, 5, 1];
-        let view = VocabView::new(&info, &corrupt, &bytes);
+        let view = VocabView::new(&info, &corrupt, &packed.bytes);
         assert_eq!(view.token(0), None);
         assert_eq!(view.token(1), None);
     }

@@ -4,7 +4,7 @@ use std::io::Cursor;
 
 use olmo_format::vocab::Vocab;
 use olmo_format::writer::{BlobPlan, TensorSpec};
-use olmo_format::{Blob, DType, ModelConfig, TensorRole, DATA_ALIGN, TENSOR_ALIGN, VOCAB_BYTES, VOCAB_OFFSETS};
+use olmo_format::{Blob, DType, ModelConfig, TensorRole, DATA_ALIGN, TENSOR_ALIGN};
 
 fn config() -> ModelConfig {
     ModelConfig {
@@ -35,7 +35,7 @@ fn written_blobs_read_back_identically() {
     for matrix_dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8_0] {
         let config = config();
         let vocab = Vocab::parse_vocab_txt("0\ta\n1\tĠb\n2\t<|endoftext|>\n").unwrap();
-        let (offsets, bytes) = vocab.to_packed();
+        let packed = vocab.to_packed();
         let mut specs: Vec<TensorSpec> = config
             .model_tensors()
             .into_iter()
@@ -45,8 +45,7 @@ fn written_blobs_read_back_identically() {
                 shape,
             })
             .collect();
-        specs.push(TensorSpec { name: VOCAB_OFFSETS.into(), dtype: DType::U32, shape: vec![4] });
-        specs.push(TensorSpec { name: VOCAB_BYTES.into(), dtype: DType::U8, shape: vec![bytes.len() as u64] });
+        specs.extend(packed.tensor_specs());
 
         let plan = BlobPlan::new("test", config.clone(), Some(vocab.info()), &specs).unwrap();
         let mut file = Cursor::new(Vec::new());
@@ -54,11 +53,9 @@ fn written_blobs_read_back_identically() {
         let written = plan
             .write(&mut file, |entry, out| {
                 index += 1;
-                match entry.name.as_str() {
-                    VOCAB_OFFSETS => out.write_all(&offsets.iter().flat_map(|o| o.to_le_bytes()).collect::<Vec<_>>()),
-                    VOCAB_BYTES => out.write_all(&bytes),
-                    _ => out.write_all(&content(index, entry.byte_len)),
-                }
+                packed
+                    .write_tensor(&entry.name, out)
+                    .unwrap_or_else(|| out.write_all(&content(index, entry.byte_len)))
             })
             .unwrap();
         let file = file.into_inner();

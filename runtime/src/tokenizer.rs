@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn merges_lowest_rank_first() {
         let (v, info) = toy();
-        let (offsets, bytes) = v.to_packed();
+        let olmo_format::vocab::PackedVocab { offsets, bytes } = v.to_packed();
         let t = Tokenizer::new(VocabView::new(&info, &offsets, &bytes));
         // "abc": ab (256) beats bc (257), then ab+c = abc (258).
         assert_eq!(t.encode("abc", false).unwrap(), [258]);
@@ -234,7 +234,7 @@ mod tests {
     #[test]
     fn specials_only_when_asked() {
         let (v, info) = toy();
-        let (offsets, bytes) = v.to_packed();
+        let olmo_format::vocab::PackedVocab { offsets, bytes } = v.to_packed();
         let t = Tokenizer::new(VocabView::new(&info, &offsets, &bytes));
         let special = t.encode("x<|end|>y<|end|>", true).unwrap();
         assert_eq!(special, [120, 262, 121, 262]);
@@ -248,7 +248,7 @@ mod tests {
     fn a_missing_byte_is_an_error() {
         let v = Vocab { tokens: vec![b"a".to_vec()], special_ids: vec![] };
         let info = v.info();
-        let (offsets, bytes) = v.to_packed();
+        let olmo_format::vocab::PackedVocab { offsets, bytes } = v.to_packed();
         let t = Tokenizer::new(VocabView::new(&info, &offsets, &bytes));
         let e = t.encode("ab", false).unwrap_err().to_string();
         assert!(e.contains("no token for the byte 0x62"), "{e}");

@@ -19,7 +19,7 @@ impl Packed {
         let path = fixtures().join("tiny/vocab.txt");
         let text = std::fs::read_to_string(&path).expect("tiny/vocab.txt");
         let vocab = Vocab::parse_vocab_txt(&text).expect("vocab.txt parses");
-        let (offsets, bytes) = vocab.to_packed();
+        let olmo_format::vocab::PackedVocab { offsets, bytes } = vocab.to_packed();
         Packed {
             info: vocab.info(),
             offsets,
