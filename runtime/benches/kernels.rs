@@ -43,9 +43,11 @@ fn main() {
     // OLMORT_BENCH_BLOB=FILE: the f32 matvec over 128 MiB of a mapped file (page-cache
     // pages, as olmort reads weights) against the same bytes copied to the heap.
     if let Ok(path) = std::env::var("OLMORT_BENCH_BLOB") {
-        let file = std::fs::File::open(&path).unwrap();
-        let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
-        let bytes = &map[4096..4096 + rows * cols * 4];
+        let map = olmo_format::mapped::MappedFile::open(std::path::Path::new(&path)).unwrap();
+        let bytes = &map.bytes()[4096..4096 + rows * cols * 4];
+        assert_eq!(bytes.as_ptr() as usize % 4, 0, "page-aligned map");
+        // SAFETY: in bounds (sliced above), 4-byte aligned (asserted), and every bit
+        // pattern is some f32; the slice borrows `map`.
         let mapped: &[f32] = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, rows * cols) };
         let owned: Vec<f32> = mapped.to_vec();
         for round in 0..3 {
@@ -66,12 +68,15 @@ fn main() {
         let w = Matrix { rows, cols, data };
         // The same bytes summed as plain u64 words by the same pool: the speed memory
         // gives a pure stream right now, the yardstick for the matvec.
+        // SAFETY (the four casts): each views the matrix's own elements as bytes (align 1,
+        // same length in bytes), and `align_to` only yields whole, aligned u64s of them;
+        // every bit pattern is a valid u8 and u64.
         let raw: &[u8] = match data {
             MatrixData::F32(d) => unsafe { std::slice::from_raw_parts(d.as_ptr() as *const u8, d.len() * 4) },
             MatrixData::F16(d) | MatrixData::BF16(d) => unsafe { std::slice::from_raw_parts(d.as_ptr() as *const u8, d.len() * 2) },
             MatrixData::Q8_0 { quants, .. } => unsafe { std::slice::from_raw_parts(quants.as_ptr() as *const u8, quants.len()) },
         };
-        let words: &[u64] = unsafe { std::slice::from_raw_parts(raw.as_ptr() as *const u64, raw.len() / 8) };
+        let words: &[u64] = unsafe { raw.align_to::<u64>().1 };
         let mut stream = Vec::new();
         for _ in 0..15 {
             let t = Instant::now();

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{self, matmul_with, Kernels};
+use crate::kernels::{self, matmul_with, Kernels, SendPtr};
 use crate::model::Model;
 use crate::ops::{rms_norm, softmax, swiglu, RopeTables};
 use crate::RunError;
@@ -117,17 +117,6 @@ pub fn forward_batch<'s>(model: &Model, s: &'s mut RunState, tokens: &[u32], sta
     &s.logits[..n * vocab]
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Through a method, so closures capture the whole (Send) wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Applies `f` to each token's row of `buf` (rows `width` apart), in parallel when the
 /// batch is big enough to pay for it.

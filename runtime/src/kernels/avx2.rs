@@ -123,6 +123,8 @@ impl QuantX {
     pub(super) fn quantize(&mut self, x: &[f32]) {
         let blocks = self.reserve(x.len());
         let whole = x.len() / 32;
+        // SAFETY (both calls): reached only through `super::matvec_with`, which checked
+        // the CPU features; `reserve` sized `quants` and `scales` for every block.
         unsafe { quantize_blocks(&x[..whole * 32], &mut self.quants, &mut self.scales) };
         if whole < blocks {
             let mut tail = [0f32; 32];
@@ -266,6 +268,10 @@ thread_local! {
 pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
     let per = rows_per_task(rows, cols, 4);
+    // SAFETY (every `unsafe` below): `super::matvec_with` checked the CPU features, that
+    // `x` has `cols` elements and `y` `rows`, and that the weights hold `rows` whole rows;
+    // `par_rows` gives each call a disjoint `ys` starting at row `r0` with
+    // `r0 + ys.len() <= rows`, so every row the kernel reads lies inside the matrix.
     match w.data {
         MatrixData::F32(d) => par_rows(y, per, |r0, ys| unsafe { rows_f32(d.as_ptr(), cols, r0, x, ys) }),
         MatrixData::F16(d) => par_rows(y, per, |r0, ys| unsafe { rows_f16(d.as_ptr(), cols, r0, x, ys) }),

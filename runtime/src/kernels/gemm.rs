@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::avx2::segment_to_f32;
-use super::{round_like_q8, Matrix, MatrixData};
+use super::{round_like_q8, Matrix, MatrixData, SendPtr};
 
 /// Rows of `X` per micro-kernel call.
 const MR: usize = 6;
@@ -43,17 +43,6 @@ thread_local! {
     static APACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Through a method, so closures capture the whole (Send) wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Runs `f` on a thread-local buffer of at least `len` floats (a fresh one if the
 /// thread's own is already in use further up the stack).
@@ -108,6 +97,9 @@ pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
                 let packed = &mut buf[off..off + len];
                 let r0 = t * nb_max;
                 let nb = nb_max.min(rows - r0);
+                // SAFETY: `matmul_with` checked the CPU features, the shapes of `x` and
+                // `y` and that the weights hold every row; task `t` alone writes output
+                // rows `r0 .. r0 + nb` (within `rows`) of each of the `n` tokens in `y`.
                 unsafe { block(w, apack, n, k, r0, nb, packed, row, yp.get(), rows) };
             })
         };

@@ -127,6 +127,24 @@ pub enum Kernels {
     Avx2,
 }
 
+/// A pointer into an output buffer that parallel tasks write in disjoint parts.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+
+// SAFETY: the pointer is only dereferenced inside a rayon scope that the buffer outlives,
+// and every user gives each task a region no other task reads or writes (a head of the
+// attention output, a block of GEMM output rows), so sharing it cannot race.
+unsafe impl Send for SendPtr {}
+// SAFETY: as for Send: tasks write disjoint regions and nothing reads them concurrently.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Through a method, so closures capture the whole (Send) wrapper.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Whether this CPU can run [`Kernels::Avx2`].
 pub fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -249,6 +267,7 @@ pub fn dot(k: Kernels, a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     match k {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA/F16C (checked) and the lengths match (asserted).
         Kernels::Avx2 if avx2_available() => unsafe { avx2::dot(a, b) },
         _ => portable::dot(a, b),
     }
@@ -259,6 +278,7 @@ pub fn axpy(k: Kernels, a: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len());
     match k {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA/F16C (checked) and the lengths match (asserted).
         Kernels::Avx2 if avx2_available() => unsafe { avx2::axpy(a, x, y) },
         _ => portable::axpy(a, x, y),
     }
