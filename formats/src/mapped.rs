@@ -71,6 +71,40 @@ impl MappedFile {
         }
     }
 
+    /// Whether the pages holding each of `offsets` are in the page cache (`mincore`), so
+    /// touching them costs no disk read. `Some(false)` at the first page that is not;
+    /// `None` where the question cannot be asked. Offsets past the end are skipped.
+    pub fn resident(&self, offsets: impl IntoIterator<Item = usize>) -> Option<bool> {
+        #[cfg(unix)]
+        {
+            let map = self.map.as_ref()?;
+            // SAFETY: sysconf has no preconditions.
+            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+            for offset in offsets.into_iter().filter(|&o| o < map.len()) {
+                let start = offset / page * page;
+                let mut status = 0u8;
+                // SAFETY: the map starts on a page boundary and `start < map.len()`, so the
+                // one page at `start` lies inside the mapping; `status` holds the one byte
+                // mincore writes for one page.
+                let rc = unsafe {
+                    libc::mincore(map.as_ptr().add(start) as *mut libc::c_void, 1, &mut status)
+                };
+                if rc != 0 {
+                    return None;
+                }
+                if status & 1 == 0 {
+                    return Some(false);
+                }
+            }
+            Some(true)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = offsets;
+            None
+        }
+    }
+
     /// Locks the whole map in memory (mlock): reads every page that is not cached and
     /// keeps them resident until the map is dropped.
     pub fn lock(&self) -> io::Result<()> {
@@ -78,5 +112,22 @@ impl MappedFile {
             Some(map) => map.lock(),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_just_written_is_resident() {
+        let path = std::env::temp_dir().join(format!("olmo-mapped-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 3 * 4096 + 5]).unwrap();
+        let map = MappedFile::open(&path).unwrap();
+        #[cfg(unix)]
+        assert_eq!(map.resident([0, 4096, 3 * 4096 + 4, 1 << 40]), Some(true));
+        assert_eq!(MappedFile { map: None }.resident([0]), None);
+        drop(map);
+        std::fs::remove_file(&path).unwrap();
     }
 }
