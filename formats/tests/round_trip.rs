@@ -1,10 +1,10 @@
-//! A blob written by `BlobPlan` opens with the same manifest and tensor bytes.
+//! A blob written by `BlobPlan` (through `sample::plan`, the layout `olmoc pack` uses)
+//! opens with the same manifest and tensor bytes.
 
 use std::io::Cursor;
 
 use olmo_format::vocab::Vocab;
-use olmo_format::writer::{BlobPlan, TensorSpec};
-use olmo_format::{Blob, DType, ModelConfig, TensorRole, DATA_ALIGN, TENSOR_ALIGN};
+use olmo_format::{Blob, DType, ModelConfig, DATA_ALIGN, TENSOR_ALIGN};
 
 fn config() -> ModelConfig {
     ModelConfig {
@@ -36,18 +36,7 @@ fn written_blobs_read_back_identically() {
         let config = config();
         let vocab = Vocab::parse_vocab_txt("0\ta\n1\tĠb\n2\t<|endoftext|>\n").unwrap();
         let packed = vocab.to_packed();
-        let mut specs: Vec<TensorSpec> = config
-            .model_tensors()
-            .into_iter()
-            .map(|(name, role, shape)| TensorSpec {
-                name,
-                dtype: if role == TensorRole::Matrix { matrix_dtype } else { DType::F32 },
-                shape,
-            })
-            .collect();
-        specs.extend(packed.tensor_specs());
-
-        let plan = BlobPlan::new("test", config.clone(), Some(vocab.info()), &specs).unwrap();
+        let plan = olmo_format::sample::plan(&config, matrix_dtype, Some(&vocab));
         let mut file = Cursor::new(Vec::new());
         let mut index = 0;
         let written = plan
