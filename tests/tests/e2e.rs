@@ -5,7 +5,7 @@ use olmo_e2e::{argmax, describe, fixtures, read_npy_2d, reference, run, Scratch}
 
 /// Kernel selections every check runs under: the default (SIMD where the CPU has it)
 /// and the portable fallback.
-const KERNEL_PATHS: [&str; 2] = ["auto", "portable"];
+const KERNEL_PATHS: [&str; 3] = ["auto", "avx2", "portable"];
 
 fn pack(fixture: &str, scratch: &Scratch) -> String {
     let out = scratch.path(&format!("{fixture}.bin"));

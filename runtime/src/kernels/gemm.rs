@@ -219,7 +219,7 @@ unsafe fn block(
 
 /// Rows of `v` become columns.
 #[inline(always)]
-unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+pub(super) unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
     let t0 = _mm256_unpacklo_ps(v[0], v[1]);
     let t1 = _mm256_unpackhi_ps(v[0], v[1]);
     let t2 = _mm256_unpacklo_ps(v[2], v[3]);

@@ -3,15 +3,19 @@
 //! Every matrix is `rows x cols` with each output row contiguous (`[out, in]`), so
 //! `y = W x` streams through the weights once. Kernels run on the current rayon pool.
 //!
-//! Two implementations sit behind one dispatch: [`portable`] (plain Rust, the reference
-//! and the fallback) and `avx2` (AVX2 + FMA + F16C intrinsics, chosen at run time when
-//! the CPU has them). `OLMORT_KERNELS=portable` forces the portable path for a process;
-//! [`with_kernels`] forces either for the calling thread (tests use it to run both).
+//! Three kernel sets sit behind one dispatch, chosen at run time from what the CPU has:
+//! [`portable`] (plain Rust, the reference and the fallback), `avx2` (AVX2 + FMA + F16C
+//! intrinsics), and the same with AVX-512 VNNI integer dot products for q8_0 prompt
+//! batches (`gemm_q8`). `OLMORT_KERNELS=portable` or `=avx2` caps the choice for a
+//! process; [`with_kernels`] forces any available set for the calling thread (tests use
+//! it to run them all).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod gemm_q8;
 mod portable;
 
 use std::cell::Cell;
@@ -81,6 +85,12 @@ pub(crate) struct QuantX {
     pub scales: Vec<f32>,
 }
 
+impl Default for QuantX {
+    fn default() -> QuantX {
+        QuantX::new()
+    }
+}
+
 impl QuantX {
     pub(crate) const fn new() -> QuantX {
         QuantX { quants: Vec::new(), scales: Vec::new() }
@@ -125,6 +135,25 @@ pub enum Kernels {
     Portable,
     /// AVX2 + FMA + F16C intrinsics; only selectable where [`avx2_available`].
     Avx2,
+    /// [`Kernels::Avx2`], with q8_0 batches multiplied by AVX-512 VNNI integer dot
+    /// products; only selectable where [`avx512vnni_available`].
+    Avx512Vnni,
+}
+
+impl Kernels {
+    /// Whether this CPU can run `self`.
+    pub fn supported(self) -> bool {
+        match self {
+            Kernels::Portable => true,
+            Kernels::Avx2 => avx2_available(),
+            Kernels::Avx512Vnni => avx512vnni_available(),
+        }
+    }
+
+    /// Whether `self` uses the AVX2 kernels (for everything but what it overrides).
+    fn avx2(self) -> bool {
+        matches!(self, Kernels::Avx2 | Kernels::Avx512Vnni) && avx2_available()
+    }
 }
 
 /// A pointer into an output buffer that parallel tasks write in disjoint parts.
@@ -162,16 +191,34 @@ pub fn avx2_available() -> bool {
     }
 }
 
-/// The process-wide choice: the best available, unless `OLMORT_KERNELS=portable`
-/// (read once). `OLMORT_KERNELS=avx2` on a CPU without it falls back to portable.
+/// Whether this CPU can run [`Kernels::Avx512Vnni`]: AVX2/FMA/F16C and AVX-512 F, VL
+/// and VNNI.
+pub fn avx512vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| avx2_available() && gemm_q8::available())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The process-wide choice (read once): the best available, capped by
+/// `OLMORT_KERNELS=portable` or `OLMORT_KERNELS=avx2`.
 pub fn default_kernels() -> Kernels {
     static DEFAULT: OnceLock<Kernels> = OnceLock::new();
     *DEFAULT.get_or_init(|| {
         let wanted = std::env::var("OLMORT_KERNELS").unwrap_or_default();
+        let best = [Kernels::Avx512Vnni, Kernels::Avx2, Kernels::Portable]
+            .into_iter()
+            .find(|k| k.supported())
+            .unwrap_or(Kernels::Portable);
         match wanted.trim() {
             "portable" => Kernels::Portable,
-            _ if avx2_available() => Kernels::Avx2,
-            _ => Kernels::Portable,
+            "avx2" if best == Kernels::Avx512Vnni => Kernels::Avx2,
+            _ => best,
         }
     })
 }
@@ -188,12 +235,9 @@ pub fn active() -> Kernels {
 /// Runs `f` with the calling thread's kernels forced to `k` (entry points resolve the
 /// choice on the calling thread, so work they hand to rayon follows it too).
 ///
-/// Panics if `k` is [`Kernels::Avx2`] and the CPU lacks it.
+/// Panics if the CPU cannot run `k`.
 pub fn with_kernels<R>(k: Kernels, f: impl FnOnce() -> R) -> R {
-    assert!(
-        k == Kernels::Portable || avx2_available(),
-        "this CPU has no AVX2/FMA/F16C"
-    );
+    assert!(k.supported(), "this CPU cannot run the {k:?} kernels");
     struct Restore(Option<Kernels>);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -206,11 +250,7 @@ pub fn with_kernels<R>(k: Kernels, f: impl FnOnce() -> R) -> R {
 
 /// Every kernel set this CPU can run: what tests iterate over.
 pub fn available_kernels() -> Vec<Kernels> {
-    let mut all = vec![Kernels::Portable];
-    if avx2_available() {
-        all.push(Kernels::Avx2);
-    }
-    all
+    [Kernels::Portable, Kernels::Avx2, Kernels::Avx512Vnni].into_iter().filter(|k| k.supported()).collect()
 }
 
 /// `y = W x`: `x` has `w.cols` elements, `y` has `w.rows`.
@@ -225,7 +265,7 @@ pub fn matvec_with(k: Kernels, w: &Matrix, x: &[f32], y: &mut [f32]) {
     check_data(w);
     match k {
         #[cfg(target_arch = "x86_64")]
-        Kernels::Avx2 if avx2_available() => avx2::matvec(w, x, y),
+        _ if k.avx2() => avx2::matvec(w, x, y),
         _ => portable::matvec(w, x, y),
     }
 }
@@ -245,7 +285,14 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     check_data(w);
     match k {
         #[cfg(target_arch = "x86_64")]
-        Kernels::Avx2 if avx2_available() => {
+        Kernels::Avx512Vnni if n >= gemm::MIN_BATCH && avx512vnni_available() && matches!(w.data, MatrixData::Q8_0 { .. }) => {
+            let MatrixData::Q8_0 { quants, scales } = w.data else { unreachable!() };
+            // SAFETY: the CPU has what the kernel needs (checked), `check_data` found
+            // every row's quants and scales, and the lengths of `x` and `y` are asserted.
+            unsafe { gemm_q8::matmul(quants, scales, w.rows, w.cols, x, n, y) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        _ if k.avx2() => {
             if n < gemm::MIN_BATCH {
                 for (xi, yi) in x.chunks_exact(w.cols).zip(y.chunks_exact_mut(w.rows)) {
                     avx2::matvec(w, xi, yi);
@@ -268,7 +315,7 @@ pub fn dot(k: Kernels, a: &[f32], b: &[f32]) -> f32 {
     match k {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA/F16C (checked) and the lengths match (asserted).
-        Kernels::Avx2 if avx2_available() => unsafe { avx2::dot(a, b) },
+        _ if k.avx2() => unsafe { avx2::dot(a, b) },
         _ => portable::dot(a, b),
     }
 }
@@ -279,7 +326,7 @@ pub fn axpy(k: Kernels, a: f32, x: &[f32], y: &mut [f32]) {
     match k {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA/F16C (checked) and the lengths match (asserted).
-        Kernels::Avx2 if avx2_available() => unsafe { avx2::axpy(a, x, y) },
+        _ if k.avx2() => unsafe { avx2::axpy(a, x, y) },
         _ => portable::axpy(a, x, y),
     }
 }

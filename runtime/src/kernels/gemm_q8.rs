@@ -1,0 +1,286 @@
+//! q8_0 `Y = X W^T` for many rows of `X` at once with AVX-512 VNNI integer dot
+//! products (`vpdpbusd` on 256-bit registers): four byte products summed into each
+//! 32-bit lane per instruction, four times the multiply-adds of an f32 FMA.
+//!
+//! The activations are quantised to int8 per block of 32 exactly as the one-token
+//! q8_0 kernel quantises them, so prompt processing and decoding compute the same
+//! integer block sums; only the order of the float additions differs.
+//!
+//! Layout, per block of 32 columns:
+//! - weights, per strip of [`NR`] rows: the 32 quants of each row as eight 4-byte
+//!   groups, group-major (`[kq][row][4]`, so one register holds group `kq` of eight
+//!   rows), then `-128 * sum(quants)` per row (i32) and the row scales (f32): one
+//!   [`STRIP_BLOCK`]-byte record, records of a strip consecutive;
+//! - activations, per group of [`MR`] tokens: the same eight groups token-minor
+//!   (`[kq][token][4]`), each byte offset by 128 to make it unsigned (`vpdpbusd`
+//!   multiplies unsigned by signed bytes; the weights' precomputed `-128 * sum`
+//!   takes the offset back out), and the token scales beside them.
+//!
+//! Each rayon task owns up to [`NB`] weight rows, packs them once, and sweeps every
+//! token group over them, [`KB`] blocks at a time so a strip's slice stays in L1.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::gemm::transpose8;
+use super::{QuantX, SendPtr};
+
+/// Tokens per micro-kernel call.
+const MR: usize = 6;
+/// Weight rows per micro-kernel call (two registers of eight 32-bit lanes).
+const NR: usize = 16;
+/// Blocks of 32 columns per slice of the sweep.
+const KB: usize = 8;
+/// Bytes of one strip's record for one block: quants, `-128 * sum`, scales.
+const STRIP_BLOCK: usize = 32 * NR + 4 * NR + 4 * NR;
+/// Bytes of one token group's activation quants for one block.
+const GROUP_BLOCK: usize = 32 * MR;
+/// Weight rows per task at most; fewer when the packed rows would pass [`PANEL_BYTES`].
+const NB: usize = 128;
+const PANEL_BYTES: usize = 1 << 20;
+
+/// Whether this CPU has the instructions [`matmul`] needs (beyond AVX2/FMA/F16C).
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+fn rows_per_block(blocks: usize) -> usize {
+    (PANEL_BYTES / (blocks.max(1) * STRIP_BLOCK / NR)).clamp(NR, NB) / NR * NR
+}
+
+thread_local! {
+    /// Per-thread scratch, allocated on a thread's first call and only ever grown: the
+    /// calling thread's packed activations and their scales, every thread's packed
+    /// weights and one token's quantised row. Separate cells, because the calling
+    /// thread also runs tasks while it holds its activations.
+    static ACTS: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static PANEL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static ROW: RefCell<QuantX> = const { RefCell::new(QuantX::new()) };
+}
+
+/// Runs `f` on the calling thread's buffer in `key` (a fresh one if it is already in
+/// use further up the stack).
+fn with_local<T: Default, R>(key: &'static std::thread::LocalKey<RefCell<T>>, f: impl FnOnce(&mut T) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut T::default()),
+    })
+}
+
+fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+}
+
+/// `y = x W^T` for a q8_0 `W` (`rows x k`, `blocks = ceil(k / 32)` blocks per row):
+/// `x` is `n x k`, `y` is `n x rows`.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C and [`available`]; `quants` must hold
+/// `rows * blocks * 32` bytes and `scales` `rows * blocks` values, `x` `n * k` and `y`
+/// `n * rows`.
+pub unsafe fn matmul(quants: &[i8], scales: &[u16], rows: usize, k: usize, x: &[f32], n: usize, y: &mut [f32]) {
+    let blocks = k.div_ceil(32);
+    let groups = n.div_ceil(MR);
+    with_local(&ACTS, |(aq, ad)| {
+        grow(aq, groups * blocks * GROUP_BLOCK);
+        grow(ad, groups * blocks * MR);
+        let aq = &mut aq[..groups * blocks * GROUP_BLOCK];
+        let ad = &mut ad[..groups * blocks * MR];
+        // SAFETY: the caller vouches for the CPU features; each group's slices are
+        // sized for its blocks above.
+        let pack = |(g, (aq, ad)): (usize, (&mut [u8], &mut [f32]))| {
+            with_local(&ROW, |row| unsafe { pack_group(x, n, k, g, row, aq, ad) })
+        };
+        if groups > 1 && rayon::current_num_threads() > 1 {
+            aq.par_chunks_mut(blocks * GROUP_BLOCK).zip(ad.par_chunks_mut(blocks * MR)).enumerate().for_each(pack);
+        } else {
+            aq.chunks_mut(blocks * GROUP_BLOCK).zip(ad.chunks_mut(blocks * MR)).enumerate().for_each(pack);
+        }
+        let (aq, ad) = (&*aq, &*ad);
+        let yp = SendPtr(y.as_mut_ptr());
+        let nb_max = rows_per_block(blocks);
+        let tasks = rows.div_ceil(nb_max);
+        let task = |t: usize| {
+            with_local(&PANEL, |buf| {
+                let len = nb_max / NR * blocks * STRIP_BLOCK;
+                grow(buf, len + 64);
+                let off = buf.as_ptr().align_offset(64).min(64);
+                let panel = &mut buf[off..off + len];
+                let r0 = t * nb_max;
+                let nb = nb_max.min(rows - r0);
+                // SAFETY: as for `matmul`; task `t` alone writes output rows
+                // `r0 .. r0 + nb` (within `rows`) of each of the `n` tokens in `y`.
+                unsafe {
+                    pack_weights(quants, scales, blocks, r0, nb, panel);
+                    sweep(panel, aq, ad, n, blocks, nb, yp.get().add(r0), rows);
+                }
+            })
+        };
+        if rayon::current_num_threads() == 1 || tasks == 1 {
+            (0..tasks).for_each(task);
+        } else {
+            (0..tasks).into_par_iter().for_each(task);
+        }
+    })
+}
+
+/// Quantises tokens `g * MR ..` of `x` and lays them out for the micro-kernel
+/// (tokens past `n` quantise to zero).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_group(x: &[f32], n: usize, k: usize, g: usize, row: &mut QuantX, aq: &mut [u8], ad: &mut [f32]) {
+    let blocks = k.div_ceil(32);
+    for i in 0..MR {
+        let t = g * MR + i;
+        if t < n {
+            row.quantize(&x[t * k..][..k]);
+        }
+        for b in 0..blocks {
+            let dst = aq.as_mut_ptr().add(b * GROUP_BLOCK);
+            if t < n {
+                let src = row.quants.as_ptr().add(b * 32) as *const u32;
+                for kq in 0..8 {
+                    (dst.add((kq * MR + i) * 4) as *mut u32).write_unaligned(src.add(kq).read_unaligned() ^ 0x8080_8080);
+                }
+                ad[b * MR + i] = row.scales[b];
+            } else {
+                for kq in 0..8 {
+                    (dst.add((kq * MR + i) * 4) as *mut u32).write_unaligned(0x8080_8080);
+                }
+                ad[b * MR + i] = 0.0;
+            }
+        }
+    }
+}
+
+/// Packs weight rows `r0 .. r0 + nb` into `panel` (strips of [`NR`], zero rows past
+/// `nb`), as the module documentation lays out.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn pack_weights(quants: &[i8], scales: &[u16], blocks: usize, r0: usize, nb: usize, panel: &mut [u8]) {
+    let strips = nb.div_ceil(NR);
+    let ones = _mm256_set1_epi8(1);
+    let zero = _mm256_setzero_si256();
+    for s in 0..strips {
+        for b in 0..blocks {
+            let rec = panel.as_mut_ptr().add((s * blocks + b) * STRIP_BLOCK);
+            for half in 0..NR / 8 {
+                let v: [__m256; 8] = std::array::from_fn(|j| {
+                    let r = s * NR + half * 8 + j;
+                    if r < nb {
+                        _mm256_loadu_ps(quants.as_ptr().add(((r0 + r) * blocks + b) * 32) as *const f32)
+                    } else {
+                        _mm256_setzero_ps()
+                    }
+                });
+                let t = transpose8(v);
+                let mut sum = zero;
+                for (kq, tv) in t.iter().enumerate() {
+                    let tv = _mm256_castps_si256(*tv);
+                    _mm256_store_si256(rec.add(kq * 4 * NR + half * 32) as *mut __m256i, tv);
+                    sum = _mm256_dpbusd_epi32(sum, ones, tv);
+                }
+                let neg = _mm256_sub_epi32(zero, _mm256_slli_epi32::<7>(sum));
+                _mm256_store_si256(rec.add(32 * NR + half * 32) as *mut __m256i, neg);
+                let d: [f32; 8] = std::array::from_fn(|j| {
+                    let r = s * NR + half * 8 + j;
+                    if r < nb {
+                        f16::from_bits(scales[(r0 + r) * blocks + b]).to_f32()
+                    } else {
+                        0.0
+                    }
+                });
+                _mm256_store_ps(rec.add(36 * NR + half * 32) as *mut f32, _mm256_loadu_ps(d.as_ptr()));
+            }
+        }
+    }
+}
+
+/// Every token group against every strip of the packed rows: `y` points at output
+/// row 0 of this task's rows, token rows `ldy` apart.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn sweep(panel: &[u8], aq: &[u8], ad: &[f32], n: usize, blocks: usize, nb: usize, y: *mut f32, ldy: usize) {
+    let strips = nb.div_ceil(NR);
+    let groups = n.div_ceil(MR);
+    let mut b0 = 0;
+    while b0 < blocks {
+        let kb = KB.min(blocks - b0);
+        for s in 0..strips {
+            let w = panel.as_ptr().add((s * blocks + b0) * STRIP_BLOCK);
+            let valid = NR.min(nb - s * NR);
+            for g in 0..groups {
+                let a = aq.as_ptr().add((g * blocks + b0) * GROUP_BLOCK);
+                let d = ad.as_ptr().add((g * blocks + b0) * MR);
+                let mr = MR.min(n - g * MR);
+                kernel(kb, a, d, w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
+            }
+        }
+        b0 += kb;
+    }
+}
+
+/// `C[mr x valid] (+)= sum over kb blocks of (dx * dw) * (int8 x . int8 w)`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn kernel(
+    kb: usize,
+    a: *const u8,
+    ad: *const f32,
+    w: *const u8,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    valid: usize,
+    acc: bool,
+) {
+    let mut f = [[_mm256_setzero_ps(); 2]; MR];
+    for blk in 0..kb {
+        let wb = w.add(blk * STRIP_BLOCK);
+        let ab = a.add(blk * GROUP_BLOCK);
+        let neg0 = _mm256_load_si256(wb.add(32 * NR) as *const __m256i);
+        let neg1 = _mm256_load_si256(wb.add(32 * NR + 32) as *const __m256i);
+        let mut s = [[neg0, neg1]; MR];
+        for kq in 0..8 {
+            let w0 = _mm256_load_si256(wb.add(kq * 4 * NR) as *const __m256i);
+            let w1 = _mm256_load_si256(wb.add(kq * 4 * NR + 32) as *const __m256i);
+            for (i, si) in s.iter_mut().enumerate() {
+                let xv = _mm256_set1_epi32((ab.add((kq * MR + i) * 4) as *const i32).read_unaligned());
+                si[0] = _mm256_dpbusd_epi32(si[0], xv, w0);
+                si[1] = _mm256_dpbusd_epi32(si[1], xv, w1);
+            }
+        }
+        let d0 = _mm256_load_ps(wb.add(36 * NR) as *const f32);
+        let d1 = _mm256_load_ps(wb.add(36 * NR + 32) as *const f32);
+        for (i, (fi, si)) in f.iter_mut().zip(&s).enumerate() {
+            let dx = _mm256_set1_ps(*ad.add(blk * MR + i));
+            fi[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[0]), _mm256_mul_ps(d0, dx), fi[0]);
+            fi[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[1]), _mm256_mul_ps(d1, dx), fi[1]);
+        }
+    }
+    for (i, &[mut lo, mut hi]) in f.iter().enumerate().take(mr) {
+        let ci = c.add(i * ldc);
+        if valid == NR {
+            if acc {
+                lo = _mm256_add_ps(lo, _mm256_loadu_ps(ci));
+                hi = _mm256_add_ps(hi, _mm256_loadu_ps(ci.add(8)));
+            }
+            _mm256_storeu_ps(ci, lo);
+            _mm256_storeu_ps(ci.add(8), hi);
+        } else {
+            let mut t = [0f32; NR];
+            _mm256_storeu_ps(t.as_mut_ptr(), lo);
+            _mm256_storeu_ps(t.as_mut_ptr().add(8), hi);
+            for (j, &v) in t[..valid].iter().enumerate() {
+                let p = ci.add(j);
+                *p = if acc { *p + v } else { v };
+            }
+        }
+    }
+}
