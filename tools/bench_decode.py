@@ -9,15 +9,20 @@ Steps (each reuses what is already there):
   1. bench-data/1b: random weights of the 1B shape (tools/make_fixture.py --shape 1b
      --no-reference; ~6 GB of .npy, needs torch + transformers, git-ignored).
   2. bench-data/1b-DTYPE.bin: `olmoc pack --dtype DTYPE` of it.
-  3. Read bandwidth: `cargo bench -p olmort --bench bandwidth` (THREADS workers
-     streaming a 2 GiB buffer), measured before every dtype; the floor uses the median.
+  3. Read bandwidth: `cargo bench -p olmort --bench bandwidth` with THREADS workers
+     streaming the blob itself, mapped (the page-cache pages decode reads, with the page
+     sizes the kernel gave them), right before and right after every decode run: this
+     machine's bandwidth moves between runs (30-70 GB/s seen), so each run gets its own
+     floor. A 2 GiB heap buffer is streamed once per dtype for comparison.
   4. Decode: a 1-token prompt then --steps generated tokens; ms/token is olmort's own
-     `generation` line, median over --runs runs after one warm-up run.
+     `generation` line, after one warm-up run. Each run's ratio is its ms/token over
+     its own floor; the table gives medians over --runs runs.
   5. Prompt: tools/data/benchmark512.tokens.bin (512 tokens) with --steps 512; tokens/s
      from olmort's `prompt` line (logits at every position, as the trace needs).
 
 Floor = bytes of weights one token reads (every matrix once, norms, no embedding table:
-what `Model::bytes_per_token` counts) / bandwidth. Prints a Markdown table.
+what `Model::bytes_per_token` counts) / the higher of the two blob readings around the
+run. Prints a Markdown table.
 """
 
 import argparse
@@ -68,9 +73,14 @@ def bytes_per_token(config, dtype):
     return layers * per_layer + matrix(vocab, d) + 4 * d
 
 
-def bandwidth(threads):
-    out = run(["cargo", "bench", "-q", "-p", "olmort", "--bench", "bandwidth", "--", "2", str(threads), "7"],
-              capture_output=True).stdout
+def bandwidth(threads, blob=None, repeats=7):
+    """Median GB/s of streaming a 2 GiB heap buffer, or all of `blob` mapped."""
+    env = dict(os.environ)
+    if blob is not None:
+        env["OLMORT_BANDWIDTH_FILE"] = str(Path(blob).resolve())
+    size = "0" if blob is not None else "2"
+    out = run(["cargo", "bench", "-q", "-p", "olmort", "--bench", "bandwidth", "--", size, str(threads),
+               str(repeats)], capture_output=True, env=env).stdout
     m = re.search(r"bandwidth_gbps: ([\d.]+) ([\d.]+)", out)
     if not m:
         sys.exit(f"no bandwidth line in: {out}")
@@ -120,40 +130,56 @@ def main():
         if not blob.exists() or blob.stat().st_mtime < newest:
             run([str(ROOT / "target/release/olmoc"), "pack", str(ckpt), str(blob), "--dtype", dtype],
                 stdout=subprocess.DEVNULL)
-        bw = [bandwidth(args.threads)]
+        heap_gbps = bandwidth(args.threads)
         olmort(blob, one, 2, args.threads)  # warm-up: fault the weights in
-        decode = []
-        for _ in range(args.runs):
+        nbytes = bytes_per_token(config, dtype)
+        decode, bw, ratios = [], [], []
+        attempts = 0
+        while len(decode) < args.runs and attempts < 3 * args.runs:
+            attempts += 1
+            before = bandwidth(args.threads, blob, 3)
             ms, n = olmort(blob, one, args.steps + 1, args.threads)["generation"]
+            after = bandwidth(args.threads, blob, 3)
+            if max(before, after) > 1.15 * min(before, after):
+                # The machine changed speed during the run: its floor is unknown.
+                print(f"{dtype}: run dropped, blob read {before:.1f} GB/s before and {after:.1f} after",
+                      file=sys.stderr)
+                continue
+            gbps = max(before, after)
             decode.append(ms / n)
-        bw.append(bandwidth(args.threads))
+            bw.append(gbps)
+            ratios.append(ms / n / (nbytes / (gbps * 1e9) * 1e3))
+        if not decode:
+            sys.exit(f"{dtype}: the bandwidth changed during every run; try again later")
         prompt = []
         if not args.no_prompt:
             for _ in range(args.runs):
                 ms, n = olmort(blob, args.prompt, prompt_len, args.threads)["prompt"]
                 prompt.append(n * 1e3 / ms)
         gbps = statistics.median(bw)
-        nbytes = bytes_per_token(config, dtype)
         floor = nbytes / (gbps * 1e9) * 1e3
         ms = statistics.median(decode)
-        row = dict(dtype=dtype, bytes_per_token=nbytes, bandwidth_gbps=gbps, floor_ms=floor,
-                   decode_ms=ms, decode_runs=decode, ratio=ms / floor,
-                   prompt_tps=statistics.median(prompt) if prompt else None, prompt_runs=prompt)
+        ratio = statistics.median(ratios)
+        row = dict(dtype=dtype, bytes_per_token=nbytes, bandwidth_gbps=gbps, heap_gbps=heap_gbps,
+                   floor_ms=floor, decode_ms=ms, decode_runs=decode, bandwidth_runs=bw, ratio_runs=ratios,
+                   ratio=ratio, prompt_tps=statistics.median(prompt) if prompt else None, prompt_runs=prompt)
         rows.append(row)
         print(f"{dtype}: decode {ms:.1f} ms/token (runs {', '.join(f'{v:.1f}' for v in decode)}), "
-              f"floor {floor:.1f} ms at {gbps:.1f} GB/s, ratio {ms / floor:.3f}"
+              f"blob read {', '.join(f'{v:.1f}' for v in bw)} GB/s (heap {heap_gbps:.1f}), "
+              f"ratios {', '.join(f'{v:.2f}' for v in ratios)}"
               + (f", prompt {row['prompt_tps']:.1f} tok/s" if prompt else ""), file=sys.stderr)
     load = " ".join(load_average())
     print(f"load average at end: {load}", file=sys.stderr)
 
     print(f"\n{args.threads} threads, decode = median of {args.runs} runs of {args.steps} tokens, "
           f"prompt = {prompt_len} tokens; load average at end {load}\n")
-    print("| dtype | weights read / token | bandwidth | floor | decode | ratio | prompt |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| dtype | weights read / token | blob read (heap) | floor | decode | ratio | ratio per run | prompt |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     for r in rows:
         p = f"{r['prompt_tps']:.1f} tok/s" if r["prompt_tps"] is not None else "-"
-        print(f"| {r['dtype']} | {r['bytes_per_token'] / 1e9:.3f} GB | {r['bandwidth_gbps']:.1f} GB/s | "
-              f"{r['floor_ms']:.1f} ms | {r['decode_ms']:.1f} ms | {r['ratio']:.3f} | {p} |")
+        print(f"| {r['dtype']} | {r['bytes_per_token'] / 1e9:.3f} GB | {r['bandwidth_gbps']:.1f} "
+              f"({r['heap_gbps']:.1f}) GB/s | {r['floor_ms']:.1f} ms | {r['decode_ms']:.1f} ms | "
+              f"{r['ratio']:.2f} | {', '.join(f'{v:.2f}' for v in r['ratio_runs'])} | {p} |")
     if args.json:
         args.json.write_text(json.dumps(dict(rows=rows, load_average=load, threads=args.threads), indent=2))
 

@@ -3,6 +3,11 @@
 //! the caches, summing it with AVX2 (so the loop is not the limit).
 //!
 //!     cargo bench -p olmort --bench bandwidth -- [GIB] [THREADS] [REPEATS]
+//!     OLMORT_BANDWIDTH_FILE=model.bin cargo bench -p olmort --bench bandwidth -- 0 [THREADS] [REPEATS]
+//!
+//! With `OLMORT_BANDWIDTH_FILE` it streams that file mapped read-only instead (its
+//! first GIB GiB, or all of it for 0): the page-cache pages a decode step reads, with
+//! whatever page sizes the kernel mapped them with.
 //!
 //! Prints one line per repeat and a final `bandwidth_gbps: MEDIAN BEST` line
 //! (decimal GB/s) that tools/bench_decode.py reads.
@@ -58,13 +63,31 @@ fn main() {
     let threads: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2);
     let repeats: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(7);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-    let n = (gib * (1u64 << 30) as f64) as usize / 4;
-    let n = n / (threads * 4096) * threads * 4096;
-    let buf: Vec<f32> = pool.install(|| {
-        let mut v = vec![0f32; n];
-        v.par_chunks_mut(1 << 20).enumerate().for_each(|(i, c)| c.fill((i % 7) as f32));
-        v
-    });
+    let file = std::env::var_os("OLMORT_BANDWIDTH_FILE")
+        .map(|p| olmo_format::mapped::MappedFile::open(std::path::Path::new(&p)).expect("cannot map OLMORT_BANDWIDTH_FILE"));
+    let owned: Vec<f32>;
+    let buf: &[f32] = match &file {
+        Some(map) => {
+            let bytes = map.bytes();
+            let want = if gib > 0.0 { ((gib * (1u64 << 30) as f64) as usize).min(bytes.len()) } else { bytes.len() };
+            let n = want / 4 / (threads * 4096) * threads * 4096;
+            assert_eq!(bytes.as_ptr() as usize % 4, 0, "a map is page-aligned");
+            // SAFETY: `n * 4 <= bytes.len()`, the map is page-aligned (so 4-byte aligned)
+            // and every bit pattern is an f32; the slice borrows `map`, which outlives it.
+            unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, n) }
+        }
+        None => {
+            let n = (gib * (1u64 << 30) as f64) as usize / 4;
+            let n = n / (threads * 4096) * threads * 4096;
+            owned = pool.install(|| {
+                let mut v = vec![0f32; n];
+                v.par_chunks_mut(1 << 20).enumerate().for_each(|(i, c)| c.fill((i % 7) as f32));
+                v
+            });
+            &owned
+        }
+    };
+    let n = buf.len();
     let part = n / threads;
     let mut rates = Vec::new();
     let mut check = 0f32;
