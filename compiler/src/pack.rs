@@ -6,7 +6,6 @@
 //! existing one (see [`crate::output`]).
 
 use std::fs;
-use std::io::BufWriter;
 use std::path::Path;
 use std::time::Instant;
 
@@ -19,7 +18,7 @@ use olmo_format::{
 use crate::convert::{write_f32s, write_matrix};
 use crate::checkpoint::{Checkpoint, Tensor};
 use crate::hf_config::read_config_json;
-use crate::output::Output;
+use crate::output::{ChunkWriter, Output};
 use crate::progress::Progress;
 use crate::tokenizer_json::read_tokenizer_json;
 use crate::PackError;
@@ -190,7 +189,7 @@ pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary
 
     let mut output = Output::create(out)?;
     let write_err = |e: std::io::Error| PackError::Output(format!("{}: {e}", out.display()));
-    let mut writer = BufWriter::with_capacity(1 << 20, output.file());
+    let mut writer = ChunkWriter::new(output.file());
     let mut values: Vec<f32> = Vec::new();
     // Input errors found while streaming are kept here; the io::Error only stops the writer.
     let mut input_error: Option<PackError> = None;
@@ -229,7 +228,7 @@ pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary
         return Err(e);
     }
     result.map_err(write_err)?;
-    writer.into_inner().map_err(|e| write_err(e.into_error()))?;
+    writer.into_inner().map_err(write_err)?;
     output.finish()?;
     Ok(PackSummary {
         tensors: specs.len(),
