@@ -102,6 +102,124 @@ unsafe fn rows_float<L: Widen>(w: *const L::E, cols: usize, r0: usize, x: &[f32]
     }
 }
 
+/// Tokens one pass of [`matvec_few`] multiplies at once.
+pub const FEW: usize = 4;
+
+/// `y[t][r0 + i] = W[r0 + i] . x[t]` for `N` tokens and `len` rows: each weight row is
+/// read once for all of them. `x` is packed by [`pack_few`], `y` has the tokens' rows
+/// `ldy` apart.
+#[inline(always)]
+unsafe fn rows_float_few<L: Widen, const N: usize>(
+    w: *const L::E,
+    cols: usize,
+    r0: usize,
+    len: usize,
+    x: *const f32,
+    y: *mut f32,
+    ldy: usize,
+) {
+    for r in r0..r0 + len {
+        let p = w.add(r * cols);
+        let mut a = [[_mm256_setzero_ps(); 2]; N];
+        let mut c = 0;
+        while c + 16 <= cols {
+            let w0 = L::load8(p.add(c));
+            let w1 = L::load8(p.add(c + 8));
+            let xc = x.add(c * N);
+            for (t, at) in a.iter_mut().enumerate() {
+                let xt = xc.add(t * 16);
+                at[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xt), at[0]);
+                at[1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xt.add(8)), at[1]);
+            }
+            c += 16;
+        }
+        for (t, at) in a.iter().enumerate() {
+            let mut s = hsum(_mm256_add_ps(at[0], at[1]));
+            for k in c..cols {
+                s += L::one(*p.add(k)) * *x.add(c * N + t * (cols - c) + k - c);
+            }
+            *y.add(t * ldy + r) = s;
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_few<L: Widen>(w: *const L::E, cols: usize, r0: usize, len: usize, n: usize, x: *const f32, y: *mut f32, ldy: usize) {
+    match n {
+        1 => rows_float_few::<L, 1>(w, cols, r0, len, x, y, ldy),
+        2 => rows_float_few::<L, 2>(w, cols, r0, len, x, y, ldy),
+        3 => rows_float_few::<L, 3>(w, cols, r0, len, x, y, ldy),
+        _ => rows_float_few::<L, 4>(w, cols, r0, len, x, y, ldy),
+    }
+}
+
+/// `Y = X W^T` for a few tokens (`x` is `n x cols`, `y` is `n x rows`) of an f32, f16
+/// or bf16 matrix, [`FEW`] tokens per pass over the weights: for short prompts, where
+/// the GEMM's packing of every weight tile would cost more than its arithmetic saves
+/// (see `super::SMALL_BATCH`).
+pub fn matvec_few(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
+    XFEW.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut packed) => few_passes(w, x, n, y, &mut packed),
+        Err(_) => few_passes(w, x, n, y, &mut Vec::new()),
+    })
+}
+
+thread_local! {
+    /// The calling thread's packed tokens for [`matvec_few`]; only ever grows.
+    static XFEW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Lays out `m` token rows of `cols` for [`rows_float_few`]: 16 columns of token 0, the
+/// same 16 of token 1, ..., then the next 16; the last `cols % 16` columns token-major.
+/// One sequential stream instead of `m` rows a multiple of 4 KiB apart, which share
+/// L1 sets.
+fn pack_few(x: &[f32], m: usize, cols: usize, out: &mut Vec<f32>) {
+    if out.len() < m * cols {
+        out.resize(m * cols, 0.0);
+    }
+    let whole = cols / 16 * 16;
+    for t in 0..m {
+        let row = &x[t * cols..][..cols];
+        for c in (0..whole).step_by(16) {
+            out[c * m + t * 16..][..16].copy_from_slice(&row[c..c + 16]);
+        }
+        out[whole * m + t * (cols - whole)..][..cols - whole].copy_from_slice(&row[whole..]);
+    }
+}
+
+fn few_passes(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], packed: &mut Vec<f32>) {
+    let (rows, cols) = (w.rows, w.cols);
+    let per = rows_per_task(rows, cols, 4);
+    let yp = super::SendPtr(y.as_mut_ptr());
+    for t0 in (0..n).step_by(FEW) {
+        let m = FEW.min(n - t0);
+        pack_few(&x[t0 * cols..][..m * cols], m, cols, packed);
+        let xs = packed.as_ptr() as usize;
+        let tasks = rows.div_ceil(per);
+        let task = |i: usize| {
+            let (r0, len) = (i * per, per.min(rows - i * per));
+            let (x, y) = (xs as *const f32, unsafe { yp.get().add(t0 * rows) });
+            // SAFETY: `super::matmul_with` checked the CPU features, that `x` holds `n`
+            // rows of `cols` (so `packed` holds `m`) and `y` `n` of `rows`, and that the
+            // weights hold `rows` whole rows; task `i` alone writes rows `r0 .. r0 + len` (within `rows`) of the
+            // `m` tokens' outputs.
+            unsafe {
+                match w.data {
+                    MatrixData::F32(d) => rows_few::<WF32>(d.as_ptr(), cols, r0, len, m, x, y, rows),
+                    MatrixData::F16(d) => rows_few::<WF16>(d.as_ptr(), cols, r0, len, m, x, y, rows),
+                    MatrixData::BF16(d) => rows_few::<WBF16>(d.as_ptr(), cols, r0, len, m, x, y, rows),
+                    MatrixData::Q8_0 { .. } => unreachable!("matvec_few takes float matrices"),
+                }
+            }
+        };
+        if tasks == 1 {
+            task(0);
+        } else {
+            (0..tasks).into_par_iter().for_each(task);
+        }
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_f32(w: *const f32, cols: usize, r0: usize, x: &[f32], y: &mut [f32]) {
     rows_float::<WF32>(w, cols, r0, x, y)
