@@ -144,7 +144,7 @@ pub struct InferredShapes {
 /// A config from the tensor shapes alone, assuming OLMo-2's head size of 128.
 pub fn infer_config(s: &InferredShapes) -> Result<ModelConfig, PackError> {
     let hd = DEFAULT_HEAD_DIM as u64;
-    if s.q_rows % hd != 0 || s.k_rows % hd != 0 {
+    if !s.q_rows.is_multiple_of(hd) || !s.k_rows.is_multiple_of(hd) {
         return Err(PackError::Input(format!(
             "no config.json, and the q/k projection widths ({}, {}) are not multiples of the default head size {hd}: add a config.json",
             s.q_rows, s.k_rows

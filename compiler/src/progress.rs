@@ -38,7 +38,7 @@ impl Progress {
         if !self.enabled {
             return;
         }
-        let due = self.drawn.map_or(true, |t| t.elapsed() >= Duration::from_millis(100));
+        let due = self.drawn.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
         if due || self.tensors == self.total_tensors {
             self.draw();
             self.drawn = Some(Instant::now());

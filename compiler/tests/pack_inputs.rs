@@ -26,7 +26,7 @@ fn write_npy(path: &Path, shape: &[usize], values: &[f32], descr: &str) {
     let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
     bytes.extend_from_slice(&((dict.len() + padding + 1) as u16).to_le_bytes());
     bytes.extend_from_slice(dict.as_bytes());
-    bytes.extend(std::iter::repeat(b' ').take(padding));
+    bytes.extend(std::iter::repeat_n(b' ', padding));
     bytes.push(b'\n');
     for &v in values {
         match descr {

@@ -105,14 +105,14 @@ unsafe impl Plain for i8 {}
 fn cast<'b, T: Plain>(name: &str, bytes: &'b [u8]) -> Result<&'b [T], FormatError> {
     let size = std::mem::size_of::<T>();
     let align = std::mem::align_of::<T>();
-    if bytes.as_ptr() as usize % align != 0 {
+    if !(bytes.as_ptr() as usize).is_multiple_of(align) {
         return Err(FormatError::Misaligned {
             name: name.to_string(),
             offset: bytes.as_ptr() as u64,
             align: align as u64,
         });
     }
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(FormatError::BadType {
             name: name.to_string(),
             reason: format!("{} bytes is not a whole number of {size}-byte elements", bytes.len()),

@@ -125,7 +125,7 @@ impl Header {
                 file_len,
             });
         }
-        if self.data_offset % DATA_ALIGN != 0 {
+        if !self.data_offset.is_multiple_of(DATA_ALIGN) {
             return Err(FormatError::BadHeader("data region is not page-aligned"));
         }
         if self.data_offset < manifest_end {

@@ -529,7 +529,7 @@ fn typed_views_check_their_type() {
 
     // The same blob one byte off its alignment: typed views say so.
     let mut shifted = vec![0u8; b.len() + 1];
-    let start = if shifted.as_ptr() as usize % 2 == 0 { 1 } else { 0 };
+    let start = if (shifted.as_ptr() as usize).is_multiple_of(2) { 1 } else { 0 };
     shifted[start..start + b.len()].copy_from_slice(&b);
     let blob = Blob::parse(&shifted[start..start + b.len()]).unwrap();
     let e = blob.required(QKV0).unwrap().as_f32().unwrap_err();

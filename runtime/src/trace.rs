@@ -14,7 +14,7 @@ use crate::RunError;
 
 /// Little-endian u32 token ids.
 pub fn parse_tokens(bytes: &[u8]) -> Result<Vec<u32>, RunError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(RunError::Tokens(format!(
             "{} bytes is not a whole number of 4-byte little-endian token ids",
             bytes.len()

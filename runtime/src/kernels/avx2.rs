@@ -143,6 +143,7 @@ unsafe fn rows_float_few<L: Widen, const N: usize>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_few<L: Widen>(w: *const L::E, cols: usize, r0: usize, len: usize, n: usize, x: *const f32, y: *mut f32, ldy: usize) {
     match n {
