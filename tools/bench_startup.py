@@ -12,7 +12,8 @@ side:
   forward;
 
 each as whole-process wall time (median of --runs) and peak RSS, plus one decode step of
-olmort for reference. Then, for the largest shape: cold-cache first tokens for each
+olmort for reference, and, inside one olmort process, its first forward pass against
+its next steps. Then, for the largest shape: cold-cache first tokens for each
 `olmort --load` mode and for other madvise hints (runtime/examples/map_hints.rs),
 several olmort processes sharing one copy of the weights
 (Rss/Pss from /proc/PID/smaps_rollup), and `olmoc verify` speed.
@@ -172,6 +173,22 @@ def first_token_and_step(blob, runs, threads):
     return statistics.median(first), rss, statistics.median(step)
 
 
+def first_forward_extra(blob, runs, threads):
+    """Inside one process: the first forward pass of a one-token prompt (olmort's `prompt`
+    line, which includes mapping every weight page) minus the mean of the next three
+    steps (`generation`); median over runs. Separate processes see this machine's memory
+    speed change between them; one process mostly does not."""
+    one = Path(tempfile.mkdtemp()) / "one.tokens.bin"
+    one.write_bytes(TOKENS.read_bytes()[:4])
+    extra = []
+    for _ in range(runs):
+        _, _, _, err = run([OLMORT, blob, one, "--steps", "4", "--threads", threads])
+        first = re.search(r"prompt =\s*([0-9.]+) ms /\s*1 tokens", err)
+        gen = re.search(r"generation =\s*([0-9.]+) ms /\s*(\d+) tokens", err)
+        extra.append(float(first.group(1)) - float(gen.group(1)) / int(gen.group(2)))
+    return statistics.median(extra), min(extra), max(extra)
+
+
 def smaps_rollup(pid):
     fields = {}
     with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -280,6 +297,8 @@ def main():
             read_through([blob])
         r["open_wall"], r["open_rss"], _ = median_runs([OLMORT, blob, "--steps", "0"], args.open_runs)
         r["first_wall"], r["first_rss"], r["step_ms"] = first_token_and_step(blob, args.runs, args.threads)
+        r["first_extra_ms"], r["first_extra_min"], r["first_extra_max"] = first_forward_extra(
+            blob, max(args.runs, 9), args.threads)
         if not args.no_torch and (st_dir / "config.json").exists():
             try:
                 cmd = torch_command(st_dir, args.threads)
@@ -312,6 +331,12 @@ def main():
                if "npy_load_wall" in r else "- | - | -")
         print(f"| {shape} | {mib(r['blob_bytes'])} | {npy} | {ms(r['open_wall'])} | {mib(r['open_rss'])} "
               f"| {ms(r['first_wall'])} | {mib(r['first_rss'])} | {r['step_ms']:.1f} | {torch_cell} | {torch_rss} |")
+    print("\nThe first forward pass against the next steps inside one process (one-token prompt, "
+          "`--steps 4`; median and range over the runs):\n")
+    print("| model | first pass minus a step, ms | range |")
+    print("|---|---:|---:|")
+    for shape, r in rows:
+        print(f"| {shape} | {r['first_extra_ms']:+.1f} | {r['first_extra_min']:+.1f} to {r['first_extra_max']:+.1f} |")
 
     if not rows:
         return
