@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{rows_per_task, Matrix, MatrixData, QuantX};
+use super::{grow, rows_per_task, with_local, Matrix, MatrixData, QuantX};
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -159,10 +159,7 @@ unsafe fn rows_few<L: Widen>(w: *const L::E, cols: usize, r0: usize, len: usize,
 /// the GEMM's packing of every weight tile would cost more than its arithmetic saves
 /// (see `super::SMALL_BATCH`).
 pub fn matvec_few(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
-    XFEW.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut packed) => few_passes(w, x, n, y, &mut packed),
-        Err(_) => few_passes(w, x, n, y, &mut Vec::new()),
-    })
+    with_local(&XFEW, |packed| few_passes(w, x, n, y, packed))
 }
 
 thread_local! {
@@ -175,9 +172,7 @@ thread_local! {
 /// One sequential stream instead of `m` rows a multiple of 4 KiB apart, which share
 /// L1 sets.
 fn pack_few(x: &[f32], m: usize, cols: usize, out: &mut Vec<f32>) {
-    if out.len() < m * cols {
-        out.resize(m * cols, 0.0);
-    }
+    grow(out, m * cols);
     let whole = cols / 16 * 16;
     for t in 0..m {
         let row = &x[t * cols..][..cols];
@@ -403,18 +398,9 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
                     rows_q8_0(quants.as_ptr(), scales.as_ptr(), blocks, r0, xq, xd, ys)
                 })
             };
-            // The scratch lives with the calling thread and only ever grows; a nested
-            // call (the thread is busy in an outer one) gets a buffer of its own.
-            QX.with(|cell| match cell.try_borrow_mut() {
-                Ok(mut qx) => {
-                    qx.quantize(x);
-                    run(&qx, y)
-                }
-                Err(_) => {
-                    let mut qx = QuantX::new();
-                    qx.quantize(x);
-                    run(&qx, y)
-                }
+            with_local(&QX, |qx| {
+                qx.quantize(x);
+                run(qx, y)
             })
         }
     }

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::avx2::segment_to_f32;
-use super::{round_like_q8, Matrix, MatrixData, SendPtr};
+use super::{grow, round_like_q8, with_local, Matrix, MatrixData, SendPtr};
 
 /// Rows of `X` per micro-kernel call.
 const MR: usize = 6;
@@ -31,6 +31,7 @@ fn rows_per_block(cols: usize) -> usize {
 /// Below this many rows of `X`, a matrix-vector product per row is cheaper.
 pub const MIN_BATCH: usize = 3;
 
+#[derive(Default)]
 struct Panel {
     buf: Vec<f32>,
     row: Vec<f32>,
@@ -43,27 +44,14 @@ thread_local! {
     static APACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-
-/// Runs `f` on a thread-local buffer of at least `len` floats (a fresh one if the
-/// thread's own is already in use further up the stack).
-fn with_scratch<R>(key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => {
-            if v.len() < len {
-                v.resize(len, 0.0);
-            }
-            f(&mut v[..len])
-        }
-        Err(_) => f(&mut vec![0.0; len]),
-    })
-}
-
 pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     let (rows, k) = (w.rows, w.cols);
     let groups = n.div_ceil(MR);
     // X packed once for every task: for each KC slice, for each group of MR rows,
     // [kk][MR] with zero rows past n.
-    with_scratch(&APACK, groups * MR * k, |apack| {
+    with_local(&APACK, |apack| {
+        grow(apack, groups * MR * k);
+        let apack = &mut apack[..groups * MR * k];
         pack_a(x, n, k, matches!(w.data, MatrixData::Q8_0 { .. }), apack);
         let apack = &*apack;
         let yp = SendPtr(y.as_mut_ptr());
@@ -71,26 +59,10 @@ pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
         let kblocks = k.div_ceil(KC);
         let tasks = rows.div_ceil(nb_max);
         let task = |t: usize| {
-            PANEL.with(|cell| {
-                let mut fresh;
-                let mut guard;
-                let panel: &mut Panel = match cell.try_borrow_mut() {
-                    Ok(g) => {
-                        guard = g;
-                        &mut guard
-                    }
-                    Err(_) => {
-                        fresh = Panel { buf: Vec::new(), row: Vec::new() };
-                        &mut fresh
-                    }
-                };
+            with_local(&PANEL, |panel| {
                 let len = kblocks * KC * nb_max.next_multiple_of(NR);
-                if panel.buf.len() < len + 16 {
-                    panel.buf.resize(len + 16, 0.0);
-                }
-                if panel.row.len() < 8 * k {
-                    panel.row.resize(8 * k, 0.0);
-                }
+                grow(&mut panel.buf, len + 16);
+                grow(&mut panel.row, 8 * k);
                 // 64-byte align the panel so every B load stays within one cache line.
                 let off = panel.buf.as_ptr().align_offset(64).min(16);
                 let Panel { buf, row } = panel;

@@ -26,7 +26,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::gemm::transpose8;
-use super::{QuantX, SendPtr};
+use super::{grow, with_local, QuantX, SendPtr};
 
 /// Tokens per micro-kernel call.
 const MR: usize = 6;
@@ -61,21 +61,6 @@ thread_local! {
     static ACTS: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     static PANEL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static ROW: RefCell<QuantX> = const { RefCell::new(QuantX::new()) };
-}
-
-/// Runs `f` on the calling thread's buffer in `key` (a fresh one if it is already in
-/// use further up the stack).
-fn with_local<T: Default, R>(key: &'static std::thread::LocalKey<RefCell<T>>, f: impl FnOnce(&mut T) -> R) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => f(&mut v),
-        Err(_) => f(&mut T::default()),
-    })
-}
-
-fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
-    if v.len() < len {
-        v.resize(len, T::default());
-    }
 }
 
 /// `y = x W^T` for a q8_0 `W` (`rows x k`, `blocks = ceil(k / 32)` blocks per row):

@@ -18,7 +18,7 @@ mod gemm;
 mod gemm_q8;
 mod portable;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 
 use half::{bf16, f16};
@@ -125,6 +125,26 @@ pub(crate) fn round_like_q8(x: &mut [f32]) {
         for (v, &q) in xb.iter_mut().zip(&q) {
             *v = q as f32 * d;
         }
+    }
+}
+
+/// Runs `f` on the calling thread's value in `key`: per-thread scratch that is allocated
+/// on first use and then only ever grows, so nothing is allocated per call. A nested
+/// call (the thread's value already borrowed further up the stack) gets a fresh one.
+pub(crate) fn with_local<T: Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut T::default()),
+    })
+}
+
+/// Grows `v` to at least `len` elements (never shrinks it).
+pub(crate) fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        v.resize(len, T::default());
     }
 }
 

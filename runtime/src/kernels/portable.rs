@@ -81,16 +81,9 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
         });
     };
     if matches!(w.data, MatrixData::Q8_0 { .. }) {
-        QX.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut qx) => {
-                qx.quantize_portable(x);
-                run(Some(&qx), y)
-            }
-            Err(_) => {
-                let mut qx = QuantX::new();
-                qx.quantize_portable(x);
-                run(Some(&qx), y)
-            }
+        super::with_local(&QX, |qx| {
+            qx.quantize_portable(x);
+            run(Some(qx), y)
         })
     } else {
         run(None, y)
