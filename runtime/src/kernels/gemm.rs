@@ -17,7 +17,7 @@ use super::{grow, round_like_q8, with_local, Matrix, MatrixData, SendPtr};
 /// Rows of `X` per micro-kernel call.
 const MR: usize = 6;
 /// Outputs per micro-kernel call (two AVX registers).
-const NR: usize = 16;
+pub(super) const NR: usize = 16;
 /// Input columns per packed tile.
 const KC: usize = 256;
 /// Weight rows per task (a multiple of `NR`) at most; fewer for wide matrices so a
@@ -263,8 +263,15 @@ unsafe fn kernel(
         a = a.add(MR);
         b = b.add(NR);
     }
-    let rows = [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)];
-    for (i, &(mut lo, mut hi)) in rows.iter().enumerate().take(mr) {
+    let rows = [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]];
+    store_tile(&rows, c, ldc, mr, valid, acc);
+}
+
+/// Writes (`acc`: adds) the first `mr` rows of a micro-kernel's `rows x NR` result into
+/// `C` (rows `ldc` apart), only the first `valid` columns of each.
+#[inline(always)]
+pub(super) unsafe fn store_tile(rows: &[[__m256; 2]], c: *mut f32, ldc: usize, mr: usize, valid: usize, acc: bool) {
+    for (i, &[mut lo, mut hi]) in rows.iter().enumerate().take(mr) {
         let ci = c.add(i * ldc);
         if valid == NR {
             if acc {

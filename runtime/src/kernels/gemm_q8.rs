@@ -25,13 +25,14 @@ use std::cell::RefCell;
 use half::f16;
 use rayon::prelude::*;
 
-use super::gemm::transpose8;
+use super::gemm::{store_tile, transpose8};
 use super::{grow, with_local, QuantX, SendPtr};
 
 /// Tokens per micro-kernel call.
 const MR: usize = 6;
-/// Weight rows per micro-kernel call (two registers of eight 32-bit lanes).
-const NR: usize = 16;
+/// Weight rows per micro-kernel call (two registers of eight 32-bit lanes, as many as
+/// the float GEMM's outputs, so the two share `store_tile`).
+const NR: usize = super::gemm::NR;
 /// Blocks of 32 columns per slice of the sweep.
 const KB: usize = 8;
 /// Bytes of one strip's record for one block: quants, `-128 * sum`, scales.
@@ -249,23 +250,5 @@ unsafe fn kernel(
             fi[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[1]), _mm256_mul_ps(d1, dx), fi[1]);
         }
     }
-    for (i, &[mut lo, mut hi]) in f.iter().enumerate().take(mr) {
-        let ci = c.add(i * ldc);
-        if valid == NR {
-            if acc {
-                lo = _mm256_add_ps(lo, _mm256_loadu_ps(ci));
-                hi = _mm256_add_ps(hi, _mm256_loadu_ps(ci.add(8)));
-            }
-            _mm256_storeu_ps(ci, lo);
-            _mm256_storeu_ps(ci.add(8), hi);
-        } else {
-            let mut t = [0f32; NR];
-            _mm256_storeu_ps(t.as_mut_ptr(), lo);
-            _mm256_storeu_ps(t.as_mut_ptr().add(8), hi);
-            for (j, &v) in t[..valid].iter().enumerate() {
-                let p = ci.add(j);
-                *p = if acc { *p + v } else { v };
-            }
-        }
-    }
+    store_tile(&f, c, ldc, mr, valid, acc);
 }
