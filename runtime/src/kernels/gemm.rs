@@ -19,7 +19,7 @@ const MR: usize = 6;
 /// Outputs per micro-kernel call (two AVX registers).
 pub(super) const NR: usize = 16;
 /// Input columns per packed tile.
-const KC: usize = 256;
+const KC: usize = 512;
 /// Weight rows per task (a multiple of `NR`) at most; fewer for wide matrices so a
 /// task's packed weights (`nb x cols` f32) stay around [`PANEL_BYTES`].
 const NB: usize = 128;
@@ -44,7 +44,12 @@ thread_local! {
     static APACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
+/// `y = x W^T`; `wide` sweeps with the AVX-512 micro-kernel ([`sweep_avx512`]).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C, and AVX-512 F if `wide`; the weights must
+/// hold every row, `x` `n * w.cols` values and `y` `n * w.rows`.
+pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], wide: bool) {
     let (rows, k) = (w.rows, w.cols);
     let groups = n.div_ceil(MR);
     // X packed once for every task: for each KC slice, for each group of MR rows,
@@ -69,10 +74,19 @@ pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
                 let packed = &mut buf[off..off + len];
                 let r0 = t * nb_max;
                 let nb = nb_max.min(rows - r0);
-                // SAFETY: `matmul_with` checked the CPU features, the shapes of `x` and
-                // `y` and that the weights hold every row; task `t` alone writes output
-                // rows `r0 .. r0 + nb` (within `rows`) of each of the `n` tokens in `y`.
-                unsafe { block(w, apack, n, k, r0, nb, packed, row, yp.get(), rows) };
+                // SAFETY: `matmul_with` checked the CPU features (AVX-512 F for `wide`),
+                // the shapes of `x` and `y` and that the weights hold every row; task `t`
+                // alone writes output rows `r0 .. r0 + nb` (within `rows`) of each of the
+                // `n` tokens in `y`.
+                unsafe {
+                    pack_b(w, k, r0, nb, packed, row);
+                    let y = yp.get().add(r0);
+                    if wide {
+                        sweep_avx512(apack, packed, n, k, nb, y, rows);
+                    } else {
+                        sweep(apack, packed, n, k, nb, y, rows);
+                    }
+                }
             })
         };
         if rayon::current_num_threads() == 1 || tasks == 1 {
@@ -116,28 +130,21 @@ fn pack_a(x: &[f32], n: usize, k: usize, q8: bool, apack: &mut [f32]) {
     }
 }
 
-/// All of `Y[.., r0 .. r0 + nb]`.
-#[allow(clippy::too_many_arguments)]
+/// The offset of packed tile (`kb`, `s`) in a task's panel: rows `s * NR ..` of the
+/// task's block, columns `kb * KC ..`, as `[kk][NR]`.
+#[inline(always)]
+fn tile(kb: usize, s: usize, strips: usize) -> usize {
+    (kb * strips + s) * KC * NR
+}
+
+/// Packs weight rows `r0 .. r0 + nb` into `packed` as f32 tiles ([`tile`]), zero rows
+/// beyond `nb`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block(
-    w: &Matrix,
-    apack: &[f32],
-    n: usize,
-    k: usize,
-    r0: usize,
-    nb: usize,
-    packed: &mut [f32],
-    rows8: &mut [f32],
-    y: *mut f32,
-    ldy: usize,
-) {
+unsafe fn pack_b(w: &Matrix, k: usize, r0: usize, nb: usize, packed: &mut [f32], rows8: &mut [f32]) {
     let strips = nb.div_ceil(NR);
-    let groups = n.div_ceil(MR);
     // Pack every row whole (one sequential read per weight row, which the hardware
     // prefetcher follows) into `rows8`, eight rows at a time, then transpose 8 x 8
-    // blocks into the tiles: tile (kb, s) holds rows r0 + s*NR .. as [kk][NR], zero
-    // beyond nb, at (kb * strips + s) * KC * NR.
-    let tile = |kb: usize, s: usize| (kb * strips + s) * KC * NR;
+    // blocks into the tiles.
     let k8 = k / 8 * 8;
     for s in 0..strips {
         for half in 0..NR / 8 {
@@ -156,20 +163,28 @@ unsafe fn block(
             while c < k8 {
                 let v: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(src.add(j * k + c)));
                 let t = transpose8(v);
-                let dst = packed.as_mut_ptr().add(tile(c / KC, s) + (c % KC) * NR + j0);
+                let dst = packed.as_mut_ptr().add(tile(c / KC, s, strips) + (c % KC) * NR + j0);
                 for (kk, tv) in t.iter().enumerate() {
                     _mm256_store_ps(dst.add(kk * NR), *tv);
                 }
                 c += 8;
             }
             for c in k8..k {
-                let dst = packed.as_mut_ptr().add(tile(c / KC, s) + (c % KC) * NR + j0);
+                let dst = packed.as_mut_ptr().add(tile(c / KC, s, strips) + (c % KC) * NR + j0);
                 for j in 0..8 {
                     *dst.add(j) = *src.add(j * k + c);
                 }
             }
         }
     }
+}
+
+/// Every group of [`MR`] tokens against every packed strip, [`KC`] columns at a time:
+/// `y` points at this block's output row 0 of token 0, token rows `ldy` apart.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sweep(apack: &[f32], packed: &[f32], n: usize, k: usize, nb: usize, y: *mut f32, ldy: usize) {
+    let strips = nb.div_ceil(NR);
+    let groups = n.div_ceil(MR);
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
@@ -177,12 +192,57 @@ unsafe fn block(
         let a_slice = apack.as_ptr().add(k0 * groups * MR);
         // Each weight tile stays in L1 while every group of inputs passes over it.
         for s in 0..strips {
-            let b = packed.as_ptr().add(tile(k0 / KC, s));
+            let b = packed.as_ptr().add(tile(k0 / KC, s, strips));
             let valid = NR.min(nb - s * NR);
             for g in 0..groups {
                 let mr = MR.min(n - g * MR);
-                let c = y.add(g * MR * ldy + r0 + s * NR);
+                let c = y.add(g * MR * ldy + s * NR);
                 kernel(kc, a_slice.add(g * kc * MR), b, c, ldy, mr, valid, acc);
+            }
+        }
+        k0 += kc;
+    }
+}
+
+/// [`sweep`] with 512-bit registers: two groups of tokens (12) by two strips (32
+/// outputs) per micro-kernel call, 24 accumulators of the 32 registers. Twice the
+/// outputs per loaded value of the 256-bit kernel, and half the instructions per FMA,
+/// which keeps both FMA pipes fed. Odd leftovers take the narrower kernels.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn sweep_avx512(apack: &[f32], packed: &[f32], n: usize, k: usize, nb: usize, y: *mut f32, ldy: usize) {
+    let strips = nb.div_ceil(NR);
+    let groups = n.div_ceil(MR);
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = KC.min(k - k0);
+        let acc = k0 > 0;
+        let a_slice = apack.as_ptr().add(k0 * groups * MR);
+        let a = |g: usize| a_slice.add(g * kc * MR);
+        let mut s = 0;
+        while s + 2 <= strips {
+            let b0 = packed.as_ptr().add(tile(k0 / KC, s, strips));
+            let b1 = packed.as_ptr().add(tile(k0 / KC, s + 1, strips));
+            let valid = (2 * NR).min(nb - s * NR);
+            let mut g = 0;
+            while g + 2 <= groups {
+                let mr = (2 * MR).min(n - g * MR);
+                let c = y.add(g * MR * ldy + s * NR);
+                kernel_avx512::<2>(kc, [a(g), a(g + 1)], [b0, b1], c, ldy, mr, valid, acc);
+                g += 2;
+            }
+            if g < groups {
+                let mr = MR.min(n - g * MR);
+                let c = y.add(g * MR * ldy + s * NR);
+                kernel_avx512::<1>(kc, [a(g), a(g)], [b0, b1], c, ldy, mr, valid, acc);
+            }
+            s += 2;
+        }
+        if s < strips {
+            let b = packed.as_ptr().add(tile(k0 / KC, s, strips));
+            let valid = NR.min(nb - s * NR);
+            for g in 0..groups {
+                let mr = MR.min(n - g * MR);
+                kernel(kc, a(g), b, y.add(g * MR * ldy + s * NR), ldy, mr, valid, acc);
             }
         }
         k0 += kc;
@@ -265,6 +325,50 @@ unsafe fn kernel(
     }
     let rows = [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]];
     store_tile(&rows, c, ldc, mr, valid, acc);
+}
+
+/// `C[mr x valid] (+)= A^T [b0 | b1]` for `G` groups of [`MR`] packed tokens (`a[g]`,
+/// `[kc][MR]` each) and two packed strips (`b0`, `b1`, `[kc][NR]` each); `mr <= G * MR`,
+/// `valid <= 2 * NR`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn kernel_avx512<const G: usize>(
+    kc: usize,
+    a: [*const f32; 2],
+    b: [*const f32; 2],
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    valid: usize,
+    acc: bool,
+) {
+    let mut rows = [[_mm512_setzero_ps(); 2]; 12];
+    for kk in 0..kc {
+        let b0 = _mm512_load_ps(b[0].add(kk * NR));
+        let b1 = _mm512_load_ps(b[1].add(kk * NR));
+        for g in 0..G {
+            let ak = a[g].add(kk * MR);
+            for i in 0..MR {
+                let av = _mm512_set1_ps(*ak.add(i));
+                let r = &mut rows[g * MR + i];
+                r[0] = _mm512_fmadd_ps(av, b0, r[0]);
+                r[1] = _mm512_fmadd_ps(av, b1, r[1]);
+            }
+        }
+    }
+    let lanes = |v: usize| -> __mmask16 { if v >= 16 { 0xffff } else { ((1u32 << v) - 1) as __mmask16 } };
+    let (m0, m1) = (lanes(valid), lanes(valid.saturating_sub(NR)));
+    for (i, [lo, hi]) in rows.iter().enumerate().take(mr.min(G * MR)) {
+        let ci = c.add(i * ldc);
+        let (mut lo, mut hi) = (*lo, *hi);
+        if acc {
+            lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m0, ci));
+            hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m1, ci.add(NR)));
+        }
+        _mm512_mask_storeu_ps(ci, m0, lo);
+        _mm512_mask_storeu_ps(ci.add(NR), m1, hi);
+    }
 }
 
 /// Writes (`acc`: adds) the first `mr` rows of a micro-kernel's `rows x NR` result into

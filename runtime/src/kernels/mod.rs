@@ -5,10 +5,10 @@
 //!
 //! Three kernel sets sit behind one dispatch, chosen at run time from what the CPU has:
 //! [`portable`] (plain Rust, the reference and the fallback), `avx2` (AVX2 + FMA + F16C
-//! intrinsics), and the same with AVX-512 VNNI integer dot products for q8_0 prompt
-//! batches (`gemm_q8`). `OLMORT_KERNELS=portable` or `=avx2` caps the choice for a
-//! process; [`with_kernels`] forces any available set for the calling thread (tests use
-//! it to run them all).
+//! intrinsics), and the same with AVX-512 for prompt batches (a 512-bit float GEMM
+//! micro-kernel, and VNNI integer dot products for q8_0 in `gemm_q8`).
+//! `OLMORT_KERNELS=portable` or `=avx2` caps the choice for a process; [`with_kernels`]
+//! forces any available set for the calling thread (tests use it to run them all).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -155,9 +155,10 @@ pub enum Kernels {
     Portable,
     /// AVX2 + FMA + F16C intrinsics; only selectable where [`avx2_available`].
     Avx2,
-    /// [`Kernels::Avx2`], with q8_0 batches multiplied by AVX-512 VNNI integer dot
-    /// products; only selectable where [`avx512vnni_available`].
-    Avx512Vnni,
+    /// [`Kernels::Avx2`], with batches (prompt processing) multiplied on AVX-512: a
+    /// 512-bit FMA micro-kernel for float weights, VNNI integer dot products for q8_0;
+    /// only selectable where [`avx512_available`].
+    Avx512,
 }
 
 impl Kernels {
@@ -166,13 +167,13 @@ impl Kernels {
         match self {
             Kernels::Portable => true,
             Kernels::Avx2 => avx2_available(),
-            Kernels::Avx512Vnni => avx512vnni_available(),
+            Kernels::Avx512 => avx512_available(),
         }
     }
 
     /// Whether `self` uses the AVX2 kernels (for everything but what it overrides).
     fn avx2(self) -> bool {
-        matches!(self, Kernels::Avx2 | Kernels::Avx512Vnni) && avx2_available()
+        matches!(self, Kernels::Avx2 | Kernels::Avx512) && avx2_available()
     }
 }
 
@@ -211,9 +212,9 @@ pub fn avx2_available() -> bool {
     }
 }
 
-/// Whether this CPU can run [`Kernels::Avx512Vnni`]: AVX2/FMA/F16C and AVX-512 F, VL
+/// Whether this CPU can run [`Kernels::Avx512`]: AVX2/FMA/F16C and AVX-512 F, VL
 /// and VNNI.
-pub fn avx512vnni_available() -> bool {
+pub fn avx512_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVAILABLE: OnceLock<bool> = OnceLock::new();
@@ -231,13 +232,13 @@ pub fn default_kernels() -> Kernels {
     static DEFAULT: OnceLock<Kernels> = OnceLock::new();
     *DEFAULT.get_or_init(|| {
         let wanted = std::env::var("OLMORT_KERNELS").unwrap_or_default();
-        let best = [Kernels::Avx512Vnni, Kernels::Avx2, Kernels::Portable]
+        let best = [Kernels::Avx512, Kernels::Avx2, Kernels::Portable]
             .into_iter()
             .find(|k| k.supported())
             .unwrap_or(Kernels::Portable);
         match wanted.trim() {
             "portable" => Kernels::Portable,
-            "avx2" if best == Kernels::Avx512Vnni => Kernels::Avx2,
+            "avx2" if best == Kernels::Avx512 => Kernels::Avx2,
             _ => best,
         }
     })
@@ -270,7 +271,7 @@ pub fn with_kernels<R>(k: Kernels, f: impl FnOnce() -> R) -> R {
 
 /// Every kernel set this CPU can run: what tests iterate over.
 pub fn available_kernels() -> Vec<Kernels> {
-    [Kernels::Portable, Kernels::Avx2, Kernels::Avx512Vnni].into_iter().filter(|k| k.supported()).collect()
+    [Kernels::Portable, Kernels::Avx2, Kernels::Avx512].into_iter().filter(|k| k.supported()).collect()
 }
 
 /// `y = W x`: `x` has `w.cols` elements, `y` has `w.rows`.
@@ -313,7 +314,7 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     check_data(w);
     match k {
         #[cfg(target_arch = "x86_64")]
-        Kernels::Avx512Vnni if n >= gemm::MIN_BATCH && avx512vnni_available() && matches!(w.data, MatrixData::Q8_0 { .. }) => {
+        Kernels::Avx512 if n >= gemm::MIN_BATCH && avx512_available() && matches!(w.data, MatrixData::Q8_0 { .. }) => {
             let MatrixData::Q8_0 { quants, scales } = w.data else { unreachable!() };
             // SAFETY: the CPU has what the kernel needs (checked), `check_data` found
             // every row's quants and scales, and the lengths of `x` and `y` are asserted.
@@ -330,7 +331,10 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
                     avx2::matvec(w, xi, yi);
                 }
             } else {
-                gemm::matmul(w, x, n, y);
+                let wide = k == Kernels::Avx512 && avx512_available();
+                // SAFETY: `k.avx2()` checked AVX2/FMA/F16C, and `wide` AVX-512;
+                // `check_data` found every row and the lengths of `x` and `y` are asserted.
+                unsafe { gemm::matmul(w, x, n, y, wide) }
             }
         }
         _ => {
