@@ -35,9 +35,10 @@ pub struct RunState {
     scores: Vec<f32>,
     /// (batch, vocab): the last call's logits, one row per token
     pub logits: Vec<f32>,
-    /// (layer, max_positions, kv)
+    /// (layer, kv_head, max_positions, head_dim): each head's keys contiguous, so one
+    /// head's attention reads one dense block
     key_cache: Vec<f32>,
-    /// (layer, max_positions, kv)
+    /// (layer, kv_head, max_positions, head_dim)
     value_cache: Vec<f32>,
     rope: RopeTables,
     max_positions: usize,
@@ -144,6 +145,7 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
     let vocab = c.vocab_size as usize;
     let max_positions = s.max_positions;
     let layer_stride = max_positions * kv_dim;
+    let head_stride = max_positions * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
 
     for (i, &t) in tokens.iter().enumerate() {
@@ -167,20 +169,24 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
         let value_cache = &mut s.value_cache[l * layer_stride..][..layer_stride];
         for (i, row) in s.qkv[..n * qkv_dim].chunks_exact(qkv_dim).enumerate() {
             let pos = start + i;
-            key_cache[pos * kv_dim..][..kv_dim].copy_from_slice(&row[q_dim..][..kv_dim]);
-            value_cache[pos * kv_dim..][..kv_dim].copy_from_slice(&row[q_dim + kv_dim..][..kv_dim]);
+            let (keys, values) = row[q_dim..].split_at(kv_dim);
+            for (kvh, (kh, vh)) in keys.chunks_exact(head_dim).zip(values.chunks_exact(head_dim)).enumerate() {
+                key_cache[kvh * head_stride + pos * head_dim..][..head_dim].copy_from_slice(kh);
+                value_cache[kvh * head_stride + pos * head_dim..][..head_dim].copy_from_slice(vh);
+            }
         }
         let (key_cache, value_cache) = (&*key_cache, &*value_cache);
         let qkv = &s.qkv;
         let attn = SendPtr(s.attn.as_mut_ptr());
         let head = |h: usize, scores: &mut [f32]| {
-            let kv_off = (h / group) * head_dim;
+            let kv_off = (h / group) * head_stride;
+            let keys = &key_cache[kv_off..][..(start + n) * head_dim];
+            let values = &value_cache[kv_off..][..(start + n) * head_dim];
             for i in 0..n {
                 let qh = &qkv[i * qkv_dim + h * head_dim..][..head_dim];
                 let n_ctx = start + i + 1;
                 let scores = &mut scores[..n_ctx];
-                for (t, score) in scores.iter_mut().enumerate() {
-                    let kh = &key_cache[t * kv_dim + kv_off..][..head_dim];
+                for (score, kh) in scores.iter_mut().zip(keys.chunks_exact(head_dim)) {
                     *score = kernels::dot(k, qh, kh) * scale;
                 }
                 softmax(scores);
@@ -190,8 +196,8 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
                     std::slice::from_raw_parts_mut(attn.get().add(i * q_dim + h * head_dim), head_dim)
                 };
                 out.fill(0.0);
-                for (t, &p) in scores.iter().enumerate() {
-                    kernels::axpy(k, p, &value_cache[t * kv_dim + kv_off..][..head_dim], out);
+                for (&p, vh) in scores.iter().zip(values.chunks_exact(head_dim)) {
+                    kernels::axpy(k, p, vh, out);
                 }
             }
         };
