@@ -106,6 +106,22 @@ pub fn forward<'s>(model: &Model, s: &'s mut RunState, token: u32, pos: usize) -
 /// Runs `tokens` at positions `start ..` (all earlier positions must already be in the
 /// cache) and returns their next-token logits, `tokens.len() x vocab` row-major.
 pub fn forward_batch<'s>(model: &Model, s: &'s mut RunState, tokens: &[u32], start: usize) -> &'s [f32] {
+    forward_batch_for(model, s, tokens, start, LogitRows::All)
+}
+
+/// Which positions of a batch get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitRows {
+    /// Every token's (the trace prints the top 5 at every position).
+    All,
+    /// The last token's only: all that continuing from a prompt needs. Skips the
+    /// `lm_head` product for the other rows, 14% of the 1B's weights.
+    Last,
+}
+
+/// [`forward_batch`] with a choice of rows: with [`LogitRows::Last`] it returns one
+/// row, the last token's logits.
+pub fn forward_batch_for<'s>(model: &Model, s: &'s mut RunState, tokens: &[u32], start: usize, rows: LogitRows) -> &'s [f32] {
     let n = tokens.len();
     assert!(n <= s.max_batch, "{n} tokens is more than the batch buffers hold ({})", s.max_batch);
     assert!(start + n <= s.max_positions, "position {} beyond the KV cache", start + n - 1);
@@ -114,10 +130,10 @@ pub fn forward_batch<'s>(model: &Model, s: &'s mut RunState, tokens: &[u32], sta
         return &s.logits[..0];
     }
     let k = kernels::active();
-    run(k, model, s, tokens, start);
-    &s.logits[..n * vocab]
+    run(k, model, s, tokens, start, rows);
+    let rows = if rows == LogitRows::All { n } else { 1 };
+    &s.logits[..rows * vocab]
 }
-
 
 /// Applies `f` to each token's row of `buf` (rows `width` apart), in parallel when the
 /// batch is big enough to pay for it.
@@ -130,7 +146,7 @@ fn per_token(n: usize, width: usize, buf: &mut [f32], f: impl Fn(usize, &mut [f3
     }
 }
 
-fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize) {
+fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize, rows: LogitRows) {
     let c = model.config;
     let n = tokens.len();
     let eps = c.rms_norm_eps as f32;
@@ -221,8 +237,12 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
         residual(n, d, &mut s.x, &mut s.proj, w.post_feedforward_layernorm, eps);
     }
 
-    per_token(n, d, &mut s.x, |_, x| rms_norm(x, model.norm, eps));
-    matmul_with(k, &model.lm_head, &s.x[..n * d], n, &mut s.logits[..n * vocab]);
+    // Only the rows that get logits need the final norm.
+    let first = if rows == LogitRows::All { 0 } else { n - 1 };
+    let m = n - first;
+    let x = &mut s.x[first * d..n * d];
+    per_token(m, d, x, |_, x| rms_norm(x, model.norm, eps));
+    matmul_with(k, &model.lm_head, x, m, &mut s.logits[..m * vocab]);
 }
 
 /// `x += rms_norm(proj)` for each token.

@@ -12,7 +12,7 @@
 use std::io::{self, Write};
 use std::time::Instant;
 
-use crate::forward::{forward, forward_batch, RunState};
+use crate::forward::{forward, forward_batch_for, LogitRows, RunState};
 use crate::model::Model;
 use crate::ops::top_k;
 use crate::sampling::{Sampler, SamplingParams};
@@ -142,15 +142,21 @@ pub fn generate(
     }
     let vocab = model.config.vocab_size as usize;
     let prompt_steps = prompt.len().min(plan.positions);
+    // Running text shows nothing of the prompt's positions but the one it continues
+    // from: the other rows of `lm_head` need not be computed.
+    let rows = if options.format == Format::Text && logits_sink.is_none() { LogitRows::Last } else { LogitRows::All };
     let mut pos = 0;
     let mut next = Some(prompt[0]);
     while pos < prompt_steps {
         let n = (prompt_steps - pos).min(state.max_batch());
         let started = Instant::now();
-        let logits = forward_batch(model, state, &prompt[pos..pos + n], pos);
+        let logits = forward_batch_for(model, state, &prompt[pos..pos + n], pos, rows);
         timings.prompt += started.elapsed();
         timings.prompt_tokens += n;
-        for (i, row) in logits.chunks_exact(vocab).enumerate() {
+        // With one row, the earlier positions only pass their prompt token on.
+        let first = n - logits.len() / vocab;
+        for i in first..n {
+            let row = &logits[(i - first) * vocab..][..vocab];
             next = steps.step(pos + i, prompt[pos + i], row, out, &mut logits_sink)?;
         }
         pos += n;

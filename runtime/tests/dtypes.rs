@@ -10,7 +10,7 @@ use olmo_format::{Blob, DType};
 use olmort::kernels::{available_kernels, with_kernels, Kernels};
 use olmort::ops::top_k;
 use olmort::trace::{run_trace, LogitsSink};
-use olmort::{forward, forward_batch, Model, RunState};
+use olmort::{forward, forward_batch, forward_batch_for, LogitRows, Model, RunState};
 
 const FIXTURES: [&str; 2] = ["gqa", "tiny"];
 
@@ -200,6 +200,41 @@ fn batched_prompt_matches_one_token_at_a_time() {
                         l.chunks_exact(r.vocab).map(|row| top_k::<5>(row).map(|p| p.0)).collect()
                     };
                     assert_eq!(top5(&batched), top5(&single), "{name} {dtype} {k:?} batch {batch}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn last_row_logits_match_the_full_batch() {
+    // LogitRows::Last (running text) computes lm_head for the batch's last token only:
+    // its row must be the full batch's last row, and the KV cache the same after it.
+    for name in FIXTURES {
+        let r = reference(name);
+        let tokens = &r.input_tokens;
+        let vocab = r.vocab;
+        for dtype in [DType::F32, DType::Q8_0] {
+            let blob = Packed::new(name, dtype);
+            for k in available_kernels() {
+                let full = with_kernels(k, || forced_logits(&blob.0, tokens, Some(5)));
+                let last_rows = with_kernels(k, || {
+                    with_model(&blob.0, |model| {
+                        let mut state = RunState::with_max_batch(model, tokens.len(), 5).unwrap();
+                        let mut rows = Vec::new();
+                        for (i, chunk) in tokens.chunks(5).enumerate() {
+                            let got = forward_batch_for(model, &mut state, chunk, i * 5, LogitRows::Last);
+                            assert_eq!(got.len(), vocab);
+                            rows.push((i * 5 + chunk.len() - 1, got.to_vec()));
+                        }
+                        rows
+                    })
+                });
+                for (pos, row) in last_rows {
+                    let want = &full[pos * vocab..][..vocab];
+                    let diff = max_abs_diff(&row, want);
+                    assert!(diff <= 1e-4, "{name} {dtype} {k:?} position {pos}: {diff}");
+                    assert_eq!(top_k::<5>(&row).map(|p| p.0), top_k::<5>(want).map(|p| p.0), "{name} {dtype} {k:?} position {pos}");
                 }
             }
         }
