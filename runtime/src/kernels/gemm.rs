@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::avx2::segment_to_f32;
+use super::avx2::{segment_to_f32, Widen, WBF16, WF16, WF32};
 use super::{grow, round_like_q8, with_local, Matrix, MatrixData, SendPtr};
 
 /// Rows of `X` per micro-kernel call.
@@ -138,43 +138,69 @@ fn tile(kb: usize, s: usize, strips: usize) -> usize {
 }
 
 /// Packs weight rows `r0 .. r0 + nb` into `packed` as f32 tiles ([`tile`]), zero rows
-/// beyond `nb`.
+/// beyond `nb`. Float weights are widened and transposed 8 x 8 straight from the map;
+/// q8_0 rows are dequantised whole into `rows8` first.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pack_b(w: &Matrix, k: usize, r0: usize, nb: usize, packed: &mut [f32], rows8: &mut [f32]) {
+    match w.data {
+        MatrixData::F32(d) => pack_rows::<WF32>(d.as_ptr(), k, r0, nb, packed),
+        MatrixData::F16(d) => pack_rows::<WF16>(d.as_ptr(), k, r0, nb, packed),
+        MatrixData::BF16(d) => pack_rows::<WBF16>(d.as_ptr(), k, r0, nb, packed),
+        MatrixData::Q8_0 { .. } => pack_q8_rows(w, k, r0, nb, packed, rows8),
+    }
+}
+
+/// [`pack_b`] for `k`-long rows of `L` elements at `base`.
+#[inline(always)]
+unsafe fn pack_rows<L: Widen>(base: *const L::E, k: usize, r0: usize, nb: usize, packed: &mut [f32]) {
     let strips = nb.div_ceil(NR);
-    // Pack every row whole (one sequential read per weight row, which the hardware
-    // prefetcher follows) into `rows8`, eight rows at a time, then transpose 8 x 8
-    // blocks into the tiles.
-    let k8 = k / 8 * 8;
     for s in 0..strips {
-        for half in 0..NR / 8 {
-            let j0 = half * 8;
-            for j in 0..8 {
-                let r = s * NR + j0 + j;
-                let dst = &mut rows8[j * k..][..k];
-                if r < nb {
-                    segment_to_f32(w, r0 + r, 0, dst);
-                } else {
-                    dst.fill(0.0);
-                }
+        for j0 in (0..NR).step_by(8) {
+            let rows = nb.saturating_sub(s * NR + j0).min(8);
+            // Rows past `nb` point at the last one; `pack_eight` reads only `rows`.
+            let src = std::array::from_fn(|j| base.add((r0 + (s * NR + j0 + j).min(nb - 1)) * k));
+            pack_eight::<L>(src, rows, k, s, j0, strips, packed);
+        }
+    }
+}
+
+/// Rows `src[..rows]` (zeros after them) into columns `j0 .. j0 + 8` of strip `s`'s
+/// tiles, transposed 8 x 8. Each row is read front to back: eight streams the hardware
+/// prefetcher follows.
+#[inline(always)]
+unsafe fn pack_eight<L: Widen>(src: [*const L::E; 8], rows: usize, k: usize, s: usize, j0: usize, strips: usize, packed: &mut [f32]) {
+    let k8 = k / 8 * 8;
+    let mut c = 0;
+    while c < k8 {
+        let v: [__m256; 8] = std::array::from_fn(|j| if j < rows { L::load8(src[j].add(c)) } else { _mm256_setzero_ps() });
+        let t = transpose8(v);
+        let dst = packed.as_mut_ptr().add(tile(c / KC, s, strips) + (c % KC) * NR + j0);
+        for (kk, tv) in t.iter().enumerate() {
+            _mm256_store_ps(dst.add(kk * NR), *tv);
+        }
+        c += 8;
+    }
+    for c in k8..k {
+        let dst = packed.as_mut_ptr().add(tile(c / KC, s, strips) + (c % KC) * NR + j0);
+        for (j, p) in src.iter().enumerate() {
+            *dst.add(j) = if j < rows { L::one(*p.add(c)) } else { 0.0 };
+        }
+    }
+}
+
+/// [`pack_b`] for q8_0: eight rows at a time dequantised whole into `rows8`, then
+/// packed from there.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_q8_rows(w: &Matrix, k: usize, r0: usize, nb: usize, packed: &mut [f32], rows8: &mut [f32]) {
+    let strips = nb.div_ceil(NR);
+    for s in 0..strips {
+        for j0 in (0..NR).step_by(8) {
+            let rows = nb.saturating_sub(s * NR + j0).min(8);
+            for j in 0..rows {
+                segment_to_f32(w, r0 + s * NR + j0 + j, 0, &mut rows8[j * k..][..k]);
             }
-            let src = rows8.as_ptr();
-            let mut c = 0;
-            while c < k8 {
-                let v: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(src.add(j * k + c)));
-                let t = transpose8(v);
-                let dst = packed.as_mut_ptr().add(tile(c / KC, s, strips) + (c % KC) * NR + j0);
-                for (kk, tv) in t.iter().enumerate() {
-                    _mm256_store_ps(dst.add(kk * NR), *tv);
-                }
-                c += 8;
-            }
-            for c in k8..k {
-                let dst = packed.as_mut_ptr().add(tile(c / KC, s, strips) + (c % KC) * NR + j0);
-                for j in 0..8 {
-                    *dst.add(j) = *src.add(j * k + c);
-                }
-            }
+            let src = std::array::from_fn(|j| rows8.as_ptr().add(j * k));
+            pack_eight::<WF32>(src, rows, k, s, j0, strips, packed);
         }
     }
 }
@@ -190,12 +216,13 @@ unsafe fn sweep(apack: &[f32], packed: &[f32], n: usize, k: usize, nb: usize, y:
         let kc = KC.min(k - k0);
         let acc = k0 > 0;
         let a_slice = apack.as_ptr().add(k0 * groups * MR);
-        // Each weight tile stays in L1 while every group of inputs passes over it.
-        for s in 0..strips {
-            let b = packed.as_ptr().add(tile(k0 / KC, s, strips));
-            let valid = NR.min(nb - s * NR);
-            for g in 0..groups {
-                let mr = MR.min(n - g * MR);
+        // A group's slice of X stays in L1 while the block's weight tiles stream from
+        // L2 (as in `sweep_avx512`).
+        for g in 0..groups {
+            let mr = MR.min(n - g * MR);
+            for s in 0..strips {
+                let b = packed.as_ptr().add(tile(k0 / KC, s, strips));
+                let valid = NR.min(nb - s * NR);
                 let c = y.add(g * MR * ldy + s * NR);
                 kernel(kc, a_slice.add(g * kc * MR), b, c, ldy, mr, valid, acc);
             }
@@ -218,32 +245,33 @@ unsafe fn sweep_avx512(apack: &[f32], packed: &[f32], n: usize, k: usize, nb: us
         let acc = k0 > 0;
         let a_slice = apack.as_ptr().add(k0 * groups * MR);
         let a = |g: usize| a_slice.add(g * kc * MR);
-        let mut s = 0;
-        while s + 2 <= strips {
-            let b0 = packed.as_ptr().add(tile(k0 / KC, s, strips));
-            let b1 = packed.as_ptr().add(tile(k0 / KC, s + 1, strips));
-            let valid = (2 * NR).min(nb - s * NR);
-            let mut g = 0;
-            while g + 2 <= groups {
-                let mr = (2 * MR).min(n - g * MR);
+        let b = |s: usize| packed.as_ptr().add(tile(k0 / KC, s, strips));
+        // Token groups outside, strips inside: a pair of groups' slice of X (24 KiB)
+        // stays in L1 while the block's weight tiles (256 KiB) stream from L2, so X is
+        // read from beyond L2 once per slice rather than once per pair of strips.
+        let mut g = 0;
+        while g < groups {
+            let pair = g + 1 < groups;
+            let mr = (2 * MR).min(n - g * MR);
+            let mut s = 0;
+            while s + 2 <= strips {
+                let valid = (2 * NR).min(nb - s * NR);
                 let c = y.add(g * MR * ldy + s * NR);
-                kernel_avx512::<2>(kc, [a(g), a(g + 1)], [b0, b1], c, ldy, mr, valid, acc);
-                g += 2;
+                if pair {
+                    kernel_avx512::<2>(kc, [a(g), a(g + 1)], [b(s), b(s + 1)], c, ldy, mr, valid, acc);
+                } else {
+                    kernel_avx512::<1>(kc, [a(g), a(g)], [b(s), b(s + 1)], c, ldy, mr, valid, acc);
+                }
+                s += 2;
             }
-            if g < groups {
-                let mr = MR.min(n - g * MR);
-                let c = y.add(g * MR * ldy + s * NR);
-                kernel_avx512::<1>(kc, [a(g), a(g)], [b0, b1], c, ldy, mr, valid, acc);
+            if s < strips {
+                let valid = NR.min(nb - s * NR);
+                for gg in g..(g + 2).min(groups) {
+                    let mr = MR.min(n - gg * MR);
+                    kernel(kc, a(gg), b(s), y.add(gg * MR * ldy + s * NR), ldy, mr, valid, acc);
+                }
             }
-            s += 2;
-        }
-        if s < strips {
-            let b = packed.as_ptr().add(tile(k0 / KC, s, strips));
-            let valid = NR.min(nb - s * NR);
-            for g in 0..groups {
-                let mr = MR.min(n - g * MR);
-                kernel(kc, a(g), b, y.add(g * MR * ldy + s * NR), ldy, mr, valid, acc);
-            }
+            g += 2;
         }
         k0 += kc;
     }
