@@ -202,19 +202,14 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
                 let qh = &qkv[i * qkv_dim + h * head_dim..][..head_dim];
                 let n_ctx = start + i + 1;
                 let scores = &mut scores[..n_ctx];
-                for (score, kh) in scores.iter_mut().zip(keys.chunks_exact(head_dim)) {
-                    *score = kernels::dot(k, qh, kh) * scale;
-                }
+                kernels::scaled_dots(k, qh, keys, scale, scores);
                 softmax(scores);
                 // SAFETY: head h of token i is written by this task alone, and `attn`
                 // (n x q) outlives the parallel loop.
                 let out = unsafe {
                     std::slice::from_raw_parts_mut(attn.get().add(i * q_dim + h * head_dim), head_dim)
                 };
-                out.fill(0.0);
-                for (&p, vh) in scores.iter().zip(values.chunks_exact(head_dim)) {
-                    kernels::axpy(k, p, vh, out);
-                }
+                kernels::weighted_sum(k, scores, values, out);
             }
         };
         // A short decode step's attention is a few microseconds: not worth waking the pool.

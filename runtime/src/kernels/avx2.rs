@@ -414,43 +414,89 @@ fn par_rows(y: &mut [f32], per: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     }
 }
 
+/// `out[t] = scale * (q . rows[t])`, eight rows at a time: eight independent
+/// accumulators keep both FMA pipes busy, and one reduction gives all eight sums.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `rows` must hold `out.len()` rows of `q.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut s0 = _mm256_setzero_ps();
-    let mut s1 = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 16 <= n {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
-        i += 16;
+pub unsafe fn scaled_dots(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    let d8 = d / 8 * 8;
+    let (qp, rp) = (q.as_ptr(), rows.as_ptr());
+    let n = out.len();
+    let tail = |row: *const f32| -> f32 { (d8..d).map(|c| *qp.add(c) * *row.add(c)).sum() };
+    let mut t = 0;
+    while t + 8 <= n {
+        let r = rp.add(t * d);
+        let mut a = [_mm256_setzero_ps(); 8];
+        let mut c = 0;
+        while c < d8 {
+            let qv = _mm256_loadu_ps(qp.add(c));
+            for (j, a) in a.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r.add(j * d + c)), *a);
+            }
+            c += 8;
+        }
+        // hadd pairs, then pairs of pairs: lane j of `h0` holds half of row j's sum
+        // (j < 4 low half, the other half in the high 128 bits), `h1` rows 4..8.
+        let h0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        let h1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+        let sums = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(h0, h1), _mm256_permute2f128_ps::<0x31>(h0, h1));
+        let mut v = [0f32; 8];
+        _mm256_storeu_ps(v.as_mut_ptr(), sums);
+        for (j, v) in v.iter().enumerate() {
+            out[t + j] = scale * (v + tail(r.add(j * d)));
+        }
+        t += 8;
     }
-    if i + 8 <= n {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-        i += 8;
+    while t < n {
+        let r = rp.add(t * d);
+        let mut a = _mm256_setzero_ps();
+        let mut c = 0;
+        while c < d8 {
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(r.add(c)), a);
+            c += 8;
+        }
+        out[t] = scale * (hsum(a) + tail(r));
+        t += 1;
     }
-    let mut s = hsum(_mm256_add_ps(s0, s1));
-    while i < n {
-        s += a[i] * b[i];
-        i += 1;
-    }
-    s
 }
 
+/// `out = sum over t of weights[t] * rows[t]`, 64 columns at a time held in eight
+/// registers across all the rows (rather than loading and storing `out` per row).
+///
+/// # Safety
+/// AVX2/FMA/F16C; `rows` must hold `weights.len()` rows of `out.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
-    let av = _mm256_set1_ps(a);
-    let mut i = 0;
-    while i + 8 <= n {
-        _mm256_storeu_ps(py.add(i), _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))));
-        i += 8;
+pub unsafe fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]) {
+    #[inline(always)]
+    unsafe fn columns<const V: usize>(weights: &[f32], rows: *const f32, d: usize, out: *mut f32) {
+        let mut a = [_mm256_setzero_ps(); V];
+        for (t, &p) in weights.iter().enumerate() {
+            let pv = _mm256_set1_ps(p);
+            let r = rows.add(t * d);
+            for (j, a) in a.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(r.add(8 * j)), *a);
+            }
+        }
+        for (j, a) in a.iter().enumerate() {
+            _mm256_storeu_ps(out.add(8 * j), *a);
+        }
     }
-    while i < n {
-        y[i] += a * x[i];
-        i += 1;
+    let d = out.len();
+    let (rp, op) = (rows.as_ptr(), out.as_mut_ptr());
+    let mut c = 0;
+    while c + 64 <= d {
+        columns::<8>(weights, rp.add(c), d, op.add(c));
+        c += 64;
+    }
+    while c + 8 <= d {
+        columns::<1>(weights, rp.add(c), d, op.add(c));
+        c += 8;
+    }
+    for c in c..d {
+        out[c] = weights.iter().enumerate().map(|(t, &p)| p * *rp.add(t * d + c)).sum();
     }
 }
 

@@ -345,25 +345,29 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     }
 }
 
-/// `a . b`.
-pub fn dot(k: Kernels, a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
+/// `out[t] = scale * (q . rows[t])` for the first `out.len()` rows of `rows` (each
+/// `q.len()` long): one query's attention scores against a head's cached keys.
+pub fn scaled_dots(k: Kernels, q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
+    assert!(out.len().checked_mul(q.len()).is_some_and(|n| n <= rows.len()));
     match k {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2/FMA/F16C (checked) and the lengths match (asserted).
-        _ if k.avx2() => unsafe { avx2::dot(a, b) },
-        _ => portable::dot(a, b),
+        // SAFETY: the CPU has AVX2/FMA/F16C (checked) and `rows` holds `out.len()` rows
+        // (asserted).
+        _ if k.avx2() => unsafe { avx2::scaled_dots(q, rows, scale, out) },
+        _ => portable::scaled_dots(q, rows, scale, out),
     }
 }
 
-/// `y += a x`.
-pub fn axpy(k: Kernels, a: f32, x: &[f32], y: &mut [f32]) {
-    assert_eq!(x.len(), y.len());
+/// `out = sum over t of weights[t] * rows[t]` (rows `out.len()` long): attention's
+/// probability-weighted sum of a head's cached values.
+pub fn weighted_sum(k: Kernels, weights: &[f32], rows: &[f32], out: &mut [f32]) {
+    assert!(weights.len().checked_mul(out.len()).is_some_and(|n| n <= rows.len()));
     match k {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2/FMA/F16C (checked) and the lengths match (asserted).
-        _ if k.avx2() => unsafe { avx2::axpy(a, x, y) },
-        _ => portable::axpy(a, x, y),
+        // SAFETY: the CPU has AVX2/FMA/F16C (checked) and `rows` holds `weights.len()`
+        // rows (asserted).
+        _ if k.avx2() => unsafe { avx2::weighted_sum(weights, rows, out) },
+        _ => portable::weighted_sum(weights, rows, out),
     }
 }
 

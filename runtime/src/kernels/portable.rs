@@ -15,13 +15,19 @@ fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(a, b)| a * b).sum()
 }
 
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot_f32(a, b)
+pub fn scaled_dots(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(q.len().max(1))) {
+        *o = scale * dot_f32(q, row);
+    }
 }
 
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
+pub fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    let d = out.len();
+    for (t, &p) in weights.iter().enumerate() {
+        for (o, &v) in out.iter_mut().zip(&rows[t * d..][..d]) {
+            *o += p * v;
+        }
     }
 }
 

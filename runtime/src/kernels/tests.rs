@@ -207,20 +207,32 @@ fn q8_0_activation_bytes_agree() {
 }
 
 #[test]
-fn dot_and_axpy_match() {
+fn attention_kernels_match() {
     let mut rng = Rng(777);
-    for n in [0, 1, 7, 8, 15, 16, 17, 100, 128, 129] {
-        let a = rng.vec(n);
-        let b = rng.vec(n);
-        let want = dot(Kernels::Portable, &a, &b);
-        let mut y0 = b.clone();
-        axpy(Kernels::Portable, 0.37, &a, &mut y0);
-        for k in available_kernels() {
-            assert!((dot(k, &a, &b) - want).abs() <= 1e-5 * (n as f32 + 1.0));
-            let mut y = b.clone();
-            axpy(k, 0.37, &a, &mut y);
-            for (p, q) in y.iter().zip(&y0) {
-                assert!((p - q).abs() <= 1e-6);
+    for d in [1, 7, 8, 12, 64, 72, 128, 131] {
+        for n in [0, 1, 7, 8, 9, 17, 40] {
+            let q = rng.vec(d);
+            let rows = rng.vec(n * d + d);
+            let weights = rng.vec(n);
+            let mut want_scores = vec![0f32; n];
+            let mut want_sum = vec![0f32; d];
+            for t in 0..n {
+                want_scores[t] = 0.3 * (0..d).map(|c| f64::from(q[c]) * f64::from(rows[t * d + c])).sum::<f64>() as f32;
+                for c in 0..d {
+                    want_sum[c] += weights[t] * rows[t * d + c];
+                }
+            }
+            for k in available_kernels() {
+                let mut scores = vec![f32::NAN; n];
+                scaled_dots(k, &q, &rows, 0.3, &mut scores);
+                let mut sum = vec![f32::NAN; d];
+                weighted_sum(k, &weights, &rows, &mut sum);
+                for (t, (g, w)) in scores.iter().zip(&want_scores).enumerate() {
+                    assert!((g - w).abs() <= 1e-5 * d as f32, "{k:?} d={d} n={n} score {t}: {g} vs {w}");
+                }
+                for (c, (g, w)) in sum.iter().zip(&want_sum).enumerate() {
+                    assert!((g - w).abs() <= 1e-5 * (n as f32 + 1.0), "{k:?} d={d} n={n} column {c}: {g} vs {w}");
+                }
             }
         }
     }
