@@ -24,6 +24,8 @@ const KC: usize = 512;
 /// task's packed weights (`nb x cols` f32) stay around [`PANEL_BYTES`].
 const NB: usize = 128;
 const PANEL_BYTES: usize = 1 << 20;
+/// Bytes ahead of each row that packing prefetches.
+const PACK_PREFETCH: usize = 1024;
 
 fn rows_per_block(cols: usize) -> usize {
     (PANEL_BYTES / 4 / cols.max(1)).clamp(NR, NB) / NR * NR
@@ -172,6 +174,11 @@ unsafe fn pack_eight<L: Widen>(src: [*const L::E; 8], rows: usize, k: usize, s: 
     let k8 = k / 8 * 8;
     let mut c = 0;
     while c < k8 {
+        if (c * std::mem::size_of::<L::E>()) % 64 == 0 {
+            for p in &src[..rows] {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(c + PACK_PREFETCH / std::mem::size_of::<L::E>()) as *const i8);
+            }
+        }
         let v: [__m256; 8] = std::array::from_fn(|j| if j < rows { L::load8(src[j].add(c)) } else { _mm256_setzero_ps() });
         let t = transpose8(v);
         let dst = packed.as_mut_ptr().add(tile(c / KC, s, strips) + (c % KC) * NR + j0);
