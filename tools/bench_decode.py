@@ -17,8 +17,11 @@ Steps (each reuses what is already there):
   4. Decode: a 1-token prompt then --steps generated tokens; ms/token is olmort's own
      `generation` line, after one warm-up run. Each run's ratio is its ms/token over
      its own floor; the table gives medians over --runs runs.
-  5. Prompt: tools/data/benchmark512.tokens.bin (512 tokens) with --steps 512; tokens/s
-     from olmort's `prompt` line (logits at every position, as the trace needs).
+  5. Prompt: tools/data/benchmark512.tokens.bin (512 tokens), tokens/s from olmort's
+     `prompt` line, two ways: the trace (--steps 512: logits and top-5 at every
+     position, as the trace prints them) and running text (--format text --max-tokens
+     1: logits at the last position only, all that continuing a prompt needs, and what
+     llama.cpp's prompt figure computes).
 
 Floor = bytes of weights one token reads (every matrix once, norms, no embedding table:
 what `Model::bytes_per_token` counts) / the higher of the two blob readings around the
@@ -90,8 +93,9 @@ def bandwidth(threads, blob=None, repeats=7):
 TIMING = re.compile(r"olmort:\s+(prompt|generation) =\s+([\d.]+) ms /\s+(\d+) tokens")
 
 
-def olmort(blob, tokens, steps, threads):
-    proc = run([str(ROOT / "target/release/olmort"), str(blob), str(tokens), "--steps", str(steps),
+def olmort(blob, tokens, steps, threads, text=False):
+    how = ["--format", "text", "--max-tokens", "1", "--ignore-eos"] if text else ["--steps", str(steps)]
+    proc = run([str(ROOT / "target/release/olmort"), str(blob), str(tokens), *how,
                 "--threads", str(threads)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     found = {k: (float(ms), int(n)) for k, ms, n in TIMING.findall(proc.stderr)}
     if "prompt" not in found or "generation" not in found:
@@ -116,6 +120,9 @@ def main():
         print(f"generating the 1B-shaped checkpoint in {ckpt} (~6 GB)", file=sys.stderr)
         run([sys.executable, "tools/make_fixture.py", "--shape", "1b", "--no-reference", str(ckpt)])
     config = json.loads((ckpt / "config.json").read_text())
+    # Running text needs a vocabulary in the blob: the real dolma2 one the fixtures use.
+    if not (ckpt / "vocab.txt").exists():
+        (ckpt / "vocab.txt").write_bytes((ROOT / "tests/fixtures/tiny/vocab.txt").read_bytes())
     run(["cargo", "build", "-q", "--release", "-p", "olmort", "-p", "olmoc"])
 
     one = Path(tempfile.mkdtemp()) / "one.tokens.bin"
@@ -126,7 +133,7 @@ def main():
     rows = []
     for dtype in args.dtypes.split(","):
         blob = args.data / f"1b-{dtype}.bin"
-        newest = max(p.stat().st_mtime for p in ckpt.glob("*.npy"))
+        newest = max(p.stat().st_mtime for p in [*ckpt.glob("*.npy"), ckpt / "vocab.txt"])
         if not blob.exists() or blob.stat().st_mtime < newest:
             run([str(ROOT / "target/release/olmoc"), "pack", str(ckpt), str(blob), "--dtype", dtype],
                 stdout=subprocess.DEVNULL)
@@ -151,35 +158,43 @@ def main():
             ratios.append(ms / n / (nbytes / (gbps * 1e9) * 1e3))
         if not decode:
             sys.exit(f"{dtype}: the bandwidth changed during every run; try again later")
-        prompt = []
+        prompt, prompt_text = [], []
         if not args.no_prompt:
             for _ in range(args.runs):
                 ms, n = olmort(blob, args.prompt, prompt_len, args.threads)["prompt"]
                 prompt.append(n * 1e3 / ms)
+                ms, n = olmort(blob, args.prompt, prompt_len, args.threads, text=True)["prompt"]
+                prompt_text.append(n * 1e3 / ms)
         gbps = statistics.median(bw)
         floor = nbytes / (gbps * 1e9) * 1e3
         ms = statistics.median(decode)
         ratio = statistics.median(ratios)
         row = dict(dtype=dtype, bytes_per_token=nbytes, bandwidth_gbps=gbps, heap_gbps=heap_gbps,
                    floor_ms=floor, decode_ms=ms, decode_runs=decode, bandwidth_runs=bw, ratio_runs=ratios,
-                   ratio=ratio, prompt_tps=statistics.median(prompt) if prompt else None, prompt_runs=prompt)
+                   ratio=ratio, prompt_tps=statistics.median(prompt) if prompt else None, prompt_runs=prompt,
+                   prompt_text_tps=statistics.median(prompt_text) if prompt_text else None,
+                   prompt_text_runs=prompt_text)
         rows.append(row)
         print(f"{dtype}: decode {ms:.1f} ms/token (runs {', '.join(f'{v:.1f}' for v in decode)}), "
               f"blob read {', '.join(f'{v:.1f}' for v in bw)} GB/s (heap {heap_gbps:.1f}), "
               f"ratios {', '.join(f'{v:.2f}' for v in ratios)}"
-              + (f", prompt {row['prompt_tps']:.1f} tok/s" if prompt else ""), file=sys.stderr)
+              + (f", prompt {row['prompt_tps']:.1f} tok/s (runs {', '.join(f'{v:.1f}' for v in prompt)}), "
+                 f"last-logits prompt {row['prompt_text_tps']:.1f} (runs {', '.join(f'{v:.1f}' for v in prompt_text)})"
+                 if prompt else ""), file=sys.stderr)
     load = " ".join(load_average())
     print(f"load average at end: {load}", file=sys.stderr)
 
     print(f"\n{args.threads} threads, decode = median of {args.runs} runs of {args.steps} tokens, "
           f"prompt = {prompt_len} tokens; load average at end {load}\n")
-    print("| dtype | weights read / token | blob read (heap) | floor | decode | ratio | ratio per run | prompt |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    print("| dtype | weights read / token | blob read (heap) | floor | decode | ratio | ratio per run "
+          "| prompt, trace | prompt, last logits |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
     for r in rows:
         p = f"{r['prompt_tps']:.1f} tok/s" if r["prompt_tps"] is not None else "-"
+        pt = f"{r['prompt_text_tps']:.1f} tok/s" if r["prompt_text_tps"] is not None else "-"
         print(f"| {r['dtype']} | {r['bytes_per_token'] / 1e9:.3f} GB | {r['bandwidth_gbps']:.1f} "
               f"({r['heap_gbps']:.1f}) GB/s | {r['floor_ms']:.1f} ms | {r['decode_ms']:.1f} ms | "
-              f"{r['ratio']:.2f} | {', '.join(f'{v:.2f}' for v in r['ratio_runs'])} | {p} |")
+              f"{r['ratio']:.2f} | {', '.join(f'{v:.2f}' for v in r['ratio_runs'])} | {p} | {pt} |")
     if args.json:
         args.json.write_text(json.dumps(dict(rows=rows, load_average=load, threads=args.threads), indent=2))
 
