@@ -46,7 +46,7 @@ thread_local! {
     static APACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `y = x W^T`; `wide` sweeps with the AVX-512 micro-kernel ([`sweep_avx512`]).
+/// `y = x W^T`; `wide` sweeps with the AVX-512 micro-kernel ([`slice_avx512`]).
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C, and AVX-512 F if `wide`; the weights must
@@ -83,11 +83,7 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], wide: bool)
                 unsafe {
                     pack_b(w, k, r0, nb, packed, row);
                     let y = yp.get().add(r0);
-                    if wide {
-                        sweep_avx512(apack, packed, n, k, nb, y, rows);
-                    } else {
-                        sweep(apack, packed, n, k, nb, y, rows);
-                    }
+                    sweep(apack, packed, n, k, nb, y, rows, wide);
                 }
             })
         };
@@ -212,75 +208,97 @@ unsafe fn pack_q8_rows(w: &Matrix, k: usize, r0: usize, nb: usize, packed: &mut 
     }
 }
 
-/// Every group of [`MR`] tokens against every packed strip, [`KC`] columns at a time:
-/// `y` points at this block's output row 0 of token 0, token rows `ldy` apart.
+/// Every group of [`MR`] tokens against every packed strip, [`KC`] columns at a time,
+/// on the AVX-512 kernel if `wide`: `y` points at this block's output row 0 of token
+/// 0, token rows `ldy` apart.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sweep(apack: &[f32], packed: &[f32], n: usize, k: usize, nb: usize, y: *mut f32, ldy: usize) {
+unsafe fn sweep(apack: &[f32], packed: &[f32], n: usize, k: usize, nb: usize, y: *mut f32, ldy: usize, wide: bool) {
     let strips = nb.div_ceil(NR);
     let groups = n.div_ceil(MR);
     let mut k0 = 0;
     while k0 < k {
-        let kc = KC.min(k - k0);
-        let acc = k0 > 0;
-        let a_slice = apack.as_ptr().add(k0 * groups * MR);
-        // A group's slice of X stays in L1 while the block's weight tiles stream from
-        // L2 (as in `sweep_avx512`).
-        for g in 0..groups {
-            let mr = MR.min(n - g * MR);
-            for s in 0..strips {
-                let b = packed.as_ptr().add(tile(k0 / KC, s, strips));
-                let valid = NR.min(nb - s * NR);
-                let c = y.add(g * MR * ldy + s * NR);
-                kernel(kc, a_slice.add(g * kc * MR), b, c, ldy, mr, valid, acc);
-            }
+        let slice = Slice {
+            a: apack.as_ptr().add(k0 * groups * MR),
+            b: packed.as_ptr().add(tile(k0 / KC, 0, strips)),
+            kc: KC.min(k - k0),
+            acc: k0 > 0,
+        };
+        if wide {
+            slice_avx512(&slice, n, nb, y, ldy);
+        } else {
+            slice_avx2(&slice, n, nb, y, ldy);
         }
-        k0 += kc;
+        k0 += KC;
     }
 }
 
-/// [`sweep`] with 512-bit registers: two groups of tokens (12) by two strips (32
+/// One column slice of a sweep: `kc` columns of every token group (`a`, `[kc][MR]`
+/// per group) and of every strip (`b`, `[kc][NR]` per strip, strips `KC * NR` apart);
+/// `acc`: add into `Y` rather than write it.
+struct Slice {
+    a: *const f32,
+    b: *const f32,
+    kc: usize,
+    acc: bool,
+}
+
+impl Slice {
+    unsafe fn group(&self, g: usize) -> *const f32 {
+        self.a.add(g * self.kc * MR)
+    }
+    unsafe fn strip(&self, s: usize) -> *const f32 {
+        self.b.add(s * KC * NR)
+    }
+}
+
+/// A slice on the 6 x 16 AVX2 kernel. A group's slice of X stays in L1 while the
+/// block's weight tiles stream past it from L2.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn slice_avx2(sl: &Slice, n: usize, nb: usize, y: *mut f32, ldy: usize) {
+    for g in 0..n.div_ceil(MR) {
+        let mr = MR.min(n - g * MR);
+        for s in 0..nb.div_ceil(NR) {
+            let valid = NR.min(nb - s * NR);
+            kernel(sl.kc, sl.group(g), sl.strip(s), y.add(g * MR * ldy + s * NR), ldy, mr, valid, sl.acc);
+        }
+    }
+}
+
+/// A slice with 512-bit registers: two groups of tokens (12) by two strips (32
 /// outputs) per micro-kernel call, 24 accumulators of the 32 registers. Twice the
 /// outputs per loaded value of the 256-bit kernel, and half the instructions per FMA,
-/// which keeps both FMA pipes fed. Odd leftovers take the narrower kernels.
+/// which keeps both FMA pipes fed. Odd leftovers take the narrower kernels. Token
+/// groups outside, strips inside: a pair of groups' slice of X (24 KiB) stays in L1
+/// while the block's weight tiles (256 KiB) stream from L2, so X is read from beyond
+/// L2 once per slice rather than once per pair of strips.
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-unsafe fn sweep_avx512(apack: &[f32], packed: &[f32], n: usize, k: usize, nb: usize, y: *mut f32, ldy: usize) {
-    let strips = nb.div_ceil(NR);
-    let groups = n.div_ceil(MR);
-    let mut k0 = 0;
-    while k0 < k {
-        let kc = KC.min(k - k0);
-        let acc = k0 > 0;
-        let a_slice = apack.as_ptr().add(k0 * groups * MR);
-        let a = |g: usize| a_slice.add(g * kc * MR);
-        let b = |s: usize| packed.as_ptr().add(tile(k0 / KC, s, strips));
-        // Token groups outside, strips inside: a pair of groups' slice of X (24 KiB)
-        // stays in L1 while the block's weight tiles (256 KiB) stream from L2, so X is
-        // read from beyond L2 once per slice rather than once per pair of strips.
-        let mut g = 0;
-        while g < groups {
-            let pair = g + 1 < groups;
-            let mr = (2 * MR).min(n - g * MR);
-            let mut s = 0;
-            while s + 2 <= strips {
-                let valid = (2 * NR).min(nb - s * NR);
-                let c = y.add(g * MR * ldy + s * NR);
-                if pair {
-                    kernel_avx512::<2>(kc, [a(g), a(g + 1)], [b(s), b(s + 1)], c, ldy, mr, valid, acc);
-                } else {
-                    kernel_avx512::<1>(kc, [a(g), a(g)], [b(s), b(s + 1)], c, ldy, mr, valid, acc);
-                }
-                s += 2;
+unsafe fn slice_avx512(sl: &Slice, n: usize, nb: usize, y: *mut f32, ldy: usize) {
+    let (strips, groups, kc, acc) = (nb.div_ceil(NR), n.div_ceil(MR), sl.kc, sl.acc);
+    let mut g = 0;
+    while g < groups {
+        let mr = (2 * MR).min(n - g * MR);
+        let a = if g + 1 < groups { [sl.group(g), sl.group(g + 1)] } else { [sl.group(g); 2] };
+        let mut s = 0;
+        while s + 2 <= strips {
+            let valid = (2 * NR).min(nb - s * NR);
+            let b = [sl.strip(s), sl.strip(s + 1)];
+            let c = y.add(g * MR * ldy + s * NR);
+            if g + 1 < groups {
+                kernel_avx512::<2>(kc, a, b, c, ldy, mr, valid, acc);
+            } else {
+                kernel_avx512::<1>(kc, a, b, c, ldy, mr, valid, acc);
             }
-            if s < strips {
-                let valid = NR.min(nb - s * NR);
-                for gg in g..(g + 2).min(groups) {
-                    let mr = MR.min(n - gg * MR);
-                    kernel(kc, a(gg), b(s), y.add(gg * MR * ldy + s * NR), ldy, mr, valid, acc);
-                }
-            }
-            g += 2;
+            s += 2;
         }
-        k0 += kc;
+        if s < strips {
+            let valid = NR.min(nb - s * NR);
+            for gg in g..(g + 2).min(groups) {
+                let mr = MR.min(n - gg * MR);
+                kernel(kc, sl.group(gg), sl.strip(s), y.add(gg * MR * ldy + s * NR), ldy, mr, valid, acc);
+            }
+        }
+        g += 2;
     }
 }
 
