@@ -347,36 +347,16 @@ unsafe fn kernel(
     valid: usize,
     acc: bool,
 ) {
-    let z = _mm256_setzero_ps();
-    let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
-    let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
-    let mut a = a;
-    let mut b = b;
-    for _ in 0..kc {
-        let b0 = _mm256_load_ps(b);
-        let b1 = _mm256_load_ps(b.add(8));
-        let av = _mm256_broadcast_ss(&*a);
-        c00 = _mm256_fmadd_ps(av, b0, c00);
-        c01 = _mm256_fmadd_ps(av, b1, c01);
-        let av = _mm256_broadcast_ss(&*a.add(1));
-        c10 = _mm256_fmadd_ps(av, b0, c10);
-        c11 = _mm256_fmadd_ps(av, b1, c11);
-        let av = _mm256_broadcast_ss(&*a.add(2));
-        c20 = _mm256_fmadd_ps(av, b0, c20);
-        c21 = _mm256_fmadd_ps(av, b1, c21);
-        let av = _mm256_broadcast_ss(&*a.add(3));
-        c30 = _mm256_fmadd_ps(av, b0, c30);
-        c31 = _mm256_fmadd_ps(av, b1, c31);
-        let av = _mm256_broadcast_ss(&*a.add(4));
-        c40 = _mm256_fmadd_ps(av, b0, c40);
-        c41 = _mm256_fmadd_ps(av, b1, c41);
-        let av = _mm256_broadcast_ss(&*a.add(5));
-        c50 = _mm256_fmadd_ps(av, b0, c50);
-        c51 = _mm256_fmadd_ps(av, b1, c51);
-        a = a.add(MR);
-        b = b.add(NR);
+    let mut rows = [[_mm256_setzero_ps(); 2]; MR];
+    for kk in 0..kc {
+        let b0 = _mm256_load_ps(b.add(kk * NR));
+        let b1 = _mm256_load_ps(b.add(kk * NR + 8));
+        for (i, r) in rows.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*a.add(kk * MR + i));
+            r[0] = _mm256_fmadd_ps(av, b0, r[0]);
+            r[1] = _mm256_fmadd_ps(av, b1, r[1]);
+        }
     }
-    let rows = [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]];
     store_tile(&rows, c, ldc, mr, valid, acc);
 }
 
