@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -38,7 +38,7 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
         .ok_or_else(|| format!("{s:?} is not one of f32, bf16, f16, q8_0"))
 }
 
-fn with_blob<T>(path: &PathBuf, f: impl FnOnce(&Blob) -> Result<T, PackError>) -> Result<T, PackError> {
+fn with_blob<T>(path: &Path, f: impl FnOnce(&Blob) -> Result<T, PackError>) -> Result<T, PackError> {
     let map = MappedFile::open(path)
         .map_err(|e| PackError::Input(format!("{}: {e}", path.display())))?;
     let blob = Blob::parse(map.bytes())

@@ -495,8 +495,8 @@ pub unsafe fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]) {
         columns::<1>(weights, rp.add(c), d, op.add(c));
         c += 8;
     }
-    for c in c..d {
-        out[c] = weights.iter().enumerate().map(|(t, &p)| p * *rp.add(t * d + c)).sum();
+    for (c, o) in out.iter_mut().enumerate().skip(c) {
+        *o = weights.iter().enumerate().map(|(t, &p)| p * *rp.add(t * d + c)).sum();
     }
 }
 
