@@ -119,6 +119,16 @@ pub enum LogitRows {
     Last,
 }
 
+impl LogitRows {
+    /// The first of a batch of `n` tokens that gets logits.
+    fn first(self, n: usize) -> usize {
+        match self {
+            LogitRows::All => 0,
+            LogitRows::Last => n - 1,
+        }
+    }
+}
+
 /// [`forward_batch`] with a choice of rows: with [`LogitRows::Last`] it returns one
 /// row, the last token's logits.
 pub fn forward_batch_for<'s>(model: &Model, s: &'s mut RunState, tokens: &[u32], start: usize, rows: LogitRows) -> &'s [f32] {
@@ -131,8 +141,7 @@ pub fn forward_batch_for<'s>(model: &Model, s: &'s mut RunState, tokens: &[u32],
     }
     let k = kernels::active();
     run(k, model, s, tokens, start, rows);
-    let rows = if rows == LogitRows::All { n } else { 1 };
-    &s.logits[..rows * vocab]
+    &s.logits[..(n - rows.first(n)) * vocab]
 }
 
 /// Applies `f` to each token's row of `buf` (rows `width` apart), in parallel when the
@@ -233,7 +242,7 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
     }
 
     // Only the rows that get logits need the final norm.
-    let first = if rows == LogitRows::All { 0 } else { n - 1 };
+    let first = rows.first(n);
     let m = n - first;
     let x = &mut s.x[first * d..n * d];
     per_token(m, d, x, |_, x| rms_norm(x, model.norm, eps));
