@@ -101,11 +101,7 @@ fn assemble(mut tensors: Tensors, config: &ModelConfig, tie: bool) -> Result<Vec
     let list = config.model_tensors();
     let specs: Vec<TensorSpec> = list
         .iter()
-        .map(|(name, _, shape)| TensorSpec {
-            name: name.clone(),
-            dtype: DType::F32,
-            shape: shape.clone(),
-        })
+        .map(|(name, _, shape)| TensorSpec::plain(name.clone(), DType::F32, shape.clone()))
         .collect();
     let plan = BlobPlan::new("load_npy_dir", config.clone(), None, &specs).map_err(|e| e.to_string())?;
     let mut out = Cursor::new(Vec::with_capacity((plan.data_offset + plan.data_len) as usize));

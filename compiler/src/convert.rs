@@ -4,46 +4,43 @@
 use std::io::{self, Write};
 
 use half::{bf16, f16};
-use olmo_format::{DType, Q8_0_BLOCK};
+use olmo_format::{DType, Layout, PANEL_COLS, Q8_0_BLOCK};
 
 const BLOCK: usize = Q8_0_BLOCK as usize;
 
-/// Writes the `rows x cols` row-major matrix `values` as `dtype`.
+/// Writes the `rows x cols` row-major matrix `values` as `dtype` in `layout` (one
+/// that [holds](Layout::holds) it).
 pub fn write_matrix(
     values: &[f32],
     rows: usize,
     cols: usize,
     dtype: DType,
+    layout: Layout,
     out: &mut dyn Write,
 ) -> io::Result<()> {
     assert_eq!(values.len(), rows * cols, "matrix size");
+    assert!(layout.holds(dtype, &[rows as u64, cols as u64]), "{dtype} in {layout}");
     let mut buf = Vec::with_capacity(cols * 4 + BLOCK);
-    match dtype {
-        DType::F32 => {
-            for row in values.chunks(cols.max(1)) {
-                buf.clear();
-                buf.extend(row.iter().flat_map(|v| v.to_le_bytes()));
-                out.write_all(&buf)?;
+    let rows_of = || values.chunks(cols.max(1));
+    match layout {
+        Layout::RowMajor => {
+            for row in rows_of() {
+                write_floats(row, dtype, &mut buf, out)?;
             }
         }
-        DType::F16 | DType::BF16 => {
-            for row in values.chunks(cols.max(1)) {
-                buf.clear();
-                for &v in row {
-                    let bits = if dtype == DType::F16 {
-                        f16::from_f32(v).to_bits()
-                    } else {
-                        bf16::from_f32(v).to_bits()
-                    };
-                    buf.extend_from_slice(&bits.to_le_bytes());
+        Layout::ColumnPanels => {
+            let panel = PANEL_COLS as usize;
+            for c0 in (0..cols).step_by(panel) {
+                let c1 = cols.min(c0 + panel);
+                for row in rows_of() {
+                    write_floats(&row[c0..c1], dtype, &mut buf, out)?;
                 }
-                out.write_all(&buf)?;
             }
         }
-        DType::Q8_0 => {
+        Layout::Q8_0Rows => {
             let blocks = cols.div_ceil(BLOCK);
             let mut scales = Vec::with_capacity(rows * blocks * 2);
-            for row in values.chunks(cols.max(1)) {
+            for row in rows_of() {
                 buf.clear();
                 for block in row.chunks(BLOCK) {
                     let (quants, scale) = quantize_block(block);
@@ -54,9 +51,20 @@ pub fn write_matrix(
             }
             out.write_all(&scales)?;
         }
-        DType::U8 | DType::U32 => unreachable!("{dtype} is not a matrix type"),
     }
     Ok(())
+}
+
+/// Writes `values` as the float type `dtype`, little-endian, through `buf`.
+fn write_floats(values: &[f32], dtype: DType, buf: &mut Vec<u8>, out: &mut dyn Write) -> io::Result<()> {
+    buf.clear();
+    match dtype {
+        DType::F32 => buf.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+        DType::F16 => buf.extend(values.iter().flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes())),
+        DType::BF16 => buf.extend(values.iter().flat_map(|&v| bf16::from_f32(v).to_bits().to_le_bytes())),
+        _ => unreachable!("{dtype} is not a float type"),
+    }
+    out.write_all(buf)
 }
 
 /// Quantises up to 32 values to signed bytes with one f16 scale; a short block is
@@ -91,7 +99,7 @@ mod tests {
         let cols = 36;
         let values: Vec<f32> = (0..rows * cols).map(|i| (i as f32 - 30.0) * 0.25).collect();
         let mut out = Vec::new();
-        write_matrix(&values, rows, cols, DType::Q8_0, &mut out).unwrap();
+        write_matrix(&values, rows, cols, DType::Q8_0, Layout::Q8_0Rows, &mut out).unwrap();
         let blocks = 2;
         assert_eq!(out.len(), rows * blocks * 34);
         let (quants, scales) = out.split_at(rows * blocks * 32);
@@ -116,9 +124,27 @@ mod tests {
     }
 
     #[test]
+    fn column_panels_hold_each_element_where_the_layout_says() {
+        // Two full panels and a narrow third: element (r, c) of panel p = c / 2048
+        // (width w) is at p * 2048 * rows + r * w + c % 2048.
+        let (rows, cols) = (3, 2 * 2048 + 5);
+        let values: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let mut out = Vec::new();
+        write_matrix(&values, rows, cols, DType::F32, Layout::ColumnPanels, &mut out).unwrap();
+        assert_eq!(out.len(), rows * cols * 4);
+        let stored: Vec<f32> = out.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        for r in 0..rows {
+            for c in 0..cols {
+                let (p, w) = (c / 2048, if c < 2 * 2048 { 2048 } else { 5 });
+                assert_eq!(stored[p * 2048 * rows + r * w + c % 2048], values[r * cols + c], "({r}, {c})");
+            }
+        }
+    }
+
+    #[test]
     fn half_types_round_to_nearest() {
         let mut out = Vec::new();
-        write_matrix(&[1.0, -2.5, 1e-3], 1, 3, DType::BF16, &mut out).unwrap();
+        write_matrix(&[1.0, -2.5, 1e-3], 1, 3, DType::BF16, Layout::RowMajor, &mut out).unwrap();
         let got: Vec<f32> = out
             .chunks(2)
             .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())

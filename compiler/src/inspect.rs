@@ -53,7 +53,7 @@ pub fn describe(blob: &Blob) -> String {
     let _ = writeln!(s, "{} tensors:", m.tensors.len());
     let _ = writeln!(
         s,
-        "  {:<52} {:>5} {:>10} {:>18} {:>14} {:>12}  crc32",
+        "  {:<52} {:>5} {:>13} {:>18} {:>14} {:>12}  crc32",
         "name", "dtype", "layout", "shape", "offset", "bytes"
     );
     for t in &m.tensors {
@@ -61,7 +61,7 @@ pub fn describe(blob: &Blob) -> String {
         let layout = Layout::from_code(t.layout).map_or("?", Layout::name);
         let _ = writeln!(
             s,
-            "  {:<52} {:>5} {:>10} {:>18} {:>14} {:>12}  {:08x}",
+            "  {:<52} {:>5} {:>13} {:>18} {:>14} {:>12}  {:08x}",
             t.name,
             dtype,
             layout,

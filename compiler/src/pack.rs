@@ -12,7 +12,7 @@ use std::time::Instant;
 use olmo_format::vocab::Vocab;
 use olmo_format::writer::{BlobPlan, TensorSpec};
 use olmo_format::{
-    DType, LayerNames, ModelConfig, TensorRole, EMBED_TOKENS, LM_HEAD,
+    DType, LayerNames, Layout, ModelConfig, TensorRole, EMBED_TOKENS, LM_HEAD,
 };
 
 use crate::convert::{write_f32s, write_matrix};
@@ -111,12 +111,15 @@ fn plan_sources(
                 Ok(t)
             })
             .collect::<Result<Vec<_>, PackError>>()?;
-        let dtype = match role {
-            TensorRole::Matrix => dtype,
-            _ => DType::F32,
+        let spec = match role {
+            TensorRole::Matrix => {
+                let layout = Layout::for_matrix(dtype, shape[1], name == EMBED_TOKENS);
+                TensorSpec { name, dtype, layout, shape }
+            }
+            _ => TensorSpec::plain(name, DType::F32, shape),
         };
         sources.push(Source {
-            spec: TensorSpec { name, dtype, shape },
+            spec,
             role,
             parts,
         });
@@ -207,7 +210,7 @@ pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary
                 match source.role {
                     TensorRole::Matrix => {
                         let (rows, cols) = (source.spec.shape[0] as usize, source.spec.shape[1] as usize);
-                        write_matrix(&values, rows, cols, source.spec.dtype, sink)
+                        write_matrix(&values, rows, cols, source.spec.dtype, source.spec.layout, sink)
                     }
                     _ => write_f32s(&values, sink),
                 }

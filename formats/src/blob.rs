@@ -197,10 +197,10 @@ fn validate_manifest(m: &Manifest, data_len: u64) -> Result<HashMap<String, usiz
         let name = || t.name.clone();
         let dtype = t.dtype()?;
         let layout = t.layout()?;
-        if layout != dtype.layout() {
+        if !layout.holds(dtype, &t.shape) {
             return Err(FormatError::BadType {
                 name: name(),
-                reason: format!("{dtype} cannot be stored in the {layout} layout"),
+                reason: format!("{dtype} of shape {:?} cannot be stored in the {layout} layout", t.shape),
             });
         }
         let expected = byte_len(dtype, &t.shape).ok_or_else(|| {

@@ -23,7 +23,7 @@ pub mod vocab;
 pub mod writer;
 
 pub use config::ModelConfig;
-pub use dtype::{DType, Layout, Q8_0_BLOCK};
+pub use dtype::{DType, Layout, PANEL_COLS, Q8_0_BLOCK};
 pub use error::FormatError;
 pub use header::{Header, DATA_ALIGN, FORMAT_VERSION, HEADER_LEN, MAGIC, TENSOR_ALIGN};
 pub use manifest::{Manifest, TensorEntry, VocabInfo};

@@ -152,16 +152,8 @@ impl PackedVocab {
     /// The specs of the [`VOCAB_OFFSETS`] and [`VOCAB_BYTES`] tensors.
     pub fn tensor_specs(&self) -> [TensorSpec; 2] {
         [
-            TensorSpec {
-                name: VOCAB_OFFSETS.into(),
-                dtype: DType::U32,
-                shape: vec![self.offsets.len() as u64],
-            },
-            TensorSpec {
-                name: VOCAB_BYTES.into(),
-                dtype: DType::U8,
-                shape: vec![self.bytes.len() as u64],
-            },
+            TensorSpec::plain(VOCAB_OFFSETS, DType::U32, vec![self.offsets.len() as u64]),
+            TensorSpec::plain(VOCAB_BYTES, DType::U8, vec![self.bytes.len() as u64]),
         ]
     }
 

@@ -5,16 +5,24 @@ use std::io::{self, Seek, SeekFrom, Write};
 
 use crate::dtype::byte_len;
 use crate::{
-    DType, FormatError, Header, Manifest, ModelConfig, TensorEntry, VocabInfo, DATA_ALIGN,
+    DType, FormatError, Header, Layout, Manifest, ModelConfig, TensorEntry, VocabInfo, DATA_ALIGN,
     FORMAT_VERSION, HEADER_LEN, TENSOR_ALIGN,
 };
 
-/// A tensor to be written: its name, stored type and logical shape.
+/// A tensor to be written: its name, stored type, layout and logical shape.
 #[derive(Debug, Clone)]
 pub struct TensorSpec {
     pub name: String,
     pub dtype: DType,
+    pub layout: Layout,
     pub shape: Vec<u64>,
+}
+
+impl TensorSpec {
+    /// A tensor in its type's plain layout ([`DType::layout`]).
+    pub fn plain(name: impl Into<String>, dtype: DType, shape: Vec<u64>) -> TensorSpec {
+        TensorSpec { name: name.into(), dtype, layout: dtype.layout(), shape }
+    }
 }
 
 /// The complete layout of a blob before any byte is written.
@@ -48,7 +56,7 @@ impl BlobPlan {
             entries.push(TensorEntry {
                 name: t.name.clone(),
                 dtype: t.dtype as u8,
-                layout: t.dtype.layout() as u8,
+                layout: t.layout as u8,
                 shape: t.shape.clone(),
                 offset,
                 byte_len: len,

@@ -4,7 +4,7 @@
 
 use olmo_format::sample::{self, Aligned};
 use olmo_format::{
-    Blob, DType, FormatError, Header, Manifest, TensorEntry, FORMAT_VERSION,
+    Blob, DType, FormatError, Header, Layout, Manifest, TensorEntry, FORMAT_VERSION,
     HEADER_LEN, VOCAB_BYTES, VOCAB_OFFSETS,
 };
 
@@ -346,6 +346,16 @@ fn bad_types() {
     }));
     assert!(matches!(&e, FormatError::BadType { name, .. } if name == Q_NORM0), "{e:?}");
     assert_names(&e, Q_NORM0);
+    // Column panels are for float matrices: not for a vector, not for q8_0.
+    let e = parse_err(&with_manifest(&b, |m, _| entry(m, Q_NORM0).layout = Layout::ColumnPanels as u8));
+    assert!(matches!(&e, FormatError::BadType { name, .. } if name == Q_NORM0), "{e:?}");
+    assert_names(&e, Q_NORM0);
+    let q8 = sample::blob(&sample::small_config(), DType::Q8_0, None);
+    let e = parse_err(&with_manifest(&q8, |m, _| entry(m, QKV0).layout = Layout::ColumnPanels as u8));
+    assert!(matches!(&e, FormatError::BadType { name, .. } if name == QKV0), "{e:?}");
+    // ... while any float matrix may be stored in them.
+    let panelled = with_manifest(&b, |m, _| entry(m, QKV0).layout = Layout::ColumnPanels as u8);
+    assert_eq!(parse(&panelled), Ok(()));
     // A matrix stored as u32.
     let e = parse_err(&with_manifest(&b, |m, _| entry(m, QKV0).dtype = DType::U32 as u8));
     assert!(matches!(&e, FormatError::BadType { name, .. } if name == QKV0), "{e:?}");

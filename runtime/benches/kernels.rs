@@ -52,7 +52,7 @@ fn main() {
         let owned: Vec<f32> = mapped.to_vec();
         for round in 0..3 {
             for (what, d) in [("mapped", mapped), ("heap", &owned[..])] {
-                let w = Matrix { rows, cols, data: MatrixData::F32(d) };
+                let w = Matrix::row_major(rows, cols, MatrixData::F32(d));
                 let mut times = Vec::new();
                 for _ in 0..9 {
                     let t = Instant::now();
@@ -65,7 +65,7 @@ fn main() {
         }
     }
     for (name, data, bytes_per) in all {
-        let w = Matrix { rows, cols, data };
+        let w = Matrix::row_major(rows, cols, data);
         // The same bytes summed as plain u64 words by the same pool: the speed memory
         // gives a pure stream right now, the yardstick for the matvec.
         // SAFETY (the four casts): each views the matrix's own elements as bytes (align 1,

@@ -2,7 +2,7 @@
 //! converted at load.
 
 use olmo_format::vocab::VocabView;
-use olmo_format::{Blob, DType, FormatError, LayerNames, ModelConfig, EMBED_TOKENS, FINAL_NORM, LM_HEAD};
+use olmo_format::{Blob, DType, FormatError, LayerNames, Layout, ModelConfig, EMBED_TOKENS, FINAL_NORM, LM_HEAD};
 
 use crate::kernels::{Matrix, MatrixData};
 
@@ -59,7 +59,10 @@ fn matrix<'a>(blob: &'a Blob, name: &str) -> Result<Matrix<'a>, FormatError> {
             })
         }
     };
-    Ok(Matrix { rows, cols, data })
+    Ok(match t.entry.layout()? {
+        Layout::ColumnPanels => Matrix::column_panels(rows, cols, data),
+        _ => Matrix::row_major(rows, cols, data),
+    })
 }
 
 fn vector<'a>(blob: &'a Blob, name: &str) -> Result<&'a [f32], FormatError> {

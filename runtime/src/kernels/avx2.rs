@@ -72,9 +72,10 @@ impl Widen for WBF16 {
 }
 
 
-/// `y[i] = W[r0 + i] . x` for the rows of `y`; `w` points at row 0 of the matrix.
+/// `y[i] = W[r0 + i] . x` (`+=` with `acc`) for the rows of `y`; `w` points at row 0 of
+/// a row-major matrix.
 #[inline(always)]
-unsafe fn rows_float<L: Widen>(w: *const L::E, cols: usize, r0: usize, x: &[f32], y: &mut [f32]) {
+unsafe fn rows_float<L: Widen>(w: *const L::E, cols: usize, r0: usize, x: &[f32], y: &mut [f32], acc: bool) {
     let xp = x.as_ptr();
     let n = y.len();
     let mut i = 0;
@@ -97,7 +98,7 @@ unsafe fn rows_float<L: Widen>(w: *const L::E, cols: usize, r0: usize, x: &[f32]
         for k in c..cols {
             s += L::one(*p.add(k)) * x[k];
         }
-        y[i] = s;
+        y[i] = if acc { y[i] + s } else { s };
         i += 1;
     }
 }
@@ -105,9 +106,10 @@ unsafe fn rows_float<L: Widen>(w: *const L::E, cols: usize, r0: usize, x: &[f32]
 /// Tokens one pass of [`matvec_few`] multiplies at once.
 pub const FEW: usize = 4;
 
-/// `y[t][r0 + i] = W[r0 + i] . x[t]` for `N` tokens and `len` rows: each weight row is
-/// read once for all of them. `x` is packed by [`pack_few`], `y` has the tokens' rows
-/// `ldy` apart.
+/// `y[t][r0 + i] = W[r0 + i] . x[t]` (`+=` with `acc`) for `N` tokens and `len` rows of
+/// a row-major matrix: each weight row is read once for all of them. `x` is packed by
+/// [`pack_few`], `y` has the tokens' rows `ldy` apart.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn rows_float_few<L: Widen, const N: usize>(
     w: *const L::E,
@@ -117,6 +119,7 @@ unsafe fn rows_float_few<L: Widen, const N: usize>(
     x: *const f32,
     y: *mut f32,
     ldy: usize,
+    acc: bool,
 ) {
     for r in r0..r0 + len {
         let p = w.add(r * cols);
@@ -138,19 +141,20 @@ unsafe fn rows_float_few<L: Widen, const N: usize>(
             for k in c..cols {
                 s += L::one(*p.add(k)) * *x.add(c * N + t * (cols - c) + k - c);
             }
-            *y.add(t * ldy + r) = s;
+            let out = y.add(t * ldy + r);
+            *out = if acc { *out + s } else { s };
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_few<L: Widen>(w: *const L::E, cols: usize, r0: usize, len: usize, n: usize, x: *const f32, y: *mut f32, ldy: usize) {
+unsafe fn rows_few<L: Widen>(w: *const L::E, cols: usize, r0: usize, len: usize, n: usize, x: *const f32, y: *mut f32, ldy: usize, acc: bool) {
     match n {
-        1 => rows_float_few::<L, 1>(w, cols, r0, len, x, y, ldy),
-        2 => rows_float_few::<L, 2>(w, cols, r0, len, x, y, ldy),
-        3 => rows_float_few::<L, 3>(w, cols, r0, len, x, y, ldy),
-        _ => rows_float_few::<L, 4>(w, cols, r0, len, x, y, ldy),
+        1 => rows_float_few::<L, 1>(w, cols, r0, len, x, y, ldy, acc),
+        2 => rows_float_few::<L, 2>(w, cols, r0, len, x, y, ldy, acc),
+        3 => rows_float_few::<L, 3>(w, cols, r0, len, x, y, ldy, acc),
+        _ => rows_float_few::<L, 4>(w, cols, r0, len, x, y, ldy, acc),
     }
 }
 
@@ -194,17 +198,23 @@ fn few_passes(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], packed: &mut Vec<f
         let tasks = rows.div_ceil(per);
         let task = |i: usize| {
             let (r0, len) = (i * per, per.min(rows - i * per));
-            let (x, y) = (xs as *const f32, unsafe { yp.get().add(t0 * rows) });
-            // SAFETY: `super::matmul_with` checked the CPU features, that `x` holds `n`
-            // rows of `cols` (so `packed` holds `m`) and `y` `n` of `rows`, and that the
-            // weights hold `rows` whole rows; task `i` alone writes rows `r0 .. r0 + len` (within `rows`) of the
-            // `m` tokens' outputs.
-            unsafe {
-                match w.data {
-                    MatrixData::F32(d) => rows_few::<WF32>(d.as_ptr(), cols, r0, len, m, x, y, rows),
-                    MatrixData::F16(d) => rows_few::<WF16>(d.as_ptr(), cols, r0, len, m, x, y, rows),
-                    MatrixData::BF16(d) => rows_few::<WBF16>(d.as_ptr(), cols, r0, len, m, x, y, rows),
-                    MatrixData::Q8_0 { .. } => unreachable!("matvec_few takes float matrices"),
+            let y = unsafe { yp.get().add(t0 * rows) };
+            for (c0, p) in w.panels() {
+                // Panel columns `c0 ..` of the packed tokens: `c0` is a multiple of 16,
+                // and `pack_few`'s tail (token-major) is the last panel's.
+                let (x, acc) = ((xs as *const f32).wrapping_add(c0 * m), c0 > 0);
+                // SAFETY: `super::matmul_with` checked the CPU features, that `x` holds
+                // `n` rows of `cols` (so `packed` holds `m`) and `y` `n` of `rows`, and
+                // that the weights hold `rows` whole rows (so each panel does); task `i`
+                // alone writes rows `r0 .. r0 + len` (within `rows`) of the `m` tokens'
+                // outputs.
+                unsafe {
+                    match p.data {
+                        MatrixData::F32(d) => rows_few::<WF32>(d.as_ptr(), p.cols, r0, len, m, x, y, rows, acc),
+                        MatrixData::F16(d) => rows_few::<WF16>(d.as_ptr(), p.cols, r0, len, m, x, y, rows, acc),
+                        MatrixData::BF16(d) => rows_few::<WBF16>(d.as_ptr(), p.cols, r0, len, m, x, y, rows, acc),
+                        MatrixData::Q8_0 { .. } => unreachable!("matvec_few takes float matrices"),
+                    }
                 }
             }
         };
@@ -216,19 +226,18 @@ fn few_passes(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], packed: &mut Vec<f
     }
 }
 
+/// [`rows_float`] over each column panel of a float matrix in turn, accumulating.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_f32(w: *const f32, cols: usize, r0: usize, x: &[f32], y: &mut [f32]) {
-    rows_float::<WF32>(w, cols, r0, x, y)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_f16(w: *const u16, cols: usize, r0: usize, x: &[f32], y: &mut [f32]) {
-    rows_float::<WF16>(w, cols, r0, x, y)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_bf16(w: *const u16, cols: usize, r0: usize, x: &[f32], y: &mut [f32]) {
-    rows_float::<WBF16>(w, cols, r0, x, y)
+unsafe fn rows_panels(w: &Matrix, r0: usize, x: &[f32], y: &mut [f32]) {
+    for (c0, p) in w.panels() {
+        let (x, acc) = (&x[c0..][..p.cols], c0 > 0);
+        match p.data {
+            MatrixData::F32(d) => rows_float::<WF32>(d.as_ptr(), p.cols, r0, x, y, acc),
+            MatrixData::F16(d) => rows_float::<WF16>(d.as_ptr(), p.cols, r0, x, y, acc),
+            MatrixData::BF16(d) => rows_float::<WBF16>(d.as_ptr(), p.cols, r0, x, y, acc),
+            MatrixData::Q8_0 { .. } => unreachable!("rows_panels takes float matrices"),
+        }
+    }
 }
 
 impl QuantX {
@@ -387,9 +396,9 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
     // `par_rows` gives each call a disjoint `ys` starting at row `r0` with
     // `r0 + ys.len() <= rows`, so every row the kernel reads lies inside the matrix.
     match w.data {
-        MatrixData::F32(d) => par_rows(y, per, |r0, ys| unsafe { rows_f32(d.as_ptr(), cols, r0, x, ys) }),
-        MatrixData::F16(d) => par_rows(y, per, |r0, ys| unsafe { rows_f16(d.as_ptr(), cols, r0, x, ys) }),
-        MatrixData::BF16(d) => par_rows(y, per, |r0, ys| unsafe { rows_bf16(d.as_ptr(), cols, r0, x, ys) }),
+        MatrixData::F32(_) | MatrixData::F16(_) | MatrixData::BF16(_) => {
+            par_rows(y, per, |r0, ys| unsafe { rows_panels(w, r0, x, ys) })
+        }
         MatrixData::Q8_0 { quants, scales } => {
             let blocks = cols.div_ceil(32);
             let run = |qx: &QuantX, y: &mut [f32]| {
@@ -504,6 +513,7 @@ pub unsafe fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]) {
 /// for q8_0): the GEMM's weight-tile conversion.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn segment_to_f32(w: &Matrix, r: usize, c0: usize, out: &mut [f32]) {
+    debug_assert!(w.is_row_major());
     #[inline(always)]
     unsafe fn widen<L: Widen>(src: *const L::E, out: &mut [f32]) {
         let n = out.len();

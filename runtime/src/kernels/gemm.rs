@@ -136,37 +136,44 @@ fn tile(kb: usize, s: usize, strips: usize) -> usize {
 }
 
 /// Packs weight rows `r0 .. r0 + nb` into `packed` as f32 tiles ([`tile`]), zero rows
-/// beyond `nb`. Float weights are widened and transposed 8 x 8 straight from the map;
-/// q8_0 rows are dequantised whole into `rows8` first.
+/// beyond `nb`. Float weights are widened and transposed 8 x 8 straight from the map,
+/// one column panel after another; q8_0 rows are dequantised whole into `rows8` first.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pack_b(w: &Matrix, k: usize, r0: usize, nb: usize, packed: &mut [f32], rows8: &mut [f32]) {
-    match w.data {
-        MatrixData::F32(d) => pack_rows::<WF32>(d.as_ptr(), k, r0, nb, packed),
-        MatrixData::F16(d) => pack_rows::<WF16>(d.as_ptr(), k, r0, nb, packed),
-        MatrixData::BF16(d) => pack_rows::<WBF16>(d.as_ptr(), k, r0, nb, packed),
-        MatrixData::Q8_0 { .. } => pack_q8_rows(w, k, r0, nb, packed, rows8),
+    if let MatrixData::Q8_0 { .. } = w.data {
+        return pack_q8_rows(w, k, r0, nb, packed, rows8);
+    }
+    for (c0, p) in w.panels() {
+        match p.data {
+            MatrixData::F32(d) => pack_rows::<WF32>(d.as_ptr(), p.cols, c0, r0, nb, packed),
+            MatrixData::F16(d) => pack_rows::<WF16>(d.as_ptr(), p.cols, c0, r0, nb, packed),
+            MatrixData::BF16(d) => pack_rows::<WBF16>(d.as_ptr(), p.cols, c0, r0, nb, packed),
+            MatrixData::Q8_0 { .. } => unreachable!("q8_0 is packed above"),
+        }
     }
 }
 
-/// [`pack_b`] for `k`-long rows of `L` elements at `base`.
+/// [`pack_b`] for `k`-long rows of `L` elements at `base`: columns `c0 .. c0 + k` of
+/// the matrix.
 #[inline(always)]
-unsafe fn pack_rows<L: Widen>(base: *const L::E, k: usize, r0: usize, nb: usize, packed: &mut [f32]) {
+unsafe fn pack_rows<L: Widen>(base: *const L::E, k: usize, c0: usize, r0: usize, nb: usize, packed: &mut [f32]) {
     let strips = nb.div_ceil(NR);
     for s in 0..strips {
         for j0 in (0..NR).step_by(8) {
             let rows = nb.saturating_sub(s * NR + j0).min(8);
             // Rows past `nb` point at the last one; `pack_eight` reads only `rows`.
             let src = std::array::from_fn(|j| base.add((r0 + (s * NR + j0 + j).min(nb - 1)) * k));
-            pack_eight::<L>(src, rows, k, s, j0, strips, packed);
+            pack_eight::<L>(src, rows, k, c0, s, j0, strips, packed);
         }
     }
 }
 
-/// Rows `src[..rows]` (zeros after them) into columns `j0 .. j0 + 8` of strip `s`'s
-/// tiles, transposed 8 x 8. Each row is read front to back: eight streams the hardware
-/// prefetcher follows.
+/// Rows `src[..rows]` (zeros after them), `k` long from matrix column `c0`, into
+/// columns `j0 .. j0 + 8` of strip `s`'s tiles, transposed 8 x 8. Each row is read
+/// front to back: eight streams the hardware prefetcher follows.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn pack_eight<L: Widen>(src: [*const L::E; 8], rows: usize, k: usize, s: usize, j0: usize, strips: usize, packed: &mut [f32]) {
+unsafe fn pack_eight<L: Widen>(src: [*const L::E; 8], rows: usize, k: usize, c0: usize, s: usize, j0: usize, strips: usize, packed: &mut [f32]) {
     let k8 = k / 8 * 8;
     let mut c = 0;
     while c < k8 {
@@ -177,14 +184,16 @@ unsafe fn pack_eight<L: Widen>(src: [*const L::E; 8], rows: usize, k: usize, s: 
         }
         let v: [__m256; 8] = std::array::from_fn(|j| if j < rows { L::load8(src[j].add(c)) } else { _mm256_setzero_ps() });
         let t = transpose8(v);
-        let dst = packed.as_mut_ptr().add(tile(c / KC, s, strips) + (c % KC) * NR + j0);
+        let g = c0 + c;
+        let dst = packed.as_mut_ptr().add(tile(g / KC, s, strips) + (g % KC) * NR + j0);
         for (kk, tv) in t.iter().enumerate() {
             _mm256_store_ps(dst.add(kk * NR), *tv);
         }
         c += 8;
     }
     for c in k8..k {
-        let dst = packed.as_mut_ptr().add(tile(c / KC, s, strips) + (c % KC) * NR + j0);
+        let g = c0 + c;
+        let dst = packed.as_mut_ptr().add(tile(g / KC, s, strips) + (g % KC) * NR + j0);
         for (j, p) in src.iter().enumerate() {
             *dst.add(j) = if j < rows { L::one(*p.add(c)) } else { 0.0 };
         }
@@ -203,7 +212,7 @@ unsafe fn pack_q8_rows(w: &Matrix, k: usize, r0: usize, nb: usize, packed: &mut 
                 segment_to_f32(w, r0 + s * NR + j0 + j, 0, &mut rows8[j * k..][..k]);
             }
             let src = std::array::from_fn(|j| rows8.as_ptr().add(j * k));
-            pack_eight::<WF32>(src, rows, k, s, j0, strips, packed);
+            pack_eight::<WF32>(src, rows, k, 0, s, j0, strips, packed);
         }
     }
 }

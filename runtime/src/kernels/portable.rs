@@ -48,41 +48,45 @@ thread_local! {
 }
 
 pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
-    let c = w.cols;
-    let blocks = c.div_ceil(32);
+    // Row `r` of one row-major panel (or of the whole row-major matrix) times `x`.
+    let dot = |p: &Matrix, r: usize, x: &[f32], qx: Option<&QuantX>| -> f32 {
+        let c = p.cols;
+        match p.data {
+            MatrixData::F32(d) => dot_f32(&d[r * c..][..c], x),
+            MatrixData::F16(d) => d[r * c..][..c]
+                .iter()
+                .zip(x)
+                .map(|(&b, &v)| f16::from_bits(b).to_f32() * v)
+                .sum(),
+            MatrixData::BF16(d) => d[r * c..][..c]
+                .iter()
+                .zip(x)
+                .map(|(&b, &v)| bf16::from_bits(b).to_f32() * v)
+                .sum(),
+            MatrixData::Q8_0 { quants, scales } => {
+                // Bytes times bytes per block (exact in i32), then both scales.
+                let blocks = c.div_ceil(32);
+                let qx = qx.expect("quantised x");
+                let q = &quants[r * blocks * 32..][..blocks * 32];
+                let s = &scales[r * blocks..][..blocks];
+                let mut acc = 0f32;
+                for b in 0..blocks {
+                    let dot: i32 = q[b * 32..][..32]
+                        .iter()
+                        .zip(&qx.quants[b * 32..][..32])
+                        .map(|(&a, &b)| a as i32 * b as i32)
+                        .sum();
+                    acc += dot as f32 * (f16::from_bits(s[b]).to_f32() * qx.scales[b]);
+                }
+                acc
+            }
+        }
+    };
     let run = |qx: Option<&QuantX>, y: &mut [f32]| {
         y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(chunk, ys)| {
             for (i, yr) in ys.iter_mut().enumerate() {
                 let r = chunk * ROWS_PER_TASK + i;
-                *yr = match w.data {
-                    MatrixData::F32(d) => dot_f32(&d[r * c..][..c], x),
-                    MatrixData::F16(d) => d[r * c..][..c]
-                        .iter()
-                        .zip(x)
-                        .map(|(&b, &v)| f16::from_bits(b).to_f32() * v)
-                        .sum(),
-                    MatrixData::BF16(d) => d[r * c..][..c]
-                        .iter()
-                        .zip(x)
-                        .map(|(&b, &v)| bf16::from_bits(b).to_f32() * v)
-                        .sum(),
-                    MatrixData::Q8_0 { quants, scales } => {
-                        // Bytes times bytes per block (exact in i32), then both scales.
-                        let qx = qx.expect("quantised x");
-                        let q = &quants[r * blocks * 32..][..blocks * 32];
-                        let s = &scales[r * blocks..][..blocks];
-                        let mut acc = 0f32;
-                        for b in 0..blocks {
-                            let dot: i32 = q[b * 32..][..32]
-                                .iter()
-                                .zip(&qx.quants[b * 32..][..32])
-                                .map(|(&a, &b)| a as i32 * b as i32)
-                                .sum();
-                            acc += dot as f32 * (f16::from_bits(s[b]).to_f32() * qx.scales[b]);
-                        }
-                        acc
-                    }
-                };
+                *yr = w.panels().map(|(c0, p)| dot(&p, r, &x[c0..][..p.cols], qx)).sum();
             }
         });
     };

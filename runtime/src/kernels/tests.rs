@@ -60,7 +60,7 @@ impl Owned {
     }
 
     fn all(&self) -> Vec<(&'static str, Matrix<'_>)> {
-        let m = |data| Matrix { rows: self.rows, cols: self.cols, data };
+        let m = |data| Matrix::row_major(self.rows, self.cols, data);
         vec![
             ("f32", m(MatrixData::F32(&self.f32))),
             ("f16", m(MatrixData::F16(&self.f16))),
@@ -88,8 +88,8 @@ fn tolerance(name: &str, w: &Matrix, r: usize, x: &[f32], quantised_x: bool) -> 
     tol
 }
 
-const SHAPES: [(usize, usize); 9] =
-    [(1, 1), (3, 7), (5, 31), (7, 33), (13, 64), (67, 100), (130, 257), (9, 300), (301, 515)];
+const SHAPES: [(usize, usize); 10] =
+    [(1, 1), (3, 7), (5, 31), (7, 33), (13, 64), (67, 100), (130, 257), (9, 300), (301, 515), (40, 2100)];
 
 #[test]
 fn avx2_matvec_matches_portable() {
@@ -127,7 +127,7 @@ fn avx2_matvec_is_exact_on_integers() {
     let (rows, cols) = (37, 75);
     let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
     let x: Vec<f32> = (0..cols).map(|i| ((i * 3) % 5) as f32 - 2.0).collect();
-    let m = Matrix { rows, cols, data: MatrixData::F32(&w) };
+    let m = Matrix::row_major(rows, cols, MatrixData::F32(&w));
     let mut want = vec![0f32; rows];
     let mut got = vec![0f32; rows];
     matvec_with(Kernels::Portable, &m, &x, &mut want);
@@ -260,6 +260,58 @@ fn q8_0_segments_widen_like_rows() {
             let mut simd = vec![0f32; 36];
             unsafe { avx2::segment_to_f32(&w, 2, 64, &mut simd) };
             assert_eq!(seg, simd);
+        }
+    }
+}
+
+/// `values` (`rows x cols`, row-major) reordered into column panels of `PANEL_COLS`,
+/// as `olmoc` writes them.
+fn to_panels<T: Copy>(values: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let panel = olmo_format::PANEL_COLS as usize;
+    let mut out = Vec::with_capacity(values.len());
+    for c0 in (0..cols).step_by(panel) {
+        for r in 0..rows {
+            out.extend_from_slice(&values[r * cols + c0..r * cols + cols.min(c0 + panel)]);
+        }
+    }
+    out
+}
+
+#[test]
+fn column_panels_multiply_like_rows() {
+    // Two full panels and a narrow third (52 columns: not a multiple of 16).
+    let (rows, cols) = (37, 2 * 2048 + 52);
+    let mut rng = Rng(2048);
+    let owned = Owned::new(&mut rng, rows, cols);
+    let (f32p, f16p, bf16p) =
+        (to_panels(&owned.f32, rows, cols), to_panels(&owned.f16, rows, cols), to_panels(&owned.bf16, rows, cols));
+    let panelled = [
+        Matrix::column_panels(rows, cols, MatrixData::F32(&f32p)),
+        Matrix::column_panels(rows, cols, MatrixData::F16(&f16p)),
+        Matrix::column_panels(rows, cols, MatrixData::BF16(&bf16p)),
+    ];
+    for ((name, plain), panels) in owned.all().into_iter().zip(&panelled) {
+        assert_eq!(panels.panels().count(), 3);
+        let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+        plain.row_to_f32(rows - 1, &mut a);
+        panels.row_to_f32(rows - 1, &mut b);
+        assert_eq!(a, b, "{name} row");
+        let (mut a, mut b) = (vec![0f32; 100], vec![0f32; 100]);
+        plain.segment_to_f32(5, 2000, &mut a);
+        panels.segment_to_f32(5, 2000, &mut b);
+        assert_eq!(a, b, "{name} segment across a panel edge");
+        // 1 token: the matvec; 2-4: one pass for a few tokens; 7: the GEMM.
+        for n in [1, 2, 4, 7] {
+            let x = rng.vec(n * cols);
+            for k in available_kernels() {
+                let (mut want, mut got) = (vec![0f32; n * rows], vec![f32::NAN; n * rows]);
+                matmul_with(k, &plain, &x, n, &mut want);
+                matmul_with(k, panels, &x, n, &mut got);
+                for i in 0..n * rows {
+                    let tol = tolerance(name, &plain, i % rows, &x[i / rows * cols..][..cols], false);
+                    assert!((want[i] - got[i]).abs() <= tol, "{k:?} {name} n={n} [{i}]: {} vs {}", want[i], got[i]);
+                }
+            }
         }
     }
 }
