@@ -12,7 +12,7 @@ use olmort::ops::top_k;
 use olmort::trace::{run_trace, LogitsSink};
 use olmort::{forward, forward_batch, forward_batch_for, LogitRows, Model, RunState};
 
-const FIXTURES: [&str; 2] = ["gqa", "tiny"];
+const FIXTURES: [&str; 3] = ["gqa", "tiny", "wide"];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
@@ -142,7 +142,7 @@ fn f32_matches_the_reference_with_every_kernel_set() {
     }
 }
 
-/// Measured on the fixtures (worst over both fixtures and both kernel sets),
+/// Measured on the fixtures (worst over the three fixtures and every kernel set),
 /// teacher-forced on the reference's tokens; the fixtures' logits have a spread of
 /// about 3 (std) over -17..17:
 ///
@@ -249,10 +249,15 @@ fn kernel_sets_agree_for_every_dtype() {
             let blob = Packed::new(name, dtype);
             let run = |k| with_kernels(k, || trace_logits(&blob.0, &r.prompt, r.input_tokens.len()));
             let portable = run(Kernels::Portable);
+            // q8_0 re-quantises every matrix's input to int8: where the kernel sets'
+            // float rounding differs by an ulp, a value on a rounding edge moves by a
+            // whole step. On `wide` that moves the logits by 0.101, a quarter of
+            // q8_0's own error against f32 there (0.379); the float types stay at 1e-5.
+            let bound = if dtype == DType::Q8_0 { 0.15 } else { 1e-4 };
             for k in available_kernels().into_iter().filter(|&k| k != Kernels::Portable) {
                 let diff = max_abs_diff(&portable, &run(k));
                 eprintln!("{name} {dtype}: max |portable - {k:?}| = {diff:.2e}");
-                assert!(diff <= 1e-4, "{name} {dtype} {k:?}: {diff}");
+                assert!(diff <= bound, "{name} {dtype} {k:?}: {diff}");
             }
         }
     }

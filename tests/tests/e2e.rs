@@ -62,6 +62,12 @@ fn gqa_fixture_matches_transformers() {
     check_against_reference("gqa");
 }
 
+/// `wide`'s down_proj has 2100 input columns: more than one 2048-column panel.
+#[test]
+fn wide_fixture_matches_transformers() {
+    check_against_reference("wide");
+}
+
 #[test]
 fn tiny_fixture_matches_transformers() {
     check_against_reference("tiny");
@@ -180,4 +186,31 @@ fn inspect_and_verify_read_the_blob_back() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("lm_head.weight") && stderr.contains("checksum"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// An f32 matrix wider than 2048 columns is stored as column panels; a narrow one stays
+/// row-major.
+#[test]
+fn wide_down_proj_is_stored_in_column_panels() {
+    let scratch = Scratch::new("wide-inspect");
+    let blob = pack("wide", &scratch);
+    let out = run("olmoc", &["inspect", &blob], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    // A table row is `name dtype layout [shape] offset bytes crc32`.
+    let row = |name: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    let down = row("model.layers.0.mlp.down_proj.weight");
+    assert_eq!(down[1], "f32", "{down:?}");
+    assert!(down.join(" ").contains("[40, 2100]"), "{down:?}");
+    let o = row("model.layers.0.self_attn.o_proj.weight");
+    assert_eq!(o[1], "f32", "{o:?}");
+    assert!(o.join(" ").contains("[40, 40]"), "{o:?}");
+    assert_eq!(o[2], "row-major", "o_proj has 40 columns: {o:?}");
+    assert_eq!(down[2], "column-panels", "down_proj has 2100 columns: {down:?}");
 }
