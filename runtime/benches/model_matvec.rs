@@ -5,8 +5,9 @@
 //!     cargo bench -p olmort --bench model_matvec -- MODEL.bin [THREADS] [ROUNDS]
 //!
 //! Per kind (`qkv`, `o`, `gate_up`, `down`, `lm_head`), all layers in order: matvec
-//! GB/s / stream GB/s (medians of 5). Then the sum over kinds and the median of 30
-//! decode steps (`forward` at positions 0..30). A kind's matvec well under its stream
+//! GB/s / stream GB/s (medians of 5). Then the sums over kinds, the same bytes streamed
+//! in one parallel section instead of one per matrix, and the median of 30 decode steps
+//! (`forward` at positions 0..30). A kind's matvec well under its stream
 //! means the kernel, not memory, sets its speed (see docs/PERFORMANCE.md, "Column panels").
 
 use std::time::Instant;
@@ -88,6 +89,22 @@ fn main() -> Result<(), String> {
             (matvec_s, stream_s, total) = (matvec_s + tm, stream_s + ts, total + n);
             line += &format!(" {name} {:.1}/{:.1}", n as f64 / tm / 1e9, n as f64 / ts / 1e9);
         }
+        // The same matrices streamed as one section: the bytes from the first layer's
+        // first matrix to the end of the last matrix (norms between included).
+        let all: Vec<&[u8]> = kinds.iter().flat_map(|(_, ms)| ms.iter().map(|m| bytes(m))).collect();
+        let lo = all.iter().map(|b| b.as_ptr() as usize).min().unwrap_or(0);
+        let hi = all.iter().map(|b| b.as_ptr() as usize + b.len()).max().unwrap_or(0);
+        let base = map.bytes().as_ptr() as usize;
+        let span = &map.bytes()[lo - base..hi - base];
+        let one = median(
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(stream(span));
+                    t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        );
         let steps: Vec<f64> = (0..30)
             .map(|pos| {
                 let t = Instant::now();
@@ -96,10 +113,12 @@ fn main() -> Result<(), String> {
             })
             .collect();
         println!(
-            "{line} | all {:.1} ms ({:.1} GB/s), stream {:.1} ms | decode step {:.1} ms",
+            "{line} | all {:.1} ms ({:.1} GB/s), stream {:.1} ms, as one section {:.1} ms ({:.1} GB/s) | decode step {:.1} ms",
             matvec_s * 1e3,
             total as f64 / matvec_s / 1e9,
             stream_s * 1e3,
+            one * 1e3,
+            span.len() as f64 / one / 1e9,
             median(steps) * 1e3
         );
     }
