@@ -144,7 +144,8 @@ mod tests {
 
     #[test]
     fn refuses_each_bad_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut ModelConfig)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut ModelConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("architecture", Box::new(|c| c.architecture = "Llama".into())),
             ("hidden_size", Box::new(|c| c.hidden_size = 0)),
             ("num_hidden_layers", Box::new(|c| c.num_hidden_layers = 1 << 20)),

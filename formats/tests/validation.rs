@@ -236,7 +236,8 @@ fn manifest_checksum() {
 #[test]
 fn manifest_that_does_not_decode() {
     let b = valid();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("garbage", Box::new(|m| m.iter_mut().for_each(|x| *x = 0xa7))),
         ("cut short", Box::new(|m| m.truncate(m.len() / 2))),
         ("empty", Box::new(|m| m.clear())),

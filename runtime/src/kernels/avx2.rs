@@ -95,8 +95,8 @@ unsafe fn rows_float<L: Widen>(w: *const L::E, cols: usize, r0: usize, x: &[f32]
             c += 8;
         }
         let mut s = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
-        for k in c..cols {
-            s += L::one(*p.add(k)) * x[k];
+        for (k, &xk) in x.iter().enumerate().take(cols).skip(c) {
+            s += L::one(*p.add(k)) * xk;
         }
         y[i] = if acc { y[i] + s } else { s };
         i += 1;
@@ -352,11 +352,11 @@ unsafe fn rows_q8_0_r<const R: usize>(
                 }
             }
         }
-        for b in groups * 8..blocks {
+        for (b, &xdb) in xd.iter().enumerate().take(blocks).skip(groups * 8) {
             let xv = _mm256_loadu_si256(xqp.add(b * 32) as *const __m256i);
             for j in 0..R {
                 let wv = _mm256_loadu_si256(q[j].add(b * 32) as *const __m256i);
-                let d = f16::from_bits(*s[j].add(b)).to_f32() * xd[b];
+                let d = f16::from_bits(*s[j].add(b)).to_f32() * xdb;
                 acc[j] = _mm256_fmadd_ps(dot_q8(wv, xv), _mm256_set1_ps(d), acc[j]);
             }
         }

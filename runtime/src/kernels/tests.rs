@@ -179,12 +179,12 @@ fn q8_0_activation_rounding_stays_within_its_bound() {
         for k in available_kernels() {
             let mut got = vec![0f32; rows];
             matvec_with(k, &w, &x, &mut got);
-            for r in 0..rows {
+            for (r, &g) in got.iter().enumerate() {
                 let mut row = vec![0f32; cols];
                 w.row_to_f32(r, &mut row);
                 let exact: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
                 let tol = tolerance("q8_0", &w, r, &x, true);
-                assert!((exact - got[r]).abs() <= tol, "{k:?} {rows}x{cols} row {r}");
+                assert!((exact - g).abs() <= tol, "{k:?} {rows}x{cols} row {r}");
             }
         }
     }
