@@ -47,9 +47,8 @@ pub struct RunState {
 
 impl RunState {
     /// Buffers for `max_positions` positions, batches of up to
-    /// `min(max_positions, DEFAULT_MAX_BATCH)` tokens.
-    /// Buffers for `max_positions` positions; fails cleanly (rather than aborting) when
-    /// the KV cache and buffers do not fit in memory.
+    /// `min(max_positions, DEFAULT_MAX_BATCH)` tokens; fails cleanly (rather than
+    /// aborting) when the KV cache and buffers do not fit in memory.
     pub fn new(model: &Model, max_positions: usize) -> Result<RunState, RunError> {
         RunState::with_max_batch(model, max_positions, max_positions.min(DEFAULT_MAX_BATCH))
     }
