@@ -12,7 +12,7 @@ use std::time::Instant;
 use olmo_format::vocab::Vocab;
 use olmo_format::writer::{BlobPlan, TensorSpec};
 use olmo_format::{
-    DType, LayerNames, Layout, ModelConfig, TensorRole, EMBED_TOKENS, LM_HEAD,
+    DType, LayerNames, ModelConfig, TensorRole, EMBED_TOKENS, LM_HEAD,
 };
 
 use crate::convert::{write_f32s, write_matrix};
@@ -111,15 +111,8 @@ fn plan_sources(
                 Ok(t)
             })
             .collect::<Result<Vec<_>, PackError>>()?;
-        let spec = match role {
-            TensorRole::Matrix => {
-                let layout = Layout::for_matrix(dtype, shape[1], name == EMBED_TOKENS);
-                TensorSpec { name, dtype, layout, shape }
-            }
-            _ => TensorSpec::plain(name, DType::F32, shape),
-        };
         sources.push(Source {
-            spec,
+            spec: TensorSpec::model_tensor(name, role, shape, dtype),
             role,
             parts,
         });

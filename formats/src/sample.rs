@@ -4,7 +4,7 @@
 use crate::vocab::Vocab;
 use crate::writer::{BlobPlan, TensorSpec};
 use crate::{
-    DType, Header, Layout, Manifest, ModelConfig, TensorRole, DATA_ALIGN, EMBED_TOKENS, HEADER_LEN,
+    DType, Header, Manifest, ModelConfig, DATA_ALIGN, HEADER_LEN,
 };
 
 /// A two-layer grouped-query config (6 heads over 2 kv heads, head_dim 6), 97 tokens.
@@ -45,14 +45,7 @@ pub fn plan(config: &ModelConfig, dtype: DType, vocab: Option<&Vocab>) -> BlobPl
     let mut specs: Vec<TensorSpec> = config
         .model_tensors()
         .into_iter()
-        .map(|(name, role, shape)| {
-            if role == TensorRole::Matrix {
-                let layout = Layout::for_matrix(dtype, shape[1], name == EMBED_TOKENS);
-                TensorSpec { name, dtype, layout, shape }
-            } else {
-                TensorSpec::plain(name, DType::F32, shape)
-            }
-        })
+        .map(|(name, role, shape)| TensorSpec::model_tensor(name, role, shape, dtype))
         .collect();
     if let Some(v) = vocab {
         specs.extend(v.to_packed().tensor_specs());

@@ -5,8 +5,8 @@ use std::io::{self, Seek, SeekFrom, Write};
 
 use crate::dtype::byte_len;
 use crate::{
-    DType, FormatError, Header, Layout, Manifest, ModelConfig, TensorEntry, VocabInfo, DATA_ALIGN,
-    FORMAT_VERSION, HEADER_LEN, TENSOR_ALIGN,
+    DType, FormatError, Header, Layout, Manifest, ModelConfig, TensorEntry, TensorRole, VocabInfo,
+    DATA_ALIGN, EMBED_TOKENS, FORMAT_VERSION, HEADER_LEN, TENSOR_ALIGN,
 };
 
 /// A tensor to be written: its name, stored type, layout and logical shape.
@@ -22,6 +22,17 @@ impl TensorSpec {
     /// A tensor in its type's plain layout ([`DType::layout`]).
     pub fn plain(name: impl Into<String>, dtype: DType, shape: Vec<u64>) -> TensorSpec {
         TensorSpec { name: name.into(), dtype, layout: dtype.layout(), shape }
+    }
+
+    /// How `olmoc` stores a model tensor ([`ModelConfig::model_tensors`]) with matrices
+    /// in `weights`: matrices in that type and [`Layout::for_matrix`], norms as f32.
+    pub fn model_tensor(name: String, role: TensorRole, shape: Vec<u64>, weights: DType) -> TensorSpec {
+        if role == TensorRole::Matrix {
+            let layout = Layout::for_matrix(weights, shape[1], name == EMBED_TOKENS);
+            TensorSpec { name, dtype: weights, layout, shape }
+        } else {
+            TensorSpec::plain(name, DType::F32, shape)
+        }
     }
 }
 
