@@ -120,7 +120,7 @@ pub enum LogitRows {
 
 impl LogitRows {
     /// The first of a batch of `n` tokens that gets logits.
-    fn first(self, n: usize) -> usize {
+    pub(crate) fn first(self, n: usize) -> usize {
         match self {
             LogitRows::All => 0,
             LogitRows::Last => n - 1,

@@ -154,7 +154,7 @@ pub fn generate(
         timings.prompt += started.elapsed();
         timings.prompt_tokens += n;
         // With one row, the earlier positions only pass their prompt token on.
-        let first = n - logits.len() / vocab;
+        let first = rows.first(n);
         for i in first..n {
             let row = &logits[(i - first) * vocab..][..vocab];
             next = steps.step(pos + i, prompt[pos + i], row, out, &mut logits_sink)?;
