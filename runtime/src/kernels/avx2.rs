@@ -509,52 +509,31 @@ pub unsafe fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Columns `c0 .. c0 + out.len()` of row `r` widened to f32 (`c0` a multiple of 32
-/// for q8_0): the GEMM's weight-tile conversion.
+/// Row `r` of a q8_0 matrix `cols` wide, dequantised into `out` (`cols` long): the
+/// GEMM's staging for q8_0 weight tiles.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `quants` and `scales` must hold row `r` (as `super::check_data` finds).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn segment_to_f32(w: &Matrix, r: usize, c0: usize, out: &mut [f32]) {
-    debug_assert!(w.is_row_major());
-    #[inline(always)]
-    unsafe fn widen<L: Widen>(src: *const L::E, out: &mut [f32]) {
-        let n = out.len();
-        let o = out.as_mut_ptr();
-        let mut i = 0;
-        while i + 8 <= n {
-            _mm256_storeu_ps(o.add(i), L::load8(src.add(i)));
+pub(super) unsafe fn q8_row_to_f32(quants: &[i8], scales: &[u16], cols: usize, r: usize, out: &mut [f32]) {
+    let blocks = cols.div_ceil(32);
+    let q = quants.as_ptr().add(r * blocks * 32);
+    let s = scales.as_ptr().add(r * blocks);
+    let n = out.len();
+    let o = out.as_mut_ptr();
+    let mut i = 0;
+    while i < n {
+        let d = _mm256_set1_ps(f16::from_bits(*s.add(i / 32)).to_f32());
+        let end = (i + 32).min(n);
+        while i + 8 <= end {
+            let b = _mm_loadl_epi64(q.add(i) as *const __m128i);
+            let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+            _mm256_storeu_ps(o.add(i), _mm256_mul_ps(v, d));
             i += 8;
         }
-        while i < n {
-            *o.add(i) = L::one(*src.add(i));
+        while i < end {
+            *o.add(i) = *q.add(i) as f32 * _mm256_cvtss_f32(d);
             i += 1;
-        }
-    }
-    let cols = w.cols;
-    match w.data {
-        MatrixData::F32(d) => widen::<WF32>(d.as_ptr().add(r * cols + c0), out),
-        MatrixData::F16(d) => widen::<WF16>(d.as_ptr().add(r * cols + c0), out),
-        MatrixData::BF16(d) => widen::<WBF16>(d.as_ptr().add(r * cols + c0), out),
-        MatrixData::Q8_0 { quants, scales } => {
-            debug_assert_eq!(c0 % 32, 0);
-            let blocks = cols.div_ceil(32);
-            let q = quants.as_ptr().add(r * blocks * 32 + c0);
-            let s = scales.as_ptr().add(r * blocks + c0 / 32);
-            let n = out.len();
-            let o = out.as_mut_ptr();
-            let mut i = 0;
-            while i < n {
-                let d = _mm256_set1_ps(f16::from_bits(*s.add(i / 32)).to_f32());
-                let end = (i + 32).min(n);
-                while i + 8 <= end {
-                    let b = _mm_loadl_epi64(q.add(i) as *const __m128i);
-                    let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-                    _mm256_storeu_ps(o.add(i), _mm256_mul_ps(v, d));
-                    i += 8;
-                }
-                while i < end {
-                    *o.add(i) = *q.add(i) as f32 * _mm256_cvtss_f32(d);
-                    i += 1;
-                }
-            }
         }
     }
 }

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::avx2::{segment_to_f32, Widen, WBF16, WF16, WF32};
+use super::avx2::{q8_row_to_f32, Widen, WBF16, WF16, WF32};
 use super::{grow, round_like_q8, with_local, Matrix, MatrixData, SendPtr};
 
 /// Rows of `X` per micro-kernel call.
@@ -204,12 +204,13 @@ unsafe fn pack_eight<L: Widen>(src: [*const L::E; 8], rows: usize, k: usize, c0:
 /// packed from there.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pack_q8_rows(w: &Matrix, k: usize, r0: usize, nb: usize, packed: &mut [f32], rows8: &mut [f32]) {
+    let MatrixData::Q8_0 { quants, scales } = w.data else { unreachable!("pack_q8_rows takes q8_0") };
     let strips = nb.div_ceil(NR);
     for s in 0..strips {
         for j0 in (0..NR).step_by(8) {
             let rows = nb.saturating_sub(s * NR + j0).min(8);
             for j in 0..rows {
-                segment_to_f32(w, r0 + s * NR + j0 + j, 0, &mut rows8[j * k..][..k]);
+                q8_row_to_f32(quants, scales, k, r0 + s * NR + j0 + j, &mut rows8[j * k..][..k]);
             }
             let src = std::array::from_fn(|j| rows8.as_ptr().add(j * k));
             pack_eight::<WF32>(src, rows, k, 0, s, j0, strips, packed);
