@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{grow, rows_per_task, with_local, Matrix, MatrixData, QuantX};
+use super::{for_each_task, grow, rows_per_task, with_local, Matrix, MatrixData, QuantX};
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -218,11 +218,7 @@ fn few_passes(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], packed: &mut Vec<f
                 }
             }
         };
-        if tasks == 1 {
-            task(0);
-        } else {
-            (0..tasks).into_par_iter().for_each(task);
-        }
+        for_each_task(tasks, task);
     }
 }
 

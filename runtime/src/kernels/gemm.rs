@@ -9,10 +9,8 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use super::avx2::{q8_row_to_f32, Widen, WBF16, WF16, WF32};
-use super::{grow, round_like_q8, with_local, Matrix, MatrixData, SendPtr};
+use super::{for_each_task, grow, round_like_q8, with_local, Matrix, MatrixData, SendPtr};
 
 /// Rows of `X` per micro-kernel call.
 const MR: usize = 6;
@@ -87,11 +85,7 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], wide: bool)
                 }
             })
         };
-        if rayon::current_num_threads() == 1 || tasks == 1 {
-            (0..tasks).for_each(task);
-        } else {
-            (0..tasks).into_par_iter().for_each(task);
-        }
+        for_each_task(tasks, task);
     })
 }
 

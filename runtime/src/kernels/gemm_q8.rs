@@ -26,7 +26,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::gemm::{store_tile, transpose8};
-use super::{grow, with_local, QuantX, SendPtr};
+use super::{for_each_task, grow, with_local, QuantX, SendPtr};
 
 /// Tokens per micro-kernel call.
 const MR: usize = 6;
@@ -109,11 +109,7 @@ pub unsafe fn matmul(quants: &[i8], scales: &[u16], rows: usize, k: usize, x: &[
                 }
             })
         };
-        if rayon::current_num_threads() == 1 || tasks == 1 {
-            (0..tasks).for_each(task);
-        } else {
-            (0..tasks).into_par_iter().for_each(task);
-        }
+        for_each_task(tasks, task);
     })
 }
 

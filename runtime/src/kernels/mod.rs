@@ -194,6 +194,17 @@ pub(crate) fn with_local<T: Default, R>(
     })
 }
 
+/// Runs `task(0 .. tasks)` on the current rayon pool, or in order on this thread when
+/// there is one task or one thread (no pool hand-off to pay for).
+pub(crate) fn for_each_task(tasks: usize, task: impl Fn(usize) + Sync + Send) {
+    if tasks == 1 || rayon::current_num_threads() == 1 {
+        (0..tasks).for_each(task);
+    } else {
+        use rayon::prelude::*;
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
 /// Grows `v` to at least `len` elements (never shrinks it).
 pub(crate) fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
     if v.len() < len {
