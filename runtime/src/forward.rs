@@ -3,11 +3,12 @@
 //! ([`forward_batch`], prompt processing), which reads every weight once for the whole
 //! run and attends causally inside it.
 
-use rayon::prelude::*;
+use std::sync::Arc;
 
-use crate::kernels::{self, matmul_with, Kernels, SendPtr};
+use crate::kernels::{self, for_each_task, matmul_with, Kernels, SendPtr};
 use crate::model::Model;
-use crate::ops::{rms_norm, softmax, swiglu, RopeTables};
+use crate::ops::{rms_norm, softmax, swiglu_split, RopeTables};
+use crate::team::Team;
 use crate::RunError;
 
 /// The most tokens [`RunState::new`] lets one [`forward_batch`] call take: enough that
@@ -41,6 +42,9 @@ pub struct RunState {
     /// (layer, kv_head, max_positions, head_dim)
     value_cache: Vec<f32>,
     rope: RopeTables,
+    /// The threads every parallel section of a forward pass runs on (as many as rayon's
+    /// pool when the state was made).
+    team: Arc<Team>,
     max_positions: usize,
     max_batch: usize,
 }
@@ -81,6 +85,7 @@ impl RunState {
             key_cache: zeros(kv_cache_len)?,
             value_cache: zeros(kv_cache_len)?,
             rope: RopeTables::new(max_positions, c.head_dim as usize, c.rope_theta),
+            team: Arc::new(Team::new(rayon::current_num_threads())),
             max_positions,
             max_batch: b,
         })
@@ -139,7 +144,8 @@ pub fn forward_batch_for<'s>(model: &Model, s: &'s mut RunState, tokens: &[u32],
         return &s.logits[..0];
     }
     let k = kernels::active();
-    run(k, model, s, tokens, start, rows);
+    let team = Arc::clone(&s.team);
+    team.install(|| run(k, model, s, tokens, start, rows));
     &s.logits[..(n - rows.first(n)) * vocab]
 }
 
@@ -150,9 +156,12 @@ fn per_token(n: usize, width: usize, buf: &mut [f32], f: impl Fn(usize, &mut [f3
     if n < 4 {
         rows.chunks_exact_mut(width).enumerate().for_each(|(i, r)| f(i, r));
     } else {
-        rows.par_chunks_exact_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+        kernels::par_rows(rows, width, |r0, row| f(r0 / width, row));
     }
 }
+
+/// Elements of `act` one SwiGLU task computes: a decode step's 8192 (the 1B) in four.
+const SWIGLU_CHUNK: usize = 2048;
 
 fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize, rows: LogitRows) {
     let c = model.config;
@@ -180,14 +189,17 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
         // Attention. OLMo-2 normalises the q and k projections (over all heads at once)
         // and the attention output, not the layer input.
         matmul_with(k, &w.qkv_proj, &s.x[..n * d], n, &mut s.qkv[..n * qkv_dim]);
+        // q and k of each token as separate tasks: a decode step's two halves.
         let rope = &s.rope;
-        per_token(n, qkv_dim, &mut s.qkv, |i, row| {
-            let (q, kv) = row.split_at_mut(q_dim);
-            let kk = &mut kv[..kv_dim];
-            rms_norm(q, w.q_norm, eps);
-            rms_norm(kk, w.k_norm, eps);
-            rope.apply(q, start + i);
-            rope.apply(kk, start + i);
+        let qkv = SendPtr(s.qkv.as_mut_ptr());
+        for_each_task(2 * n, |t| {
+            let (i, is_k) = (t / 2, t % 2 == 1);
+            let (off, len, norm) = if is_k { (q_dim, kv_dim, w.k_norm) } else { (0, q_dim, w.q_norm) };
+            // SAFETY: task t alone touches token i's q (even t) or k (odd t), inside
+            // `qkv`'s first n rows, which outlive the section.
+            let v = unsafe { std::slice::from_raw_parts_mut(qkv.get().add(i * qkv_dim + off), len) };
+            rms_norm(v, norm, eps);
+            rope.apply(v, start + i);
         });
         let key_cache = &mut s.key_cache[l * layer_stride..][..layer_stride];
         let value_cache = &mut s.value_cache[l * layer_stride..][..layer_stride];
@@ -220,22 +232,25 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
                 kernels::weighted_sum(k, scores, values, out);
             }
         };
-        // A short decode step's attention is a few microseconds: not worth waking the pool.
-        if n * (start + n) * heads < 1 << 11 {
-            s.scores.chunks_mut(max_positions).take(heads).enumerate().for_each(|(h, sc)| head(h, sc));
-        } else {
-            s.scores
-                .par_chunks_mut(max_positions)
-                .enumerate()
-                .for_each(|(h, scores)| head(h, scores));
-        }
+        kernels::par_rows(&mut s.scores[..heads * max_positions], max_positions, |r0, scores| {
+            head(r0 / max_positions, scores)
+        });
         matmul_with(k, &w.o_proj, &s.attn[..n * q_dim], n, &mut s.proj[..n * d]);
         residual(n, d, &mut s.x, &mut s.proj, w.post_attention_layernorm, eps);
 
         // MLP: SwiGLU, normalised before the residual add.
         matmul_with(k, &w.gate_up_proj, &s.x[..n * d], n, &mut s.gate_up[..n * 2 * f]);
         let gate_up = &s.gate_up;
-        per_token(n, f, &mut s.act, |i, act| swiglu(&gate_up[i * 2 * f..][..2 * f], act));
+        let chunks = f.div_ceil(SWIGLU_CHUNK);
+        let act = SendPtr(s.act.as_mut_ptr());
+        for_each_task(n * chunks, |t| {
+            let (i, c0) = (t / chunks, t % chunks * SWIGLU_CHUNK);
+            let len = SWIGLU_CHUNK.min(f - c0);
+            let row = &gate_up[i * 2 * f..][..2 * f];
+            // SAFETY: task t alone writes this piece of token i's row of `act` (n x f).
+            let out = unsafe { std::slice::from_raw_parts_mut(act.get().add(i * f + c0), len) };
+            swiglu_split(&row[c0..][..len], &row[f + c0..][..len], out);
+        });
         matmul_with(k, &w.down_proj, &s.act[..n * f], n, &mut s.proj[..n * d]);
         residual(n, d, &mut s.x, &mut s.proj, w.post_feedforward_layernorm, eps);
     }
@@ -260,7 +275,11 @@ fn residual(n: usize, d: usize, x: &mut [f32], proj: &mut [f32], weight: &[f32],
     if n < 4 {
         x.chunks_exact_mut(d).zip(proj.chunks_exact_mut(d)).for_each(f);
     } else {
-        x[..n * d].par_chunks_exact_mut(d).zip(proj.par_chunks_exact_mut(d)).for_each(f);
+        let proj = SendPtr(proj.as_mut_ptr());
+        kernels::par_rows(&mut x[..n * d], d, |r0, x| {
+            // SAFETY: the task for token r0 / d alone touches that token's row of `proj`.
+            f((x, unsafe { std::slice::from_raw_parts_mut(proj.get().add(r0), d) }))
+        });
     }
 }
 

@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod sampling;
+pub mod team;
 pub mod pretokenize;
 pub mod text;
 pub mod tokenizer;

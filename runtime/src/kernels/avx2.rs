@@ -11,9 +11,8 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 
-use super::{for_each_task, grow, rows_per_task, with_local, Matrix, MatrixData, QuantX};
+use super::{for_each_task, grow, par_rows, rows_per_task, with_local, Matrix, MatrixData, QuantX};
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -383,7 +382,7 @@ thread_local! {
     static QX: RefCell<QuantX> = const { RefCell::new(QuantX::new()) };
 }
 
-/// `y = W x` on the current rayon pool.
+/// `y = W x`, rows split into parallel tasks ([`super::for_each_task`]).
 pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
     let per = rows_per_task(rows, cols, 4);
@@ -408,14 +407,6 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
                 run(qx, y)
             })
         }
-    }
-}
-
-fn par_rows(y: &mut [f32], per: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    if per >= y.len() {
-        f(0, y);
-    } else {
-        y.par_chunks_mut(per).enumerate().for_each(|(i, ys)| f(i * per, ys));
     }
 }
 

@@ -1,6 +1,6 @@
 //! `Y = X W^T` for many rows of `X` at once (prompt processing), AVX2 + FMA.
 //!
-//! Each rayon task owns a block of up to [`NB`] weight rows. It reads each row once,
+//! Each parallel task owns a block of up to [`NB`] weight rows. It reads each row once,
 //! front to back, widening it to f32 into a packed panel of `KC x NR` tiles (`NR`
 //! outputs side by side), then sweeps every row of `X` (packed once per call) over
 //! each tile with an `MR x NR` register-blocked micro-kernel. Weights are read from memory once per call,

@@ -16,14 +16,13 @@
 //!   multiplies unsigned by signed bytes; the weights' precomputed `-128 * sum`
 //!   takes the offset back out), and the token scales beside them.
 //!
-//! Each rayon task owns up to [`NB`] weight rows, packs them once, and sweeps every
+//! Each parallel task owns up to [`NB`] weight rows, packs them once, and sweeps every
 //! token group over them, [`KB`] blocks at a time so a strip's slice stays in L1.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use half::f16;
-use rayon::prelude::*;
 
 use super::gemm::{store_tile, transpose8};
 use super::{for_each_task, grow, with_local, QuantX, SendPtr};
@@ -81,14 +80,17 @@ pub unsafe fn matmul(quants: &[i8], scales: &[u16], rows: usize, k: usize, x: &[
         let ad = &mut ad[..groups * blocks * MR];
         // SAFETY: the caller vouches for the CPU features; each group's slices are
         // sized for its blocks above.
-        let pack = |(g, (aq, ad)): (usize, (&mut [u8], &mut [f32]))| {
+        let (aqp, adp) = (SendPtr(aq.as_mut_ptr()), SendPtr(ad.as_mut_ptr()));
+        for_each_task(groups, |g| {
+            // SAFETY: group `g` alone writes its own part of each buffer (sized above).
+            let (aq, ad) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(aqp.get().add(g * blocks * GROUP_BLOCK), blocks * GROUP_BLOCK),
+                    std::slice::from_raw_parts_mut(adp.get().add(g * blocks * MR), blocks * MR),
+                )
+            };
             with_local(&ROW, |row| unsafe { pack_group(x, n, k, g, row, aq, ad) })
-        };
-        if groups > 1 && rayon::current_num_threads() > 1 {
-            aq.par_chunks_mut(blocks * GROUP_BLOCK).zip(ad.par_chunks_mut(blocks * MR)).enumerate().for_each(pack);
-        } else {
-            aq.chunks_mut(blocks * GROUP_BLOCK).zip(ad.chunks_mut(blocks * MR)).enumerate().for_each(pack);
-        }
+        });
         let (aq, ad) = (&*aq, &*ad);
         let yp = SendPtr(y.as_mut_ptr());
         let nb_max = rows_per_block(blocks);

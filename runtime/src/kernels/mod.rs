@@ -1,7 +1,8 @@
 //! Numeric kernels over weight matrices stored in the blob's dtypes.
 //!
 //! Every matrix is `rows x cols` with each output row contiguous (`[out, in]`), so
-//! `y = W x` streams through the weights once. Kernels run on the current rayon pool.
+//! `y = W x` streams through the weights once. Kernels split their work into tasks for
+//! [`for_each_task`]: the installed [`Team`](crate::team::Team) (a forward pass) or rayon's pool.
 //!
 //! Three kernel sets sit behind one dispatch, chosen at run time from what the CPU has:
 //! [`portable`] (plain Rust, the reference and the fallback), `avx2` (AVX2 + FMA + F16C
@@ -194,15 +195,43 @@ pub(crate) fn with_local<T: Default, R>(
     })
 }
 
-/// Runs `task(0 .. tasks)` on the current rayon pool, or in order on this thread when
-/// there is one task or one thread (no pool hand-off to pay for).
+/// Threads a parallel section runs on: the calling thread's [`Team`](crate::team::Team)
+/// if one is installed (a forward pass), else the current rayon pool.
+pub(crate) fn threads() -> usize {
+    crate::team::with_current(|team| team.map_or_else(rayon::current_num_threads, |t| t.threads()))
+}
+
+/// Runs `task(0 .. tasks)` on the calling thread's team if one is installed, else on the
+/// current rayon pool, or in order on this thread when there is one task or one thread
+/// (no hand-off to pay for).
 pub(crate) fn for_each_task(tasks: usize, task: impl Fn(usize) + Sync + Send) {
-    if tasks == 1 || rayon::current_num_threads() == 1 {
-        (0..tasks).for_each(task);
-    } else {
-        use rayon::prelude::*;
-        (0..tasks).into_par_iter().for_each(task);
+    if tasks == 1 {
+        return task(0);
     }
+    crate::team::with_current(|team| match team {
+        Some(team) => team.run(tasks, &task),
+        None if rayon::current_num_threads() == 1 => (0..tasks).for_each(task),
+        None => {
+            use rayon::prelude::*;
+            (0..tasks).into_par_iter().for_each(task)
+        }
+    })
+}
+
+/// Calls `f(r0, ys)` for consecutive blocks `ys` of `per` elements of `y` (the last one
+/// shorter), `r0` being the block's first index, as parallel tasks.
+pub(crate) fn par_rows(y: &mut [f32], per: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let len = y.len();
+    if per >= len {
+        return f(0, y);
+    }
+    let yp = SendPtr(y.as_mut_ptr());
+    for_each_task(len.div_ceil(per), |i| {
+        let r0 = i * per;
+        // SAFETY: each task takes its own block of `y`, which outlives the section.
+        let ys = unsafe { std::slice::from_raw_parts_mut(yp.get().add(r0), per.min(len - r0)) };
+        f(r0, ys)
+    })
 }
 
 /// Grows `v` to at least `len` elements (never shrinks it).
@@ -242,19 +271,26 @@ impl Kernels {
 }
 
 /// A pointer into an output buffer that parallel tasks write in disjoint parts.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *mut f32);
+pub(crate) struct SendPtr<T = f32>(pub(crate) *mut T);
 
-// SAFETY: the pointer is only dereferenced inside a rayon scope that the buffer outlives,
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SendPtr<T> {}
+
+// SAFETY: the pointer is only dereferenced inside a parallel section that the buffer outlives,
 // and every user gives each task a region no other task reads or writes (a head of the
 // attention output, a block of GEMM output rows), so sharing it cannot race.
-unsafe impl Send for SendPtr {}
+unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as for Send: tasks write disjoint regions and nothing reads them concurrently.
-unsafe impl Sync for SendPtr {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
-impl SendPtr {
+impl<T> SendPtr<T> {
     /// Through a method, so closures capture the whole (Send) wrapper.
-    pub(crate) fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -457,10 +493,10 @@ fn check_data(w: &Matrix) {
     assert!(w.is_row_major() || !matches!(w.data, MatrixData::Q8_0 { .. }), "q8_0 in column panels");
 }
 
-/// Splits `rows` outputs into rayon tasks: a few per thread so a busy core is covered
+/// Splits `rows` outputs into parallel tasks: a few per thread so a busy core is covered
 /// by stealing, in multiples of `align`; one task for small matrices.
 pub(crate) fn rows_per_task(rows: usize, cols: usize, align: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = threads().max(1);
     if threads == 1 || rows * cols < 1 << 15 {
         return rows.max(1);
     }

@@ -4,7 +4,6 @@
 use std::cell::RefCell;
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use super::{Matrix, MatrixData, QuantX};
 
@@ -83,9 +82,9 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
         }
     };
     let run = |qx: Option<&QuantX>, y: &mut [f32]| {
-        y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(chunk, ys)| {
+        super::par_rows(y, ROWS_PER_TASK, |r0, ys| {
             for (i, yr) in ys.iter_mut().enumerate() {
-                let r = chunk * ROWS_PER_TASK + i;
+                let r = r0 + i;
                 *yr = w.panels().map(|(c0, p)| dot(&p, r, &x[c0..][..p.cols], qx)).sum();
             }
         });
