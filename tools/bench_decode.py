@@ -9,14 +9,15 @@ Steps (each reuses what is already there):
   1. bench-data/1b: random weights of the 1B shape (tools/make_fixture.py --shape 1b
      --no-reference; ~6 GB of .npy, needs torch + transformers, git-ignored).
   2. bench-data/1b-DTYPE.bin: `olmoc pack --dtype DTYPE` of it.
-  3. Read bandwidth: `cargo bench -p olmort --bench bandwidth` with THREADS workers
-     streaming the blob itself, mapped (the page-cache pages decode reads, with the page
-     sizes the kernel gave them), right before and right after every decode run: this
-     machine's bandwidth moves between runs (30-70 GB/s seen), so each run gets its own
-     floor. A 2 GiB heap buffer is streamed once per dtype for comparison.
-  4. Decode: a 1-token prompt then --steps generated tokens; ms/token is olmort's own
-     `generation` line, after one warm-up run. Each run's ratio is its ms/token over
-     its own floor; the table gives medians over --runs runs.
+  3. Decode against its floor, in one process (`cargo bench -p olmort --bench
+     decode_floor`): --steps decode steps, each followed at once by a stream of the
+     same weight bytes on the same threads. This machine's read bandwidth moves between
+     runs and within them (30-65 GB/s seen), so each step is judged against a stream
+     taken milliseconds later, not seconds away in another process. Per run: the median
+     step, the median floor (stream time scaled to the bytes a step reads) and the
+     median of the per-step ratios; the table gives medians over --runs runs.
+  4. olmort itself: a 1-token prompt then --steps generated tokens, ms/token from its
+     own `generation` line, after one warm-up run (the same step as a whole process).
   5. Prompt: tools/data/benchmark512.tokens.bin (512 tokens), tokens/s from olmort's
      `prompt` line, two ways: the trace (--steps 512: logits and top-5 at every
      position, as the trace prints them) and running text (--format text --max-tokens
@@ -24,8 +25,8 @@ Steps (each reuses what is already there):
      llama.cpp's prompt figure computes).
 
 Floor = bytes of weights one token reads (every matrix once, norms, no embedding table:
-what `Model::bytes_per_token` counts) / the higher of the two blob readings around the
-run. Prints a Markdown table.
+what `Model::bytes_per_token` counts) / the speed of streaming them. Prints a Markdown
+table.
 """
 
 import argparse
@@ -76,18 +77,17 @@ def bytes_per_token(config, dtype):
     return layers * per_layer + matrix(vocab, d) + 4 * d
 
 
-def bandwidth(threads, blob=None, repeats=7):
-    """Median GB/s of streaming a 2 GiB heap buffer, or all of `blob` mapped."""
-    env = dict(os.environ)
-    if blob is not None:
-        env["OLMORT_BANDWIDTH_FILE"] = str(Path(blob).resolve())
-    size = "0" if blob is not None else "2"
-    out = run(["cargo", "bench", "-q", "-p", "olmort", "--bench", "bandwidth", "--", size, str(threads),
-               str(repeats)], capture_output=True, env=env).stdout
-    m = re.search(r"bandwidth_gbps: ([\d.]+) ([\d.]+)", out)
+FLOOR = re.compile(r"decode_floor: step_ms ([\d.]+) floor_ms ([\d.]+) ratio ([\d.]+) gbps ([\d.]+)")
+
+
+def decode_floor(blob, threads, steps):
+    """(step ms, floor ms, ratio, GB/s): medians over `steps` paired steps and streams."""
+    out = run(["cargo", "bench", "-q", "-p", "olmort", "--bench", "decode_floor", "--", str(Path(blob).resolve()),
+               str(threads), str(steps)], capture_output=True).stdout
+    m = FLOOR.search(out)
     if not m:
-        sys.exit(f"no bandwidth line in: {out}")
-    return float(m.group(1))
+        sys.exit(f"no decode_floor line in: {out}")
+    return tuple(float(v) for v in m.groups())
 
 
 TIMING = re.compile(r"olmort:\s+(prompt|generation) =\s+([\d.]+) ms /\s+(\d+) tokens")
@@ -137,27 +137,13 @@ def main():
         if not blob.exists() or blob.stat().st_mtime < newest:
             run([str(ROOT / "target/release/olmoc"), "pack", str(ckpt), str(blob), "--dtype", dtype],
                 stdout=subprocess.DEVNULL)
-        heap_gbps = bandwidth(args.threads)
         olmort(blob, one, 2, args.threads)  # warm-up: fault the weights in
-        nbytes = bytes_per_token(config, dtype)
-        decode, bw, ratios = [], [], []
-        attempts = 0
-        while len(decode) < args.runs and attempts < 3 * args.runs:
-            attempts += 1
-            before = bandwidth(args.threads, blob, 3)
+        pairs = [decode_floor(blob, args.threads, args.steps) for _ in range(args.runs)]
+        step, floor_runs, ratios, bw = ([p[i] for p in pairs] for i in range(4))
+        decode = []
+        for _ in range(args.runs):
             ms, n = olmort(blob, one, args.steps + 1, args.threads)["generation"]
-            after = bandwidth(args.threads, blob, 3)
-            if max(before, after) > 1.15 * min(before, after):
-                # The machine changed speed during the run: its floor is unknown.
-                print(f"{dtype}: run dropped, blob read {before:.1f} GB/s before and {after:.1f} after",
-                      file=sys.stderr)
-                continue
-            gbps = max(before, after)
             decode.append(ms / n)
-            bw.append(gbps)
-            ratios.append(ms / n / (nbytes / (gbps * 1e9) * 1e3))
-        if not decode:
-            sys.exit(f"{dtype}: the bandwidth changed during every run; try again later")
         prompt, prompt_text = [], []
         if not args.no_prompt:
             for _ in range(args.runs):
@@ -165,36 +151,34 @@ def main():
                 prompt.append(n * 1e3 / ms)
                 ms, n = olmort(blob, args.prompt, prompt_len, args.threads, text=True)["prompt"]
                 prompt_text.append(n * 1e3 / ms)
-        gbps = statistics.median(bw)
-        floor = nbytes / (gbps * 1e9) * 1e3
-        ms = statistics.median(decode)
-        ratio = statistics.median(ratios)
-        row = dict(dtype=dtype, bytes_per_token=nbytes, bandwidth_gbps=gbps, heap_gbps=heap_gbps,
-                   floor_ms=floor, decode_ms=ms, decode_runs=decode, bandwidth_runs=bw, ratio_runs=ratios,
-                   ratio=ratio, prompt_tps=statistics.median(prompt) if prompt else None, prompt_runs=prompt,
+        row = dict(dtype=dtype, bytes_per_token=bytes_per_token(config, dtype),
+                   bandwidth_gbps=statistics.median(bw), bandwidth_runs=bw,
+                   floor_ms=statistics.median(floor_runs), floor_runs=floor_runs,
+                   step_ms=statistics.median(step), step_runs=step,
+                   ratio=statistics.median(ratios), ratio_runs=ratios,
+                   decode_ms=statistics.median(decode), decode_runs=decode,
+                   prompt_tps=statistics.median(prompt) if prompt else None, prompt_runs=prompt,
                    prompt_text_tps=statistics.median(prompt_text) if prompt_text else None,
                    prompt_text_runs=prompt_text)
         rows.append(row)
-        print(f"{dtype}: decode {ms:.1f} ms/token (runs {', '.join(f'{v:.1f}' for v in decode)}), "
-              f"blob read {', '.join(f'{v:.1f}' for v in bw)} GB/s (heap {heap_gbps:.1f}), "
-              f"ratios {', '.join(f'{v:.2f}' for v in ratios)}"
-              + (f", prompt {row['prompt_tps']:.1f} tok/s (runs {', '.join(f'{v:.1f}' for v in prompt)}), "
-                 f"last-logits prompt {row['prompt_text_tps']:.1f} (runs {', '.join(f'{v:.1f}' for v in prompt_text)})"
-                 if prompt else ""), file=sys.stderr)
+        runs = lambda v, f=".1f": ", ".join(f"{x:{f}}" for x in v)
+        print(f"{dtype}: step {runs(step)} ms, floor {runs(floor_runs)} ms ({runs(bw)} GB/s), ratio {runs(ratios, '.3f')}; "
+              f"olmort {runs(decode)} ms/token"
+              + (f"; prompt {runs(prompt)} tok/s, last logits {runs(prompt_text)}" if prompt else ""), file=sys.stderr)
     load = " ".join(load_average())
     print(f"load average at end: {load}", file=sys.stderr)
 
-    print(f"\n{args.threads} threads, decode = median of {args.runs} runs of {args.steps} tokens, "
-          f"prompt = {prompt_len} tokens; load average at end {load}\n")
-    print("| dtype | weights read / token | blob read (heap) | floor | decode | ratio | ratio per run "
-          "| prompt, trace | prompt, last logits |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+    print(f"\n{args.threads} threads; decode: medians over {args.runs} runs of {args.steps} steps, each step "
+          f"paired with a stream of its weights; prompt = {prompt_len} tokens; load average at end {load}\n")
+    print("| dtype | weights read / token | stream | floor | decode step | ratio | ratio per run "
+          "| olmort ms/token | prompt, trace | prompt, last logits |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
     for r in rows:
         p = f"{r['prompt_tps']:.1f} tok/s" if r["prompt_tps"] is not None else "-"
         pt = f"{r['prompt_text_tps']:.1f} tok/s" if r["prompt_text_tps"] is not None else "-"
-        print(f"| {r['dtype']} | {r['bytes_per_token'] / 1e9:.3f} GB | {r['bandwidth_gbps']:.1f} "
-              f"({r['heap_gbps']:.1f}) GB/s | {r['floor_ms']:.1f} ms | {r['decode_ms']:.1f} ms | "
-              f"{r['ratio']:.2f} | {', '.join(f'{v:.2f}' for v in r['ratio_runs'])} | {p} | {pt} |")
+        print(f"| {r['dtype']} | {r['bytes_per_token'] / 1e9:.3f} GB | {r['bandwidth_gbps']:.1f} GB/s "
+              f"| {r['floor_ms']:.1f} ms | {r['step_ms']:.1f} ms | {r['ratio']:.2f} "
+              f"| {', '.join(f'{v:.2f}' for v in r['ratio_runs'])} | {r['decode_ms']:.1f} | {p} | {pt} |")
     if args.json:
         args.json.write_text(json.dumps(dict(rows=rows, load_average=load, threads=args.threads), indent=2))
 

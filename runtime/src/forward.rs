@@ -95,6 +95,12 @@ impl RunState {
         self.max_positions
     }
 
+    /// The threads its forward passes run on: for work beside them (a benchmark's
+    /// stream) that should not compete with a second set of spinning threads.
+    pub fn team(&self) -> &Team {
+        &self.team
+    }
+
     /// The most tokens one [`forward_batch`] call takes.
     pub fn max_batch(&self) -> usize {
         self.max_batch

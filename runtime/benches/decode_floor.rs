@@ -1,0 +1,121 @@
+//! A decode step against its memory-bandwidth floor, measured side by side in one
+//! process: each step (`forward` of one token, then the top 5 of its logits, as the
+//! trace does) is followed at once by a plain stream of the same weight bytes on the
+//! same threads, and each pair gives a ratio. This machine's read bandwidth moves
+//! between runs and even within one (30 to 65 GB/s), so a floor measured seconds
+//! away from the step it judges can be off by half; a stream taken within
+//! milliseconds of its step sees the same machine.
+//!
+//!     cargo bench -p olmort --bench decode_floor -- MODEL.bin [THREADS] [STEPS]
+//!
+//! The stream reads the span of the blob from the first layer's first matrix to the end
+//! of `lm_head` (every matrix a step reads, the norms between them; not the embedding
+//! table, of which a step reads one row), each thread summing its contiguous part with
+//! 256-bit loads. Prints one line per step and a final `decode_floor:` line with the
+//! medians: step ms, stream ms (the floor), ratio, and the stream's GB/s.
+
+use std::time::Instant;
+
+use olmo_format::mapped::MappedFile;
+use olmo_format::Blob;
+use olmort::kernels::{Matrix, MatrixData};
+use olmort::ops::top_k;
+use olmort::team::Team;
+use olmort::{forward, Model, RunState};
+
+/// The matrix's stored bytes.
+fn bytes<'a>(m: &Matrix<'a>) -> (usize, usize) {
+    let (p, n) = match m.data {
+        MatrixData::F32(d) => (d.as_ptr() as usize, d.len() * 4),
+        MatrixData::F16(d) | MatrixData::BF16(d) => (d.as_ptr() as usize, d.len() * 2),
+        // The quants come first and the scales last: the whole tensor.
+        MatrixData::Q8_0 { quants, scales } => {
+            (quants.as_ptr() as usize, scales.as_ptr() as usize + scales.len() * 2 - quants.as_ptr() as usize)
+        }
+    };
+    (p, p + n)
+}
+
+/// Sums `b` as u64 words in four lanes, `team.threads()` contiguous parts at once, on
+/// the run state's own team (a second team's helpers would spin against it).
+fn stream(team: &Team, b: &[u8]) -> u64 {
+    // SAFETY: `align_to` yields only whole, aligned u64s; every bit pattern is a u64.
+    let words: &[u64] = unsafe { b.align_to::<u64>().1 };
+    let part = words.len().div_ceil(team.threads()).max(1);
+    let sums: Vec<std::sync::atomic::AtomicU64> = (0..team.threads()).map(|_| Default::default()).collect();
+    team.run(team.threads(), &|t| {
+        let chunk = &words[(t * part).min(words.len())..((t + 1) * part).min(words.len())];
+        let mut acc = [0u64; 4];
+        for c in chunk.chunks_exact(4) {
+            for (a, &w) in acc.iter_mut().zip(c) {
+                *a = a.wrapping_add(w);
+            }
+        }
+        sums[t].store(acc.iter().fold(0, |a: u64, &b| a.wrapping_add(b)), std::sync::atomic::Ordering::Relaxed);
+    });
+    sums.iter().fold(0, |a, s| a.wrapping_add(s.load(std::sync::atomic::Ordering::Relaxed)))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let path = args.first().ok_or("usage: decode_floor MODEL.bin [THREADS] [STEPS]")?;
+    let threads: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2);
+    let steps: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())?;
+    let map = MappedFile::open(path.as_ref()).map_err(|e| format!("{path}: {e}"))?;
+    let blob = Blob::parse(map.bytes()).map_err(|e| format!("{path}: {e}"))?;
+    let model = Model::new(&blob).map_err(|e| format!("{path}: {e}"))?;
+    let mut state = RunState::new(&model, steps + 1).map_err(|e| e.to_string())?;
+
+    let ranges: Vec<(usize, usize)> = model
+        .layers
+        .iter()
+        .flat_map(|l| [l.qkv_proj, l.o_proj, l.gate_up_proj, l.down_proj])
+        .chain([model.lm_head])
+        .map(|m| bytes(&m))
+        .collect();
+    let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+    let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    let base = map.bytes().as_ptr() as usize;
+    let span = &map.bytes()[lo - base..hi - base];
+
+    // One step and one stream to fault everything in.
+    forward(&model, &mut state, 100, 0);
+    std::hint::black_box(stream(state.team(), span));
+
+    println!(
+        "{path}: {threads} threads, kernels {:?}, {} weight bytes per step ({} streamed)",
+        olmort::kernels::active(),
+        model.bytes_per_token(),
+        span.len()
+    );
+    let (mut step_ms, mut stream_ms, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut token = 100;
+    for pos in 1..=steps {
+        let t = Instant::now();
+        let logits = forward(&model, &mut state, token, pos);
+        token = top_k::<5>(logits)[0].0;
+        let step = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        std::hint::black_box(stream(state.team(), span));
+        let floor = t.elapsed().as_secs_f64() * 1e3 * model.bytes_per_token() as f64 / span.len() as f64;
+        println!("step {pos}: {step:.2} ms, floor {floor:.2} ms, ratio {:.3}", step / floor);
+        step_ms.push(step);
+        stream_ms.push(floor);
+        ratios.push(step / floor);
+    }
+    let floor = median(stream_ms);
+    println!(
+        "decode_floor: step_ms {:.2} floor_ms {:.2} ratio {:.3} gbps {:.1}",
+        median(step_ms),
+        floor,
+        median(ratios),
+        model.bytes_per_token() as f64 / floor / 1e6
+    );
+    Ok(())
+}
