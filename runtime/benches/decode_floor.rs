@@ -11,9 +11,10 @@
 //! The stream reads the span of the blob from the first layer's first matrix to the end
 //! of `lm_head` (every matrix a step reads, the norms between them; not the embedding
 //! table, of which a step reads one row), each thread summing its contiguous part with
-//! 256-bit loads. Prints one line per step and a final `decode_floor:` line with the
+//! 256-bit loads and the kernels' 4 KiB software prefetch. Prints one line per step and a final `decode_floor:` line with the
 //! medians: step ms, stream ms (the floor), ratio, and the stream's GB/s.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use olmo_format::mapped::MappedFile;
@@ -36,24 +37,47 @@ fn bytes<'a>(m: &Matrix<'a>) -> (usize, usize) {
     (p, p + n)
 }
 
-/// Sums `b` as u64 words in four lanes, `team.threads()` contiguous parts at once, on
-/// the run state's own team (a second team's helpers would spin against it).
+/// Sums the 64-byte lines of `b` with 256-bit loads, prefetching 4 KiB ahead as the
+/// matvec kernels do (without it the stream is the slower of the two, and the floor
+/// would flatter the kernels).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_lines(b: &[u8]) -> u64 {
+    use std::arch::x86_64::*;
+    let (p, n) = (b.as_ptr(), b.len() / 64 * 64);
+    let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let mut i = 0;
+    while i < n {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + 4096) as *const i8);
+        a0 = _mm256_add_epi64(a0, _mm256_loadu_si256(p.add(i) as *const __m256i));
+        a1 = _mm256_add_epi64(a1, _mm256_loadu_si256(p.add(i + 32) as *const __m256i));
+        i += 64;
+    }
+    let mut lanes = [0u64; 4];
+    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, _mm256_add_epi64(a0, a1));
+    lanes.iter().fold(0, |a, &l| a.wrapping_add(l))
+}
+
+/// The same sum without AVX2.
+fn sum_lines_portable(b: &[u8]) -> u64 {
+    b.chunks_exact(8).fold(0u64, |a, w| a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap())))
+}
+
+/// Streams `b` in `team.threads()` contiguous parts at once, on the run state's own team
+/// (a second team's helpers would spin against it).
 fn stream(team: &Team, b: &[u8]) -> u64 {
-    // SAFETY: `align_to` yields only whole, aligned u64s; every bit pattern is a u64.
-    let words: &[u64] = unsafe { b.align_to::<u64>().1 };
-    let part = words.len().div_ceil(team.threads()).max(1);
-    let sums: Vec<std::sync::atomic::AtomicU64> = (0..team.threads()).map(|_| Default::default()).collect();
+    let part = b.len().div_ceil(team.threads()).next_multiple_of(64);
+    let sums: Vec<AtomicU64> = (0..team.threads()).map(|_| AtomicU64::new(0)).collect();
     team.run(team.threads(), &|t| {
-        let chunk = &words[(t * part).min(words.len())..((t + 1) * part).min(words.len())];
-        let mut acc = [0u64; 4];
-        for c in chunk.chunks_exact(4) {
-            for (a, &w) in acc.iter_mut().zip(c) {
-                *a = a.wrapping_add(w);
-            }
-        }
-        sums[t].store(acc.iter().fold(0, |a: u64, &b| a.wrapping_add(b)), std::sync::atomic::Ordering::Relaxed);
+        let chunk = &b[(t * part).min(b.len())..((t + 1) * part).min(b.len())];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 is checked here; the function reads only within `chunk`.
+        let sum = if is_x86_feature_detected!("avx2") { unsafe { sum_lines(chunk) } } else { sum_lines_portable(chunk) };
+        #[cfg(not(target_arch = "x86_64"))]
+        let sum = sum_lines_portable(chunk);
+        sums[t].store(sum, Ordering::Relaxed);
     });
-    sums.iter().fold(0, |a, s| a.wrapping_add(s.load(std::sync::atomic::Ordering::Relaxed)))
+    sums.iter().fold(0, |a, s| a.wrapping_add(s.load(Ordering::Relaxed)))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
