@@ -56,6 +56,15 @@ impl<'a> Matrix<'a> {
         Matrix { rows, cols, panel: (olmo_format::PANEL_COLS as usize).min(cols), data }
     }
 
+    /// Bytes of one row's elements (q8_0: quants and scales).
+    pub fn row_bytes(&self) -> usize {
+        match self.data {
+            MatrixData::F32(_) => self.cols * 4,
+            MatrixData::F16(_) | MatrixData::BF16(_) => self.cols * 2,
+            MatrixData::Q8_0 { .. } => self.cols.div_ceil(32) * 34,
+        }
+    }
+
     /// Whether the rows are stored whole, one after another.
     pub fn is_row_major(&self) -> bool {
         self.panel >= self.cols
@@ -491,6 +500,44 @@ fn check_data(w: &Matrix) {
     assert!(ok, "matrix data shorter than {r} x {c}");
     assert!(w.panel > 0 || c == 0, "column panels of width 0");
     assert!(w.is_row_major() || !matches!(w.data, MatrixData::Q8_0 { .. }), "q8_0 in column panels");
+}
+
+/// Calls `f(r0, ys)` for blocks `ys` of `y` that the threads claim as they go, each
+/// `1 / (2 * threads)` of what is left but at least `min` elements (the last one
+/// shorter): big blocks first, so each thread starts few streams, and small ones at the
+/// end, so the threads finish within one small block of each other. `r0` is the
+/// block's first index. With one thread, `f(0, y)`.
+pub(crate) fn par_rows_guided(y: &mut [f32], min: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let len = y.len();
+    let threads = threads();
+    if threads == 1 || len <= min {
+        return f(0, y);
+    }
+    let next = AtomicUsize::new(0);
+    let yp = SendPtr(y.as_mut_ptr());
+    for_each_task(threads, |_| {
+        let mut r0 = next.load(Ordering::Relaxed);
+        while r0 < len {
+            let size = ((len - r0) / (2 * threads)).max(min).min(len - r0);
+            match next.compare_exchange_weak(r0, r0 + size, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    // SAFETY: the exchange gave this thread `r0 .. r0 + size` alone, within
+                    // `y`, which outlives the section.
+                    f(r0, unsafe { std::slice::from_raw_parts_mut(yp.get().add(r0), size) });
+                    r0 = next.load(Ordering::Relaxed);
+                }
+                Err(now) => r0 = now,
+            }
+        }
+    })
+}
+
+/// The smallest block [`par_rows_guided`] hands out for a matvec: about 256 KiB of
+/// weights (a dozen microseconds of one core's stream), in whole multiples of `align`
+/// rows.
+pub(crate) fn min_rows_per_block(row_bytes: usize, align: usize) -> usize {
+    ((256 << 10) / row_bytes.max(1)).max(1).div_ceil(align) * align
 }
 
 /// Splits `rows` outputs into parallel tasks: a few per thread so a busy core is covered

@@ -316,3 +316,35 @@ fn column_panels_multiply_like_rows() {
         }
     }
 }
+
+#[test]
+fn guided_blocks_cover_every_row_once_and_shrink_to_the_minimum() {
+    use std::sync::Mutex;
+    for threads in [1, 2, 3] {
+        let team = crate::team::Team::new(threads);
+        for (len, min) in [(1, 4), (7, 4), (100, 4), (1000, 16), (16384, 64)] {
+            let mut y = vec![0f32; len];
+            let blocks = Mutex::new(Vec::new());
+            team.install(|| {
+                par_rows_guided(&mut y, min, |r0, ys| {
+                    ys.iter_mut().for_each(|v| *v += 1.0);
+                    blocks.lock().unwrap().push((r0, ys.len()));
+                })
+            });
+            assert!(y.iter().all(|&v| v == 1.0), "{threads} threads, {len} rows");
+            let mut blocks = blocks.into_inner().unwrap();
+            blocks.sort();
+            let mut next = 0;
+            for (i, &(r0, n)) in blocks.iter().enumerate() {
+                assert_eq!(r0, next, "blocks tile the rows in order");
+                assert!(n >= min.min(len) || i == blocks.len() - 1, "only the last block is under {min}: {blocks:?}");
+                next = r0 + n;
+            }
+            if threads > 1 && len >= 64 * min {
+                // Shrinking: the first block is a quarter or more of the rows, the last
+                // no more than the minimum.
+                assert!(blocks[0].1 >= len / (2 * threads) && blocks.last().unwrap().1 <= min, "{blocks:?}");
+            }
+        }
+    }
+}
