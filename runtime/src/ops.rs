@@ -70,14 +70,8 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// `out[i] = silu(gate[i]) * up[i]`, where `gate_up` is gate then up.
-pub fn swiglu(gate_up: &[f32], out: &mut [f32]) {
-    let (gate, up) = gate_up.split_at(out.len());
-    swiglu_split(gate, up, out)
-}
-
 /// `out[i] = silu(gate[i]) * up[i]`.
-pub fn swiglu_split(gate: &[f32], up: &[f32], out: &mut [f32]) {
+pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g / (1.0 + (-g).exp()) * u;
     }
