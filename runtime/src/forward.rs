@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::kernels::{self, for_each_task, matmul_with, Kernels, SendPtr};
 use crate::model::Model;
-use crate::ops::{rms_norm, softmax, swiglu, RopeTables};
+use crate::ops::{rms_norm, softmax, RopeTables};
 use crate::team::Team;
 use crate::RunError;
 
@@ -255,7 +255,7 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
             let row = &gate_up[i * 2 * f..][..2 * f];
             // SAFETY: task t alone writes this piece of token i's row of `act` (n x f).
             let out = unsafe { std::slice::from_raw_parts_mut(act.get().add(i * f + c0), len) };
-            swiglu(&row[c0..][..len], &row[f + c0..][..len], out);
+            kernels::swiglu(k, &row[c0..][..len], &row[f + c0..][..len], out);
         });
         matmul_with(k, &w.down_proj, &s.act[..n * f], n, &mut s.proj[..n * d]);
         residual(n, d, &mut s.x, &mut s.proj, w.post_feedforward_layernorm, eps);

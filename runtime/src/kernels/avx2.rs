@@ -591,3 +591,41 @@ pub(super) unsafe fn q8_row_to_f32(quants: &[i8], scales: &[u16], cols: usize, r
         }
     }
 }
+
+/// `exp(x)` for eight lanes: Cephes' `expf` (range reduction by `ln 2` in two parts, a
+/// degree-6 polynomial, the exponent built in the bits), within 2 ulp of `f32::exp`;
+/// inputs are clamped to +-88.38, where `f32::exp` overflows or flushes.
+#[inline(always)]
+unsafe fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.376_26)), _mm256_set1_ps(88.376_26));
+    let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
+    let scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
+}
+
+/// `out[i] = gate[i] / (1 + exp(-gate[i])) * up[i]`, eight at a time.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `gate` and `up` must hold `out.len()` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    let (g, u, o) = (gate.as_ptr(), up.as_ptr(), out.as_mut_ptr());
+    let one = _mm256_set1_ps(1.0);
+    let mut i = 0;
+    while i + 8 <= n {
+        let gv = _mm256_loadu_ps(g.add(i));
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        let silu = _mm256_div_ps(gv, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(o.add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(u.add(i))));
+        i += 8;
+    }
+    crate::ops::swiglu(&gate[i..n], &up[i..n], &mut out[i..]);
+}

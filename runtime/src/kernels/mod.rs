@@ -480,6 +480,20 @@ pub fn weighted_sum(k: Kernels, weights: &[f32], rows: &[f32], out: &mut [f32]) 
     }
 }
 
+/// `out[i] = silu(gate[i]) * up[i]`: SwiGLU. The AVX2 path computes `exp` with a
+/// polynomial (Cephes' `expf`, within 2 ulp) eight at a time; over a 512-token prompt
+/// of the 1B that is 67 million exponentials.
+pub fn swiglu(k: Kernels, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(gate.len() >= out.len() && up.len() >= out.len());
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA/F16C (checked); `gate` and `up` hold `out.len()`
+        // values (asserted).
+        _ if k.avx2() => unsafe { avx2::swiglu(gate, up, out) },
+        _ => crate::ops::swiglu(gate, up, out),
+    }
+}
+
 /// The slices must hold the whole matrix: the SIMD kernels read through raw pointers.
 fn check_data(w: &Matrix) {
     let (r, c) = (w.rows, w.cols);

@@ -348,3 +348,22 @@ fn guided_blocks_cover_every_row_once_and_shrink_to_the_minimum() {
         }
     }
 }
+
+#[test]
+fn swiglu_kernels_match_the_definition() {
+    let mut rng = Rng(0x5EED);
+    // Every range SwiGLU meets, past the clamp at both ends, and a tail of 5.
+    let mut gate: Vec<f32> = (0..200).map(|i| (i as f32 - 100.0) * 1.01).collect();
+    gate.extend(rng.vec(1000).iter().map(|v| v * 8.0));
+    gate.extend([-1e4, -90.0, -88.0, 0.0, -0.0, 88.0, 90.0, 1e4, 1e-30, -1e-30, 3.0, -3.0, 7.5]);
+    let up: Vec<f32> = (0..gate.len()).map(|i| if i % 3 == 0 { 1.0 } else { rng.next() * 4.0 }).collect();
+    for k in available_kernels() {
+        let mut out = vec![0f32; gate.len()];
+        swiglu(k, &gate, &up, &mut out);
+        for (i, ((&g, &u), &o)) in gate.iter().zip(&up).zip(&out).enumerate() {
+            let want = (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32;
+            let tol = 4.0 * f32::EPSILON * want.abs() + 1e-30;
+            assert!((o - want).abs() <= tol, "{k:?} [{i}] silu({g}) * {u}: {o} vs {want}");
+        }
+    }
+}
