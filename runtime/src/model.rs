@@ -102,11 +102,7 @@ impl<'a> Model<'a> {
     /// row) plus the norms. The memory-bandwidth floor of a step is this over bandwidth.
     pub fn bytes_per_token(&self) -> u64 {
         fn bytes(m: &Matrix) -> u64 {
-            (match m.data {
-                MatrixData::F32(d) => d.len() * 4,
-                MatrixData::F16(d) | MatrixData::BF16(d) => d.len() * 2,
-                MatrixData::Q8_0 { quants, scales } => quants.len() + scales.len() * 2,
-            }) as u64
+            (m.rows * m.row_bytes()) as u64
         }
         let per_layer: u64 = self
             .layers
