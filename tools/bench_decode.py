@@ -25,13 +25,12 @@ Steps (each reuses what is already there):
      llama.cpp's prompt figure computes).
 
 Floor = bytes of weights one token reads (every matrix once, norms, no embedding table:
-what `Model::bytes_per_token` counts) / the speed of streaming them. Prints a Markdown
+`Model::bytes_per_token`, as decode_floor reports it) / the speed of streaming them. Prints a Markdown
 table.
 """
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -54,40 +53,19 @@ def load_average():
         return ["?"] * 3
 
 
-def bytes_per_token(config, dtype):
-    """What Model::bytes_per_token counts, from the config alone."""
-    d = config["hidden_size"]
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads", heads)
-    head_dim = config.get("head_dim") or d // heads
-    q, kv = heads * head_dim, kv_heads * head_dim
-    f = config["intermediate_size"]
-    vocab = config["vocab_size"]
-    layers = config["num_hidden_layers"]
-
-    def matrix(rows, cols):
-        if dtype == "f32":
-            return rows * cols * 4
-        if dtype in ("f16", "bf16"):
-            return rows * cols * 2
-        return rows * -(-cols // 32) * 34
-
-    per_layer = (matrix(q + 2 * kv, d) + matrix(d, q) + matrix(2 * f, d) + matrix(d, f)
-                 + 4 * (q + kv + 2 * d))
-    return layers * per_layer + matrix(vocab, d) + 4 * d
-
-
 FLOOR = re.compile(r"decode_floor: step_ms ([\d.]+) floor_ms ([\d.]+) ratio ([\d.]+) gbps ([\d.]+)")
+WEIGHT_BYTES = re.compile(r"(\d+) weight bytes per step")
 
 
 def decode_floor(blob, threads, steps):
-    """(step ms, floor ms, ratio, GB/s): medians over `steps` paired steps and streams."""
+    """(step ms, floor ms, ratio, GB/s): medians over `steps` paired steps and streams;
+    and the bytes of weights one step reads (`Model::bytes_per_token`)."""
     out = run(["cargo", "bench", "-q", "-p", "olmort", "--bench", "decode_floor", "--", str(Path(blob).resolve()),
                str(threads), str(steps)], capture_output=True).stdout
-    m = FLOOR.search(out)
-    if not m:
-        sys.exit(f"no decode_floor line in: {out}")
-    return tuple(float(v) for v in m.groups())
+    m, nbytes = FLOOR.search(out), WEIGHT_BYTES.search(out)
+    if not m or not nbytes:
+        sys.exit(f"no decode_floor lines in: {out}")
+    return tuple(float(v) for v in m.groups()), int(nbytes.group(1))
 
 
 TIMING = re.compile(r"olmort:\s+(prompt|generation) =\s+([\d.]+) ms /\s+(\d+) tokens")
@@ -119,7 +97,6 @@ def main():
     if not (ckpt / "config.json").exists():
         print(f"generating the 1B-shaped checkpoint in {ckpt} (~6 GB)", file=sys.stderr)
         run([sys.executable, "tools/make_fixture.py", "--shape", "1b", "--no-reference", str(ckpt)])
-    config = json.loads((ckpt / "config.json").read_text())
     # Running text needs a vocabulary in the blob: the real dolma2 one the fixtures use.
     if not (ckpt / "vocab.txt").exists():
         (ckpt / "vocab.txt").write_bytes((ROOT / "tests/fixtures/tiny/vocab.txt").read_bytes())
@@ -138,7 +115,10 @@ def main():
             run([str(ROOT / "target/release/olmoc"), "pack", str(ckpt), str(blob), "--dtype", dtype],
                 stdout=subprocess.DEVNULL)
         olmort(blob, one, 2, args.threads)  # warm-up: fault the weights in
-        pairs = [decode_floor(blob, args.threads, args.steps) for _ in range(args.runs)]
+        pairs = []
+        for _ in range(args.runs):
+            medians, nbytes = decode_floor(blob, args.threads, args.steps)
+            pairs.append(medians)
         step, floor_runs, ratios, bw = ([p[i] for p in pairs] for i in range(4))
         decode = []
         for _ in range(args.runs):
@@ -151,7 +131,7 @@ def main():
                 prompt.append(n * 1e3 / ms)
                 ms, n = olmort(blob, args.prompt, prompt_len, args.threads, text=True)["prompt"]
                 prompt_text.append(n * 1e3 / ms)
-        row = dict(dtype=dtype, bytes_per_token=bytes_per_token(config, dtype),
+        row = dict(dtype=dtype, bytes_per_token=nbytes,
                    bandwidth_gbps=statistics.median(bw), bandwidth_runs=bw,
                    floor_ms=statistics.median(floor_runs), floor_runs=floor_runs,
                    step_ms=statistics.median(step), step_runs=step,
