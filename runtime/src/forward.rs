@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::buffer::Buffer;
 use crate::kernels::{self, for_each_task, matmul_with, Kernels, SendPtr};
 use crate::model::Model;
 use crate::ops::{rms_norm, softmax, RopeTables};
@@ -21,26 +22,26 @@ pub const DEFAULT_MAX_BATCH: usize = 256;
 /// belongs to the batch's token `i`.
 pub struct RunState {
     /// (batch, d) the residual stream
-    x: Vec<f32>,
+    x: Buffer,
     /// (batch, q + 2 kv) query, key and value
-    qkv: Vec<f32>,
+    qkv: Buffer,
     /// (batch, q) attention output, heads concatenated
-    attn: Vec<f32>,
+    attn: Buffer,
     /// (batch, d) output of o_proj or down_proj before its norm
-    proj: Vec<f32>,
+    proj: Buffer,
     /// (batch, 2 f) gate then up
-    gate_up: Vec<f32>,
+    gate_up: Buffer,
     /// (batch, f) silu(gate) * up
-    act: Vec<f32>,
+    act: Buffer,
     /// (heads, max_positions) attention weights
-    scores: Vec<f32>,
+    scores: Buffer,
     /// (batch, vocab): the last call's logits, one row per token
-    pub logits: Vec<f32>,
+    pub logits: Buffer,
     /// (layer, kv_head, max_positions, head_dim): each head's keys contiguous, so one
     /// head's attention reads one dense block
-    key_cache: Vec<f32>,
+    key_cache: Buffer,
     /// (layer, kv_head, max_positions, head_dim)
-    value_cache: Vec<f32>,
+    value_cache: Buffer,
     rope: RopeTables,
     /// The threads every parallel section of a forward pass runs on (as many as rayon's
     /// pool when the state was made).
@@ -291,11 +292,8 @@ fn residual(n: usize, d: usize, x: &mut [f32], proj: &mut [f32], weight: &[f32],
 
 /// A zeroed buffer of `len` floats (`None`: the size overflowed), or an error if memory
 /// cannot be had.
-fn zeros(len: Option<usize>) -> Result<Vec<f32>, RunError> {
-    let too_big = || RunError::Usage("the KV cache and buffers for this many positions do not fit in memory: ask for fewer steps".into());
-    let len = len.ok_or_else(too_big)?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| too_big())?;
-    v.resize(len, 0.0);
-    Ok(v)
+fn zeros(len: Option<usize>) -> Result<Buffer, RunError> {
+    len.and_then(Buffer::zeroed).ok_or_else(|| {
+        RunError::Usage("the KV cache and buffers for this many positions do not fit in memory: ask for fewer steps".into())
+    })
 }

@@ -8,6 +8,7 @@
 //! forward(&model, &mut state, token, pos);
 //! ```
 
+pub mod buffer;
 pub mod forward;
 pub mod generate;
 pub mod kernels;
