@@ -359,7 +359,7 @@ unsafe fn dot_q8(w: __m256i, x: __m256i) -> __m256 {
 /// time; with the team's back-to-back sections, decode steps alternating with and
 /// without it in one process (the 1B, 2 threads) were 3-4% (f32), 6-10% (f16) and
 /// 10-14% (bf16) faster with it, medians of 80 pairs; 8 and 16 KiB were no better.
-const PREFETCH: usize = 4096;
+pub(super) const PREFETCH: usize = 4096;
 
 /// q8_0 rows `r0 ..` against quantised `x`; `blocks` per row. `R` rows at a time share
 /// each load of x; scales are widened eight blocks at once.
@@ -442,7 +442,8 @@ thread_local! {
 }
 
 /// `y = W x`, rows claimed by the threads in shrinking blocks ([`par_rows_guided`]).
-pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
+/// `wide`: q8_0 on AVX-512 VNNI ([`super::q8_vnni`]), which the caller has checked.
+pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32], wide: bool) {
     let cols = w.cols;
     // Guided blocks rather than a fixed split: decode steps alternating between the two
     // in one process (the 1B, 2 threads, 80 pairs) were 3-6% faster with them when
@@ -461,19 +462,23 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
             let xd = &xd[..cols];
             par_rows_guided(y, min, |r0, ys| unsafe { rows_panels(w, r0, x, xd, ys) })
         }),
-        MatrixData::Q8_0 { quants, scales } => {
+        MatrixData::Q8_0 { quants, scales } => with_local(&QX, |qx| {
             let blocks = cols.div_ceil(32);
-            let run = |qx: &QuantX, y: &mut [f32]| {
+            qx.quantize(x);
+            if wide {
+                grow(&mut qx.offsets, blocks * 8);
+                unsafe { super::q8_vnni::lane_offsets(&qx.quants[..blocks * 32], &mut qx.offsets[..blocks * 8]) };
+                let qx = &*qx;
+                par_rows_guided(y, min, |r0, ys| unsafe {
+                    super::q8_vnni::rows(quants.as_ptr(), scales.as_ptr(), blocks, r0, qx, ys)
+                })
+            } else {
                 let (xq, xd) = (&qx.quants[..blocks * 32], &qx.scales[..blocks]);
                 par_rows_guided(y, min, |r0, ys| unsafe {
                     rows_q8_0(quants.as_ptr(), scales.as_ptr(), blocks, r0, xq, xd, ys)
                 })
-            };
-            with_local(&QX, |qx| {
-                qx.quantize(x);
-                run(qx, y)
-            })
-        }
+            }
+        }),
     }
 }
 

@@ -6,8 +6,9 @@
 //!
 //! Three kernel sets sit behind one dispatch, chosen at run time from what the CPU has:
 //! [`portable`] (plain Rust, the reference and the fallback), `avx2` (AVX2 + FMA + F16C
-//! intrinsics), and the same with AVX-512 for prompt batches (a 512-bit float GEMM
-//! micro-kernel, and VNNI integer dot products for q8_0 in `gemm_q8`).
+//! intrinsics), and the same with AVX-512 where it pays: for prompt batches a 512-bit
+//! float GEMM micro-kernel and VNNI integer dot products for q8_0 (`gemm_q8`), and the
+//! one-token q8_0 product on VNNI (`q8_vnni`).
 //! `OLMORT_KERNELS=portable` or `=avx2` caps the choice for a process; [`with_kernels`]
 //! forces any available set for the calling thread (tests use it to run them all).
 
@@ -18,6 +19,8 @@ mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod gemm_q8;
 mod portable;
+#[cfg(target_arch = "x86_64")]
+mod q8_vnni;
 
 use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
@@ -146,6 +149,9 @@ impl<'a> Matrix<'a> {
 pub(crate) struct QuantX {
     pub quants: Vec<i8>,
     pub scales: Vec<f32>,
+    /// What the AVX-512 VNNI product needs besides: eight lanes per block (see
+    /// `q8_vnni::lane_offsets`); empty until it runs.
+    pub offsets: Vec<i32>,
 }
 
 impl Default for QuantX {
@@ -156,7 +162,7 @@ impl Default for QuantX {
 
 impl QuantX {
     pub(crate) const fn new() -> QuantX {
-        QuantX { quants: Vec::new(), scales: Vec::new() }
+        QuantX { quants: Vec::new(), scales: Vec::new(), offsets: Vec::new() }
     }
 
     /// Makes room for `len` values; returns the block count.
@@ -257,9 +263,9 @@ pub enum Kernels {
     Portable,
     /// AVX2 + FMA + F16C intrinsics; only selectable where [`avx2_available`].
     Avx2,
-    /// [`Kernels::Avx2`], with batches (prompt processing) multiplied on AVX-512: a
-    /// 512-bit FMA micro-kernel for float weights, VNNI integer dot products for q8_0;
-    /// only selectable where [`avx512_available`].
+    /// [`Kernels::Avx2`], with batches (prompt processing) multiplied on AVX-512 (a
+    /// 512-bit FMA micro-kernel for float weights, VNNI integer dot products for q8_0)
+    /// and one-token q8_0 products on VNNI; only selectable where [`avx512_available`].
     Avx512,
 }
 
@@ -395,7 +401,7 @@ pub fn matvec_with(k: Kernels, w: &Matrix, x: &[f32], y: &mut [f32]) {
     check_data(w);
     match k {
         #[cfg(target_arch = "x86_64")]
-        _ if k.avx2() => avx2::matvec(w, x, y),
+        _ if k.avx2() => avx2::matvec(w, x, y, k == Kernels::Avx512 && avx512_available()),
         _ => portable::matvec(w, x, y),
     }
 }
@@ -436,8 +442,9 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         _ if k.avx2() => {
             if n < gemm::MIN_BATCH {
+                let wide = k == Kernels::Avx512 && avx512_available();
                 for (xi, yi) in x.chunks_exact(w.cols).zip(y.chunks_exact_mut(w.rows)) {
-                    avx2::matvec(w, xi, yi);
+                    avx2::matvec(w, xi, yi, wide);
                 }
             } else {
                 let wide = k == Kernels::Avx512 && avx512_available();

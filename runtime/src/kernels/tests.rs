@@ -91,48 +91,62 @@ fn tolerance(name: &str, w: &Matrix, r: usize, x: &[f32], quantised_x: bool) -> 
 const SHAPES: [(usize, usize); 10] =
     [(1, 1), (3, 7), (5, 31), (7, 33), (13, 64), (67, 100), (130, 257), (9, 300), (301, 515), (40, 2100)];
 
+/// Every SIMD set against the portable kernels, on shapes with tail blocks and rows.
 #[test]
-fn avx2_matvec_matches_portable() {
-    if !avx2_available() {
-        return;
-    }
+fn simd_matvec_matches_portable() {
     let mut rng = Rng(0x9e3779b97f4a7c15);
     for (rows, cols) in SHAPES {
         let owned = Owned::new(&mut rng, rows, cols);
         let x = rng.vec(cols);
         for (name, w) in owned.all() {
             let mut want = vec![0f32; rows];
-            let mut got = vec![0f32; rows];
             matvec_with(Kernels::Portable, &w, &x, &mut want);
-            matvec_with(Kernels::Avx2, &w, &x, &mut got);
-            for r in 0..rows {
-                let tol = tolerance(name, &w, r, &x, false);
-                assert!(
-                    (want[r] - got[r]).abs() <= tol,
-                    "{name} {rows}x{cols} row {r}: {} vs {} (tol {tol})",
-                    want[r],
-                    got[r]
-                );
+            for k in available_kernels().into_iter().filter(|&k| k != Kernels::Portable) {
+                let mut got = vec![0f32; rows];
+                matvec_with(k, &w, &x, &mut got);
+                for r in 0..rows {
+                    let tol = tolerance(name, &w, r, &x, false);
+                    assert!(
+                        (want[r] - got[r]).abs() <= tol,
+                        "{k:?} {name} {rows}x{cols} row {r}: {} vs {} (tol {tol})",
+                        want[r],
+                        got[r]
+                    );
+                }
             }
         }
     }
 }
 
 #[test]
-fn avx2_matvec_is_exact_on_integers() {
-    // Small integers multiply and add exactly in f32, so any summation order agrees.
-    if !avx2_available() {
-        return;
-    }
-    let (rows, cols) = (37, 75);
+fn simd_matvec_is_exact_on_integers() {
+    // Small integers multiply and add exactly in f32, so any summation order agrees. For
+    // q8_0 the scales are 1 and each block of x holds a 127, so x quantises to itself:
+    // the integer block sums (and the AVX-512 kernel's offset for unsigned bytes) must
+    // come out exact too.
+    let (rows, cols): (usize, usize) = (37, 75 + 256);
     let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
-    let x: Vec<f32> = (0..cols).map(|i| ((i * 3) % 5) as f32 - 2.0).collect();
-    let m = Matrix::row_major(rows, cols, MatrixData::F32(&w));
-    let mut want = vec![0f32; rows];
-    let mut got = vec![0f32; rows];
-    matvec_with(Kernels::Portable, &m, &x, &mut want);
-    matvec_with(Kernels::Avx2, &m, &x, &mut got);
-    assert_eq!(want, got);
+    let x: Vec<f32> = (0..cols).map(|i| if i % 32 == 5 { 127.0 } else { ((i * 3) % 5) as f32 - 2.0 }).collect();
+    let blocks = cols.div_ceil(32);
+    let quants: Vec<i8> = (0..rows)
+        .flat_map(|r| {
+            let w = &w;
+            (0..blocks * 32).map(move |c| if c < cols { w[r * cols + c] as i8 } else { 0 })
+        })
+        .collect();
+    let scales = vec![f16::ONE.to_bits(); rows * blocks];
+    for m in [
+        Matrix::row_major(rows, cols, MatrixData::F32(&w)),
+        Matrix::row_major(rows, cols, MatrixData::Q8_0 { quants: &quants, scales: &scales }),
+    ] {
+        let mut want = vec![0f32; rows];
+        matvec_with(Kernels::Portable, &m, &x, &mut want);
+        for k in available_kernels() {
+            let mut got = vec![0f32; rows];
+            matvec_with(k, &m, &x, &mut got);
+            assert_eq!(want, got, "{k:?} {:?}", std::mem::discriminant(&m.data));
+        }
+    }
 }
 
 #[test]
