@@ -10,11 +10,12 @@
 //!
 //! The stream reads the span of the blob from the first layer's first matrix to the end
 //! of `lm_head` (every matrix a step reads, the norms between them; not the embedding
-//! table, of which a step reads one row), each thread summing its contiguous part with
-//! 256-bit loads and the kernels' 4 KiB software prefetch. Prints one line per step and a final `decode_floor:` line with the
+//! table, of which a step reads one row), the threads claiming blocks of it as the
+//! kernels claim rows and summing them with 256-bit loads and the kernels' 4 KiB
+//! software prefetch. Prints one line per step and a final `decode_floor:` line with the
 //! medians: step ms, stream ms (the floor), ratio, and the stream's GB/s.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use olmo_format::mapped::MappedFile;
@@ -63,21 +64,39 @@ fn sum_lines_portable(b: &[u8]) -> u64 {
     b.chunks_exact(8).fold(0u64, |a, w| a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap())))
 }
 
-/// Streams `b` in `team.threads()` contiguous parts at once, on the run state's own team
-/// (a second team's helpers would spin against it).
+/// Streams `b` on the run state's own team (a second team's helpers would spin against
+/// it), the threads claiming blocks as the matvec kernels claim rows: 1 / (2 * threads)
+/// of what is left, at least 256 KiB. Two fixed halves measured up to 3% slower (one
+/// thread finishing early and the other streaming its last part alone), which would
+/// make the floor too easy to meet.
 fn stream(team: &Team, b: &[u8]) -> u64 {
-    let part = b.len().div_ceil(team.threads()).next_multiple_of(64);
-    let sums: Vec<AtomicU64> = (0..team.threads()).map(|_| AtomicU64::new(0)).collect();
-    team.run(team.threads(), &|t| {
-        let chunk = &b[(t * part).min(b.len())..((t + 1) * part).min(b.len())];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 is checked here; the function reads only within `chunk`.
-        let sum = if is_x86_feature_detected!("avx2") { unsafe { sum_lines(chunk) } } else { sum_lines_portable(chunk) };
-        #[cfg(not(target_arch = "x86_64"))]
-        let sum = sum_lines_portable(chunk);
-        sums[t].store(sum, Ordering::Relaxed);
+    const MIN: usize = 256 << 10;
+    let threads = team.threads();
+    let next = AtomicUsize::new(0);
+    let total = AtomicU64::new(0);
+    team.run(threads, &|_| {
+        let mut sum = 0u64;
+        let mut start = next.load(Ordering::Relaxed);
+        while start < b.len() {
+            let left = b.len() - start;
+            let size = (left / (2 * threads)).max(MIN).min(left);
+            match next.compare_exchange_weak(start, start + size, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    let block = &b[start..start + size];
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX2 is checked here; the function reads only within `block`.
+                    let s = if is_x86_feature_detected!("avx2") { unsafe { sum_lines(block) } } else { sum_lines_portable(block) };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let s = sum_lines_portable(block);
+                    sum = sum.wrapping_add(s);
+                    start = next.load(Ordering::Relaxed);
+                }
+                Err(now) => start = now,
+            }
+        }
+        total.fetch_add(sum, Ordering::Relaxed);
     });
-    sums.iter().fold(0, |a, s| a.wrapping_add(s.load(Ordering::Relaxed)))
+    total.load(Ordering::Relaxed)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
