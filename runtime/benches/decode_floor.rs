@@ -18,25 +18,12 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use olmo_format::mapped::MappedFile;
-use olmo_format::Blob;
-use olmort::kernels::{Matrix, MatrixData};
 use olmort::ops::top_k;
 use olmort::team::Team;
 use olmort::{forward, Model, RunState};
 
-/// The matrix's stored bytes.
-fn bytes<'a>(m: &Matrix<'a>) -> (usize, usize) {
-    let (p, n) = match m.data {
-        MatrixData::F32(d) => (d.as_ptr() as usize, d.len() * 4),
-        MatrixData::F16(d) | MatrixData::BF16(d) => (d.as_ptr() as usize, d.len() * 2),
-        // The quants come first and the scales last: the whole tensor.
-        MatrixData::Q8_0 { quants, scales } => {
-            (quants.as_ptr() as usize, scales.as_ptr() as usize + scales.len() * 2 - quants.as_ptr() as usize)
-        }
-    };
-    (p, p + n)
-}
+mod common;
+use common::{median, Args};
 
 /// Sums the 64-byte lines of `b` with 256-bit loads, prefetching 4 KiB ahead as the
 /// matvec kernels do (without it the stream is the slower of the two, and the floor
@@ -99,36 +86,18 @@ fn stream(team: &Team, b: &[u8]) -> u64 {
     total.load(Ordering::Relaxed)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+fn main() -> Result<(), String> {
+    let args = Args::parse("decode_floor MODEL.bin [THREADS] [STEPS]", 64)?;
+    args.with_model(|map, model| run(&args, map.bytes(), model))
 }
 
-fn main() -> Result<(), String> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let path = args.first().ok_or("usage: decode_floor MODEL.bin [THREADS] [STEPS]")?;
-    let threads: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2);
-    let steps: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())?;
-    let map = MappedFile::open(path.as_ref()).map_err(|e| format!("{path}: {e}"))?;
-    let blob = Blob::parse(map.bytes()).map_err(|e| format!("{path}: {e}"))?;
-    let model = Model::new(&blob).map_err(|e| format!("{path}: {e}"))?;
-    let mut state = RunState::new(&model, steps + 1).map_err(|e| e.to_string())?;
-
-    let ranges: Vec<(usize, usize)> = model
-        .layers
-        .iter()
-        .flat_map(|l| [l.qkv_proj, l.o_proj, l.gate_up_proj, l.down_proj])
-        .chain([model.lm_head])
-        .map(|m| bytes(&m))
-        .collect();
-    let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
-    let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
-    let base = map.bytes().as_ptr() as usize;
-    let span = &map.bytes()[lo - base..hi - base];
+fn run(args: &Args, blob: &[u8], model: &Model) -> Result<(), String> {
+    let (path, threads, steps) = (&args.path, args.threads, args.count);
+    let mut state = RunState::new(model, steps + 1).map_err(|e| e.to_string())?;
+    let span = common::span(blob, &common::step_matrices(model));
 
     // One step and one stream to fault everything in.
-    forward(&model, &mut state, 100, 0);
+    forward(model, &mut state, 100, 0);
     std::hint::black_box(stream(state.team(), span));
 
     println!(
@@ -141,7 +110,7 @@ fn main() -> Result<(), String> {
     let mut token = 100;
     for pos in 1..=steps {
         let t = Instant::now();
-        let logits = forward(&model, &mut state, token, pos);
+        let logits = forward(model, &mut state, token, pos);
         token = top_k::<5>(logits)[0].0;
         let step = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();

@@ -12,25 +12,12 @@
 
 use std::time::Instant;
 
-use olmo_format::mapped::MappedFile;
-use olmo_format::Blob;
-use olmort::kernels::{matvec, Matrix, MatrixData};
+use olmort::kernels::{matvec, Matrix};
 use olmort::{forward, Model, RunState};
 use rayon::prelude::*;
 
-/// The matrix's stored bytes (q8_0: its quants).
-fn bytes<'a>(m: &Matrix<'a>) -> &'a [u8] {
-    // SAFETY (each arm): the view covers exactly the matrix's own elements as bytes
-    // (align 1, the same length in bytes); every bit pattern is a valid u8.
-    unsafe {
-        match m.data {
-            MatrixData::F32(d) => std::slice::from_raw_parts(d.as_ptr() as *const u8, d.len() * 4),
-            MatrixData::F16(d) | MatrixData::BF16(d) => std::slice::from_raw_parts(d.as_ptr() as *const u8, d.len() * 2),
-            // The quants: 32 of every 34 bytes q8_0 reads.
-            MatrixData::Q8_0 { quants, .. } => std::slice::from_raw_parts(quants.as_ptr() as *const u8, quants.len()),
-        }
-    }
-}
+mod common;
+use common::{median, Args};
 
 /// Sums `b` as u64 words, one contiguous part per pool thread.
 fn stream(b: &[u8]) -> u64 {
@@ -40,25 +27,19 @@ fn stream(b: &[u8]) -> u64 {
     words.par_chunks(part).map(|c| c.iter().fold(0u64, |a, &w| a.wrapping_add(w))).sum()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+fn main() -> Result<(), String> {
+    let args = Args::parse("model_matvec MODEL.bin [THREADS] [ROUNDS]", 3)?;
+    args.with_model(|map, model| run(&args, map.bytes(), model))
 }
 
-fn main() -> Result<(), String> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let path = args.first().ok_or("usage: model_matvec MODEL.bin [THREADS] [ROUNDS]")?;
-    let threads: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2);
-    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())?;
-    let map = MappedFile::open(path.as_ref()).map_err(|e| format!("{path}: {e}"))?;
-    let blob = Blob::parse(map.bytes()).map_err(|e| format!("{path}: {e}"))?;
-    let model = Model::new(&blob).map_err(|e| format!("{path}: {e}"))?;
+fn run(args: &Args, blob: &[u8], model: &Model) -> Result<(), String> {
+    let (path, threads, rounds) = (&args.path, args.threads, args.count);
+    let bytes = |m: &Matrix| common::stored_bytes(blob, m);
     let widest = model.layers.iter().flat_map(|l| [l.down_proj.cols, l.qkv_proj.cols]).max().unwrap_or(0);
     let tallest = model.layers.iter().map(|l| l.gate_up_proj.rows).chain([model.lm_head.rows]).max().unwrap_or(0);
     let x = vec![0.01f32; widest];
     let mut y = vec![0f32; tallest];
-    let mut state = RunState::new(&model, 30).map_err(|e| e.to_string())?;
+    let mut state = RunState::new(model, 30).map_err(|e| e.to_string())?;
     let kinds: Vec<(&str, Vec<Matrix>)> = vec![
         ("qkv", model.layers.iter().map(|l| l.qkv_proj).collect()),
         ("o", model.layers.iter().map(|l| l.o_proj).collect()),
@@ -91,11 +72,8 @@ fn main() -> Result<(), String> {
         }
         // The same matrices streamed as one section: the bytes from the first layer's
         // first matrix to the end of the last matrix (norms between included).
-        let all: Vec<&[u8]> = kinds.iter().flat_map(|(_, ms)| ms.iter().map(|m| bytes(m))).collect();
-        let lo = all.iter().map(|b| b.as_ptr() as usize).min().unwrap_or(0);
-        let hi = all.iter().map(|b| b.as_ptr() as usize + b.len()).max().unwrap_or(0);
-        let base = map.bytes().as_ptr() as usize;
-        let span = &map.bytes()[lo - base..hi - base];
+        let all: Vec<Matrix> = kinds.iter().flat_map(|(_, ms)| ms.iter().copied()).collect();
+        let span = common::span(blob, &all);
         let one = median(
             (0..5)
                 .map(|_| {
@@ -108,7 +86,7 @@ fn main() -> Result<(), String> {
         let steps: Vec<f64> = (0..30)
             .map(|pos| {
                 let t = Instant::now();
-                forward(&model, &mut state, 100, pos);
+                forward(model, &mut state, 100, pos);
                 t.elapsed().as_secs_f64()
             })
             .collect();

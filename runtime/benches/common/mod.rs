@@ -1,0 +1,78 @@
+//! What the model benches share: their arguments, the model they open and the bytes
+//! its matrices occupy in the blob.
+
+// Each bench uses a part of this module.
+#![allow(dead_code)]
+
+use olmo_format::mapped::MappedFile;
+use olmo_format::Blob;
+use olmort::kernels::{Matrix, MatrixData};
+use olmort::Model;
+
+/// `BENCH MODEL.bin [THREADS] [COUNT]` (flags such as cargo's `--bench` ignored), with
+/// rayon's global pool built for THREADS (default 2).
+pub struct Args {
+    pub path: String,
+    pub threads: usize,
+    /// The bench's third argument (steps, rounds), or its default.
+    pub count: usize,
+}
+
+impl Args {
+    pub fn parse(usage: &str, default_count: usize) -> Result<Args, String> {
+        let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+        let path = args.first().ok_or(format!("usage: {usage}"))?.clone();
+        let threads = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2);
+        let count = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(default_count);
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())?;
+        Ok(Args { path, threads, count })
+    }
+
+    /// Maps, checks and views the model, and runs `f` on the map and the model.
+    pub fn with_model<R>(&self, f: impl FnOnce(&MappedFile, &Model) -> Result<R, String>) -> Result<R, String> {
+        let path = &self.path;
+        let map = MappedFile::open(path.as_ref()).map_err(|e| format!("{path}: {e}"))?;
+        let blob = Blob::parse(map.bytes()).map_err(|e| format!("{path}: {e}"))?;
+        let model = Model::new(&blob).map_err(|e| format!("{path}: {e}"))?;
+        f(&map, &model)
+    }
+}
+
+/// Every matrix one decode step reads, in the order it reads them.
+pub fn step_matrices<'a>(model: &Model<'a>) -> Vec<Matrix<'a>> {
+    model
+        .layers
+        .iter()
+        .flat_map(|l| [l.qkv_proj, l.o_proj, l.gate_up_proj, l.down_proj])
+        .chain([model.lm_head])
+        .collect()
+}
+
+/// The bytes of `blob` that matrix `m` (a view into it) is stored in: for q8_0 its
+/// quants and the scales after them.
+pub fn stored_bytes<'b>(blob: &'b [u8], m: &Matrix) -> &'b [u8] {
+    let (start, len) = match m.data {
+        MatrixData::F32(d) => (d.as_ptr() as usize, d.len() * 4),
+        MatrixData::F16(d) | MatrixData::BF16(d) => (d.as_ptr() as usize, d.len() * 2),
+        MatrixData::Q8_0 { quants, scales } => {
+            (quants.as_ptr() as usize, scales.as_ptr() as usize + scales.len() * 2 - quants.as_ptr() as usize)
+        }
+    };
+    let offset = start - blob.as_ptr() as usize;
+    &blob[offset..offset + len]
+}
+
+/// The bytes from the first of `matrices` in the blob to the end of the last (with
+/// whatever lies between: the norms).
+pub fn span<'b>(blob: &'b [u8], matrices: &[Matrix]) -> &'b [u8] {
+    let base = blob.as_ptr() as usize;
+    let parts: Vec<&[u8]> = matrices.iter().map(|m| stored_bytes(blob, m)).collect();
+    let lo = parts.iter().map(|b| b.as_ptr() as usize - base).min().unwrap_or(0);
+    let hi = parts.iter().map(|b| b.as_ptr() as usize - base + b.len()).max().unwrap_or(0);
+    &blob[lo..hi]
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
