@@ -7,9 +7,6 @@ use half::{bf16, f16};
 
 use super::{Matrix, MatrixData, QuantX};
 
-/// Rows per parallel task: enough work to amortise scheduling.
-const ROWS_PER_TASK: usize = 64;
-
 fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(a, b)| a * b).sum()
 }
@@ -82,7 +79,7 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
         }
     };
     let run = |qx: Option<&QuantX>, y: &mut [f32]| {
-        super::par_rows(y, ROWS_PER_TASK, |r0, ys| {
+        super::par_rows_guided(y, super::min_rows_per_block(w.row_bytes(), 1), |r0, ys| {
             for (i, yr) in ys.iter_mut().enumerate() {
                 let r = r0 + i;
                 *yr = w.panels().map(|(c0, p)| dot(&p, r, &x[c0..][..p.cols], qx)).sum();
