@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::buffer::Buffer;
 use crate::kernels::{self, for_each_task, matmul_with, Kernels, SendPtr};
 use crate::model::Model;
-use crate::ops::{rms_norm, softmax, RopeTables};
+use crate::ops::{rms_norm, RopeTables};
 use crate::team::Team;
 use crate::RunError;
 
@@ -230,7 +230,7 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
                 let n_ctx = start + i + 1;
                 let scores = &mut scores[..n_ctx];
                 kernels::scaled_dots(k, qh, keys, scale, scores);
-                softmax(scores);
+                kernels::softmax(k, scores);
                 // SAFETY: head h of token i is written by this task alone, and `attn`
                 // (n x q) outlives the parallel loop.
                 let out = unsafe {

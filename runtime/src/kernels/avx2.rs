@@ -615,6 +615,45 @@ unsafe fn exp8(x: __m256) -> __m256 {
     _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
 }
 
+/// Softmax in place, eight at a time with [`exp8`]: the max, then `exp(x - max)` and
+/// its sum, then the scaling.
+///
+/// # Safety
+/// AVX2/FMA/F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn softmax(x: &mut [f32]) {
+    let n = x.len();
+    let whole = n / 8 * 8;
+    let p = x.as_mut_ptr();
+    let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+    for i in (0..whole).step_by(8) {
+        m = _mm256_max_ps(m, _mm256_loadu_ps(p.add(i)));
+    }
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    let max = x[whole..].iter().fold(_mm_cvtss_f32(m), |a, &v| a.max(v));
+    let mv = _mm256_set1_ps(max);
+    let mut sum = _mm256_setzero_ps();
+    for i in (0..whole).step_by(8) {
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mv));
+        _mm256_storeu_ps(p.add(i), e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    let mut sum = hsum(sum);
+    for v in &mut x[whole..] {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = _mm256_set1_ps(1.0 / sum);
+    for i in (0..whole).step_by(8) {
+        _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), inv));
+    }
+    for v in &mut x[whole..] {
+        *v /= sum;
+    }
+}
+
 /// `out[i] = gate[i] / (1 + exp(-gate[i])) * up[i]`, eight at a time.
 ///
 /// # Safety

@@ -487,6 +487,19 @@ pub fn weighted_sum(k: Kernels, weights: &[f32], rows: &[f32], out: &mut [f32]) 
     }
 }
 
+/// Softmax in place: attention's weights over the cached positions. The AVX2 path
+/// computes `exp` with the polynomial SwiGLU uses: 512 scores on one core took 0.26 us
+/// against 1.82 with `f32::exp`, and a 512-token prompt of the 1B computes 34 million
+/// weights (a decode step at position p, 256 p).
+pub fn softmax(k: Kernels, x: &mut [f32]) {
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA/F16C (checked).
+        _ if k.avx2() => unsafe { avx2::softmax(x) },
+        _ => crate::ops::softmax(x),
+    }
+}
+
 /// `out[i] = silu(gate[i]) * up[i]`: SwiGLU. The AVX2 path computes `exp` with a
 /// polynomial (Cephes' `expf`, within 2 ulp) eight at a time; over a 512-token prompt
 /// of the 1B that is 67 million exponentials.

@@ -381,3 +381,28 @@ fn swiglu_kernels_match_the_definition() {
         }
     }
 }
+
+#[test]
+fn softmax_kernels_match_the_definition() {
+    let mut rng = Rng(0x50F7);
+    for n in [1, 5, 8, 9, 31, 64, 513] {
+        // Scores of attention's size, and spreads wide enough that some weights
+        // underflow (past exp's clamp at -88).
+        for spread in [1.0, 30.0, 400.0] {
+            let x: Vec<f32> = rng.vec(n).iter().map(|v| v * spread).collect();
+            let max = x.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            let sum: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
+            for k in available_kernels() {
+                let mut got = x.clone();
+                softmax(k, &mut got);
+                for (i, (&g, &v)) in got.iter().zip(&x).enumerate() {
+                    let want = ((v as f64 - max).exp() / sum) as f32;
+                    // `v - max` rounds to f32 first: an error of half an ulp of the
+                    // argument, relative to the result, on top of exp's few ulp.
+                    let tol = f32::EPSILON * (8.0 + (v as f64 - max).abs() as f32) * want + 1e-37;
+                    assert!((g - want).abs() <= tol, "{k:?} n={n} spread {spread} [{i}]: {g} vs {want}");
+                }
+            }
+        }
+    }
+}
