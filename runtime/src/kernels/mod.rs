@@ -283,6 +283,11 @@ impl Kernels {
     fn avx2(self) -> bool {
         matches!(self, Kernels::Avx2 | Kernels::Avx512) && avx2_available()
     }
+
+    /// Whether `self` adds the AVX-512 kernels (prompt GEMMs, the q8_0 matvec).
+    fn avx512(self) -> bool {
+        self == Kernels::Avx512 && avx512_available()
+    }
 }
 
 /// A pointer into an output buffer that parallel tasks write in disjoint parts.
@@ -401,7 +406,7 @@ pub fn matvec_with(k: Kernels, w: &Matrix, x: &[f32], y: &mut [f32]) {
     check_data(w);
     match k {
         #[cfg(target_arch = "x86_64")]
-        _ if k.avx2() => avx2::matvec(w, x, y, k == Kernels::Avx512 && avx512_available()),
+        _ if k.avx2() => avx2::matvec(w, x, y, k.avx512()),
         _ => portable::matvec(w, x, y),
     }
 }
@@ -429,7 +434,7 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     check_data(w);
     match k {
         #[cfg(target_arch = "x86_64")]
-        Kernels::Avx512 if n >= gemm::MIN_BATCH && avx512_available() && matches!(w.data, MatrixData::Q8_0 { .. }) => {
+        _ if k.avx512() && n >= gemm::MIN_BATCH && matches!(w.data, MatrixData::Q8_0 { .. }) => {
             let MatrixData::Q8_0 { quants, scales } = w.data else { unreachable!() };
             // SAFETY: the CPU has what the kernel needs (checked), `check_data` found
             // every row's quants and scales, and the lengths of `x` and `y` are asserted.
@@ -441,13 +446,12 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
         }
         #[cfg(target_arch = "x86_64")]
         _ if k.avx2() => {
+            let wide = k.avx512();
             if n < gemm::MIN_BATCH {
-                let wide = k == Kernels::Avx512 && avx512_available();
                 for (xi, yi) in x.chunks_exact(w.cols).zip(y.chunks_exact_mut(w.rows)) {
                     avx2::matvec(w, xi, yi, wide);
                 }
             } else {
-                let wide = k == Kernels::Avx512 && avx512_available();
                 // SAFETY: `k.avx2()` checked AVX2/FMA/F16C, and `wide` AVX-512;
                 // `check_data` found every row and the lengths of `x` and `y` are asserted.
                 unsafe { gemm::matmul(w, x, n, y, wide) }
