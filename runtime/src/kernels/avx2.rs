@@ -385,6 +385,10 @@ unsafe fn rows_q8_0_r<const R: usize>(
         let mut acc = [_mm256_setzero_ps(); R];
         let mut acc2 = [_mm256_setzero_ps(); R];
         for g in 0..groups {
+            // The scales are a second stream, 1/16 of the quants' bytes (see q8_vnni).
+            for sj in s {
+                _mm_prefetch::<_MM_HINT_T0>((sj.add(g * 8) as *const i8).wrapping_add(PREFETCH / 16));
+            }
             let dx = _mm256_loadu_ps(xdp.add(g * 8));
             let mut d = [[0f32; 8]; R];
             for j in 0..R {

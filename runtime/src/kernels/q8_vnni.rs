@@ -65,6 +65,11 @@ pub(super) unsafe fn rows(quants: *const i8, scales: *const u16, blocks: usize, 
         let s = scales.add((r0 + i) * blocks);
         let mut acc = [_mm512_setzero_ps(); 2];
         for g in 0..groups {
+            // The scales are a second stream, 1/16 of the quants' bytes. Prefetching it
+            // too: 1B decode steps alternating with and without in one process (2
+            // threads, 200 steps) were a median 1.6% faster, 0.8% slower to 3.6%
+            // faster over 8 runs; 1.2% (0.5-2.3%) with the AVX2 kernel.
+            _mm_prefetch::<_MM_HINT_T0>((s.add(g * 8) as *const i8).wrapping_add(PREFETCH / 16));
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(s.add(g * 8) as *const __m128i));
             let d = _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_loadu_ps(xdp.add(g * 8))));
             for (k, pair) in pair_scales.iter().enumerate() {
