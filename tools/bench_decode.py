@@ -8,7 +8,12 @@ against the memory-bandwidth floor measured in the same run.
 Steps (each reuses what is already there):
   1. bench-data/1b: random weights of the 1B shape (tools/make_fixture.py --shape 1b
      --no-reference; ~6 GB of .npy, needs torch + transformers, git-ignored).
-  2. bench-data/1b-DTYPE.bin: `olmoc pack --dtype DTYPE` of it.
+  2. bench-data/1b-DTYPE.bin: `olmoc pack --dtype DTYPE` of it. The blob is then
+     dropped from the page cache (POSIX_FADV_DONTNEED; --keep-cache skips this) and read
+     back by a warm-up `olmort` run, whose huge-page hint makes the kernel cache it in
+     2 MiB folios. A blob that other work has partly pushed out of the cache comes back
+     around its surviving 4 KiB pages, and decodes up to 25% slower (docs/PERFORMANCE.md);
+     the table's "2 MiB-mapped" column shows the share decode_floor found.
   3. Decode against its floor, in one process (`cargo bench -p olmort --bench
      decode_floor`): --steps decode steps, each followed at once by a stream of the
      same weight bytes on the same threads. This machine's read bandwidth moves between
@@ -31,6 +36,7 @@ table.
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -53,19 +59,32 @@ def load_average():
         return ["?"] * 3
 
 
+PMD = re.compile(r"pmd_mapped (\d+) of (\d+) MiB resident")
 FLOOR = re.compile(r"decode_floor: step_ms ([\d.]+) floor_ms ([\d.]+) ratio ([\d.]+) gbps ([\d.]+)")
 WEIGHT_BYTES = re.compile(r"(\d+) weight bytes per step")
 
 
 def decode_floor(blob, threads, steps):
     """(step ms, floor ms, ratio, GB/s): medians over `steps` paired steps and streams;
-    and the bytes of weights one step reads (`Model::bytes_per_token`)."""
+    the bytes of weights one step reads (`Model::bytes_per_token`); and the share of the
+    blob's resident pages mapped in 2 MiB pages (None if not reported)."""
     out = run(["cargo", "bench", "-q", "-p", "olmort", "--bench", "decode_floor", "--", str(Path(blob).resolve()),
                str(threads), str(steps)], capture_output=True).stdout
-    m, nbytes = FLOOR.search(out), WEIGHT_BYTES.search(out)
+    m, nbytes, pmd = FLOOR.search(out), WEIGHT_BYTES.search(out), PMD.search(out)
     if not m or not nbytes:
         sys.exit(f"no decode_floor lines in: {out}")
-    return tuple(float(v) for v in m.groups()), int(nbytes.group(1))
+    huge = int(pmd.group(1)) / max(int(pmd.group(2)), 1) if pmd else None
+    return tuple(float(v) for v in m.groups()), int(nbytes.group(1)), huge
+
+
+def evict(path):
+    """Drops `path` from the page cache, so that the next reader maps it afresh."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 TIMING = re.compile(r"olmort:\s+(prompt|generation) =\s+([\d.]+) ms /\s+(\d+) tokens")
@@ -81,6 +100,11 @@ def olmort(blob, tokens, steps, threads, text=False):
     return found
 
 
+def huge_share(shares):
+    known = [h for h in shares if h is not None]
+    return f"{min(known):.0%}" if known else "?"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT / "bench-data")
@@ -90,6 +114,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median)")
     ap.add_argument("--prompt", type=Path, default=ROOT / "tools/data/benchmark512.tokens.bin")
     ap.add_argument("--no-prompt", action="store_true", help="skip the prompt-processing runs")
+    ap.add_argument("--keep-cache", action="store_true",
+                    help="measure the blobs as the page cache holds them, without evicting them first")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
@@ -114,11 +140,14 @@ def main():
         if not blob.exists() or blob.stat().st_mtime < newest:
             run([str(ROOT / "target/release/olmoc"), "pack", str(ckpt), str(blob), "--dtype", dtype],
                 stdout=subprocess.DEVNULL)
+        if not args.keep_cache:
+            evict(blob)
         olmort(blob, one, 2, args.threads)  # warm-up: fault the weights in
-        pairs = []
+        pairs, huge = [], []
         for _ in range(args.runs):
-            medians, nbytes = decode_floor(blob, args.threads, args.steps)
+            medians, nbytes, share = decode_floor(blob, args.threads, args.steps)
             pairs.append(medians)
+            huge.append(share)
         step, floor_runs, ratios, bw = ([p[i] for p in pairs] for i in range(4))
         decode = []
         for _ in range(args.runs):
@@ -135,14 +164,16 @@ def main():
                    bandwidth_gbps=statistics.median(bw), bandwidth_runs=bw,
                    floor_ms=statistics.median(floor_runs), floor_runs=floor_runs,
                    step_ms=statistics.median(step), step_runs=step,
-                   ratio=statistics.median(ratios), ratio_runs=ratios,
+                   ratio=statistics.median(ratios), ratio_runs=ratios, huge_mapped_runs=huge,
                    decode_ms=statistics.median(decode), decode_runs=decode,
                    prompt_tps=statistics.median(prompt) if prompt else None, prompt_runs=prompt,
                    prompt_text_tps=statistics.median(prompt_text) if prompt_text else None,
                    prompt_text_runs=prompt_text)
         rows.append(row)
         runs = lambda v, f=".1f": ", ".join(f"{x:{f}}" for x in v)
-        print(f"{dtype}: step {runs(step)} ms, floor {runs(floor_runs)} ms ({runs(bw)} GB/s), ratio {runs(ratios, '.3f')}; "
+        shares = ", ".join("?" if h is None else f"{h:.0%}" for h in huge)
+        print(f"{dtype}: step {runs(step)} ms, floor {runs(floor_runs)} ms ({runs(bw)} GB/s), ratio {runs(ratios, '.3f')}, "
+              f"2 MiB-mapped {shares}; "
               f"olmort {runs(decode)} ms/token"
               + (f"; prompt {runs(prompt)} tok/s, last logits {runs(prompt_text)}" if prompt else ""), file=sys.stderr)
     load = " ".join(load_average())
@@ -150,15 +181,16 @@ def main():
 
     print(f"\n{args.threads} threads; decode: medians over {args.runs} runs of {args.steps} steps, each step "
           f"paired with a stream of its weights; prompt = {prompt_len} tokens; load average at end {load}\n")
-    print("| dtype | weights read / token | stream | floor | decode step | ratio | ratio per run "
+    print("| dtype | weights read / token | stream | floor | decode step | ratio | ratio per run | 2 MiB-mapped "
           "| olmort ms/token | prompt, trace | prompt, last logits |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         p = f"{r['prompt_tps']:.1f} tok/s" if r["prompt_tps"] is not None else "-"
         pt = f"{r['prompt_text_tps']:.1f} tok/s" if r["prompt_text_tps"] is not None else "-"
         print(f"| {r['dtype']} | {r['bytes_per_token'] / 1e9:.3f} GB | {r['bandwidth_gbps']:.1f} GB/s "
               f"| {r['floor_ms']:.1f} ms | {r['step_ms']:.1f} ms | {r['ratio']:.2f} "
-              f"| {', '.join(f'{v:.2f}' for v in r['ratio_runs'])} | {r['decode_ms']:.1f} | {p} | {pt} |")
+              f"| {', '.join(f'{v:.2f}' for v in r['ratio_runs'])} | {huge_share(r['huge_mapped_runs'])} "
+              f"| {r['decode_ms']:.1f} | {p} | {pt} |")
     if args.json:
         args.json.write_text(json.dumps(dict(rows=rows, load_average=load, threads=args.threads), indent=2))
 
