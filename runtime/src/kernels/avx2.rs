@@ -501,6 +501,10 @@ pub unsafe fn scaled_dots(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) 
     let mut t = 0;
     while t + 8 <= n {
         let r = rp.add(t * d);
+        // These eight rows' bytes, PREFETCH ahead: the cached keys are a stream too.
+        for l in (0..8 * d * 4).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>((r as *const i8).wrapping_add(PREFETCH + l));
+        }
         let mut a = [_mm256_setzero_ps(); 8];
         let mut c = 0;
         while c < d8 {
@@ -548,6 +552,9 @@ pub unsafe fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]) {
         for (t, &p) in weights.iter().enumerate() {
             let pv = _mm256_set1_ps(p);
             let r = rows.add(t * d);
+            for l in (0..V * 32).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>((r as *const i8).wrapping_add(PREFETCH + l));
+            }
             for (j, a) in a.iter_mut().enumerate() {
                 *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(r.add(8 * j)), *a);
             }
