@@ -1,5 +1,5 @@
-//! Zeroed `f32` buffers for the run state, in anonymous memory maps backed by 2 MiB
-//! pages where the kernel allows it.
+//! Zeroed buffers of floats (`f32`, or `f16` for a half-size KV cache) for the run
+//! state, in anonymous memory maps backed by 2 MiB pages where the kernel allows it.
 //!
 //! A decode step's attention reads each head's cached keys and values, a few KiB to a
 //! few MiB per head spread over the whole KV cache; with 4 KiB pages nearly every
@@ -12,29 +12,44 @@
 //! The kernel maps and zeroes pages on first touch, so positions a run never reaches
 //! cost no memory.
 
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 
+use half::f16;
 use memmap2::MmapMut;
 
 /// The huge page size on x86-64 and most aarch64 kernels.
 const HUGE_PAGE: usize = 2 << 20;
 
-/// `len` zeroed floats in their own memory map.
-pub struct Buffer {
+/// An element type whose all-zero bytes are the value zero and whose every bit pattern
+/// is valid, so a zeroed map is a slice of zeros.
+///
+/// # Safety
+/// Implement only for such plain types of alignment at most 4 KiB.
+pub unsafe trait Zeroable: Copy {}
+
+// SAFETY: IEEE floats: all-zero bits are +0.0, and every bit pattern is some value.
+unsafe impl Zeroable for f32 {}
+// SAFETY: as for f32; `f16` is a transparent `u16`.
+unsafe impl Zeroable for f16 {}
+
+/// `len` zeroed elements in their own memory map.
+pub struct Buffer<T: Zeroable = f32> {
     /// `None` for an empty buffer (a map cannot be empty).
     map: Option<MmapMut>,
-    /// Where the floats start in `map`: the first 2 MiB boundary for a big buffer.
+    /// Where the elements start in `map`: the first 2 MiB boundary for a big buffer.
     offset: usize,
     len: usize,
+    _element: PhantomData<T>,
 }
 
-impl Buffer {
-    /// `len` zeroed floats, or `None` if the size overflows or the memory cannot be
+impl<T: Zeroable> Buffer<T> {
+    /// `len` zeroed elements, or `None` if the size overflows or the memory cannot be
     /// mapped.
-    pub fn zeroed(len: usize) -> Option<Buffer> {
-        let bytes = len.checked_mul(std::mem::size_of::<f32>())?;
+    pub fn zeroed(len: usize) -> Option<Buffer<T>> {
+        let bytes = len.checked_mul(std::mem::size_of::<T>())?;
         if bytes == 0 {
-            return Some(Buffer { map: None, offset: 0, len: 0 });
+            return Some(Buffer { map: None, offset: 0, len: 0, _element: PhantomData });
         }
         let huge = bytes >= HUGE_PAGE;
         let map = MmapMut::map_anon(if huge { bytes.checked_add(HUGE_PAGE)? } else { bytes }).ok()?;
@@ -44,38 +59,39 @@ impl Buffer {
             // Only a hint: without transparent huge pages the buffer works the same.
             let _ = map.advise_range(memmap2::Advice::HugePage, offset, bytes);
         }
-        Some(Buffer { map: Some(map), offset, len })
+        Some(Buffer { map: Some(map), offset, len, _element: PhantomData })
     }
 }
 
-impl Deref for Buffer {
-    type Target = [f32];
+impl<T: Zeroable> Deref for Buffer<T> {
+    type Target = [T];
 
-    fn deref(&self) -> &[f32] {
+    fn deref(&self) -> &[T] {
         match &self.map {
-            // SAFETY: the map holds `offset + 4 * len` bytes (`zeroed` mapped at least
-            // that), starts page-aligned so `offset` keeps it 4-byte aligned, any bytes
-            // are a valid f32, and the slice borrows `self`, which owns the map.
-            Some(map) => unsafe { std::slice::from_raw_parts(map.as_ptr().add(self.offset) as *const f32, self.len) },
+            // SAFETY: the map holds `offset + size_of::<T>() * len` bytes (`zeroed`
+            // mapped at least that), starts page-aligned so `offset` (0 or a multiple of
+            // 2 MiB) keeps it aligned for `T`, any bytes are a valid `T` (`Zeroable`),
+            // and the slice borrows `self`, which owns the map.
+            Some(map) => unsafe { std::slice::from_raw_parts(map.as_ptr().add(self.offset) as *const T, self.len) },
             None => &[],
         }
     }
 }
 
-impl DerefMut for Buffer {
-    fn deref_mut(&mut self) -> &mut [f32] {
+impl<T: Zeroable> DerefMut for Buffer<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         match &mut self.map {
             // SAFETY: as for `deref`; the map is private to this buffer and borrowed
             // mutably, so the slice is the only access.
             Some(map) => unsafe {
-                std::slice::from_raw_parts_mut(map.as_mut_ptr().add(self.offset) as *mut f32, self.len)
+                std::slice::from_raw_parts_mut(map.as_mut_ptr().add(self.offset) as *mut T, self.len)
             },
             None => &mut [],
         }
     }
 }
 
-impl std::fmt::Debug for Buffer {
+impl<T: Zeroable> std::fmt::Debug for Buffer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Buffer").field("len", &self.len).field("offset", &self.offset).finish()
     }
@@ -88,7 +104,7 @@ mod tests {
     #[test]
     fn buffers_are_zeroed_writable_and_sized() {
         for len in [0, 1, 1000, HUGE_PAGE / 4, HUGE_PAGE / 4 + 3, 3 * HUGE_PAGE / 4] {
-            let mut b = Buffer::zeroed(len).unwrap();
+            let mut b = Buffer::<f32>::zeroed(len).unwrap();
             assert_eq!(b.len(), len);
             assert!(b.iter().all(|&v| v == 0.0));
             for (i, v) in b.iter_mut().enumerate() {
@@ -102,8 +118,18 @@ mod tests {
     }
 
     #[test]
+    fn half_buffers_are_zeroed_and_huge_aligned() {
+        let mut b = Buffer::<f16>::zeroed(HUGE_PAGE / 2 + 5).unwrap();
+        assert!(b.iter().all(|&v| v == f16::ZERO));
+        assert_eq!(b.as_ptr() as usize % HUGE_PAGE, 0);
+        b[HUGE_PAGE / 2 + 4] = f16::ONE;
+        assert_eq!(b[HUGE_PAGE / 2 + 4], f16::ONE);
+    }
+
+    #[test]
     fn impossible_sizes_are_refused() {
-        assert!(Buffer::zeroed(usize::MAX).is_none());
-        assert!(Buffer::zeroed(usize::MAX / 4).is_none());
+        assert!(Buffer::<f32>::zeroed(usize::MAX).is_none());
+        assert!(Buffer::<f32>::zeroed(usize::MAX / 4).is_none());
+        assert!(Buffer::<f16>::zeroed(usize::MAX / 2 + 1).is_none());
     }
 }

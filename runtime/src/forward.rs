@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::buffer::Buffer;
-use crate::kernels::{self, for_each_task, matmul_with, Kernels, SendPtr};
+use half::f16;
+
+use crate::buffer::{Buffer, Zeroable};
+use crate::kernels::{self, for_each_task, matmul_with, Kernels, KvElement, Matrix, MatrixData, SendPtr};
 use crate::model::Model;
 use crate::ops::{rms_norm, RopeTables};
 use crate::team::Team;
@@ -16,6 +18,51 @@ use crate::RunError;
 /// the GEMMs are compute-bound, small enough that the batch logits stay modest
 /// (`max_batch * vocab` floats).
 pub const DEFAULT_MAX_BATCH: usize = 256;
+
+/// What the KV cache stores. Attention reads all of it at every step (256 KiB per
+/// position on the 1B in f32), so at long contexts its size sets a good part of a
+/// step's time; f16 halves that. Values are rounded to f16 as they are filed and
+/// widened to f32 for the arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDtype {
+    F32,
+    F16,
+}
+
+impl KvDtype {
+    /// f32 for a model whose matrices are all f32 (which then matches the reference
+    /// within 1e-4), f16 for the reduced-precision dtypes, whose weights already
+    /// carry more rounding than f16's 11 bits add.
+    pub fn for_model(model: &Model) -> KvDtype {
+        let f32 = |m: &Matrix| matches!(m.data, MatrixData::F32(_));
+        let all_f32 = f32(&model.lm_head)
+            && model.layers.iter().all(|l| [l.qkv_proj, l.o_proj, l.gate_up_proj, l.down_proj].iter().all(f32));
+        if all_f32 {
+            KvDtype::F32
+        } else {
+            KvDtype::F16
+        }
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<KvDtype, String> {
+        match s {
+            "f32" => Ok(KvDtype::F32),
+            "f16" => Ok(KvDtype::F16),
+            _ => Err(format!("{s:?} is not f32 or f16")),
+        }
+    }
+}
+
+/// (layer, kv_head, max_positions, head_dim) each: one head's keys are contiguous, so
+/// its attention reads one dense block.
+enum KvCache {
+    F32 { keys: Buffer<f32>, values: Buffer<f32> },
+    F16 { keys: Buffer<f16>, values: Buffer<f16> },
+}
 
 /// Every buffer a forward pass needs, allocated once for at most `max_positions`
 /// positions and batches of at most `max_batch` tokens. Row `i` of each batch buffer
@@ -37,11 +84,8 @@ pub struct RunState {
     scores: Buffer,
     /// (batch, vocab): the last call's logits, one row per token
     pub logits: Buffer,
-    /// (layer, kv_head, max_positions, head_dim): each head's keys contiguous, so one
-    /// head's attention reads one dense block
-    key_cache: Buffer,
-    /// (layer, kv_head, max_positions, head_dim)
-    value_cache: Buffer,
+    /// Keys and values of every position so far.
+    kv_cache: KvCache,
     rope: RopeTables,
     /// The threads every parallel section of a forward pass runs on (as many as rayon's
     /// pool when the state was made).
@@ -59,10 +103,17 @@ impl RunState {
     }
 
     /// Buffers for `max_positions` positions and batches of up to `max_batch` tokens.
-    pub fn with_max_batch(
+    pub fn with_max_batch(model: &Model, max_positions: usize, max_batch: usize) -> Result<RunState, RunError> {
+        RunState::with_options(model, max_positions, max_batch, KvDtype::for_model(model))
+    }
+
+    /// Buffers for `max_positions` positions, batches of up to `max_batch` tokens and
+    /// a KV cache of `kv`.
+    pub fn with_options(
         model: &Model,
         max_positions: usize,
         max_batch: usize,
+        kv_dtype: KvDtype,
     ) -> Result<RunState, RunError> {
         let c = model.config;
         let d = c.hidden_size as usize;
@@ -83,8 +134,10 @@ impl RunState {
             act: zeros(b.checked_mul(f))?,
             scores: zeros((c.num_attention_heads as usize).checked_mul(max_positions))?,
             logits: zeros(b.checked_mul(c.vocab_size as usize))?,
-            key_cache: zeros(kv_cache_len)?,
-            value_cache: zeros(kv_cache_len)?,
+            kv_cache: match kv_dtype {
+                KvDtype::F32 => KvCache::F32 { keys: zeros(kv_cache_len)?, values: zeros(kv_cache_len)? },
+                KvDtype::F16 => KvCache::F16 { keys: zeros(kv_cache_len)?, values: zeros(kv_cache_len)? },
+            },
             rope: RopeTables::new(max_positions, c.head_dim as usize, c.rope_theta),
             team: Arc::new(Team::new(rayon::current_num_threads())),
             max_positions,
@@ -94,6 +147,14 @@ impl RunState {
 
     pub fn max_positions(&self) -> usize {
         self.max_positions
+    }
+
+    /// What its KV cache stores.
+    pub fn kv_dtype(&self) -> KvDtype {
+        match self.kv_cache {
+            KvCache::F32 { .. } => KvDtype::F32,
+            KvCache::F16 { .. } => KvDtype::F16,
+        }
     }
 
     /// The threads its forward passes run on: for work beside them (a benchmark's
@@ -185,7 +246,6 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
     let vocab = c.vocab_size as usize;
     let max_positions = s.max_positions;
     let layer_stride = max_positions * kv_dim;
-    let head_stride = max_positions * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
 
     for (i, &t) in tokens.iter().enumerate() {
@@ -208,40 +268,15 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
             rms_norm(v, norm, eps);
             rope.apply(v, start + i);
         });
-        let key_cache = &mut s.key_cache[l * layer_stride..][..layer_stride];
-        let value_cache = &mut s.value_cache[l * layer_stride..][..layer_stride];
-        for (i, row) in s.qkv[..n * qkv_dim].chunks_exact(qkv_dim).enumerate() {
-            let pos = start + i;
-            let (keys, values) = row[q_dim..].split_at(kv_dim);
-            for (kvh, (kh, vh)) in keys.chunks_exact(head_dim).zip(values.chunks_exact(head_dim)).enumerate() {
-                key_cache[kvh * head_stride + pos * head_dim..][..head_dim].copy_from_slice(kh);
-                value_cache[kvh * head_stride + pos * head_dim..][..head_dim].copy_from_slice(vh);
-            }
+        let shape = AttentionShape { n, start, q_dim, kv_dim, head_dim, group, max_positions, scale };
+        let qkv = &s.qkv[..n * qkv_dim];
+        let (scores, attn) = (&mut s.scores[..heads * max_positions], &mut s.attn[..n * q_dim]);
+        // Layer l's part of each cache: (kv_head, max_positions, head_dim).
+        let part = l * layer_stride..(l + 1) * layer_stride;
+        match &mut s.kv_cache {
+            KvCache::F32 { keys, values } => attend(k, &shape, qkv, &mut keys[part.clone()], &mut values[part], scores, attn),
+            KvCache::F16 { keys, values } => attend(k, &shape, qkv, &mut keys[part.clone()], &mut values[part], scores, attn),
         }
-        let (key_cache, value_cache) = (&*key_cache, &*value_cache);
-        let qkv = &s.qkv;
-        let attn = SendPtr(s.attn.as_mut_ptr());
-        let head = |h: usize, scores: &mut [f32]| {
-            let kv_off = (h / group) * head_stride;
-            let keys = &key_cache[kv_off..][..(start + n) * head_dim];
-            let values = &value_cache[kv_off..][..(start + n) * head_dim];
-            for i in 0..n {
-                let qh = &qkv[i * qkv_dim + h * head_dim..][..head_dim];
-                let n_ctx = start + i + 1;
-                let scores = &mut scores[..n_ctx];
-                kernels::scaled_dots(k, qh, keys, scale, scores);
-                kernels::softmax(k, scores);
-                // SAFETY: head h of token i is written by this task alone, and `attn`
-                // (n x q) outlives the parallel loop.
-                let out = unsafe {
-                    std::slice::from_raw_parts_mut(attn.get().add(i * q_dim + h * head_dim), head_dim)
-                };
-                kernels::weighted_sum(k, scores, values, out);
-            }
-        };
-        kernels::par_rows(&mut s.scores[..heads * max_positions], max_positions, |r0, scores| {
-            head(r0 / max_positions, scores)
-        });
         matmul_with(k, &w.o_proj, &s.attn[..n * q_dim], n, &mut s.proj[..n * d]);
         residual(n, d, &mut s.x, &mut s.proj, w.post_attention_layernorm, eps);
 
@@ -270,6 +305,65 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
     matmul_with(k, &model.lm_head, x, m, &mut s.logits[..m * vocab]);
 }
 
+/// What [`attend`] needs to know of the model and the batch.
+struct AttentionShape {
+    /// Tokens in the batch, and the position of the first.
+    n: usize,
+    start: usize,
+    q_dim: usize,
+    kv_dim: usize,
+    head_dim: usize,
+    /// Query heads per key/value head.
+    group: usize,
+    max_positions: usize,
+    /// 1 / sqrt(head_dim)
+    scale: f32,
+}
+
+/// Files the batch's keys and values (rows of `qkv`, after q/k norm and RoPE) in one
+/// layer's cache, then attends: each query head of each token over the positions up to
+/// its own, into `attn` (n x q, heads concatenated).
+fn attend<E: KvElement>(
+    k: Kernels,
+    sh: &AttentionShape,
+    qkv: &[f32],
+    key_cache: &mut [E],
+    value_cache: &mut [E],
+    scores: &mut [f32],
+    attn: &mut [f32],
+) {
+    let AttentionShape { n, start, q_dim, kv_dim, head_dim, group, max_positions, scale, .. } = *sh;
+    let qkv_dim = q_dim + 2 * kv_dim;
+    let head_stride = max_positions * head_dim;
+    for (i, row) in qkv.chunks_exact(qkv_dim).enumerate() {
+        let pos = start + i;
+        let (keys, values) = row[q_dim..].split_at(kv_dim);
+        for (kvh, (kh, vh)) in keys.chunks_exact(head_dim).zip(values.chunks_exact(head_dim)).enumerate() {
+            kernels::store_row(k, kh, &mut key_cache[kvh * head_stride + pos * head_dim..][..head_dim]);
+            kernels::store_row(k, vh, &mut value_cache[kvh * head_stride + pos * head_dim..][..head_dim]);
+        }
+    }
+    let (key_cache, value_cache) = (&*key_cache, &*value_cache);
+    let out = SendPtr(attn.as_mut_ptr());
+    let head = |h: usize, scores: &mut [f32]| {
+        let kv_off = (h / group) * head_stride;
+        let keys = &key_cache[kv_off..][..(start + n) * head_dim];
+        let values = &value_cache[kv_off..][..(start + n) * head_dim];
+        for i in 0..n {
+            let qh = &qkv[i * qkv_dim + h * head_dim..][..head_dim];
+            let n_ctx = start + i + 1;
+            let scores = &mut scores[..n_ctx];
+            kernels::scaled_dots(k, qh, keys, scale, scores);
+            kernels::softmax(k, scores);
+            // SAFETY: head h of token i is written by this task alone, and `attn`
+            // (n x q) outlives the parallel loop.
+            let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * q_dim + h * head_dim), head_dim) };
+            kernels::weighted_sum(k, scores, values, out);
+        }
+    };
+    kernels::par_rows(scores, max_positions, |r0, scores| head(r0 / max_positions, scores));
+}
+
 /// `x += rms_norm(proj)` for each token.
 fn residual(n: usize, d: usize, x: &mut [f32], proj: &mut [f32], weight: &[f32], eps: f32) {
     let proj = &mut proj[..n * d];
@@ -292,7 +386,7 @@ fn residual(n: usize, d: usize, x: &mut [f32], proj: &mut [f32], weight: &[f32],
 
 /// A zeroed buffer of `len` floats (`None`: the size overflowed), or an error if memory
 /// cannot be had.
-fn zeros(len: Option<usize>) -> Result<Buffer, RunError> {
+fn zeros<T: Zeroable>(len: Option<usize>) -> Result<Buffer<T>, RunError> {
     len.and_then(Buffer::zeroed).ok_or_else(|| {
         RunError::Usage("the KV cache and buffers for this many positions do not fit in memory: ask for fewer steps".into())
     })

@@ -21,7 +21,7 @@ pub mod text;
 pub mod tokenizer;
 pub mod trace;
 
-pub use forward::{forward, forward_batch, forward_batch_for, LogitRows, RunState};
+pub use forward::{forward, forward_batch, forward_batch_for, KvDtype, LogitRows, RunState};
 pub use model::Model;
 
 use olmo_format::FormatError;

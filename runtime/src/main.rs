@@ -13,7 +13,7 @@ use olmo_format::mapped::MappedFile;
 use olmo_format::Blob;
 use olmort::generate::{generate, plan};
 use olmort::trace::{run_trace, LogitsSink, NpyLogits, Timings};
-use olmort::{Model, RunState};
+use olmort::{KvDtype, Model, RunState};
 
 /// Runs an OLMo-2 blob: the prompt's tokens, then generation (greedy unless asked to
 /// sample), printing each step's top-5 next tokens, running text or JSON lines.
@@ -41,6 +41,11 @@ struct Cli {
     /// (all of it before the first token). See docs/STARTUP.md.
     #[arg(long, value_name = "MODE", default_value = "prefetch")]
     load: load::LoadMode,
+    /// What the KV cache stores: f32 or f16 (half the memory, and half of what
+    /// attention reads every step at long contexts). Default: f32 for f32 weights, f16
+    /// for bf16, f16 and q8_0 weights.
+    #[arg(long, value_name = "DTYPE")]
+    kv_cache: Option<KvDtype>,
     #[command(flatten)]
     generation: generate_cli::GenerateArgs,
 }
@@ -104,7 +109,9 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         None => None,
     };
-    let mut state = RunState::new(&model, steps).map_err(fail)?;
+    let kv_cache = cli.kv_cache.unwrap_or_else(|| KvDtype::for_model(&model));
+    let mut state = RunState::with_options(&model, steps, steps.min(olmort::forward::DEFAULT_MAX_BATCH), kv_cache)
+        .map_err(fail)?;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let sink = dump.as_mut().map(|d| d as &mut dyn LogitsSink);

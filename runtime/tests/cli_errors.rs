@@ -154,3 +154,15 @@ fn unusable_prompts() {
     // An empty standard input is an empty prompt too.
     fails_with(&olmort(&[s(&model), "-", "--steps", "2"]), &["the prompt has no tokens"]);
 }
+
+#[test]
+fn kv_cache_option() {
+    let dir = scratch("kv");
+    let (model, _) = sample_blob(&dir);
+    let prompt = tokens_file(&dir, "p.bin", &ids(&[3, 5]));
+    for kv in ["f32", "f16"] {
+        let o = olmort(&[s(&model), s(&prompt), "--steps", "4", "--kv-cache", kv]);
+        assert!(o.status.success(), "--kv-cache {kv}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    fails_with(&olmort(&[s(&model), s(&prompt), "--kv-cache", "bf16"]), &["--kv-cache", "\"bf16\" is not f32 or f16"]);
+}

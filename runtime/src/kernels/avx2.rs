@@ -12,7 +12,10 @@ use std::cell::RefCell;
 
 use half::{bf16, f16};
 
-use super::{for_each_task, grow, min_rows_per_block, par_rows_guided, rows_per_task, with_local, Matrix, MatrixData, QuantX};
+use super::{
+    for_each_task, grow, min_rows_per_block, par_rows_guided, rows_per_task, with_local, KvElement, Matrix, MatrixData,
+    QuantX,
+};
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -486,23 +489,50 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32], wide: bool) {
     }
 }
 
+/// Eight cached values widened to f32.
+#[inline(always)]
+unsafe fn load8<E: KvElement>(p: *const E) -> __m256 {
+    if E::HALF {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    } else {
+        _mm256_loadu_ps(p as *const f32)
+    }
+}
+
+/// `dst = src` rounded to f16 (nearest, ties to even), eight at a time.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `E` is f16 (`E::HALF`) and `src.len() == dst.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn store_row<E: KvElement>(src: &[f32], dst: &mut [E]) {
+    debug_assert!(E::HALF && src.len() == dst.len());
+    let n8 = src.len() / 8 * 8;
+    for c in (0..n8).step_by(8) {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(c)));
+        _mm_storeu_si128(dst.as_mut_ptr().add(c) as *mut __m128i, h);
+    }
+    for c in n8..src.len() {
+        dst[c] = E::from_f32(src[c]);
+    }
+}
+
 /// `out[t] = scale * (q . rows[t])`, eight rows at a time: eight independent
 /// accumulators keep both FMA pipes busy, and one reduction gives all eight sums.
 ///
 /// # Safety
 /// AVX2/FMA/F16C; `rows` must hold `out.len()` rows of `q.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn scaled_dots(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
+pub unsafe fn scaled_dots<E: KvElement>(q: &[f32], rows: &[E], scale: f32, out: &mut [f32]) {
     let d = q.len();
     let d8 = d / 8 * 8;
     let (qp, rp) = (q.as_ptr(), rows.as_ptr());
     let n = out.len();
-    let tail = |row: *const f32| -> f32 { (d8..d).map(|c| *qp.add(c) * *row.add(c)).sum() };
+    let tail = |row: *const E| -> f32 { (d8..d).map(|c| *qp.add(c) * (*row.add(c)).to_f32()).sum() };
     let mut t = 0;
     while t + 8 <= n {
         let r = rp.add(t * d);
         // These eight rows' bytes, PREFETCH ahead: the cached keys are a stream too.
-        for l in (0..8 * d * 4).step_by(64) {
+        for l in (0..8 * d * std::mem::size_of::<E>()).step_by(64) {
             _mm_prefetch::<_MM_HINT_T0>((r as *const i8).wrapping_add(PREFETCH + l));
         }
         let mut a = [_mm256_setzero_ps(); 8];
@@ -510,7 +540,7 @@ pub unsafe fn scaled_dots(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) 
         while c < d8 {
             let qv = _mm256_loadu_ps(qp.add(c));
             for (j, a) in a.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r.add(j * d + c)), *a);
+                *a = _mm256_fmadd_ps(qv, load8(r.add(j * d + c)), *a);
             }
             c += 8;
         }
@@ -531,7 +561,7 @@ pub unsafe fn scaled_dots(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) 
         let mut a = _mm256_setzero_ps();
         let mut c = 0;
         while c < d8 {
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(r.add(c)), a);
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), load8(r.add(c)), a);
             c += 8;
         }
         out[t] = scale * (hsum(a) + tail(r));
@@ -545,18 +575,18 @@ pub unsafe fn scaled_dots(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) 
 /// # Safety
 /// AVX2/FMA/F16C; `rows` must hold `weights.len()` rows of `out.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]) {
+pub unsafe fn weighted_sum<E: KvElement>(weights: &[f32], rows: &[E], out: &mut [f32]) {
     #[inline(always)]
-    unsafe fn columns<const V: usize>(weights: &[f32], rows: *const f32, d: usize, out: *mut f32) {
+    unsafe fn columns<E: KvElement, const V: usize>(weights: &[f32], rows: *const E, d: usize, out: *mut f32) {
         let mut a = [_mm256_setzero_ps(); V];
         for (t, &p) in weights.iter().enumerate() {
             let pv = _mm256_set1_ps(p);
             let r = rows.add(t * d);
-            for l in (0..V * 32).step_by(64) {
+            for l in (0..V * 8 * std::mem::size_of::<E>()).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T0>((r as *const i8).wrapping_add(PREFETCH + l));
             }
             for (j, a) in a.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(r.add(8 * j)), *a);
+                *a = _mm256_fmadd_ps(pv, load8(r.add(8 * j)), *a);
             }
         }
         for (j, a) in a.iter().enumerate() {
@@ -567,15 +597,15 @@ pub unsafe fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]) {
     let (rp, op) = (rows.as_ptr(), out.as_mut_ptr());
     let mut c = 0;
     while c + 64 <= d {
-        columns::<8>(weights, rp.add(c), d, op.add(c));
+        columns::<E, 8>(weights, rp.add(c), d, op.add(c));
         c += 64;
     }
     while c + 8 <= d {
-        columns::<1>(weights, rp.add(c), d, op.add(c));
+        columns::<E, 1>(weights, rp.add(c), d, op.add(c));
         c += 8;
     }
     for (c, o) in out.iter_mut().enumerate().skip(c) {
-        *o = weights.iter().enumerate().map(|(t, &p)| p * *rp.add(t * d + c)).sum();
+        *o = weights.iter().enumerate().map(|(t, &p)| p * (*rp.add(t * d + c)).to_f32()).sum();
     }
 }
 

@@ -27,6 +27,8 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
+use crate::buffer::Zeroable;
+
 /// A weight matrix viewed in place over the blob.
 #[derive(Debug, Clone, Copy)]
 pub struct Matrix<'a> {
@@ -465,9 +467,50 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     }
 }
 
+/// What the KV cache holds: `f32`, or `f16`, which halves the bytes attention reads
+/// at every step (`forward::KvDtype`). Both widen to f32 before any arithmetic.
+pub trait KvElement: Zeroable + Send + Sync + 'static {
+    /// Whether this is `f16` (the SIMD kernels widen it with F16C).
+    const HALF: bool;
+    /// Rounds to the nearest value (ties to even), as F16C's conversion does.
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl KvElement for f32 {
+    const HALF: bool = false;
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl KvElement for f16 {
+    const HALF: bool = true;
+    fn from_f32(v: f32) -> f16 {
+        f16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+/// `dst = src` in the cache's element type: files one head's key or value row.
+pub fn store_row<E: KvElement>(k: Kernels, src: &[f32], dst: &mut [E]) {
+    assert_eq!(src.len(), dst.len());
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA/F16C (checked); the lengths match (asserted).
+        _ if k.avx2() && E::HALF => unsafe { avx2::store_row(src, dst) },
+        _ => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = E::from_f32(s)),
+    }
+}
+
 /// `out[t] = scale * (q . rows[t])` for the first `out.len()` rows of `rows` (each
 /// `q.len()` long): one query's attention scores against a head's cached keys.
-pub fn scaled_dots(k: Kernels, q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
+pub fn scaled_dots<E: KvElement>(k: Kernels, q: &[f32], rows: &[E], scale: f32, out: &mut [f32]) {
     assert!(out.len().checked_mul(q.len()).is_some_and(|n| n <= rows.len()));
     match k {
         #[cfg(target_arch = "x86_64")]
@@ -480,7 +523,7 @@ pub fn scaled_dots(k: Kernels, q: &[f32], rows: &[f32], scale: f32, out: &mut [f
 
 /// `out = sum over t of weights[t] * rows[t]` (rows `out.len()` long): attention's
 /// probability-weighted sum of a head's cached values.
-pub fn weighted_sum(k: Kernels, weights: &[f32], rows: &[f32], out: &mut [f32]) {
+pub fn weighted_sum<E: KvElement>(k: Kernels, weights: &[f32], rows: &[E], out: &mut [f32]) {
     assert!(weights.len().checked_mul(out.len()).is_some_and(|n| n <= rows.len()));
     match k {
         #[cfg(target_arch = "x86_64")]

@@ -5,24 +5,24 @@ use std::cell::RefCell;
 
 use half::{bf16, f16};
 
-use super::{Matrix, MatrixData, QuantX};
+use super::{KvElement, Matrix, MatrixData, QuantX};
 
 fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(a, b)| a * b).sum()
 }
 
-pub fn scaled_dots(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
+pub fn scaled_dots<E: KvElement>(q: &[f32], rows: &[E], scale: f32, out: &mut [f32]) {
     for (o, row) in out.iter_mut().zip(rows.chunks_exact(q.len().max(1))) {
-        *o = scale * dot_f32(q, row);
+        *o = scale * q.iter().zip(row).map(|(a, b)| a * b.to_f32()).sum::<f32>();
     }
 }
 
-pub fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]) {
+pub fn weighted_sum<E: KvElement>(weights: &[f32], rows: &[E], out: &mut [f32]) {
     out.fill(0.0);
     let d = out.len();
     for (t, &p) in weights.iter().enumerate() {
         for (o, &v) in out.iter_mut().zip(&rows[t * d..][..d]) {
-            *o += p * v;
+            *o += p * v.to_f32();
         }
     }
 }

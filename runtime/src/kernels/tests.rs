@@ -220,20 +220,22 @@ fn q8_0_activation_bytes_agree() {
     assert!(a.quants.iter().any(|&q| q == 127 || q == -127));
 }
 
-#[test]
-fn attention_kernels_match() {
+/// Attention's two kernels over a cache of `E` against the f64 definition on the
+/// values the cache holds.
+fn attention_kernels_match_for<E: KvElement>() {
     let mut rng = Rng(777);
     for d in [1, 7, 8, 12, 64, 72, 128, 131] {
         for n in [0, 1, 7, 8, 9, 17, 40] {
             let q = rng.vec(d);
-            let rows = rng.vec(n * d + d);
+            let rows: Vec<E> = rng.vec(n * d + d).into_iter().map(E::from_f32).collect();
             let weights = rng.vec(n);
             let mut want_scores = vec![0f32; n];
             let mut want_sum = vec![0f32; d];
             for t in 0..n {
-                want_scores[t] = 0.3 * (0..d).map(|c| f64::from(q[c]) * f64::from(rows[t * d + c])).sum::<f64>() as f32;
-                for c in 0..d {
-                    want_sum[c] += weights[t] * rows[t * d + c];
+                let row = |c: usize| f64::from(rows[t * d + c].to_f32());
+                want_scores[t] = 0.3 * (0..d).map(|c| f64::from(q[c]) * row(c)).sum::<f64>() as f32;
+                for (c, w) in want_sum.iter_mut().enumerate() {
+                    *w += weights[t] * row(c) as f32;
                 }
             }
             for k in available_kernels() {
@@ -247,6 +249,33 @@ fn attention_kernels_match() {
                 for (c, (g, w)) in sum.iter().zip(&want_sum).enumerate() {
                     assert!((g - w).abs() <= 1e-5 * (n as f32 + 1.0), "{k:?} d={d} n={n} column {c}: {g} vs {w}");
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_kernels_match() {
+    attention_kernels_match_for::<f32>();
+    attention_kernels_match_for::<f16>();
+}
+
+/// Filing a row in an f16 cache rounds to nearest, ties to even, as `half` does: on
+/// values between f16 neighbours, exact halves, overflow, subnormals and NaN.
+#[test]
+fn f16_cache_rows_round_like_half() {
+    let mut rng = Rng(4242);
+    let mut src: Vec<f32> = rng.vec(999).into_iter().map(|v| v * 70000.0).collect();
+    // 1 + 2^-11 lies halfway between 1 and the next f16; so does 1 + 3 * 2^-11 between
+    // its neighbours, the other way under ties-to-even.
+    src.extend([1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), 65520.0, -1e9, 3e-7, -6e-8, f32::NAN, 0.0, -0.0]);
+    for len in [0, 1, 7, 8, 9, 131, src.len()] {
+        for k in available_kernels() {
+            let mut got = vec![f16::from_bits(0x5555); len];
+            store_row(k, &src[..len], &mut got);
+            for (i, (g, &s)) in got.iter().zip(&src).enumerate() {
+                let want = f16::from_f32(s);
+                assert!(g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()), "{k:?} len {len} [{i}] {s}: {g} vs {want}");
             }
         }
     }
