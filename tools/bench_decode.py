@@ -23,7 +23,12 @@ Steps (each reuses what is already there):
      median of the per-step ratios; the table gives medians over --runs runs.
   4. olmort itself: a 1-token prompt then --steps generated tokens, ms/token from its
      own `generation` line, after one warm-up run (the same step as a whole process).
-  5. Prompt: tools/data/benchmark512.tokens.bin (512 tokens), tokens/s from olmort's
+  5. With --context N: decoding N positions with an f32 and an f16 KV cache side by
+     side in one process (`cargo bench -p olmort --bench kv_cache`: one step with each
+     cache at every position, the order alternating); attention reads the whole cache
+     every step, so at long contexts its size shows. Separate processes minutes apart
+     would see different memory speeds.
+  6. Prompt: tools/data/benchmark512.tokens.bin (512 tokens), tokens/s from olmort's
      `prompt` line, two ways: the trace (--steps 512: logits and top-5 at every
      position, as the trace prints them) and running text (--format text --max-tokens
      1: logits at the last position only, all that continuing a prompt needs, and what
@@ -77,6 +82,19 @@ def decode_floor(blob, threads, steps):
     return tuple(float(v) for v in m.groups()), int(nbytes.group(1)), huge
 
 
+KV_CACHE = re.compile(r"kv_cache: f32_ms ([\d.]+) f16_ms ([\d.]+)")
+
+
+def kv_cache(blob, threads, positions):
+    """Mean decode step (ms) over `positions` positions with an f32 and an f16 KV cache."""
+    out = run(["cargo", "bench", "-q", "-p", "olmort", "--bench", "kv_cache", "--", str(Path(blob).resolve()),
+               str(threads), str(positions)], capture_output=True).stdout
+    m = KV_CACHE.search(out)
+    if not m:
+        sys.exit(f"no kv_cache line in: {out}")
+    return float(m.group(1)), float(m.group(2))
+
+
 def evict(path):
     """Drops `path` from the page cache, so that the next reader maps it afresh."""
     fd = os.open(path, os.O_RDONLY)
@@ -114,6 +132,9 @@ def main():
     ap.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median)")
     ap.add_argument("--prompt", type=Path, default=ROOT / "tools/data/benchmark512.tokens.bin")
     ap.add_argument("--no-prompt", action="store_true", help="skip the prompt-processing runs")
+    ap.add_argument("--context", type=int, default=0, metavar="N",
+                    help="also decode N positions with an f32 and an f16 KV cache side by side "
+                         "(minutes per dtype) and report the mean ms/token of each")
     ap.add_argument("--keep-cache", action="store_true",
                     help="measure the blobs as the page cache holds them, without evicting them first")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -169,6 +190,8 @@ def main():
                    prompt_tps=statistics.median(prompt) if prompt else None, prompt_runs=prompt,
                    prompt_text_tps=statistics.median(prompt_text) if prompt_text else None,
                    prompt_text_runs=prompt_text)
+        if args.context:
+            row["context_f32_ms"], row["context_f16_ms"] = kv_cache(blob, args.threads, args.context)
         rows.append(row)
         runs = lambda v, f=".1f": ", ".join(f"{x:{f}}" for x in v)
         shares = ", ".join("?" if h is None else f"{h:.0%}" for h in huge)
@@ -191,6 +214,14 @@ def main():
               f"| {r['floor_ms']:.1f} ms | {r['step_ms']:.1f} ms | {r['ratio']:.2f} "
               f"| {', '.join(f'{v:.2f}' for v in r['ratio_runs'])} | {huge_share(r['huge_mapped_runs'])} "
               f"| {r['decode_ms']:.1f} | {p} | {pt} |")
+    if args.context:
+        print(f"\nDecode through {args.context} positions, ms/token (mean over the positions; both caches "
+              f"in one process, steps alternating), by KV cache:\n")
+        print("| dtype | f32 cache | f16 cache | f16 / f32 |")
+        print("| --- | ---: | ---: | ---: |")
+        for r in rows:
+            a, b = r["context_f32_ms"], r["context_f16_ms"]
+            print(f"| {r['dtype']} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
     if args.json:
         args.json.write_text(json.dumps(dict(rows=rows, load_average=load, threads=args.threads), indent=2))
 
