@@ -9,8 +9,10 @@
 //! the default policy) and only in 2 MiB-aligned stretches, so a buffer of at least
 //! 2 MiB is mapped with room to start on such a boundary and advised.
 //!
-//! The kernel maps and zeroes pages on first touch, so positions a run never reaches
-//! cost no memory.
+//! The kernel maps and zeroes pages on first touch, so a buffer's untouched pages cost
+//! no memory. The KV cache gives each head a block of `max_positions` rows, so its
+//! first position already touches most of its 2 MiB pages (docs/PERFORMANCE.md, "Long
+//! contexts").
 
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
