@@ -332,7 +332,7 @@ fn attend<E: KvElement>(
     scores: &mut [f32],
     attn: &mut [f32],
 ) {
-    let AttentionShape { n, start, q_dim, kv_dim, head_dim, group, max_positions, scale, .. } = *sh;
+    let AttentionShape { n, start, q_dim, kv_dim, head_dim, group, max_positions, scale } = *sh;
     let qkv_dim = q_dim + 2 * kv_dim;
     let head_stride = max_positions * head_dim;
     for (i, row) in qkv.chunks_exact(qkv_dim).enumerate() {

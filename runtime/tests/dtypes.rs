@@ -324,3 +324,16 @@ fn f16_kv_cache_tracks_the_f32_cache() {
         }
     }
 }
+
+#[test]
+fn the_default_kv_cache_follows_the_weights() {
+    let cases = [(DType::F32, KvDtype::F32), (DType::BF16, KvDtype::F16), (DType::F16, KvDtype::F16), (DType::Q8_0, KvDtype::F16)];
+    for (dtype, want) in cases {
+        let blob = Packed::new("tiny", dtype);
+        with_model(&blob.0, |model| {
+            assert_eq!(KvDtype::for_model(model), want, "{dtype}");
+            assert_eq!(RunState::new(model, 4).unwrap().kv_dtype(), want, "{dtype}");
+            assert_eq!(state(model, 4, 1, Some(KvDtype::F32)).kv_dtype(), KvDtype::F32, "{dtype}");
+        });
+    }
+}
