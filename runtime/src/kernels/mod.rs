@@ -468,13 +468,20 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
 }
 
 /// What the KV cache holds: `f32`, or `f16`, which halves the bytes attention reads
-/// at every step (`forward::KvDtype`). Both widen to f32 before any arithmetic.
-pub trait KvElement: Zeroable + Send + Sync + 'static {
+/// at every step (`forward::KvDtype`). Both widen to f32 before any arithmetic. Sealed:
+/// the SIMD kernels read an element's bytes according to [`KvElement::HALF`].
+pub trait KvElement: Zeroable + Send + Sync + 'static + sealed::Sealed {
     /// Whether this is `f16` (the SIMD kernels widen it with F16C).
     const HALF: bool;
     /// Rounds to the nearest value (ties to even), as F16C's conversion does.
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
 }
 
 impl KvElement for f32 {
