@@ -95,7 +95,7 @@ fn main() -> Result<(), String> {
 fn run(args: &Args, blob: &[u8], model: &Model) -> Result<(), String> {
     let (path, threads, steps) = (&args.path, args.threads, args.count);
     let mut state = RunState::new(model, steps + 1).map_err(|e| e.to_string())?;
-    let span = common::span(blob, &common::step_matrices(model));
+    let span = common::span(blob, &model.step_matrices().collect::<Vec<_>>());
 
     // One step and one stream to fault everything in.
     forward(model, &mut state, 100, 0);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use half::f16;
 
 use crate::buffer::{Buffer, Zeroable};
-use crate::kernels::{self, for_each_task, matmul_with, Kernels, KvElement, Matrix, MatrixData, SendPtr};
+use crate::kernels::{self, for_each_task, matmul_with, Kernels, KvElement, MatrixData, SendPtr};
 use crate::model::Model;
 use crate::ops::{rms_norm, RopeTables};
 use crate::team::Team;
@@ -34,10 +34,7 @@ impl KvDtype {
     /// within 1e-4), f16 for the reduced-precision dtypes, whose weights already
     /// carry more rounding than f16's 11 bits add.
     pub fn for_model(model: &Model) -> KvDtype {
-        let f32 = |m: &Matrix| matches!(m.data, MatrixData::F32(_));
-        let all_f32 = f32(&model.lm_head)
-            && model.layers.iter().all(|l| [l.qkv_proj, l.o_proj, l.gate_up_proj, l.down_proj].iter().all(f32));
-        if all_f32 {
+        if model.step_matrices().all(|m| matches!(m.data, MatrixData::F32(_))) {
             KvDtype::F32
         } else {
             KvDtype::F16
@@ -99,7 +96,12 @@ impl RunState {
     /// `min(max_positions, DEFAULT_MAX_BATCH)` tokens; fails cleanly (rather than
     /// aborting) when the KV cache and buffers do not fit in memory.
     pub fn new(model: &Model, max_positions: usize) -> Result<RunState, RunError> {
-        RunState::with_max_batch(model, max_positions, max_positions.min(DEFAULT_MAX_BATCH))
+        RunState::with_kv_cache(model, max_positions, KvDtype::for_model(model))
+    }
+
+    /// As [`RunState::new`], with a KV cache of `kv_dtype` whatever the weights.
+    pub fn with_kv_cache(model: &Model, max_positions: usize, kv_dtype: KvDtype) -> Result<RunState, RunError> {
+        RunState::with_options(model, max_positions, max_positions.min(DEFAULT_MAX_BATCH), kv_dtype)
     }
 
     /// Buffers for `max_positions` positions and batches of up to `max_batch` tokens.

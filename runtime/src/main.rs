@@ -110,8 +110,7 @@ fn run(cli: Cli) -> Result<(), String> {
         None => None,
     };
     let kv_cache = cli.kv_cache.unwrap_or_else(|| KvDtype::for_model(&model));
-    let mut state = RunState::with_options(&model, steps, steps.min(olmort::forward::DEFAULT_MAX_BATCH), kv_cache)
-        .map_err(fail)?;
+    let mut state = RunState::with_kv_cache(&model, steps, kv_cache).map_err(fail)?;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let sink = dump.as_mut().map(|d| d as &mut dyn LogitsSink);

@@ -98,26 +98,21 @@ impl<'a> Model<'a> {
         })
     }
 
+    /// Every matrix one decode step reads, in the order it reads them (not the
+    /// embedding table, of which it reads one row).
+    pub fn step_matrices(&self) -> impl Iterator<Item = Matrix<'a>> + '_ {
+        self.layers.iter().flat_map(|l| [l.qkv_proj, l.o_proj, l.gate_up_proj, l.down_proj]).chain([self.lm_head])
+    }
+
     /// Bytes of weights one decode step reads: every matrix once (the embedding only one
     /// row) plus the norms. The memory-bandwidth floor of a step is this over bandwidth.
     pub fn bytes_per_token(&self) -> u64 {
-        fn bytes(m: &Matrix) -> u64 {
-            (m.rows * m.row_bytes()) as u64
-        }
-        let per_layer: u64 = self
+        let matrices: u64 = self.step_matrices().map(|m| (m.rows * m.row_bytes()) as u64).sum();
+        let norms: usize = self
             .layers
             .iter()
-            .map(|l| {
-                bytes(&l.qkv_proj)
-                    + bytes(&l.o_proj)
-                    + bytes(&l.gate_up_proj)
-                    + bytes(&l.down_proj)
-                    + 4 * (l.q_norm.len()
-                        + l.k_norm.len()
-                        + l.post_attention_layernorm.len()
-                        + l.post_feedforward_layernorm.len()) as u64
-            })
+            .map(|l| l.q_norm.len() + l.k_norm.len() + l.post_attention_layernorm.len() + l.post_feedforward_layernorm.len())
             .sum();
-        per_layer + bytes(&self.lm_head) + 4 * self.norm.len() as u64
+        matrices + 4 * (norms + self.norm.len()) as u64
     }
 }

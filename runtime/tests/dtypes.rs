@@ -99,7 +99,7 @@ fn state(model: &Model, positions: usize, batch: usize, kv: Option<KvDtype>) -> 
 /// The trace as the binary runs it: the prompt (batched), then greedy steps.
 fn trace_logits(blob: &Path, prompt: &[u32], steps: usize, kv: Option<KvDtype>) -> Vec<f32> {
     with_model(blob, |model| {
-        let mut state = state(model, steps, steps.min(olmort::forward::DEFAULT_MAX_BATCH), kv);
+        let mut state = RunState::with_kv_cache(model, steps, kv.unwrap_or_else(|| KvDtype::for_model(model))).unwrap();
         let mut sink = Collect(Vec::new());
         run_trace(model, &mut state, prompt, steps, &mut io::sink(), Some(&mut sink)).unwrap();
         sink.0

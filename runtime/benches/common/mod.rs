@@ -41,16 +41,6 @@ impl Args {
     }
 }
 
-/// Every matrix one decode step reads, in the order it reads them.
-pub fn step_matrices<'a>(model: &Model<'a>) -> Vec<Matrix<'a>> {
-    model
-        .layers
-        .iter()
-        .flat_map(|l| [l.qkv_proj, l.o_proj, l.gate_up_proj, l.down_proj])
-        .chain([model.lm_head])
-        .collect()
-}
-
 /// The bytes of `blob` that matrix `m` (a view into it) is stored in: for q8_0 its
 /// quants and the scales after them.
 pub fn stored_bytes<'b>(blob: &'b [u8], m: &Matrix) -> &'b [u8] {
