@@ -69,12 +69,17 @@ FLOOR = re.compile(r"decode_floor: step_ms ([\d.]+) floor_ms ([\d.]+) ratio ([\d
 WEIGHT_BYTES = re.compile(r"(\d+) weight bytes per step")
 
 
+def bench(name, blob, threads, count):
+    """The standard output of `cargo bench -p olmort --bench NAME -- BLOB THREADS COUNT`."""
+    return run(["cargo", "bench", "-q", "-p", "olmort", "--bench", name, "--", str(Path(blob).resolve()),
+                str(threads), str(count)], capture_output=True).stdout
+
+
 def decode_floor(blob, threads, steps):
     """(step ms, floor ms, ratio, GB/s): medians over `steps` paired steps and streams;
     the bytes of weights one step reads (`Model::bytes_per_token`); and the share of the
     blob's resident pages mapped in 2 MiB pages (None if not reported)."""
-    out = run(["cargo", "bench", "-q", "-p", "olmort", "--bench", "decode_floor", "--", str(Path(blob).resolve()),
-               str(threads), str(steps)], capture_output=True).stdout
+    out = bench("decode_floor", blob, threads, steps)
     m, nbytes, pmd = FLOOR.search(out), WEIGHT_BYTES.search(out), PMD.search(out)
     if not m or not nbytes:
         sys.exit(f"no decode_floor lines in: {out}")
@@ -87,8 +92,7 @@ KV_CACHE = re.compile(r"kv_cache: f32_ms ([\d.]+) f16_ms ([\d.]+)")
 
 def kv_cache(blob, threads, positions):
     """Mean decode step (ms) over `positions` positions with an f32 and an f16 KV cache."""
-    out = run(["cargo", "bench", "-q", "-p", "olmort", "--bench", "kv_cache", "--", str(Path(blob).resolve()),
-               str(threads), str(positions)], capture_output=True).stdout
+    out = bench("kv_cache", blob, threads, positions)
     m = KV_CACHE.search(out)
     if not m:
         sys.exit(f"no kv_cache line in: {out}")
