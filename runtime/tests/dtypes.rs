@@ -137,6 +137,12 @@ fn argmaxes(logits: &[f32], vocab: usize) -> Vec<u32> {
     logits.chunks_exact(vocab).map(|r| top_k::<1>(r)[0].0).collect()
 }
 
+/// The share of positions whose argmax is the same in `got` and `want`.
+fn top1_agreement(got: &[f32], want: &[f32], vocab: usize) -> f64 {
+    let (a, b) = (argmaxes(got, vocab), argmaxes(want, vocab));
+    a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+}
+
 #[test]
 fn f32_matches_the_reference_with_every_kernel_set() {
     for name in FIXTURES {
@@ -182,9 +188,7 @@ fn reduced_dtypes_track_f32() {
                     )
                 });
                 let err = max_abs_diff(&got, &want);
-                let a = argmaxes(&got, r.vocab);
-                let b = argmaxes(&want, r.vocab);
-                let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
+                let agree = top1_agreement(&got, &want, r.vocab);
                 eprintln!("{name} {dtype} {k:?}: max logit error {err:.2e}, top-1 agreement {:.1}%", agree * 100.0);
                 assert!(err <= max_err, "{name} {dtype} {k:?}: max logit error {err}");
                 assert!(agree >= min_agree, "{name} {dtype} {k:?}: top-1 agreement {agree}");
@@ -302,8 +306,7 @@ fn f16_kv_cache_tracks_the_f32_cache() {
                 let run = |batch, kv| with_kernels(k, || forced_logits(&blob.0, &r.input_tokens, batch, Some(kv)));
                 let (want, got) = (run(Some(4), KvDtype::F32), run(Some(4), KvDtype::F16));
                 let err = max_abs_diff(&got, &want);
-                let (a, b) = (argmaxes(&got, r.vocab), argmaxes(&want, r.vocab));
-                let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
+                let agree = top1_agreement(&got, &want, r.vocab);
                 let one_at_a_time = run(None, KvDtype::F16);
                 let batching = max_abs_diff(&one_at_a_time, &got);
                 eprintln!(
