@@ -473,8 +473,6 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32], wide: bool) {
             let blocks = cols.div_ceil(32);
             qx.quantize(x);
             if wide {
-                grow(&mut qx.offsets, blocks * 8);
-                unsafe { super::q8_vnni::lane_offsets(&qx.quants[..blocks * 32], &mut qx.offsets[..blocks * 8]) };
                 let qx = &*qx;
                 par_rows_guided(y, min, |r0, ys| unsafe {
                     super::q8_vnni::rows(quants.as_ptr(), scales.as_ptr(), blocks, r0, qx, ys)

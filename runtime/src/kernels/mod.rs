@@ -151,9 +151,6 @@ impl<'a> Matrix<'a> {
 pub(crate) struct QuantX {
     pub quants: Vec<i8>,
     pub scales: Vec<f32>,
-    /// What the AVX-512 VNNI product needs besides: eight lanes per block (see
-    /// `q8_vnni::lane_offsets`); empty until it runs.
-    pub offsets: Vec<i32>,
 }
 
 impl Default for QuantX {
@@ -164,7 +161,7 @@ impl Default for QuantX {
 
 impl QuantX {
     pub(crate) const fn new() -> QuantX {
-        QuantX { quants: Vec::new(), scales: Vec::new(), offsets: Vec::new() }
+        QuantX { quants: Vec::new(), scales: Vec::new() }
     }
 
     /// Makes room for `len` values; returns the block count.
@@ -334,8 +331,8 @@ pub fn avx2_available() -> bool {
     }
 }
 
-/// Whether this CPU can run [`Kernels::Avx512`]: AVX2/FMA/F16C and AVX-512 F, VL
-/// and VNNI.
+/// Whether this CPU can run [`Kernels::Avx512`]: AVX2/FMA/F16C and AVX-512 F, VL,
+/// BW and VNNI.
 pub fn avx512_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

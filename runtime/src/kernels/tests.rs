@@ -122,17 +122,14 @@ fn simd_matvec_matches_portable() {
 fn simd_matvec_is_exact_on_integers() {
     // Small integers multiply and add exactly in f32, so any summation order agrees. For
     // q8_0 the scales are 1 and each block of x holds a 127, so x quantises to itself:
-    // the integer block sums (and the AVX-512 kernel's offset for unsigned bytes) must
-    // come out exact too.
+    // the integer block sums must come out exact too, over every weight byte from -128
+    // to 127 (the AVX-512 kernel takes |w| as unsigned and moves w's sign onto x).
     let (rows, cols): (usize, usize) = (37, 75 + 256);
     let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
-    let x: Vec<f32> = (0..cols).map(|i| if i % 32 == 5 { 127.0 } else { ((i * 3) % 5) as f32 - 2.0 }).collect();
+    let x: Vec<f32> = (0..cols).map(|i| if i % 32 == 5 { 127.0 } else { ((i * 13) % 255) as f32 - 127.0 }).collect();
     let blocks = cols.div_ceil(32);
     let quants: Vec<i8> = (0..rows)
-        .flat_map(|r| {
-            let w = &w;
-            (0..blocks * 32).map(move |c| if c < cols { w[r * cols + c] as i8 } else { 0 })
-        })
+        .flat_map(|r| (0..blocks * 32).map(move |c| if c < cols { ((r * 11 + c * 37) % 256) as u8 as i8 } else { 0 }))
         .collect();
     let scales = vec![f16::ONE.to_bits(); rows * blocks];
     for m in [
