@@ -16,76 +16,13 @@
 //! medians: step ms, stream ms (the floor), ratio, and the stream's GB/s; then how much
 //! of the blob is mapped in 2 MiB pages (`pmd_mapped`), which moves decode speed too.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use olmort::ops::top_k;
-use olmort::team::Team;
 use olmort::{forward, Model, RunState};
 
 mod common;
-use common::{median, Args};
-
-/// Sums the 64-byte lines of `b` with 256-bit loads, prefetching 4 KiB ahead as the
-/// matvec kernels do (without it the stream is the slower of the two, and the floor
-/// would flatter the kernels).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn sum_lines(b: &[u8]) -> u64 {
-    use std::arch::x86_64::*;
-    let (p, n) = (b.as_ptr(), b.len() / 64 * 64);
-    let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-    let mut i = 0;
-    while i < n {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + 4096) as *const i8);
-        a0 = _mm256_add_epi64(a0, _mm256_loadu_si256(p.add(i) as *const __m256i));
-        a1 = _mm256_add_epi64(a1, _mm256_loadu_si256(p.add(i + 32) as *const __m256i));
-        i += 64;
-    }
-    let mut lanes = [0u64; 4];
-    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, _mm256_add_epi64(a0, a1));
-    lanes.iter().fold(0, |a, &l| a.wrapping_add(l))
-}
-
-/// The same sum without AVX2.
-fn sum_lines_portable(b: &[u8]) -> u64 {
-    b.chunks_exact(8).fold(0u64, |a, w| a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap())))
-}
-
-/// Streams `b` on the run state's own team (a second team's helpers would spin against
-/// it), the threads claiming blocks as the matvec kernels claim rows: 1 / (2 * threads)
-/// of what is left, at least 256 KiB. Two fixed halves measured up to 3% slower (one
-/// thread finishing early and the other streaming its last part alone), which would
-/// make the floor too easy to meet.
-fn stream(team: &Team, b: &[u8]) -> u64 {
-    const MIN: usize = 256 << 10;
-    let threads = team.threads();
-    let next = AtomicUsize::new(0);
-    let total = AtomicU64::new(0);
-    team.run(threads, &|_| {
-        let mut sum = 0u64;
-        let mut start = next.load(Ordering::Relaxed);
-        while start < b.len() {
-            let left = b.len() - start;
-            let size = (left / (2 * threads)).max(MIN).min(left);
-            match next.compare_exchange_weak(start, start + size, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => {
-                    let block = &b[start..start + size];
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: AVX2 is checked here; the function reads only within `block`.
-                    let s = if is_x86_feature_detected!("avx2") { unsafe { sum_lines(block) } } else { sum_lines_portable(block) };
-                    #[cfg(not(target_arch = "x86_64"))]
-                    let s = sum_lines_portable(block);
-                    sum = sum.wrapping_add(s);
-                    start = next.load(Ordering::Relaxed);
-                }
-                Err(now) => start = now,
-            }
-        }
-        total.fetch_add(sum, Ordering::Relaxed);
-    });
-    total.load(Ordering::Relaxed)
-}
+use common::{median, stream, Args};
 
 fn main() -> Result<(), String> {
     let args = Args::parse("decode_floor MODEL.bin [THREADS] [STEPS]", 64)?;
