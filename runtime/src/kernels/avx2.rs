@@ -3,7 +3,7 @@
 //!
 //! A matrix-vector product is bound by the speed weights arrive from memory, so each
 //! thread walks its rows one after another as a single sequential stream, prefetched
-//! [`PREFETCH`] bytes ahead (6 KiB for f16 and bf16), four accumulators per row, converting f16/bf16 in
+//! [`PREFETCH`] bytes ahead, four accumulators per row, converting f16/bf16 in
 //! registers. q8_0 quantises `x` to int8 per block of 32 once per call and
 //! multiplies bytes with `maddubs`.
 
@@ -40,7 +40,7 @@ pub(super) struct WBF16;
 
 impl Widen for WF32 {
     type E = f32;
-    const PREFETCH: usize = PREFETCH;
+    const PREFETCH: usize = F32_PREFETCH;
     #[inline(always)]
     unsafe fn load8(p: *const f32) -> __m256 {
         _mm256_loadu_ps(p)
@@ -53,7 +53,7 @@ impl Widen for WF32 {
 
 impl Widen for WF16 {
     type E = u16;
-    const PREFETCH: usize = HALF_PREFETCH;
+    const PREFETCH: usize = PREFETCH;
     #[inline(always)]
     unsafe fn load8(p: *const u16) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
@@ -66,7 +66,7 @@ impl Widen for WF16 {
 
 impl Widen for WBF16 {
     type E = u16;
-    const PREFETCH: usize = HALF_PREFETCH;
+    const PREFETCH: usize = PREFETCH;
     #[inline(always)]
     unsafe fn load8(p: *const u16) -> __m256 {
         let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
@@ -361,20 +361,27 @@ unsafe fn dot_q8(w: __m256i, x: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones))
 }
 
-/// How far ahead (bytes) the matvec kernels prefetch their weight stream. For q8_0, 4 KiB
-/// ahead measured 15-20% faster than 768 bytes on one thread. The float kernels did
-/// without while each matrix was split into rayon tasks that started far apart in
-/// time; with the team's back-to-back sections, decode steps alternating with and
-/// without it in one process (the 1B, 2 threads) were 3-4% (f32), 6-10% (f16) and
-/// 10-14% (bf16) faster with it, medians of 80 pairs; 8 and 16 KiB were no better.
-pub(super) const PREFETCH: usize = 4096;
+/// How far ahead (bytes) the matvec kernels prefetch their weight stream (f32:
+/// [`F32_PREFETCH`]). For q8_0, 4 KiB ahead measured 15-20% faster than 768 bytes on
+/// one thread. The float kernels did without while each matrix was split into rayon
+/// tasks that started far apart in time; with the team's back-to-back sections, decode
+/// steps alternating with and without 4 KiB in one process (the 1B, 2 threads) were
+/// 3-4% (f32), 6-10% (f16) and 10-14% (bf16) faster with it, medians of 80 pairs.
+///
+/// 6 KiB rather than 4 when memory runs at ~65 GB/s, where each core has to keep more
+/// lines in flight: 1B decode steps alternating between the two in one process
+/// (`model_matvec`, 2 threads, 40-50 rounds), as a fraction of a stream in the same
+/// round, went from 0.921 to 0.950 (f16), 0.928 to 0.989 (bf16) and 0.840-0.871 to
+/// 0.875-0.892 (q8_0 here); 5 and 8 KiB gave f16 0.90 and 0.95. At ~41 GB/s the two
+/// were level (0.96-1.01).
+pub(super) const PREFETCH: usize = 6144;
 
-/// [`PREFETCH`] for f16 and bf16 weights. 1B decode steps alternating between 4 and 6
-/// KiB in one process (`model_matvec`, 2 threads, 40 rounds), as a fraction of a stream
-/// in the same round: at ~65 GB/s f16 0.950 against 0.921 and bf16 0.989 against
-/// 0.928 (5 and 8 KiB: f16 0.90 and 0.95); at ~41 GB/s level (0.98-1.01). f32 gave
-/// 0.922 and 0.952 against 0.981 and 0.931 in two runs, and stays at 4 KiB.
-const HALF_PREFETCH: usize = 6144;
+/// [`PREFETCH`] for f32 weights, which 6 KiB did not help: 0.922 and 0.952 against
+/// 0.981 and 0.931 with 4 KiB in two runs at ~65 GB/s.
+const F32_PREFETCH: usize = 4096;
+
+/// How far ahead attention prefetches the cached keys and values it walks.
+const KV_PREFETCH: usize = 4096;
 
 /// q8_0 rows `r0 ..` against quantised `x`; `blocks` per row. `R` rows at a time share
 /// each load of x; scales are widened eight blocks at once.
@@ -541,9 +548,9 @@ pub unsafe fn scaled_dots<E: KvElement>(q: &[f32], rows: &[E], scale: f32, out: 
     let mut t = 0;
     while t + 8 <= n {
         let r = rp.add(t * d);
-        // These eight rows' bytes, PREFETCH ahead: the cached keys are a stream too.
+        // These eight rows' bytes, KV_PREFETCH ahead: the cached keys are a stream too.
         for l in (0..8 * d * std::mem::size_of::<E>()).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>((r as *const i8).wrapping_add(PREFETCH + l));
+            _mm_prefetch::<_MM_HINT_T0>((r as *const i8).wrapping_add(KV_PREFETCH + l));
         }
         let mut a = [_mm256_setzero_ps(); 8];
         let mut c = 0;
@@ -596,7 +603,7 @@ pub unsafe fn weighted_sum<E: KvElement>(weights: &[f32], rows: &[E], out: &mut 
             let pv = _mm256_set1_ps(p);
             let r = rows.add(t * d);
             for l in (0..V * 8 * std::mem::size_of::<E>()).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>((r as *const i8).wrapping_add(PREFETCH + l));
+                _mm_prefetch::<_MM_HINT_T0>((r as *const i8).wrapping_add(KV_PREFETCH + l));
             }
             for (j, a) in a.iter_mut().enumerate() {
                 *a = _mm256_fmadd_ps(pv, load8(r.add(8 * j)), *a);

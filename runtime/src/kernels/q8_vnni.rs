@@ -12,23 +12,17 @@
 //! activations' load. An earlier form made the weights unsigned by flipping their top
 //! bit and started each dot product from a per-call table of `-128 * sum(x)` per lane:
 //! one more load per 64 bytes and a table as large as `x`'s quants (16 KiB of L1 with
-//! them for `down_proj`'s 8192 columns). Against it, 1B q8_0 decode steps alternating
-//! in one process (2 threads, 150 rounds) ran at 0.918 of a plain stream of their bytes
-//! rather than 0.896 when memory ran at ~69 GB/s (`down_proj` 0.930 rather than 0.893),
-//! and level (0.965-0.986) at ~45 GB/s.
+//! them for `down_proj`'s 8192 columns). 1B q8_0 decode steps alternating between the
+//! two in one process (2 threads, 100 rounds, `model_matvec`) when memory ran at ~69
+//! GB/s: 0.911-0.939 of a stream in the same round with the sign mask, 0.878-0.893 with
+//! the table; `down_proj` 0.91-0.93 against 0.77-0.82. Level at ~45 GB/s.
 
 use std::arch::x86_64::*;
 
 use half::f16;
 
+use super::avx2::PREFETCH;
 use super::QuantX;
-
-/// How far ahead of its loads the kernel prefetches its quants (its scales 1/16 of
-/// that). Further than the float kernels' 4 KiB: steps alternating between distances in
-/// one process (the 1B, 2 threads, 150 rounds) ran at 0.896 (4 KiB), 0.918 (6 KiB),
-/// 0.911 (8 KiB) and 0.912 (12 KiB) of a plain stream when memory ran at ~69 GB/s,
-/// and 0.954-0.986 without order at ~45 GB/s.
-const PREFETCH: usize = 6144;
 
 /// q8_0 rows `r0 .. r0 + y.len()` (`blocks` per row) against the quantised `x`: its
 /// quants and block scales.
