@@ -25,6 +25,14 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+#[inline(always)]
+unsafe fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    _mm_cvtss_f32(m)
+}
+
 /// How one stored element type widens to f32, eight at a time.
 pub(super) trait Widen {
     type E: Copy;
@@ -334,10 +342,7 @@ unsafe fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32]) {
             _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
             _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
         );
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-        let amax = _mm_cvtss_f32(m);
+        let amax = hmax(m);
         d[b] = amax / 127.0;
         let inv = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
         let i: [__m256i; 4] = std::array::from_fn(|j| {
@@ -510,9 +515,9 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32], wide: bool) {
 #[inline(always)]
 unsafe fn load8<E: KvElement>(p: *const E) -> __m256 {
     if E::HALF {
-        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        WF16::load8(p as *const u16)
     } else {
-        _mm256_loadu_ps(p as *const f32)
+        WF32::load8(p as *const f32)
     }
 }
 
@@ -694,10 +699,7 @@ pub unsafe fn softmax(x: &mut [f32]) {
     for i in (0..whole).step_by(8) {
         m = _mm256_max_ps(m, _mm256_loadu_ps(p.add(i)));
     }
-    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-    let max = x[whole..].iter().fold(_mm_cvtss_f32(m), |a, &v| a.max(v));
+    let max = x[whole..].iter().fold(hmax(m), |a, &v| a.max(v));
     let mv = _mm256_set1_ps(max);
     let mut sum = _mm256_setzero_ps();
     for i in (0..whole).step_by(8) {
