@@ -11,8 +11,8 @@
 //! The stream reads the span of the blob from the first layer's first matrix to the end
 //! of `lm_head` (every matrix a step reads, the norms between them; not the embedding
 //! table, of which a step reads one row), the threads claiming blocks of it as the
-//! kernels claim rows and summing them with 256-bit loads and the kernels' 4 KiB
-//! software prefetch. Prints one line per step and a final `decode_floor:` line with the
+//! kernels claim rows and summing them with 256-bit loads and 4 KiB software prefetch
+//! (`common::stream`). Prints one line per step and a final `decode_floor:` line with the
 //! medians: step ms, stream ms (the floor), ratio, and the stream's GB/s; then how much
 //! of the blob is mapped in 2 MiB pages (`pmd_mapped`), which moves decode speed too.
 

@@ -97,8 +97,8 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Sums the 64-byte lines of `b` with 256-bit loads, prefetching 4 KiB ahead as the
-/// matvec kernels do (without it the stream is the slower of the two, and the floor
-/// would flatter the kernels; 8, 12 and 16 KiB measured no faster).
+/// matvec kernels do (4-6 KiB; without it the stream is the slower of the two, and the
+/// floor would flatter the kernels; 8, 12 and 16 KiB measured no faster).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn sum_lines(b: &[u8]) -> u64 {
