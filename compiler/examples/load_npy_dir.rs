@@ -161,7 +161,7 @@ fn run() -> Result<(), String> {
         let model = olmort::Model::new(&blob).map_err(|e| e.to_string())?;
         let mut state = olmort::RunState::new(&model, 1).map_err(|e| e.to_string())?;
         let logits = olmort::forward(&model, &mut state, first, 0);
-        let top = olmort::ops::top_k::<1>(logits)[0].0;
+        let top = olmort::model::ops::top_k::<1>(logits)[0].0;
         let step_ms = t.elapsed().as_secs_f64() * 1e3;
         let total_ms = started.elapsed().as_secs_f64() * 1e3;
         line += &format!(

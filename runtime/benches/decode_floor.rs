@@ -18,7 +18,7 @@
 
 use std::time::Instant;
 
-use olmort::ops::top_k;
+use olmort::model::ops::top_k;
 use olmort::{forward, Model, RunState};
 
 mod common;

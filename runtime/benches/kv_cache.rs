@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use olmort::ops::top_k;
+use olmort::model::ops::top_k;
 use olmort::{forward, KvDtype, RunState};
 
 mod common;

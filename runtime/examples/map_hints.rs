@@ -53,7 +53,7 @@ fn run() -> Result<(), String> {
     for pos in 0..steps {
         let t = Instant::now();
         let logits = olmort::forward(&model, &mut state, token, pos);
-        token = olmort::ops::top_k::<1>(logits)[0].0;
+        token = olmort::model::ops::top_k::<1>(logits)[0].0;
         step_ms.push(format!("{:.1}", t.elapsed().as_secs_f64() * 1e3));
     }
     println!(

@@ -8,21 +8,18 @@
 //! forward(&model, &mut state, token, pos);
 //! ```
 
-pub mod buffer;
-pub mod forward;
-pub mod generate;
+//!
+//! The tree by concern: [`model`] (weights, forward pass, run state), [`kernels`]
+//! (matrix products and attention per instruction set), [`text`] (tokenizer and
+//! detokenizer), [`generation`] (sampling, the trace loop, generation). The `olmort`
+//! binary (`main.rs`, `cli/`) is a thin layer over these.
+
+pub mod generation;
 pub mod kernels;
 pub mod model;
-pub mod ops;
-pub mod sampling;
-pub mod team;
-pub mod pretokenize;
 pub mod text;
-pub mod tokenizer;
-pub mod trace;
 
-pub use forward::{forward, forward_batch, forward_batch_for, KvDtype, LogitRows, RunState};
-pub use model::Model;
+pub use model::{forward, forward_batch, forward_batch_for, KvDtype, LogitRows, Model, RunState};
 
 use olmo_format::FormatError;
 

@@ -1,5 +1,4 @@
-mod generate_cli;
-mod load;
+mod cli;
 
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -11,8 +10,8 @@ use std::time::Instant;
 use clap::Parser;
 use olmo_format::mapped::MappedFile;
 use olmo_format::Blob;
-use olmort::generate::{generate, plan};
-use olmort::trace::{run_trace, LogitsSink, NpyLogits, Timings};
+use olmort::generation::generate::{generate, plan};
+use olmort::generation::trace::{run_trace, LogitsSink, NpyLogits, Timings};
 use olmort::{KvDtype, Model, RunState};
 
 /// Runs an OLMo-2 blob: the prompt's tokens, then generation (greedy unless asked to
@@ -40,14 +39,14 @@ struct Cli {
     /// the computation), lazy (on demand), none (no huge-page hint), populate or mlock
     /// (all of it before the first token). See docs/STARTUP.md.
     #[arg(long, value_name = "MODE", default_value = "prefetch")]
-    load: load::LoadMode,
+    load: cli::load::LoadMode,
     /// What the KV cache stores: f32 or f16 (half the memory, and half of what
     /// attention reads every step at long contexts). Default: f32 for f32 weights, f16
     /// for bf16, f16 and q8_0 weights.
     #[arg(long, value_name = "DTYPE")]
     kv_cache: Option<KvDtype>,
     #[command(flatten)]
-    generation: generate_cli::GenerateArgs,
+    generation: cli::generate_args::GenerateArgs,
 }
 
 fn fail(msg: impl std::fmt::Display) -> String {
@@ -79,7 +78,7 @@ fn run(cli: Cli) -> Result<(), String> {
         eprintln!("olmort: {}: ok ({load_ms:.2} ms to map and validate)", cli.model.display());
         return Ok(());
     }
-    load::start(&map, &blob, cli.load).map_err(|e| format!("--load: {e}"))?;
+    cli::load::start(&map, &blob, cli.load).map_err(|e| format!("--load: {e}"))?;
     let prompt = cli.generation.read_prompt(&model, &cli.model, cli.tokens.as_ref())?;
     let seed_trace = cli.generation.is_seed_trace();
     let options = cli.generation.options(cli.steps)?;
@@ -90,9 +89,9 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let steps = match &generation_plan {
         Some(p) => p.positions,
-        None => cli.steps.unwrap_or(olmort::generate::DEFAULT_TRACE_STEPS),
+        None => cli.steps.unwrap_or(olmort::generation::generate::DEFAULT_TRACE_STEPS),
     };
-    olmort::trace::check_request(&model, &prompt, steps).map_err(fail)?;
+    olmort::generation::trace::check_request(&model, &prompt, steps).map_err(fail)?;
 
     rayon::ThreadPoolBuilder::new()
         .num_threads(cli.threads.unwrap_or(0))
@@ -120,12 +119,12 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     .map_err(fail)?;
     drop(out);
-    generate_cli::end_text(options.format);
+    cli::generate_args::end_text(options.format);
     if let (Some(d), Some(p)) = (dump, &cli.dump_logits) {
         d.finish().map_err(|e| format!("{}: {e}", p.display()))?;
         let rows = timings.prompt_tokens + timings.generated_tokens;
         if rows < steps {
-            generate_cli::shrink_npy_rows(p, rows, model.config.vocab_size as usize)
+            cli::generate_args::shrink_npy_rows(p, rows, model.config.vocab_size as usize)
                 .map_err(|e| format!("{}: {e}", p.display()))?;
         }
     }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use olmo_format::mapped::MappedFile;
 use olmo_format::{Blob, DType};
 use olmort::kernels::{available_kernels, with_kernels, Kernels};
-use olmort::ops::top_k;
-use olmort::trace::{run_trace, LogitsSink};
+use olmort::model::ops::top_k;
+use olmort::generation::trace::{run_trace, LogitsSink};
 use olmort::{forward, forward_batch, forward_batch_for, KvDtype, LogitRows, Model, RunState};
 
 const FIXTURES: [&str; 3] = ["gqa", "tiny", "wide"];

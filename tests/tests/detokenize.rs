@@ -2,7 +2,7 @@
 
 use olmo_e2e::fixtures;
 use olmo_format::vocab::Vocab;
-use olmort::text::{Escaped, Utf8Stream};
+use olmort::text::detokenize::{Escaped, Utf8Stream};
 
 fn vocab() -> Vocab {
     let text = std::fs::read_to_string(fixtures().join("tiny").join("vocab.txt")).unwrap();

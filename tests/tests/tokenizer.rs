@@ -4,7 +4,7 @@
 use olmo_e2e::fixtures;
 use olmo_format::vocab::{Vocab, VocabView};
 use olmo_format::VocabInfo;
-use olmort::tokenizer::Tokenizer;
+use olmort::text::tokenizer::Tokenizer;
 use serde::Deserialize;
 
 /// The dolma2 vocabulary from the tiny fixture, packed as a blob holds it.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use olmo_format::mapped::MappedFile;
 use olmo_format::Blob;
 use olmort::kernels::{Matrix, MatrixData};
-use olmort::team::Team;
+use olmort::model::team::Team;
 use olmort::Model;
 
 /// `BENCH MODEL.bin [THREADS] [COUNT]` (flags such as cargo's `--bench` ignored), with

@@ -738,5 +738,5 @@ pub unsafe fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
         _mm256_storeu_ps(o.add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(u.add(i))));
         i += 8;
     }
-    crate::ops::swiglu(&gate[i..n], &up[i..n], &mut out[i..]);
+    crate::model::ops::swiglu(&gate[i..n], &up[i..n], &mut out[i..]);
 }

@@ -2,7 +2,7 @@
 //!
 //! Every matrix is `rows x cols` with each output row contiguous (`[out, in]`), so
 //! `y = W x` streams through the weights once. Kernels split their work into tasks for
-//! [`for_each_task`]: the installed [`Team`](crate::team::Team) (a forward pass) or rayon's pool.
+//! [`for_each_task`]: the installed [`Team`](crate::model::team::Team) (a forward pass) or rayon's pool.
 //!
 //! Three kernel sets sit behind one dispatch, chosen at run time from what the CPU has:
 //! [`portable`] (plain Rust, the reference and the fallback), `avx2` (AVX2 + FMA + F16C
@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
-use crate::buffer::Zeroable;
+use crate::model::buffer::Zeroable;
 
 /// A weight matrix viewed in place over the blob.
 #[derive(Debug, Clone, Copy)]
@@ -209,10 +209,10 @@ pub(crate) fn with_local<T: Default, R>(
     })
 }
 
-/// Threads a parallel section runs on: the calling thread's [`Team`](crate::team::Team)
+/// Threads a parallel section runs on: the calling thread's [`Team`](crate::model::team::Team)
 /// if one is installed (a forward pass), else the current rayon pool.
 pub(crate) fn threads() -> usize {
-    crate::team::with_current(|team| team.map_or_else(rayon::current_num_threads, |t| t.threads()))
+    crate::model::team::with_current(|team| team.map_or_else(rayon::current_num_threads, |t| t.threads()))
 }
 
 /// Runs `task(0 .. tasks)` on the calling thread's team if one is installed, else on the
@@ -222,7 +222,7 @@ pub(crate) fn for_each_task(tasks: usize, task: impl Fn(usize) + Sync + Send) {
     if tasks == 1 {
         return task(0);
     }
-    crate::team::with_current(|team| match team {
+    crate::model::team::with_current(|team| match team {
         Some(team) => team.run(tasks, &task),
         None if rayon::current_num_threads() == 1 => (0..tasks).for_each(task),
         None => {
@@ -547,7 +547,7 @@ pub fn softmax(k: Kernels, x: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA/F16C (checked).
         _ if k.avx2() => unsafe { avx2::softmax(x) },
-        _ => crate::ops::softmax(x),
+        _ => crate::model::ops::softmax(x),
     }
 }
 
@@ -561,7 +561,7 @@ pub fn swiglu(k: Kernels, gate: &[f32], up: &[f32], out: &mut [f32]) {
         // SAFETY: the CPU has AVX2/FMA/F16C (checked); `gate` and `up` hold `out.len()`
         // values (asserted).
         _ if k.avx2() => unsafe { avx2::swiglu(gate, up, out) },
-        _ => crate::ops::swiglu(gate, up, out),
+        _ => crate::model::ops::swiglu(gate, up, out),
     }
 }
 

@@ -361,7 +361,7 @@ fn column_panels_multiply_like_rows() {
 fn guided_blocks_cover_every_row_once_and_shrink_to_the_minimum() {
     use std::sync::Mutex;
     for threads in [1, 2, 3] {
-        let team = crate::team::Team::new(threads);
+        let team = crate::model::team::Team::new(threads);
         for (len, min) in [(1, 4), (7, 4), (100, 4), (1000, 16), (16384, 64)] {
             let mut y = vec![0f32; len];
             let blocks = Mutex::new(Vec::new());

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use half::f16;
 
-use crate::buffer::{Buffer, Zeroable};
+use crate::model::buffer::{Buffer, Zeroable};
 use crate::kernels::{self, for_each_task, matmul_with, Kernels, KvElement, MatrixData, SendPtr};
 use crate::model::Model;
-use crate::ops::{rms_norm, RopeTables};
-use crate::team::Team;
+use crate::model::ops::{rms_norm, RopeTables};
+use crate::model::team::Team;
 use crate::RunError;
 
 /// The most tokens [`RunState::new`] lets one [`forward_batch`] call take: enough that

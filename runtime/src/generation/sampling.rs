@@ -5,7 +5,7 @@
 //! The candidate buffer is allocated once, at the vocabulary's size; a step only writes
 //! into it.
 
-use crate::ops::top_k;
+use crate::model::ops::top_k;
 
 /// How to choose tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]

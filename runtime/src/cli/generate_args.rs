@@ -5,10 +5,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use olmort::generate::{Format, GenerateOptions};
-use olmort::sampling::SamplingParams;
-use olmort::tokenizer::Tokenizer;
-use olmort::trace::parse_tokens;
+use olmort::generation::generate::{Format, GenerateOptions};
+use olmort::generation::sampling::SamplingParams;
+use olmort::text::tokenizer::Tokenizer;
+use olmort::generation::trace::parse_tokens;
 use olmort::Model;
 
 #[derive(clap::Args, Debug)]

@@ -12,12 +12,12 @@
 use std::io::{self, Write};
 use std::time::Instant;
 
-use crate::forward::{forward, forward_batch_for, LogitRows, RunState};
+use crate::model::forward::{forward, forward_batch_for, LogitRows, RunState};
 use crate::model::Model;
-use crate::ops::top_k;
-use crate::sampling::{Sampler, SamplingParams};
-use crate::text::Utf8Stream;
-use crate::trace::{write_trace_line, LogitsSink, Timings};
+use crate::model::ops::top_k;
+use crate::generation::sampling::{Sampler, SamplingParams};
+use crate::text::detokenize::Utf8Stream;
+use crate::generation::trace::{write_trace_line, LogitsSink, Timings};
 use crate::RunError;
 
 /// How each step is written.

@@ -1,7 +1,7 @@
 //! Text to token ids with the vocabulary packed in the blob: byte-level BPE as OLMo-2's
 //! dolma2 tokenizer (cl100k_base's ranks, split pattern and merge rule) does it.
 //!
-//! Text is cut into pieces by the cl100k split pattern ([`crate::pretokenize`]); a piece
+//! Text is cut into pieces by the cl100k split pattern ([`crate::text::pretokenize`]); a piece
 //! that is a token is that token, otherwise its bytes are merged pairwise, always the
 //! adjacent pair whose concatenation is the token with the lowest id (ids are the merge
 //! ranks). Special tokens (`<|endoftext|>`, ...) are never produced by merging; their
@@ -15,7 +15,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use olmo_format::vocab::VocabView;
 
-use crate::pretokenize::Splitter;
+use crate::text::pretokenize::Splitter;
 use crate::RunError;
 
 /// FNV-1a: token spellings are short, and the table is built once per run.

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::forward::{forward, forward_batch, RunState};
+use crate::model::forward::{forward, forward_batch, RunState};
 use crate::model::Model;
-use crate::ops::top_k;
-use crate::text::Escaped;
+use crate::model::ops::top_k;
+use crate::text::detokenize::Escaped;
 use crate::RunError;
 
 /// Little-endian u32 token ids.
