@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use olmo_format::ModelConfig;
+use olmo_format::{AttentionType, ModelConfig, Rope};
 use serde::Deserialize;
 
 use crate::PackError;
@@ -41,7 +41,7 @@ struct RopeParameters {
     rope_type: Option<String>,
 }
 
-/// A token id, or a list of them (the first is used).
+/// A token id, or a list of them.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum TokenIds {
@@ -50,10 +50,16 @@ enum TokenIds {
 }
 
 impl TokenIds {
+    /// The first id (`bos_token_id`, `pad_token_id`).
     fn first(&self) -> Option<u32> {
+        self.all().first().copied()
+    }
+
+    /// Every id (`eos_token_id`: Instruct models stop on several).
+    fn all(&self) -> Vec<u32> {
         match self {
-            TokenIds::One(id) => Some(*id),
-            TokenIds::Many(ids) => ids.first().copied(),
+            TokenIds::One(id) => vec![*id],
+            TokenIds::Many(ids) => ids.clone(),
         }
     }
 }
@@ -83,7 +89,7 @@ pub fn read_config_json(path: &Path) -> Result<LoadedConfig, PackError> {
         }
     }
     if let Some(a) = hf.architectures.first() {
-        if a != olmo_format::ModelConfig::ARCHITECTURE {
+        if a != olmo_format::ModelConfig::OLMO2 {
             return Err(bad(format!("architecture {a:?} is not Olmo2ForCausalLM")));
         }
     }
@@ -104,7 +110,7 @@ pub fn read_config_json(path: &Path) -> Result<LoadedConfig, PackError> {
         return Err(bad("num_attention_heads is 0".into()));
     }
     let config = ModelConfig {
-        architecture: olmo_format::ModelConfig::ARCHITECTURE.into(),
+        architecture: olmo_format::ModelConfig::OLMO2.into(),
         hidden_size: hf.hidden_size,
         num_hidden_layers: hf.num_hidden_layers,
         num_attention_heads: heads,
@@ -113,14 +119,15 @@ pub fn read_config_json(path: &Path) -> Result<LoadedConfig, PackError> {
         intermediate_size: hf.intermediate_size,
         vocab_size: hf.vocab_size,
         max_position_embeddings: hf.max_position_embeddings,
-        rope_theta: hf
-            .rope_parameters
-            .and_then(|r| r.rope_theta)
-            .or(hf.rope_theta)
-            .unwrap_or(DEFAULT_ROPE_THETA),
         rms_norm_eps: hf.rms_norm_eps.unwrap_or(DEFAULT_RMS_NORM_EPS),
+        layer_types: vec![AttentionType::Full; hf.num_hidden_layers as usize],
+        sliding_window: None,
+        rope_full_attention: Rope::default_with_theta(
+            hf.rope_parameters.and_then(|r| r.rope_theta).or(hf.rope_theta).unwrap_or(DEFAULT_ROPE_THETA),
+        ),
+        rope_sliding_attention: None,
         bos_token_id: hf.bos_token_id.and_then(|t| t.first()),
-        eos_token_id: hf.eos_token_id.and_then(|t| t.first()),
+        eos_token_ids: hf.eos_token_id.map_or_else(Vec::new, |t| t.all()),
         pad_token_id: hf.pad_token_id.and_then(|t| t.first()),
     };
     config.validate().map_err(|e| bad(e.to_string()))?;
@@ -155,7 +162,7 @@ pub fn infer_config(s: &InferredShapes) -> Result<ModelConfig, PackError> {
     };
     let vocab = to_u32("vocabulary", s.vocab)?;
     let config = ModelConfig {
-        architecture: ModelConfig::ARCHITECTURE.into(),
+        architecture: ModelConfig::OLMO2.into(),
         hidden_size: to_u32("hidden size", s.hidden)?,
         num_hidden_layers: s.layers,
         num_attention_heads: to_u32("heads", s.q_rows / hd)?,
@@ -164,10 +171,13 @@ pub fn infer_config(s: &InferredShapes) -> Result<ModelConfig, PackError> {
         intermediate_size: to_u32("intermediate size", s.ffn)?,
         vocab_size: vocab,
         max_position_embeddings: DEFAULT_MAX_POSITIONS,
-        rope_theta: DEFAULT_ROPE_THETA,
         rms_norm_eps: DEFAULT_RMS_NORM_EPS,
+        layer_types: vec![AttentionType::Full; s.layers as usize],
+        sliding_window: None,
+        rope_full_attention: Rope::default_with_theta(DEFAULT_ROPE_THETA),
+        rope_sliding_attention: None,
         bos_token_id: None,
-        eos_token_id: (DEFAULT_EOS < vocab).then_some(DEFAULT_EOS),
+        eos_token_ids: (DEFAULT_EOS < vocab).then_some(DEFAULT_EOS).into_iter().collect(),
         pad_token_id: (DEFAULT_PAD < vocab).then_some(DEFAULT_PAD),
     };
     config

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use olmo_format::{Blob, DType, Layout};
+use olmo_format::{AttentionType, Blob, ChatInfo, DType, Layout, ModelConfig, RopeScaling};
 
 use crate::PackError;
 
@@ -31,17 +31,17 @@ pub fn describe(blob: &Blob) -> String {
     );
     let _ = writeln!(
         s,
-        "vocab_size {}  max_positions {}  rope_theta {}  rms_norm_eps {:e}",
-        c.vocab_size, c.max_position_embeddings, c.rope_theta, c.rms_norm_eps
+        "vocab_size {}  max_positions {}  rms_norm_eps {:e}",
+        c.vocab_size, c.max_position_embeddings, c.rms_norm_eps
     );
+    describe_attention(&mut s, c);
     let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
-    let _ = writeln!(
-        s,
-        "bos {}  eos {}  pad {}",
-        id(c.bos_token_id),
-        id(c.eos_token_id),
-        id(c.pad_token_id)
-    );
+    let eos = match &c.eos_token_ids[..] {
+        [] => "-".to_string(),
+        ids => ids.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+    };
+    let _ = writeln!(s, "bos {}  eos {eos}  pad {}", id(c.bos_token_id), id(c.pad_token_id));
+    describe_chat(&mut s, m.chat.as_ref());
     match &m.vocab {
         Some(v) => {
             let _ = writeln!(s, "vocabulary: {} tokens, {} special", v.n_tokens, v.special_ids.len());
@@ -72,6 +72,48 @@ pub fn describe(blob: &Blob) -> String {
         );
     }
     s
+}
+
+/// Each layer type's layers, window and RoPE.
+fn describe_attention(s: &mut String, c: &ModelConfig) {
+    for t in [AttentionType::Full, AttentionType::Sliding] {
+        let layers: Vec<String> = (0..c.layer_types.len()).filter(|&l| c.layer_types[l] == t).map(|l| l.to_string()).collect();
+        if layers.is_empty() {
+            continue;
+        }
+        let window = match t {
+            AttentionType::Sliding => format!(", window {}", c.sliding_window.map_or("-".into(), |w| w.to_string())),
+            AttentionType::Full => String::new(),
+        };
+        let rope = c.rope(t);
+        let scaling = match rope.scaling {
+            RopeScaling::Default => "default".to_string(),
+            RopeScaling::Yarn { factor, original_max_position_embeddings, attention_factor, beta_fast, beta_slow, truncate } => format!(
+                "yarn factor {factor} original_max_positions {original_max_position_embeddings} attention_factor {attention_factor} beta_fast {beta_fast} beta_slow {beta_slow} truncate {truncate}"
+            ),
+        };
+        let _ = writeln!(
+            s,
+            "{} layers [{}]{window}: rope_theta {} {scaling}",
+            t.name(),
+            layers.join(","),
+            rope.theta
+        );
+    }
+}
+
+/// The packed chat templates (name and size) and special-token strings.
+fn describe_chat(s: &mut String, chat: Option<&ChatInfo>) {
+    let Some(chat) = chat else {
+        let _ = writeln!(s, "chat template: none");
+        return;
+    };
+    for t in &chat.templates {
+        let _ = writeln!(s, "chat template {:?}: {} bytes", t.name, t.source.len());
+    }
+    for t in &chat.special_tokens {
+        let _ = writeln!(s, "  {} = {:?}", t.name, t.content);
+    }
 }
 
 /// Recomputes every tensor's CRC-32 and compares it with the manifest.

@@ -99,7 +99,7 @@ fn config_is_inferred_from_shapes_and_tensors_are_fused() {
             (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size, c.vocab_size),
             (128, 2, 1, 128, 8, 5)
         );
-        assert_eq!((c.rope_theta, c.rms_norm_eps, c.max_position_embeddings), (500000.0, 1e-6, 4096));
+        assert_eq!((c.rope_full_attention.theta, c.rms_norm_eps, c.max_position_embeddings), (500000.0, 1e-6, 4096));
         assert!(blob.manifest.vocab.is_none());
         let get = |name: &str| written.iter().find(|t| t.0 == name).unwrap().2.clone();
         let qkv = f32s(blob.tensor("model.layers.0.self_attn.qkv_proj.weight").unwrap().bytes);
@@ -136,8 +136,8 @@ fn tied_embeddings_fill_a_missing_lm_head_and_vocab_is_packed() {
     let map = MappedFile::open(&out).unwrap();
     let blob = Blob::parse(map.bytes()).unwrap();
     let c = &blob.manifest.config;
-    assert_eq!((c.rope_theta, c.rms_norm_eps, c.max_position_embeddings), (10000.0, 1e-5, 32));
-    assert_eq!((c.eos_token_id, c.pad_token_id, c.bos_token_id), (Some(4), Some(3), None));
+    assert_eq!((c.rope_full_attention.theta, c.rms_norm_eps, c.max_position_embeddings), (10000.0, 1e-5, 32));
+    assert_eq!((c.eos_token_ids.clone(), c.pad_token_id, c.bos_token_id), (vec![4], Some(3), None));
     let embed = written.iter().find(|t| t.0 == "model.embed_tokens.weight").unwrap();
     assert_eq!(f32s(blob.tensor("lm_head.weight").unwrap().bytes), embed.2);
     let vocab = blob.vocab().unwrap().unwrap();

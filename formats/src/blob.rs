@@ -191,6 +191,9 @@ impl<'a> TensorView<'a> {
 /// name -> entry index.
 fn validate_manifest(m: &Manifest, data_len: u64) -> Result<HashMap<String, usize>, FormatError> {
     m.config.validate()?;
+    if let Some(chat) = &m.chat {
+        chat.validate()?;
+    }
     let mut index = HashMap::with_capacity(m.tensors.len());
     let mut previous: Option<(&str, u64)> = None;
     for (i, t) in m.tensors.iter().enumerate() {

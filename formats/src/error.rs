@@ -103,4 +103,7 @@ pub enum FormatError {
     /// The vocabulary description is inconsistent.
     #[error("vocabulary: {0}")]
     Vocab(String),
+    /// The chat templates are inconsistent.
+    #[error("chat template: {0}")]
+    Chat(String),
 }

@@ -5,7 +5,7 @@ use crate::FormatError;
 /// First eight bytes of every blob.
 pub const MAGIC: [u8; 8] = *b"OLMOBLOB";
 /// Bumped only when the structure of the file changes; new metadata goes in the manifest.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of the header in bytes; the manifest starts right after it.
 pub const HEADER_LEN: usize = 64;
 /// The data region starts on a page boundary so the mapped tensors are page-aligned too.

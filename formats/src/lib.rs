@@ -22,11 +22,11 @@ mod names;
 pub mod vocab;
 pub mod writer;
 
-pub use config::ModelConfig;
+pub use config::{AttentionType, ModelConfig, Rope, RopeScaling};
 pub use dtype::{DType, Layout, PANEL_COLS, Q8_0_BLOCK};
 pub use error::FormatError;
 pub use header::{Header, DATA_ALIGN, FORMAT_VERSION, HEADER_LEN, MAGIC, TENSOR_ALIGN};
-pub use manifest::{Manifest, TensorEntry, VocabInfo};
+pub use manifest::{ChatInfo, ChatTemplate, Manifest, SpecialTokenString, TensorEntry, VocabInfo};
 pub use names::{
     LayerNames, TensorRole, EMBED_TOKENS, FINAL_NORM, LM_HEAD, VOCAB_BYTES, VOCAB_OFFSETS,
 };

@@ -14,6 +14,70 @@ pub struct Manifest {
     pub tensors: Vec<TensorEntry>,
     /// Present when the vocabulary was packed (its bytes are the `tokenizer.*` tensors).
     pub vocab: Option<VocabInfo>,
+    /// Present when the checkpoint has a chat template.
+    pub chat: Option<ChatInfo>,
+}
+
+/// What rendering a conversation needs: the templates of `tokenizer_config.json` and the
+/// special-token strings they refer to by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatInfo {
+    /// `chat_template`: a single string packs as one template named `default`; a list
+    /// of `{name, template}` keeps every one. At least one, names unique.
+    pub templates: Vec<ChatTemplate>,
+    /// `bos_token`, `eos_token`, `pad_token`, `unk_token`, ...: the strings templates
+    /// see as variables of those names. Names unique.
+    pub special_tokens: Vec<SpecialTokenString>,
+}
+
+/// One Jinja chat template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatTemplate {
+    #[serde(deserialize_with = "borrowed_string")]
+    pub name: String,
+    #[serde(deserialize_with = "borrowed_string")]
+    pub source: String,
+}
+
+/// A special token's role and spelling, e.g. `eos_token` = `<|endoftext|>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpecialTokenString {
+    #[serde(deserialize_with = "borrowed_string")]
+    pub name: String,
+    #[serde(deserialize_with = "borrowed_string")]
+    pub content: String,
+}
+
+impl ChatInfo {
+    /// The name a template packed from a single `chat_template` string gets, and the
+    /// one used unless another is asked for.
+    pub const DEFAULT: &'static str = "default";
+
+    /// The template called `name`.
+    pub fn template(&self, name: &str) -> Option<&ChatTemplate> {
+        self.templates.iter().find(|t| t.name == name)
+    }
+
+    /// The spelling of the special token with role `name` (`eos_token`, ...).
+    pub fn special_token(&self, name: &str) -> Option<&str> {
+        self.special_tokens.iter().find(|t| t.name == name).map(|t| t.content.as_str())
+    }
+
+    /// At least one template; names unique among templates and among special tokens.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        if self.templates.is_empty() {
+            return Err(FormatError::Chat("no templates".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        if let Some(t) = self.templates.iter().find(|t| !names.insert(t.name.as_str())) {
+            return Err(FormatError::Chat(format!("two templates are named {:?}", t.name)));
+        }
+        names.clear();
+        if let Some(t) = self.special_tokens.iter().find(|t| !names.insert(t.name.as_str())) {
+            return Err(FormatError::Chat(format!("special token {:?} is given twice", t.name)));
+        }
+        Ok(())
+    }
 }
 
 /// One row of the tensor table.

@@ -4,13 +4,13 @@
 use crate::vocab::Vocab;
 use crate::writer::{BlobPlan, TensorSpec};
 use crate::{
-    DType, Header, Manifest, ModelConfig, DATA_ALIGN, HEADER_LEN,
+    AttentionType, DType, Header, Manifest, ModelConfig, Rope, RopeScaling, DATA_ALIGN, HEADER_LEN,
 };
 
 /// A two-layer grouped-query config (6 heads over 2 kv heads, head_dim 6), 97 tokens.
 pub fn small_config() -> ModelConfig {
     ModelConfig {
-        architecture: ModelConfig::ARCHITECTURE.into(),
+        architecture: ModelConfig::OLMO2.into(),
         hidden_size: 36,
         num_hidden_layers: 2,
         num_attention_heads: 6,
@@ -19,12 +19,39 @@ pub fn small_config() -> ModelConfig {
         intermediate_size: 92,
         vocab_size: 97,
         max_position_embeddings: 64,
-        rope_theta: 10000.0,
         rms_norm_eps: 1e-6,
+        layer_types: vec![AttentionType::Full; 2],
+        sliding_window: None,
+        rope_full_attention: Rope::default_with_theta(10000.0),
+        rope_sliding_attention: None,
         bos_token_id: None,
-        eos_token_id: Some(96),
+        eos_token_ids: vec![96],
         pad_token_id: Some(1),
     }
+}
+
+/// [`small_config`] as an OLMo-3: four layers, the first three sliding over 5
+/// positions, the last full with YaRN.
+pub fn small_olmo3_config() -> ModelConfig {
+    let mut c = small_config();
+    c.architecture = ModelConfig::OLMO3.into();
+    c.num_hidden_layers = 4;
+    c.layer_types = vec![AttentionType::Sliding, AttentionType::Sliding, AttentionType::Sliding, AttentionType::Full];
+    c.sliding_window = Some(5);
+    c.rope_full_attention = Rope {
+        theta: 10000.0,
+        scaling: RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_position_embeddings: 16,
+            attention_factor: 0.1 * 4f64.ln() + 1.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            truncate: true,
+        },
+    };
+    c.rope_sliding_attention = Some(Rope::default_with_theta(10000.0));
+    c.eos_token_ids = vec![96, 95];
+    c
 }
 
 /// A vocabulary of `n` tokens: `t0`, `t1`, ..., the last one special.

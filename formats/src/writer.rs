@@ -5,7 +5,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 
 use crate::dtype::byte_len;
 use crate::{
-    DType, FormatError, Header, Layout, Manifest, ModelConfig, TensorEntry, TensorRole, VocabInfo,
+    ChatInfo, DType, FormatError, Header, Layout, Manifest, ModelConfig, TensorEntry, TensorRole, VocabInfo,
     DATA_ALIGN, EMBED_TOKENS, FORMAT_VERSION, HEADER_LEN, TENSOR_ALIGN,
 };
 
@@ -80,16 +80,26 @@ impl BlobPlan {
             config,
             tensors: entries,
             vocab,
+            chat: None,
         };
-        // With fixed-width integers the manifest's size does not depend on the offsets
-        // and checksums filled in later, so the data region can be placed now.
-        let manifest_len = manifest.encode().len() as u64;
-        let data_offset = align_up(HEADER_LEN as u64 + manifest_len, DATA_ALIGN);
-        Ok(BlobPlan {
-            manifest,
-            data_offset,
-            data_len: cursor,
-        })
+        let mut plan = BlobPlan { manifest, data_offset: 0, data_len: cursor };
+        plan.place_data();
+        Ok(plan)
+    }
+
+    /// The same plan with the checkpoint's chat templates in the manifest.
+    pub fn with_chat(mut self, chat: Option<ChatInfo>) -> BlobPlan {
+        self.manifest.chat = chat;
+        self.place_data();
+        self
+    }
+
+    /// Puts the data region on the first page boundary after the manifest. With
+    /// fixed-width integers the manifest's size does not depend on the offsets and
+    /// checksums filled in later, so this is known before any tensor is written.
+    fn place_data(&mut self) {
+        let manifest_len = self.manifest.encode().len() as u64;
+        self.data_offset = align_up(HEADER_LEN as u64 + manifest_len, DATA_ALIGN);
     }
 
     /// Writes the blob. `fill` is called once per tensor, in table order, and must write

@@ -6,7 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use olmo_format::{sample, Blob, Header, HEADER_LEN};
+use olmo_format::{sample, Blob, Header, Manifest, HEADER_LEN};
 
 struct Largest;
 
@@ -54,14 +54,18 @@ fn claim(blob: &[u8], at: usize, value: u64) -> Vec<u8> {
 fn claimed_lengths_allocate_nothing_large() {
     let blob = sample::small_blob();
     let producer = Blob::parse(&blob).unwrap().manifest.producer.len();
-    let config_len = {
-        let c = sample::small_config();
-        let option = |o: Option<u32>| if o.is_some() { 5 } else { 1 };
-        8 + c.architecture.len() + 8 * 4 + 2 * 8
-            + option(c.bos_token_id)
-            + option(c.eos_token_id)
-            + option(c.pad_token_id)
-    };
+    // The config's encoded length: a manifest of it alone, less the empty producer (8),
+    // tensor table (8), vocabulary (1) and chat (1).
+    let config_len = Manifest {
+        producer: String::new(),
+        config: sample::small_config(),
+        tensors: Vec::new(),
+        vocab: None,
+        chat: None,
+    }
+    .encode()
+    .len()
+        - 18;
     let tensors_at = 8 + producer + config_len;
     let first_name_at = tensors_at + 8;
     let m = &blob[HEADER_LEN..];

@@ -4,11 +4,14 @@
 use std::io::Cursor;
 
 use olmo_format::vocab::Vocab;
-use olmo_format::{Blob, DType, ModelConfig, DATA_ALIGN, TENSOR_ALIGN};
+use olmo_format::{
+    AttentionType, Blob, ChatInfo, ChatTemplate, DType, ModelConfig, Rope, SpecialTokenString, DATA_ALIGN,
+    TENSOR_ALIGN,
+};
 
 fn config() -> ModelConfig {
     ModelConfig {
-        architecture: ModelConfig::ARCHITECTURE.into(),
+        architecture: ModelConfig::OLMO2.into(),
         hidden_size: 12,
         num_hidden_layers: 2,
         num_attention_heads: 3,
@@ -17,11 +20,25 @@ fn config() -> ModelConfig {
         intermediate_size: 20,
         vocab_size: 7,
         max_position_embeddings: 16,
-        rope_theta: 500000.0,
         rms_norm_eps: 1e-6,
+        layer_types: vec![AttentionType::Full; 2],
+        sliding_window: None,
+        rope_full_attention: Rope::default_with_theta(500000.0),
+        rope_sliding_attention: None,
         bos_token_id: None,
-        eos_token_id: Some(6),
+        eos_token_ids: vec![6],
         pad_token_id: None,
+    }
+}
+
+fn chat() -> ChatInfo {
+    let template = |name: &str, source: &str| ChatTemplate { name: name.into(), source: source.into() };
+    ChatInfo {
+        templates: vec![
+            template("default", "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}"),
+            template("tool_use", "{{ bos_token }}é"),
+        ],
+        special_tokens: vec![SpecialTokenString { name: "eos_token".into(), content: "<|endoftext|>".into() }],
     }
 }
 
@@ -32,11 +49,13 @@ fn content(i: usize, len: u64) -> Vec<u8> {
 
 #[test]
 fn written_blobs_read_back_identically() {
-    for matrix_dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8_0] {
-        let config = config();
+    let olmo3 = olmo_format::sample::small_olmo3_config();
+    let cases = [DType::F32, DType::F16, DType::BF16, DType::Q8_0].map(|d| (config(), d, None));
+    let cases = cases.into_iter().chain([(olmo3, DType::F32, Some(chat())), (config(), DType::Q8_0, Some(chat()))]);
+    for (config, matrix_dtype, chat) in cases {
         let vocab = Vocab::parse_vocab_txt("0\ta\n1\tĠb\n2\t<|endoftext|>\n").unwrap();
         let packed = vocab.to_packed();
-        let plan = olmo_format::sample::plan(&config, matrix_dtype, Some(&vocab));
+        let plan = olmo_format::sample::plan(&config, matrix_dtype, Some(&vocab)).with_chat(chat.clone());
         let mut file = Cursor::new(Vec::new());
         let mut index = 0;
         let written = plan
@@ -52,6 +71,7 @@ fn written_blobs_read_back_identically() {
         let blob = Blob::parse(&file).unwrap();
         assert_eq!(blob.manifest, written);
         assert_eq!(blob.manifest.config, config);
+        assert_eq!(blob.manifest.chat, chat);
         assert_eq!(blob.header.data_offset % DATA_ALIGN, 0);
         assert_eq!(blob.header.data_offset + blob.header.data_len, file.len() as u64);
         for (i, entry) in blob.manifest.tensors.iter().enumerate() {

@@ -125,7 +125,8 @@ fn wrong_magic() {
 #[test]
 fn newer_and_older_versions() {
     let b = valid();
-    for (version, newer) in [(FORMAT_VERSION + 1, true), (u32::MAX, true), (0, false)] {
+    // Version 1 is the previous format (OLMo-2 only, no chat templates).
+    for (version, newer) in [(FORMAT_VERSION + 1, true), (u32::MAX, true), (FORMAT_VERSION - 1, false), (0, false)] {
         let v = version.to_le_bytes();
         // With or without a matching header checksum: the version is reported first,
         // since another version may checksum differently.
@@ -274,10 +275,14 @@ fn config_errors() {
         ("vocab_size", Box::new(|c| c.vocab_size = 0)),
         ("vocab_size", Box::new(|c| c.vocab_size = u32::MAX)),
         ("max_position_embeddings", Box::new(|c| c.max_position_embeddings = 0)),
-        ("rope_theta", Box::new(|c| c.rope_theta = f64::INFINITY)),
-        ("rope_theta", Box::new(|c| c.rope_theta = -1.0)),
+        ("rope_theta", Box::new(|c| c.rope_full_attention.theta = f64::INFINITY)),
+        ("rope_theta", Box::new(|c| c.rope_full_attention.theta = -1.0)),
+        ("layer_types", Box::new(|c| c.layer_types.clear())),
+        ("layer_types", Box::new(|c| c.layer_types[1] = olmo_format::AttentionType::Sliding)),
+        ("sliding_window", Box::new(|c| c.sliding_window = Some(3))),
+        ("rope_parameters", Box::new(|c| c.rope_sliding_attention = Some(c.rope_full_attention))),
         ("rms_norm_eps", Box::new(|c| c.rms_norm_eps = f64::NAN)),
-        ("eos_token_id", Box::new(|c| c.eos_token_id = Some(97))),
+        ("eos_token_id", Box::new(|c| c.eos_token_ids = vec![3, 97])),
         ("pad_token_id", Box::new(|c| c.pad_token_id = Some(u32::MAX))),
     ];
     for (field, mutate) in cases {
@@ -525,6 +530,25 @@ fn vocabulary_errors() {
     }
 }
 
+#[test]
+fn chat_template_errors() {
+    let b = valid();
+    let template = |name: &str| olmo_format::ChatTemplate { name: name.into(), source: "{{ x }}".into() };
+    let token = |name: &str| olmo_format::SpecialTokenString { name: name.into(), content: "<s>".into() };
+    let chat = |templates, special_tokens| Some(olmo_format::ChatInfo { templates, special_tokens });
+    let good = chat(vec![template("default"), template("rag")], vec![token("bos_token"), token("eos_token")]);
+    Blob::parse(&with_manifest(&b, |m, _| m.chat = good.clone())).unwrap();
+    for (what, bad) in [
+        ("no templates", chat(vec![], vec![])),
+        ("two templates of one name", chat(vec![template("default"), template("default")], vec![])),
+        ("a special token twice", chat(vec![template("default")], vec![token("eos_token"), token("eos_token")])),
+    ] {
+        let e = parse_err(&with_manifest(&b, |m, _| m.chat = bad));
+        assert!(matches!(e, FormatError::Chat(_)), "{what}: {e:?}");
+        assert!(e.to_string().starts_with("chat template"), "{e}");
+    }
+}
+
 /// Views of a valid blob refuse what they cannot represent instead of slicing blindly.
 #[test]
 fn typed_views_check_their_type() {
@@ -589,5 +613,6 @@ fn test_of(e: &FormatError) -> &'static str {
         FormatError::Unexpected { .. } => "unexpected_tensor",
         FormatError::Shape { .. } => "shape_disagrees_with_config",
         FormatError::Vocab(_) => "vocabulary_errors",
+        FormatError::Chat(_) => "chat_template_errors",
     }
 }

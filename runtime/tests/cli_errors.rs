@@ -75,8 +75,12 @@ fn corrupt_blobs() {
     let dir = scratch("blobs");
     let (_, good) = sample_blob(&dir);
     let data_offset = u64::from_le_bytes(good[32..40].try_into().unwrap()) as usize;
-    let mut newer = good.clone();
-    newer[8] = 2;
+    let version = |v: u32| {
+        let mut b = good.clone();
+        b[8..12].copy_from_slice(&v.to_le_bytes());
+        b
+    };
+    let (newer, older) = (version(olmo_format::FORMAT_VERSION + 1), version(1));
     let mut flipped = good.clone();
     flipped[200] ^= 0x10;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -87,6 +91,8 @@ fn corrupt_blobs() {
         ("cut one byte short", good[..good.len() - 1].to_vec(), "truncated"),
         ("not a blob", b"\x93NUMPY\x01\x00 an npy file".to_vec(), "not an olmo blob"),
         ("newer", newer, "needs a newer olmort"),
+        // Version 1 is the format before OLMo-3 and chat templates.
+        ("version 1", older, "format version 1, this olmort reads version 2: repack it with this olmoc"),
         ("flipped manifest byte", flipped, "manifest checksum mismatch"),
     ];
     for (what, bytes, says) in cases {

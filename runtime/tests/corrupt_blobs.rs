@@ -124,22 +124,34 @@ fn mutate_manifest(rng: &mut Rng, m: &mut Manifest, data: &mut Vec<u8>) -> Strin
             let c = &mut m.config;
             let v = f64::from_bits(rng.next());
             let v = [v, 0.0, -1.0, f64::NAN, f64::INFINITY, 1e-300, 0.5][rng.below(7) as usize];
-            if rng.below(2) == 0 {
-                c.rope_theta = v;
-            } else {
-                c.rms_norm_eps = v;
+            match rng.below(3) {
+                0 => c.rope_full_attention.theta = v,
+                1 => c.rms_norm_eps = v,
+                _ => {
+                    // Sliding layers with any window, or none; their RoPE with any base.
+                    let l = rng.below(c.layer_types.len().max(1) as u64) as usize;
+                    if let Some(t) = c.layer_types.get_mut(l) {
+                        *t = olmo_format::AttentionType::Sliding;
+                    }
+                    c.architecture = olmo_format::ModelConfig::OLMO3.into();
+                    c.sliding_window = [None, Some(0), Some(1), Some(rng.interesting(5) as u32)][rng.below(4) as usize];
+                    c.rope_sliding_attention = (rng.below(4) > 0).then_some(olmo_format::Rope::default_with_theta(v));
+                }
             }
-            format!("rope_theta = {} rms_norm_eps = {}", c.rope_theta, c.rms_norm_eps)
+            format!(
+                "rope_theta = {} rms_norm_eps = {} layer_types {:?} window {:?} sliding rope {:?}",
+                c.rope_full_attention.theta, c.rms_norm_eps, c.layer_types, c.sliding_window, c.rope_sliding_attention
+            )
         }
         11 => {
             let c = &mut m.config;
-            let id = Some(rng.interesting(96) as u32);
+            let id = rng.interesting(96) as u32;
             match rng.below(3) {
-                0 => c.bos_token_id = id,
-                1 => c.eos_token_id = id,
-                _ => c.pad_token_id = id,
+                0 => c.bos_token_id = Some(id),
+                1 => c.eos_token_ids.push(id),
+                _ => c.pad_token_id = Some(id),
             }
-            format!("special ids {:?} {:?} {:?}", c.bos_token_id, c.eos_token_id, c.pad_token_id)
+            format!("special ids {:?} {:?} {:?}", c.bos_token_id, c.eos_token_ids, c.pad_token_id)
         }
         12 => match &mut m.vocab {
             Some(v) if rng.below(2) == 0 => {

@@ -214,7 +214,7 @@ impl Steps<'_, '_> {
             sink.write_step(logits)?;
         }
         let stop_at_eos = format != Format::Trace && !self.options.ignore_eos;
-        let is_eos = Some(next) == model.config.eos_token_id;
+        let is_eos = model.config.is_eos(next);
         let top = top_k::<5>(logits);
         match format {
             Format::Trace => write_trace_line(model, pos, token, &top, out)?,

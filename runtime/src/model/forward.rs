@@ -140,7 +140,7 @@ impl RunState {
                 KvDtype::F32 => KvCache::F32 { keys: zeros(kv_cache_len)?, values: zeros(kv_cache_len)? },
                 KvDtype::F16 => KvCache::F16 { keys: zeros(kv_cache_len)?, values: zeros(kv_cache_len)? },
             },
-            rope: RopeTables::new(max_positions, c.head_dim as usize, c.rope_theta),
+            rope: RopeTables::new(max_positions, c.head_dim as usize, c.rope_full_attention.theta),
             team: Arc::new(Team::new(rayon::current_num_threads())),
             max_positions,
             max_batch: b,
