@@ -172,3 +172,20 @@ fn kv_cache_option() {
     }
     fails_with(&olmort(&[s(&model), s(&prompt), "--kv-cache", "bf16"]), &["--kv-cache", "\"bf16\" is not f32 or f16"]);
 }
+
+/// More threads than CPUs is refused at once with one line, instead of starting them
+/// (100000 spinning threads took minutes to fail); the machine's own count runs.
+#[test]
+fn thread_counts() {
+    let dir = scratch("threads");
+    let (model, _) = sample_blob(&dir);
+    let prompt = tokens_file(&dir, "p.bin", &ids(&[3, 5]));
+    let started = std::time::Instant::now();
+    let line = fails_with(&olmort(&[s(&model), s(&prompt), "--threads", "100000"]), &["--threads 100000", "CPUs"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{line}");
+    let cpus = std::thread::available_parallelism().unwrap().get().to_string();
+    for n in ["1", "0", &cpus] {
+        let o = olmort(&[s(&model), s(&prompt), "--steps", "2", "--threads", n]);
+        assert!(o.status.success(), "--threads {n}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}

@@ -31,6 +31,25 @@ pub fn parse_args<T: Parser>(command: &str, args: Vec<OsString>) -> Result<T, Ex
     })
 }
 
+/// Starts the worker threads every forward pass runs on: `threads` of them (default,
+/// or 0: one per CPU this process may use). More threads than CPUs is refused: the
+/// team's helpers spin while they wait for work, so extra ones only take turns on the
+/// same cores (100000 of them spun for minutes before thread creation failed).
+pub fn start_threads(threads: Option<usize>) -> Result<(), String> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = match threads {
+        None | Some(0) => cpus,
+        Some(n) if n > cpus => {
+            return Err(format!("--threads {n} is more than the {cpus} CPUs this process may use"));
+        }
+        Some(n) => n,
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| format!("cannot start {threads} threads: {e}"))
+}
+
 /// A command's result as the process's exit: an error is one line on stderr.
 pub fn exit(result: Result<(), impl Display>) -> ExitCode {
     match result {

@@ -28,7 +28,7 @@ struct Cli {
     /// format); 0 only opens and checks the model.
     #[arg(long)]
     steps: Option<usize>,
-    /// Worker threads (default: one per core).
+    /// Worker threads (default: one per CPU; at most that many).
     #[arg(long)]
     threads: Option<usize>,
     /// Write every step's logits to this .npy file, f32 of shape [steps, vocab].
@@ -92,10 +92,7 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     olmort::generation::trace::check_request(&model, &prompt, steps).map_err(fail)?;
 
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(cli.threads.unwrap_or(0))
-        .build_global()
-        .map_err(fail)?;
+    super::start_threads(cli.threads)?;
     let mut dump = match &cli.dump_logits {
         Some(p) => {
             let file = File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
