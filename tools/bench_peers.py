@@ -190,8 +190,7 @@ def make_snapshot(ckpt: Path, tokenizer_dir: Path, snap: Path):
         write_safetensors_f32(ckpt, snap / "model.safetensors")
 
 
-def make_gguf(src: Path, bins: Path, snap: Path, data: Path, dtype: str) -> Path:
-    out = data / f"1b-{dtype}.gguf"
+def make_gguf(src: Path, bins: Path, snap: Path, out: Path, dtype: str) -> Path:
     if out.exists():
         return out
     how, kind = GGUF[dtype]
@@ -200,7 +199,7 @@ def make_gguf(src: Path, bins: Path, snap: Path, data: Path, dtype: str) -> Path
         run([sys.executable, src / "convert_hf_to_gguf.py", snap, "--outtype", kind, "--outfile", out],
             env=env, stdout=subprocess.DEVNULL)
     else:
-        base = make_gguf(src, bins, snap, data, "f32")
+        base = make_gguf(src, bins, snap, out.with_name(out.name.rsplit("-", 1)[0] + "-f32.gguf"), "f32")
         run([bins / "llama-quantize", base, out, kind], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return out
 
@@ -234,6 +233,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--data", type=Path, default=ROOT / "bench-data")
+    ap.add_argument("--shape", default="1b", help="tools/make_fixture.py shape of the checkpoint (default: 1b)")
     ap.add_argument("--dtypes", default="f32,bf16,f16,q8_0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
@@ -249,14 +249,14 @@ def main():
     if unknown := [d for d in dtypes if d not in GGUF]:
         sys.exit(f"unknown dtypes {unknown}: choose from {', '.join(GGUF)}")
 
-    ckpt = args.data / "1b"
+    ckpt = args.data / args.shape
     if not (ckpt / "config.json").exists():
-        run([sys.executable, ROOT / "tools/make_fixture.py", "--shape", "1b", "--no-reference", ckpt])
+        run([sys.executable, ROOT / "tools/make_fixture.py", "--shape", args.shape, "--no-reference", ckpt])
     if not (ckpt / "vocab.txt").exists():
         shutil.copy(ROOT / "tests/fixtures/tiny/vocab.txt", ckpt / "vocab.txt")
     src = fetch_sdist(args.data / "peers", args.llama_version)
     bins = build_llama(src, args.cxx)
-    snap = args.data / "1b-hf"
+    snap = args.data / f"{args.shape}-hf"
     make_snapshot(ckpt, args.tokenizer_dir, snap)
     run(["cargo", "build", "-q", "--release", "-p", "olmort", "-p", "olmoc"], cwd=ROOT)
 
@@ -265,10 +265,10 @@ def main():
     one.write_bytes(args.prompt.read_bytes()[:4])
     files = {}
     for d in dtypes:
-        blob = args.data / f"1b-{d}.bin"
+        blob = args.data / f"{args.shape}-{d}.bin"
         if not blob.exists():
             run([ROOT / "target/release/olmoc", "pack", ckpt, blob, "--dtype", d], stdout=subprocess.DEVNULL)
-        files[d] = (blob, make_gguf(src, bins, snap, args.data, d))
+        files[d] = (blob, make_gguf(src, bins, snap, args.data / f"{args.shape}-{d}.gguf", d))
 
     print(f"load average at start: {' '.join(load_average())}", file=sys.stderr)
     runs = {d: {k: [] for k in ["olmort_ms", "llama_ms", "olmort_pp", "llama_pp", "floor_ms", "gbps"]} for d in dtypes}
