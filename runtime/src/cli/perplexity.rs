@@ -87,6 +87,12 @@ fn run(cli: Cli) -> Result<(), String> {
     if context > max_positions {
         return Err(format!("--context {context} is more than the model's {max_positions} positions"));
     }
+    if let (Some(b), Some(p)) = (&base_model, &cli.kl_base) {
+        let base_positions = b.config.max_position_embeddings as usize;
+        if context > base_positions {
+            return Err(format!("{}: --context {context} is more than its {base_positions} positions", p.display()));
+        }
+    }
     let stride = cli.stride.unwrap_or((context / 2).max(1));
     let windows = windows(tokens.len(), context, stride).map_err(|e| e.to_string())?;
 
