@@ -62,6 +62,23 @@ def perplexity(olmort, blob, text, context, stride, base, threads):
     return result
 
 
+def markdown(rows, with_perplexity):
+    """(dtype, blob bytes, olmort's JSON) rows as a markdown table."""
+    head = "| dtype | blob | "
+    head += "perplexity | vs f32 | " if with_perplexity else ""
+    head += "mean KL | p99 KL | max KL | top-1 agreement | RMS dp |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for dtype, size, r in rows:
+        b = r["base"]
+        line = f"| {dtype} | {size / 2**20:.1f} MiB | "
+        if with_perplexity:
+            line += f"{r['perplexity']:.3f} | {100 * (r['perplexity'] / b['perplexity'] - 1):+.3f}% | "
+        line += (f"{b['kl_mean']:.2e} | {b['kl_p99']:.2e} | {b['kl_max']:.2e} | "
+                 f"{100 * b['top1_agreement']:.2f}% | {100 * b['rms_delta_p']:.3f}% |")
+        lines.append(line)
+    return lines
+
+
 def table(name, weights, text, dtypes, args, with_perplexity):
     work = args.work / name
     work.mkdir(parents=True, exist_ok=True)
@@ -71,24 +88,16 @@ def table(name, weights, text, dtypes, args, with_perplexity):
     rows = []
     for dtype in dtypes:
         blob = pack(args.olmoc, weights, dtype, work / f"{dtype}.bin")
+        # The base against itself has no drift: one run, not two.
         r = perplexity(args.olmort, blob, text, args.context if with_perplexity else args.bench_context,
-                       args.stride if with_perplexity else args.bench_stride, base, args.threads)
+                       args.stride if with_perplexity else args.bench_stride,
+                       None if blob == base else base, args.threads)
+        r.setdefault("base", {"nll": r["nll"], "perplexity": r["perplexity"], "kl_mean": 0.0,
+                              "kl_p99": 0.0, "kl_max": 0.0, "top1_agreement": 1.0, "rms_delta_p": 0.0})
         rows.append((dtype, blob.stat().st_size, r))
         print(f"{name} {dtype}: {json.dumps(r)}", file=sys.stderr)
-    lines = []
+    lines = markdown(rows, with_perplexity)
     first = rows[0][2]
-    head = "| dtype | blob | "
-    head += "perplexity | vs f32 | " if with_perplexity else ""
-    head += "mean KL | p99 KL | top-1 agreement | RMS dp |"
-    lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    for dtype, size, r in rows:
-        b = r["base"]
-        line = f"| {dtype} | {size / 2**20:.1f} MiB | "
-        if with_perplexity:
-            line += f"{r['perplexity']:.3f} | {100 * (r['perplexity'] / b['perplexity'] - 1):+.2f}% | "
-        line += (f"{b['kl_mean']:.6f} | {b['kl_p99']:.6f} | {100 * b['top1_agreement']:.2f}% | "
-                 f"{100 * b['rms_delta_p']:.3f}% |")
-        lines.append(line)
     tokens, windows = first["tokens"], first["windows"]
     context, stride = first["context"], first["stride"]
     return lines, f"{tokens} tokens scored in {windows} windows of {context} (stride {stride})"

@@ -23,7 +23,7 @@ use olmort::{KvDtype, Model, RunState};
 /// first window at least --context / 2 tokens of context, as llama-perplexity's chunks
 /// (which score only their second halves) do.
 #[derive(Parser)]
-#[command(name = "olmort perplexity", version)]
+#[command(name = "olmort perplexity", bin_name = "olmort perplexity", version)]
 struct Cli {
     /// The blob to measure.
     model: PathBuf,
