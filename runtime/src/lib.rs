@@ -11,9 +11,11 @@
 //!
 //! The tree by concern: [`model`] (weights, forward pass, run state), [`kernels`]
 //! (matrix products and attention per instruction set), [`text`] (tokenizer and
-//! detokenizer), [`generation`] (sampling, the trace loop, generation). The `olmort`
+//! detokenizer), [`generation`] (sampling, the trace loop, generation), [`eval`]
+//! (perplexity and the drift from a base model). The `olmort`
 //! binary (`main.rs`, `cli/`) is a thin layer over these.
 
+pub mod eval;
 pub mod generation;
 pub mod kernels;
 pub mod model;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match args.get(1).and_then(|a| a.to_str()) {
+        Some("perplexity") => cli::perplexity::main(args[1..].to_vec()),
         _ => cli::run::main(args),
     }
 }

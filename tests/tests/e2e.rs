@@ -73,6 +73,12 @@ fn tiny_fixture_matches_transformers() {
     check_against_reference("tiny");
 }
 
+/// The trained model: f16 safetensors with tied embeddings and a tokenizer.json.
+#[test]
+fn trained_fixture_matches_transformers() {
+    check_against_reference("trained");
+}
+
 #[test]
 fn trace_lines_have_the_seed_format_with_text() {
     let scratch = Scratch::new("trace");

@@ -140,7 +140,7 @@ fn read_token_file(path: Option<&PathBuf>) -> Result<Vec<u32>, String> {
     parse_tokens(&bytes).map_err(|e| format!("{name}: {e}"))
 }
 
-fn read_text_file(path: &Path) -> Result<String, String> {
+pub fn read_text_file(path: &Path) -> Result<String, String> {
     let mut bytes = Vec::new();
     let name = if path.as_os_str() == "-" {
         io::stdin()

@@ -3,6 +3,7 @@
 
 pub mod generate_args;
 pub mod load;
+pub mod perplexity;
 pub mod run;
 
 use std::ffi::OsString;
