@@ -21,7 +21,7 @@ What it does (each step reuses what is already there, under --data, git-ignored)
   2. A Hugging Face snapshot of the benchmark checkpoint (bench-data/1b, the
      OLMo-2-0425-1B shape, from tools/make_fixture.py): its config.json, the weights
      as one f32 model.safetensors (streamed from the .npy files) and the dolma2
-     tokenizer (tokenizer.json, tokenizer_config.json; from --tokenizer-dir).
+     tokenizer (tokenizer.json from --tokenizer-dir, by default the trained fixture's).
   3. GGUF files: `convert_hf_to_gguf.py --outtype f32|f16|bf16|q8_0`, and
      `llama-quantize` from the f32 GGUF for q4_0 (Q4_0) and q4_k (Q4_K_M).
   4. olmort blobs: `olmoc pack --dtype DTYPE` of the .npy folder.
@@ -177,11 +177,16 @@ def write_safetensors_f32(npy_dir: Path, out: Path):
 
 def make_snapshot(ckpt: Path, tokenizer_dir: Path, snap: Path):
     snap.mkdir(parents=True, exist_ok=True)
-    for name in ["tokenizer.json", "tokenizer_config.json"]:
-        if not (tokenizer_dir / name).exists():
-            sys.exit(f"{tokenizer_dir / name} is missing: --tokenizer-dir needs the dolma2 tokenizer.json "
-                     "and tokenizer_config.json")
-        shutil.copy(tokenizer_dir / name, snap / name)
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        sys.exit(f"{tokenizer_dir / 'tokenizer.json'} is missing: --tokenizer-dir needs the dolma2 tokenizer.json")
+    shutil.copy(tokenizer_dir / "tokenizer.json", snap / "tokenizer.json")
+    # The converter loads the tokenizer through transformers, which wants a
+    # tokenizer_config.json; the dolma2 special tokens, as OLMo-2's own file names them.
+    config_path = tokenizer_dir / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text()) if config_path.exists() else {
+        "tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+        "pad_token": "<|pad|>", "unk_token": "<|endoftext|>", "add_bos_token": False, "add_eos_token": False}
+    (snap / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     config = json.loads((ckpt / "config.json").read_text())
     config.setdefault("architectures", ["Olmo2ForCausalLM"])
     (snap / "config.json").write_text(json.dumps(config, indent=2))
@@ -240,7 +245,7 @@ def main():
     ap.add_argument("--steps", type=int, default=64, help="generated tokens per decode run")
     ap.add_argument("--prompt", type=Path, default=ROOT / "tools/data/benchmark512.tokens.bin")
     ap.add_argument("--tokenizer-dir", type=Path, default=ROOT / "tests/fixtures/trained",
-                    help="folder with the dolma2 tokenizer.json and tokenizer_config.json")
+                    help="folder with the dolma2 tokenizer.json (and optionally tokenizer_config.json)")
     ap.add_argument("--llama-version", help="llama-cpp-python release to build (default: the newest)")
     ap.add_argument("--cxx", default="g++", help="C++ compiler for llama.cpp")
     ap.add_argument("--json", type=Path)
