@@ -10,7 +10,9 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use super::avx2::{q8_row_to_f32, Widen, WBF16, WF16, WF32};
-use super::{for_each_task, grow, round_like_q8, with_local, Matrix, MatrixData, SendPtr};
+use super::activations::round_like_q8;
+use super::matrix::{Matrix, MatrixData};
+use super::tasks::{for_each_task, grow, with_local, SendPtr};
 
 /// Rows of `X` per micro-kernel call.
 const MR: usize = 6;

@@ -5,7 +5,10 @@ use std::cell::RefCell;
 
 use half::{bf16, f16};
 
-use super::{KvElement, Matrix, MatrixData, QuantX};
+use super::activations::QuantX;
+use super::kv_element::KvElement;
+use super::matrix::{Matrix, MatrixData};
+use super::tasks::{min_rows_per_block, par_rows_guided, with_local};
 
 fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(a, b)| a * b).sum()
@@ -25,18 +28,6 @@ pub fn weighted_sum<E: KvElement>(weights: &[f32], rows: &[E], out: &mut [f32]) 
             *o += p * v.to_f32();
         }
     }
-}
-
-/// Quantises one block (at most 32 values; missing ones count as zero) as q8_0
-/// activations: `d = max|x| / 127`, `q = round_ties_even(x * (127 / max|x|))`.
-/// The AVX2 path computes exactly the same bytes and scale.
-pub fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-    for (i, q) in q[..32].iter_mut().enumerate() {
-        *q = x.get(i).map_or(0, |&v| (v * inv).round_ties_even() as i8);
-    }
-    amax / 127.0
 }
 
 thread_local! {
@@ -79,7 +70,7 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
         }
     };
     let run = |qx: Option<&QuantX>, y: &mut [f32]| {
-        super::par_rows_guided(y, super::min_rows_per_block(w.row_bytes(), 1), |r0, ys| {
+        par_rows_guided(y, min_rows_per_block(w.row_bytes(), 1), |r0, ys| {
             for (i, yr) in ys.iter_mut().enumerate() {
                 let r = r0 + i;
                 *yr = w.panels().map(|(c0, p)| dot(&p, r, &x[c0..][..p.cols], qx)).sum();
@@ -87,7 +78,7 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
         });
     };
     if matches!(w.data, MatrixData::Q8_0 { .. }) {
-        super::with_local(&QX, |qx| {
+        with_local(&QX, |qx| {
             qx.quantize_portable(x);
             run(Some(qx), y)
         })

@@ -2,6 +2,8 @@
 
 use half::{bf16, f16};
 
+use super::activations::QuantX;
+use super::tasks::par_rows_guided;
 use super::*;
 
 struct Rng(u64);
