@@ -147,12 +147,10 @@ pub fn locate(tiles: &[u8], cols: usize, row: usize, col: usize) -> (&[u8], usiz
 /// Writes columns `c0 .. c0 + out.len()` of row `row` of a `dtype` matrix `cols` wide,
 /// dequantised, into `out`.
 pub fn dequantize(dtype: DType, tiles: &[u8], cols: usize, row: usize, c0: usize, out: &mut [f32]) {
-    let mut c = c0;
-    for o in out.iter_mut() {
+    for (c, o) in (c0..).zip(out.iter_mut()) {
         let (tile, r, tc) = locate(tiles, cols, row, c);
         let (scale, offset) = block_params(dtype, tile, r, tc / BLOCK);
         *o = scale * quant(tile, r, tc) as f32 - offset;
-        c += 1;
     }
 }
 
