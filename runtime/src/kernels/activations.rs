@@ -7,6 +7,9 @@
 pub(crate) struct QuantX {
     pub quants: Vec<i8>,
     pub scales: Vec<f32>,
+    /// Per block, the sum of its quants: what a 4-bit product's offsets multiply
+    /// (filled by [`QuantX::pad_and_sum`] only).
+    pub sums: Vec<i32>,
 }
 
 impl Default for QuantX {
@@ -17,7 +20,26 @@ impl Default for QuantX {
 
 impl QuantX {
     pub(crate) const fn new() -> QuantX {
-        QuantX { quants: Vec::new(), scales: Vec::new() }
+        QuantX { quants: Vec::new(), scales: Vec::new(), sums: Vec::new() }
+    }
+
+    /// After quantising `len` values: zeros the blocks from there up to `blocks` (the
+    /// padding of a matrix stored in whole tiles, which its kernels read) and sums
+    /// every block's quants into `sums`.
+    pub(crate) fn pad_and_sum(&mut self, len: usize, blocks: usize) {
+        let used = len.div_ceil(32);
+        if self.quants.len() < blocks * 32 {
+            self.quants.resize(blocks * 32, 0);
+            self.scales.resize(blocks, 0.0);
+        }
+        self.quants[used * 32..blocks * 32].fill(0);
+        self.scales[used..blocks].fill(0.0);
+        if self.sums.len() < blocks {
+            self.sums.resize(blocks, 0);
+        }
+        for (s, q) in self.sums[..blocks].iter_mut().zip(self.quants.chunks_exact(32)) {
+            *s = q.iter().map(|&v| v as i32).sum();
+        }
     }
 
     /// Makes room for `len` values; returns the block count.

@@ -232,7 +232,7 @@ fn few_passes(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], packed: &mut Vec<f
                         MatrixData::F32(d) => rows_few::<WF32>(d.as_ptr(), p.cols, r0, len, m, x, y, rows, acc),
                         MatrixData::F16(d) => rows_few::<WF16>(d.as_ptr(), p.cols, r0, len, m, x, y, rows, acc),
                         MatrixData::BF16(d) => rows_few::<WBF16>(d.as_ptr(), p.cols, r0, len, m, x, y, rows, acc),
-                        MatrixData::Q8_0 { .. } => unreachable!("matvec_few takes float matrices"),
+                        MatrixData::Q8_0 { .. } | MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => unreachable!("matvec_few takes float matrices"),
                     }
                 }
             }
@@ -301,7 +301,7 @@ unsafe fn rows_panels(w: &Matrix, r0: usize, x: &[f32], xd: &[f32], y: &mut [f32
             MatrixData::F32(d) => rows_float::<WF32>(d.as_ptr(), p.cols, r0, x, y, acc),
             MatrixData::F16(d) => rows_float::<WF16>(d.as_ptr(), p.cols, r0, x, y, acc),
             MatrixData::BF16(d) => rows_bf16(d.as_ptr(), p.cols, r0, x, &xd[c0..][..p.cols / 16 * 16], y, acc),
-            MatrixData::Q8_0 { .. } => unreachable!("rows_panels takes float matrices"),
+            MatrixData::Q8_0 { .. } | MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => unreachable!("rows_panels takes float matrices"),
         }
     }
 }
@@ -485,21 +485,21 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
     // `par_rows_guided` gives each call a disjoint `ys` starting at row `r0` with
     // `r0 + ys.len() <= rows`, so every row the kernel reads lies inside the matrix.
     match w.data {
-        MatrixData::F32(_) | MatrixData::F16(_) => par_rows_guided(y, min, |r0, ys| unsafe { rows_panels(w, r0, x, &[], ys) }),
+        MatrixData::F32(_) | MatrixData::F16(_) => par_rows_guided(y, min, 1, |r0, ys| unsafe { rows_panels(w, r0, x, &[], ys) }),
         MatrixData::BF16(_) => with_local(&XBF16, |xd| {
             grow(xd, cols);
             deinterleave16(x, xd);
             let xd = &xd[..cols];
-            par_rows_guided(y, min, |r0, ys| unsafe { rows_panels(w, r0, x, xd, ys) })
+            par_rows_guided(y, min, 1, |r0, ys| unsafe { rows_panels(w, r0, x, xd, ys) })
         }),
         MatrixData::Q8_0 { quants, scales } => with_local(&QX, |qx| {
             let blocks = cols.div_ceil(32);
             qx.quantize(x);
             let (xq, xd) = (&qx.quants[..blocks * 32], &qx.scales[..blocks]);
-            par_rows_guided(y, min, |r0, ys| unsafe {
+            par_rows_guided(y, min, 1, |r0, ys| unsafe {
                 rows_q8_0(quants.as_ptr(), scales.as_ptr(), blocks, r0, xq, xd, ys)
             })
-        }),
+        }),        MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => unreachable!("the dispatch sends 4-bit matrices to q4_avx2"),
     }
 }
 

@@ -2,6 +2,7 @@
 //! and layouts, and their element-wise reads (an embedding row, a dequantised segment).
 
 use half::{bf16, f16};
+use olmo_format::{q4, DType};
 
 /// A weight matrix viewed in place over the blob.
 #[derive(Debug, Clone, Copy)]
@@ -16,12 +17,34 @@ pub struct Matrix<'a> {
 
 /// The stored elements of a [`Matrix`]; see `olmo_format::Layout` for q8_0.
 #[derive(Debug, Clone, Copy)]
+#[allow(non_camel_case_types)] // Q4_K, as the dtype
 pub enum MatrixData<'a> {
     F32(&'a [f32]),
     F16(&'a [u16]),
     BF16(&'a [u16]),
     /// `rows * blocks * 32` quants, then `rows * blocks` f16 scales (`blocks = ceil(cols / 32)`).
     Q8_0 { quants: &'a [i8], scales: &'a [u16] },
+    /// q4_0 tiles of 8 rows by 256 columns (`olmo_format::q4`).
+    Q4_0(&'a [u8]),
+    /// q4_k tiles of 8 rows by 256 columns (`olmo_format::q4`).
+    Q4_K(&'a [u8]),
+}
+
+impl<'a> MatrixData<'a> {
+    /// The tiles and dtype of a 4-bit matrix.
+    pub fn q4(&self) -> Option<(DType, &'a [u8])> {
+        match *self {
+            MatrixData::Q4_0(t) => Some((DType::Q4_0, t)),
+            MatrixData::Q4_K(t) => Some((DType::Q4_K, t)),
+            _ => None,
+        }
+    }
+
+    /// Whether the elements are quantised in blocks (q8_0, q4_0, q4_k): row-major only,
+    /// and multiplied against activations rounded to int8.
+    pub fn is_quantised(&self) -> bool {
+        matches!(self, MatrixData::Q8_0 { .. } | MatrixData::Q4_0(_) | MatrixData::Q4_K(_))
+    }
 }
 
 impl<'a> Matrix<'a> {
@@ -41,6 +64,7 @@ impl<'a> Matrix<'a> {
             MatrixData::F32(_) => self.cols * 4,
             MatrixData::F16(_) | MatrixData::BF16(_) => self.cols * 2,
             MatrixData::Q8_0 { .. } => self.cols.div_ceil(32) * 34,
+            MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => q4::tiles_per_group(self.cols) * q4::TILE_BYTES / q4::TILE_ROWS,
         }
     }
 
@@ -67,7 +91,9 @@ impl<'a> Matrix<'a> {
                 MatrixData::F32(d) => MatrixData::F32(&d[start..][..len]),
                 MatrixData::F16(d) => MatrixData::F16(&d[start..][..len]),
                 MatrixData::BF16(d) => MatrixData::BF16(&d[start..][..len]),
-                MatrixData::Q8_0 { .. } => unreachable!("q8_0 matrices are row-major (Matrix::check)"),
+                MatrixData::Q8_0 { .. } | MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => {
+                    unreachable!("quantised matrices are row-major (Matrix::check)")
+                }
             };
             (c0, Matrix::row_major(m.rows, width, data))
         })
@@ -115,6 +141,8 @@ impl<'a> Matrix<'a> {
                     *o = q[j] as f32 * f16::from_bits(s[j / 32]).to_f32();
                 }
             }
+            MatrixData::Q4_0(t) => q4::dequantize(DType::Q4_0, t, c, r, c0, out),
+            MatrixData::Q4_K(t) => q4::dequantize(DType::Q4_K, t, c, r, c0, out),
         }
     }
 
@@ -135,9 +163,12 @@ impl<'a> Matrix<'a> {
                     .is_some_and(|per_row| fits(quants.len(), per_row))
                     && fits(scales.len(), blocks)
             }
+            MatrixData::Q4_0(t) | MatrixData::Q4_K(t) => {
+                q4::tiles_len(r as u64, c as u64).is_some_and(|n| t.len() as u64 >= n)
+            }
         };
         assert!(ok, "matrix data shorter than {r} x {c}");
         assert!(w.panel > 0 || c == 0, "column panels of width 0");
-        assert!(w.is_row_major() || !matches!(w.data, MatrixData::Q8_0 { .. }), "q8_0 in column panels");
+        assert!(w.is_row_major() || !w.data.is_quantised(), "a quantised matrix in column panels");
     }
 }

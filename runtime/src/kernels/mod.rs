@@ -9,8 +9,8 @@
 //! - [`activations`]: the int8 rounding of activations that the q8_0 products share;
 //! - one file per instruction set: [`portable`] (plain Rust, the reference and the
 //!   fallback), `avx2` (AVX2 + FMA + F16C intrinsics), `gemm` (the prompt batches' float
-//!   GEMM, AVX2 with an AVX-512 F micro-kernel), `gemm_q8` and `q8_vnni` (q8_0 batches
-//!   and one-token products on AVX-512 VNNI);
+//!   GEMM, AVX2 with an AVX-512 F micro-kernel), `q4_avx2` (4-bit weights on AVX2),
+//!   `gemm_q8` and `q8_vnni` (q8_0 batches and one-token products on AVX-512 VNNI);
 //! - this file: the dispatch. Three kernel sets, chosen at run time from what the CPU
 //!   has: [`Kernels::Portable`], [`Kernels::Avx2`], and [`Kernels::Avx512`] (the AVX2
 //!   set with the AVX-512 kernels where they pay).
@@ -28,6 +28,8 @@ mod gemm_q8;
 mod kv_element;
 mod matrix;
 mod portable;
+#[cfg(target_arch = "x86_64")]
+mod q4_avx2;
 #[cfg(target_arch = "x86_64")]
 mod q8_vnni;
 mod tasks;
@@ -169,6 +171,9 @@ pub fn matvec_with(k: Kernels, w: &Matrix, x: &[f32], y: &mut [f32]) {
             // row's quants and scales, and the lengths of `x` and `y` are asserted.
             unsafe { q8_vnni::matvec(quants, scales, w.cols, x, y) }
         }
+        // 4-bit weights on AVX2 with or without AVX-512: their VNNI kernels are not written.
+        #[cfg(target_arch = "x86_64")]
+        MatrixData::Q4_0(_) | MatrixData::Q4_K(_) if k.avx2() => q4_avx2::matvec(w, x, y),
         #[cfg(target_arch = "x86_64")]
         _ if k.avx2() => avx2::matvec(w, x, y),
         _ => portable::matvec(w, x, y),
@@ -200,12 +205,12 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         _ if k.avx512() && n >= gemm::MIN_BATCH && matches!(w.data, MatrixData::Q8_0 { .. }) => {
             let MatrixData::Q8_0 { quants, scales } = w.data else { unreachable!() };
-            // SAFETY: the CPU has what the kernel needs (checked), `check_data` found
+            // SAFETY: the CPU has what the kernel needs (checked), `check` found
             // every row's quants and scales, and the lengths of `x` and `y` are asserted.
             unsafe { gemm_q8::matmul(quants, scales, w.rows, w.cols, x, n, y) }
         }
         #[cfg(target_arch = "x86_64")]
-        _ if k.avx2() && n > 1 && n <= SMALL_BATCH && !matches!(w.data, MatrixData::Q8_0 { .. }) => {
+        _ if k.avx2() && n > 1 && n <= SMALL_BATCH && !w.data.is_quantised() => {
             avx2::matvec_few(w, x, n, y)
         }
         #[cfg(target_arch = "x86_64")]

@@ -45,7 +45,7 @@ pub(super) unsafe fn matvec(quants: &[i8], scales: &[u16], cols: usize, x: &[f32
         let qx = &*qx;
         // SAFETY: as the caller vouches; `par_rows_guided` gives each call a disjoint
         // `ys` starting at row `r0` with `r0 + ys.len()` within the matrix.
-        par_rows_guided(y, min, |r0, ys| unsafe { rows(quants.as_ptr(), scales.as_ptr(), blocks, r0, qx, ys) })
+        par_rows_guided(y, min, 1, |r0, ys| unsafe { rows(quants.as_ptr(), scales.as_ptr(), blocks, r0, qx, ys) })
     })
 }
 

@@ -92,8 +92,9 @@ impl<T> SendPtr<T> {
 /// `1 / (2 * threads)` of what is left but at least `min` elements (the last one
 /// shorter): big blocks first, so each thread starts few streams, and small ones at the
 /// end, so the threads finish within one small block of each other. `r0` is the
-/// block's first index. With one thread, `f(0, y)`.
-pub(crate) fn par_rows_guided(y: &mut [f32], min: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+/// block's first index, a multiple of `align` (a kernel's rows at a time). With one
+/// thread, `f(0, y)`.
+pub(crate) fn par_rows_guided(y: &mut [f32], min: usize, align: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let len = y.len();
     let threads = threads();
@@ -105,7 +106,7 @@ pub(crate) fn par_rows_guided(y: &mut [f32], min: usize, f: impl Fn(usize, &mut 
     for_each_task(threads, |_| {
         let mut r0 = next.load(Ordering::Relaxed);
         while r0 < len {
-            let size = ((len - r0) / (2 * threads)).max(min).min(len - r0);
+            let size = ((len - r0) / (2 * threads)).max(min).next_multiple_of(align).min(len - r0);
             match next.compare_exchange_weak(r0, r0 + size, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => {
                     // SAFETY: the exchange gave this thread `r0 .. r0 + size` alone, within
