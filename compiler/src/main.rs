@@ -28,7 +28,7 @@ enum Command {
         /// Storage type of the embedding table (default: q8_0 with a 4-bit --dtype, else --dtype).
         #[arg(long, value_parser = parse_dtype)]
         embed_dtype: Option<DType>,
-        /// Storage type of lm_head (default: q8_0 with a 4-bit --dtype, else --dtype).
+        /// Storage type of lm_head (default: --dtype).
         #[arg(long, value_parser = parse_dtype)]
         head_dtype: Option<DType>,
     },

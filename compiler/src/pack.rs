@@ -50,15 +50,17 @@ impl Default for PackOptions {
 impl PackOptions {
     /// The embedding table's type: as asked, else q8_0 under a 4-bit `dtype`, else
     /// `dtype`. A decode step reads one row of it, so its precision costs file size and
-    /// no speed; at 4 bits it added most of q4's error on the fixtures (README).
+    /// no speed; at 4 bits the fixtures' mean logit error grew by up to a third
+    /// (docs/PERFORMANCE.md, "Accuracy").
     pub fn embed_dtype(&self) -> DType {
         self.embed_dtype.unwrap_or(if self.dtype.is_q4() { DType::Q8_0 } else { self.dtype })
     }
 
-    /// `lm_head`'s type: as asked, else q8_0 under a 4-bit `dtype` (as llama.cpp keeps
-    /// its output matrix at 6 bits), else `dtype`.
+    /// `lm_head`'s type: as asked, else `dtype`. Every decode step reads all of it: at
+    /// q8_0 under 4-bit matrices it is 27% of the 1B's step bytes (against 16%), for a
+    /// mean logit error 5-8% lower on the fixtures; `--head-dtype q8_0` asks for it.
     pub fn head_dtype(&self) -> DType {
-        self.head_dtype.unwrap_or(if self.dtype.is_q4() { DType::Q8_0 } else { self.dtype })
+        self.head_dtype.unwrap_or(self.dtype)
     }
 
     /// The type of the model matrix called `name`.

@@ -228,6 +228,30 @@ mod tests {
     }
 
     #[test]
+    fn q4_k_values_round_against_the_stored_scales() {
+        // After the search, every value is rounded again against the 6-bit scale and
+        // min as stored (llama.cpp's last pass), not left as the search's.
+        let x: Vec<f32> = (0..256).map(|i| (((i * 7919) % 1013) as f32 / 1013.0 - 0.3) * (1.0 + (i / 32) as f32)).collect();
+        let b = q4_k_super_block(&x);
+        let mut moved = 0;
+        for j in 0..8 {
+            let d = b.d.to_f32() * b.scales[j] as f32;
+            let dm = b.dmin.to_f32() * b.mins[j] as f32;
+            let mut fit = [0u8; 32];
+            let xb: &[f32; 32] = x[32 * j..][..32].try_into().unwrap();
+            let sum_x2 = xb.iter().fold(0f32, |s, &v| s + v * v);
+            let w: [f32; 32] = std::array::from_fn(|l| (sum_x2 / 32.0).sqrt() + xb[l].abs());
+            fit_sub_block(xb, &w, &mut fit);
+            for i in 0..32 {
+                let want = ((x[32 * j + i] + dm) / d).round_ties_even().clamp(0.0, 15.0) as u8;
+                assert_eq!(b.q[32 * j + i], want, "sub-block {j} value {i}");
+                moved += usize::from(fit[i] != want);
+            }
+        }
+        assert!(moved > 0, "the stored scales moved no value: the case tests nothing");
+    }
+
+    #[test]
     fn q4_k_search_beats_the_plain_grid() {
         // Skewed values: the first grid (from the range) is not the best fit, and the
         // search must find a smaller weighted error.
