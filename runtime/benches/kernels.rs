@@ -31,11 +31,19 @@ fn main() {
     let bf16s: Vec<u16> = vals.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
     let quants: Vec<i8> = vals.iter().map(|&v| (v * 254.0) as i8).collect();
     let scales: Vec<u16> = vec![f16::from_f32(0.004).to_bits(); rows * cols / 32];
+    let tiles = |dtype| {
+        let mut out = Vec::new();
+        olmoc::convert::write_matrix(&vals, rows, cols, dtype, olmo_format::Layout::Q4Tiles, &mut out).unwrap();
+        out
+    };
+    let (q4_0, q4_k) = (tiles(olmo_format::DType::Q4_0), tiles(olmo_format::DType::Q4_K));
     let all = [
         ("f32", MatrixData::F32(&vals), 4.0),
         ("f16", MatrixData::F16(&f16s), 2.0),
         ("bf16", MatrixData::BF16(&bf16s), 2.0),
         ("q8_0", MatrixData::Q8_0 { quants: &quants, scales: &scales }, 34.0 / 32.0),
+        ("q4_0", MatrixData::Q4_0(&q4_0), 18.0 / 32.0),
+        ("q4_k", MatrixData::Q4_K(&q4_k), 18.0 / 32.0),
     ];
     let x: Vec<f32> = (0..batch * cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
     let mut y = vec![0f32; batch * rows];
@@ -75,6 +83,7 @@ fn main() {
             MatrixData::F32(d) => unsafe { std::slice::from_raw_parts(d.as_ptr() as *const u8, d.len() * 4) },
             MatrixData::F16(d) | MatrixData::BF16(d) => unsafe { std::slice::from_raw_parts(d.as_ptr() as *const u8, d.len() * 2) },
             MatrixData::Q8_0 { quants, .. } => unsafe { std::slice::from_raw_parts(quants.as_ptr() as *const u8, quants.len()) },
+            MatrixData::Q4_0(t) | MatrixData::Q4_K(t) => t,
         };
         let words: &[u64] = unsafe { raw.align_to::<u64>().1 };
         let mut stream = Vec::new();
