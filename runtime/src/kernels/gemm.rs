@@ -226,7 +226,7 @@ unsafe fn pack_q8_rows(w: &Matrix, k: usize, r0: usize, nb: usize, packed: &mut 
 /// ([`NB`] and [`NR`] are).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pack_q4_rows(dtype: DType, tiles: &[u8], k: usize, r0: usize, nb: usize, packed: &mut [f32], rows8: &mut [f32]) {
-    debug_assert!(r0 % 8 == 0);
+    debug_assert!(r0.is_multiple_of(8));
     let strips = nb.div_ceil(NR);
     for s in 0..strips {
         for j0 in (0..NR).step_by(8) {

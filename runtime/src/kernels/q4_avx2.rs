@@ -52,7 +52,7 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
 /// Rows `r0 .. r0 + y.len()` (`r0` a multiple of 8), a group of eight at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn groups(dtype: DType, tiles: &[u8], chunks: usize, r0: usize, x: &QuantX, y: &mut [f32]) {
-    debug_assert!(r0 % 8 == 0);
+    debug_assert!(r0.is_multiple_of(8));
     for (i, ys) in y.chunks_mut(8).enumerate() {
         let g = r0 / 8 + i;
         let base = tiles.as_ptr().add(g * chunks * TILE);
