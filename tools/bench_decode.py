@@ -8,7 +8,8 @@ against the memory-bandwidth floor measured in the same run.
 Steps (each reuses what is already there):
   1. bench-data/1b: random weights of the 1B shape (tools/make_fixture.py --shape 1b
      --no-reference; ~6 GB of .npy, needs torch + transformers, git-ignored).
-  2. bench-data/1b-DTYPE.bin: `olmoc pack --dtype DTYPE` of it. The blob is then
+  2. bench-data/1b-DTYPE.bin: `olmoc pack --dtype DTYPE` of it (the 4-bit dtypes with
+     olmoc's defaults: the embedding table in q8_0, lm_head in DTYPE). The blob is then
      dropped from the page cache (POSIX_FADV_DONTNEED; --keep-cache skips this) and read
      back whole through a map with the huge-page hint, as olmort maps it, so that the
      kernel caches it in 2 MiB folios. A blob that other work has partly pushed out of
@@ -55,7 +56,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DTYPES = ["f32", "bf16", "f16", "q8_0"]
+DTYPES = ["f32", "bf16", "f16", "q8_0", "q4_0", "q4_k"]
 
 
 def run(cmd, **kw):

@@ -50,6 +50,31 @@ pub fn describe(blob: &Blob) -> String {
             let _ = writeln!(s, "vocabulary: none (olmort prints token ids only)");
         }
     }
+    // Bytes per dtype over the tensors, in table order of first appearance.
+    let mut by_dtype: Vec<(u8, usize, u64)> = Vec::new();
+    for t in &m.tensors {
+        match by_dtype.iter_mut().find(|(d, _, _)| *d == t.dtype) {
+            Some((_, n, bytes)) => (*n, *bytes) = (*n + 1, *bytes + t.byte_len),
+            None => by_dtype.push((t.dtype, 1, t.byte_len)),
+        }
+    }
+    let parts: Vec<String> = by_dtype
+        .iter()
+        .map(|&(d, n, bytes)| {
+            let name = DType::from_code(d).map_or("?", DType::name);
+            format!("{name} {n} ({:.1} MiB)", bytes as f64 / (1 << 20) as f64)
+        })
+        .collect();
+    let _ = writeln!(s, "by dtype: {}", parts.join(", "));
+    if m.tensors.iter().any(|t| Layout::from_code(t.layout) == Some(Layout::Q4Tiles)) {
+        let _ = writeln!(
+            s,
+            "q4-tiles: {} rows x {} columns, {} bytes a tile (4.5 bits per weight)",
+            olmo_format::q4::TILE_ROWS,
+            olmo_format::q4::TILE_COLS,
+            olmo_format::q4::TILE_BYTES
+        );
+    }
     let _ = writeln!(s, "{} tensors:", m.tensors.len());
     let _ = writeln!(
         s,

@@ -8,6 +8,7 @@ pub mod npy;
 pub mod output;
 pub mod pack;
 pub mod progress;
+pub mod quantize;
 pub mod safetensors;
 pub mod tokenizer_json;
 

@@ -22,9 +22,15 @@ enum Command {
         weights: PathBuf,
         /// The blob to write (replaced atomically).
         out: PathBuf,
-        /// Storage type of the weight matrices: f32, bf16, f16 or q8_0.
+        /// Storage type of the weight matrices: f32, bf16, f16, q8_0, q4_0 or q4_k.
         #[arg(long, default_value = "f32", value_parser = parse_dtype)]
         dtype: DType,
+        /// Storage type of the embedding table (default: q8_0 with a 4-bit --dtype, else --dtype).
+        #[arg(long, value_parser = parse_dtype)]
+        embed_dtype: Option<DType>,
+        /// Storage type of lm_head (default: --dtype).
+        #[arg(long, value_parser = parse_dtype)]
+        head_dtype: Option<DType>,
     },
     /// Print a blob's header, config and tensor table.
     Inspect { blob: PathBuf },
@@ -35,7 +41,7 @@ enum Command {
 fn parse_dtype(s: &str) -> Result<DType, String> {
     DType::from_name(s)
         .filter(|d| d.is_weight_type())
-        .ok_or_else(|| format!("{s:?} is not one of f32, bf16, f16, q8_0"))
+        .ok_or_else(|| format!("{s:?} is not one of f32, bf16, f16, q8_0, q4_0, q4_k"))
 }
 
 fn with_blob<T>(path: &Path, f: impl FnOnce(&Blob) -> Result<T, PackError>) -> Result<T, PackError> {
@@ -48,9 +54,10 @@ fn with_blob<T>(path: &Path, f: impl FnOnce(&Blob) -> Result<T, PackError>) -> R
 
 fn run(cli: Cli) -> Result<(), PackError> {
     match cli.command {
-        Command::Pack { weights, out, dtype } => {
+        Command::Pack { weights, out, dtype, embed_dtype, head_dtype } => {
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let s = olmoc::pack(&weights, &out, &PackOptions { dtype, progress })?;
+            let options = PackOptions { dtype, embed_dtype, head_dtype, progress };
+            let s = olmoc::pack(&weights, &out, &options)?;
             eprintln!(
                 "packed {} tensors ({} layers, vocab {}) as {}: {:.1} MiB in {:.2} s -> {}",
                 s.tensors,

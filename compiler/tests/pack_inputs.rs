@@ -132,7 +132,7 @@ fn tied_embeddings_fill_a_missing_lm_head_and_vocab_is_packed() {
     std::fs::write(dir.join("vocab.txt"), "0\ta\n1\tĠb\n2\tĊ\n3\t<|pad|>\n").unwrap();
     std::fs::write(dir.join("model.safetensors"), b"ignored").unwrap();
     let out = dir.join("model.bin");
-    pack(&dir, &out, &PackOptions { dtype: DType::F32, progress: false }).unwrap();
+    pack(&dir, &out, &PackOptions { dtype: DType::F32, ..Default::default() }).unwrap();
     let map = MappedFile::open(&out).unwrap();
     let blob = Blob::parse(map.bytes()).unwrap();
     let c = &blob.manifest.config;

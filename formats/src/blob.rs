@@ -157,6 +157,34 @@ impl<'a> TensorView<'a> {
         cast(&self.entry.name, self.bytes)
     }
 
+    /// A q4_0 or q4_k matrix's tiles; see [`crate::q4`].
+    pub fn as_q4_tiles(&self) -> Result<&'a [u8], FormatError> {
+        let [rows, cols] = self.entry.shape[..] else {
+            return Err(FormatError::BadType {
+                name: self.entry.name.clone(),
+                reason: format!("is {} of shape {:?}, expected a 4-bit matrix", self.dtype, self.entry.shape),
+            });
+        };
+        if !self.dtype.is_q4() {
+            return Err(FormatError::BadType {
+                name: self.entry.name.clone(),
+                reason: format!("is {}, expected q4_0 or q4_k", self.dtype),
+            });
+        }
+        // Validation proved this; checked again for a view that was not validated.
+        let expected = crate::q4::tiles_len(rows, cols);
+        if expected != Some(self.bytes.len() as u64) {
+            return Err(FormatError::ByteLength {
+                name: self.entry.name.clone(),
+                shape: self.entry.shape.clone(),
+                dtype: self.dtype.to_string(),
+                expected: expected.unwrap_or(u64::MAX),
+                found: self.bytes.len() as u64,
+            });
+        }
+        Ok(self.bytes)
+    }
+
     /// A q8_0 matrix as (quants, f16 scale bits); see [`crate::Layout::Q8_0Rows`].
     pub fn as_q8_0(&self) -> Result<(&'a [i8], &'a [u16]), FormatError> {
         self.expect(DType::Q8_0)?;
@@ -207,10 +235,10 @@ fn validate_manifest(m: &Manifest, data_len: u64) -> Result<HashMap<String, usiz
             });
         }
         let expected = byte_len(dtype, &t.shape).ok_or_else(|| {
-            if dtype.layout() == crate::Layout::Q8_0Rows && t.shape.len() != 2 {
+            if dtype.element_size().is_none() && t.shape.len() != 2 {
                 FormatError::BadType {
                     name: name(),
-                    reason: format!("q8_0 needs a matrix, shape is {:?}", t.shape),
+                    reason: format!("{dtype} needs a matrix, shape is {:?}", t.shape),
                 }
             } else {
                 FormatError::SizeOverflow {

@@ -12,6 +12,7 @@ pub const PANEL_COLS: u64 = 2048;
 /// Element type of a stored tensor. The discriminant is the on-disk code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[allow(non_camel_case_types)] // Q4_K, as llama.cpp spells it
 pub enum DType {
     F32 = 0,
     F16 = 1,
@@ -20,16 +21,25 @@ pub enum DType {
     Q8_0 = 3,
     U8 = 4,
     U32 = 5,
+    /// llama.cpp's Q4_0: 4-bit values offset by 8 with one f16 scale per block of 32,
+    /// 4.5 bits per weight (see [`Layout::Q4Tiles`] and [`crate::q4`]).
+    Q4_0 = 6,
+    /// llama.cpp's Q4_K: super-blocks of 256 in 8 sub-blocks of 32, each with a 6-bit
+    /// scale and a 6-bit min, an f16 scale and min per super-block; 4-bit values, 4.5 bits
+    /// per weight (see [`Layout::Q4Tiles`] and [`crate::q4`]).
+    Q4_K = 7,
 }
 
 impl DType {
-    pub const ALL: [DType; 6] = [
+    pub const ALL: [DType; 8] = [
         DType::F32,
         DType::F16,
         DType::BF16,
         DType::Q8_0,
         DType::U8,
         DType::U32,
+        DType::Q4_0,
+        DType::Q4_K,
     ];
 
     pub fn from_code(code: u8) -> Option<DType> {
@@ -44,6 +54,8 @@ impl DType {
             DType::Q8_0 => "q8_0",
             DType::U8 => "u8",
             DType::U32 => "u32",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_K => "q4_k",
         }
     }
 
@@ -56,6 +68,7 @@ impl DType {
     pub fn layout(self) -> Layout {
         match self {
             DType::Q8_0 => Layout::Q8_0Rows,
+            DType::Q4_0 | DType::Q4_K => Layout::Q4Tiles,
             _ => Layout::RowMajor,
         }
     }
@@ -71,13 +84,18 @@ impl DType {
             DType::F32 | DType::U32 => Some(4),
             DType::F16 | DType::BF16 => Some(2),
             DType::U8 => Some(1),
-            DType::Q8_0 => None,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K => None,
         }
     }
 
     /// Whether matrix weights may be stored in this type.
     pub fn is_weight_type(self) -> bool {
-        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0)
+        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_K)
+    }
+
+    /// Whether this is one of the 4-bit types stored in [`Layout::Q4Tiles`].
+    pub fn is_q4(self) -> bool {
+        matches!(self, DType::Q4_0 | DType::Q4_K)
     }
 }
 
@@ -109,6 +127,16 @@ pub enum Layout {
     /// fit (the 1B's 8192-column `down_proj`: 32 KiB), the same product ran at half the
     /// memory speed.
     ColumnPanels = 2,
+    /// A `[rows, cols]` q4_0 or q4_k matrix in tiles of [`crate::q4::TILE_ROWS`] rows by
+    /// [`crate::q4::TILE_COLS`] columns (rows and columns padded with zeros to whole
+    /// tiles), each [`crate::q4::TILE_BYTES`] bytes: 1024 bytes of 4-bit values, eight
+    /// rows interleaved four columns at a time, then 128 bytes of the tile's scales. A
+    /// group of eight rows is one run of tiles. See [`crate::q4`].
+    ///
+    /// Eight rows side by side let a one-token product keep one row per 32-bit lane and
+    /// apply each block's scales to eight rows with one multiply, and the matrix stays
+    /// one sequential stream.
+    Q4Tiles = 3,
 }
 
 impl Layout {
@@ -117,6 +145,7 @@ impl Layout {
             0 => Some(Layout::RowMajor),
             1 => Some(Layout::Q8_0Rows),
             2 => Some(Layout::ColumnPanels),
+            3 => Some(Layout::Q4Tiles),
             _ => None,
         }
     }
@@ -126,6 +155,7 @@ impl Layout {
             Layout::RowMajor => "row-major",
             Layout::Q8_0Rows => "q8_0-rows",
             Layout::ColumnPanels => "column-panels",
+            Layout::Q4Tiles => "q4-tiles",
         }
     }
 
@@ -143,9 +173,10 @@ impl Layout {
     /// Whether a tensor of `dtype` and `shape` can be stored in this layout.
     pub fn holds(self, dtype: DType, shape: &[u64]) -> bool {
         match self {
-            Layout::RowMajor => dtype != DType::Q8_0,
+            Layout::RowMajor => dtype.element_size().is_some(),
             Layout::Q8_0Rows => dtype == DType::Q8_0 && shape.len() == 2,
             Layout::ColumnPanels => dtype.is_float() && shape.len() == 2,
+            Layout::Q4Tiles => dtype.is_q4() && shape.len() == 2,
         }
     }
 }
@@ -170,6 +201,10 @@ pub fn byte_len(dtype: DType, shape: &[u64]) -> Option<u64> {
             // Each block: 32 one-byte quants and one two-byte scale.
             blocks.checked_mul(Q8_0_BLOCK + 2)
         }
+        Layout::Q4Tiles => {
+            let [rows, cols] = shape else { return None };
+            crate::q4::tiles_len(*rows, *cols)
+        }
     }
 }
 
@@ -184,10 +219,10 @@ mod tests {
             assert_eq!(DType::from_name(d.name()), Some(d));
         }
         assert_eq!(DType::from_code(200), None);
-        for l in [Layout::RowMajor, Layout::Q8_0Rows, Layout::ColumnPanels] {
+        for l in [Layout::RowMajor, Layout::Q8_0Rows, Layout::ColumnPanels, Layout::Q4Tiles] {
             assert_eq!(Layout::from_code(l as u8), Some(l));
         }
-        assert_eq!(Layout::from_code(3), None);
+        assert_eq!(Layout::from_code(4), None);
     }
 
     #[test]
@@ -203,6 +238,16 @@ mod tests {
         assert!(!Layout::ColumnPanels.holds(DType::F32, &[6]));
         assert!(!Layout::RowMajor.holds(DType::Q8_0, &[2, 64]));
         assert!(!Layout::Q8_0Rows.holds(DType::F16, &[2, 64]));
+        for q4 in [DType::Q4_0, DType::Q4_K] {
+            assert_eq!(Layout::for_matrix(q4, 8192, false), Layout::Q4Tiles);
+            assert_eq!(Layout::for_matrix(q4, 8192, true), Layout::Q4Tiles);
+            assert!(Layout::Q4Tiles.holds(q4, &[2, 64]));
+            assert!(!Layout::Q4Tiles.holds(q4, &[64]));
+            assert!(!Layout::RowMajor.holds(q4, &[2, 64]));
+            assert!(!Layout::Q8_0Rows.holds(q4, &[2, 64]));
+        }
+        assert!(!Layout::Q4Tiles.holds(DType::Q8_0, &[2, 64]));
+        assert!(!Layout::Q4Tiles.holds(DType::F32, &[2, 64]));
     }
 
     #[test]
@@ -215,5 +260,12 @@ mod tests {
         assert_eq!(byte_len(DType::Q8_0, &[7]), None);
         assert_eq!(byte_len(DType::F32, &[u64::MAX, 2]), None);
         assert_eq!(byte_len(DType::F32, &[]), Some(4));
+        // Whole tiles of 8 x 256: 4.5 bits per weight, padded.
+        assert_eq!(byte_len(DType::Q4_0, &[16, 512]), Some(16 * 512 * 9 / 16));
+        assert_eq!(byte_len(DType::Q4_K, &[16, 512]), Some(16 * 512 * 9 / 16));
+        assert_eq!(byte_len(DType::Q4_K, &[9, 257]), Some(2 * 2 * 1152));
+        assert_eq!(byte_len(DType::Q4_0, &[1, 1]), Some(1152));
+        assert_eq!(byte_len(DType::Q4_0, &[7]), None);
+        assert_eq!(byte_len(DType::Q4_K, &[u64::MAX, 256]), None);
     }
 }

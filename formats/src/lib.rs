@@ -19,6 +19,7 @@ mod error;
 mod header;
 mod manifest;
 mod names;
+pub mod q4;
 pub mod vocab;
 pub mod writer;
 

@@ -365,6 +365,23 @@ fn bad_types() {
     // A matrix stored as u32.
     let e = parse_err(&with_manifest(&b, |m, _| entry(m, QKV0).dtype = DType::U32 as u8));
     assert!(matches!(&e, FormatError::BadType { name, .. } if name == QKV0), "{e:?}");
+    // The 4-bit types only in their tiles, only for matrices; their tiles only for them.
+    for q4 in [DType::Q4_0, DType::Q4_K] {
+        let blob = sample::blob(&sample::small_config(), q4, None);
+        assert_eq!(parse(&blob), Ok(()));
+        for layout in [Layout::RowMajor, Layout::Q8_0Rows, Layout::ColumnPanels] {
+            let e = parse_err(&with_manifest(&blob, |m, _| entry(m, QKV0).layout = layout as u8));
+            assert!(matches!(&e, FormatError::BadType { name, .. } if name == QKV0), "{q4} {layout}: {e:?}");
+        }
+        let e = parse_err(&with_manifest(&b, |m, _| {
+            let t = entry(m, Q_NORM0);
+            t.dtype = q4 as u8;
+            t.layout = Layout::Q4Tiles as u8;
+        }));
+        assert!(matches!(&e, FormatError::BadType { name, .. } if name == Q_NORM0), "{e:?}");
+        let e = parse_err(&with_manifest(&b, |m, _| entry(m, QKV0).layout = Layout::Q4Tiles as u8));
+        assert!(matches!(&e, FormatError::BadType { name, .. } if name == QKV0), "{e:?}");
+    }
 }
 
 #[test]
@@ -380,6 +397,13 @@ fn size_overflow() {
         t.dtype = DType::Q8_0 as u8;
         t.layout = 1;
         t.shape = vec![u64::MAX, 64];
+    }));
+    assert!(matches!(e, FormatError::SizeOverflow { .. }), "{e:?}");
+    let e = parse_err(&with_manifest(&b, |m, _| {
+        let t = entry(m, QKV0);
+        t.dtype = DType::Q4_K as u8;
+        t.layout = Layout::Q4Tiles as u8;
+        t.shape = vec![u64::MAX, 1 << 40];
     }));
     assert!(matches!(e, FormatError::SizeOverflow { .. }), "{e:?}");
 }
@@ -570,8 +594,9 @@ fn typed_views_check_their_type() {
     let e = blob.required(QKV0).unwrap().as_f32().unwrap_err();
     assert!(matches!(&e, FormatError::Misaligned { name, .. } if name == QKV0), "{e:?}");
 
-    // q8_0 and the half types.
-    for dtype in [DType::Q8_0, DType::F16, DType::BF16] {
+    assert!(matches!(t.as_q4_tiles(), Err(FormatError::BadType { .. })));
+    // q8_0, the 4-bit types and the half types.
+    for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::F16, DType::BF16] {
         let b = sample::blob(&sample::small_config(), dtype, None);
         let aligned = Aligned::new(&b);
         let blob = Blob::parse(aligned.bytes()).unwrap();
@@ -579,6 +604,11 @@ fn typed_views_check_their_type() {
         if dtype == DType::Q8_0 {
             let (q, s) = t.as_q8_0().unwrap();
             assert_eq!((q.len(), s.len()), (36 * 96, 36 * 3));
+            assert!(matches!(t.as_q4_tiles(), Err(FormatError::BadType { .. })));
+        } else if dtype.is_q4() {
+            // 36 rows in 5 groups of 8, 92 columns in one tile of 256.
+            assert_eq!(t.as_q4_tiles().unwrap().len(), 5 * 1152);
+            assert!(matches!(t.as_q8_0(), Err(FormatError::BadType { .. })));
         } else {
             assert_eq!(t.as_u16_bits().unwrap().len(), 36 * 92);
         }

@@ -1,9 +1,11 @@
 //! Throughput of the matrix kernels on 1B-shaped matrices held in memory:
 //!
-//!     cargo bench -p olmort --bench kernels -- [THREADS] [BATCH]
+//!     cargo bench -p olmort --bench kernels -- [THREADS] [BATCH] [ROWS]
 //!
 //! For each dtype: matvec GB/s (weights streamed per second) and GEMM GFLOP/s for a
-//! batch of BATCH rows (default 128). `OLMORT_KERNELS=portable` measures the fallback.
+//! batch of BATCH rows (default 128). ROWS (default 16384, `gate_up` of the 1B) x 2048
+//! weights; 192 rows keep every dtype but f32 in a 512 KiB L2, which measures the
+//! kernels' own speed rather than memory's. `OLMORT_KERNELS=portable` measures the fallback.
 
 use std::time::Instant;
 
@@ -23,19 +25,28 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let threads: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(2);
     let batch: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(128);
+    let rows: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(16384);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
     // gate_up of the 1B: 16384 x 2048, 128 MiB in f32.
-    let (rows, cols) = (16384, 2048);
+    let cols = 2048;
     let vals: Vec<f32> = (0..rows * cols).map(|i| ((i * 2654435761usize) % 1000) as f32 / 1000.0 - 0.5).collect();
     let f16s: Vec<u16> = vals.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
     let bf16s: Vec<u16> = vals.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
     let quants: Vec<i8> = vals.iter().map(|&v| (v * 254.0) as i8).collect();
     let scales: Vec<u16> = vec![f16::from_f32(0.004).to_bits(); rows * cols / 32];
+    let tiles = |dtype| {
+        let mut out = Vec::new();
+        olmoc::convert::write_matrix(&vals, rows, cols, dtype, olmo_format::Layout::Q4Tiles, &mut out).unwrap();
+        out
+    };
+    let (q4_0, q4_k) = (tiles(olmo_format::DType::Q4_0), tiles(olmo_format::DType::Q4_K));
     let all = [
         ("f32", MatrixData::F32(&vals), 4.0),
         ("f16", MatrixData::F16(&f16s), 2.0),
         ("bf16", MatrixData::BF16(&bf16s), 2.0),
         ("q8_0", MatrixData::Q8_0 { quants: &quants, scales: &scales }, 34.0 / 32.0),
+        ("q4_0", MatrixData::Q4_0(&q4_0), 18.0 / 32.0),
+        ("q4_k", MatrixData::Q4_K(&q4_k), 18.0 / 32.0),
     ];
     let x: Vec<f32> = (0..batch * cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
     let mut y = vec![0f32; batch * rows];
@@ -75,6 +86,7 @@ fn main() {
             MatrixData::F32(d) => unsafe { std::slice::from_raw_parts(d.as_ptr() as *const u8, d.len() * 4) },
             MatrixData::F16(d) | MatrixData::BF16(d) => unsafe { std::slice::from_raw_parts(d.as_ptr() as *const u8, d.len() * 2) },
             MatrixData::Q8_0 { quants, .. } => unsafe { std::slice::from_raw_parts(quants.as_ptr() as *const u8, quants.len()) },
+            MatrixData::Q4_0(t) | MatrixData::Q4_K(t) => t,
         };
         let words: &[u64] = unsafe { raw.align_to::<u64>().1 };
         let mut stream = Vec::new();

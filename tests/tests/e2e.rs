@@ -220,3 +220,44 @@ fn wide_down_proj_is_stored_in_column_panels() {
     assert_eq!(o[2], "row-major", "o_proj has 40 columns: {o:?}");
     assert_eq!(down[2], "column-panels", "down_proj has 2100 columns: {down:?}");
 }
+
+/// `--dtype q4_k` stores the matrices in 4-bit tiles, the embedding table in q8_0 unless
+/// asked otherwise; inspect names them, verify reads them back, and olmort runs the
+/// blob under every kernel path.
+#[test]
+fn four_bit_blobs_pack_inspect_verify_and_run() {
+    let scratch = Scratch::new("q4");
+    let dir = fixtures().join("wide");
+    let prompt = dir.join("prompt.tokens.bin");
+    for (args, embed) in [(vec!["--dtype", "q4_k"], "q8_0"), (vec!["--dtype", "q4_0", "--embed-dtype", "q4_0"], "q4_0")] {
+        let blob = scratch.path("wide-q4.bin");
+        let blob = blob.to_str().unwrap();
+        let mut pack_args = vec!["pack", dir.to_str().unwrap(), blob];
+        pack_args.extend(&args);
+        let out = run("olmoc", &pack_args, &[]);
+        assert!(out.status.success(), "{}", describe(&out));
+        let out = run("olmoc", &["inspect", blob], &[]);
+        assert!(out.status.success(), "{}", describe(&out));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let row = |name: &str| -> Vec<String> {
+            let line = text.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("{text}"));
+            line.split_whitespace().map(str::to_string).collect()
+        };
+        let dtype = args[1];
+        assert_eq!(row("model.layers.1.mlp.down_proj.weight")[1..3], [dtype, "q4-tiles"], "{text}");
+        assert_eq!(row("lm_head.weight")[1], dtype, "{text}");
+        assert_eq!(row("model.embed_tokens.weight")[1], embed, "{text}");
+        assert!(text.contains("q4-tiles: 8 rows x 256 columns"), "{text}");
+        let out = run("olmoc", &["verify", blob], &[]);
+        assert!(out.status.success(), "{}", describe(&out));
+        for kernels in KERNEL_PATHS {
+            let out = run("olmort", &[blob, prompt.to_str().unwrap(), "--steps", "8"], &[("OLMORT_KERNELS", kernels)]);
+            assert!(out.status.success(), "{kernels}: {}", describe(&out));
+            assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 8);
+        }
+    }
+    let out = run("olmoc", &["pack", dir.to_str().unwrap(), scratch.path("x.bin").to_str().unwrap(), "--dtype", "q5_k"], &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("q4_0, q4_k") && stderr.lines().count() == 1, "{stderr}");
+}

@@ -53,6 +53,7 @@ pub fn stored_bytes<'b>(blob: &'b [u8], m: &Matrix) -> &'b [u8] {
         MatrixData::Q8_0 { quants, scales } => {
             (quants.as_ptr() as usize, scales.as_ptr() as usize + scales.len() * 2 - quants.as_ptr() as usize)
         }
+        MatrixData::Q4_0(t) | MatrixData::Q4_K(t) => (t.as_ptr() as usize, t.len()),
     };
     let offset = start - blob.as_ptr() as usize;
     &blob[offset..offset + len]

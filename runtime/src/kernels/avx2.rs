@@ -1,5 +1,5 @@
 //! AVX2 + FMA + F16C kernels. Every `unsafe fn` here may only run where
-//! [`super::avx2_available`] holds; the public entry points in `super` check that.
+//! [`super::avx2_available`] holds; the dispatch's entry points check that.
 //!
 //! A matrix-vector product is bound by the speed weights arrive from memory, so each
 //! thread walks its rows one after another as a single sequential stream, prefetched
@@ -12,10 +12,10 @@ use std::cell::RefCell;
 
 use half::{bf16, f16};
 
-use super::{
-    for_each_task, grow, min_rows_per_block, par_rows_guided, rows_per_task, with_local, KvElement, Matrix, MatrixData,
-    QuantX,
-};
+use super::activations::QuantX;
+use super::kv_element::KvElement;
+use super::matrix::{Matrix, MatrixData};
+use super::tasks::{for_each_task, grow, min_rows_per_block, par_rows_guided, rows_per_task, with_local, SendPtr};
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -209,7 +209,7 @@ fn pack_few(x: &[f32], m: usize, cols: usize, out: &mut Vec<f32>) {
 fn few_passes(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], packed: &mut Vec<f32>) {
     let (rows, cols) = (w.rows, w.cols);
     let per = rows_per_task(rows, cols, 4);
-    let yp = super::SendPtr(y.as_mut_ptr());
+    let yp = SendPtr(y.as_mut_ptr());
     for t0 in (0..n).step_by(FEW) {
         let m = FEW.min(n - t0);
         pack_few(&x[t0 * cols..][..m * cols], m, cols, packed);
@@ -232,7 +232,7 @@ fn few_passes(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], packed: &mut Vec<f
                         MatrixData::F32(d) => rows_few::<WF32>(d.as_ptr(), p.cols, r0, len, m, x, y, rows, acc),
                         MatrixData::F16(d) => rows_few::<WF16>(d.as_ptr(), p.cols, r0, len, m, x, y, rows, acc),
                         MatrixData::BF16(d) => rows_few::<WBF16>(d.as_ptr(), p.cols, r0, len, m, x, y, rows, acc),
-                        MatrixData::Q8_0 { .. } => unreachable!("matvec_few takes float matrices"),
+                        MatrixData::Q8_0 { .. } | MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => unreachable!("matvec_few takes float matrices"),
                     }
                 }
             }
@@ -301,18 +301,18 @@ unsafe fn rows_panels(w: &Matrix, r0: usize, x: &[f32], xd: &[f32], y: &mut [f32
             MatrixData::F32(d) => rows_float::<WF32>(d.as_ptr(), p.cols, r0, x, y, acc),
             MatrixData::F16(d) => rows_float::<WF16>(d.as_ptr(), p.cols, r0, x, y, acc),
             MatrixData::BF16(d) => rows_bf16(d.as_ptr(), p.cols, r0, x, &xd[c0..][..p.cols / 16 * 16], y, acc),
-            MatrixData::Q8_0 { .. } => unreachable!("rows_panels takes float matrices"),
+            MatrixData::Q8_0 { .. } | MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => unreachable!("rows_panels takes float matrices"),
         }
     }
 }
 
 impl QuantX {
-    /// Quantises `x` (see [`super::portable::quantize_block`]); grows the buffers only
+    /// Quantises `x` (see [`super::activations::quantize_block`]); grows the buffers only
     /// when `x` is longer than any before.
     pub(super) fn quantize(&mut self, x: &[f32]) {
         let blocks = self.reserve(x.len());
         let whole = x.len() / 32;
-        // SAFETY (both calls): reached only through `super::matvec_with`, which checked
+        // SAFETY (both calls): reached only through `super::matvec_with` (or the VNNI matvec or GEMM, reached from it), which checked
         // the CPU features; `reserve` sized `quants` and `scales` for every block.
         unsafe { quantize_blocks(&x[..whole * 32], &mut self.quants, &mut self.scales) };
         if whole < blocks {
@@ -473,8 +473,7 @@ thread_local! {
 }
 
 /// `y = W x`, rows claimed by the threads in shrinking blocks ([`par_rows_guided`]).
-/// `wide`: q8_0 on AVX-512 VNNI ([`super::q8_vnni`]), which the caller has checked.
-pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32], wide: bool) {
+pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
     let cols = w.cols;
     // Guided blocks rather than a fixed split: decode steps alternating between the two
     // in one process (the 1B, 2 threads, 80 pairs) were 3-6% faster with them when
@@ -486,28 +485,21 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32], wide: bool) {
     // `par_rows_guided` gives each call a disjoint `ys` starting at row `r0` with
     // `r0 + ys.len() <= rows`, so every row the kernel reads lies inside the matrix.
     match w.data {
-        MatrixData::F32(_) | MatrixData::F16(_) => par_rows_guided(y, min, |r0, ys| unsafe { rows_panels(w, r0, x, &[], ys) }),
+        MatrixData::F32(_) | MatrixData::F16(_) => par_rows_guided(y, min, 1, |r0, ys| unsafe { rows_panels(w, r0, x, &[], ys) }),
         MatrixData::BF16(_) => with_local(&XBF16, |xd| {
             grow(xd, cols);
             deinterleave16(x, xd);
             let xd = &xd[..cols];
-            par_rows_guided(y, min, |r0, ys| unsafe { rows_panels(w, r0, x, xd, ys) })
+            par_rows_guided(y, min, 1, |r0, ys| unsafe { rows_panels(w, r0, x, xd, ys) })
         }),
         MatrixData::Q8_0 { quants, scales } => with_local(&QX, |qx| {
             let blocks = cols.div_ceil(32);
             qx.quantize(x);
-            if wide {
-                let qx = &*qx;
-                par_rows_guided(y, min, |r0, ys| unsafe {
-                    super::q8_vnni::rows(quants.as_ptr(), scales.as_ptr(), blocks, r0, qx, ys)
-                })
-            } else {
-                let (xq, xd) = (&qx.quants[..blocks * 32], &qx.scales[..blocks]);
-                par_rows_guided(y, min, |r0, ys| unsafe {
-                    rows_q8_0(quants.as_ptr(), scales.as_ptr(), blocks, r0, xq, xd, ys)
-                })
-            }
-        }),
+            let (xq, xd) = (&qx.quants[..blocks * 32], &qx.scales[..blocks]);
+            par_rows_guided(y, min, 1, |r0, ys| unsafe {
+                rows_q8_0(quants.as_ptr(), scales.as_ptr(), blocks, r0, xq, xd, ys)
+            })
+        }),        MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => unreachable!("the dispatch sends 4-bit matrices to q4_avx2"),
     }
 }
 
@@ -642,7 +634,7 @@ pub unsafe fn weighted_sum<E: KvElement>(weights: &[f32], rows: &[E], out: &mut 
 /// GEMM's staging for q8_0 weight tiles.
 ///
 /// # Safety
-/// AVX2/FMA/F16C; `quants` and `scales` must hold row `r` (as `super::check_data` finds).
+/// AVX2/FMA/F16C; `quants` and `scales` must hold row `r` (as `Matrix::check` finds).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn q8_row_to_f32(quants: &[i8], scales: &[u16], cols: usize, r: usize, out: &mut [f32]) {
     let blocks = cols.div_ceil(32);

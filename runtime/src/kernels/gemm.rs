@@ -9,8 +9,13 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+use olmo_format::DType;
+
 use super::avx2::{q8_row_to_f32, Widen, WBF16, WF16, WF32};
-use super::{for_each_task, grow, round_like_q8, with_local, Matrix, MatrixData, SendPtr};
+use super::q4_avx2::dequantize_group;
+use super::activations::round_like_q8;
+use super::matrix::{Matrix, MatrixData};
+use super::tasks::{for_each_task, grow, with_local, SendPtr};
 
 /// Rows of `X` per micro-kernel call.
 const MR: usize = 6;
@@ -57,7 +62,7 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], wide: bool)
     with_local(&APACK, |apack| {
         grow(apack, groups * MR * k);
         let apack = &mut apack[..groups * MR * k];
-        pack_a(x, n, k, matches!(w.data, MatrixData::Q8_0 { .. }), apack);
+        pack_a(x, n, k, w.data.is_quantised(), apack);
         let apack = &*apack;
         let yp = SendPtr(y.as_mut_ptr());
         let nb_max = rows_per_block(k);
@@ -90,7 +95,8 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], wide: bool)
 }
 
 /// Packs `x` (`n x k`) as described in [`matmul`]: slice `k0` starts at `k0 * groups * MR`.
-/// With `q8`, each row is first rounded as q8_0 activations ([`round_like_q8`]).
+/// With `q8`, each row is first rounded as q8_0 activations ([`round_like_q8`]), as
+/// the one-token products of quantised weights round them.
 fn pack_a(x: &[f32], n: usize, k: usize, q8: bool, apack: &mut [f32]) {
     let mut tmp = [0f32; KC];
     let groups = n.div_ceil(MR);
@@ -137,12 +143,15 @@ unsafe fn pack_b(w: &Matrix, k: usize, r0: usize, nb: usize, packed: &mut [f32],
     if let MatrixData::Q8_0 { .. } = w.data {
         return pack_q8_rows(w, k, r0, nb, packed, rows8);
     }
+    if let Some((dtype, tiles)) = w.data.q4() {
+        return pack_q4_rows(dtype, tiles, k, r0, nb, packed, rows8);
+    }
     for (c0, p) in w.panels() {
         match p.data {
             MatrixData::F32(d) => pack_rows::<WF32>(d.as_ptr(), p.cols, c0, r0, nb, packed),
             MatrixData::F16(d) => pack_rows::<WF16>(d.as_ptr(), p.cols, c0, r0, nb, packed),
             MatrixData::BF16(d) => pack_rows::<WBF16>(d.as_ptr(), p.cols, c0, r0, nb, packed),
-            MatrixData::Q8_0 { .. } => unreachable!("q8_0 is packed above"),
+            MatrixData::Q8_0 { .. } | MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => unreachable!("packed above"),
         }
     }
 }
@@ -206,6 +215,26 @@ unsafe fn pack_q8_rows(w: &Matrix, k: usize, r0: usize, nb: usize, packed: &mut 
             for j in 0..rows {
                 q8_row_to_f32(quants, scales, k, r0 + s * NR + j0 + j, &mut rows8[j * k..][..k]);
             }
+            let src = std::array::from_fn(|j| rows8.as_ptr().add(j * k));
+            pack_eight::<WF32>(src, rows, k, 0, s, j0, strips, packed);
+        }
+    }
+}
+
+/// [`pack_b`] for 4-bit weights: each group of eight rows dequantised whole into
+/// `rows8` ([`dequantize_group`]), then packed from there. `r0` is a multiple of 8
+/// ([`NB`] and [`NR`] are).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_q4_rows(dtype: DType, tiles: &[u8], k: usize, r0: usize, nb: usize, packed: &mut [f32], rows8: &mut [f32]) {
+    debug_assert!(r0.is_multiple_of(8));
+    let strips = nb.div_ceil(NR);
+    for s in 0..strips {
+        for j0 in (0..NR).step_by(8) {
+            let rows = nb.saturating_sub(s * NR + j0).min(8);
+            if rows == 0 {
+                continue;
+            }
+            dequantize_group(dtype, tiles, k, (r0 + s * NR + j0) / 8, &mut rows8[..8 * k]);
             let src = std::array::from_fn(|j| rows8.as_ptr().add(j * k));
             pack_eight::<WF32>(src, rows, k, 0, s, j0, strips, packed);
         }

@@ -25,7 +25,8 @@ use std::cell::RefCell;
 use half::f16;
 
 use super::gemm::{store_tile, transpose8};
-use super::{for_each_task, grow, with_local, QuantX, SendPtr};
+use super::activations::QuantX;
+use super::tasks::{for_each_task, grow, with_local, SendPtr};
 
 /// Tokens per micro-kernel call.
 const MR: usize = 6;

@@ -1,259 +1,45 @@
-//! Numeric kernels over weight matrices stored in the blob's dtypes.
+//! Numeric kernels over weight matrices stored in the blob's dtypes, and the dispatch
+//! that picks a kernel set for each call.
 //!
 //! Every matrix is `rows x cols` with each output row contiguous (`[out, in]`), so
-//! `y = W x` streams through the weights once. Kernels split their work into tasks for
-//! [`for_each_task`]: the installed [`Team`](crate::model::team::Team) (a forward pass) or rayon's pool.
+//! `y = W x` streams through the weights once. The pieces, each in its own file:
+//! - [`matrix`]: the [`Matrix`] views the kernels read;
+//! - [`tasks`]: splitting a kernel's work into parallel tasks ([`for_each_task`]) on the
+//!   installed [`Team`](crate::model::team::Team) (a forward pass) or rayon's pool;
+//! - [`activations`]: the int8 rounding of activations that the q8_0 products share;
+//! - one file per instruction set: [`portable`] (plain Rust, the reference and the
+//!   fallback), `avx2` (AVX2 + FMA + F16C intrinsics), `gemm` (the prompt batches' float
+//!   GEMM, AVX2 with an AVX-512 F micro-kernel), `q4_avx2` (4-bit weights on AVX2),
+//!   `gemm_q8` and `q8_vnni` (q8_0 batches and one-token products on AVX-512 VNNI);
+//! - this file: the dispatch. Three kernel sets, chosen at run time from what the CPU
+//!   has: [`Kernels::Portable`], [`Kernels::Avx2`], and [`Kernels::Avx512`] (the AVX2
+//!   set with the AVX-512 kernels where they pay).
 //!
-//! Three kernel sets sit behind one dispatch, chosen at run time from what the CPU has:
-//! [`portable`] (plain Rust, the reference and the fallback), `avx2` (AVX2 + FMA + F16C
-//! intrinsics), and the same with AVX-512 where it pays: for prompt batches a 512-bit
-//! float GEMM micro-kernel and VNNI integer dot products for q8_0 (`gemm_q8`), and the
-//! one-token q8_0 product on VNNI (`q8_vnni`).
 //! `OLMORT_KERNELS=portable` or `=avx2` caps the choice for a process; [`with_kernels`]
 //! forces any available set for the calling thread (tests use it to run them all).
 
+mod activations;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod gemm_q8;
+mod kv_element;
+mod matrix;
 mod portable;
 #[cfg(target_arch = "x86_64")]
+mod q4_avx2;
+#[cfg(target_arch = "x86_64")]
 mod q8_vnni;
+mod tasks;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::sync::OnceLock;
 
-use half::{bf16, f16};
-
-use crate::model::buffer::Zeroable;
-
-/// A weight matrix viewed in place over the blob.
-#[derive(Debug, Clone, Copy)]
-pub struct Matrix<'a> {
-    pub rows: usize,
-    pub cols: usize,
-    /// Width of the column panels the elements are stored in (see
-    /// `olmo_format::Layout::ColumnPanels`); `cols` or more for a row-major matrix.
-    pub panel: usize,
-    pub data: MatrixData<'a>,
-}
-
-/// The stored elements of a [`Matrix`]; see `olmo_format::Layout` for q8_0.
-#[derive(Debug, Clone, Copy)]
-pub enum MatrixData<'a> {
-    F32(&'a [f32]),
-    F16(&'a [u16]),
-    BF16(&'a [u16]),
-    /// `rows * blocks * 32` quants, then `rows * blocks` f16 scales (`blocks = ceil(cols / 32)`).
-    Q8_0 { quants: &'a [i8], scales: &'a [u16] },
-}
-
-impl<'a> Matrix<'a> {
-    /// A row-major matrix.
-    pub fn row_major(rows: usize, cols: usize, data: MatrixData<'a>) -> Matrix<'a> {
-        Matrix { rows, cols, panel: cols, data }
-    }
-
-    /// A float matrix stored in column panels of `olmo_format::PANEL_COLS`.
-    pub fn column_panels(rows: usize, cols: usize, data: MatrixData<'a>) -> Matrix<'a> {
-        Matrix { rows, cols, panel: (olmo_format::PANEL_COLS as usize).min(cols), data }
-    }
-
-    /// Bytes of one row's elements (q8_0: quants and scales).
-    pub fn row_bytes(&self) -> usize {
-        match self.data {
-            MatrixData::F32(_) => self.cols * 4,
-            MatrixData::F16(_) | MatrixData::BF16(_) => self.cols * 2,
-            MatrixData::Q8_0 { .. } => self.cols.div_ceil(32) * 34,
-        }
-    }
-
-    /// Whether the rows are stored whole, one after another.
-    pub fn is_row_major(&self) -> bool {
-        self.panel >= self.cols
-    }
-
-    /// The column panels in order, each as a row-major matrix with its first column:
-    /// `W x` is the sum over them of `panel * x[c0 .. c0 + panel.cols]`. A row-major
-    /// matrix is its own single panel.
-    pub fn panels(&self) -> impl Iterator<Item = (usize, Matrix<'a>)> {
-        let m = *self;
-        let count = if m.is_row_major() { 1 } else { m.cols.div_ceil(m.panel) };
-        (0..count).map(move |p| {
-            if count == 1 {
-                return (0, m);
-            }
-            let c0 = p * m.panel;
-            let width = m.panel.min(m.cols - c0);
-            // Every panel before this one is `panel` wide: it starts `c0 * rows` in.
-            let (start, len) = (c0 * m.rows, width * m.rows);
-            let data = match m.data {
-                MatrixData::F32(d) => MatrixData::F32(&d[start..][..len]),
-                MatrixData::F16(d) => MatrixData::F16(&d[start..][..len]),
-                MatrixData::BF16(d) => MatrixData::BF16(&d[start..][..len]),
-                MatrixData::Q8_0 { .. } => unreachable!("q8_0 matrices are row-major (check_data)"),
-            };
-            (c0, Matrix::row_major(m.rows, width, data))
-        })
-    }
-
-    /// Writes row `r` as f32 into `out` (`cols` long): an embedding lookup.
-    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
-        self.segment_to_f32(r, 0, out);
-    }
-
-    /// Writes columns `c0 .. c0 + out.len()` of row `r` as f32 into `out`.
-    pub fn segment_to_f32(&self, r: usize, c0: usize, out: &mut [f32]) {
-        let end = c0 + out.len();
-        debug_assert!(end <= self.cols);
-        for (p0, p) in self.panels() {
-            let (lo, hi) = (c0.max(p0), end.min(p0 + p.cols));
-            if lo < hi {
-                p.row_major_segment(r, lo - p0, &mut out[lo - c0..hi - c0]);
-            }
-        }
-    }
-
-    /// [`Matrix::segment_to_f32`] of a row-major matrix.
-    fn row_major_segment(&self, r: usize, c0: usize, out: &mut [f32]) {
-        let c = self.cols;
-        let n = out.len();
-        match self.data {
-            MatrixData::F32(w) => out.copy_from_slice(&w[r * c + c0..][..n]),
-            MatrixData::F16(w) => {
-                for (o, &b) in out.iter_mut().zip(&w[r * c + c0..][..n]) {
-                    *o = f16::from_bits(b).to_f32();
-                }
-            }
-            MatrixData::BF16(w) => {
-                for (o, &b) in out.iter_mut().zip(&w[r * c + c0..][..n]) {
-                    *o = bf16::from_bits(b).to_f32();
-                }
-            }
-            MatrixData::Q8_0 { quants, scales } => {
-                let blocks = c.div_ceil(32);
-                let q = &quants[r * blocks * 32..][..c];
-                let s = &scales[r * blocks..][..blocks];
-                for (i, o) in out.iter_mut().enumerate() {
-                    let j = c0 + i;
-                    *o = q[j] as f32 * f16::from_bits(s[j / 32]).to_f32();
-                }
-            }
-        }
-    }
-}
-
-/// Activations quantised for a q8_0 product, per block of 32 as
-/// [`portable::quantize_block`] defines (the tail block padded with zeros). Both kernel
-/// sets compute the same bytes, so they differ only in summation order.
-pub(crate) struct QuantX {
-    pub quants: Vec<i8>,
-    pub scales: Vec<f32>,
-}
-
-impl Default for QuantX {
-    fn default() -> QuantX {
-        QuantX::new()
-    }
-}
-
-impl QuantX {
-    pub(crate) const fn new() -> QuantX {
-        QuantX { quants: Vec::new(), scales: Vec::new() }
-    }
-
-    /// Makes room for `len` values; returns the block count.
-    fn reserve(&mut self, len: usize) -> usize {
-        let blocks = len.div_ceil(32);
-        if self.quants.len() < blocks * 32 {
-            self.quants.resize(blocks * 32, 0);
-            self.scales.resize(blocks, 0.0);
-        }
-        blocks
-    }
-
-    pub(crate) fn quantize_portable(&mut self, x: &[f32]) {
-        let blocks = self.reserve(x.len());
-        for b in 0..blocks {
-            let xb = &x[b * 32..x.len().min(b * 32 + 32)];
-            self.scales[b] = portable::quantize_block(xb, &mut self.quants[b * 32..]);
-        }
-    }
-}
-
-/// Replaces `x` by its q8_0 activation rounding, `q * d` per block of 32: what a q8_0
-/// product effectively multiplies the weights with. The GEMM uses it so that prompt
-/// processing agrees with the one-token path.
-pub(crate) fn round_like_q8(x: &mut [f32]) {
-    let mut q = [0i8; 32];
-    for xb in x.chunks_mut(32) {
-        let d = portable::quantize_block(xb, &mut q);
-        for (v, &q) in xb.iter_mut().zip(&q) {
-            *v = q as f32 * d;
-        }
-    }
-}
-
-/// Runs `f` on the calling thread's value in `key`: per-thread scratch that is allocated
-/// on first use and then only ever grows, so nothing is allocated per call. A nested
-/// call (the thread's value already borrowed further up the stack) gets a fresh one.
-pub(crate) fn with_local<T: Default, R>(
-    key: &'static std::thread::LocalKey<RefCell<T>>,
-    f: impl FnOnce(&mut T) -> R,
-) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => f(&mut v),
-        Err(_) => f(&mut T::default()),
-    })
-}
-
-/// Threads a parallel section runs on: the calling thread's [`Team`](crate::model::team::Team)
-/// if one is installed (a forward pass), else the current rayon pool.
-pub(crate) fn threads() -> usize {
-    crate::model::team::with_current(|team| team.map_or_else(rayon::current_num_threads, |t| t.threads()))
-}
-
-/// Runs `task(0 .. tasks)` on the calling thread's team if one is installed, else on the
-/// current rayon pool, or in order on this thread when there is one task or one thread
-/// (no hand-off to pay for).
-pub(crate) fn for_each_task(tasks: usize, task: impl Fn(usize) + Sync + Send) {
-    if tasks == 1 {
-        return task(0);
-    }
-    crate::model::team::with_current(|team| match team {
-        Some(team) => team.run(tasks, &task),
-        None if rayon::current_num_threads() == 1 => (0..tasks).for_each(task),
-        None => {
-            use rayon::prelude::*;
-            (0..tasks).into_par_iter().for_each(task)
-        }
-    })
-}
-
-/// Calls `f(r0, ys)` for consecutive blocks `ys` of `per` elements of `y` (the last one
-/// shorter), `r0` being the block's first index, as parallel tasks.
-pub(crate) fn par_rows(y: &mut [f32], per: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    let len = y.len();
-    if per >= len {
-        return f(0, y);
-    }
-    let yp = SendPtr(y.as_mut_ptr());
-    for_each_task(len.div_ceil(per), |i| {
-        let r0 = i * per;
-        // SAFETY: each task takes its own block of `y`, which outlives the section.
-        let ys = unsafe { std::slice::from_raw_parts_mut(yp.get().add(r0), per.min(len - r0)) };
-        f(r0, ys)
-    })
-}
-
-/// Grows `v` to at least `len` elements (never shrinks it).
-pub(crate) fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
-    if v.len() < len {
-        v.resize(len, T::default());
-    }
-}
+pub use kv_element::KvElement;
+pub use matrix::{Matrix, MatrixData};
+pub(crate) use tasks::{for_each_task, par_rows, SendPtr};
 
 /// Which implementation the kernels use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,31 +72,6 @@ impl Kernels {
     /// Whether `self` adds the AVX-512 kernels (prompt GEMMs, the q8_0 matvec).
     fn avx512(self) -> bool {
         self == Kernels::Avx512 && avx512_available()
-    }
-}
-
-/// A pointer into an output buffer that parallel tasks write in disjoint parts.
-pub(crate) struct SendPtr<T = f32>(pub(crate) *mut T);
-
-impl<T> Clone for SendPtr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for SendPtr<T> {}
-
-// SAFETY: the pointer is only dereferenced inside a parallel section that the buffer outlives,
-// and every user gives each task a region no other task reads or writes (a head of the
-// attention output, a block of GEMM output rows), so sharing it cannot race.
-unsafe impl<T> Send for SendPtr<T> {}
-// SAFETY: as for Send: tasks write disjoint regions and nothing reads them concurrently.
-unsafe impl<T> Sync for SendPtr<T> {}
-
-impl<T> SendPtr<T> {
-    /// Through a method, so closures capture the whole (Send) wrapper.
-    pub(crate) fn get(self) -> *mut T {
-        self.0
     }
 }
 
@@ -402,10 +163,19 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
 pub fn matvec_with(k: Kernels, w: &Matrix, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), w.cols);
     assert_eq!(y.len(), w.rows);
-    check_data(w);
-    match k {
+    w.check();
+    match w.data {
         #[cfg(target_arch = "x86_64")]
-        _ if k.avx2() => avx2::matvec(w, x, y, k.avx512()),
+        MatrixData::Q8_0 { quants, scales } if k.avx512() => {
+            // SAFETY: the CPU has what the kernel needs (checked), `check` found every
+            // row's quants and scales, and the lengths of `x` and `y` are asserted.
+            unsafe { q8_vnni::matvec(quants, scales, w.cols, x, y) }
+        }
+        // 4-bit weights on AVX2 with or without AVX-512: their VNNI kernels are not written.
+        #[cfg(target_arch = "x86_64")]
+        MatrixData::Q4_0(_) | MatrixData::Q4_K(_) if k.avx2() => q4_avx2::matvec(w, x, y),
+        #[cfg(target_arch = "x86_64")]
+        _ if k.avx2() => avx2::matvec(w, x, y),
         _ => portable::matvec(w, x, y),
     }
 }
@@ -430,17 +200,17 @@ pub fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
 pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols);
     assert_eq!(y.len(), n * w.rows);
-    check_data(w);
+    w.check();
     match k {
         #[cfg(target_arch = "x86_64")]
         _ if k.avx512() && n >= gemm::MIN_BATCH && matches!(w.data, MatrixData::Q8_0 { .. }) => {
             let MatrixData::Q8_0 { quants, scales } = w.data else { unreachable!() };
-            // SAFETY: the CPU has what the kernel needs (checked), `check_data` found
+            // SAFETY: the CPU has what the kernel needs (checked), `check` found
             // every row's quants and scales, and the lengths of `x` and `y` are asserted.
             unsafe { gemm_q8::matmul(quants, scales, w.rows, w.cols, x, n, y) }
         }
         #[cfg(target_arch = "x86_64")]
-        _ if k.avx2() && n > 1 && n <= SMALL_BATCH && !matches!(w.data, MatrixData::Q8_0 { .. }) => {
+        _ if k.avx2() && n > 1 && n <= SMALL_BATCH && !w.data.is_quantised() => {
             avx2::matvec_few(w, x, n, y)
         }
         #[cfg(target_arch = "x86_64")]
@@ -448,7 +218,7 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
             let wide = k.avx512();
             if n < gemm::MIN_BATCH {
                 for (xi, yi) in x.chunks_exact(w.cols).zip(y.chunks_exact_mut(w.rows)) {
-                    avx2::matvec(w, xi, yi, wide);
+                    matvec_with(k, w, xi, yi);
                 }
             } else {
                 // SAFETY: `k.avx2()` checked AVX2/FMA/F16C, and `wide` AVX-512;
@@ -461,43 +231,6 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
                 portable::matvec(w, xi, yi);
             }
         }
-    }
-}
-
-/// What the KV cache holds: `f32`, or `f16`, which halves the bytes attention reads
-/// at every step (`forward::KvDtype`). Both widen to f32 before any arithmetic. Sealed:
-/// the SIMD kernels read an element's bytes according to [`KvElement::HALF`].
-pub trait KvElement: Zeroable + Send + Sync + 'static + sealed::Sealed {
-    /// Whether this is `f16` (the SIMD kernels widen it with F16C).
-    const HALF: bool;
-    /// Rounds to the nearest value (ties to even), as F16C's conversion does.
-    fn from_f32(v: f32) -> Self;
-    fn to_f32(self) -> f32;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for half::f16 {}
-}
-
-impl KvElement for f32 {
-    const HALF: bool = false;
-    fn from_f32(v: f32) -> f32 {
-        v
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
-}
-
-impl KvElement for f16 {
-    const HALF: bool = true;
-    fn from_f32(v: f32) -> f16 {
-        f16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
     }
 }
 
@@ -563,77 +296,6 @@ pub fn swiglu(k: Kernels, gate: &[f32], up: &[f32], out: &mut [f32]) {
         _ if k.avx2() => unsafe { avx2::swiglu(gate, up, out) },
         _ => crate::model::ops::swiglu(gate, up, out),
     }
-}
-
-/// The slices must hold the whole matrix: the SIMD kernels read through raw pointers.
-fn check_data(w: &Matrix) {
-    let (r, c) = (w.rows, w.cols);
-    // Checked products: a hand-built Matrix must not pass by wrapping around.
-    let fits = |len: usize, per_row: usize| r.checked_mul(per_row).is_some_and(|n| len >= n);
-    // Panels only reorder the elements: the same count as row-major.
-    let ok = match w.data {
-        MatrixData::F32(d) => fits(d.len(), c),
-        MatrixData::F16(d) | MatrixData::BF16(d) => fits(d.len(), c),
-        MatrixData::Q8_0 { quants, scales } => {
-            let blocks = c.div_ceil(32);
-            blocks
-                .checked_mul(32)
-                .is_some_and(|per_row| fits(quants.len(), per_row))
-                && fits(scales.len(), blocks)
-        }
-    };
-    assert!(ok, "matrix data shorter than {r} x {c}");
-    assert!(w.panel > 0 || c == 0, "column panels of width 0");
-    assert!(w.is_row_major() || !matches!(w.data, MatrixData::Q8_0 { .. }), "q8_0 in column panels");
-}
-
-/// Calls `f(r0, ys)` for blocks `ys` of `y` that the threads claim as they go, each
-/// `1 / (2 * threads)` of what is left but at least `min` elements (the last one
-/// shorter): big blocks first, so each thread starts few streams, and small ones at the
-/// end, so the threads finish within one small block of each other. `r0` is the
-/// block's first index. With one thread, `f(0, y)`.
-pub(crate) fn par_rows_guided(y: &mut [f32], min: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let len = y.len();
-    let threads = threads();
-    if threads == 1 || len <= min {
-        return f(0, y);
-    }
-    let next = AtomicUsize::new(0);
-    let yp = SendPtr(y.as_mut_ptr());
-    for_each_task(threads, |_| {
-        let mut r0 = next.load(Ordering::Relaxed);
-        while r0 < len {
-            let size = ((len - r0) / (2 * threads)).max(min).min(len - r0);
-            match next.compare_exchange_weak(r0, r0 + size, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => {
-                    // SAFETY: the exchange gave this thread `r0 .. r0 + size` alone, within
-                    // `y`, which outlives the section.
-                    f(r0, unsafe { std::slice::from_raw_parts_mut(yp.get().add(r0), size) });
-                    r0 = next.load(Ordering::Relaxed);
-                }
-                Err(now) => r0 = now,
-            }
-        }
-    })
-}
-
-/// The smallest block [`par_rows_guided`] hands out for a matvec: about 256 KiB of
-/// weights (a dozen microseconds of one core's stream), in whole multiples of `align`
-/// rows.
-pub(crate) fn min_rows_per_block(row_bytes: usize, align: usize) -> usize {
-    ((256 << 10) / row_bytes.max(1)).max(1).div_ceil(align) * align
-}
-
-/// Splits `rows` outputs into parallel tasks: a few per thread so a busy core is covered
-/// by stealing, in multiples of `align`; one task for small matrices.
-pub(crate) fn rows_per_task(rows: usize, cols: usize, align: usize) -> usize {
-    let threads = threads().max(1);
-    if threads == 1 || rows * cols < 1 << 15 {
-        return rows.max(1);
-    }
-    let per = rows.div_ceil(threads * 4).max(16);
-    per.div_ceil(align) * align
 }
 
 #[cfg(test)]

@@ -4,8 +4,12 @@
 use std::cell::RefCell;
 
 use half::{bf16, f16};
+use olmo_format::q4;
 
-use super::{KvElement, Matrix, MatrixData, QuantX};
+use super::activations::QuantX;
+use super::kv_element::KvElement;
+use super::matrix::{Matrix, MatrixData};
+use super::tasks::{min_rows_per_block, par_rows_guided, with_local};
 
 fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(a, b)| a * b).sum()
@@ -25,18 +29,6 @@ pub fn weighted_sum<E: KvElement>(weights: &[f32], rows: &[E], out: &mut [f32]) 
             *o += p * v.to_f32();
         }
     }
-}
-
-/// Quantises one block (at most 32 values; missing ones count as zero) as q8_0
-/// activations: `d = max|x| / 127`, `q = round_ties_even(x * (127 / max|x|))`.
-/// The AVX2 path computes exactly the same bytes and scale.
-pub fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-    for (i, q) in q[..32].iter_mut().enumerate() {
-        *q = x.get(i).map_or(0, |&v| (v * inv).round_ties_even() as i8);
-    }
-    amax / 127.0
 }
 
 thread_local! {
@@ -76,19 +68,39 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
                 }
                 acc
             }
+            MatrixData::Q4_0(tiles) | MatrixData::Q4_K(tiles) => {
+                // Per block, weights `scale * q - offset` against `dx * xq`: the 4-bit
+                // values times the activations' bytes (exact in i32), then the scales,
+                // with the offset times the activations' sum.
+                let dtype = p.data.q4().expect("a 4-bit matrix").0;
+                let qx = qx.expect("quantised x");
+                let mut acc = 0f32;
+                for b in 0..c.div_ceil(q4::BLOCK) {
+                    let (tile, tr, tc) = q4::locate(tiles, c, r, b * q4::BLOCK);
+                    let (scale, offset) = q4::block_params(dtype, tile, tr, tc / q4::BLOCK);
+                    let dot: i32 = (0..q4::BLOCK)
+                        .map(|k| q4::quant(tile, tr, tc + k) as i32 * qx.quants[b * 32 + k] as i32)
+                        .sum();
+                    acc += qx.scales[b] * (scale * dot as f32 - offset * qx.sums[b] as f32);
+                }
+                acc
+            }
         }
     };
     let run = |qx: Option<&QuantX>, y: &mut [f32]| {
-        super::par_rows_guided(y, super::min_rows_per_block(w.row_bytes(), 1), |r0, ys| {
+        par_rows_guided(y, min_rows_per_block(w.row_bytes(), 1), 1, |r0, ys| {
             for (i, yr) in ys.iter_mut().enumerate() {
                 let r = r0 + i;
                 *yr = w.panels().map(|(c0, p)| dot(&p, r, &x[c0..][..p.cols], qx)).sum();
             }
         });
     };
-    if matches!(w.data, MatrixData::Q8_0 { .. }) {
-        super::with_local(&QX, |qx| {
+    if w.data.is_quantised() {
+        with_local(&QX, |qx| {
             qx.quantize_portable(x);
+            if w.data.q4().is_some() {
+                qx.pad_and_sum(x.len(), x.len().div_ceil(32));
+            }
             run(Some(qx), y)
         })
     } else {

@@ -21,8 +21,33 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
+use std::cell::RefCell;
+
+use super::activations::QuantX;
 use super::avx2::PREFETCH;
-use super::QuantX;
+use super::tasks::{min_rows_per_block, par_rows_guided, with_local};
+
+thread_local! {
+    static QX: RefCell<QuantX> = const { RefCell::new(QuantX::new()) };
+}
+
+/// `y = W x` for a q8_0 matrix `cols` wide: `x` quantised once, rows claimed by the
+/// threads in shrinking blocks, as the AVX2 matvec does.
+///
+/// # Safety
+/// AVX2/FMA/F16C and AVX-512 F/VL/BW/VNNI; `quants` and `scales` must hold
+/// `y.len()` rows of `cols` (as `Matrix::check` finds) and `x` `cols` values.
+pub(super) unsafe fn matvec(quants: &[i8], scales: &[u16], cols: usize, x: &[f32], y: &mut [f32]) {
+    let blocks = cols.div_ceil(32);
+    let min = min_rows_per_block(blocks * 34, 4);
+    with_local(&QX, |qx| {
+        qx.quantize(x);
+        let qx = &*qx;
+        // SAFETY: as the caller vouches; `par_rows_guided` gives each call a disjoint
+        // `ys` starting at row `r0` with `r0 + ys.len()` within the matrix.
+        par_rows_guided(y, min, 1, |r0, ys| unsafe { rows(quants.as_ptr(), scales.as_ptr(), blocks, r0, qx, ys) })
+    })
+}
 
 /// q8_0 rows `r0 .. r0 + y.len()` (`blocks` per row) against the quantised `x`: its
 /// quants and block scales.
@@ -31,7 +56,7 @@ use super::QuantX;
 /// AVX2/FMA/F16C and AVX-512 F/VL/BW/VNNI; `quants` and `scales` must hold rows
 /// `r0 .. r0 + y.len()`, and `x` `blocks` blocks (quants and scales).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-pub(super) unsafe fn rows(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, x: &QuantX, y: &mut [f32]) {
+unsafe fn rows(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, x: &QuantX, y: &mut [f32]) {
     let (xq, xd) = (&x.quants[..blocks * 32], &x.scales[..blocks]);
     // Lanes 0-7 take the scale of a pair's first block, 8-15 of its second; pair `k`
     // of a group of eight blocks holds blocks 2k and 2k + 1.

@@ -52,6 +52,8 @@ fn matrix<'a>(blob: &'a Blob, name: &str) -> Result<Matrix<'a>, FormatError> {
             let (quants, scales) = t.as_q8_0()?;
             MatrixData::Q8_0 { quants, scales }
         }
+        DType::Q4_0 => MatrixData::Q4_0(t.as_q4_tiles()?),
+        DType::Q4_K => MatrixData::Q4_K(t.as_q4_tiles()?),
         other => {
             return Err(FormatError::BadType {
                 name: name.to_string(),

@@ -1,0 +1,139 @@
+//! Splitting a kernel's work into parallel tasks: on the calling thread's
+//! [`Team`](crate::model::team::Team) inside a forward pass, else on rayon's pool; and the
+//! per-thread scratch the tasks reuse.
+
+use std::cell::RefCell;
+
+/// Runs `f` on the calling thread's value in `key`: per-thread scratch that is allocated
+/// on first use and then only ever grows, so nothing is allocated per call. A nested
+/// call (the thread's value already borrowed further up the stack) gets a fresh one.
+pub(crate) fn with_local<T: Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut T::default()),
+    })
+}
+
+/// Threads a parallel section runs on: the calling thread's [`Team`](crate::model::team::Team)
+/// if one is installed (a forward pass), else the current rayon pool.
+pub(crate) fn threads() -> usize {
+    crate::model::team::with_current(|team| team.map_or_else(rayon::current_num_threads, |t| t.threads()))
+}
+
+/// Runs `task(0 .. tasks)` on the calling thread's team if one is installed, else on the
+/// current rayon pool, or in order on this thread when there is one task or one thread
+/// (no hand-off to pay for).
+pub(crate) fn for_each_task(tasks: usize, task: impl Fn(usize) + Sync + Send) {
+    if tasks == 1 {
+        return task(0);
+    }
+    crate::model::team::with_current(|team| match team {
+        Some(team) => team.run(tasks, &task),
+        None if rayon::current_num_threads() == 1 => (0..tasks).for_each(task),
+        None => {
+            use rayon::prelude::*;
+            (0..tasks).into_par_iter().for_each(task)
+        }
+    })
+}
+
+/// Calls `f(r0, ys)` for consecutive blocks `ys` of `per` elements of `y` (the last one
+/// shorter), `r0` being the block's first index, as parallel tasks.
+pub(crate) fn par_rows(y: &mut [f32], per: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let len = y.len();
+    if per >= len {
+        return f(0, y);
+    }
+    let yp = SendPtr(y.as_mut_ptr());
+    for_each_task(len.div_ceil(per), |i| {
+        let r0 = i * per;
+        // SAFETY: each task takes its own block of `y`, which outlives the section.
+        let ys = unsafe { std::slice::from_raw_parts_mut(yp.get().add(r0), per.min(len - r0)) };
+        f(r0, ys)
+    })
+}
+
+/// Grows `v` to at least `len` elements (never shrinks it).
+pub(crate) fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+}
+
+/// A pointer into an output buffer that parallel tasks write in disjoint parts.
+pub(crate) struct SendPtr<T = f32>(pub(crate) *mut T);
+
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SendPtr<T> {}
+
+// SAFETY: the pointer is only dereferenced inside a parallel section that the buffer outlives,
+// and every user gives each task a region no other task reads or writes (a head of the
+// attention output, a block of GEMM output rows), so sharing it cannot race.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as for Send: tasks write disjoint regions and nothing reads them concurrently.
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// Through a method, so closures capture the whole (Send) wrapper.
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Calls `f(r0, ys)` for blocks `ys` of `y` that the threads claim as they go, each
+/// `1 / (2 * threads)` of what is left but at least `min` elements (the last one
+/// shorter): big blocks first, so each thread starts few streams, and small ones at the
+/// end, so the threads finish within one small block of each other. `r0` is the
+/// block's first index, a multiple of `align` (a kernel's rows at a time). With one
+/// thread, `f(0, y)`.
+pub(crate) fn par_rows_guided(y: &mut [f32], min: usize, align: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let len = y.len();
+    let threads = threads();
+    if threads == 1 || len <= min {
+        return f(0, y);
+    }
+    let next = AtomicUsize::new(0);
+    let yp = SendPtr(y.as_mut_ptr());
+    for_each_task(threads, |_| {
+        let mut r0 = next.load(Ordering::Relaxed);
+        while r0 < len {
+            let size = ((len - r0) / (2 * threads)).max(min).next_multiple_of(align).min(len - r0);
+            match next.compare_exchange_weak(r0, r0 + size, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    // SAFETY: the exchange gave this thread `r0 .. r0 + size` alone, within
+                    // `y`, which outlives the section.
+                    f(r0, unsafe { std::slice::from_raw_parts_mut(yp.get().add(r0), size) });
+                    r0 = next.load(Ordering::Relaxed);
+                }
+                Err(now) => r0 = now,
+            }
+        }
+    })
+}
+
+/// The smallest block [`par_rows_guided`] hands out for a matvec: about 256 KiB of
+/// weights (a dozen microseconds of one core's stream), in whole multiples of `align`
+/// rows.
+pub(crate) fn min_rows_per_block(row_bytes: usize, align: usize) -> usize {
+    ((256 << 10) / row_bytes.max(1)).max(1).div_ceil(align) * align
+}
+
+/// Splits `rows` outputs into parallel tasks: a few per thread so a busy core is covered
+/// by stealing, in multiples of `align`; one task for small matrices.
+pub(crate) fn rows_per_task(rows: usize, cols: usize, align: usize) -> usize {
+    let threads = threads().max(1);
+    if threads == 1 || rows * cols < 1 << 15 {
+        return rows.max(1);
+    }
+    let per = rows.div_ceil(threads * 4).max(16);
+    per.div_ceil(align) * align
+}
