@@ -17,6 +17,7 @@
 pub mod generation;
 pub mod kernels;
 pub mod model;
+pub mod sys;
 pub mod text;
 
 pub use model::{forward, forward_batch, forward_batch_for, KvDtype, LogitRows, Model, RunState};
