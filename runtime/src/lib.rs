@@ -10,8 +10,9 @@
 
 //!
 //! The tree by concern: [`model`] (weights, forward pass, run state), [`kernels`]
-//! (matrix products and attention per instruction set), [`text`] (tokenizer and
-//! detokenizer), [`generation`] (sampling, the trace loop, generation). The `olmort`
+//! (matrix products and attention per instruction set), [`text`] (tokenizer,
+//! detokenizer, chat templates), [`generation`] (sampling, the trace loop, generation,
+//! chat sessions), [`sys`] (the libc calls: local time, Ctrl-C). The `olmort`
 //! binary (`main.rs`, `cli/`) is a thin layer over these.
 
 pub mod generation;
@@ -38,4 +39,7 @@ pub enum RunError {
     Usage(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The conversation could not become a prompt.
+    #[error("{0}")]
+    Chat(#[from] crate::text::chat_template::ChatError),
 }
