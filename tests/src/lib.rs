@@ -121,3 +121,9 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Packs the checkpoint folder `dir` into `out` with `olmoc pack`, which must succeed.
+pub fn pack(dir: &Path, out: &Path) {
+    let result = run("olmoc", &["pack", dir.to_str().unwrap(), out.to_str().unwrap()], &[]);
+    assert!(result.status.success(), "olmoc pack {}: {}", dir.display(), describe(&result));
+}

@@ -42,9 +42,7 @@ fn cases() -> Cases {
 
 fn pack(model: &str, scratch: &Scratch) -> std::path::PathBuf {
     let out = scratch.path(&format!("{model}.bin"));
-    let dir = fixtures().join("chat").join(model);
-    let o = run("olmoc", &["pack", dir.to_str().unwrap(), out.to_str().unwrap()], &[]);
-    assert!(o.status.success(), "{}", describe(&o));
+    olmo_e2e::pack(&fixtures().join("chat").join(model), &out);
     out
 }
 
@@ -125,8 +123,7 @@ fn inspect_shows_templates_special_tokens_and_eos_ids() {
 fn a_blob_without_a_template_says_so() {
     let scratch = Scratch::new("chat-none");
     let out = scratch.path("tiny.bin");
-    let o = run("olmoc", &["pack", fixtures().join("tiny").to_str().unwrap(), out.to_str().unwrap()], &[]);
-    assert!(o.status.success(), "{}", describe(&o));
+    olmo_e2e::pack(&fixtures().join("tiny"), &out);
     let map = open(&out);
     let blob = Blob::parse(map.bytes()).unwrap();
     let e = ChatTemplate::from_chat_info(blob.manifest.chat.as_ref(), None).unwrap_err().to_string();
