@@ -7,40 +7,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 
-use olmo_e2e::{bin, describe, fixtures, pack, run, Scratch};
+use olmo_e2e::{bin, chat_cases, describe, fixtures, pack, run, ChatCase, ChatCases, Scratch};
 use olmo_format::mapped::MappedFile;
 use olmo_format::Blob;
 use olmort::generation::sampling::SamplingParams;
 use olmort::generation::session::{ChatFormat, ChatOptions, ChatSession, Conversation, StopReason};
 use olmort::text::chat_template::Message;
 use olmort::{Model, RunState};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Cases {
-    conversations: std::collections::BTreeMap<String, Vec<Message>>,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    model: String,
-    template: String,
-    conversation: String,
-    tools: bool,
-    add_generation_prompt: bool,
-    text: Option<String>,
-    ids: Option<Vec<u32>>,
-    unsanitized_ids: Option<Vec<u32>>,
-}
-
-fn cases() -> Cases {
-    let text = std::fs::read_to_string(fixtures().join("chat/cases.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 /// transformers' rendering of a fixture conversation with the generation prompt.
-fn expected<'c>(cases: &'c Cases, model: &str, conversation: &str) -> &'c Case {
+fn expected<'c>(cases: &'c ChatCases<Message>, model: &str, conversation: &str) -> &'c ChatCase {
     cases
         .cases
         .iter()
@@ -101,7 +77,7 @@ fn trace_tokens(trace: &str) -> Vec<u32> {
 
 #[test]
 fn messages_run_in_every_format_with_the_rendered_prompt() {
-    let cases = cases();
+    let cases = chat_cases::<Message>();
     let scratch = Scratch::new("chat-messages");
     for (model, conversation) in [("chatml", "system_user"), ("olmo2", "multi_turn"), ("chatml", "lone_markers")] {
         let blob = pack_chat(model, &scratch);
@@ -170,7 +146,7 @@ fn generated(jsonl: &str) -> Vec<u32> {
 
 #[test]
 fn every_eos_id_stops_generation() {
-    let cases = cases();
+    let cases = chat_cases::<Message>();
     let scratch = Scratch::new("chat-eos");
     let file = write_messages(&scratch, "m.json", &cases.conversations["system_user"]);
     let blob = pack_chat("chatml", &scratch);

@@ -5,40 +5,12 @@
 
 use std::path::Path;
 
-use olmo_e2e::{describe, fixtures, run, Scratch};
+use olmo_e2e::{chat_cases, describe, fixtures, run, Scratch};
 use olmo_format::mapped::MappedFile;
 use olmo_format::Blob;
 use olmort::text::chat_template::{ChatTemplate, Message, Tools};
 use olmort::text::tokenizer::Tokenizer;
 use olmort::Model;
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Cases {
-    conversations: std::collections::BTreeMap<String, Vec<Message>>,
-    /// The tools as JSON text, keys in their order.
-    tools_json: String,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    model: String,
-    template: String,
-    conversation: String,
-    tools: bool,
-    add_generation_prompt: bool,
-    text: Option<String>,
-    ids: Option<Vec<u32>>,
-    unsanitized_ids: Option<Vec<u32>>,
-    error: Option<String>,
-}
-
-fn cases() -> Cases {
-    let path = fixtures().join("chat/cases.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn pack(model: &str, scratch: &Scratch) -> std::path::PathBuf {
     let out = scratch.path(&format!("{model}.bin"));
@@ -52,7 +24,7 @@ fn open(path: &Path) -> MappedFile {
 
 #[test]
 fn packed_templates_render_and_encode_as_transformers() {
-    let cases = cases();
+    let cases = chat_cases::<Message>();
     let tools = Tools::parse(&cases.tools_json).unwrap();
     let scratch = Scratch::new("chat-templates");
     let (mut rendered, mut refused, mut sanitized) = (0, 0, 0);

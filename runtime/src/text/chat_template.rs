@@ -337,46 +337,56 @@ fn json_separators(v: &Value) -> Result<Option<(String, String)>, Error> {
 /// tags as `{% with %}` / `{% endwith %}` (padded to the same length, so lines and
 /// columns in errors stay the template's): both render their body in a scope of its
 /// own. Tags are found as jinja2's lexer finds them: not inside comments, raw blocks or
-/// the string literals of other tags.
+/// the string literals of other tags. A tag left open ends the search (compiling the
+/// template then reports it).
 fn with_generation_blocks(source: &str) -> String {
-    let bytes = source.as_bytes();
     let mut out = String::with_capacity(source.len());
     let mut copied = 0;
     let mut i = 0;
     while let Some(open) = source[i..].find('{').map(|k| i + k) {
-        let rest = &bytes[open..];
-        if rest.starts_with(b"{#") {
-            i = source[open..].find("#}").map_or(source.len(), |k| open + k + 2);
-        } else if rest.starts_with(b"{{") {
-            i = skip_tag(source, open + 2, "}}");
-        } else if rest.starts_with(b"{%") {
-            let end = skip_tag(source, open + 2, "%}");
-            let inner = &source[open + 2..end.saturating_sub(2).max(open + 2)];
-            let word = inner.trim_start_matches(['-', '+']).trim();
-            let word = word.trim_end_matches(['-', '+']).trim_end();
-            let replacement = match word {
-                "generation" => Some("with      "),
-                "endgeneration" => Some("endwith      "),
-                _ => None,
-            };
-            if let Some(replacement) = replacement {
-                let at = open + 2 + inner.find(word).unwrap_or(0);
-                out.push_str(&source[copied..at]);
-                out.push_str(replacement);
-                copied = at + word.len();
-            }
-            i = if word == "raw" { end_of_raw(source, end) } else { end };
+        let rest = &source[open..];
+        let next = if rest.starts_with("{#") {
+            source[open..].find("#}").map(|k| open + k + 2)
+        } else if rest.starts_with("{{") {
+            tag_end(source, open + 2, "}}")
+        } else if rest.starts_with("{%") {
+            tag_end(source, open + 2, "%}").map(|end| {
+                // Between `{%` and `%}`: both ASCII, so these are char boundaries.
+                let inner = &source[open + 2..end - 2];
+                let word = inner.trim_start_matches(['-', '+']).trim_start();
+                let word = word.trim_end_matches(['-', '+']).trim_end();
+                let replacement = match word {
+                    "generation" => Some("with      "),
+                    "endgeneration" => Some("endwith      "),
+                    _ => None,
+                };
+                if let Some(replacement) = replacement {
+                    let at = open + 2 + inner.find(word).unwrap_or(0);
+                    out.push_str(&source[copied..at]);
+                    out.push_str(replacement);
+                    copied = at + word.len();
+                }
+                if word == "raw" {
+                    end_of_raw(source, end)
+                } else {
+                    end
+                }
+            })
         } else {
-            i = open + 1;
+            Some(open + 1)
+        };
+        match next {
+            Some(next) => i = next,
+            None => break,
         }
     }
     out.push_str(&source[copied..]);
     out
 }
 
-/// The index after `close`, skipping string literals on the way (the end of the source
-/// if it never closes).
-fn skip_tag(source: &str, from: usize, close: &str) -> usize {
+/// The index after the `close` that ends a tag whose contents start at `from`, string
+/// literals skipped; `None` if the tag never closes.
+fn tag_end(source: &str, from: usize, close: &str) -> Option<usize> {
     let bytes = source.as_bytes();
     let mut i = from;
     while i < bytes.len() {
@@ -388,20 +398,20 @@ fn skip_tag(source: &str, from: usize, close: &str) -> usize {
                 }
                 i += 1;
             }
-            _ if source[i..].starts_with(close) => return i + close.len(),
+            _ if bytes[i..].starts_with(close.as_bytes()) => return Some(i + close.len()),
             _ => i += 1,
         }
     }
-    source.len()
+    None
 }
 
-/// The index after the `{% endraw %}` that closes a raw block starting at `from`.
+/// The index after the `{% endraw %}` that closes a raw block whose body starts at
+/// `from` (the end of the source if none does).
 fn end_of_raw(source: &str, from: usize) -> usize {
     let mut i = from;
     while let Some(open) = source[i..].find("{%").map(|k| i + k) {
-        let end = skip_tag(source, open + 2, "%}");
-        let inner = source[open + 2..end.saturating_sub(2).max(open + 2)].trim_matches(['-', '+', ' ', '\t', '\n', '\r']);
-        if inner == "endraw" {
+        let Some(end) = tag_end(source, open + 2, "%}") else { break };
+        if source[open + 2..end - 2].trim_matches(['-', '+', ' ', '\t', '\n', '\r']) == "endraw" {
             return end;
         }
         i = end;
@@ -574,6 +584,17 @@ mod tests {
         let t = "{# {% generation %} #}{{ '{% generation %}' }}{% raw %}{% generation %}{% endraw %}";
         assert_eq!(render(t, &user("a"), false).unwrap(), "{% generation %}{% generation %}");
         assert_eq!(with_generation_blocks("{%- generation +%}x{% endgeneration -%}"), "{%- with       +%}x{% endwith       -%}");
+    }
+
+    #[test]
+    fn unclosed_tags_and_multibyte_text_are_left_to_the_compiler() {
+        for source in ["{% generation 東", "{{ '東", "{# 東", "{% raw %}東{% endraw", "東{", "{%東%}", "{{ \"\\東\" }}{% generation %}東"] {
+            let rewritten = with_generation_blocks(source);
+            assert_eq!(rewritten.len(), source.len(), "{source}");
+            let _ = ChatTemplate::new("t", source, &[]).map(|t| t.render(&[], None, false));
+        }
+        let e = ChatTemplate::new("t", "{% generation %}x", &[]).unwrap_err().to_string();
+        assert!(e.contains("line 1: syntax error"), "{e}");
     }
 
     #[test]
