@@ -113,6 +113,13 @@ const MARK_END: char = '\u{F0001}';
 /// The name the template is compiled under (error messages use the template's own name).
 const TEMPLATE: &str = "chat";
 
+/// What one rendering may spend: minijinja counts about one unit per instruction and
+/// one per 64 bytes it allocates, so a template from a blob cannot loop for long or
+/// exhaust memory (this bounds it to about 320 MB and well under a second). A real
+/// template spends a few dozen units per message and one per 64 bytes of its text:
+/// 2000 messages of 4000 characters fit (a test).
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
 /// A compiled chat template with the special-token strings it refers to.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -150,6 +157,7 @@ impl ChatTemplate {
         let syntax = SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().expect("default delimiters");
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_formatter(|out, _state, value| {
             let mut s = String::new();
             python_str(value, &mut s);
@@ -610,6 +618,34 @@ mod tests {
         let e = render("{{ messages | tojson(indent=[]) }}", &two, false).unwrap_err().to_string();
         assert!(e.contains("indent must be"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn long_conversations_render_within_the_fuel() {
+        // 2000 messages of 4000 characters (2 million tokens or so: beyond any context)
+        // through the ChatML fixture's template and its OLMo-2 one.
+        let messages: Vec<Message> = (0..2000)
+            .map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "word ".repeat(800)))
+            .collect();
+        for name in ["chatml.jinja", "olmo2.jinja"] {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/chat_templates/").to_string() + name;
+            let source = std::fs::read_to_string(&path).unwrap();
+            let text = render(&source, &messages, true).unwrap();
+            assert!(text.len() > 8_000_000, "{name}");
+        }
+    }
+
+    #[test]
+    fn runaway_templates_stop_with_an_error() {
+        for (t, why) in [
+            ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "fuel"),
+            ("{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "fuel"),
+            ("{{ 'x' * 10000000000 }}", "fuel"),
+            ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion"),
+        ] {
+            let e = render(t, &user("a"), false).unwrap_err().to_string();
+            assert!(e.contains(why), "{t}: {e}");
+        }
     }
 
     #[test]
