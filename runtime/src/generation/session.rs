@@ -118,19 +118,15 @@ impl Conversation {
             if tokens.len() <= limit {
                 return Ok(Fitted { tokens, dropped });
             }
+            // The oldest turn runs from the first message after the system messages to
+            // the next user message (so the last user message is never dropped).
             let first = self.system_len();
-            let last_user = self.messages.iter().rposition(|m| m.role == "user").unwrap_or(self.messages.len());
-            // The next turn starts at the first user message after `first`.
-            let next = self.messages[first + 1..]
-                .iter()
-                .position(|m| m.role == "user")
-                .map_or(self.messages.len(), |k| first + 1 + k);
-            if first >= last_user || next > last_user {
+            let Some(next) = (first + 1..self.messages.len()).find(|&i| self.messages[i].role == "user") else {
                 return Err(RunError::Usage(format!(
                     "the conversation needs {} positions, and the model's context of {context} keeps {room} free for the reply: shorten the message",
                     tokens.len()
                 )));
-            }
+            };
             self.messages.drain(first..next);
             dropped += next - first;
         }
@@ -440,6 +436,9 @@ mod tests {
         assert_eq!(c.messages().len(), 2);
         c.reset();
         assert_eq!(c.messages(), [Message::new("system", "sys")]);
+        // Nothing but system messages: nothing to drop.
+        assert!(c.fit(&format, 4, 1).is_err());
+        assert_eq!(c.fit(&format, 20, 10).unwrap().tokens.len(), 4);
     }
 
     #[test]
