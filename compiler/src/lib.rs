@@ -1,5 +1,6 @@
 //! olmoc: compiles an OLMo-2 checkpoint into one blob that `olmort` maps and runs as is.
 
+pub mod chat_config;
 pub mod checkpoint;
 pub mod convert;
 pub mod hf_config;

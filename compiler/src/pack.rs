@@ -1,6 +1,7 @@
 //! `olmoc pack`: a checkpoint folder (per-tensor `.npy` files or a Hugging Face
 //! safetensors snapshot, see [`crate::checkpoint`], with `config.json` and `vocab.txt` or
-//! `tokenizer.json`) into one blob. Every input is checked before the first byte is written; the blob is
+//! `tokenizer.json`, and for chat models the templates and eos ids of
+//! [`crate::chat_config`]) into one blob. Every input is checked before the first byte is written; the blob is
 //! written to a temporary file beside the output and renamed into place only when
 //! complete, so a failure or an interrupt never leaves a partial file or clobbers an
 //! existing one (see [`crate::output`]).
@@ -15,6 +16,7 @@ use olmo_format::{
     DType, LayerNames, ModelConfig, TensorRole, EMBED_TOKENS, LM_HEAD,
 };
 
+use crate::chat_config::{read_chat_info, read_generation_eos};
 use crate::convert::{write_f32s, write_matrix};
 use crate::checkpoint::{Checkpoint, Tensor};
 use crate::hf_config::read_config_json;
@@ -196,14 +198,23 @@ pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary
     let start = Instant::now();
     let ckpt = Checkpoint::scan(dir)?;
     let config_path = dir.join("config.json");
-    let (config, tied) = if config_path.exists() {
+    let (mut config, tied) = if config_path.exists() {
         let loaded = read_config_json(&config_path)?;
         (loaded.config, loaded.tie_word_embeddings)
     } else {
         (ckpt.infer_config()?, false)
     };
+    // generation_config.json's eos ids are the ones generation stops at (chat models
+    // list their end-of-turn token there).
+    if let Some(ids) = read_generation_eos(dir)? {
+        config.eos_token_ids = ids;
+        config.validate().map_err(|e| {
+            PackError::Input(format!("{}: {e}", dir.join("generation_config.json").display()))
+        })?;
+    }
     let sources = plan_sources(&ckpt, &config, tied, options)?;
     let vocab = read_vocab(dir, &config)?;
+    let chat = read_chat_info(dir)?;
 
     let mut specs: Vec<TensorSpec> = sources.iter().map(|s| s.spec.clone()).collect();
     let packed_vocab = vocab.as_ref().map(|v| v.to_packed());
@@ -212,7 +223,8 @@ pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary
     }
     let producer = format!("olmoc {}", env!("CARGO_PKG_VERSION"));
     let plan = BlobPlan::new(&producer, config.clone(), vocab.as_ref().map(Vocab::info), &specs)
-        .map_err(PackError::Format)?;
+        .map_err(PackError::Format)?
+        .with_chat(chat);
     let total_bytes = plan.data_offset + plan.data_len;
 
     let mut output = Output::create(out)?;

@@ -7,18 +7,19 @@
 //! let mut state = RunState::new(&model, steps)?; // every buffer and the KV cache, once
 //! forward(&model, &mut state, token, pos);
 //! ```
-
 //!
 //! The tree by concern: [`model`] (weights, forward pass, run state), [`kernels`]
-//! (matrix products and attention per instruction set), [`text`] (tokenizer and
-//! detokenizer), [`generation`] (sampling, the trace loop, generation), [`eval`]
-//! (perplexity and the drift from a base model). The `olmort`
-//! binary (`main.rs`, `cli/`) is a thin layer over these.
+//! (matrix products and attention per instruction set), [`text`] (tokenizer,
+//! detokenizer, chat templates), [`generation`] (sampling, the trace loop, generation,
+//! chat sessions), [`eval`] (perplexity and the drift from a base model), [`sys`] (the
+//! libc calls: local time, Ctrl-C). The `olmort` binary (`main.rs`, `cli/`) is a thin
+//! layer over these.
 
 pub mod eval;
 pub mod generation;
 pub mod kernels;
 pub mod model;
+pub mod sys;
 pub mod text;
 
 pub use model::{forward, forward_batch, forward_batch_for, KvDtype, LogitRows, Model, RunState};
@@ -39,4 +40,7 @@ pub enum RunError {
     Usage(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The conversation could not become a prompt.
+    #[error("{0}")]
+    Chat(#[from] crate::text::chat_template::ChatError),
 }

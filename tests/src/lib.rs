@@ -121,3 +121,40 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Packs the checkpoint folder `dir` into `out` with `olmoc pack`, which must succeed.
+pub fn pack(dir: &Path, out: &Path) {
+    let result = run("olmoc", &["pack", dir.to_str().unwrap(), out.to_str().unwrap()], &[]);
+    assert!(result.status.success(), "olmoc pack {}: {}", dir.display(), describe(&result));
+}
+
+/// `tests/fixtures/chat/cases.json` (made by `tools/make_chat_fixture.py`), with the
+/// conversations' messages as `M`.
+#[derive(Debug, Deserialize)]
+pub struct ChatCases<M> {
+    pub conversations: std::collections::BTreeMap<String, Vec<M>>,
+    /// The tools as JSON text, keys in their order.
+    pub tools_json: String,
+    pub cases: Vec<ChatCase>,
+}
+
+/// One rendering by transformers: a text with its ids, or a template error.
+#[derive(Debug, Deserialize)]
+pub struct ChatCase {
+    pub model: String,
+    pub template: String,
+    pub conversation: String,
+    pub tools: bool,
+    pub add_generation_prompt: bool,
+    pub text: Option<String>,
+    /// `apply_chat_template(..., sanitize_control_tokens=True)`.
+    pub ids: Option<Vec<u32>>,
+    pub unsanitized_ids: Option<Vec<u32>>,
+    pub error: Option<String>,
+}
+
+pub fn chat_cases<M: serde::de::DeserializeOwned>() -> ChatCases<M> {
+    let path = fixtures().join("chat/cases.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

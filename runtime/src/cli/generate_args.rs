@@ -1,14 +1,17 @@
 //! olmort's prompt and generation options: text prompts through the built-in tokenizer,
-//! output formats, limits and sampling.
+//! conversations through the model's chat template, output formats, limits and sampling.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use olmo_format::ChatInfo;
 use olmort::generation::generate::{Format, GenerateOptions};
 use olmort::generation::sampling::SamplingParams;
-use olmort::text::tokenizer::Tokenizer;
+use olmort::generation::session::ChatFormat;
 use olmort::generation::trace::parse_tokens;
+use olmort::text::chat_template::parse_messages;
+use olmort::text::tokenizer::Tokenizer;
 use olmort::Model;
 
 #[derive(clap::Args, Debug)]
@@ -22,6 +25,14 @@ pub struct GenerateArgs {
     /// Recognise special-token spellings such as <|endoftext|> in the prompt text.
     #[arg(long)]
     pub special: bool,
+    /// A conversation as an OpenAI-style JSON list of {"role", "content"} messages
+    /// (`-`: standard input), rendered with the model's chat template and its
+    /// generation prompt.
+    #[arg(long, value_name = "FILE.json")]
+    pub messages: Option<PathBuf>,
+    /// Which of the model's chat templates renders --messages (default: "default").
+    #[arg(long, value_name = "NAME")]
+    pub chat_template: Option<String>,
     /// Output: the seed's trace lines, running text, or one JSON object per position.
     #[arg(long, value_enum, default_value = "trace")]
     pub format: Format,
@@ -32,6 +43,13 @@ pub struct GenerateArgs {
     /// Do not stop at the model's end-of-sequence token (text and jsonl formats).
     #[arg(long)]
     pub ignore_eos: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// How new tokens are chosen (`olmort` and `olmort chat`).
+#[derive(clap::Args, Debug)]
+pub struct SamplingArgs {
     /// Sampling temperature; 0 (the default) is greedy.
     #[arg(long, default_value_t = 0.0, value_name = "T")]
     pub temperature: f32,
@@ -46,19 +64,9 @@ pub struct GenerateArgs {
     pub seed: Option<u64>,
 }
 
-impl GenerateArgs {
-    fn has_text_prompt(&self) -> bool {
-        self.prompt.is_some() || self.prompt_file.is_some()
-    }
-
-    /// Whether the request is the seed's loop exactly: greedy trace lines, `--steps`
-    /// positions, nothing else.
-    pub fn is_seed_trace(&self) -> bool {
-        self.format == Format::Trace && self.temperature == 0.0 && self.max_tokens.is_none()
-    }
-
-    /// The checked options; the seed is drawn here when sampling without one.
-    pub fn options(&self, steps: Option<usize>) -> Result<GenerateOptions, String> {
+impl SamplingArgs {
+    /// The checked parameters; the seed is drawn here when sampling without one.
+    pub fn params(&self) -> Result<SamplingParams, String> {
         let seed = match self.seed {
             Some(seed) => seed,
             None if self.temperature > 0.0 => {
@@ -78,36 +86,65 @@ impl GenerateArgs {
             seed,
         };
         sampling.validate()?;
+        Ok(sampling)
+    }
+}
+
+impl GenerateArgs {
+    fn has_text_prompt(&self) -> bool {
+        self.prompt.is_some() || self.prompt_file.is_some()
+    }
+
+    /// Whether the request is the seed's loop exactly: greedy trace lines, `--steps`
+    /// positions, nothing else.
+    pub fn is_seed_trace(&self) -> bool {
+        self.format == Format::Trace && self.sampling.temperature == 0.0 && self.max_tokens.is_none()
+    }
+
+    /// The checked options; the seed is drawn here when sampling without one.
+    pub fn options(&self, steps: Option<usize>) -> Result<GenerateOptions, String> {
         Ok(GenerateOptions {
             format: self.format,
             steps,
             max_tokens: self.max_tokens,
             ignore_eos: self.ignore_eos,
-            sampling,
+            sampling: self.sampling.params()?,
         })
     }
 
     /// The prompt's token ids: from `tokens` (a file of u32 ids, `-` or absent: standard
-    /// input) or from the text of `--prompt` / `--prompt-file`.
+    /// input), from the text of `--prompt` / `--prompt-file`, or from the conversation of
+    /// `--messages` rendered with the blob's chat template (`chat`).
     pub fn read_prompt(
         &self,
         model: &Model,
+        chat: Option<&ChatInfo>,
         model_path: &Path,
         tokens: Option<&PathBuf>,
     ) -> Result<Vec<u32>, String> {
-        let given = [tokens.is_some(), self.prompt.is_some(), self.prompt_file.is_some()];
+        let given = [tokens.is_some(), self.prompt.is_some(), self.prompt_file.is_some(), self.messages.is_some()];
         if given.iter().filter(|&&g| g).count() > 1 {
-            return Err("give the prompt once: TOKENS.bin, --prompt or --prompt-file".into());
+            return Err("give the prompt once: TOKENS.bin, --prompt, --prompt-file or --messages".into());
         }
         if self.special && !self.has_text_prompt() {
             return Err("--special applies to a text prompt (--prompt or --prompt-file)".into());
+        }
+        if self.chat_template.is_some() && self.messages.is_none() {
+            return Err("--chat-template applies to --messages".into());
+        }
+        if let Some(path) = &self.messages {
+            let (name, text) = read_text_file(path)?;
+            let where_ = |e: &dyn std::fmt::Display| format!("{}: {e}", model_path.display());
+            let format = ChatFormat::for_model(model, chat, self.chat_template.as_deref()).map_err(|e| where_(&e))?;
+            let messages = parse_messages(&text).map_err(|e| format!("{name}: {e}"))?;
+            return format.prompt(&messages).map_err(|e| e.to_string());
         }
         if !self.has_text_prompt() {
             return read_token_file(tokens);
         }
         let text = match (&self.prompt, &self.prompt_file) {
             (Some(text), _) => text.clone(),
-            (None, Some(path)) => read_text_file(path)?,
+            (None, Some(path)) => read_text_file(path)?.1,
             (None, None) => unreachable!("has_text_prompt"),
         };
         let vocab = model.vocab.ok_or_else(|| {
@@ -140,7 +177,8 @@ fn read_token_file(path: Option<&PathBuf>) -> Result<Vec<u32>, String> {
     parse_tokens(&bytes).map_err(|e| format!("{name}: {e}"))
 }
 
-pub fn read_text_file(path: &Path) -> Result<String, String> {
+/// A UTF-8 file (`-`: standard input) and the name to report it by.
+pub fn read_text_file(path: &Path) -> Result<(String, String), String> {
     let mut bytes = Vec::new();
     let name = if path.as_os_str() == "-" {
         io::stdin()
@@ -153,12 +191,13 @@ pub fn read_text_file(path: &Path) -> Result<String, String> {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         path.display().to_string()
     };
-    String::from_utf8(bytes).map_err(|e| {
+    let text = String::from_utf8(bytes).map_err(|e| {
         format!(
             "{name}: not UTF-8 text (invalid byte at offset {})",
             e.utf8_error().valid_up_to()
         )
-    })
+    })?;
+    Ok((name, text))
 }
 
 /// Ends running text with a line break when a person is watching, so the shell's prompt

@@ -1,6 +1,7 @@
 //! The `olmort` command line: a thin layer over the library that parses arguments,
 //! reads prompts and reports errors as one line. One file per command.
 
+pub mod chat;
 pub mod generate_args;
 pub mod load;
 pub mod perplexity;

@@ -77,7 +77,7 @@ fn run(cli: Cli) -> Result<(), String> {
         _ => None,
     };
 
-    let text = super::generate_args::read_text_file(&cli.text)?;
+    let (_, text) = super::generate_args::read_text_file(&cli.text)?;
     let vocab = model.vocab.ok_or_else(|| {
         format!("{}: no vocabulary in this model to encode the text with", cli.model.display())
     })?;

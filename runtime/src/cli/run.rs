@@ -78,7 +78,7 @@ fn run(cli: Cli) -> Result<(), String> {
         return Ok(());
     }
     super::load::start(&map, &blob, cli.load).map_err(|e| format!("--load: {e}"))?;
-    let prompt = cli.generation.read_prompt(&model, &cli.model, cli.tokens.as_ref())?;
+    let prompt = cli.generation.read_prompt(&model, blob.manifest.chat.as_ref(), &cli.model, cli.tokens.as_ref())?;
     let seed_trace = cli.generation.is_seed_trace();
     let options = cli.generation.options(cli.steps)?;
     let generation_plan = if seed_trace {

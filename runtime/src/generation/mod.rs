@@ -1,6 +1,8 @@
 //! From a prompt to new tokens: choosing each token ([`sampling`]), the seed's trace
-//! loop ([`trace`]) and generation in text, JSON or trace form ([`generate`]).
+//! loop ([`trace`]), generation in text, JSON or trace form ([`generate`]), and
+//! multi-turn chat on a kept KV cache ([`session`]).
 
 pub mod generate;
 pub mod sampling;
+pub mod session;
 pub mod trace;

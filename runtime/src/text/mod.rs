@@ -1,6 +1,10 @@
 //! Text in and out: the tokenizer (`pretokenize` splits, `tokenizer` merges bytes into
-//! ids) and the detokenizer (token bytes as escaped one-line text or a UTF-8 stream).
+//! ids), the detokenizer (token bytes as escaped one-line text or a UTF-8 stream), and
+//! chat templates (`chat_template`: a conversation rendered and encoded as transformers
+//! does; `python_values`: values written as Python writes them).
 
+pub mod chat_template;
 pub mod detokenize;
 pub mod pretokenize;
+pub mod python_values;
 pub mod tokenizer;

@@ -81,6 +81,11 @@ impl<'a> Tokenizer<'a> {
         self.specials.iter().find(|s| s.0 == spelling).map(|s| s.1)
     }
 
+    /// The spellings of the special tokens, longest first.
+    pub fn special_spellings(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.specials.iter().map(|s| s.0)
+    }
+
     /// Encodes `text`. With `allow_special`, special-token spellings in the text become
     /// their ids; otherwise they are ordinary text.
     pub fn encode(&self, text: &str, allow_special: bool) -> Result<Vec<u32>, RunError> {
