@@ -197,6 +197,13 @@ fn reduced_dtypes_track_f32() {
     }
 }
 
+/// q8_0 re-quantises every matrix's input to int8: where two code paths' float rounding
+/// differs by an ulp (kernel sets; the batch GEMM against the one-token matvec), a value
+/// on a rounding edge moves by a whole step. On `wide` that moves the logits by 0.101 (a
+/// quarter of q8_0's own error against f32 there, 0.379) between kernel sets, and under
+/// AVX2 between a batch and one token at a time; the float types stay at 1e-5.
+const Q8_0_PATHS: f32 = 0.15;
+
 #[test]
 fn batched_prompt_matches_one_token_at_a_time() {
     for name in FIXTURES {
@@ -211,7 +218,8 @@ fn batched_prompt_matches_one_token_at_a_time() {
                         with_kernels(k, || forced_logits(&blob.0, &r.input_tokens, Some(batch), Some(KvDtype::F32)));
                     let diff = max_abs_diff(&batched, &single);
                     eprintln!("{name} {dtype} {k:?} batch {batch}: max |batched - single| = {diff:.2e}");
-                    assert!(diff <= 1e-4, "{name} {dtype} {k:?} batch {batch}: {diff}");
+                    let bound = if dtype == DType::Q8_0 { Q8_0_PATHS } else { 1e-4 };
+                    assert!(diff <= bound, "{name} {dtype} {k:?} batch {batch}: {diff}");
                     let top5 = |l: &[f32]| -> Vec<[u32; 5]> {
                         l.chunks_exact(r.vocab).map(|row| top_k::<5>(row).map(|p| p.0)).collect()
                     };
@@ -265,11 +273,7 @@ fn kernel_sets_agree_for_every_dtype() {
             let blob = Packed::new(name, dtype);
             let run = |k| with_kernels(k, || trace_logits(&blob.0, &r.prompt, r.input_tokens.len(), Some(KvDtype::F32)));
             let portable = run(Kernels::Portable);
-            // q8_0 re-quantises every matrix's input to int8: where the kernel sets'
-            // float rounding differs by an ulp, a value on a rounding edge moves by a
-            // whole step. On `wide` that moves the logits by 0.101, a quarter of
-            // q8_0's own error against f32 there (0.379); the float types stay at 1e-5.
-            let bound = if dtype == DType::Q8_0 { 0.15 } else { 1e-4 };
+            let bound = if dtype == DType::Q8_0 { Q8_0_PATHS } else { 1e-4 };
             for k in available_kernels().into_iter().filter(|&k| k != Kernels::Portable) {
                 let diff = max_abs_diff(&portable, &run(k));
                 eprintln!("{name} {dtype}: max |portable - {k:?}| = {diff:.2e}");
