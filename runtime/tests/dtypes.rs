@@ -16,7 +16,7 @@ use olmort::model::ops::top_k;
 use olmort::generation::trace::{run_trace, LogitsSink};
 use olmort::{forward, forward_batch, forward_batch_for, KvDtype, LogitRows, Model, RunState};
 
-const FIXTURES: [&str; 3] = ["gqa", "tiny", "wide"];
+const FIXTURES: [&str; 6] = ["gqa", "tiny", "wide", "olmo2-odd", "olmo3-window", "olmo3-yarn"];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
@@ -158,20 +158,45 @@ fn f32_matches_the_reference_with_every_kernel_set() {
     }
 }
 
-/// Measured on the fixtures (worst over the three fixtures and every kernel set),
+/// Prompt batches of every size around the window (3 in `olmo3-window`, 5 in
+/// `olmo3-yarn`), which file a batch's keys into a ring of exactly the window while its
+/// earlier queries still read the rows they replace, teacher-forced on the reference's
+/// tokens: the logits of transformers' one-token decode within 1e-4, the same argmax.
+#[test]
+fn prompt_batches_across_the_window_match_the_reference() {
+    for (name, window) in [("olmo3-window", 3), ("olmo3-yarn", 5)] {
+        let r = reference(name);
+        let blob = Packed::new(name, DType::F32);
+        let mut sizes = vec![2, window - 1, window, window + 1, 2 * window + 1, r.input_tokens.len()];
+        sizes.dedup();
+        let batches = std::iter::once(None).chain(sizes.into_iter().map(Some));
+        for k in available_kernels() {
+            for batch in batches.clone() {
+                let got = with_kernels(k, || forced_logits(&blob.0, &r.input_tokens, batch, None));
+                let diff = max_abs_diff(&got, &r.logits);
+                eprintln!("{name} {k:?} batch {batch:?}: max |logit - reference| = {diff:.2e}");
+                assert!(diff <= 1e-4, "{name} {k:?} batch {batch:?}: {diff}");
+                assert_eq!(argmaxes(&got, r.vocab), argmaxes(&r.logits, r.vocab), "{name} {k:?} batch {batch:?}");
+            }
+        }
+    }
+}
+
+/// Measured on the fixtures (worst over the six fixtures and every kernel set),
 /// teacher-forced on the reference's tokens, each dtype with its default KV cache (f16)
 /// against f32 weights and an f32 cache; the fixtures' logits have a spread of about 3
 /// (std) over -17..17:
 ///
 /// | dtype | max logit error | top-1 agreement |
-/// | bf16  | 0.182 (gqa)     | 100% |
+/// | bf16  | 0.29 (olmo3-window; 0.182 gqa, 0.152 olmo2-odd) | 97.6% (olmo2-odd: 41 of 42 steps), 100% elsewhere |
 /// | f16   | 0.021 (gqa; 0.0085 on tiny, whose weights are f16 already: the cache's part) | 100% |
-/// | q8_0  | 0.613 (gqa)     | 93.8% (wide: 15 of 16 steps), 95% (tiny), 95.8% (gqa) |
+/// | q8_0  | 1.03 (olmo3-window; 0.613 gqa) | 93.8% (wide: 15 of 16 steps), 95-95.8% (tiny, olmo2-odd, gqa, olmo3-yarn) |
 ///
-/// q8_0 also rounds the activations to int8 per block of 32, as llama.cpp does. The
-/// bounds sit a little above.
+/// q8_0 also rounds the activations to int8 per block of 32, as llama.cpp does. A
+/// window of 3 averages the values of 3 positions, not of up to 44, so less of the
+/// weights' rounding cancels in `olmo3-window`. The bounds sit a little above.
 const REDUCED: [(DType, f32, f64); 3] =
-    [(DType::BF16, 0.25, 1.0), (DType::F16, 0.03, 1.0), (DType::Q8_0, 1.0, 0.9)];
+    [(DType::BF16, 0.35, 0.95), (DType::F16, 0.03, 1.0), (DType::Q8_0, 1.25, 0.9)];
 
 #[test]
 fn reduced_dtypes_track_f32() {
@@ -283,20 +308,20 @@ fn kernel_sets_agree_for_every_dtype() {
     }
 }
 
-/// An f16 KV cache against an f32 one, measured on the fixtures (worst over the three
+/// An f16 KV cache against an f32 one, measured on the fixtures (worst over the six
 /// and every kernel set), teacher-forced as in `reduced_dtypes_track_f32`:
 ///
 /// | weights | max logit error | top-1 agreement | batched - single, kernel sets |
-/// | f32, bf16, f16 | 0.0098 (tiny bf16) | 100% | 1.35e-3 (gqa f16) |
-/// | q8_0 | 0.225 (tiny) | 93.8% (wide: 15 of 16) | 0.111 (wide) |
+/// | f32, bf16, f16 | 0.0105 (olmo2-odd) | 97.7% (olmo3-yarn bf16: 43 of 44), 100% elsewhere | 2.07e-3 (olmo3-yarn f32 and f16) |
+/// | q8_0 | 0.321 (olmo3-window; 0.225 tiny) | 93.8% (wide: 15 of 16) | 0.175 (olmo3-yarn) |
 ///
 /// Beside the weights' own error (f16 0.019, bf16 0.185, q8_0 0.824) the cache adds
 /// about half of f16's and little to the others'. Between code paths, a value an ulp
 /// apart upstream can round to neighbouring f16 values (a step of 2^-11 relative), and
 /// q8_0 re-quantises what follows: hence the looser agreement bounds. The bounds sit a
 /// little above the measurements.
-const F16_CACHE_FLOAT: (f32, f64, f32) = (0.015, 1.0, 2e-3);
-const F16_CACHE_Q8_0: (f32, f64, f32) = (0.3, 0.9, 0.15);
+const F16_CACHE_FLOAT: (f32, f64, f32) = (0.015, 0.95, 3e-3);
+const F16_CACHE_Q8_0: (f32, f64, f32) = (0.4, 0.9, 0.2);
 
 #[test]
 fn f16_kv_cache_tracks_the_f32_cache() {
