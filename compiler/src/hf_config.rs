@@ -187,7 +187,7 @@ fn architecture(hf: &HfConfig) -> Result<&'static str, String> {
 fn layer_types(raw: &Map<String, Value>, layers: u32) -> Result<Vec<AttentionType>, String> {
     let list = match raw.get("layer_types") {
         None | Some(Value::Null) => {
-            let kind = |i: u32| if (i + 1) % 4 == 0 { AttentionType::Full } else { AttentionType::Sliding };
+            let kind = |i: u32| if (i + 1).is_multiple_of(4) { AttentionType::Full } else { AttentionType::Sliding };
             return Ok((0..layers).map(kind).collect());
         }
         Some(Value::Array(list)) => list,
