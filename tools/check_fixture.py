@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Check that a weights folder written by make_fixture.py reproduces its reference.
 
-Loads config.json and every .npy into transformers' Olmo2ForCausalLM (f32),
-re-runs the reference decode on prompt.tokens.bin and compares the logits with
-reference_logits.npy and the tokens with reference.json. With `--safetensors
+Loads config.json and every .npy into transformers' Olmo2ForCausalLM or
+Olmo3ForCausalLM (f32, by the config's model_type), re-runs the reference
+decode on prompt.tokens.bin and compares the logits with reference_logits.npy
+and the tokens with reference.json, and the same tokens in one uncached call
+with the decode. With `--safetensors
 DIR` it also checks that DIR (a save_pretrained snapshot) holds the same
 numbers as the .npy files and decodes to the same logits.
 
@@ -20,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Olmo2Config, Olmo2ForCausalLM
+from transformers import AutoConfig
 
-from make_fixture import greedy_reference, read_tokens, summarize_reference
+from make_fixture import greedy_reference, model_class, read_tokens, summarize_reference, uncached_logits
 
 
 def load_npy_model(weights_dir):
-    config = Olmo2Config.from_json_file(weights_dir / "config.json")
-    model = Olmo2ForCausalLM(config).eval()
+    config = AutoConfig.from_pretrained(weights_dir)
+    model = model_class(config)(config).eval()
     expected = {name for name, _ in model.named_parameters()}
     present = {path.name[:-len(".npy")] for path in weights_dir.glob("*.npy")} - {"reference_logits"}
     problems = []
@@ -53,10 +55,14 @@ def compare_decode(label, model, prompt, reference, reference_logits, tolerance)
     input_tokens, logits = greedy_reference(model, prompt, reference["steps"])
     summary = summarize_reference(input_tokens, logits, len(prompt))
     max_diff = float(np.abs(logits - reference_logits).max())
-    print(f"{label}: max |logit difference| {max_diff:.3g}, min_top1_gap {summary['min_top1_gap']:.6f}")
+    whole = float(np.abs(uncached_logits(model, input_tokens) - logits).max())
+    print(f"{label}: max |logit difference| {max_diff:.3g}, uncached against cached {whole:.3g}, "
+          f"min_top1_gap {summary['min_top1_gap']:.6f}")
     problems = []
     if max_diff > tolerance:
         problems.append(f"{label}: logits differ by {max_diff} (tolerance {tolerance})")
+    if whole > tolerance:
+        problems.append(f"{label}: one uncached call differs from the decode by {whole}")
     for key in ["input_tokens", "argmax", "top5"]:
         if summary[key] != reference[key]:
             problems.append(f"{label}: {key} differs from reference.json")
@@ -64,7 +70,7 @@ def compare_decode(label, model, prompt, reference, reference_logits, tolerance)
 
 
 def check_safetensors(snapshot_dir, npy_model):
-    snapshot = Olmo2ForCausalLM.from_pretrained(snapshot_dir, dtype=torch.float32).eval()
+    snapshot = model_class(npy_model.config).from_pretrained(snapshot_dir, dtype=torch.float32).eval()
     problems = []
     npy_state = npy_model.state_dict()
     for name, tensor in snapshot.state_dict().items():

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Convert a Hugging Face OLMo-2 checkpoint into a folder of .npy files.
+"""Convert a Hugging Face OLMo-2 or OLMo-3 checkpoint into a folder of .npy files.
 
 Writes one C-order .npy per state_dict tensor, named after its key
 (`model.embed_tokens.weight.npy`, ...), plus the checkpoint's config.json
-copied verbatim. Tensors are read one at a time from the checkpoint files, so
+(and generation_config.json, where it has one) copied verbatim. Tensors are read one at a time from the checkpoint files, so
 memory stays near the size of the largest tensor. A checkpoint that ties its
 word embeddings gets an `lm_head.weight.npy` equal to the embedding.
 
@@ -12,6 +12,7 @@ pytorch_model*.bin) or a hub id, which needs network access to download.
 Needs torch, transformers and numpy (safetensors for .safetensors files).
 
     python3 tools/hf_to_npy.py allenai/OLMo-2-0425-1B weights/olmo2-1b --dtype f16
+    python3 tools/hf_to_npy.py allenai/Olmo-3-1025-7B weights/olmo3-7b --dtype f16
 """
 
 import argparse
@@ -22,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, Olmo2ForCausalLM
+from transformers import AutoConfig, Olmo2ForCausalLM, Olmo3ForCausalLM
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16}
+MODELS = {"olmo2": Olmo2ForCausalLM, "olmo3": Olmo3ForCausalLM}
 
 
 def resolve_snapshot(model_id_or_path):
@@ -76,16 +78,17 @@ def save_npy(out_dir, name, tensor, dtype):
 def convert(model_id_or_path, out_dir, dtype):
     snapshot = resolve_snapshot(model_id_or_path)
     config = AutoConfig.from_pretrained(snapshot)
-    if config.model_type != "olmo2":
-        raise ValueError(f"{model_id_or_path} is a {config.model_type!r} model, not olmo2")
+    if config.model_type not in MODELS:
+        raise ValueError(f"{model_id_or_path} is a {config.model_type!r} model, not olmo2 or olmo3")
+    model_class = MODELS[config.model_type]
     with torch.device("meta"):
-        expected = list(Olmo2ForCausalLM(config).state_dict())
+        expected = list(model_class(config).state_dict())
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = set()
     for key, tensor in iter_tensors(checkpoint_files(snapshot)):
         if key not in expected:
-            print(f"skipping {key}: not a parameter of Olmo2ForCausalLM", file=sys.stderr)
+            print(f"skipping {key}: not a parameter of {model_class.__name__}", file=sys.stderr)
             continue
         save_npy(out_dir, key, tensor, dtype)
         written.add(key)
@@ -99,7 +102,9 @@ def convert(model_id_or_path, out_dir, dtype):
     missing = [name for name in expected if name not in written]
     if missing:
         raise ValueError(f"checkpoint lacks {missing}")
-    shutil.copyfile(snapshot / "config.json", out_dir / "config.json")
+    for name in ["config.json", "generation_config.json"]:
+        if (snapshot / name).exists():
+            shutil.copyfile(snapshot / name, out_dir / name)
 
 
 def main(argv=None):

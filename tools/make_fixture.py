@@ -1,25 +1,32 @@
 #!/usr/bin/env python3
-"""Write a random-initialised OLMo-2 weights folder, optionally with reference logits.
+"""Write a random-initialised OLMo-2 or OLMo-3 weights folder, optionally with reference logits.
 
 The folder holds one C-order .npy per parameter, named after its Hugging Face
 state_dict key (`model.embed_tokens.weight.npy`, ...), and the `config.json`
-that transformers writes for the model. Unless `--no-reference` is given, it
-also holds the prompt (`prompt.tokens.bin`, little-endian u32), the logits of
-every decoding step (`reference_logits.npy`, float32 [steps, vocab]) and
-`reference.json`; these come from transformers' own Olmo2ForCausalLM in f32,
-fed one token at a time through its KV cache with greedy continuation after
-the prompt.
+that transformers writes for the model (`--legacy-rope`: in the hub's older
+spelling, top-level `rope_theta` and `rope_scaling`). Unless `--no-reference`
+is given, it also holds the prompt (`prompt.tokens.bin`, little-endian u32),
+the logits of every decoding step (`reference_logits.npy`, float32 [steps,
+vocab]) and `reference.json`; these come from transformers' own
+Olmo2ForCausalLM / Olmo3ForCausalLM in f32, built from the config.json just
+written (so the reference is what transformers makes of that file), fed one
+token at a time through its KV cache with greedy continuation after the
+prompt. The same tokens through the model in one call, without a cache, must
+give the same logits (checked; the sliding-window mask against the cache).
 
 Needs torch, transformers and numpy (safetensors for `--safetensors`); no
 network. Re-running with the same arguments writes the same files.
 
     python3 tools/make_fixture.py --shape gqa --prompt-ids 5,17,300 --steps 12 /tmp/gqa
     python3 tools/make_fixture.py --shape 1b --no-reference bench-data/1b
+    python3 tools/make_fixture.py --arch olmo3 --shape gqa --sliding-window 3 \
+        --yarn '{"factor": 4, "original_max_position_embeddings": 16}' --prompt-ids 5,17 --steps 40 /tmp/o3
 
 tests/fixtures/README.md lists the commands that made the committed fixtures.
 """
 
 import argparse
+import inspect
 import json
 import math
 import shutil
@@ -28,7 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Olmo2Config, Olmo2ForCausalLM
+from transformers import Olmo2Config, Olmo2ForCausalLM, Olmo3Config, Olmo3ForCausalLM
+
+ARCHS = {"olmo2": (Olmo2Config, Olmo2ForCausalLM), "olmo3": (Olmo3Config, Olmo3ForCausalLM)}
+LAYER_TYPES = {"sliding": "sliding_attention", "full": "full_attention"}
 
 # Token ids of the dolma2 tokenizer that OLMo-2 uses.
 DOLMA2_EOS = 100257
@@ -54,14 +64,37 @@ SHAPE_FIELDS = ["vocab", "hidden", "layers", "heads", "kv_heads", "intermediate"
                 "max_pos", "rope_theta"]
 
 
-def make_config(shape, rms_norm_eps=1e-6, eos_token_id=None, pad_token_id=None):
-    """Olmo2Config for a dict with the keys of SHAPES."""
+def make_config(shape, rms_norm_eps=1e-6, eos_token_id=None, pad_token_id=None, arch="olmo2",
+                head_dim=None, olmo3=None):
+    """Olmo2Config or Olmo3Config for a dict with the keys of SHAPES.
+
+    `olmo3` (OLMo-3 only) holds `sliding_window`, `layer_types` (None: the
+    config's default), `sliding_rope_theta` (None: rope_theta) and `yarn` (None,
+    or the YaRN keys of the full-attention layers).
+    """
     vocab = shape["vocab"]
     if eos_token_id is None:
         eos_token_id = DOLMA2_EOS if vocab > DOLMA2_PAD else vocab - 1
     if pad_token_id is None:
         pad_token_id = DOLMA2_PAD if vocab > DOLMA2_PAD else vocab - 2
-    return Olmo2Config(
+    theta = float(shape["rope_theta"])
+    extra = {} if head_dim is None else {"head_dim": head_dim}
+    if arch == "olmo3":
+        olmo3 = olmo3 or {}
+        full = {"rope_type": "default", "rope_theta": theta}
+        if olmo3.get("yarn"):
+            full = {**olmo3["yarn"], "rope_type": "yarn", "rope_theta": theta}
+        sliding_theta = olmo3.get("sliding_rope_theta") or theta
+        extra.update(
+            sliding_window=olmo3.get("sliding_window", 4096),
+            layer_types=olmo3.get("layer_types"),
+            rope_parameters={"full_attention": full,
+                             "sliding_attention": {"rope_type": "default", "rope_theta": sliding_theta}},
+        )
+    else:
+        extra["rope_theta"] = theta
+    config_class, _ = ARCHS[arch]
+    return config_class(
         vocab_size=vocab,
         hidden_size=shape["hidden"],
         num_hidden_layers=shape["layers"],
@@ -69,19 +102,23 @@ def make_config(shape, rms_norm_eps=1e-6, eos_token_id=None, pad_token_id=None):
         num_key_value_heads=shape["kv_heads"],
         intermediate_size=shape["intermediate"],
         max_position_embeddings=shape["max_pos"],
-        rope_theta=float(shape["rope_theta"]),
         rms_norm_eps=rms_norm_eps,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
         bos_token_id=None,
         tie_word_embeddings=False,
         attention_bias=False,
+        **extra,
     )
+
+
+def model_class(config):
+    return ARCHS[config.model_type][1]
 
 
 def parameter_count(config):
     with torch.device("meta"):
-        model = Olmo2ForCausalLM(config)
+        model = model_class(config)(config)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -110,10 +147,10 @@ def random_parameters(names_and_shapes, seed, gain, round_to_f16):
 def build_model(config, materialize):
     """The model on CPU, or a shape-only skeleton on the meta device."""
     if materialize:
-        model = Olmo2ForCausalLM(config)
+        model = model_class(config)(config)
     else:
         with torch.device("meta"):
-            model = Olmo2ForCausalLM(config)
+            model = model_class(config)(config)
     return model.eval()
 
 
@@ -142,16 +179,24 @@ def greedy_reference(model, prompt, steps):
     """
     if steps < len(prompt):
         raise ValueError(f"steps ({steps}) must be at least the prompt length ({len(prompt)})")
+    # transformers 5.25 renamed `past_key_values` to `cache`.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     input_tokens = []
     all_logits = []
     cache = None
     for position in range(steps):
         token = int(prompt[position]) if position < len(prompt) else int(all_logits[-1].argmax())
-        out = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=torch.tensor([[token]]), use_cache=True, **{cache_arg: cache})
+        cache = getattr(out, cache_arg)
         input_tokens.append(token)
         all_logits.append(out.logits[0, -1].float())
     return input_tokens, torch.stack(all_logits).numpy()
+
+
+@torch.no_grad()
+def uncached_logits(model, tokens):
+    """The logits of every position with all of `tokens` in one call and no cache."""
+    return model(input_ids=torch.tensor([tokens]), use_cache=False).logits[0].float().numpy()
 
 
 def summarize_reference(input_tokens, logits, prompt_length):
@@ -177,6 +222,10 @@ def write_tokens(path, tokens):
 
 def write_reference(model, out_dir, prompt, steps):
     input_tokens, logits = greedy_reference(model, prompt, steps)
+    whole = float(np.abs(uncached_logits(model, input_tokens) - logits).max())
+    print(f"cached against uncached: max |logit difference| {whole:.3g}")
+    if whole > 1e-4:
+        sys.exit("the cached decode and the whole sequence disagree")
     summary = summarize_reference(input_tokens, logits, len(prompt))
     write_tokens(out_dir / "prompt.tokens.bin", prompt)
     np.save(out_dir / "reference_logits.npy", logits)
@@ -199,9 +248,24 @@ def clear_generated_files(out_dir):
         (out_dir / name).unlink(missing_ok=True)
 
 
+def write_legacy_rope(path):
+    """Rewrite an OLMo-3 config.json's rope_parameters as the hub's configs spell them:
+    the full-attention layers' theta as `rope_theta` and their YaRN keys as
+    `rope_scaling` (transformers gives the sliding layers its default theta then)."""
+    with open(path) as f:
+        config = json.load(f)
+    full = dict(config.pop("rope_parameters")["full_attention"])
+    config["rope_theta"] = full.pop("rope_theta")
+    config["rope_scaling"] = full if full.get("rope_type") == "yarn" else None
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="olmo2")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--hidden", type=int)
     parser.add_argument("--layers", type=int)
@@ -211,9 +275,21 @@ def parse_args(argv):
     parser.add_argument("--vocab", type=int)
     parser.add_argument("--max-pos", type=int)
     parser.add_argument("--rope-theta", type=float)
+    parser.add_argument("--head-dim", type=int, help="head_dim (default hidden / heads)")
     parser.add_argument("--rms-norm-eps", type=float, default=1e-6)
-    parser.add_argument("--eos", type=int,
-                        help=f"eos_token_id (default {DOLMA2_EOS} for the dolma2 vocabulary, else vocab-1)")
+    olmo3 = parser.add_argument_group("OLMo-3 (--arch olmo3)")
+    olmo3.add_argument("--sliding-window", type=int, default=4096)
+    olmo3.add_argument("--layer-types", metavar="S,F,...",
+                       help="each layer's attention, sliding (S) or full (F); default: every 4th full")
+    olmo3.add_argument("--sliding-rope-theta", type=float, help="rope_theta of the sliding layers")
+    olmo3.add_argument("--yarn", metavar="JSON",
+                       help="YaRN on the full-attention layers: the rope_parameters keys as a JSON "
+                            "object, e.g. '{\"factor\": 8, \"original_max_position_embeddings\": 8192}'")
+    olmo3.add_argument("--legacy-rope", action="store_true",
+                       help="write config.json as the hub does: top-level rope_theta, YaRN as rope_scaling")
+    parser.add_argument("--eos", type=lambda s: [int(t) for t in s.split(",")],
+                        help=f"eos_token_id, or a comma-separated list (default {DOLMA2_EOS} for the "
+                             "dolma2 vocabulary, else vocab-1)")
     parser.add_argument("--pad", type=int,
                         help=f"pad_token_id (default {DOLMA2_PAD} for the dolma2 vocabulary, else vocab-2)")
     parser.add_argument("--seed", type=int, default=0)
@@ -242,7 +318,19 @@ def main(argv=None):
         value = getattr(args, field)
         if value is not None:
             shape[field] = value
-    config = make_config(shape, args.rms_norm_eps, args.eos, args.pad)
+    if args.arch == "olmo2" and any([args.layer_types, args.sliding_rope_theta, args.yarn, args.legacy_rope]):
+        sys.exit("--layer-types, --sliding-rope-theta, --yarn and --legacy-rope need --arch olmo3")
+    olmo3 = None
+    if args.arch == "olmo3":
+        layer_types = None
+        if args.layer_types is not None:
+            short = {"S": "sliding", "F": "full"}
+            layer_types = [LAYER_TYPES[short.get(t, t)] for t in args.layer_types.split(",")]
+        olmo3 = dict(sliding_window=args.sliding_window, layer_types=layer_types,
+                     sliding_rope_theta=args.sliding_rope_theta,
+                     yarn=json.loads(args.yarn) if args.yarn else None)
+    eos = args.eos[0] if args.eos is not None and len(args.eos) == 1 else args.eos
+    config = make_config(shape, args.rms_norm_eps, eos, args.pad, args.arch, args.head_dim, olmo3)
     count = parameter_count(config)
     print(f"shape {args.shape}: {json.dumps(shape)}")
     print(f"parameters: {count} ({count / 1e9:.3f}e9)")
@@ -262,10 +350,15 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_generated_files(out_dir)
 
+    config.save_pretrained(out_dir)
+    if args.legacy_rope:
+        write_legacy_rope(out_dir / "config.json")
+    # The model is what transformers makes of the file just written.
+    config = type(config).from_pretrained(out_dir)
+    print(f"rope_parameters as transformers reads them: {json.dumps(config.rope_parameters)}")
     materialize = prompt is not None or args.safetensors is not None
     model = build_model(config, materialize)
     write_weights(model, out_dir, args.seed, args.gain, args.npy_dtype)
-    config.save_pretrained(out_dir)
     print(f"wrote weights ({args.npy_dtype}) and config.json to {out_dir}")
 
     if args.vocab_txt is not None:
@@ -282,7 +375,8 @@ def main(argv=None):
         print(f"input tokens: {summary['input_tokens']}")
         print(f"min_top1_gap: {summary['min_top1_gap']:.6f}")
         generated = summary["argmax"][len(prompt) - 1:]
-        if config.eos_token_id in generated:
+        eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+        if set(eos) & set(generated):
             print(f"warning: the greedy continuation emits eos ({config.eos_token_id})")
         if summary["min_top1_gap"] < 1e-2:
             print("warning: min_top1_gap below 1e-2; try another --seed")

@@ -1,9 +1,10 @@
-//! olmoc: compiles an OLMo-2 checkpoint into one blob that `olmort` maps and runs as is.
+//! olmoc: compiles an OLMo-2 or OLMo-3 checkpoint into one blob that `olmort` maps and runs as is.
 
 pub mod chat_config;
 pub mod checkpoint;
 pub mod convert;
 pub mod hf_config;
+pub mod hf_rope;
 pub mod inspect;
 pub mod npy;
 pub mod output;

@@ -257,6 +257,41 @@ fn bad_config_json() {
     }
 }
 
+/// The gqa weights under an OLMo-3 config: each bad key is one line naming it.
+#[test]
+fn bad_olmo3_config_json() {
+    let (w, out) = checkpoint("olmo3-config");
+    let path = w.join("config.json");
+    let mut good: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    // The hub's spelling: a top-level theta and rope_scaling, no rope_parameters.
+    good.as_object_mut().unwrap().remove("rope_parameters");
+    good["rope_theta"] = 10000.0.into();
+    good["model_type"] = "olmo3".into();
+    good["sliding_window"] = 4.into();
+    good["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16});
+    fs::write(&path, serde_json::to_vec(&good).unwrap()).unwrap();
+    assert!(pack(&w, &out.join("model.bin")).status.success());
+    fs::remove_file(out.join("model.bin")).unwrap();
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("layer_types", serde_json::json!(["sliding_attention", "full_attention"]), "layer_types has 2 entries for num_hidden_layers 3"),
+        ("layer_types", serde_json::json!(["sliding_attention", "full_attention", "local"]), "layer_types[2]"),
+        ("sliding_window", 0.into(), "sliding_window is 0"),
+        ("rope_scaling", serde_json::json!({"rope_type": "su", "factor": 2.0}), "rope_scaling.rope_type \"su\" is not default or yarn"),
+        ("rope_scaling", serde_json::json!({"rope_type": "yarn", "original_max_position_embeddings": 16}), "rope_scaling.factor is missing"),
+        ("rope_parameters", serde_json::json!({"full_attention": {"rope_type": "yarn", "factor": 2.0, "beta_fast": "fast"}}), "beta_fast"),
+    ];
+    for (key, value, says) in cases {
+        let mut c = good.clone();
+        c[key] = value;
+        if key == "rope_parameters" {
+            c.as_object_mut().unwrap().remove("rope_scaling");
+        }
+        fs::write(&path, serde_json::to_vec(&c).unwrap()).unwrap();
+        let line = pack_fails(&w, &out, &[says, "config.json"]);
+        assert!(line.contains(key), "{line:?} does not name {key}");
+    }
+}
+
 #[test]
 fn output_that_cannot_be_written() {
     let (w, out) = checkpoint("unwritable");

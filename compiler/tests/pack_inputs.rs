@@ -161,3 +161,31 @@ fn uninferable_head_size_asks_for_a_config() {
     assert!(!dir.join("out.bin").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Instruct models stop on several tokens: config.json's list, or generation_config.json's
+/// (what transformers' generate stops on) where there is one.
+#[test]
+fn every_eos_id_is_kept() {
+    let dir = scratch("eos");
+    write_checkpoint(&dir, "<f4", true);
+    let config = r#"{"model_type": "olmo3", "hidden_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "head_dim": 128, "intermediate_size": 8, "vocab_size": 5,
+        "max_position_embeddings": 32, "eos_token_id": [4, 2], "sliding_window": 2}"#;
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let out = dir.join("model.bin");
+    let eos = |out: &Path| {
+        let map = MappedFile::open(out).unwrap();
+        let c = Blob::parse(map.bytes()).unwrap().manifest.config.clone();
+        (c.eos_token_ids, c.sliding_window)
+    };
+    pack(&dir, &out, &PackOptions::default()).unwrap();
+    // One layer: Olmo3Config's default pattern makes it sliding.
+    assert_eq!(eos(&out), (vec![4, 2], Some(2)));
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [3, 4, 1], "do_sample": true}"#).unwrap();
+    pack(&dir, &out, &PackOptions::default()).unwrap();
+    assert_eq!(eos(&out).0, vec![3, 4, 1]);
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": 9}"#).unwrap();
+    let err = pack(&dir, &out, &PackOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("generation_config.json") && err.contains("eos_token_id"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

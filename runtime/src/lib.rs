@@ -1,4 +1,4 @@
-//! olmort: runs OLMo-2 models from a blob packed by `olmoc`, mapped in place.
+//! olmort: runs OLMo-2 and OLMo-3 models from a blob packed by `olmoc`, mapped in place.
 //!
 //! ```text
 //! let map = MappedFile::open(path)?;     // no copy
@@ -22,7 +22,7 @@ pub mod model;
 pub mod sys;
 pub mod text;
 
-pub use model::{forward, forward_batch, forward_batch_for, KvDtype, LogitRows, Model, RunState};
+pub use model::{forward, forward_batch, forward_batch_for, kv_cache_bytes, kv_cache_positions, KvDtype, LogitRows, Model, RunState};
 
 use olmo_format::FormatError;
 

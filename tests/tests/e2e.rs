@@ -79,6 +79,26 @@ fn trained_fixture_matches_transformers() {
     check_against_reference("trained");
 }
 
+/// OLMo-2 with one kv head for five query heads and odd sizes, over 42 positions.
+#[test]
+fn olmo2_odd_fixture_matches_transformers() {
+    check_against_reference("olmo2-odd");
+}
+
+/// OLMo-3 with a window of 3: the trace's first batch (the 9-token prompt) straddles
+/// it, and the 44 positions run far past it; each layer type has its own rope_theta.
+#[test]
+fn olmo3_window_fixture_matches_transformers() {
+    check_against_reference("olmo3-window");
+}
+
+/// OLMo-3 in the hub's config spelling, YaRN on the full layers (beyond their original
+/// 20 positions), a window of 5, head_dim 16 with hidden 40.
+#[test]
+fn olmo3_yarn_fixture_matches_transformers() {
+    check_against_reference("olmo3-yarn");
+}
+
 #[test]
 fn trace_lines_have_the_seed_format_with_text() {
     let scratch = Scratch::new("trace");
@@ -192,6 +212,21 @@ fn inspect_and_verify_read_the_blob_back() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("lm_head.weight") && stderr.contains("checksum"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn inspect_shows_layer_types_windows_and_ropes() {
+    let scratch = Scratch::new("inspect-olmo3");
+    let blob = pack("olmo3-yarn", &scratch);
+    let out = run("olmoc", &["inspect", &blob], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("architecture Olmo3ForCausalLM"), "{text}");
+    assert!(text.contains("full_attention layers [0,3]: rope_theta 1000 yarn factor 4 original_max_positions 20"), "{text}");
+    // Olmo3Config gives the sliding layers its default theta when config.json has only
+    // the top-level one.
+    assert!(text.contains("sliding_attention layers [1,2], window 5: rope_theta 500000 default"), "{text}");
+    assert!(text.contains("bos -  eos 330  pad 329"), "{text}");
 }
 
 /// An f32 matrix wider than 2048 columns is stored as column panels; a narrow one stays

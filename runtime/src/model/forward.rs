@@ -1,11 +1,14 @@
-//! The forward pass against a KV cache, as Hugging Face's `Olmo2ForCausalLM` computes
-//! it: one token at a time ([`forward`]) or a run of consecutive tokens at once
-//! ([`forward_batch`], prompt processing), which reads every weight once for the whole
-//! run and attends causally inside it.
+//! The forward pass against a KV cache, as Hugging Face's `Olmo2ForCausalLM` and
+//! `Olmo3ForCausalLM` compute it: one token at a time ([`forward`]) or a run of
+//! consecutive tokens at once ([`forward_batch`], prompt processing), which reads every
+//! weight once for the whole run and attends causally inside it. Each layer attends over
+//! every earlier position or, in OLMo-3's sliding-window layers, over the last
+//! `sliding_window`, with its layer type's rotary embedding.
 
 use std::sync::Arc;
 
 use half::f16;
+use olmo_format::{AttentionType, ModelConfig};
 
 use crate::model::buffer::{Buffer, Zeroable};
 use crate::kernels::{self, for_each_task, matmul_with, Kernels, KvElement, MatrixData, SendPtr};
@@ -40,6 +43,31 @@ impl KvDtype {
             KvDtype::F16
         }
     }
+
+    /// Bytes of one stored value.
+    pub fn element_bytes(self) -> u64 {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+}
+
+/// How many positions each layer's part of a KV cache for `max_positions` holds: all of
+/// them in a full-attention layer; in a sliding-window layer only the window (a ring),
+/// or all of them if there are fewer.
+pub fn kv_cache_positions(config: &ModelConfig, max_positions: usize) -> impl Iterator<Item = usize> + '_ {
+    (0..config.num_hidden_layers as usize).map(move |l| match config.attention(l) {
+        (_, Some(window)) => max_positions.min(window as usize),
+        (_, None) => max_positions,
+    })
+}
+
+/// Bytes of the keys and values of a KV cache of `dtype` for `max_positions` positions
+/// (`None`: the size overflows): what [`RunState`] allocates for them.
+pub fn kv_cache_bytes(config: &ModelConfig, max_positions: usize, dtype: KvDtype) -> Option<u64> {
+    let rows = kv_cache_positions(config, max_positions).try_fold(0u64, |sum, p| sum.checked_add(p as u64))?;
+    rows.checked_mul(config.kv_dim())?.checked_mul(2 * dtype.element_bytes())
 }
 
 impl std::str::FromStr for KvDtype {
@@ -54,11 +82,20 @@ impl std::str::FromStr for KvDtype {
     }
 }
 
-/// (layer, kv_head, max_positions, head_dim) each: one head's keys are contiguous, so
-/// its attention reads one dense block.
+/// Layer after layer, (kv_head, positions, head_dim) each, where a layer holds the
+/// positions [`kv_cache_positions`] gives it: one head's keys are contiguous, so its
+/// attention reads one dense block.
 enum KvCache {
     F32 { keys: Buffer<f32>, values: Buffer<f32> },
     F16 { keys: Buffer<f16>, values: Buffer<f16> },
+}
+
+/// Where a layer's part of the KV cache starts (in values) and how many positions it
+/// holds; position `p` is row `p % positions` of each head.
+#[derive(Debug, Clone, Copy)]
+struct KvLayer {
+    offset: usize,
+    positions: usize,
 }
 
 /// Every buffer a forward pass needs, allocated once for at most `max_positions`
@@ -77,13 +114,21 @@ pub struct RunState {
     gate_up: Buffer,
     /// (batch, f) silu(gate) * up
     act: Buffer,
-    /// (heads, max_positions) attention weights
+    /// (heads, score_len) attention weights, `score_len` the most positions a layer holds
     scores: Buffer,
+    score_len: usize,
     /// (batch, vocab): the last call's logits, one row per token
     pub logits: Buffer,
-    /// Keys and values of every position so far.
+    /// Keys and values of the positions each layer still attends to.
     kv_cache: KvCache,
-    rope: RopeTables,
+    kv_layers: Vec<KvLayer>,
+    /// cos/sin of the full-attention layers' RoPE, and of the sliding layers' where it
+    /// differs.
+    rope_full: RopeTables,
+    rope_sliding: Option<RopeTables>,
+    /// The position after the last one fed: a sliding layer's ring holds only the window
+    /// before it, so a run continues from there or starts over at 0.
+    next_position: usize,
     /// The threads every parallel section of a forward pass runs on (as many as rayon's
     /// pool when the state was made).
     team: Arc<Team>,
@@ -124,9 +169,15 @@ impl RunState {
         let f = c.intermediate_size as usize;
         let layers = c.num_hidden_layers as usize;
         let b = max_batch.max(1);
-        let kv_cache_len = layers
-            .checked_mul(max_positions)
-            .and_then(|n| n.checked_mul(kv));
+        let mut kv_layers = Vec::with_capacity(layers);
+        let mut kv_cache_len = Some(0usize);
+        for positions in kv_cache_positions(c, max_positions) {
+            let offset = kv_cache_len.unwrap_or(0);
+            kv_layers.push(KvLayer { offset, positions });
+            kv_cache_len = kv_cache_len.and_then(|len| positions.checked_mul(kv)?.checked_add(len));
+        }
+        let score_len = kv_layers.iter().map(|l| l.positions).max().unwrap_or(0);
+        let rope = |t: AttentionType| RopeTables::new(max_positions, c.head_dim as usize, c.rope(t)).ok_or_else(too_big);
         Ok(RunState {
             x: zeros(b.checked_mul(d))?,
             qkv: zeros(b.checked_mul(q + 2 * kv))?,
@@ -134,13 +185,20 @@ impl RunState {
             proj: zeros(b.checked_mul(d))?,
             gate_up: zeros(b.checked_mul(2 * f))?,
             act: zeros(b.checked_mul(f))?,
-            scores: zeros((c.num_attention_heads as usize).checked_mul(max_positions))?,
+            scores: zeros((c.num_attention_heads as usize).checked_mul(score_len))?,
+            score_len,
             logits: zeros(b.checked_mul(c.vocab_size as usize))?,
             kv_cache: match kv_dtype {
                 KvDtype::F32 => KvCache::F32 { keys: zeros(kv_cache_len)?, values: zeros(kv_cache_len)? },
                 KvDtype::F16 => KvCache::F16 { keys: zeros(kv_cache_len)?, values: zeros(kv_cache_len)? },
             },
-            rope: RopeTables::new(max_positions, c.head_dim as usize, c.rope_full_attention.theta),
+            kv_layers,
+            rope_full: rope(AttentionType::Full)?,
+            rope_sliding: match &c.rope_sliding_attention {
+                Some(r) if *r != c.rope_full_attention => Some(rope(AttentionType::Sliding)?),
+                _ => None,
+            },
+            next_position: 0,
             team: Arc::new(Team::new(rayon::current_num_threads())),
             max_positions,
             max_batch: b,
@@ -149,6 +207,14 @@ impl RunState {
 
     pub fn max_positions(&self) -> usize {
         self.max_positions
+    }
+
+    /// Bytes its KV cache holds (keys and values).
+    pub fn kv_cache_bytes(&self) -> usize {
+        match &self.kv_cache {
+            KvCache::F32 { keys, values } => 4 * (keys.len() + values.len()),
+            KvCache::F16 { keys, values } => 2 * (keys.len() + values.len()),
+        }
     }
 
     /// What its KV cache stores.
@@ -178,7 +244,8 @@ pub fn forward<'s>(model: &Model, s: &'s mut RunState, token: u32, pos: usize) -
 }
 
 /// Runs `tokens` at positions `start ..` (all earlier positions must already be in the
-/// cache) and returns their next-token logits, `tokens.len() x vocab` row-major.
+/// cache; with sliding-window layers, `start` is 0 or the position after the last call's)
+/// and returns their next-token logits, `tokens.len() x vocab` row-major.
 pub fn forward_batch<'s>(model: &Model, s: &'s mut RunState, tokens: &[u32], start: usize) -> &'s [f32] {
     forward_batch_for(model, s, tokens, start, LogitRows::All)
 }
@@ -209,10 +276,16 @@ pub fn forward_batch_for<'s>(model: &Model, s: &'s mut RunState, tokens: &[u32],
     let n = tokens.len();
     assert!(n <= s.max_batch, "{n} tokens is more than the batch buffers hold ({})", s.max_batch);
     assert!(start + n <= s.max_positions, "position {} beyond the KV cache", start + n - 1);
+    assert!(
+        model.config.sliding_window.is_none() || start == 0 || start == s.next_position,
+        "position {start}: a sliding-window cache holds the window before position {}, so a run continues there or starts over at 0",
+        s.next_position
+    );
     let vocab = model.config.vocab_size as usize;
     if n == 0 {
         return &s.logits[..0];
     }
+    s.next_position = start + n;
     let k = kernels::active();
     let team = Arc::clone(&s.team);
     team.install(|| run(k, model, s, tokens, start, rows));
@@ -246,8 +319,7 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
     let qkv_dim = q_dim + 2 * kv_dim;
     let f = c.intermediate_size as usize;
     let vocab = c.vocab_size as usize;
-    let max_positions = s.max_positions;
-    let layer_stride = max_positions * kv_dim;
+    let score_len = s.score_len;
     let scale = 1.0 / (head_dim as f32).sqrt();
 
     for (i, &t) in tokens.iter().enumerate() {
@@ -259,7 +331,10 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
         // and the attention output, not the layer input.
         matmul_with(k, &w.qkv_proj, &s.x[..n * d], n, &mut s.qkv[..n * qkv_dim]);
         // q and k of each token as separate tasks: a decode step's two halves.
-        let rope = &s.rope;
+        let rope = match c.layer_types[l] {
+            AttentionType::Sliding => s.rope_sliding.as_ref().unwrap_or(&s.rope_full),
+            AttentionType::Full => &s.rope_full,
+        };
         let qkv = SendPtr(s.qkv.as_mut_ptr());
         for_each_task(2 * n, |t| {
             let (i, is_k) = (t / 2, t % 2 == 1);
@@ -270,11 +345,12 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
             rms_norm(v, norm, eps);
             rope.apply(v, start + i);
         });
-        let shape = AttentionShape { n, start, q_dim, kv_dim, head_dim, group, max_positions, scale };
+        let KvLayer { offset, positions } = s.kv_layers[l];
+        let shape = AttentionShape { start, q_dim, kv_dim, head_dim, group, positions, score_len, scale };
         let qkv = &s.qkv[..n * qkv_dim];
-        let (scores, attn) = (&mut s.scores[..heads * max_positions], &mut s.attn[..n * q_dim]);
-        // Layer l's part of each cache: (kv_head, max_positions, head_dim).
-        let part = l * layer_stride..(l + 1) * layer_stride;
+        let (scores, attn) = (&mut s.scores[..heads * score_len], &mut s.attn[..n * q_dim]);
+        // Layer l's part of each cache: (kv_head, positions, head_dim).
+        let part = offset..offset + positions * kv_dim;
         match &mut s.kv_cache {
             KvCache::F32 { keys, values } => attend(k, &shape, qkv, &mut keys[part.clone()], &mut values[part], scores, attn),
             KvCache::F16 { keys, values } => attend(k, &shape, qkv, &mut keys[part.clone()], &mut values[part], scores, attn),
@@ -307,24 +383,35 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
     matmul_with(k, &model.lm_head, x, m, &mut s.logits[..m * vocab]);
 }
 
-/// What [`attend`] needs to know of the model and the batch.
+/// What [`attend`] needs to know of the model, the layer and the batch.
 struct AttentionShape {
-    /// Tokens in the batch, and the position of the first.
-    n: usize,
+    /// The position of the batch's first token (`qkv` holds a row per token).
     start: usize,
     q_dim: usize,
     kv_dim: usize,
     head_dim: usize,
     /// Query heads per key/value head.
     group: usize,
-    max_positions: usize,
+    /// Rows of one head's cache in this layer: every position (full attention) or the
+    /// window (sliding, a ring); position p is row p % positions.
+    positions: usize,
+    /// Row stride of the scores buffer.
+    score_len: usize,
     /// 1 / sqrt(head_dim)
     scale: f32,
 }
 
-/// Files the batch's keys and values (rows of `qkv`, after q/k norm and RoPE) in one
-/// layer's cache, then attends: each query head of each token over the positions up to
-/// its own, into `attn` (n x q, heads concatenated).
+/// Attends for one layer: each query head of each token over the cached positions it
+/// sees (all earlier ones, or the last `window`), into `attn` (n x q, heads
+/// concatenated), filing the batch's keys and values (rows of `qkv`, after q/k norm and
+/// RoPE) in the layer's cache as it goes.
+///
+/// One task per kv head files each token's key and value, then runs that token's query
+/// heads of the group, token after token. In a ring the new row replaces the oldest,
+/// which only the batch's earlier queries still needed, and they are done: so a ring of
+/// exactly the window serves a batch of any size. A query scores every row the ring
+/// holds; softmax and the weighted sum do not depend on the rows' order (beyond float
+/// rounding).
 fn attend<E: KvElement>(
     k: Kernels,
     sh: &AttentionShape,
@@ -334,36 +421,43 @@ fn attend<E: KvElement>(
     scores: &mut [f32],
     attn: &mut [f32],
 ) {
-    let AttentionShape { n, start, q_dim, kv_dim, head_dim, group, max_positions, scale } = *sh;
+    let AttentionShape { start, q_dim, kv_dim, head_dim, group, positions, score_len, scale } = *sh;
     let qkv_dim = q_dim + 2 * kv_dim;
-    let head_stride = max_positions * head_dim;
-    for (i, row) in qkv.chunks_exact(qkv_dim).enumerate() {
-        let pos = start + i;
-        let (keys, values) = row[q_dim..].split_at(kv_dim);
-        for (kvh, (kh, vh)) in keys.chunks_exact(head_dim).zip(values.chunks_exact(head_dim)).enumerate() {
-            kernels::store_row(k, kh, &mut key_cache[kvh * head_stride + pos * head_dim..][..head_dim]);
-            kernels::store_row(k, vh, &mut value_cache[kvh * head_stride + pos * head_dim..][..head_dim]);
-        }
-    }
-    let (key_cache, value_cache) = (&*key_cache, &*value_cache);
+    let head_len = positions * head_dim;
+    let (key_cache, value_cache) = (SendPtr(key_cache.as_mut_ptr()), SendPtr(value_cache.as_mut_ptr()));
     let out = SendPtr(attn.as_mut_ptr());
-    let head = |h: usize, scores: &mut [f32]| {
-        let kv_off = (h / group) * head_stride;
-        let keys = &key_cache[kv_off..][..(start + n) * head_dim];
-        let values = &value_cache[kv_off..][..(start + n) * head_dim];
-        for i in 0..n {
-            let qh = &qkv[i * qkv_dim + h * head_dim..][..head_dim];
-            let n_ctx = start + i + 1;
-            let scores = &mut scores[..n_ctx];
-            kernels::scaled_dots(k, qh, keys, scale, scores);
-            kernels::softmax(k, scores);
-            // SAFETY: head h of token i is written by this task alone, and `attn`
-            // (n x q) outlives the parallel loop.
-            let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * q_dim + h * head_dim), head_dim) };
-            kernels::weighted_sum(k, scores, values, out);
+    let head = |kvh: usize, scores: &mut [f32]| {
+        // SAFETY: the task for kv head kvh alone touches that head's block of each cache
+        // (`head_len` values at kvh * head_len, inside the layer's part), which outlives
+        // the parallel loop.
+        let (keys, values) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(key_cache.get().add(kvh * head_len), head_len),
+                std::slice::from_raw_parts_mut(value_cache.get().add(kvh * head_len), head_len),
+            )
+        };
+        for (i, row) in qkv.chunks_exact(qkv_dim).enumerate() {
+            let pos = start + i;
+            let slot = pos % positions * head_dim;
+            let (key, value) = (q_dim + kvh * head_dim, q_dim + kv_dim + kvh * head_dim);
+            kernels::store_row(k, &row[key..][..head_dim], &mut keys[slot..][..head_dim]);
+            kernels::store_row(k, &row[value..][..head_dim], &mut values[slot..][..head_dim]);
+            let seen = (pos + 1).min(positions);
+            let (seen_keys, seen_values) = (&keys[..seen * head_dim], &values[..seen * head_dim]);
+            for (j, scores) in scores.chunks_exact_mut(score_len).enumerate() {
+                let h = kvh * group + j;
+                let scores = &mut scores[..seen];
+                kernels::scaled_dots(k, &row[h * head_dim..][..head_dim], seen_keys, scale, scores);
+                kernels::softmax(k, scores);
+                // SAFETY: head h of token i is written by this task alone, and `attn`
+                // (n x q) outlives the parallel loop.
+                let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * q_dim + h * head_dim), head_dim) };
+                kernels::weighted_sum(k, scores, seen_values, out);
+            }
         }
     };
-    kernels::par_rows(scores, max_positions, |r0, scores| head(r0 / max_positions, scores));
+    let per_kv_head = group * score_len;
+    kernels::par_rows(&mut scores[..kv_dim / head_dim * per_kv_head], per_kv_head, |r0, scores| head(r0 / per_kv_head, scores));
 }
 
 /// `x += rms_norm(proj)` for each token.
@@ -389,7 +483,9 @@ fn residual(n: usize, d: usize, x: &mut [f32], proj: &mut [f32], weight: &[f32],
 /// A zeroed buffer of `len` floats (`None`: the size overflowed), or an error if memory
 /// cannot be had.
 fn zeros<T: Zeroable>(len: Option<usize>) -> Result<Buffer<T>, RunError> {
-    len.and_then(Buffer::zeroed).ok_or_else(|| {
-        RunError::Usage("the KV cache and buffers for this many positions do not fit in memory: ask for fewer steps".into())
-    })
+    len.and_then(Buffer::zeroed).ok_or_else(too_big)
+}
+
+fn too_big() -> RunError {
+    RunError::Usage("the KV cache and buffers for this many positions do not fit in memory: ask for fewer steps".into())
 }

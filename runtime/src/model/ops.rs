@@ -1,5 +1,9 @@
 //! The small element-wise and reduction operations of the forward pass.
 
+use olmo_format::{Rope, RopeScaling};
+
+use crate::model::buffer::Buffer;
+
 /// `x = x / rms(x) * weight`, in place, as Hugging Face's `Olmo2RMSNorm` (f32 throughout).
 pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     debug_assert_eq!(x.len(), weight.len());
@@ -21,33 +25,33 @@ pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// cos/sin of every (position, frequency) pair, computed once per run.
+/// cos/sin of every (position, frequency) pair of one rotary embedding (one per layer
+/// type), times its attention factor, computed once per run.
 pub struct RopeTables {
     /// (positions, head_dim / 2)
-    pub cos: Vec<f32>,
+    cos: Buffer,
     /// (positions, head_dim / 2)
-    pub sin: Vec<f32>,
+    sin: Buffer,
     half: usize,
 }
 
 impl RopeTables {
-    /// Angles `pos * theta^(-2i / head_dim)`, with the inverse frequencies rounded to f32
-    /// as transformers computes them.
-    pub fn new(positions: usize, head_dim: usize, theta: f64) -> RopeTables {
+    /// The tables for `positions` positions: angles `pos * inv_freq[i]` in f32, as
+    /// transformers multiplies them, cos and sin times the attention factor (`None`: they
+    /// do not fit in memory).
+    pub fn new(positions: usize, head_dim: usize, rope: &Rope) -> Option<RopeTables> {
         let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
-            .collect();
-        let mut cos = Vec::with_capacity(positions * half);
-        let mut sin = Vec::with_capacity(positions * half);
-        for p in 0..positions {
-            for &f in &inv_freq {
+        let (inv_freq, attention_factor) = inverse_frequencies(head_dim, rope);
+        let mut cos = Buffer::zeroed(positions.checked_mul(half)?)?;
+        let mut sin = Buffer::zeroed(positions * half)?;
+        for (p, (c, s)) in cos.chunks_exact_mut(half.max(1)).zip(sin.chunks_exact_mut(half.max(1))).enumerate() {
+            for ((c, s), &f) in c.iter_mut().zip(s.iter_mut()).zip(&inv_freq) {
                 let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                *c = angle.cos() * attention_factor;
+                *s = angle.sin() * attention_factor;
             }
         }
-        RopeTables { cos, sin, half }
+        Some(RopeTables { cos, sin, half })
     }
 
     /// Rotates each `head_dim`-wide head of `x` for position `pos`, NeoX style: element
@@ -63,6 +67,48 @@ impl RopeTables {
                 a[i] = x0 * cos[i] - x1 * sin[i];
                 b[i] = x1 * cos[i] + x0 * sin[i];
             }
+        }
+    }
+}
+
+/// The inverse frequencies (`head_dim / 2` of them) and the cos/sin multiplier of a
+/// rotary embedding, computed in f32 where transformers computes in f32 (the powers of
+/// theta, YaRN's ramp and blend; the correction range in f64, as Python does) so the
+/// values are the same bits.
+pub fn inverse_frequencies(head_dim: usize, rope: &Rope) -> (Vec<f32>, f32) {
+    let base = rope.theta as f32;
+    // theta ** (arange(0, dim, 2) / dim), in f32.
+    let power = |i: usize| base.powf((2 * i) as f32 / head_dim as f32);
+    let half = head_dim / 2;
+    match rope.scaling {
+        RopeScaling::Default => ((0..half).map(|i| 1.0 / power(i)).collect(), 1.0),
+        RopeScaling::Yarn { factor, original_max_position_embeddings, attention_factor, beta_fast, beta_slow, truncate } => {
+            // The dimension whose wavelength turns `rotations` times over the original
+            // context: below `low` frequencies are kept (extrapolated), above `high`
+            // divided by `factor` (interpolated), with a linear ramp between.
+            let dim = head_dim as f64;
+            let correction_dim = |rotations: f64| {
+                dim * (original_max_position_embeddings as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * rope.theta.ln())
+            };
+            let (mut low, mut high) = (correction_dim(beta_fast), correction_dim(beta_slow));
+            if truncate {
+                (low, high) = (low.floor(), high.ceil());
+            }
+            let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+            if low == high {
+                high += 0.001;
+            }
+            let (low32, span) = (low as f32, (high - low) as f32);
+            let inv_freq = (0..half)
+                .map(|i| {
+                    let ramp = ((i as f32 - low32) / span).clamp(0.0, 1.0);
+                    let extrapolation = 1.0 - ramp;
+                    let p = power(i);
+                    let (kept, interpolated) = (1.0 / p, 1.0 / (factor as f32 * p));
+                    interpolated * (1.0 - extrapolation) + kept * extrapolation
+                })
+                .collect();
+            (inv_freq, attention_factor as f32)
         }
     }
 }
@@ -129,12 +175,58 @@ mod tests {
 
     #[test]
     fn rope_rotates_pairs_half_apart() {
-        let t = RopeTables::new(3, 4, 10000.0);
+        let t = RopeTables::new(3, 4, &Rope::default_with_theta(10000.0)).unwrap();
         let mut x = [1.0, 0.0, 0.0, 0.0];
         t.apply(&mut x, 2);
         // Frequency 0 is 1 rad per position: element 0 pairs with element 2.
         assert!((x[0] - 2f32.cos()).abs() < 1e-6 && (x[2] - 2f32.sin()).abs() < 1e-6);
         assert_eq!(x[1], 0.0);
+    }
+
+    fn bits(v: &[f32], at: &[usize]) -> Vec<u32> {
+        at.iter().map(|&i| v[i].to_bits()).collect()
+    }
+
+    /// Bits of transformers' `inv_freq` (torch 2.15), from `_compute_yarn_parameters` and
+    /// the default rule: OLMo-3 7B's full layers (head_dim 128, theta 500000, factor 8
+    /// over 8192 positions: dimensions 0-17 kept, 36-63 divided by 8, a ramp between),
+    /// and a head of 16 with the correction range truncated and not.
+    #[test]
+    fn inverse_frequencies_are_transformers_bits() {
+        let yarn = |theta, factor, original, af, beta_fast, beta_slow, truncate| Rope {
+            theta,
+            scaling: RopeScaling::Yarn { factor, original_max_position_embeddings: original, attention_factor: af, beta_fast, beta_slow, truncate },
+        };
+        let (f, af) = inverse_frequencies(128, &yarn(500000.0, 8.0, 8192, 1.2079441541679836, 32.0, 1.0, true));
+        assert_eq!(af, 1.2079441541679836f64 as f32);
+        let at = [0, 1, 17, 18, 19, 25, 34, 35, 36, 63];
+        let want = [0x3f800000, 0x3f508ac1, 0x3cfaf53f, 0x3ccc6f49, 0x3c9df6de, 0x3b790ecb, 0x392da869, 0x38c86886, 0x38a3418d, 0x34a4c2ff];
+        assert_eq!(bits(&f, &at), want);
+        let (d, af) = inverse_frequencies(128, &Rope::default_with_theta(500000.0));
+        assert_eq!((bits(&d, &[0, 1, 17, 33, 63]), af), (vec![0x3f800000, 0x3f508ac1, 0x3cfaf53f, 0x3a970023, 0x3624c2ff], 1.0));
+        let (t, af) = inverse_frequencies(16, &yarn(1000.0, 4.0, 20, 1.138629436111989, 8.0, 0.5, false));
+        let all: Vec<usize> = (0..8).collect();
+        assert_eq!(af, 1.138629436111989f64 as f32);
+        assert_eq!(bits(&t, &all), [0x3f800000, 0x3e8c5e9f, 0x3d5ab5f4, 0x3c99940d, 0x3c0186e3, 0x3b5a7bf2, 0x3ab8449c, 0x3a1b690d]);
+        let (t, _) = inverse_frequencies(16, &yarn(1000.0, 4.0, 20, 1.138629436111989, 8.0, 0.5, true));
+        assert_eq!(bits(&t, &all), [0x3f800000, 0x3ea1ee74, 0x3db61887, 0x3c99940d, 0x3c0186e3, 0x3b5a7bf2, 0x3ab8449c, 0x3a1b690d]);
+    }
+
+    /// YaRN's attention factor multiplies both cos and sin (so q.k by its square).
+    #[test]
+    fn tables_carry_the_attention_factor() {
+        let rope = Rope {
+            theta: 10000.0,
+            scaling: RopeScaling::Yarn { factor: 4.0, original_max_position_embeddings: 8, attention_factor: 1.5, beta_fast: 32.0, beta_slow: 1.0, truncate: true },
+        };
+        let t = RopeTables::new(40, 8, &rope).unwrap();
+        let mut x = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        t.apply(&mut x, 0);
+        assert_eq!(x[0], 1.5);
+        // Frequency 0 is kept: 1 rad per position, also past the original 8 positions.
+        let mut y = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        t.apply(&mut y, 33);
+        assert!((y[0] - 1.5 * 33f32.cos()).abs() < 1e-5 && (y[4] - 1.5 * 33f32.sin()).abs() < 1e-5, "{y:?}");
     }
 
     #[test]

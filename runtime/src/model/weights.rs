@@ -27,7 +27,7 @@ pub struct LayerWeights<'a> {
     pub post_feedforward_layernorm: &'a [f32],
 }
 
-/// Every weight of an OLMo-2 model, borrowed from the blob.
+/// Every weight of an OLMo-2 or OLMo-3 model, borrowed from the blob.
 pub struct Model<'a> {
     pub config: &'a ModelConfig,
     /// (vocab, d)
