@@ -403,6 +403,7 @@ fn chat_refusals_are_one_line() {
         (vec!["chat", &blob, "--context", "129"], "", "--context 129 is not in 1..=128"),
         (vec!["chat", &blob, "--max-tokens", "0"], "", "--max-tokens 0 leaves no room"),
         (vec!["chat", &blob, "--bogus"], "", "unexpected argument '--bogus'"),
+        (vec!["chat", &blob, "--threads", "100000"], "", "--threads 100000 is more than"),
         (vec!["chat", "/nonexistent.bin"], "", "/nonexistent.bin"),
     ] {
         let e = refused(&args, stdin);

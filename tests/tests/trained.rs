@@ -154,6 +154,7 @@ fn perplexity_refusals() {
     refused(&[&blob, "--text", not_utf8.to_str().unwrap()]);
     refused(&[&blob, "--text", scratch.path("missing.txt").to_str().unwrap()]);
     refused(&[&blob]);
+    assert!(refused(&[&blob, "--text", text, "--threads", "100000"]).contains("--threads 100000 is more than"));
     // A model without a vocabulary cannot encode the text; a base of another
     // vocabulary size is not the same model.
     let gqa = pack(&scratch, "gqa", "f32");

@@ -86,10 +86,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let options = ChatOptions { sampling: cli.sampling.params()?, max_tokens: cli.max_tokens };
     super::load::start(&map, &blob, cli.load).map_err(|e| format!("--load: {e}"))?;
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(cli.threads.unwrap_or(0))
-        .build_global()
-        .map_err(|e| e.to_string())?;
+    super::start_threads(cli.threads)?;
     let kv_cache = cli.kv_cache.unwrap_or_else(|| KvDtype::for_model(&model));
     let state = RunState::with_kv_cache(&model, context, kv_cache).map_err(|e| e.to_string())?;
     let interrupts = Interrupts::install()?;

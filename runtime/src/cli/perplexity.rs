@@ -96,10 +96,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let stride = cli.stride.unwrap_or((context / 2).max(1));
     let windows = windows(tokens.len(), context, stride).map_err(|e| e.to_string())?;
 
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(cli.threads.unwrap_or(0))
-        .build_global()
-        .map_err(|e| e.to_string())?;
+    super::start_threads(cli.threads)?;
     let mut state = RunState::with_kv_cache(&model, context, KvDtype::for_model(&model)).map_err(|e| e.to_string())?;
     let mut base_state = match &base_model {
         Some(b) => Some(RunState::with_kv_cache(b, context, KvDtype::for_model(b)).map_err(|e| e.to_string())?),
