@@ -8,16 +8,13 @@ use std::ffi::OsString;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use olmo_format::mapped::MappedFile;
-use olmo_format::Blob;
 use olmort::generation::session::{ChatFormat, ChatOptions, ChatSession, Conversation, StopReason, TurnStats};
 use olmort::sys::Interrupts;
 use olmort::text::detokenize::Utf8Stream;
-use olmort::{KvDtype, Model, RunState};
+use olmort::{KvDtype, RunState};
 
 /// Chats with an instruction-tuned model through the chat template packed in its blob.
 /// Type a message and press Enter; /reset forgets the conversation, /exit (or Ctrl-D)
@@ -71,11 +68,10 @@ fn status(stats: &TurnStats) -> String {
 
 fn run(cli: Cli) -> Result<(), String> {
     let started = Instant::now();
-    let where_ = |e: &dyn std::fmt::Display| format!("{}: {e}", cli.model.display());
-    let map = Arc::new(MappedFile::open(&cli.model).map_err(|e| where_(&e))?);
-    let blob = Blob::parse(map.bytes()).map_err(|e| where_(&e))?;
-    let model = Model::new(&blob).map_err(|e| where_(&e))?;
-    let format = ChatFormat::for_model(&model, blob.manifest.chat.as_ref(), cli.chat_template.as_deref()).map_err(|e| where_(&e))?;
+    let file = super::ModelFile::open(&cli.model)?;
+    let blob = file.blob()?;
+    let model = file.model(&blob)?;
+    let format = ChatFormat::for_model(&model, blob.manifest.chat.as_ref(), cli.chat_template.as_deref()).map_err(|e| file.error(e))?;
     let max_positions = model.config.max_position_embeddings as usize;
     let context = cli.context.unwrap_or(max_positions);
     if context == 0 || context > max_positions {
@@ -85,7 +81,7 @@ fn run(cli: Cli) -> Result<(), String> {
         return Err("--max-tokens 0 leaves no room for a reply".into());
     }
     let options = ChatOptions { sampling: cli.sampling.params()?, max_tokens: cli.max_tokens };
-    super::load::start(&map, &blob, cli.load).map_err(|e| format!("--load: {e}"))?;
+    super::load::start(&file.map, &blob, cli.load).map_err(|e| format!("--load: {e}"))?;
     super::start_threads(cli.threads)?;
     let kv_cache = cli.kv_cache.unwrap_or_else(|| KvDtype::for_model(&model));
     let state = RunState::with_kv_cache(&model, context, kv_cache).map_err(|e| e.to_string())?;

@@ -9,9 +9,14 @@ pub mod run;
 
 use std::ffi::OsString;
 use std::fmt::Display;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use olmo_format::mapped::MappedFile;
+use olmo_format::Blob;
+use olmort::Model;
 
 /// Parses `args` (the program name first) into `T`; a command-line error is one line on
 /// stderr, `olmort: MESSAGE (see COMMAND --help)`, and exit code 2 (`--help` and
@@ -50,6 +55,34 @@ pub fn start_threads(threads: Option<usize>) -> Result<(), String> {
         .num_threads(threads)
         .build_global()
         .map_err(|e| format!("cannot start {threads} threads: {e}"))
+}
+
+/// A blob mapped for a command; its errors name the file.
+pub struct ModelFile {
+    pub path: PathBuf,
+    pub map: Arc<MappedFile>,
+}
+
+impl ModelFile {
+    pub fn open(path: &Path) -> Result<ModelFile, String> {
+        let map = MappedFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(ModelFile { path: path.to_path_buf(), map: Arc::new(map) })
+    }
+
+    /// The blob's header and manifest, validated.
+    pub fn blob(&self) -> Result<Blob<'_>, String> {
+        Blob::parse(self.map.bytes()).map_err(|e| self.error(e))
+    }
+
+    /// The typed weight views of `blob` (this file's).
+    pub fn model<'a>(&self, blob: &'a Blob<'a>) -> Result<Model<'a>, String> {
+        Model::new(blob).map_err(|e| self.error(e))
+    }
+
+    /// `e` as one line naming the file.
+    pub fn error(&self, e: impl Display) -> String {
+        format!("{}: {e}", self.path.display())
+    }
 }
 
 /// A command's result as the process's exit: an error is one line on stderr.

@@ -1,15 +1,13 @@
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
-use olmo_format::mapped::MappedFile;
-use olmo_format::Blob;
 use olmort::eval::perplexity::{measure, windows, Perplexity, Runner};
 use olmort::text::tokenizer::Tokenizer;
-use olmort::{KvDtype, Model, RunState};
+use olmort::{KvDtype, RunState};
 
 /// Perplexity of a model over a text file and, with --kl-base, how far its next-token
 /// distributions are from a base model's on the same tokens (mean and 99th-percentile
@@ -58,22 +56,15 @@ enum Summary {
 
 const DEFAULT_CONTEXT: usize = 512;
 
-fn open(path: &Path) -> Result<MappedFile, String> {
-    MappedFile::open(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     let started = Instant::now();
-    let map = open(&cli.model)?;
-    let blob = Blob::parse(map.bytes()).map_err(|e| format!("{}: {e}", cli.model.display()))?;
-    let model = Model::new(&blob).map_err(|e| format!("{}: {e}", cli.model.display()))?;
-    let base_map = cli.kl_base.as_deref().map(open).transpose()?;
-    let base_blob = match (&base_map, &cli.kl_base) {
-        (Some(m), Some(p)) => Some(Blob::parse(m.bytes()).map_err(|e| format!("{}: {e}", p.display()))?),
-        _ => None,
-    };
-    let base_model = match (&base_blob, &cli.kl_base) {
-        (Some(b), Some(p)) => Some(Model::new(b).map_err(|e| format!("{}: {e}", p.display()))?),
+    let file = super::ModelFile::open(&cli.model)?;
+    let blob = file.blob()?;
+    let model = file.model(&blob)?;
+    let base_file = cli.kl_base.as_deref().map(super::ModelFile::open).transpose()?;
+    let base_blob = base_file.as_ref().map(|f| f.blob()).transpose()?;
+    let base_model = match (&base_file, &base_blob) {
+        (Some(f), Some(b)) => Some(f.model(b)?),
         _ => None,
     };
 

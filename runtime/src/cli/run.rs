@@ -3,15 +3,12 @@ use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
-use olmo_format::mapped::MappedFile;
-use olmo_format::Blob;
 use olmort::generation::generate::{generate, plan};
 use olmort::generation::trace::{run_trace, LogitsSink, NpyLogits, Timings};
-use olmort::{KvDtype, Model, RunState};
+use olmort::{KvDtype, RunState};
 
 /// Runs an OLMo-2 blob: the prompt's tokens, then generation (greedy unless asked to
 /// sample), printing each step's top-5 next tokens, running text or JSON lines.
@@ -68,16 +65,15 @@ fn print_timings(load_ms: f64, t: &Timings) {
 
 fn run(cli: Cli) -> Result<(), String> {
     let started = Instant::now();
-    let where_ = |e: &dyn std::fmt::Display| format!("{}: {e}", cli.model.display());
-    let map = Arc::new(MappedFile::open(&cli.model).map_err(|e| where_(&e))?);
-    let blob = Blob::parse(map.bytes()).map_err(|e| where_(&e))?;
-    let model = Model::new(&blob).map_err(|e| where_(&e))?;
+    let file = super::ModelFile::open(&cli.model)?;
+    let blob = file.blob()?;
+    let model = file.model(&blob)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     if cli.steps == Some(0) {
         eprintln!("olmort: {}: ok ({load_ms:.2} ms to map and validate)", cli.model.display());
         return Ok(());
     }
-    super::load::start(&map, &blob, cli.load).map_err(|e| format!("--load: {e}"))?;
+    super::load::start(&file.map, &blob, cli.load).map_err(|e| format!("--load: {e}"))?;
     let prompt = cli.generation.read_prompt(&model, blob.manifest.chat.as_ref(), &cli.model, cli.tokens.as_ref())?;
     let seed_trace = cli.generation.is_seed_trace();
     let options = cli.generation.options(cli.steps)?;
