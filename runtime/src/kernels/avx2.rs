@@ -15,7 +15,9 @@ use half::{bf16, f16};
 use super::activations::QuantX;
 use super::kv_element::KvElement;
 use super::matrix::{Matrix, MatrixData};
-use super::tasks::{for_each_task, grow, min_rows_per_block, par_rows_guided, rows_per_task, with_local, SendPtr};
+use super::tasks::{
+    for_each_task, grow, min_rows_per_block, par_rows_guided, par_rows_many, rows_per_sub_block, rows_per_task, with_local, SendPtr,
+};
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -501,6 +503,62 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
             })
         }),        MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => unreachable!("the dispatch sends 4-bit matrices to q4_avx2"),
     }
+}
+
+/// Weights a sub-block of [`matvec_many`] covers: a quarter of a core's L2 (512 KiB on
+/// this machine's Zen cores), so the rows stay cached while every token passes over them.
+pub(super) const MANY_SUB_BYTES: usize = 128 << 10;
+
+thread_local! {
+    /// The calling thread's tokens prepared for [`matvec_many`]: quantised (q8_0) or
+    /// deinterleaved (bf16), one per token; only ever grows.
+    static MANY: RefCell<(Vec<QuantX>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `y[t] = W x[t]` for `n` tokens (`x` is `n x cols`, `y` is `n x rows`), each token's
+/// outputs computed exactly as [`matvec`] computes them (the same row kernel on the same
+/// prepared `x`), so a token's result does not depend on the others in the batch; the
+/// weights come from memory once for all of them ([`par_rows_many`]).
+pub fn matvec_many(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    let min = min_rows_per_block(w.row_bytes(), 4);
+    let sub = rows_per_sub_block(w.row_bytes(), 1, MANY_SUB_BYTES);
+    let xs = |t: usize| &x[t * cols..][..cols];
+    with_local(&MANY, |(qx, xd)| {
+        // SAFETY (every `unsafe` below): `super::matmul_decode` checked the CPU features,
+        // that `x` has `n` rows of `cols` and `y` `n` of `rows`, and that the weights hold
+        // `rows` whole rows; `par_rows_many` gives each call rows `r0 .. r0 + ys.len()`
+        // within `rows`.
+        match w.data {
+            MatrixData::F32(_) | MatrixData::F16(_) => {
+                par_rows_many(y, n, rows, min, 1, sub, |t, r0, ys| unsafe { rows_panels(w, r0, xs(t), &[], ys) })
+            }
+            MatrixData::BF16(_) => {
+                grow(xd, n * cols);
+                for t in 0..n {
+                    deinterleave16(xs(t), &mut xd[t * cols..][..cols]);
+                }
+                let xd = &xd[..n * cols];
+                par_rows_many(y, n, rows, min, 1, sub, |t, r0, ys| unsafe {
+                    rows_panels(w, r0, xs(t), &xd[t * cols..][..cols], ys)
+                })
+            }
+            MatrixData::Q8_0 { quants, scales } => {
+                let blocks = cols.div_ceil(32);
+                if qx.len() < n {
+                    qx.resize_with(n, QuantX::new);
+                }
+                for (t, q) in qx[..n].iter_mut().enumerate() {
+                    q.quantize(xs(t));
+                }
+                let qx = &qx[..n];
+                par_rows_many(y, n, rows, min, 1, sub, |t, r0, ys| unsafe {
+                    rows_q8_0(quants.as_ptr(), scales.as_ptr(), blocks, r0, &qx[t].quants[..blocks * 32], &qx[t].scales[..blocks], ys)
+                })
+            }
+            MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => unreachable!("the dispatch sends 4-bit matrices to q4_avx2"),
+        }
+    })
 }
 
 /// Eight cached values widened to f32.

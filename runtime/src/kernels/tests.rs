@@ -527,3 +527,48 @@ fn softmax_kernels_match_the_definition() {
         }
     }
 }
+
+/// A decode batch gives each token exactly (bit for bit) what its own matrix-vector
+/// product gives, whatever the batch size, under every kernel set and dtype: big enough
+/// matrices that the threads split them and each block is taken in several sub-blocks,
+/// and column panels.
+#[test]
+fn decode_batches_match_each_tokens_matvec_exactly() {
+    let mut rng = Rng(777);
+    let mut cases: Vec<(String, Owned, Option<[Vec<u16>; 2]>, Option<Vec<f32>>)> = Vec::new();
+    for (rows, cols) in [(5, 31), (67, 100), (301, 515), (700, 2048)] {
+        cases.push((format!("{rows}x{cols}"), Owned::new(&mut rng, rows, cols), None, None));
+    }
+    let (rows, cols) = (37, 2 * 2048 + 52);
+    let owned = Owned::new(&mut rng, rows, cols);
+    let panels = Some([to_panels(&owned.f16, rows, cols), to_panels(&owned.bf16, rows, cols)]);
+    let f32p = Some(to_panels(&owned.f32, rows, cols));
+    cases.push(("panels".into(), owned, panels, f32p));
+    for (label, owned, half_panels, f32_panels) in &cases {
+        let (rows, cols) = (owned.rows, owned.cols);
+        let mut matrices = owned.all();
+        if let (Some([f16p, bf16p]), Some(f32p)) = (half_panels, f32_panels) {
+            matrices = vec![
+                ("f32", Matrix::column_panels(rows, cols, MatrixData::F32(f32p))),
+                ("f16", Matrix::column_panels(rows, cols, MatrixData::F16(f16p))),
+                ("bf16", Matrix::column_panels(rows, cols, MatrixData::BF16(bf16p))),
+            ];
+        }
+        for n in [1, 2, 3, 5, 8, 9] {
+            let x = rng.vec(n * cols);
+            for k in available_kernels() {
+                for (name, w) in &matrices {
+                    let mut got = vec![f32::NAN; n * rows];
+                    matmul_decode(k, w, &x, n, &mut got);
+                    for t in 0..n {
+                        let mut want = vec![0f32; rows];
+                        matvec_with(k, w, &x[t * cols..][..cols], &mut want);
+                        let got_t = &got[t * rows..][..rows];
+                        let same = want.iter().zip(got_t).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{k:?} {name} {label} n={n} token {t}: {want:?} vs {got_t:?}");
+                    }
+                }
+            }
+        }
+    }
+}
