@@ -19,6 +19,7 @@ pub mod eval;
 pub mod generation;
 pub mod kernels;
 pub mod model;
+pub mod server;
 pub mod sys;
 pub mod text;
 

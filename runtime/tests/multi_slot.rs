@@ -48,12 +48,10 @@ fn alone(model: &Model, kv: KvDtype, seq: &Seq) -> Vec<Vec<f32>> {
     for (i, chunk) in seq.prompt.chunks(CHUNK).enumerate() {
         logits = forward_batch_for(model, &mut s, chunk, i * CHUNK, LogitRows::Last).to_vec();
     }
-    let mut pos = seq.prompt.len();
-    for _ in 0..seq.generate {
+    for pos in seq.prompt.len()..seq.prompt.len() + seq.generate {
         out.push(logits.clone());
         let next = argmax(&logits);
         logits = forward(model, &mut s, next, pos).to_vec();
-        pos += 1;
     }
     out.push(logits);
     out

@@ -535,7 +535,8 @@ fn softmax_kernels_match_the_definition() {
 #[test]
 fn decode_batches_match_each_tokens_matvec_exactly() {
     let mut rng = Rng(777);
-    let mut cases: Vec<(String, Owned, Option<[Vec<u16>; 2]>, Option<Vec<f32>>)> = Vec::new();
+    type Case = (String, Owned, Option<[Vec<u16>; 2]>, Option<Vec<f32>>);
+    let mut cases: Vec<Case> = Vec::new();
     for (rows, cols) in [(5, 31), (67, 100), (301, 515), (700, 2048)] {
         cases.push((format!("{rows}x{cols}"), Owned::new(&mut rng, rows, cols), None, None));
     }
