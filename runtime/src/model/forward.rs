@@ -8,8 +8,8 @@
 //! A [`RunState`] may hold several KV slots, one sequence each (a server's
 //! conversations). [`forward_rows`] runs one token of each of several slots at once (a
 //! decode step of continuous batching): the matrix products over all rows together,
-//! each row computed as a one-token pass computes it, and attention per row over its own
-//! slot's cache. The single-sequence calls are the one-slot case ([`forward_batch_in`]
+//! each row computed as it would be alone, and attention per row over its own slot's
+//! cache. The single-sequence calls are the one-slot case ([`forward_batch_in`]
 //! names the slot).
 
 use std::sync::Arc;
@@ -356,7 +356,8 @@ pub struct Row {
 /// its slot's next position or, without sliding-window layers, any position whose
 /// earlier ones are cached) and returns their next-token logits, a row each in `rows`'
 /// order. Every weight is read once for all rows, and each row's numbers are exactly
-/// those [`forward`] gives it alone (the products run [`kernels::matmul_decode`]), so a
+/// those it gets in a batch of its own (the products run [`kernels::matmul_decode`],
+/// which sums each row in an order of its own; within rounding of [`forward`]'s), so a
 /// sequence's tokens do not depend on the others in its batch.
 ///
 /// Panics on a row that breaks these rules (a slot twice, a position beyond the cache):
