@@ -6,8 +6,9 @@ concurrent streams, and time to first token, alone and under load.
     python3 tools/bench_serve.py                       # q8_0 and bf16, 3 runs each
     python3 tools/bench_serve.py --dtypes q8_0 --runs 5 --streams 1 8
 
-Uses bench-data/1b (tools/make_fixture.py --shape 1b --no-reference bench-data/1b) and
-packs bench-data/1b-DTYPE.bin from it if missing. For each dtype one server
+Uses bench-data/1b (tools/make_fixture.py --shape 1b --no-reference bench-data/1b):
+bench-data/1b-text/ links to its files and adds the fixtures' dolma2 vocab.txt (so the
+server streams text), packed as bench-data/1b-text-DTYPE.bin if missing. For each dtype one server
 (`olmort serve --parallel 8 --ctx-size 1024`, --threads 2 by default) is started and,
 after a warm-up request:
 
@@ -111,9 +112,14 @@ def main():
     weights = Path(args.weights)
     if not weights.exists():
         sys.exit(f"{weights}: make it with python3 tools/make_fixture.py --shape 1b --no-reference {weights}")
+    text = weights.parent / f"{weights.name}-text"
+    text.mkdir(exist_ok=True)
+    for f in list(weights.iterdir()) + [ROOT / "tests/fixtures/tiny/vocab.txt"]:
+        if not (text / f.name).exists():
+            (text / f.name).symlink_to(f.resolve())
     rows = []
     for dtype in args.dtypes:
-        blob = pack(weights, weights.parent / f"{weights.name}-{dtype}.bin", dtype)
+        blob = pack(text, weights.parent / f"{text.name}-{dtype}.bin", dtype)
         with Server(blob, "--parallel", str(max(8, max(args.streams))), "--ctx-size", "1024", "--threads", str(args.threads),
                     "--prefill-chunk", str(args.prefill_chunk), "--load", "populate") as server:
             request(server.port, "POST", "/v1/completions", {"prompt": prompt(0), "max_tokens": 4, "ignore_eos": True})

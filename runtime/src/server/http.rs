@@ -230,7 +230,6 @@ impl<'a, 'v> App<'a, 'v> {
         let req = api::parse_request(body, chat)?;
         let prompt = self.encode(&req.prompt)?;
         let room = self.config.context - prompt.len();
-        let prompt_tokens = prompt.len();
         let (tx, rx) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let job = Job {
@@ -261,7 +260,6 @@ impl<'a, 'v> App<'a, 'v> {
                 self.queue.nudge();
             }
         }
-        let _ = prompt_tokens;
         Ok(())
     }
 
