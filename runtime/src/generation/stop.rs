@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(out, ["ab", "", "ENx", "", "EN"]);
         let (_, stopped, text) = run(&["lo w", "o"], &[b"hel", b"lo world"]);
         assert!(stopped);
-        assert_eq!(text, "hell", "the earliest match wins");
+        assert_eq!(text, "hel", "the earliest match wins");
     }
 
     #[test]
