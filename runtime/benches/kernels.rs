@@ -6,11 +6,14 @@
 //! batch of BATCH rows (default 128). ROWS (default 16384, `gate_up` of the 1B) x 2048
 //! weights; 192 rows keep every dtype but f32 in a 512 KiB L2, which measures the
 //! kernels' own speed rather than memory's. `OLMORT_KERNELS=portable` measures the fallback.
+//! Then, per dtype, a decode batch (`matmul_decode`, one token of each of 2, 4 and 8
+//! sequences) as a multiple of one token's matvec time: 1 would be free extra tokens,
+//! n a pass per token.
 
 use std::time::Instant;
 
 use half::{bf16, f16};
-use olmort::kernels::{matmul, matvec, Matrix, MatrixData};
+use olmort::kernels::{active, matmul, matmul_decode, matvec, Matrix, MatrixData};
 use rayon::prelude::*;
 
 /// CPU seconds this process has used (user + system), from /proc; 0 elsewhere.
@@ -122,5 +125,21 @@ fn main() {
             (rows * cols) as f64 * bytes_per / mv / 1e6,
             5.0 * flops / cpu / 1e9
         );
+        // Decode batches, each timed against a one-token matvec right before it.
+        let mut line = format!("{name:>5}: decode batch / one token:");
+        for n in [2, 4, 8].into_iter().filter(|&n| n <= batch) {
+            let mut ratios = Vec::new();
+            for _ in 0..9 {
+                let t = Instant::now();
+                matvec(&w, &x[..cols], &mut y[..rows]);
+                let one = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                matmul_decode(active(), &w, &x[..n * cols], n, &mut y[..n * rows]);
+                ratios.push(t.elapsed().as_secs_f64() / one);
+            }
+            ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            line += &format!("  {n}: {:.2}", ratios[4]);
+        }
+        println!("{line}");
     }
 }

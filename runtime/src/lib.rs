@@ -19,10 +19,14 @@ pub mod eval;
 pub mod generation;
 pub mod kernels;
 pub mod model;
+pub mod server;
 pub mod sys;
 pub mod text;
 
-pub use model::{forward, forward_batch, forward_batch_for, kv_cache_bytes, kv_cache_positions, KvDtype, LogitRows, Model, RunState};
+pub use model::{
+    forward, forward_batch, forward_batch_for, forward_batch_in, forward_rows, kv_cache_bytes, kv_cache_positions, KvDtype, LogitRows, Model, Row,
+    RunState,
+};
 
 use olmo_format::FormatError;
 

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     match args.get(1).and_then(|a| a.to_str()) {
         Some("chat") => cli::chat::main(args),
         Some("perplexity") => cli::perplexity::main(args[1..].to_vec()),
+        Some("serve") => cli::serve::main(args),
         _ => cli::run::main(args),
     }
 }

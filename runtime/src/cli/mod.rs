@@ -6,6 +6,7 @@ pub mod generate_args;
 pub mod load;
 pub mod perplexity;
 pub mod run;
+pub mod serve;
 
 use std::ffi::OsString;
 use std::fmt::Display;

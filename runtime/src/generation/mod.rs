@@ -5,4 +5,5 @@
 pub mod generate;
 pub mod sampling;
 pub mod session;
+pub mod stop;
 pub mod trace;

@@ -15,7 +15,7 @@ use half::{bf16, f16};
 use super::activations::QuantX;
 use super::kv_element::KvElement;
 use super::matrix::{Matrix, MatrixData};
-use super::tasks::{for_each_task, grow, min_rows_per_block, par_rows_guided, rows_per_task, with_local, SendPtr};
+use super::tasks::{for_each_task, grow, min_rows_per_block, par_rows_guided, rows_per_sub_block, rows_per_task, with_local, SendPtr};
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -194,8 +194,7 @@ thread_local! {
 /// same 16 of token 1, ..., then the next 16; the last `cols % 16` columns token-major.
 /// One sequential stream instead of `m` rows a multiple of 4 KiB apart, which share
 /// L1 sets.
-fn pack_few(x: &[f32], m: usize, cols: usize, out: &mut Vec<f32>) {
-    grow(out, m * cols);
+fn pack_few(x: &[f32], m: usize, cols: usize, out: &mut [f32]) {
     let whole = cols / 16 * 16;
     for t in 0..m {
         let row = &x[t * cols..][..cols];
@@ -212,6 +211,7 @@ fn few_passes(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], packed: &mut Vec<f
     let yp = SendPtr(y.as_mut_ptr());
     for t0 in (0..n).step_by(FEW) {
         let m = FEW.min(n - t0);
+        grow(packed, m * cols);
         pack_few(&x[t0 * cols..][..m * cols], m, cols, packed);
         let xs = packed.as_ptr() as usize;
         let tasks = rows.div_ceil(per);
@@ -500,6 +500,165 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
                 rows_q8_0(quants.as_ptr(), scales.as_ptr(), blocks, r0, xq, xd, ys)
             })
         }),        MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => unreachable!("the dispatch sends 4-bit matrices to q4_avx2"),
+    }
+}
+
+/// Weights a sub-block of a decode batch covers: a quarter of a core's L2 (512 KiB on
+/// this machine's Zen cores), so the rows stay cached while every token passes over them.
+pub(super) const MANY_SUB_BYTES: usize = 128 << 10;
+
+thread_local! {
+    /// The calling thread's tokens prepared for a decode batch: quantised (q8_0) or
+    /// packed in groups of [`FEW`] (float), one per token; only ever grows.
+    static MANY: RefCell<(Vec<QuantX>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `y[t] = W x[t]` for a decode batch of `n` tokens (`x` is `n x cols`, `y` is
+/// `n x rows`), whose every token is summed in an order that does not depend on `n` or
+/// on the other tokens, so a sequence's result does not depend on its batch. The threads
+/// claim blocks of rows as [`matvec`] does; each block is taken in sub-blocks that stay
+/// in L2 ([`MANY_SUB_BYTES`]), and each sub-block's weight rows are loaded once for
+/// [`FEW`] tokens at a time.
+///
+/// q8_0: each token's outputs are exactly [`matvec`]'s ([`rows_q8_0_few`]). Float
+/// weights: [`rows_float_few`]'s two accumulators per token, for `n = 1` too (so one
+/// sequence alone computes as it does in a batch; its numbers differ from [`matvec`]'s
+/// by rounding).
+pub fn matmul_decode(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    let min = min_rows_per_block(w.row_bytes(), 4);
+    let sub = rows_per_sub_block(w.row_bytes(), 1, MANY_SUB_BYTES);
+    let groups = n.div_ceil(FEW);
+    let yp = SendPtr(y.as_mut_ptr());
+    with_local(&MANY, |(qx, packed)| {
+        // SAFETY (every `unsafe` below): `super::matmul_decode` checked the CPU features,
+        // that `x` has `n` rows of `cols` and `y` `n` of `rows`, and that the weights hold
+        // `rows` whole rows; `par_rows_guided` gives each call rows `r0 .. r0 + block.len()`
+        // within `rows`, which it alone writes, for every token.
+        match w.data {
+            MatrixData::Q8_0 { quants, scales } => {
+                let blocks = cols.div_ceil(32);
+                if qx.len() < n {
+                    qx.resize_with(n, QuantX::new);
+                }
+                for (t, q) in qx[..n].iter_mut().enumerate() {
+                    q.quantize(&x[t * cols..][..cols]);
+                }
+                let qx = &qx[..n];
+                par_rows_guided(&mut y[..rows], min, 1, |r0, block| {
+                    for a in (r0..r0 + block.len()).step_by(sub) {
+                        let len = sub.min(r0 + block.len() - a);
+                        for g in 0..groups {
+                            let t0 = g * FEW;
+                            let m = FEW.min(n - t0);
+                            unsafe { rows_q8_few(quants.as_ptr(), scales.as_ptr(), blocks, a, len, &qx[t0..t0 + m], yp.get().add(t0 * rows), rows) }
+                        }
+                    }
+                })
+            }
+            MatrixData::F32(_) | MatrixData::F16(_) | MatrixData::BF16(_) => {
+                grow(packed, n * cols);
+                for g in 0..groups {
+                    let t0 = g * FEW;
+                    let m = FEW.min(n - t0);
+                    pack_few(&x[t0 * cols..][..m * cols], m, cols, &mut packed[t0 * cols..][..m * cols]);
+                }
+                let xs = packed.as_ptr() as usize;
+                par_rows_guided(&mut y[..rows], min, 1, |r0, block| {
+                    for a in (r0..r0 + block.len()).step_by(sub) {
+                        let len = sub.min(r0 + block.len() - a);
+                        for g in 0..groups {
+                            let t0 = g * FEW;
+                            let m = FEW.min(n - t0);
+                            let xg = (xs as *const f32).wrapping_add(t0 * cols);
+                            let y = yp.get().wrapping_add(t0 * rows);
+                            for (c0, p) in w.panels() {
+                                // Panel columns `c0 ..` of the group's packed tokens, as in
+                                // `few_passes`.
+                                let (x, acc) = (xg.wrapping_add(c0 * m), c0 > 0);
+                                unsafe {
+                                    match p.data {
+                                        MatrixData::F32(d) => rows_few::<WF32>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
+                                        MatrixData::F16(d) => rows_few::<WF16>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
+                                        MatrixData::BF16(d) => rows_few::<WBF16>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
+                                        _ => unreachable!("float panels"),
+                                    }
+                                }
+                            }
+                        }
+                    }
+                })
+            }
+            MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => unreachable!("the dispatch sends 4-bit matrices to q4_avx2"),
+        }
+    })
+}
+
+/// q8_0 rows `r0 .. r0 + len` for up to [`FEW`] tokens (`x`), outputs `ldy` apart from
+/// `y`: each weight block is loaded once for all of them, and each token's sums are
+/// exactly those of [`rows_q8_0_r`] (the same operations in the same order).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_q8_few(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, len: usize, x: &[QuantX], y: *mut f32, ldy: usize) {
+    match x.len() {
+        1 => rows_q8_0_few::<1>(quants, scales, blocks, r0, len, x, y, ldy),
+        2 => rows_q8_0_few::<2>(quants, scales, blocks, r0, len, x, y, ldy),
+        3 => rows_q8_0_few::<3>(quants, scales, blocks, r0, len, x, y, ldy),
+        _ => rows_q8_0_few::<4>(quants, scales, blocks, r0, len, x, y, ldy),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn rows_q8_0_few<const N: usize>(
+    quants: *const i8,
+    scales: *const u16,
+    blocks: usize,
+    r0: usize,
+    len: usize,
+    x: &[QuantX],
+    y: *mut f32,
+    ldy: usize,
+) {
+    let xq: [*const i8; N] = std::array::from_fn(|t| x[t].quants.as_ptr());
+    let xd: [*const f32; N] = std::array::from_fn(|t| x[t].scales.as_ptr());
+    let groups = blocks / 8;
+    for r in r0..r0 + len {
+        let q = quants.add(r * blocks * 32);
+        let s = scales.add(r * blocks);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc2 = [_mm256_setzero_ps(); N];
+        for g in 0..groups {
+            _mm_prefetch::<_MM_HINT_T0>((s.add(g * 8) as *const i8).wrapping_add(PREFETCH / 16));
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(s.add(g * 8) as *const __m128i));
+            let mut d = [[0f32; 8]; N];
+            for t in 0..N {
+                _mm256_storeu_ps(d[t].as_mut_ptr(), _mm256_mul_ps(dw, _mm256_loadu_ps(xd[t].add(g * 8))));
+            }
+            for k in (0..8).step_by(2) {
+                let b = g * 8 + k;
+                _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(b * 32 + PREFETCH));
+                let wv = _mm256_loadu_si256(q.add(b * 32) as *const __m256i);
+                let wv2 = _mm256_loadu_si256(q.add(b * 32 + 32) as *const __m256i);
+                for t in 0..N {
+                    let xv = _mm256_loadu_si256(xq[t].add(b * 32) as *const __m256i);
+                    let xv2 = _mm256_loadu_si256(xq[t].add(b * 32 + 32) as *const __m256i);
+                    acc[t] = _mm256_fmadd_ps(dot_q8(wv, xv), _mm256_set1_ps(d[t][k]), acc[t]);
+                    acc2[t] = _mm256_fmadd_ps(dot_q8(wv2, xv2), _mm256_set1_ps(d[t][k + 1]), acc2[t]);
+                }
+            }
+        }
+        for b in groups * 8..blocks {
+            let wv = _mm256_loadu_si256(q.add(b * 32) as *const __m256i);
+            for t in 0..N {
+                let xv = _mm256_loadu_si256(xq[t].add(b * 32) as *const __m256i);
+                let d = f16::from_bits(*s.add(b)).to_f32() * *xd[t].add(b);
+                acc[t] = _mm256_fmadd_ps(dot_q8(wv, xv), _mm256_set1_ps(d), acc[t]);
+            }
+        }
+        for t in 0..N {
+            *y.add(t * ldy + r) = hsum(_mm256_add_ps(acc[t], acc2[t]));
+        }
     }
 }
 

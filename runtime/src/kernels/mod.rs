@@ -234,6 +234,38 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     }
 }
 
+/// `Y = X W^T` for a decode batch (one token of each of `n` sequences): each token's
+/// outputs are summed in an order that depends neither on `n` nor on the other tokens,
+/// so a sequence's tokens do not depend on which others share its batch, and the
+/// weights are read from memory once for all `n`. On AVX2, q8_0 and 4-bit tokens get
+/// exactly [`matvec_with`]'s numbers, float ones those of a few-token pass (see
+/// `avx2::matmul_decode`), for `n = 1` too; the VNNI q8_0 kernel and the portable set
+/// run [`matvec_with`] per token.
+pub fn matmul_decode(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
+    assert_eq!(x.len(), n * w.cols);
+    assert_eq!(y.len(), n * w.rows);
+    w.check();
+    match w.data {
+        #[cfg(target_arch = "x86_64")]
+        MatrixData::Q8_0 { .. } if k.avx512() || (k.avx2() && n == 1) => {
+            for (xi, yi) in x.chunks_exact(w.cols).zip(y.chunks_exact_mut(w.rows)) {
+                matvec_with(k, w, xi, yi);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        MatrixData::Q4_0(_) | MatrixData::Q4_K(_) if k.avx2() && n == 1 => matvec_with(k, w, x, y),
+        #[cfg(target_arch = "x86_64")]
+        MatrixData::Q4_0(_) | MatrixData::Q4_K(_) if k.avx2() => q4_avx2::matvec_many(w, x, n, y),
+        #[cfg(target_arch = "x86_64")]
+        _ if k.avx2() => avx2::matmul_decode(w, x, n, y),
+        _ => {
+            for (xi, yi) in x.chunks_exact(w.cols).zip(y.chunks_exact_mut(w.rows)) {
+                portable::matvec(w, xi, yi);
+            }
+        }
+    }
+}
+
 /// `dst = src` in the cache's element type: files one head's key or value row.
 pub fn store_row<E: KvElement>(k: Kernels, src: &[f32], dst: &mut [E]) {
     assert_eq!(src.len(), dst.len());

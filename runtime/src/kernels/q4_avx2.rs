@@ -22,12 +22,14 @@ use olmo_format::{q4, DType};
 use super::activations::QuantX;
 use super::avx2::PREFETCH;
 use super::matrix::Matrix;
-use super::tasks::{min_rows_per_block, par_rows_guided, with_local};
+use super::tasks::{min_rows_per_block, par_rows_guided, par_rows_many, rows_per_sub_block, with_local};
 
 const TILE: usize = q4::TILE_BYTES;
 
 thread_local! {
     static QX: RefCell<QuantX> = const { RefCell::new(QuantX::new()) };
+    /// One per token for [`matvec_many`]; only ever grows.
+    static QX_MANY: RefCell<Vec<QuantX>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `y = W x` for a 4-bit matrix, groups of eight rows claimed by the threads in
@@ -46,6 +48,29 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
         // the activations for whole tiles; the blocks start at multiples of 8 rows and
         // lie within `y`.
         par_rows_guided(y, min, q4::TILE_ROWS, |r0, ys| unsafe { groups(dtype, tiles, chunks, r0, qx, ys) })
+    })
+}
+
+/// [`matvec`] for `n` tokens (`x` is `n x cols`, `y` is `n x rows`), each token's
+/// outputs computed exactly as [`matvec`] computes them, the tiles read from memory
+/// once for all of them (see `super::avx2::matvec_many`).
+pub fn matvec_many(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
+    let (dtype, tiles) = w.data.q4().expect("a 4-bit matrix");
+    let chunks = q4::tiles_per_group(w.cols);
+    let min = min_rows_per_block(w.row_bytes(), q4::TILE_ROWS);
+    let sub = rows_per_sub_block(w.row_bytes(), q4::TILE_ROWS, super::avx2::MANY_SUB_BYTES);
+    with_local(&QX_MANY, |qx| {
+        if qx.len() < n {
+            qx.resize_with(n, QuantX::new);
+        }
+        for (t, q) in qx[..n].iter_mut().enumerate() {
+            q.quantize(&x[t * w.cols..][..w.cols]);
+            q.pad_and_sum(w.cols, chunks * 8);
+        }
+        let qx = &qx[..n];
+        // SAFETY: as for `matvec`, per token; `par_rows_many` hands out rows in
+        // multiples of 8 within `rows`.
+        par_rows_many(y, n, w.rows, min, q4::TILE_ROWS, sub, |t, r0, ys| unsafe { groups(dtype, tiles, chunks, r0, &qx[t], ys) })
     })
 }
 

@@ -120,6 +120,42 @@ pub(crate) fn par_rows_guided(y: &mut [f32], min: usize, align: usize, f: impl F
     })
 }
 
+/// [`par_rows_guided`] for a product of `n` tokens: `y` holds their outputs, `rows`
+/// apart. The threads claim blocks of rows as for one token (`min`, `align` as there);
+/// each block is taken `sub` rows at a time (a multiple of `align`), and every token's
+/// outputs of those rows are computed (`f(token, r0, ys)`) before the next `sub` rows,
+/// so the weights come from memory once and from cache for the other tokens.
+pub(crate) fn par_rows_many(
+    y: &mut [f32],
+    n: usize,
+    rows: usize,
+    min: usize,
+    align: usize,
+    sub: usize,
+    f: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
+) {
+    assert!(y.len() >= n * rows && sub > 0);
+    let yp = SendPtr(y.as_mut_ptr());
+    par_rows_guided(&mut y[..rows], min, align, |r0, block| {
+        let end = r0 + block.len();
+        for a in (r0..end).step_by(sub) {
+            let len = sub.min(end - a);
+            for t in 0..n {
+                // SAFETY: the guided split gave this call rows `r0 .. end` alone, and
+                // token t's rows of them lie within `y` (asserted), which outlives the
+                // section.
+                f(t, a, unsafe { std::slice::from_raw_parts_mut(yp.get().add(t * rows + a), len) });
+            }
+        }
+    })
+}
+
+/// Rows of a sub-block of [`par_rows_many`]: about `bytes` of weights (so they stay in
+/// the core's L2 while every token passes over them), a multiple of `align`.
+pub(crate) fn rows_per_sub_block(row_bytes: usize, align: usize, bytes: usize) -> usize {
+    (bytes / row_bytes.max(1)).max(1).div_ceil(align) * align
+}
+
 /// The smallest block [`par_rows_guided`] hands out for a matvec: about 256 KiB of
 /// weights (a dozen microseconds of one core's stream), in whole multiples of `align`
 /// rows.

@@ -4,6 +4,13 @@
 //! weight once for the whole run and attends causally inside it. Each layer attends over
 //! every earlier position or, in OLMo-3's sliding-window layers, over the last
 //! `sliding_window`, with its layer type's rotary embedding.
+//!
+//! A [`RunState`] may hold several KV slots, one sequence each (a server's
+//! conversations). [`forward_rows`] runs one token of each of several slots at once (a
+//! decode step of continuous batching): the matrix products over all rows together,
+//! each row computed as it would be alone, and attention per row over its own slot's
+//! cache. The single-sequence calls are the one-slot case ([`forward_batch_in`]
+//! names the slot).
 
 use std::sync::Arc;
 
@@ -99,8 +106,8 @@ struct KvLayer {
 }
 
 /// Every buffer a forward pass needs, allocated once for at most `max_positions`
-/// positions and batches of at most `max_batch` tokens. Row `i` of each batch buffer
-/// belongs to the batch's token `i`.
+/// positions per slot, `slots` KV slots and batches of at most `max_batch` tokens. Row
+/// `i` of each batch buffer belongs to the batch's token `i`.
 pub struct RunState {
     /// (batch, d) the residual stream
     x: Buffer,
@@ -119,16 +126,21 @@ pub struct RunState {
     score_len: usize,
     /// (batch, vocab): the last call's logits, one row per token
     pub logits: Buffer,
-    /// Keys and values of the positions each layer still attends to.
+    /// Keys and values of the positions each layer still attends to: slot after slot,
+    /// `slot_len` values each.
     kv_cache: KvCache,
     kv_layers: Vec<KvLayer>,
+    slot_len: usize,
     /// cos/sin of the full-attention layers' RoPE, and of the sliding layers' where it
     /// differs.
     rope_full: RopeTables,
     rope_sliding: Option<RopeTables>,
-    /// The position after the last one fed: a sliding layer's ring holds only the window
-    /// before it, so a run continues from there or starts over at 0.
-    next_position: usize,
+    /// Per slot, the position after the last one fed: a sliding layer's ring holds only
+    /// the window before it, so a run continues from there or starts over at 0.
+    next_position: Vec<usize>,
+    /// Per slot, the last batch that fed it ([`forward_rows`]'s checks).
+    last_batch: Vec<u64>,
+    batches: u64,
     /// The threads every parallel section of a forward pass runs on (as many as rayon's
     /// pool when the state was made).
     team: Arc<Team>,
@@ -162,6 +174,18 @@ impl RunState {
         max_batch: usize,
         kv_dtype: KvDtype,
     ) -> Result<RunState, RunError> {
+        RunState::with_slots(model, max_positions, max_batch, kv_dtype, 1)
+    }
+
+    /// [`RunState::with_options`] with `slots` KV slots of `max_positions` each: one
+    /// sequence per slot, all allocated now.
+    pub fn with_slots(
+        model: &Model,
+        max_positions: usize,
+        max_batch: usize,
+        kv_dtype: KvDtype,
+        slots: usize,
+    ) -> Result<RunState, RunError> {
         let c = model.config;
         let d = c.hidden_size as usize;
         let q = c.q_dim() as usize;
@@ -176,6 +200,9 @@ impl RunState {
             kv_layers.push(KvLayer { offset, positions });
             kv_cache_len = kv_cache_len.and_then(|len| positions.checked_mul(kv)?.checked_add(len));
         }
+        let slots = slots.max(1);
+        let slot_len = kv_cache_len;
+        let kv_cache_len = slot_len.and_then(|len| len.checked_mul(slots));
         let score_len = kv_layers.iter().map(|l| l.positions).max().unwrap_or(0);
         let rope = |t: AttentionType| RopeTables::new(max_positions, c.head_dim as usize, c.rope(t)).ok_or_else(too_big);
         Ok(RunState {
@@ -193,12 +220,15 @@ impl RunState {
                 KvDtype::F16 => KvCache::F16 { keys: zeros(kv_cache_len)?, values: zeros(kv_cache_len)? },
             },
             kv_layers,
+            slot_len: slot_len.unwrap_or(0),
             rope_full: rope(AttentionType::Full)?,
             rope_sliding: match &c.rope_sliding_attention {
                 Some(r) if *r != c.rope_full_attention => Some(rope(AttentionType::Sliding)?),
                 _ => None,
             },
-            next_position: 0,
+            next_position: vec![0; slots],
+            last_batch: vec![0; slots],
+            batches: 0,
             team: Arc::new(Team::new(rayon::current_num_threads())),
             max_positions,
             max_batch: b,
@@ -234,6 +264,11 @@ impl RunState {
     /// The most tokens one [`forward_batch`] call takes.
     pub fn max_batch(&self) -> usize {
         self.max_batch
+    }
+
+    /// Its KV slots: sequences it holds at once.
+    pub fn slots(&self) -> usize {
+        self.next_position.len()
     }
 }
 
@@ -273,23 +308,130 @@ impl LogitRows {
 /// [`forward_batch`] with a choice of rows: with [`LogitRows::Last`] it returns one
 /// row, the last token's logits.
 pub fn forward_batch_for<'s>(model: &Model, s: &'s mut RunState, tokens: &[u32], start: usize, rows: LogitRows) -> &'s [f32] {
+    forward_batch_in(model, s, 0, tokens, start, rows)
+}
+
+/// [`forward_batch_for`] on KV slot `slot`: a prompt (or a chunk of one) of that slot's
+/// sequence.
+pub fn forward_batch_in<'s>(
+    model: &Model,
+    s: &'s mut RunState,
+    slot: usize,
+    tokens: &[u32],
+    start: usize,
+    rows: LogitRows,
+) -> &'s [f32] {
     let n = tokens.len();
+    assert!(slot < s.slots(), "slot {slot} of {}", s.slots());
     assert!(n <= s.max_batch, "{n} tokens is more than the batch buffers hold ({})", s.max_batch);
     assert!(start + n <= s.max_positions, "position {} beyond the KV cache", start + n - 1);
     assert!(
-        model.config.sliding_window.is_none() || start == 0 || start == s.next_position,
+        model.config.sliding_window.is_none() || start == 0 || start == s.next_position[slot],
         "position {start}: a sliding-window cache holds the window before position {}, so a run continues there or starts over at 0",
-        s.next_position
+        s.next_position[slot]
     );
     let vocab = model.config.vocab_size as usize;
     if n == 0 {
         return &s.logits[..0];
     }
-    s.next_position = start + n;
+    s.next_position[slot] = start + n;
+    let batch = Batch::Run { slot, tokens, start, rows };
+    let m = batch.logit_rows();
     let k = kernels::active();
     let team = Arc::clone(&s.team);
-    team.install(|| run(k, model, s, tokens, start, rows));
-    &s.logits[..(n - rows.first(n)) * vocab]
+    team.install(|| run(k, model, s, &batch));
+    &s.logits[..m * vocab]
+}
+
+/// One row of a decode batch: `token` at position `pos` of the sequence in KV slot
+/// `slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    pub slot: usize,
+    pub token: u32,
+    pub pos: usize,
+}
+
+/// Runs one token of each of several sequences (`rows`, at most one per slot, each at
+/// its slot's next position or, without sliding-window layers, any position whose
+/// earlier ones are cached) and returns their next-token logits, a row each in `rows`'
+/// order. Every weight is read once for all rows, and each row's numbers are exactly
+/// those it gets in a batch of its own (the products run [`kernels::matmul_decode`],
+/// which sums each row in an order of its own; within rounding of [`forward`]'s), so a
+/// sequence's tokens do not depend on the others in its batch.
+///
+/// Panics on a row that breaks these rules (a slot twice, a position beyond the cache):
+/// the caller (the server's scheduler) owns the slots and knows their positions.
+pub fn forward_rows<'s>(model: &Model, s: &'s mut RunState, rows: &[Row]) -> &'s [f32] {
+    let n = rows.len();
+    assert!(n <= s.max_batch, "{n} rows is more than the batch buffers hold ({})", s.max_batch);
+    s.batches += 1;
+    for r in rows {
+        assert!(r.slot < s.slots(), "slot {} of {}", r.slot, s.slots());
+        assert!(r.pos < s.max_positions, "position {} beyond the KV cache", r.pos);
+        assert!(s.last_batch[r.slot] != s.batches, "slot {} twice in one batch", r.slot);
+        assert!(
+            model.config.sliding_window.is_none() || r.pos == 0 || r.pos == s.next_position[r.slot],
+            "slot {} position {}: its sliding-window cache holds the window before position {}",
+            r.slot,
+            r.pos,
+            s.next_position[r.slot]
+        );
+        s.last_batch[r.slot] = s.batches;
+        s.next_position[r.slot] = r.pos + 1;
+    }
+    let vocab = model.config.vocab_size as usize;
+    if n == 0 {
+        return &s.logits[..0];
+    }
+    let k = kernels::active();
+    let team = Arc::clone(&s.team);
+    team.install(|| run(k, model, s, &Batch::Rows(rows)));
+    &s.logits[..n * vocab]
+}
+
+/// The tokens of one pass: a run of consecutive positions of one slot (a prompt, the
+/// one-token step), or one token each of several slots (a decode batch).
+enum Batch<'a> {
+    Run { slot: usize, tokens: &'a [u32], start: usize, rows: LogitRows },
+    Rows(&'a [Row]),
+}
+
+impl Batch<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Run { tokens, .. } => tokens.len(),
+            Batch::Rows(rows) => rows.len(),
+        }
+    }
+
+    /// Token `i`'s (slot, token, position).
+    fn row(&self, i: usize) -> Row {
+        match self {
+            Batch::Run { slot, tokens, start, .. } => Row { slot: *slot, token: tokens[i], pos: start + i },
+            Batch::Rows(rows) => rows[i],
+        }
+    }
+
+    /// The first token that gets logits; all from there on do.
+    fn first_logits(&self) -> usize {
+        match self {
+            Batch::Run { rows, tokens, .. } => rows.first(tokens.len()),
+            Batch::Rows(_) => 0,
+        }
+    }
+
+    fn logit_rows(&self) -> usize {
+        self.len() - self.first_logits()
+    }
+
+    /// The matrix product for this batch: a decode batch's rows each as one token alone.
+    fn matmul(&self, k: Kernels, w: &kernels::Matrix, x: &[f32], n: usize, y: &mut [f32]) {
+        match self {
+            Batch::Run { .. } => matmul_with(k, w, x, n, y),
+            Batch::Rows(_) => kernels::matmul_decode(k, w, x, n, y),
+        }
+    }
 }
 
 /// Applies `f` to each token's row of `buf` (rows `width` apart), in parallel when the
@@ -306,9 +448,9 @@ fn per_token(n: usize, width: usize, buf: &mut [f32], f: impl Fn(usize, &mut [f3
 /// Elements of `act` one SwiGLU task computes: a decode step's 8192 (the 1B) in four.
 const SWIGLU_CHUNK: usize = 2048;
 
-fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize, rows: LogitRows) {
+fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
     let c = model.config;
-    let n = tokens.len();
+    let n = batch.len();
     let eps = c.rms_norm_eps as f32;
     let d = c.hidden_size as usize;
     let head_dim = c.head_dim as usize;
@@ -322,14 +464,14 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
     let score_len = s.score_len;
     let scale = 1.0 / (head_dim as f32).sqrt();
 
-    for (i, &t) in tokens.iter().enumerate() {
-        model.embed_tokens.row_to_f32(t as usize, &mut s.x[i * d..][..d]);
+    for i in 0..n {
+        model.embed_tokens.row_to_f32(batch.row(i).token as usize, &mut s.x[i * d..][..d]);
     }
 
     for (l, w) in model.layers.iter().enumerate() {
         // Attention. OLMo-2 normalises the q and k projections (over all heads at once)
         // and the attention output, not the layer input.
-        matmul_with(k, &w.qkv_proj, &s.x[..n * d], n, &mut s.qkv[..n * qkv_dim]);
+        batch.matmul(k, &w.qkv_proj, &s.x[..n * d], n, &mut s.qkv[..n * qkv_dim]);
         // q and k of each token as separate tasks: a decode step's two halves.
         let rope = match c.layer_types[l] {
             AttentionType::Sliding => s.rope_sliding.as_ref().unwrap_or(&s.rope_full),
@@ -343,23 +485,21 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
             // `qkv`'s first n rows, which outlive the section.
             let v = unsafe { std::slice::from_raw_parts_mut(qkv.get().add(i * qkv_dim + off), len) };
             rms_norm(v, norm, eps);
-            rope.apply(v, start + i);
+            rope.apply(v, batch.row(i).pos);
         });
         let KvLayer { offset, positions } = s.kv_layers[l];
-        let shape = AttentionShape { start, q_dim, kv_dim, head_dim, group, positions, score_len, scale };
+        let shape = AttentionShape { offset, slot_len: s.slot_len, q_dim, kv_dim, head_dim, group, positions, score_len, scale };
         let qkv = &s.qkv[..n * qkv_dim];
         let (scores, attn) = (&mut s.scores[..heads * score_len], &mut s.attn[..n * q_dim]);
-        // Layer l's part of each cache: (kv_head, positions, head_dim).
-        let part = offset..offset + positions * kv_dim;
         match &mut s.kv_cache {
-            KvCache::F32 { keys, values } => attend(k, &shape, qkv, &mut keys[part.clone()], &mut values[part], scores, attn),
-            KvCache::F16 { keys, values } => attend(k, &shape, qkv, &mut keys[part.clone()], &mut values[part], scores, attn),
+            KvCache::F32 { keys, values } => attend(k, &shape, batch, qkv, keys, values, scores, attn),
+            KvCache::F16 { keys, values } => attend(k, &shape, batch, qkv, keys, values, scores, attn),
         }
-        matmul_with(k, &w.o_proj, &s.attn[..n * q_dim], n, &mut s.proj[..n * d]);
+        batch.matmul(k, &w.o_proj, &s.attn[..n * q_dim], n, &mut s.proj[..n * d]);
         residual(n, d, &mut s.x, &mut s.proj, w.post_attention_layernorm, eps);
 
         // MLP: SwiGLU, normalised before the residual add.
-        matmul_with(k, &w.gate_up_proj, &s.x[..n * d], n, &mut s.gate_up[..n * 2 * f]);
+        batch.matmul(k, &w.gate_up_proj, &s.x[..n * d], n, &mut s.gate_up[..n * 2 * f]);
         let gate_up = &s.gate_up;
         let chunks = f.div_ceil(SWIGLU_CHUNK);
         let act = SendPtr(s.act.as_mut_ptr());
@@ -371,22 +511,23 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, tokens: &[u32], start: usize
             let out = unsafe { std::slice::from_raw_parts_mut(act.get().add(i * f + c0), len) };
             kernels::swiglu(k, &row[c0..][..len], &row[f + c0..][..len], out);
         });
-        matmul_with(k, &w.down_proj, &s.act[..n * f], n, &mut s.proj[..n * d]);
+        batch.matmul(k, &w.down_proj, &s.act[..n * f], n, &mut s.proj[..n * d]);
         residual(n, d, &mut s.x, &mut s.proj, w.post_feedforward_layernorm, eps);
     }
 
     // Only the rows that get logits need the final norm.
-    let first = rows.first(n);
+    let first = batch.first_logits();
     let m = n - first;
     let x = &mut s.x[first * d..n * d];
     per_token(m, d, x, |_, x| rms_norm(x, model.norm, eps));
-    matmul_with(k, &model.lm_head, x, m, &mut s.logits[..m * vocab]);
+    batch.matmul(k, &model.lm_head, x, m, &mut s.logits[..m * vocab]);
 }
 
-/// What [`attend`] needs to know of the model, the layer and the batch.
+/// What [`attend`] needs to know of the model, the layer and the cache.
 struct AttentionShape {
-    /// The position of the batch's first token (`qkv` holds a row per token).
-    start: usize,
+    /// Where the layer's part of a slot's cache starts, and the values of one slot.
+    offset: usize,
+    slot_len: usize,
     q_dim: usize,
     kv_dim: usize,
     head_dim: usize,
@@ -401,47 +542,54 @@ struct AttentionShape {
     scale: f32,
 }
 
-/// Attends for one layer: each query head of each token over the cached positions it
-/// sees (all earlier ones, or the last `window`), into `attn` (n x q, heads
+/// Attends for one layer: each query head of each token over the cached positions of
+/// its slot it sees (all earlier ones, or the last `window`), into `attn` (n x q, heads
 /// concatenated), filing the batch's keys and values (rows of `qkv`, after q/k norm and
-/// RoPE) in the layer's cache as it goes.
+/// RoPE) in its slot's part of the layer's cache as it goes.
 ///
 /// One task per kv head files each token's key and value, then runs that token's query
 /// heads of the group, token after token. In a ring the new row replaces the oldest,
-/// which only the batch's earlier queries still needed, and they are done: so a ring of
-/// exactly the window serves a batch of any size. A query scores every row the ring
-/// holds; softmax and the weighted sum do not depend on the rows' order (beyond float
-/// rounding).
+/// which only the batch's earlier queries of that slot still needed, and they are done:
+/// so a ring of exactly the window serves a batch of any size. A query scores every row
+/// the ring holds; softmax and the weighted sum do not depend on the rows' order (beyond
+/// float rounding).
+#[allow(clippy::too_many_arguments)]
 fn attend<E: KvElement>(
     k: Kernels,
     sh: &AttentionShape,
+    batch: &Batch,
     qkv: &[f32],
     key_cache: &mut [E],
     value_cache: &mut [E],
     scores: &mut [f32],
     attn: &mut [f32],
 ) {
-    let AttentionShape { start, q_dim, kv_dim, head_dim, group, positions, score_len, scale } = *sh;
+    let AttentionShape { offset, slot_len, q_dim, kv_dim, head_dim, group, positions, score_len, scale } = *sh;
     let qkv_dim = q_dim + 2 * kv_dim;
     let head_len = positions * head_dim;
+    let slots = key_cache.len() / slot_len.max(1);
+    assert!(key_cache.len() == value_cache.len() && offset + kv_dim * positions <= slot_len);
     let (key_cache, value_cache) = (SendPtr(key_cache.as_mut_ptr()), SendPtr(value_cache.as_mut_ptr()));
     let out = SendPtr(attn.as_mut_ptr());
     let head = |kvh: usize, scores: &mut [f32]| {
-        // SAFETY: the task for kv head kvh alone touches that head's block of each cache
-        // (`head_len` values at kvh * head_len, inside the layer's part), which outlives
-        // the parallel loop.
-        let (keys, values) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(key_cache.get().add(kvh * head_len), head_len),
-                std::slice::from_raw_parts_mut(value_cache.get().add(kvh * head_len), head_len),
-            )
-        };
         for (i, row) in qkv.chunks_exact(qkv_dim).enumerate() {
-            let pos = start + i;
-            let slot = pos % positions * head_dim;
+            let Row { slot, pos, .. } = batch.row(i);
+            assert!(slot < slots);
+            // SAFETY: the task for kv head kvh alone touches that head's block of each
+            // slot's part of each cache (`head_len` values at kvh * head_len inside the
+            // layer's part of the slot, within the cache: asserted), which outlives the
+            // parallel loop.
+            let (keys, values) = unsafe {
+                let at = slot * slot_len + offset + kvh * head_len;
+                (
+                    std::slice::from_raw_parts_mut(key_cache.get().add(at), head_len),
+                    std::slice::from_raw_parts_mut(value_cache.get().add(at), head_len),
+                )
+            };
+            let ring_row = pos % positions * head_dim;
             let (key, value) = (q_dim + kvh * head_dim, q_dim + kv_dim + kvh * head_dim);
-            kernels::store_row(k, &row[key..][..head_dim], &mut keys[slot..][..head_dim]);
-            kernels::store_row(k, &row[value..][..head_dim], &mut values[slot..][..head_dim]);
+            kernels::store_row(k, &row[key..][..head_dim], &mut keys[ring_row..][..head_dim]);
+            kernels::store_row(k, &row[value..][..head_dim], &mut values[ring_row..][..head_dim]);
             let seen = (pos + 1).min(positions);
             let (seen_keys, seen_values) = (&keys[..seen * head_dim], &values[..seen * head_dim]);
             for (j, scores) in scores.chunks_exact_mut(score_len).enumerate() {

@@ -1,0 +1,470 @@
+//! The OpenAI request and response bodies: parsing with validation (every refusal a
+//! message for a 400), and the JSON of answers, stream chunks and errors.
+//!
+//! Unknown fields are ignored, as vLLM and llama-server ignore them; fields the server
+//! knows but does not implement (`n > 1`, tools, logprobs, penalties, ...) are refused
+//! rather than silently dropped.
+
+use serde_json::{json, Map, Value};
+
+use crate::generation::sampling::SamplingParams;
+use crate::text::chat_template::Message;
+
+/// An error answer: HTTP status and OpenAI's `{"error": {...}}` body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<&'static str>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: Option<&'static str>) -> ApiError {
+        ApiError { status: 400, message: message.into(), kind: "invalid_request_error", param, code: None }
+    }
+
+    pub fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into(), kind, param: None, code: Some(code) }
+    }
+
+    pub fn body(&self) -> String {
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}).to_string()
+    }
+}
+
+/// The prompt of a request, before encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// `/v1/completions`: text (special-token spellings stay text).
+    Text(String),
+    /// `/v1/completions` with a list of token ids.
+    Tokens(Vec<u32>),
+    /// `/v1/chat/completions`: messages for the chat template.
+    Chat(Vec<Message>),
+}
+
+/// A parsed and validated request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    /// `max_tokens` or `max_completion_tokens` (`None`: until the context is full).
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+    pub stream: bool,
+    /// `stream_options.include_usage`: a last chunk with the usage.
+    pub stream_usage: bool,
+}
+
+/// Stop strings a request may give (OpenAI allows 4).
+pub const MAX_STOP: usize = 16;
+
+type Obj = Map<String, Value>;
+
+fn field<'a>(o: &'a Obj, name: &str) -> Option<&'a Value> {
+    o.get(name).filter(|v| !v.is_null())
+}
+
+fn bool_field(o: &Obj, name: &'static str) -> Result<Option<bool>, ApiError> {
+    match field(o, name) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::invalid(format!("'{name}' must be a boolean"), Some(name))),
+    }
+}
+
+fn number_field(o: &Obj, name: &'static str) -> Result<Option<f64>, ApiError> {
+    match field(o, name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(_) => Err(ApiError::invalid(format!("'{name}' must be a number"), Some(name))),
+    }
+}
+
+fn integer_field(o: &Obj, name: &'static str) -> Result<Option<i64>, ApiError> {
+    match field(o, name) {
+        None => Ok(None),
+        Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64()),
+        Some(Value::Number(n)) if n.is_u64() => Ok(Some(i64::MAX)),
+        Some(_) => Err(ApiError::invalid(format!("'{name}' must be an integer"), Some(name))),
+    }
+}
+
+/// Parses a request body: `chat` for `/v1/chat/completions`, else `/v1/completions`.
+pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))?;
+    let Value::Object(o) = value else {
+        return Err(ApiError::invalid("the body must be a JSON object", None));
+    };
+    refuse_unsupported(&o, chat)?;
+    if let Some(m) = field(&o, "model") {
+        if !m.is_string() {
+            return Err(ApiError::invalid("'model' must be a string", Some("model")));
+        }
+    }
+    let prompt = if chat { Prompt::Chat(parse_messages(&o)?) } else { parse_prompt(&o)? };
+    let max_tokens = match (integer_field(&o, "max_tokens")?, integer_field(&o, "max_completion_tokens")?) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("give 'max_tokens' or 'max_completion_tokens', not both", Some("max_tokens"))),
+        (Some(n), None) | (None, Some(n)) if n < 1 => {
+            return Err(ApiError::invalid(format!("'max_tokens' must be at least 1, not {n}"), Some("max_tokens")))
+        }
+        (Some(n), None) | (None, Some(n)) => Some(n as usize),
+        (None, None) => None,
+    };
+    let temperature = number_field(&o, "temperature")?.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid(format!("'temperature' must be between 0 and 2, not {temperature}"), Some("temperature")));
+    }
+    let top_p = number_field(&o, "top_p")?.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid(format!("'top_p' must be in (0, 1], not {top_p}"), Some("top_p")));
+    }
+    // vLLM spells "all" -1, llama-server 0.
+    let top_k = match integer_field(&o, "top_k")? {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => return Err(ApiError::invalid(format!("'top_k' must be -1, 0 or positive, not {k}"), Some("top_k"))),
+    };
+    let seed = match field(&o, "seed") {
+        None => None,
+        Some(Value::Number(n)) if n.is_u64() => n.as_u64(),
+        Some(Value::Number(n)) if n.is_i64() => n.as_i64().map(|v| v as u64),
+        Some(_) => return Err(ApiError::invalid("'seed' must be an integer", Some("seed"))),
+    };
+    let stop = match field(&o, "stop") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.len() <= MAX_STOP => a
+            .iter()
+            .map(|s| s.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError::invalid("'stop' must be a string or a list of strings", Some("stop")))?,
+        Some(Value::Array(_)) => return Err(ApiError::invalid(format!("'stop' takes at most {MAX_STOP} strings"), Some("stop"))),
+        Some(_) => return Err(ApiError::invalid("'stop' must be a string or a list of strings", Some("stop"))),
+    };
+    let stream = bool_field(&o, "stream")?.unwrap_or(false);
+    let stream_usage = match field(&o, "stream_options") {
+        None => false,
+        Some(Value::Object(so)) => bool_field(so, "include_usage")?.unwrap_or(false),
+        Some(_) => return Err(ApiError::invalid("'stream_options' must be an object", Some("stream_options"))),
+    };
+    Ok(CompletionRequest {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: temperature as f32,
+            top_k,
+            top_p: top_p as f32,
+            // Without a seed, a fresh one per request (sampled requests only).
+            seed: seed.unwrap_or_else(fresh_seed),
+        },
+        stop,
+        ignore_eos: bool_field(&o, "ignore_eos")?.unwrap_or(false),
+        stream,
+        stream_usage,
+    })
+}
+
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
+}
+
+/// Options OpenAI's API has that this server does not implement: refused by name.
+fn refuse_unsupported(o: &Obj, chat: bool) -> Result<(), ApiError> {
+    let unsupported = |name: &'static str, what: &str| Err(ApiError::invalid(format!("'{name}' is not supported: {what}"), Some(name)));
+    match integer_field(o, "n")? {
+        None | Some(1) => {}
+        Some(n) => return unsupported("n", &format!("one choice per request (n = 1), not {n}")),
+    }
+    match integer_field(o, "best_of")? {
+        None | Some(1) => {}
+        Some(_) => return unsupported("best_of", "one candidate per request"),
+    }
+    for name in ["tools", "functions"] {
+        match field(o, name) {
+            None => {}
+            Some(Value::Array(a)) if a.is_empty() => {}
+            Some(_) => return unsupported(if name == "tools" { "tools" } else { "functions" }, "tool calls are not implemented"),
+        }
+    }
+    for name in ["tool_choice", "function_call"] {
+        match field(o, name) {
+            None => {}
+            Some(Value::String(s)) if s == "none" || s == "auto" => {}
+            Some(_) => return unsupported(if name == "tool_choice" { "tool_choice" } else { "function_call" }, "tool calls are not implemented"),
+        }
+    }
+    let logprobs = match field(o, "logprobs") {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Number(n)) if !chat && n.as_u64() == Some(0) => false,
+        Some(_) => true,
+    };
+    if logprobs || field(o, "top_logprobs").is_some_and(|v| v.as_u64() != Some(0)) {
+        return unsupported("logprobs", "log probabilities are not returned");
+    }
+    for name in ["presence_penalty", "frequency_penalty"] {
+        if number_field(o, if name == "presence_penalty" { "presence_penalty" } else { "frequency_penalty" })?.is_some_and(|v| v != 0.0) {
+            return unsupported(if name == "presence_penalty" { "presence_penalty" } else { "frequency_penalty" }, "penalties are not implemented");
+        }
+    }
+    if let Some(v) = number_field(o, "repetition_penalty")? {
+        if v != 1.0 {
+            return unsupported("repetition_penalty", "penalties are not implemented");
+        }
+    }
+    match field(o, "logit_bias") {
+        None => {}
+        Some(Value::Object(m)) if m.is_empty() => {}
+        Some(_) => return unsupported("logit_bias", "logit biases are not implemented"),
+    }
+    if bool_field(o, "echo")? == Some(true) {
+        return unsupported("echo", "the prompt is not echoed");
+    }
+    if field(o, "suffix").is_some_and(|v| v.as_str() != Some("")) {
+        return unsupported("suffix", "insertion is not implemented");
+    }
+    match field(o, "response_format") {
+        None => {}
+        Some(Value::Object(f)) if f.get("type").and_then(Value::as_str) == Some("text") => {}
+        Some(_) => return unsupported("response_format", "only text replies"),
+    }
+    Ok(())
+}
+
+fn parse_prompt(o: &Obj) -> Result<Prompt, ApiError> {
+    let bad = || ApiError::invalid("'prompt' must be a string, a list of one string, or a list of token ids", Some("prompt"));
+    match field(o, "prompt") {
+        None => Err(ApiError::invalid("'prompt' is required", Some("prompt"))),
+        Some(Value::String(s)) => Ok(Prompt::Text(s.clone())),
+        Some(Value::Array(a)) => match a.as_slice() {
+            [Value::String(s)] => Ok(Prompt::Text(s.clone())),
+            [] => Err(ApiError::invalid("'prompt' is empty", Some("prompt"))),
+            items if items.iter().all(Value::is_string) => {
+                Err(ApiError::invalid("'prompt' with several prompts is not supported: one prompt per request", Some("prompt")))
+            }
+            items => items
+                .iter()
+                .map(|v| v.as_u64().and_then(|t| u32::try_from(t).ok()))
+                .collect::<Option<Vec<u32>>>()
+                .map(Prompt::Tokens)
+                .ok_or_else(bad),
+        },
+        Some(_) => Err(bad()),
+    }
+}
+
+/// Roles a message may have; `developer` (OpenAI's newer name) is read as `system`.
+const ROLES: [&str; 4] = ["system", "developer", "user", "assistant"];
+
+fn parse_messages(o: &Obj) -> Result<Vec<Message>, ApiError> {
+    let Some(Value::Array(items)) = field(o, "messages") else {
+        return Err(ApiError::invalid("'messages' is required: a list of {\"role\", \"content\"} objects", Some("messages")));
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid("'messages' is empty", Some("messages")));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let bad = |what: String| ApiError::invalid(format!("messages[{i}]: {what}"), Some("messages"));
+            let Value::Object(m) = m else { return Err(bad("must be an object".into())) };
+            let role = match m.get("role") {
+                Some(Value::String(r)) if ROLES.contains(&r.as_str()) => if r == "developer" { "system" } else { r.as_str() },
+                Some(Value::String(r)) if r == "tool" || r == "function" => return Err(bad(format!("role '{r}': tool calls are not supported"))),
+                Some(Value::String(r)) => return Err(bad(format!("unknown role '{r}' (system, user or assistant)"))),
+                _ => return Err(bad("'role' must be a string".into())),
+            };
+            if m.get("tool_calls").is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty())) {
+                return Err(bad("tool calls are not supported".into()));
+            }
+            let content = match m.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => {
+                    let mut text = String::new();
+                    for p in parts {
+                        match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                            (Some("text"), Some(t)) => text.push_str(t),
+                            (Some(kind), _) if kind != "text" => return Err(bad(format!("content of type '{kind}' is not supported (text only)"))),
+                            _ => return Err(bad("a content part must be {\"type\": \"text\", \"text\": ...}".into())),
+                        }
+                    }
+                    text
+                }
+                Some(Value::Null) | None if role == "assistant" => String::new(),
+                _ => return Err(bad("'content' must be a string or a list of text parts".into())),
+            };
+            Ok(Message::new(role, content))
+        })
+        .collect()
+}
+
+/// What an answer needs besides the text.
+pub struct AnswerInfo<'a> {
+    pub id: &'a str,
+    pub created: u64,
+    pub model: &'a str,
+    pub chat: bool,
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+/// A whole (non-streamed) answer.
+pub fn answer(info: &AnswerInfo, text: &str, finish: &str, prompt: usize, completion: usize) -> String {
+    let choice = if info.chat {
+        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": null})
+    } else {
+        json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": null})
+    };
+    json!({
+        "id": info.id,
+        "object": if info.chat { "chat.completion" } else { "text_completion" },
+        "created": info.created,
+        "model": info.model,
+        "choices": [choice],
+        "usage": usage(prompt, completion),
+        "system_fingerprint": null,
+    })
+    .to_string()
+}
+
+/// One stream chunk: `text` (the chat's first chunk carries the role instead), and the
+/// finish reason on the last one.
+pub fn chunk(info: &AnswerInfo, text: Option<&str>, first: bool, finish: Option<&str>) -> String {
+    let choice = if info.chat {
+        let mut delta = Map::new();
+        if first {
+            delta.insert("role".into(), "assistant".into());
+            delta.insert("content".into(), "".into());
+        }
+        if let Some(t) = text {
+            delta.insert("content".into(), t.into());
+        }
+        json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null})
+    } else {
+        json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null})
+    };
+    json!({
+        "id": info.id,
+        "object": if info.chat { "chat.completion.chunk" } else { "text_completion" },
+        "created": info.created,
+        "model": info.model,
+        "choices": [choice],
+    })
+    .to_string()
+}
+
+/// The stream's usage chunk (`stream_options.include_usage`): no choices.
+pub fn usage_chunk(info: &AnswerInfo, prompt: usize, completion: usize) -> String {
+    json!({
+        "id": info.id,
+        "object": if info.chat { "chat.completion.chunk" } else { "text_completion" },
+        "created": info.created,
+        "model": info.model,
+        "choices": [],
+        "usage": usage(prompt, completion),
+    })
+    .to_string()
+}
+
+/// `GET /v1/models`.
+pub fn models(model: &str, created: u64, context: usize) -> String {
+    json!({"object": "list", "data": [{"id": model, "object": "model", "created": created, "owned_by": "olmort", "max_model_len": context}]})
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str, chat: bool) -> ApiError {
+        parse_request(body.as_bytes(), chat).unwrap_err()
+    }
+
+    #[test]
+    fn parses_the_options() {
+        let r = parse_request(
+            br#"{"model": "m", "prompt": "hi", "max_tokens": 7, "temperature": 0, "top_p": 0.5, "top_k": -1, "seed": 3,
+                "stop": ["a", "b"], "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}, "user": "x"}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.prompt, Prompt::Text("hi".into()));
+        assert_eq!(r.max_tokens, Some(7));
+        assert_eq!(r.sampling, SamplingParams { temperature: 0.0, top_k: 0, top_p: 0.5, seed: 3 });
+        assert_eq!(r.stop, ["a", "b"]);
+        assert!(r.ignore_eos && r.stream && r.stream_usage);
+        let r = parse_request(br#"{"prompt": [1, 2, 3], "max_completion_tokens": 2, "stop": "x"}"#, false).unwrap();
+        assert_eq!((r.prompt, r.max_tokens, r.stop), (Prompt::Tokens(vec![1, 2, 3]), Some(2), vec!["x".to_string()]));
+        let r = parse_request(
+            br#"{"messages": [{"role": "developer", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}"#,
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.prompt, Prompt::Chat(vec![Message::new("system", "be brief"), Message::new("user", "ab")]));
+        assert_eq!(r.sampling.temperature, 1.0, "OpenAI's default temperature");
+    }
+
+    #[test]
+    fn refuses_bad_and_unsupported_requests() {
+        for (body, chat, needle) in [
+            ("{", false, "not valid JSON"),
+            ("[1]", false, "JSON object"),
+            ("{}", false, "'prompt' is required"),
+            (r#"{"prompt": 5}"#, false, "'prompt' must be"),
+            (r#"{"prompt": ["a", "b"]}"#, false, "several prompts"),
+            (r#"{"prompt": [1, -2]}"#, false, "'prompt' must be"),
+            (r#"{"prompt": "a", "max_tokens": 0}"#, false, "at least 1"),
+            (r#"{"prompt": "a", "max_tokens": "5"}"#, false, "must be an integer"),
+            (r#"{"prompt": "a", "max_tokens": 1, "max_completion_tokens": 1}"#, false, "not both"),
+            (r#"{"prompt": "a", "temperature": 3}"#, false, "between 0 and 2"),
+            (r#"{"prompt": "a", "temperature": "hot"}"#, false, "must be a number"),
+            (r#"{"prompt": "a", "top_p": 0}"#, false, "(0, 1]"),
+            (r#"{"prompt": "a", "top_k": -3}"#, false, "'top_k'"),
+            (r#"{"prompt": "a", "seed": 1.5}"#, false, "'seed'"),
+            (r#"{"prompt": "a", "stop": [1]}"#, false, "'stop'"),
+            (r#"{"prompt": "a", "stream": "yes"}"#, false, "boolean"),
+            (r#"{"prompt": "a", "n": 2}"#, false, "'n' is not supported"),
+            (r#"{"prompt": "a", "logprobs": 2}"#, false, "'logprobs' is not supported"),
+            (r#"{"prompt": "a", "echo": true}"#, false, "'echo'"),
+            (r#"{"prompt": "a", "model": 3}"#, false, "'model'"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": true}"#, true, "logprobs"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]}"#, true, "'tools'"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "frequency_penalty": 0.5}"#, true, "penalties"),
+            (r#"{"messages": []}"#, true, "empty"),
+            (r#"{"prompt": "a"}"#, true, "'messages' is required"),
+            (r#"{"messages": [{"role": "wizard", "content": "a"}]}"#, true, "unknown role 'wizard'"),
+            (r#"{"messages": [{"role": "tool", "content": "a"}]}"#, true, "tool calls"),
+            (r#"{"messages": [{"role": "user"}]}"#, true, "'content'"),
+            (r#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#, true, "'image_url'"),
+            (r#"{"messages": ["hi"]}"#, true, "must be an object"),
+        ] {
+            let e = err(body, chat);
+            assert_eq!(e.status, 400, "{body}");
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+            let v: Value = serde_json::from_str(&e.body()).unwrap();
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+        }
+    }
+
+    #[test]
+    fn answers_have_openai_shapes() {
+        let info = AnswerInfo { id: "x", created: 1, model: "m", chat: true };
+        let v: Value = serde_json::from_str(&answer(&info, "hi", "stop", 3, 1)).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "hi");
+        assert_eq!(v["usage"]["total_tokens"], 4);
+        let v: Value = serde_json::from_str(&chunk(&info, None, true, None)).unwrap();
+        assert_eq!(v["choices"][0]["delta"]["role"], "assistant");
+        let info = AnswerInfo { chat: false, ..info };
+        let v: Value = serde_json::from_str(&chunk(&info, Some("a"), false, Some("length"))).unwrap();
+        assert_eq!((v["choices"][0]["text"].as_str(), v["choices"][0]["finish_reason"].as_str()), (Some("a"), Some("length")));
+    }
+}

@@ -1,0 +1,491 @@
+//! The HTTP layer: a thread per connection reads one request (head parsed by
+//! `httparse`, a body of at most `max_body` bytes, all within time limits), checks the
+//! API key, routes it, and answers with JSON or, for `"stream": true`, server-sent
+//! events (`data: {...}` chunks, then `data: [DONE]`). Each connection carries one
+//! request (`Connection: close`), which is also how a streamed body ends.
+//!
+//! Completions are parsed and validated ([`super::api`]), their prompts rendered and
+//! encoded here, and queued for the scheduler; the handler then only streams the
+//! events back. A client that goes away (a failed write, or a closed socket seen while
+//! waiting) cancels its job at once, which frees its slot at the scheduler's next step.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::generation::session::ChatFormat;
+use crate::server::api::{self, AnswerInfo, ApiError, Prompt};
+use crate::server::metrics::Metrics;
+use crate::server::scheduler::{Event, Job, Queue, SubmitError};
+use crate::text::tokenizer::Tokenizer;
+
+/// Limits and identity of the HTTP side.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Clients must send `Authorization: Bearer KEY` (all routes but `/health`).
+    pub api_key: Option<String>,
+    /// The name `/v1/models` lists and answers carry.
+    pub model_name: String,
+    /// Positions of a slot: a prompt and its reply together.
+    pub context: usize,
+    /// Bytes of a request body at most (more: 413).
+    pub max_body: usize,
+    /// Connections served at once (more: 503 at once).
+    pub max_connections: usize,
+    /// Time a client has to send its request, head and body.
+    pub request_timeout: Duration,
+    /// Time one write to a client may block.
+    pub write_timeout: Duration,
+}
+
+impl HttpConfig {
+    pub fn new(model_name: String, context: usize) -> HttpConfig {
+        HttpConfig {
+            api_key: None,
+            model_name,
+            context,
+            max_body: 1 << 20,
+            max_connections: 256,
+            request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Bytes of a request head at most.
+const MAX_HEAD: usize = 16 << 10;
+const MAX_HEADERS: usize = 64;
+/// How often a handler waiting for tokens checks that its client is still there.
+const PEER_CHECK: Duration = Duration::from_millis(100);
+
+/// What every handler shares.
+pub struct App<'a, 'v> {
+    pub config: HttpConfig,
+    pub queue: Arc<Queue>,
+    /// The chat template and tokenizer (`None`: a blob without a vocabulary or template).
+    pub chat: Option<&'a ChatFormat<'v>>,
+    pub tokenizer: Option<&'a Tokenizer<'v>>,
+    pub vocab_size: u32,
+    pub created: u64,
+    connections: AtomicUsize,
+    next_id: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl<'a, 'v> App<'a, 'v> {
+    pub fn new(
+        config: HttpConfig,
+        queue: Arc<Queue>,
+        chat: Option<&'a ChatFormat<'v>>,
+        tokenizer: Option<&'a Tokenizer<'v>>,
+        vocab_size: u32,
+    ) -> App<'a, 'v> {
+        App {
+            config,
+            queue,
+            chat,
+            tokenizer,
+            vocab_size,
+            created: unix_time(),
+            connections: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.queue.metrics
+    }
+
+    /// Serves connections from `listener` until [`App::stop`], a thread each (at most
+    /// `max_connections`); returns once every connection is done.
+    pub fn serve(&self, listener: &TcpListener) {
+        std::thread::scope(|scope| {
+            for conn in listener.incoming() {
+                if self.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = conn else { continue };
+                if self.connections.fetch_add(1, Ordering::AcqRel) >= self.config.max_connections {
+                    self.connections.fetch_sub(1, Ordering::AcqRel);
+                    Metrics::add(&self.metrics().requests_rejected_busy, 1);
+                    let e = ApiError::new(503, "server_error", "too_many_connections", "too many connections: try again later");
+                    let mut stream = stream;
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                    let _ = respond(&mut stream, e.status, "application/json", e.body().as_bytes());
+                    continue;
+                }
+                let spawned = std::thread::Builder::new().name("olmort-http".into()).spawn_scoped(scope, move || {
+                    self.connection(stream);
+                    self.connections.fetch_sub(1, Ordering::AcqRel);
+                });
+                if spawned.is_err() {
+                    self.connections.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        });
+    }
+
+    /// Makes [`App::serve`] return: no new connections (the running ones finish), and the
+    /// queue closed. `addr` is the listener's address, connected to once to wake it.
+    pub fn stop(&self, addr: std::net::SocketAddr) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.queue.close();
+        let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    }
+
+    fn connection(&self, mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(self.config.write_timeout));
+        let result = match read_request(&mut stream, &self.config) {
+            Ok(req) => self.route(&mut stream, &req),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            let m = self.metrics();
+            Metrics::add(if e.status == 503 { &m.requests_rejected_busy } else { &m.requests_client_error }, 1);
+            let _ = respond(&mut stream, e.status, "application/json", e.body().as_bytes());
+        }
+        linger(stream);
+    }
+
+    fn route(&self, stream: &mut TcpStream, req: &Request) -> Result<(), ApiError> {
+        let path = req.path.split('?').next().unwrap_or("");
+        if path != "/health" {
+            self.check_key(req)?;
+        }
+        let method = req.method.as_str();
+        match (method, path) {
+            ("GET", "/health") => self.ok(stream, "application/json", br#"{"status":"ok"}"#),
+            ("GET", "/metrics") => self.ok(stream, "text/plain; version=0.0.4", self.metrics().render().as_bytes()),
+            ("GET", "/v1/models") => {
+                self.ok(stream, "application/json", api::models(&self.config.model_name, self.created, self.config.context).as_bytes())
+            }
+            ("POST", "/v1/completions") => self.completion(stream, &req.body, false),
+            ("POST", "/v1/chat/completions") => self.completion(stream, &req.body, true),
+            (_, "/health" | "/metrics" | "/v1/models" | "/v1/completions" | "/v1/chat/completions") => {
+                Err(ApiError::new(405, "invalid_request_error", "method_not_allowed", format!("{method} is not allowed on {path}")))
+            }
+            _ => Err(ApiError::new(404, "not_found_error", "not_found", format!("no route {method} {path}"))),
+        }
+    }
+
+    fn ok(&self, stream: &mut TcpStream, content_type: &str, body: &[u8]) -> Result<(), ApiError> {
+        Metrics::add(&self.metrics().requests_ok, 1);
+        let _ = respond(stream, 200, content_type, body);
+        Ok(())
+    }
+
+    fn check_key(&self, req: &Request) -> Result<(), ApiError> {
+        let Some(key) = &self.config.api_key else { return Ok(()) };
+        let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+        // Compared in full whatever the first difference, so timing tells nothing.
+        let matches = given.is_some_and(|g| g.len() == key.len() && g.bytes().zip(key.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0);
+        if matches {
+            Ok(())
+        } else {
+            Err(ApiError::new(401, "invalid_request_error", "invalid_api_key", "a missing or wrong API key (Authorization: Bearer KEY)"))
+        }
+    }
+
+    /// The prompt's tokens, refused when they do not fit the context.
+    fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>, ApiError> {
+        let tokens = match prompt {
+            Prompt::Tokens(t) => {
+                if let Some(bad) = t.iter().find(|&&t| t >= self.vocab_size) {
+                    return Err(ApiError::invalid(format!("token id {bad} is outside the vocabulary of {}", self.vocab_size), Some("prompt")));
+                }
+                t.clone()
+            }
+            Prompt::Text(text) => {
+                let tokenizer = self
+                    .tokenizer
+                    .ok_or_else(|| ApiError::invalid("this model has no vocabulary: send the prompt as token ids", Some("prompt")))?;
+                tokenizer.encode(text, false).map_err(|e| ApiError::invalid(e.to_string(), Some("prompt")))?
+            }
+            Prompt::Chat(messages) => {
+                let chat = self.chat.ok_or_else(|| ApiError::invalid("this model has no chat template: use /v1/completions", Some("messages")))?;
+                chat.prompt(messages).map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?
+            }
+        };
+        if tokens.is_empty() {
+            return Err(ApiError::invalid("the prompt has no tokens", Some("prompt")));
+        }
+        if tokens.len() >= self.config.context {
+            return Err(ApiError {
+                code: Some("context_length_exceeded"),
+                ..ApiError::invalid(
+                    format!("the prompt has {} tokens; this server's context is {} positions, prompt and reply together", tokens.len(), self.config.context),
+                    Some("prompt"),
+                )
+            });
+        }
+        Ok(tokens)
+    }
+
+    fn completion(&self, stream: &mut TcpStream, body: &[u8], chat: bool) -> Result<(), ApiError> {
+        let req = api::parse_request(body, chat)?;
+        let prompt = self.encode(&req.prompt)?;
+        let room = self.config.context - prompt.len();
+        let (tx, rx) = mpsc::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            prompt,
+            max_tokens: req.max_tokens.unwrap_or(room).min(room),
+            sampling: req.sampling,
+            stop: req.stop.clone(),
+            ignore_eos: req.ignore_eos,
+            events: tx,
+            cancel: Arc::clone(&cancel),
+        };
+        match self.queue.submit(job) {
+            Ok(()) => {}
+            Err(SubmitError::Busy) => {
+                return Err(ApiError::new(503, "server_error", "overloaded", "every slot is busy and the queue is full: try again later"))
+            }
+            Err(SubmitError::Closed) => return Err(ApiError::new(503, "server_error", "shutting_down", "the server is shutting down")),
+        }
+        let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let info = AnswerInfo { id: &id, created: unix_time(), model: &self.config.model_name, chat };
+        let mut events = Events { rx, stream, cancel: &cancel, queue: &self.queue };
+        let done = if req.stream { self.stream_answer(&mut events, &info, req.stream_usage) } else { self.whole_answer(&mut events, &info) };
+        match done {
+            Some(()) => Metrics::add(&self.metrics().requests_ok, 1),
+            None => {
+                // The client went away, or the scheduler stopped: the job is dropped.
+                cancel.store(true, Ordering::Relaxed);
+                self.queue.nudge();
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects the reply, then answers with it whole. `None`: the client went away.
+    fn whole_answer(&self, events: &mut Events, info: &AnswerInfo) -> Option<()> {
+        let mut text = String::new();
+        loop {
+            match events.next()? {
+                Event::Started => {}
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(f) => {
+                    let body = api::answer(info, &text, f.reason.as_str(), f.prompt_tokens, f.completion_tokens);
+                    return respond(events.stream, 200, "application/json", body.as_bytes()).ok();
+                }
+            }
+        }
+    }
+
+    /// Streams the reply as server-sent events. `None`: the client went away.
+    fn stream_answer(&self, events: &mut Events, info: &AnswerInfo, usage: bool) -> Option<()> {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
+        events.stream.write_all(head.as_bytes()).ok()?;
+        if info.chat {
+            send_event(events.stream, &api::chunk(info, None, true, None))?;
+        }
+        loop {
+            match events.next()? {
+                Event::Started => {}
+                Event::Text(t) => send_event(events.stream, &api::chunk(info, Some(&t), false, None))?,
+                Event::Done(f) => {
+                    send_event(events.stream, &api::chunk(info, None, false, Some(f.reason.as_str())))?;
+                    if usage {
+                        send_event(events.stream, &api::usage_chunk(info, f.prompt_tokens, f.completion_tokens))?;
+                    }
+                    events.stream.write_all(b"data: [DONE]\n\n").ok()?;
+                    return events.stream.flush().ok();
+                }
+            }
+        }
+    }
+}
+
+/// A job's events, watching the client while it waits for them.
+struct Events<'s, 'q> {
+    rx: mpsc::Receiver<Event>,
+    stream: &'s mut TcpStream,
+    cancel: &'q AtomicBool,
+    queue: &'q Queue,
+}
+
+impl Events<'_, '_> {
+    /// The next event; `None` if the client closed its connection or the scheduler is gone.
+    fn next(&mut self) -> Option<Event> {
+        loop {
+            match self.rx.recv_timeout(PEER_CHECK) {
+                Ok(e) => return Some(e),
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) => {
+                    if peer_closed(self.stream) {
+                        self.cancel.store(true, Ordering::Relaxed);
+                        self.queue.nudge();
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the client has closed its side (a read would give end of file or an error).
+fn peer_closed(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    let closed = match stream.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    let _ = stream.set_nonblocking(false);
+    closed
+}
+
+fn send_event(stream: &mut TcpStream, json: &str) -> Option<()> {
+    let mut line = String::with_capacity(json.len() + 8);
+    line.push_str("data: ");
+    line.push_str(json);
+    line.push_str("\n\n");
+    stream.write_all(line.as_bytes()).ok()?;
+    stream.flush().ok()
+}
+
+/// A request as read: method, path, headers (names lowercased), body.
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one request within `config`'s limits.
+fn read_request(stream: &mut TcpStream, config: &HttpConfig) -> Result<Request, ApiError> {
+    let deadline = Instant::now() + config.request_timeout;
+    let timeout = || ApiError::new(408, "invalid_request_error", "timeout", "the request did not arrive in time");
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let head_len = loop {
+        if let Some(end) = find_head_end(&buf) {
+            break end;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(ApiError::new(431, "invalid_request_error", "headers_too_large", format!("the request head is over {MAX_HEAD} bytes")));
+        }
+        let n = read_some(stream, &mut chunk, deadline).ok_or_else(timeout)?;
+        if n == 0 {
+            return Err(ApiError::invalid("the connection closed before the request was complete", None));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(&buf[..head_len]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(ApiError::invalid("a malformed request head", None)),
+        Err(e) => return Err(ApiError::invalid(format!("a malformed request head: {e}"), None)),
+    }
+    let method = parsed.method.unwrap_or("").to_string();
+    let path = parsed.path.unwrap_or("").to_string();
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).trim().to_string()))
+        .collect();
+    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    if header("transfer-encoding").is_some() {
+        return Err(ApiError::new(411, "invalid_request_error", "length_required", "send the body with a Content-Length"));
+    }
+    let length = match header("content-length") {
+        None => 0,
+        Some(v) => v.parse::<usize>().map_err(|_| ApiError::invalid(format!("a bad Content-Length {v:?}"), None))?,
+    };
+    if length > config.max_body {
+        return Err(ApiError::new(
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            format!("the body is {length} bytes; at most {} are accepted", config.max_body),
+        ));
+    }
+    let mut body = buf[head_len..].to_vec();
+    if body.len() > length {
+        body.truncate(length);
+    }
+    while body.len() < length {
+        let want = (length - body.len()).min(chunk.len());
+        let n = read_some(stream, &mut chunk[..want], deadline).ok_or_else(timeout)?;
+        if n == 0 {
+            return Err(ApiError::invalid("the connection closed before the body was complete", None));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Request { method, path, headers, body })
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// One read before `deadline`: `None` when it passes (or the read fails).
+fn read_some(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Option<usize> {
+    let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
+    stream.set_read_timeout(Some(left)).ok()?;
+    stream.read(buf).ok()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) -> std::io::Result<()> {
+    let retry = if status == 503 { "Retry-After: 1\r\n" } else { "" };
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n",
+        reason(status),
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()
+}
+
+/// Closes the connection after the answer without resetting it: the client may still be
+/// sending (a refused body), and closing with unread bytes would discard the answer.
+fn linger(stream: TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut stream = stream;
+    let mut sink = [0u8; 8192];
+    let mut left = 4usize << 20;
+    while left > 0 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+fn unix_time() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

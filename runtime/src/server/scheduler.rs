@@ -1,0 +1,365 @@
+//! The loop that owns the model, the KV slots and the batch.
+//!
+//! Handlers [`Queue::submit`] a [`Job`] (prompt tokens and options) and read its
+//! [`Event`]s from a channel. Each turn of the loop:
+//! 1. admits waiting jobs into free slots (blocking on a condition variable while there
+//!    is no work at all: an idle server uses no CPU);
+//! 2. drops jobs whose client went away (their cancel flag, or a closed channel);
+//! 3. runs one decode step: the next token of every slot that has finished its prompt,
+//!    one row each, in one pass over the weights (`forward_rows`);
+//! 4. runs one chunk of at most `prefill_chunk` tokens of the oldest prompt still
+//!    being read, so that a long prompt does not stop the running streams.
+//!
+//! A sequence's numbers do not depend on its neighbours: a decode row is computed as
+//! alone, and prompts are cut into chunks from their own start. So greedy output is the
+//! same alone or beside others.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use crate::generation::sampling::{Sampler, SamplingParams};
+use crate::generation::stop::StopText;
+use crate::model::forward::{forward_batch_in, forward_rows, LogitRows, Row, RunState};
+use crate::model::Model;
+use crate::server::metrics::Metrics;
+
+/// What a handler queues: a prompt and how to continue it.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    /// New tokens at most (the scheduler also stops at the end of the slot's context).
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop strings (not included in the reply).
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens.
+    pub ignore_eos: bool,
+    pub events: Sender<Event>,
+    /// Set by the handler when its client goes away.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// What the scheduler sends back for a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The job left the queue for a slot.
+    Started,
+    /// More reply text (whole characters, held back while it could start a stop string).
+    Text(String),
+    /// The reply is over.
+    Done(Finish),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens`, or the context is full.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Tokens generated (an end-of-sequence token that ended the reply not counted).
+    pub completion_tokens: usize,
+    /// From queueing to the first token, in milliseconds.
+    pub time_to_first_token_ms: u64,
+}
+
+/// How the scheduler runs.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    /// Requests run at once, each in a KV slot of its own.
+    pub slots: usize,
+    /// Positions of each slot: a request's prompt and reply together.
+    pub context: usize,
+    /// Prompt tokens per chunk.
+    pub prefill_chunk: usize,
+    /// Requests that may wait for a slot; more are refused ([`Queue::submit`]).
+    pub queue: usize,
+}
+
+/// Why [`Queue::submit`] refused a job.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is full.
+    Busy,
+    /// The server is shutting down.
+    Closed,
+}
+
+struct Waiting {
+    jobs: VecDeque<(Job, Instant)>,
+    closed: bool,
+}
+
+/// The jobs waiting for a slot, shared by the handlers and the scheduler.
+pub struct Queue {
+    waiting: Mutex<Waiting>,
+    wake: Condvar,
+    capacity: usize,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Arc<Queue> {
+        Arc::new(Queue {
+            waiting: Mutex::new(Waiting { jobs: VecDeque::with_capacity(capacity), closed: false }),
+            wake: Condvar::new(),
+            capacity,
+            metrics,
+        })
+    }
+
+    /// Queues `job`, or refuses it when `capacity` jobs are already waiting.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        let mut w = self.lock();
+        if w.closed {
+            return Err(SubmitError::Closed);
+        }
+        if w.jobs.len() >= self.capacity {
+            return Err(SubmitError::Busy);
+        }
+        w.jobs.push_back((job, Instant::now()));
+        Metrics::set(&self.metrics.queue_depth, w.jobs.len() as u64);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Stops the scheduler: it finishes no more work and returns.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_all();
+    }
+
+    /// Wakes the scheduler (a job was cancelled).
+    pub fn nudge(&self) {
+        let _guard = self.lock();
+        self.wake.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        // A panic elsewhere while holding the lock leaves the queue usable.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A request in a slot.
+struct Active {
+    job: Job,
+    /// Admission order: the oldest prompt is read first.
+    seq: u64,
+    queued: Instant,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    /// The token to feed next (decoding) and its position.
+    next: u32,
+    pos: usize,
+    generated: usize,
+    first_token: Option<Instant>,
+    sampler: Sampler,
+    text: StopText,
+}
+
+/// The scheduler loop: owns the model's run state (every slot's KV cache).
+pub struct Scheduler<'m, 'v> {
+    model: &'m Model<'v>,
+    state: RunState,
+    config: SchedulerConfig,
+    slots: Vec<Option<Active>>,
+    queue: Arc<Queue>,
+    /// The decode batch's rows and the slots they belong to (capacity: every slot).
+    rows: Vec<Row>,
+    row_slots: Vec<usize>,
+    admitted: u64,
+}
+
+impl<'m, 'v> Scheduler<'m, 'v> {
+    /// `state` must have `config.slots` slots of `config.context` positions and batches of
+    /// at least `config.prefill_chunk` and `config.slots` tokens.
+    pub fn new(model: &'m Model<'v>, state: RunState, config: SchedulerConfig, queue: Arc<Queue>) -> Scheduler<'m, 'v> {
+        assert!(state.slots() >= config.slots && state.max_positions() >= config.context);
+        assert!(state.max_batch() >= config.prefill_chunk.max(config.slots));
+        Metrics::set(&queue.metrics.slots, config.slots as u64);
+        Scheduler {
+            model,
+            state,
+            config,
+            slots: (0..config.slots).map(|_| None).collect(),
+            queue,
+            rows: Vec::with_capacity(config.slots),
+            row_slots: Vec::with_capacity(config.slots),
+            admitted: 0,
+        }
+    }
+
+    /// Runs until the queue is closed.
+    pub fn run(mut self) {
+        while self.admit() {
+            self.drop_cancelled();
+            self.decode_step();
+            self.prefill_step();
+        }
+    }
+
+    /// Moves waiting jobs into free slots; blocks while there is nothing to do. False once
+    /// the queue is closed.
+    fn admit(&mut self) -> bool {
+        let queue = Arc::clone(&self.queue);
+        let mut w = queue.lock();
+        loop {
+            if w.closed {
+                return false;
+            }
+            while let Some(free) = self.slots.iter().position(Option::is_none) {
+                let Some((job, queued)) = w.jobs.pop_front() else { break };
+                if job.cancel.load(Ordering::Relaxed) || job.events.send(Event::Started).is_err() {
+                    Metrics::add(&self.queue.metrics.requests_cancelled, 1);
+                    continue;
+                }
+                self.admitted += 1;
+                let sampler = Sampler::new(job.sampling, self.model.config.vocab_size as usize);
+                let text = StopText::new(job.stop.clone());
+                self.slots[free] = Some(Active {
+                    seq: self.admitted,
+                    queued,
+                    prefilled: 0,
+                    next: 0,
+                    pos: 0,
+                    generated: 0,
+                    first_token: None,
+                    sampler,
+                    text,
+                    job,
+                });
+            }
+            let busy = self.slots.iter().filter(|s| s.is_some()).count();
+            Metrics::set(&self.queue.metrics.queue_depth, w.jobs.len() as u64);
+            Metrics::set(&self.queue.metrics.busy_slots, busy as u64);
+            if busy > 0 {
+                return true;
+            }
+            w = self.queue.wake.wait(w).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|a| a.job.cancel.load(Ordering::Relaxed)) {
+                *slot = None;
+                Metrics::add(&self.queue.metrics.requests_cancelled, 1);
+            }
+        }
+    }
+
+    /// The next token of every slot whose prompt is in, in one pass.
+    fn decode_step(&mut self) {
+        self.rows.clear();
+        self.row_slots.clear();
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(a) = slot {
+                if a.prefilled == a.job.prompt.len() {
+                    self.rows.push(Row { slot: i, token: a.next, pos: a.pos });
+                    self.row_slots.push(i);
+                }
+            }
+        }
+        if self.rows.is_empty() {
+            return;
+        }
+        let metrics = Arc::clone(&self.queue.metrics);
+        Metrics::add(&metrics.decode_steps, 1);
+        Metrics::add(&metrics.decode_rows, self.rows.len() as u64);
+        let vocab = self.model.config.vocab_size as usize;
+        let logits = forward_rows(self.model, &mut self.state, &self.rows);
+        for (r, &i) in self.row_slots.iter().enumerate() {
+            let a = self.slots[i].as_mut().expect("a decoding slot");
+            a.pos += 1;
+            if !emit(self.model, self.config.context, &metrics, a, &logits[r * vocab..][..vocab]) {
+                self.slots[i] = None;
+            }
+        }
+    }
+
+    /// One chunk of the oldest prompt still being read.
+    fn prefill_step(&mut self) {
+        let reading = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().filter(|a| a.prefilled < a.job.prompt.len()).map(|a| (a.seq, i)))
+            .min();
+        let Some((_, i)) = reading else { return };
+        let a = self.slots[i].as_mut().expect("a reading slot");
+        let start = a.prefilled;
+        let n = (a.job.prompt.len() - start).min(self.config.prefill_chunk);
+        let metrics = Arc::clone(&self.queue.metrics);
+        Metrics::add(&metrics.prefill_chunks, 1);
+        Metrics::add(&metrics.prompt_tokens, n as u64);
+        let logits = forward_batch_in(self.model, &mut self.state, i, &a.job.prompt[start..start + n], start, LogitRows::Last);
+        a.prefilled += n;
+        a.pos = a.prefilled;
+        if a.prefilled == a.job.prompt.len() && !emit(self.model, self.config.context, &metrics, a, logits) {
+            self.slots[i] = None;
+        }
+    }
+}
+
+/// Chooses the slot's next token from `logits` and sends what it adds to the reply;
+/// false when the reply is over (or its client gone) and the slot is free.
+fn emit(model: &Model, context: usize, metrics: &Metrics, a: &mut Active, logits: &[f32]) -> bool {
+    let token = a.sampler.sample(logits);
+    if a.first_token.is_none() {
+        a.first_token = Some(Instant::now());
+    }
+    if !a.job.ignore_eos && model.config.is_eos(token) {
+        return finish(a, FinishReason::Stop);
+    }
+    a.generated += 1;
+    Metrics::add(&metrics.generated_tokens, 1);
+    let bytes = model.vocab.and_then(|v| v.token(token)).unwrap_or(&[]);
+    let (text, stopped) = a.text.push(bytes);
+    if !text.is_empty() && a.job.events.send(Event::Text(text.to_string())).is_err() {
+        Metrics::add(&metrics.requests_cancelled, 1);
+        return false;
+    }
+    if stopped {
+        return finish(a, FinishReason::Stop);
+    }
+    // The token is fed at `pos` in the next step; the last position of the context is
+    // the last that can be fed.
+    if a.generated >= a.job.max_tokens || a.pos >= context {
+        return finish(a, FinishReason::Length);
+    }
+    a.next = token;
+    true
+}
+
+/// Sends the held-back text and the end; always false (the slot is free).
+fn finish(a: &mut Active, reason: FinishReason) -> bool {
+    let rest = a.text.finish();
+    if !rest.is_empty() {
+        let _ = a.job.events.send(Event::Text(rest.to_string()));
+    }
+    let ttft = a.first_token.map_or(0, |t| t.duration_since(a.queued).as_millis() as u64);
+    let _ = a.job.events.send(Event::Done(Finish {
+        reason,
+        prompt_tokens: a.job.prompt.len(),
+        completion_tokens: a.generated,
+        time_to_first_token_ms: ttft,
+    }));
+    false
+}

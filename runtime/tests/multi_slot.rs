@@ -1,0 +1,180 @@
+//! Several sequences in one run state: a decode batch (one token of each of several KV
+//! slots, `forward_rows`) gives every sequence exactly the logits it gets alone (a batch
+//! of its own row), bit for bit, under every kernel set, for OLMo-2 and OLMo-3
+//! (sliding-window rings) fixtures, with sequences joining, leaving and a slot reused
+//! from position 0; and those are within rounding of the one-token `forward`'s.
+
+use std::path::{Path, PathBuf};
+
+use olmo_format::mapped::MappedFile;
+use olmo_format::{Blob, DType};
+use olmort::kernels::{available_kernels, with_kernels};
+use olmort::{forward, forward_batch_for, forward_batch_in, forward_rows, KvDtype, LogitRows, Model, Row, RunState};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+}
+
+fn pack(name: &str, dtype: DType) -> PathBuf {
+    let out = std::env::temp_dir().join(format!("olmort-multi-slot-{}-{name}-{dtype}.bin", std::process::id()));
+    olmoc::pack(&fixture(name), &out, &olmoc::PackOptions { dtype, ..Default::default() }).expect("pack fixture");
+    out
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// A sequence: its prompt, when it joins (decode step) and how many tokens it generates.
+struct Seq {
+    prompt: Vec<u32>,
+    join: usize,
+    generate: usize,
+}
+
+const CHUNK: usize = 4;
+
+/// The prompt in chunks of `CHUNK`, then `generate` greedy steps one token at a time
+/// (decode batches of one row): every step's logits (the prompt's last, then each
+/// step's). With `check`, each step's logits are also compared with `forward`'s.
+fn alone(model: &Model, kv: KvDtype, seq: &Seq, check: bool) -> Vec<Vec<f32>> {
+    let mut s = RunState::with_slots(model, 48, 8, kv, 1).unwrap();
+    let mut single = RunState::with_slots(model, 48, 8, kv, 1).unwrap();
+    let mut out = Vec::new();
+    let mut logits = Vec::new();
+    for (i, chunk) in seq.prompt.chunks(CHUNK).enumerate() {
+        logits = forward_batch_for(model, &mut s, chunk, i * CHUNK, LogitRows::Last).to_vec();
+        forward_batch_for(model, &mut single, chunk, i * CHUNK, LogitRows::Last);
+    }
+    for pos in seq.prompt.len()..seq.prompt.len() + seq.generate {
+        out.push(logits.clone());
+        let next = argmax(&logits);
+        logits = forward_rows(model, &mut s, &[Row { slot: 0, token: next, pos }]).to_vec();
+        let one = forward(model, &mut single, next, pos);
+        let diff = one.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(!check || diff <= 1e-3, "position {pos}: a decode batch of one is {diff} from forward");
+    }
+    out.push(logits);
+    out
+}
+
+/// All sequences in one state of 3 slots, decoded together: a sequence joins at its
+/// step (its prompt run in chunks on a free slot first), leaves when done, and frees its
+/// slot for a later one (which starts over at position 0).
+fn together(model: &Model, kv: KvDtype, seqs: &[Seq]) -> Vec<Vec<Vec<f32>>> {
+    let mut s = RunState::with_slots(model, 48, 8, kv, 3).unwrap();
+    let vocab = model.config.vocab_size as usize;
+    let mut out: Vec<Vec<Vec<f32>>> = seqs.iter().map(|_| Vec::new()).collect();
+    // (sequence, slot, next token, position, generated)
+    let mut active: Vec<(usize, usize, u32, usize, usize)> = Vec::new();
+    let mut waiting: Vec<usize> = (0..seqs.len()).collect();
+    let mut step = 0;
+    while !waiting.is_empty() || !active.is_empty() {
+        // Join: sequences due now, while a slot is free.
+        while let Some(at) = waiting.iter().position(|&q| seqs[q].join <= step) {
+            let free = (0..3).find(|slot| active.iter().all(|a| a.1 != *slot));
+            let Some(slot) = free else { break };
+            let q = waiting.remove(at);
+            let mut logits = Vec::new();
+            for (i, chunk) in seqs[q].prompt.chunks(CHUNK).enumerate() {
+                logits = forward_batch_in(model, &mut s, slot, chunk, i * CHUNK, LogitRows::Last).to_vec();
+            }
+            out[q].push(logits.clone());
+            active.push((q, slot, argmax(&logits), seqs[q].prompt.len(), 0));
+        }
+        let rows: Vec<Row> = active.iter().map(|&(_, slot, token, pos, _)| Row { slot, token, pos }).collect();
+        let logits = forward_rows(model, &mut s, &rows).to_vec();
+        for (i, a) in active.iter_mut().enumerate() {
+            let l = &logits[i * vocab..][..vocab];
+            out[a.0].push(l.to_vec());
+            a.2 = argmax(l);
+            a.3 += 1;
+            a.4 += 1;
+        }
+        active.retain(|a| a.4 < seqs[a.0].generate);
+        step += 1;
+    }
+    out
+}
+
+fn check(name: &str, dtype: DType) {
+    let blob = pack(name, dtype);
+    let map = MappedFile::open(&blob).unwrap();
+    let parsed = Blob::parse(map.bytes()).unwrap();
+    let model = Model::new(&parsed).unwrap();
+    let v = model.config.vocab_size;
+    let prompt = |len: usize, seed: u32| -> Vec<u32> { (0..len as u32).map(|i| (i * 7919 + seed * 104729) % v).collect() };
+    // Five sequences on three slots: two wait for a slot; prompts of 1 to 13 tokens
+    // (a partial chunk, several chunks), runs past OLMo-3's window of 3.
+    let seqs = [
+        Seq { prompt: prompt(5, 1), join: 0, generate: 12 },
+        Seq { prompt: prompt(13, 2), join: 0, generate: 7 },
+        Seq { prompt: prompt(1, 3), join: 2, generate: 9 },
+        Seq { prompt: prompt(9, 4), join: 3, generate: 10 },
+        Seq { prompt: prompt(3, 5), join: 4, generate: 6 },
+    ];
+    for kv in [KvDtype::F32, KvDtype::F16] {
+        for k in available_kernels() {
+            with_kernels(k, || {
+                let got = together(&model, kv, &seqs);
+                for (q, seq) in seqs.iter().enumerate() {
+                    let want = alone(&model, kv, seq, kv == KvDtype::F32);
+                    assert_eq!(got[q].len(), want.len(), "{name} {dtype} sequence {q}");
+                    for (step, (g, w)) in got[q].iter().zip(&want).enumerate() {
+                        let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{name} {dtype} {kv:?} {k:?}: sequence {q} step {step} differs from the sequence alone");
+                    }
+                }
+            })
+        }
+    }
+    drop(parsed);
+    let _ = std::fs::remove_file(blob);
+}
+
+#[test]
+fn decode_batches_match_each_sequence_alone_olmo2() {
+    for dtype in [DType::F32, DType::BF16, DType::Q8_0, DType::Q4_0] {
+        check("tiny", dtype);
+    }
+}
+
+#[test]
+fn decode_batches_match_each_sequence_alone_olmo3() {
+    for dtype in [DType::F32, DType::Q8_0] {
+        check("olmo3-window", dtype);
+    }
+}
+
+/// A slot's KV cache is its own: slots are sized alike and add up.
+#[test]
+fn slots_multiply_the_cache() {
+    let blob = pack("olmo3-window", DType::F32);
+    let map = MappedFile::open(&blob).unwrap();
+    let parsed = Blob::parse(map.bytes()).unwrap();
+    let model = Model::new(&parsed).unwrap();
+    let one = RunState::with_slots(&model, 40, 4, KvDtype::F16, 1).unwrap();
+    let four = RunState::with_slots(&model, 40, 4, KvDtype::F16, 4).unwrap();
+    assert_eq!(four.slots(), 4);
+    assert_eq!(four.kv_cache_bytes(), 4 * one.kv_cache_bytes());
+    assert_eq!(Some(one.kv_cache_bytes() as u64), olmort::kv_cache_bytes(model.config, 40, KvDtype::F16));
+    drop(parsed);
+    let _ = std::fs::remove_file(blob);
+}
+
+#[test]
+#[should_panic(expected = "twice in one batch")]
+fn a_slot_appears_once_per_batch() {
+    let blob = pack("tiny", DType::F32);
+    let map = MappedFile::open(&blob).unwrap();
+    let parsed = Blob::parse(map.bytes()).unwrap();
+    let model = Model::new(&parsed).unwrap();
+    let mut s = RunState::with_slots(&model, 16, 4, KvDtype::F32, 2).unwrap();
+    forward_rows(&model, &mut s, &[Row { slot: 1, token: 3, pos: 0 }, Row { slot: 1, token: 4, pos: 1 }]);
+}

@@ -1,0 +1,205 @@
+//! `olmort serve`'s HTTP layer over real sockets: the routes, answers whole and streamed
+//! (the same greedy text either way), usage counts, stop strings, every refusal an
+//! OpenAI-style 4xx, a full queue 503, and a client leaving mid-stream freeing its slot.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{get, metric, options, post, raw, request_bytes, with_server};
+use serde_json::Value;
+
+fn text_of_stream(events: &[String], chat: bool) -> String {
+    events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|v| {
+            let c = v["choices"].get(0)?.clone();
+            if chat { c["delta"]["content"].as_str().map(str::to_string) } else { c["text"].as_str().map(str::to_string) }
+        })
+        .collect()
+}
+
+#[test]
+fn routes_answers_and_streams() {
+    with_server("chat/olmo2", options(2, 128, 16, 8), |addr, _| {
+        let health = get(addr, "/health");
+        assert_eq!((health.status, health.json()["status"].as_str()), (200, Some("ok")));
+        let models = get(addr, "/v1/models").json();
+        assert_eq!(models["data"][0]["id"], "test-model");
+
+        // Completions, whole and streamed: the same greedy text.
+        let body = r#"{"model": "test-model", "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "ignore_eos": true}"#;
+        let whole = post(addr, "/v1/completions", body);
+        assert_eq!(whole.status, 200, "{}", whole.body);
+        let v = whole.json();
+        assert_eq!(v["object"], "text_completion");
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        assert_eq!(v["usage"]["completion_tokens"], 12);
+        let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert!(prompt_tokens >= 4);
+        assert_eq!(v["usage"]["total_tokens"].as_u64().unwrap(), prompt_tokens + 12);
+        let text = v["choices"][0]["text"].as_str().unwrap().to_string();
+        assert!(!text.is_empty());
+        let streamed = post(addr, "/v1/completions", &body.replace("}", r#", "stream": true, "stream_options": {"include_usage": true}}"#));
+        assert_eq!(streamed.status, 200);
+        assert!(streamed.head.contains("text/event-stream"), "{}", streamed.head);
+        let events = streamed.events();
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        assert_eq!(text_of_stream(&events, false), text);
+        let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        assert_eq!(usage["usage"]["completion_tokens"], 12);
+        let last: Value = serde_json::from_str(&events[events.len() - 3]).unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+
+        // Token ids as the prompt.
+        let ids = post(addr, "/v1/completions", r#"{"prompt": [1, 2, 3], "max_tokens": 2, "temperature": 0}"#).json();
+        assert_eq!(ids["usage"]["prompt_tokens"], 3);
+
+        // A stop string cuts the text before it.
+        let cut = text.char_indices().nth(text.chars().count() / 2).map(|(i, _)| i).unwrap();
+        let stop: String = text[cut..].chars().take(2).collect();
+        let stopped = post(addr, "/v1/completions", &body.replace("}", &format!(r#", "stop": [{}]}}"#, serde_json::to_string(&stop).unwrap()))).json();
+        let want = &text[..text.find(&stop).unwrap()];
+        assert_eq!(stopped["choices"][0]["text"].as_str(), Some(want));
+        assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+
+        // Chat, whole and streamed.
+        let chat = r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}], "max_completion_tokens": 10, "temperature": 0, "ignore_eos": true}"#;
+        let whole = post(addr, "/v1/chat/completions", chat);
+        assert_eq!(whole.status, 200, "{}", whole.body);
+        let v = whole.json();
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+        assert_eq!(v["usage"]["completion_tokens"], 10);
+        let reply = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+        let streamed = post(addr, "/v1/chat/completions", &chat.replace("}", r#", "stream": true}"#));
+        let events = streamed.events();
+        let first: Value = serde_json::from_str(&events[0]).unwrap();
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(text_of_stream(&events, true), reply);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+
+        let m = get(addr, "/metrics");
+        assert!(m.head.contains("text/plain"));
+        assert!(metric(addr, "olmort_generated_tokens_total") >= 12 + 12 + 2 + 10 + 10);
+        assert!(m.body.contains("olmort_requests_total{outcome=\"ok\"}"));
+    });
+}
+
+/// Every refusal: its status and an OpenAI error body; the server goes on.
+#[test]
+fn bad_requests_get_openai_errors() {
+    let mut opts = options(2, 64, 16, 8);
+    opts.http.max_body = 4096;
+    opts.http.api_key = Some("sesame".into());
+    with_server("chat/olmo2", opts, |addr, _| {
+        let auth = [("Authorization", "Bearer sesame"), ("Content-Type", "application/json")];
+        let send = |path: &str, body: &str| raw(addr, &request_bytes("POST", path, &auth, body));
+        let long_prompt = format!(r#"{{"prompt": [{}]}}"#, vec!["1"; 64].join(", "));
+        let big = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(5000));
+        let cases: Vec<(u16, Vec<u8>, &str)> = vec![
+            (400, request_bytes("POST", "/v1/completions", &auth, "{not json"), "not valid JSON"),
+            (400, request_bytes("POST", "/v1/completions", &auth, r#"{"max_tokens": 3}"#), "'prompt' is required"),
+            (400, request_bytes("POST", "/v1/completions", &auth, r#"{"prompt": "a", "max_tokens": "3"}"#), "integer"),
+            (400, request_bytes("POST", "/v1/completions", &auth, r#"{"prompt": "a", "temperature": -1}"#), "temperature"),
+            (400, request_bytes("POST", "/v1/completions", &auth, r#"{"prompt": "a", "top_p": 1.5}"#), "top_p"),
+            (400, request_bytes("POST", "/v1/completions", &auth, r#"{"prompt": "a", "n": 3}"#), "'n' is not supported"),
+            (400, request_bytes("POST", "/v1/completions", &auth, r#"{"prompt": [999999999]}"#), "outside the vocabulary"),
+            (400, request_bytes("POST", "/v1/completions", &auth, &long_prompt), "context"),
+            (400, request_bytes("POST", "/v1/chat/completions", &auth, r#"{"messages": [{"role": "robot", "content": "x"}]}"#), "unknown role"),
+            (400, request_bytes("POST", "/v1/chat/completions", &auth, r#"{"messages": "hi"}"#), "'messages'"),
+            (413, request_bytes("POST", "/v1/completions", &auth, &big), "at most 4096"),
+            (404, request_bytes("GET", "/v2/nothing", &auth, ""), "no route"),
+            (405, request_bytes("GET", "/v1/completions", &auth, ""), "not allowed"),
+            (401, request_bytes("GET", "/v1/models", &[], ""), "API key"),
+            (401, request_bytes("GET", "/v1/models", &[("Authorization", "Bearer sesamf")], ""), "API key"),
+            (400, b"this is not http\r\n\r\n".to_vec(), "malformed"),
+            (411, b"POST /v1/completions HTTP/1.1\r\nAuthorization: Bearer sesame\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), "Content-Length"),
+        ];
+        for (status, bytes, needle) in cases {
+            let a = raw(addr, &bytes);
+            assert_eq!(a.status, status, "{}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(80)]), a.body);
+            let e = a.json();
+            let message = e["error"]["message"].as_str().unwrap_or_else(|| panic!("no error message: {}", a.body));
+            assert!(message.contains(needle), "{status}: {message}");
+            assert!(e["error"]["type"].is_string());
+        }
+        // /health needs no key; the server still answers properly.
+        assert_eq!(get(addr, "/health").status, 200);
+        let ok = send("/v1/completions", r#"{"prompt": "hi", "max_tokens": 2}"#);
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        assert!(common::raw(addr, &request_bytes("GET", "/metrics", &auth, "")).body.contains("client_error\"} 17"));
+    });
+}
+
+/// A request that does not arrive in time is answered 408, not waited on forever.
+#[test]
+fn a_slow_client_times_out() {
+    let mut opts = options(1, 64, 16, 8);
+    opts.http.request_timeout = Duration::from_millis(300);
+    with_server("chat/olmo2", opts, |addr, _| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"pro").unwrap();
+        let started = Instant::now();
+        let mut out = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.read_to_end(&mut out);
+        assert_eq!(common::parse_answer(&out).status, 408);
+        assert!(started.elapsed() < Duration::from_secs(3));
+    });
+}
+
+/// Reads a streamed answer's head and first event, then hangs up.
+fn start_stream_and_hang_up(addr: std::net::SocketAddr, body: &str) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&request_bytes("POST", "/v1/completions", &[], body)).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("\"text\"") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A client that leaves mid-stream frees its slot at once; with the slot and the queue
+/// full, more requests get 503.
+#[test]
+fn a_client_leaving_frees_its_slot_and_a_full_queue_refuses() {
+    with_server("trained", options(1, 256, 16, 1), |addr, _| {
+        let long = r#"{"prompt": [1, 2, 3], "max_tokens": 250, "ignore_eos": true, "temperature": 0, "stream": true}"#;
+        start_stream_and_hang_up(addr, long);
+        let hung_up = Instant::now();
+        while metric(addr, "olmort_busy_slots") != 0 {
+            assert!(hung_up.elapsed() < Duration::from_millis(400), "the slot stayed busy");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(metric(addr, "olmort_requests_total{outcome=\"cancelled\"}"), 1);
+        // The slot serves the next request fully.
+        let a = post(addr, "/v1/completions", r#"{"prompt": [4, 5], "max_tokens": 3, "ignore_eos": true}"#);
+        assert_eq!(a.json()["usage"]["completion_tokens"], 3);
+
+        // One request in the slot, one waiting: the third is refused.
+        std::thread::scope(|s| {
+            let first = s.spawn(|| post(addr, "/v1/completions", &long.replace(r#", "stream": true"#, "")));
+            while metric(addr, "olmort_busy_slots") != 1 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let second = s.spawn(|| post(addr, "/v1/completions", r#"{"prompt": [9], "max_tokens": 2}"#));
+            while metric(addr, "olmort_queue_depth") != 1 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let third = post(addr, "/v1/completions", r#"{"prompt": [9], "max_tokens": 2}"#);
+            assert_eq!(third.status, 503, "{}", third.body);
+            assert!(third.head.contains("Retry-After"));
+            assert_eq!(third.json()["error"]["code"], "overloaded");
+            assert_eq!(first.join().unwrap().json()["usage"]["completion_tokens"], 250);
+            assert_eq!(second.join().unwrap().status, 200);
+        });
+    });
+}

@@ -1,0 +1,183 @@
+//! The scheduler without HTTP: eight concurrent greedy requests give, token for token,
+//! what each gives alone (prompts in chunks beside running decodes, requests joining
+//! and leaving between steps); the queue is bounded; a cancelled request frees its slot.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Packed;
+use olmo_format::mapped::MappedFile;
+use olmo_format::Blob;
+use olmort::generation::sampling::SamplingParams;
+use olmort::server::metrics::Metrics;
+use olmort::server::scheduler::{Event, Finish, FinishReason, Job, Queue, Scheduler, SchedulerConfig, SubmitError};
+use olmort::{KvDtype, Model, RunState};
+
+fn job(prompt: Vec<u32>, max_tokens: usize) -> (Job, mpsc::Receiver<Event>, Arc<AtomicBool>) {
+    let (tx, rx) = mpsc::channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let job = Job {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams::default(),
+        stop: Vec::new(),
+        ignore_eos: true,
+        events: tx,
+        cancel: Arc::clone(&cancel),
+    };
+    (job, rx, cancel)
+}
+
+/// The reply's text and how it ended.
+fn collect(rx: &mpsc::Receiver<Event>) -> (String, Finish) {
+    let mut text = String::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(120)).expect("an event") {
+            Event::Started => {}
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(f) => return (text, f),
+        }
+    }
+}
+
+/// Runs `f` with a scheduler of `config` serving `model` on another thread.
+fn with_scheduler<R>(model: &Model, config: SchedulerConfig, f: impl FnOnce(&Queue) -> R) -> R {
+    let state = RunState::with_slots(model, config.context, config.prefill_chunk.max(config.slots), KvDtype::F32, config.slots).unwrap();
+    let queue = Queue::new(config.queue, Arc::new(Metrics::default()));
+    let scheduler = Scheduler::new(model, state, config, Arc::clone(&queue));
+    std::thread::scope(|s| {
+        s.spawn(move || scheduler.run());
+        let r = f(&queue);
+        queue.close();
+        r
+    })
+}
+
+fn model_of(packed: &Packed, f: impl FnOnce(&Model)) {
+    let map = MappedFile::open(&packed.0).unwrap();
+    let blob = Blob::parse(map.bytes()).unwrap();
+    let model = Model::new(&blob).unwrap();
+    f(&model)
+}
+
+#[test]
+fn eight_concurrent_greedy_requests_match_each_alone() {
+    let packed = Packed::new("tiny");
+    model_of(&packed, |model| {
+        let config = SchedulerConfig { slots: 8, context: 128, prefill_chunk: 8, queue: 16 };
+        let v = model.config.vocab_size;
+        // Prompts of 1 to 30 tokens (up to four chunks), replies of 5 to 40 tokens.
+        let requests: Vec<(Vec<u32>, usize)> = (0..8u32)
+            .map(|i| ((0..1 + i * 4).map(|j| (j * 7919 + i * 104_729 + 11) % v).collect(), 5 + 5 * i as usize))
+            .collect();
+        let together: Vec<(String, Finish)> = with_scheduler(model, config, |queue| {
+            let rxs: Vec<_> = requests
+                .iter()
+                .map(|(p, n)| {
+                    let (job, rx, _) = job(p.clone(), *n);
+                    queue.submit(job).unwrap();
+                    rx
+                })
+                .collect();
+            rxs.iter().map(collect).collect()
+        });
+        // Some steps really ran several rows: the batch held more than one sequence.
+        for (i, (prompt, n)) in requests.iter().enumerate() {
+            let alone = with_scheduler(model, config, |queue| {
+                let (job, rx, _) = job(prompt.clone(), *n);
+                queue.submit(job).unwrap();
+                collect(&rx)
+            });
+            assert_eq!(together[i].0, alone.0, "request {i}: its text beside seven others differs from its text alone");
+            assert_eq!(together[i].1.completion_tokens, *n);
+            assert_eq!(together[i].1.prompt_tokens, prompt.len());
+            assert_eq!((together[i].1.reason, alone.1.reason), (FinishReason::Length, FinishReason::Length));
+            assert!(!alone.0.is_empty());
+        }
+    });
+}
+
+#[test]
+fn batches_hold_several_rows_and_prompts_come_in_chunks() {
+    let packed = Packed::new("tiny");
+    model_of(&packed, |model| {
+        let config = SchedulerConfig { slots: 4, context: 128, prefill_chunk: 8, queue: 16 };
+        let metrics = with_scheduler(model, config, |queue| {
+            let rxs: Vec<_> = (0..4)
+                .map(|i| {
+                    let (job, rx, _) = job((0..20).map(|j| j + i).collect(), 30);
+                    queue.submit(job).unwrap();
+                    rx
+                })
+                .collect();
+            for rx in &rxs {
+                collect(rx);
+            }
+            queue.metrics.render()
+        });
+        let value = |name: &str| -> u64 {
+            metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
+        };
+        // 4 prompts of 20 in chunks of 8: 3 chunks each.
+        assert_eq!(value("olmort_prefill_chunks_total"), 12);
+        assert_eq!(value("olmort_prompt_tokens_total"), 80);
+        assert_eq!(value("olmort_generated_tokens_total"), 120);
+        // 4 x 29 fed tokens in fewer steps than one at a time.
+        assert_eq!(value("olmort_decode_rows_total"), 116);
+        assert!(value("olmort_decode_steps_total") < 116 / 2, "{metrics}");
+    });
+}
+
+#[test]
+fn the_queue_is_bounded() {
+    let queue = Queue::new(2, Arc::new(Metrics::default()));
+    let (a, _ra, _) = job(vec![1], 1);
+    let (b, _rb, _) = job(vec![1], 1);
+    let (c, _rc, _) = job(vec![1], 1);
+    assert!(queue.submit(a).is_ok() && queue.submit(b).is_ok());
+    assert_eq!(queue.submit(c).err(), Some(SubmitError::Busy));
+    queue.close();
+    let (d, _rd, _) = job(vec![1], 1);
+    assert_eq!(queue.submit(d).err(), Some(SubmitError::Closed));
+}
+
+#[test]
+fn a_cancelled_request_frees_its_slot_at_once() {
+    let packed = Packed::new("trained");
+    model_of(&packed, |model| {
+        let config = SchedulerConfig { slots: 1, context: 256, prefill_chunk: 16, queue: 4 };
+        with_scheduler(model, config, |queue| {
+            // A long reply occupies the only slot; the next request waits for it.
+            let (long, rx_long, cancel) = job(vec![1, 2, 3], 250);
+            queue.submit(long).unwrap();
+            assert_eq!(rx_long.recv().unwrap(), Event::Started);
+            let (next, rx_next, _) = job(vec![4, 5], 3);
+            queue.submit(next).unwrap();
+            while !matches!(rx_long.recv().unwrap(), Event::Text(_)) {}
+            let cancelled = Instant::now();
+            cancel.store(true, Ordering::Relaxed);
+            queue.nudge();
+            let (_, finish) = collect(&rx_next);
+            assert_eq!(finish.completion_tokens, 3);
+            // The long reply (about 2 ms a token) would have held the slot for 250 tokens.
+            let waited = cancelled.elapsed();
+            assert!(waited < Duration::from_millis(300), "the next request waited {waited:?}");
+            assert_eq!(queue.metrics.requests_cancelled.load(Ordering::Relaxed), 1);
+            // The cancelled reply stops: no Done for it.
+            while let Ok(e) = rx_long.try_recv() {
+                assert!(!matches!(e, Event::Done(_)), "a cancelled request finished");
+            }
+            // A dropped receiver (the handler gone) frees the slot too.
+            let (gone, rx_gone, _) = job(vec![6], 250);
+            queue.submit(gone).unwrap();
+            drop(rx_gone);
+            let (after, rx_after, _) = job(vec![7], 2);
+            queue.submit(after).unwrap();
+            assert_eq!(collect(&rx_after).1.completion_tokens, 2);
+        });
+    });
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""The official `openai` Python client against `olmort serve`, unmodified.
+
+    python3 tools/check_openai_client.py
+
+Packs the chat fixture (tests/fixtures/chat/olmo2: random weights, the dolma2
+vocabulary, OLMo-2's chat template), starts `olmort serve` on a free port with an API
+key, and through `openai.OpenAI(base_url=..., api_key=...)`: lists the models; asks for
+completions and chat completions, whole and streamed (greedy: the streamed text must
+equal the whole one; `stream_options.include_usage`: usage on the last chunk); checks
+usage counts, max_tokens / max_completion_tokens, stop strings, seeded sampling (same
+seed, same text) and the errors the client raises (wrong key: AuthenticationError;
+n=2, an unknown role, a prompt over the context: BadRequestError). Exits non-zero on
+the first failure.
+"""
+
+import sys
+import tempfile
+from pathlib import Path
+
+import openai
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_common import ROOT, Server, pack  # noqa: E402
+
+
+def check(cond, what):
+    if not cond:
+        sys.exit(f"FAIL: {what}")
+    print(f"ok: {what}")
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        blob = pack(ROOT / "tests/fixtures/chat/olmo2", Path(tmp) / "chat-olmo2.bin")
+        with Server(blob, "--api-key", "sesame", "--parallel", "2", "--ctx-size", "128") as server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="sesame", max_retries=0)
+            models = client.models.list()
+            name = models.data[0].id
+            check(name == "chat-olmo2", f"models.list names the blob ({name})")
+
+            args = dict(model=name, prompt="Once upon a time", max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+            whole = client.completions.create(**args)
+            text = whole.choices[0].text
+            check(whole.usage.completion_tokens == 12 and whole.choices[0].finish_reason == "length",
+                  f"completion: 12 tokens, finish length ({text!r})")
+            check(whole.usage.total_tokens == whole.usage.prompt_tokens + 12, "completion usage adds up")
+            pieces = list(client.completions.create(**args, stream=True))
+            streamed = "".join(c.choices[0].text for c in pieces if c.choices)
+            check(streamed == text, "streamed completion text equals the whole one")
+            check(pieces[-1].choices[0].finish_reason == "length", "the last chunk has the finish reason")
+
+            stop = text[len(text) // 2:][:2]
+            cut = client.completions.create(**args, stop=[stop])
+            check(cut.choices[0].text == text[:text.find(stop)] and cut.choices[0].finish_reason == "stop",
+                  f"stop {stop!r} cuts the text before it")
+
+            messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello, who are you?"}]
+            chat_args = dict(model=name, messages=messages, max_completion_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+            chat = client.chat.completions.create(**chat_args)
+            reply = chat.choices[0].message.content
+            check(chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens == 10,
+                  f"chat: an assistant message of 10 tokens ({reply!r})")
+            chunks = list(client.chat.completions.create(**chat_args, stream=True, stream_options={"include_usage": True}))
+            streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            check(streamed == reply, "streamed chat text equals the whole one")
+            check(chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10, "include_usage: usage on the last chunk")
+            check(chunks[0].choices[0].delta.role == "assistant", "the first chat chunk carries the role")
+
+            sampled = [client.chat.completions.create(**{**chat_args, "temperature": 0.9, "top_p": 0.9, "seed": 7}).choices[0].message.content
+                       for _ in range(2)]
+            check(sampled[0] == sampled[1], "the same seed samples the same reply")
+
+            for what, call, error in [
+                ("a wrong API key", lambda: openai.OpenAI(base_url=server.base_url, api_key="nope", max_retries=0).models.list(),
+                 openai.AuthenticationError),
+                ("n=2", lambda: client.completions.create(**args, n=2), openai.BadRequestError),
+                ("an unknown role", lambda: client.chat.completions.create(model=name, messages=[{"role": "wizard", "content": "x"}]),
+                 openai.BadRequestError),
+                ("a prompt over the context", lambda: client.completions.create(model=name, prompt=[1] * 200), openai.BadRequestError),
+                ("logprobs", lambda: client.chat.completions.create(**chat_args, logprobs=True), openai.BadRequestError),
+            ]:
+                try:
+                    call()
+                    check(False, f"{what} is refused")
+                except error as e:
+                    check(isinstance(e.body, dict) and "message" in e.body, f"{what}: {type(e).__name__} ({e.body['message']})")
+            check(server.alive(), "the server is alive")
+    print("all openai client checks passed")
+
+
+if __name__ == "__main__":
+    main()

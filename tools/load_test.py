@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""A load test of `olmort serve`: tens of concurrent clients, hundreds of mixed good and
+bad requests, bounded in time.
+
+    python3 tools/load_test.py [--clients 32] [--requests 400] [--seconds 300]
+
+Packs the chat fixture (tests/fixtures/chat/olmo2), starts `olmort serve --parallel 4
+--queue 8` and first asks each good request alone for its greedy answer. Then the
+clients send, in a shuffled mix: good completions and chats (whole and streamed, each
+checked against its answer alone: batching must not change greedy text), streams they
+hang up on after the first event, and bad requests (malformed JSON, missing and
+mistyped fields, an unknown role, out-of-range values, n=2, a prompt over the context,
+a body over the cap, an unknown route, a truncated body), each of which must get its
+4xx with an OpenAI error body. A good request refused with 503 (queue full) is retried
+after its Retry-After. At the end: every good request answered correctly, the server
+alive, every slot free, and its resident memory within 10% (+8 MiB) of what it was
+after the warm-up. Exits non-zero otherwise.
+"""
+
+import argparse
+import json
+import random
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_common import ROOT, Server, pack, request, stream  # noqa: E402
+
+GOOD = [
+    ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 16}),
+    ("/v1/completions", {"prompt": "The quick brown fox", "max_tokens": 24, "stop": ["zz"]}),
+    ("/v1/completions", {"prompt": [1, 2, 3, 4, 5, 6, 7, 8] * 6, "max_tokens": 8}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 20}),
+    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": "Tell me about the sea, please, at length."}],
+                              "max_completion_tokens": 30}),
+]
+for _, body in GOOD:
+    body.update({"temperature": 0, "ignore_eos": True})
+
+BAD = [
+    ("/v1/completions", b"{not json", 400),
+    ("/v1/completions", {"max_tokens": 3}, 400),
+    ("/v1/completions", {"prompt": "a", "max_tokens": "many"}, 400),
+    ("/v1/completions", {"prompt": "a", "temperature": 9}, 400),
+    ("/v1/completions", {"prompt": "a", "top_p": 0}, 400),
+    ("/v1/completions", {"prompt": "a", "n": 2}, 400),
+    ("/v1/completions", {"prompt": [5] * 300}, 400),
+    ("/v1/chat/completions", {"messages": [{"role": "pirate", "content": "arr"}]}, 400),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400),
+    ("/v1/completions", {"prompt": "a" * 70000}, 413),
+    ("/v2/nothing", {}, 404),
+]
+
+
+def answer_text(path, payload):
+    choice = payload["choices"][0]
+    return choice["message"]["content"] if "chat" in path else choice["text"]
+
+
+def stream_text(path, events):
+    out = []
+    for _, e in events:
+        if e and e.get("choices"):
+            c = e["choices"][0]
+            out.append((c.get("delta", {}).get("content") if "chat" in path else c.get("text")) or "")
+    return "".join(out)
+
+
+def good(port, i, expected, deadline):
+    path, body = GOOD[i]
+    streamed = random.random() < 0.5
+    while time.time() < deadline:
+        if streamed:
+            status, events = stream(port, path, body)
+            if status == 200:
+                return stream_text(path, events) == expected[i] and events[-1][1] is None
+        else:
+            status, _, out = request(port, "POST", path, body)
+            if status == 200:
+                return answer_text(path, json.loads(out)) == expected[i]
+        if status != 503:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def bad(port, j):
+    path, body, want = BAD[j]
+    status, _, out = request(port, "POST", path, body if isinstance(body, bytes) else json.dumps(body).encode())
+    try:
+        message = json.loads(out)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return status == want and bool(message)
+
+
+def hang_up(port):
+    """Starts a long stream, reads its first event, and goes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    body = json.dumps({"prompt": "And then", "max_tokens": 100, "ignore_eos": True, "stream": True}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+              + str(len(body)).encode() + b"\r\n\r\n" + body)
+    seen = b""
+    while b"data: " not in seen:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        seen += chunk
+    s.close()
+    return b"200 OK" in seen or b" 503 " in seen
+
+
+def truncated(port):
+    """A body shorter than its Content-Length, then the client goes: no answer owed."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 500\r\n\r\n{\"prompt\"")
+    s.close()
+    return True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--seconds", type=float, default=300)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    random.seed(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        blob = pack(ROOT / "tests/fixtures/chat/olmo2", Path(tmp) / "chat-olmo2.bin")
+        with Server(blob, "--parallel", "4", "--queue", "8", "--ctx-size", "128", "--max-body", "65536") as server:
+            port = server.port
+            expected = []
+            for path, body in GOOD:
+                status, _, out = request(port, "POST", path, body)
+                assert status == 200, out
+                expected.append(answer_text(path, json.loads(out)))
+            rss_before = server.rss_kib()
+            kinds = (["good"] * 6 + ["bad"] * 3 + ["hang_up"] + ["truncated"])
+            work = [random.choice(kinds) for _ in range(args.requests)]
+            results = {k: [0, 0] for k in set(kinds)}
+            failures = []
+            lock = threading.Lock()
+            deadline = time.time() + args.seconds
+            started = time.time()
+
+            def client():
+                while time.time() < deadline:
+                    with lock:
+                        if not work:
+                            return
+                        kind = work.pop()
+                    if kind == "good":
+                        i = random.randrange(len(GOOD))
+                        ok = good(port, i, expected, deadline)
+                        what = f"good {i}"
+                    elif kind == "bad":
+                        j = random.randrange(len(BAD))
+                        ok = bad(port, j)
+                        what = f"bad {j}"
+                    elif kind == "hang_up":
+                        ok, what = hang_up(port), "hang up"
+                    else:
+                        ok, what = truncated(port), "truncated"
+                    with lock:
+                        results[kind][0 if ok else 1] += 1
+                        if not ok:
+                            failures.append(what)
+
+            threads = [threading.Thread(target=client) for _ in range(args.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.time() - started
+            time.sleep(1)
+            metrics = request(port, "GET", "/metrics")[2].decode()
+            busy = next(int(l.split()[-1]) for l in metrics.splitlines() if l.startswith("olmort_busy_slots "))
+            rss_after = server.rss_kib()
+            alive = server.alive() and request(port, "GET", "/health")[0] == 200
+    done = sum(a + b for a, b in results.values())
+    print(f"{done} requests from {args.clients} clients in {elapsed:.1f} s: "
+          + ", ".join(f"{k} {ok} ok / {bad_} failed" for k, (ok, bad_) in sorted(results.items())))
+    print(f"server alive: {alive}; busy slots after: {busy}; RSS {rss_before / 1024:.1f} MiB after warm-up, "
+          f"{rss_after / 1024:.1f} MiB at the end")
+    problems = []
+    if done < args.requests:
+        problems.append(f"only {done} of {args.requests} requests done in {args.seconds} s")
+    if failures:
+        problems.append(f"failures: {failures[:20]}")
+    if not alive:
+        problems.append("the server died")
+    if busy:
+        problems.append(f"{busy} slots still busy")
+    if rss_after > rss_before * 1.10 + 8192:
+        problems.append("memory grew")
+    if problems:
+        sys.exit("FAIL: " + "; ".join(problems))
+    print("load test passed")
+
+
+if __name__ == "__main__":
+    main()
