@@ -239,19 +239,21 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
 /// so a sequence's tokens do not depend on which others share its batch, and the
 /// weights are read from memory once for all `n`. On AVX2, q8_0 and 4-bit tokens get
 /// exactly [`matvec_with`]'s numbers, float ones those of a few-token pass (see
-/// `avx2::matmul_decode`), for `n = 1` too; the VNNI q8_0 kernel and the portable set
-/// run [`matvec_with`] per token.
+/// `avx2::matmul_decode`), for `n = 1` too; so do q8_0 tokens on VNNI
+/// (`q8_vnni::matmul_decode`); the portable set runs [`matvec_with`] per token.
 pub fn matmul_decode(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols);
     assert_eq!(y.len(), n * w.rows);
     w.check();
     match w.data {
         #[cfg(target_arch = "x86_64")]
-        MatrixData::Q8_0 { .. } if k.avx512() || (k.avx2() && n == 1) => {
-            for (xi, yi) in x.chunks_exact(w.cols).zip(y.chunks_exact_mut(w.rows)) {
-                matvec_with(k, w, xi, yi);
-            }
+        MatrixData::Q8_0 { quants, scales } if k.avx512() => {
+            // SAFETY: the CPU has what the kernel needs (checked), `check` found every
+            // row's quants and scales, and the lengths of `x` and `y` are asserted.
+            unsafe { q8_vnni::matmul_decode(quants, scales, w.cols, x, n, y) }
         }
+        #[cfg(target_arch = "x86_64")]
+        MatrixData::Q8_0 { .. } if k.avx2() && n == 1 => matvec_with(k, w, x, y),
         #[cfg(target_arch = "x86_64")]
         MatrixData::Q4_0(_) | MatrixData::Q4_K(_) if k.avx2() && n == 1 => matvec_with(k, w, x, y),
         #[cfg(target_arch = "x86_64")]
