@@ -8,7 +8,7 @@
 //!   complete, so nothing is left behind whatever stops the process, even `SIGKILL` or a
 //!   power cut. When complete it is linked under a temporary name and renamed into place.
 //! - Where `O_TMPFILE` is not available (other systems, some file systems), the file has
-//!   a temporary name (`.NAME.tmp-PID`) from the start; it is removed on every error, and
+//!   a temporary name (`.NAME.tmp-PID-N`) from the start; it is removed on every error, and
 //!   a handler for SIGINT, SIGTERM and SIGHUP removes it before the process dies. Only
 //!   `SIGKILL` (or a crash) can leave it behind there.
 //!
@@ -59,12 +59,17 @@ fn folder_of(out: &Path) -> PathBuf {
     }
 }
 
-/// `.NAME.tmp-PID` beside `out`.
+/// `.NAME.tmp-PID-N` beside `out`: N counts the packs of this process, so two threads
+/// packing to the same output (tests do) never take each other's temporary file; the
+/// last rename wins, as with two processes.
 fn temp_name(out: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PACKS: AtomicU64 = AtomicU64::new(0);
     let name = out
         .file_name()
         .map_or_else(|| "blob".into(), |n| n.to_string_lossy().into_owned());
-    folder_of(out).join(format!(".{name}.tmp-{}", std::process::id()))
+    let n = PACKS.fetch_add(1, Ordering::Relaxed);
+    folder_of(out).join(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
 impl Output {
