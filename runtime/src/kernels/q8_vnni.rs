@@ -25,10 +25,10 @@ use std::cell::RefCell;
 
 use super::activations::QuantX;
 use super::avx2::PREFETCH;
-use super::tasks::{min_rows_per_block, par_rows_guided, rows_per_sub_block, with_local, SendPtr};
+use super::tasks::{grow, min_rows_per_block, par_rows_guided, rows_per_sub_block, with_local, SendPtr};
 
 thread_local! {
-    static QX: RefCell<QuantX> = const { RefCell::new(QuantX::new()) };
+    static QX: RefCell<[(QuantX, SpreadX); 1]> = RefCell::new(Default::default());
 }
 
 /// `y = W x` for a q8_0 matrix `cols` wide: `x` quantised once, rows claimed by the
@@ -40,16 +40,18 @@ thread_local! {
 pub(super) unsafe fn matvec(quants: &[i8], scales: &[u16], cols: usize, x: &[f32], y: &mut [f32]) {
     let blocks = cols.div_ceil(32);
     let min = min_rows_per_block(blocks * 34, 4);
-    with_local(&QX, |qx| {
+    with_local(&QX, |one| {
+        let (qx, spread) = &mut one[0];
         qx.quantize(x);
-        let qx = &*qx;
+        spread.fill(qx, blocks);
+        let one = &*one;
         // SAFETY: as the caller vouches; `par_rows_guided` gives each call a disjoint
         // `ys` starting at row `r0` with `r0 + ys.len()` within the matrix.
         par_rows_guided(y, min, 1, |r0, ys| unsafe {
             // Through `rows_n`: `rows` is inlined into its caller, and only a caller
             // compiled with the AVX-512 features gets the instructions inline (in this
             // closure each intrinsic was a call: the matvec ran 16x slower).
-            rows_n(quants.as_ptr(), scales.as_ptr(), blocks, r0, ys.len(), std::slice::from_ref(qx), ys.as_mut_ptr().wrapping_sub(r0), 0)
+            rows_n(quants.as_ptr(), scales.as_ptr(), blocks, r0, ys.len(), one, ys.as_mut_ptr().wrapping_sub(r0), 0)
         })
     })
 }
@@ -68,23 +70,24 @@ pub(super) unsafe fn matmul_decode(quants: &[i8], scales: &[u16], cols: usize, x
     let min = min_rows_per_block(blocks * 34, 4);
     let sub = rows_per_sub_block(blocks * 34, 1, MANY_SUB_BYTES);
     let yp = SendPtr(y.as_mut_ptr());
-    with_local(&MANY, |qx| {
-        if qx.len() < n {
-            qx.resize_with(n, QuantX::new);
+    with_local(&MANY, |many| {
+        if many.len() < n {
+            many.resize_with(n, Default::default);
         }
-        for (t, q) in qx[..n].iter_mut().enumerate() {
+        for (t, (q, spread)) in many[..n].iter_mut().enumerate() {
             q.quantize(&x[t * cols..][..cols]);
+            spread.fill(q, blocks);
         }
-        let qx = &qx[..n];
+        let many = &many[..n];
         // SAFETY: as the caller vouches; `par_rows_guided` gives each call rows
         // `r0 .. r0 + block.len()` within the matrix, which it alone writes for every token.
         par_rows_guided(&mut y[..rows_total], min, 1, |r0, block| {
             for a in (r0..r0 + block.len()).step_by(sub) {
                 let len = sub.min(r0 + block.len() - a);
                 for t0 in (0..n).step_by(FEW) {
-                    let xs = &qx[t0..n.min(t0 + FEW)];
+                    let group = &many[t0..n.min(t0 + FEW)];
                     let y = yp.get().add(t0 * rows_total);
-                    unsafe { rows_n(quants.as_ptr(), scales.as_ptr(), blocks, a, len, xs, y, rows_total) }
+                    unsafe { rows_n(quants.as_ptr(), scales.as_ptr(), blocks, a, len, group, y, rows_total) }
                 }
             }
         })
@@ -99,40 +102,80 @@ const MANY_SUB_BYTES: usize = 512 << 10;
 
 thread_local! {
     /// The calling thread's quantised tokens of a decode batch; only ever grows.
-    static MANY: RefCell<Vec<QuantX>> = const { RefCell::new(Vec::new()) };
+    static MANY: RefCell<Vec<(QuantX, SpreadX)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// [`rows`] for 1 to [`FEW`] tokens.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn rows_n(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, len: usize, x: &[QuantX], y: *mut f32, ldy: usize) {
+unsafe fn rows_n(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, len: usize, x: &[(QuantX, SpreadX)], y: *mut f32, ldy: usize) {
+    let q: [&QuantX; FEW] = std::array::from_fn(|t| &x[t.min(x.len() - 1)].0);
+    let s: [&SpreadX; FEW] = std::array::from_fn(|t| &x[t.min(x.len() - 1)].1);
     match x.len() {
-        1 => rows::<1>(quants, scales, blocks, r0, len, x, y, ldy),
-        2 => rows::<2>(quants, scales, blocks, r0, len, x, y, ldy),
-        3 => rows::<3>(quants, scales, blocks, r0, len, x, y, ldy),
-        _ => rows::<4>(quants, scales, blocks, r0, len, x, y, ldy),
+        1 => rows::<1>(quants, scales, blocks, r0, len, q, s, y, ldy),
+        2 => rows::<2>(quants, scales, blocks, r0, len, q, s, y, ldy),
+        3 => rows::<3>(quants, scales, blocks, r0, len, q, s, y, ldy),
+        _ => rows::<4>(quants, scales, blocks, r0, len, q, s, y, ldy),
+    }
+}
+
+/// A quantised token laid out for [`rows`]: its quants made unsigned (`q + 128`, so
+/// `vpdpbusd` takes them as they are against the signed weights) and its block scales
+/// spread to the lanes of each pair of blocks (lanes 0-7 block `2p`, 8-15 block `2p + 1`).
+/// Built once per token and product, read by every row.
+#[derive(Default)]
+struct SpreadX {
+    unsigned: Vec<u8>,
+    pair_scales: Vec<f32>,
+}
+
+impl SpreadX {
+    /// Lays out the first `blocks` blocks of `x`.
+    fn fill(&mut self, x: &QuantX, blocks: usize) {
+        grow(&mut self.unsigned, blocks * 32);
+        grow(&mut self.pair_scales, blocks / 2 * 16);
+        for (u, &q) in self.unsigned.iter_mut().zip(&x.quants[..blocks * 32]) {
+            *u = (q as u8) ^ 0x80;
+        }
+        for (p, lanes) in self.pair_scales[..blocks / 2 * 16].chunks_exact_mut(16).enumerate() {
+            lanes[..8].fill(x.scales[2 * p]);
+            lanes[8..].fill(x.scales[2 * p + 1]);
+        }
     }
 }
 
 /// q8_0 rows `r0 .. r0 + len` (`blocks` per row) against `N` quantised tokens `x` (their
-/// quants and block scales), token `t`'s outputs at `y + t * ldy`. Each token's sums do
-/// not depend on `N`: every step below is done per token in the same order.
+/// quants and block scales, and `spread` the same laid out by [`SpreadX::fill`]), token
+/// `t`'s outputs at `y + t * ldy`. Each token's sums do not depend on `N`: every step
+/// below is done per token in the same order.
+///
+/// Per pair of blocks the weights' work is shared by the tokens: the load, the
+/// correction `128 * sum(w)` per lane (one `vpdpbusd` against 128s; each token's
+/// `vpdpbusd` of `q + 128` starts from its negation, so the integer sums are exact) and
+/// the spread of the weights' two scales. Each token then takes four instructions: the
+/// `vpdpbusd` (its quants a memory operand), a conversion, a multiply by its spread
+/// scales (a memory operand) and an FMA by the weights' scales. The earlier form gave
+/// each token six (its quants signed by the weights' sign mask, and a permute of the
+/// scale products); a decode batch's cost per token is what limits a server's streams.
 ///
 /// # Safety
 /// AVX2/FMA/F16C and AVX-512 F/VL/BW/VNNI; `quants` and `scales` must hold rows
-/// `r0 .. r0 + len`, each `x[t]` `blocks` blocks (quants and scales), and `y` room for
+/// `r0 .. r0 + len`, each `x[t]` and `spread[t]` `blocks` blocks, and `y` room for
 /// row `r0 + len - 1` of token `N - 1` at stride `ldy`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn rows<const N: usize>(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, len: usize, x: &[QuantX], y: *mut f32, ldy: usize) {
+unsafe fn rows<const N: usize>(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, len: usize, x: [&QuantX; FEW], spread: [&SpreadX; FEW], y: *mut f32, ldy: usize) {
     let xq: [*const i8; N] = std::array::from_fn(|t| x[t].quants[..blocks * 32].as_ptr());
     let xd: [*const f32; N] = std::array::from_fn(|t| x[t].scales[..blocks].as_ptr());
+    let xu: [*const u8; N] = std::array::from_fn(|t| spread[t].unsigned[..blocks * 32].as_ptr());
+    let xs: [*const f32; N] = std::array::from_fn(|t| spread[t].pair_scales[..blocks / 2 * 16].as_ptr());
     // Lanes 0-7 take the scale of a pair's first block, 8-15 of its second; pair `k`
     // of a group of eight blocks holds blocks 2k and 2k + 1.
-    let pair_scales: [__m512i; 4] = std::array::from_fn(|k| {
+    let pair_lanes: [__m512i; 4] = std::array::from_fn(|k| {
         let (a, b) = (2 * k as i32, 2 * k as i32 + 1);
         _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
     });
+    let offset = _mm512_set1_epi8(-128);
     let groups = blocks / 8;
     for r in r0..r0 + len {
         let q = quants.add(r * blocks * 32);
@@ -144,18 +187,19 @@ unsafe fn rows<const N: usize>(quants: *const i8, scales: *const u16, blocks: us
             // threads, 200 steps) were a median 1.6% faster, 0.8% slower to 3.6%
             // faster over 8 runs; 1.2% (0.5-2.3%) with the AVX2 kernel.
             _mm_prefetch::<_MM_HINT_T0>((s.add(g * 8) as *const i8).wrapping_add(PREFETCH / 16));
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(s.add(g * 8) as *const __m128i));
-            let d: [__m512; N] = std::array::from_fn(|t| _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_loadu_ps(xd[t].add(g * 8)))));
-            for (k, pair) in pair_scales.iter().enumerate() {
+            let dw = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(s.add(g * 8) as *const __m128i)));
+            for (k, lanes) in pair_lanes.iter().enumerate() {
                 let off = g * 256 + k * 64;
                 _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(off + PREFETCH));
                 let w = _mm512_loadu_si512(q.add(off) as *const _);
-                let (sign, abs) = (_mm512_movepi8_mask(w), _mm512_abs_epi8(w));
+                // -128 * sum(w) per lane: (-128 as u8 = 128) x w, negated.
+                let start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, w));
+                let d = _mm512_permutexvar_ps(*lanes, dw);
+                let pair = (g * 4 + k) * 16;
                 for t in 0..N {
-                    let xv = _mm512_loadu_si512(xq[t].add(off) as *const _);
-                    let xs = _mm512_mask_sub_epi8(xv, sign, _mm512_setzero_si512(), xv);
-                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), abs, xs);
-                    acc[t][k % 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(*pair, d[t]), acc[t][k % 2]);
+                    let dot = _mm512_dpbusd_epi32(start, _mm512_loadu_si512(xu[t].add(off) as *const _), w);
+                    let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(xs[t].add(pair)));
+                    acc[t][k % 2] = _mm512_fmadd_ps(scaled, d, acc[t][k % 2]);
                 }
             }
         }
