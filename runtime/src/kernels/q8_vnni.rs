@@ -1,21 +1,20 @@
-//! The one-token q8_0 product `y = W x` with AVX-512 VNNI: each 512-bit `vpdpbusd`
-//! takes two blocks of 32 weights against the activations' quants, sixteen lanes of
-//! four byte products.
+//! q8_0 products with AVX-512 VNNI, one token (`matvec`) and decode batches of a few
+//! (`matmul_decode`): each 512-bit `vpdpbusd` takes two blocks of 32 weights against the
+//! activations' quants, sixteen lanes of four byte products.
 //!
-//! `vpdpbusd` multiplies unsigned bytes by signed ones, so it takes `|w|` and `x` with
-//! the sign of `w` (negated under a mask of `w`'s sign bits), as the AVX2 kernel's
-//! `maddubs` does. The integer block sums are exact and equal to the AVX2 kernel's; only
-//! the order of the float additions differs.
+//! `vpdpbusd` multiplies unsigned bytes by signed ones. The activations are made
+//! unsigned (`q + 128`, once per token and product) and each dot product starts from
+//! `-128 * sum(w)` per lane, which the weights' side computes once for all tokens; the
+//! integer block sums are exact and equal to the AVX2 kernel's, only the order of the
+//! float additions differs. See [`rows`] for the instruction count per pair of blocks.
 //!
-//! Per two blocks this is a load, an `abs`, a sign mask and a masked negation, a
-//! `vpdpbusd`, a conversion, a permute of the blocks' scales and an FMA, besides the
-//! activations' load. An earlier form made the weights unsigned by flipping their top
-//! bit and started each dot product from a per-call table of `-128 * sum(x)` per lane:
-//! one more load per 64 bytes and a table as large as `x`'s quants (16 KiB of L1 with
-//! them for `down_proj`'s 8192 columns). 1B q8_0 decode steps alternating between the
-//! two in one process (2 threads, 100 rounds, `model_matvec`) when memory ran at ~69
-//! GB/s: 0.911-0.939 of a stream in the same round with the sign mask, 0.878-0.893 with
-//! the table; `down_proj` 0.91-0.93 against 0.77-0.82. Level at ~45 GB/s.
+//! Two forms measured before, both slower: signing the activations by the weights'
+//! sign mask (`|w|` against `x` negated under the mask, as AVX2's `maddubs` kernel
+//! does), which costs every token two more instructions per pair of blocks (the masked
+//! negation and a permute of the scale products): a batch of 4 tokens took 1.92x one
+//! token's time, now 1.13x (kernels bench, AMD EPYC, 16384 x 2048); and making the
+//! weights unsigned with a per-call table of `-128 * sum(x)` per lane, which reads one
+//! more load per 64 bytes for every row.
 
 use std::arch::x86_64::*;
 
