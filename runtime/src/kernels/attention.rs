@@ -37,18 +37,13 @@ pub const QUERY_VECTORS: usize = 64;
 pub const KEY_BLOCK: usize = 64;
 /// Columns of the micro-kernel's tile; `S`, `Q^T` and `O^T` are padded to a multiple.
 const LANES: usize = 32;
-/// Rows of the micro-kernel's tile; the key block is padded to a multiple, and
-/// `head_dim` must be one ([`supported`]).
+/// Rows of the micro-kernel's tile; the key block and the rows of the value block
+/// and of `O^T` (`head_dim`) are padded to a multiple.
 const TILE_ROWS: usize = 8;
 
 /// A finite start for the running max: a query whose keys so far were all masked
 /// rescales by `exp(0) = 1` instead of `exp(-inf - -inf)`.
 const NO_MAX: f32 = -1e30;
-
-/// Whether [`attend_prompt`] handles heads of `head_dim`.
-pub fn supported(head_dim: usize) -> bool {
-    head_dim > 0 && head_dim % TILE_ROWS == 0
-}
 
 /// Query rows per call for `group` query heads per KV head.
 pub fn rows_per_block(group: usize) -> usize {
@@ -84,9 +79,9 @@ struct Scratch {
     qt: Vec<f32>,
     /// key block x cols: scores, then probabilities
     s: Vec<f32>,
-    /// head_dim x cols: the unnormalised output, transposed
+    /// head_dim (padded) x cols: the unnormalised output, transposed
     ot: Vec<f32>,
-    /// key block x head_dim: the block's keys and values in f32
+    /// key block x head_dim (padded): the block's keys and values in f32
     kb: Vec<f32>,
     vb: Vec<f32>,
     /// Per query: running max, running sum, this block's rescaling.
@@ -105,7 +100,7 @@ thread_local! {
 /// query head of the group, calling `emit(row, g, out)` with the output of head `g` of
 /// the group for each row (`head_dim` values).
 ///
-/// Panics if `head_dim` is not [`supported`] or the slices are too short.
+/// Panics if the slices are too short.
 pub fn attend_prompt<E: KvElement>(
     k: Kernels,
     a: &PromptAttention<E>,
@@ -114,7 +109,9 @@ pub fn attend_prompt<E: KvElement>(
 ) {
     let d = a.head_dim;
     let g = a.group;
-    assert!(supported(d) && g > 0 && a.positions > 0);
+    assert!(d > 0 && g > 0 && a.positions > 0);
+    // Rows of the value block and of O^T, padded for the tile.
+    let dp = d.next_multiple_of(TILE_ROWS);
     assert!(rows.start < rows.end && rows.len() <= rows_per_block(g));
     assert!(a.ld >= a.q.max(a.k).max(a.v) && a.batch.len() >= rows.end * a.ld);
     assert!(a.q + g * d <= a.ld && a.k + d <= a.ld && a.v + d <= a.ld);
@@ -125,14 +122,14 @@ pub fn attend_prompt<E: KvElement>(
     with_local(&SCRATCH, |s| {
         grow(&mut s.qt, d * cols);
         grow(&mut s.s, kb_rows * cols);
-        grow(&mut s.ot, d * cols);
-        grow(&mut s.kb, kb_rows * d);
-        grow(&mut s.vb, kb_rows * d);
+        grow(&mut s.ot, dp * cols);
+        grow(&mut s.kb, kb_rows * dp);
+        grow(&mut s.vb, kb_rows * dp);
         grow(&mut s.max, cols);
         grow(&mut s.sum, cols);
         grow(&mut s.alpha, cols);
         grow(&mut s.out, d);
-        let (qt, ot) = (&mut s.qt[..d * cols], &mut s.ot[..d * cols]);
+        let (qt, ot) = (&mut s.qt[..d * cols], &mut s.ot[..dp * cols]);
         // Q^T, scaled; padding columns zero.
         qt.fill(0.0);
         for (r, i) in rows.clone().enumerate() {
@@ -154,10 +151,10 @@ pub fn attend_prompt<E: KvElement>(
         while j0 < last {
             let len = KEY_BLOCK.min(last - j0);
             let padded = len.next_multiple_of(TILE_ROWS);
-            gather(k, a, j0..j0 + len, &mut s.kb[..padded * d], &mut s.vb[..padded * d]);
+            gather(k, a, j0..j0 + len, dp, &mut s.kb[..padded * dp], &mut s.vb[..padded * dp]);
             let sb = &mut s.s[..kb_rows * cols];
             // S = K Q^T (keys x queries).
-            gemm_tile(k, &s.kb[..padded * d], d, 1, padded, d, qt, cols, sb, cols, false);
+            gemm_tile(k, &s.kb[..padded * dp], dp, 1, padded, d, qt, cols, sb, cols, false);
             // Mask what a query does not see (the block's first rows that fall out of
             // its window, its last ones after it).
             let (lo_all, hi_all) = ((a.start + rows.end).saturating_sub(a.positions), a.start + rows.start);
@@ -176,7 +173,7 @@ pub fn attend_prompt<E: KvElement>(
             softmax_update(k, sb, len, cols, &mut s.max[..cols], &mut s.sum[..cols], &mut s.alpha[..cols]);
             scale_rows(k, ot, cols, &s.alpha[..cols]);
             // O^T += V^T P: rows are dims (V read transposed), t runs over the keys.
-            gemm_tile(k, &s.vb[..padded * d], 1, d, d, len, sb, cols, ot, cols, true);
+            gemm_tile(k, &s.vb[..padded * dp], 1, dp, dp, len, sb, cols, ot, cols, true);
             j0 += len;
         }
         for (r, i) in rows.clone().enumerate() {
@@ -192,13 +189,15 @@ pub fn attend_prompt<E: KvElement>(
     })
 }
 
-/// Widens the keys and values at positions `js` into `kb` and `vb` (rows of
-/// `head_dim`), zeroing the rows after them.
-fn gather<E: KvElement>(k: Kernels, a: &PromptAttention<E>, js: Range<usize>, kb: &mut [f32], vb: &mut [f32]) {
+/// Widens the keys and values at positions `js` into `kb` and `vb` (rows `dp` apart,
+/// zero after `head_dim`), zeroing the rows after them.
+fn gather<E: KvElement>(k: Kernels, a: &PromptAttention<E>, js: Range<usize>, dp: usize, kb: &mut [f32], vb: &mut [f32]) {
     let d = a.head_dim;
     let n = js.len();
     for (r, j) in js.enumerate() {
-        let (kd, vd) = (&mut kb[r * d..][..d], &mut vb[r * d..][..d]);
+        kb[r * dp + d..][..dp - d].fill(0.0);
+        vb[r * dp + d..][..dp - d].fill(0.0);
+        let (kd, vd) = (&mut kb[r * dp..][..d], &mut vb[r * dp..][..d]);
         if j >= a.start {
             let row = &a.batch[(j - a.start) * a.ld..];
             round_row::<E>(k, &row[a.k..][..d], kd);
@@ -209,8 +208,8 @@ fn gather<E: KvElement>(k: Kernels, a: &PromptAttention<E>, js: Range<usize>, kb
             widen_row(k, &a.values[at..][..d], vd);
         }
     }
-    kb[n * d..].fill(0.0);
-    vb[n * d..].fill(0.0);
+    kb[n * dp..].fill(0.0);
+    vb[n * dp..].fill(0.0);
 }
 
 /// `dst = src` rounded to `E` and back: a batch row as the cache would hold it.

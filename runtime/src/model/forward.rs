@@ -491,7 +491,7 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
         let shape = AttentionShape { offset, slot_len: s.slot_len, q_dim, kv_dim, head_dim, group, positions, score_len, scale };
         let qkv = &s.qkv[..n * qkv_dim];
         let (scores, attn) = (&mut s.scores[..heads * score_len], &mut s.attn[..n * q_dim]);
-        let blocked = matches!(batch, Batch::Run { .. }) && n >= BLOCKED_MIN_ROWS && attention::supported(head_dim);
+        let blocked = matches!(batch, Batch::Run { .. }) && n >= BLOCKED_MIN_ROWS;
         match &mut s.kv_cache {
             KvCache::F32 { keys, values } if blocked => attend_blocked(k, &shape, batch, qkv, keys, values, attn),
             KvCache::F16 { keys, values } if blocked => attend_blocked(k, &shape, batch, qkv, keys, values, attn),
@@ -752,7 +752,7 @@ mod tests {
     /// (windows) smaller and larger than the key block, GQA groups, the second slot of
     /// two, f32 and f16 caches, every kernel set.
     fn blocked_matches_per_row<E: KvElement>(k: Kernels, rng: &mut Rng) {
-        for (head_dim, kv_heads, group) in [(8, 1, 1), (16, 2, 3), (8, 1, 5), (64, 2, 2)] {
+        for (head_dim, kv_heads, group) in [(8, 1, 1), (6, 3, 2), (16, 2, 3), (10, 1, 5), (64, 2, 2)] {
             for (positions, chunks) in [
                 (100, [37, 50]),
                 (3, [9, 5]),
