@@ -113,7 +113,7 @@ pub fn attend_prompt<E: KvElement>(
     // Rows of the value block and of O^T, padded for the tile.
     let dp = d.next_multiple_of(TILE_ROWS);
     assert!(rows.start < rows.end && rows.len() <= rows_per_block(g));
-    assert!(a.ld >= a.q.max(a.k).max(a.v) && a.batch.len() >= rows.end * a.ld);
+    assert!(a.batch.len() >= rows.end * a.ld);
     assert!(a.q + g * d <= a.ld && a.k + d <= a.ld && a.v + d <= a.ld);
     assert!(a.keys.len() >= a.positions * d && a.values.len() >= a.positions * d);
     let m = rows.len() * g;
@@ -251,7 +251,7 @@ fn gemm_tile(
     ldc: usize,
     accumulate: bool,
 ) {
-    assert!(rows % TILE_ROWS == 0 && ldc % LANES == 0 && ldb >= ldc);
+    assert!(rows.is_multiple_of(TILE_ROWS) && ldc.is_multiple_of(LANES) && ldb >= ldc);
     assert!(rows == 0 || t_len == 0 || (rows - 1) * a_rs + (t_len - 1) * a_cs < a.len());
     assert!(t_len * ldb <= b.len() && rows * ldc <= c.len());
     match k {
@@ -485,7 +485,7 @@ mod x86 {
     /// AVX2/FMA; `cols` a multiple of 8, `alpha` holding `cols`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn scale_rows(o: &mut [f32], cols: usize, alpha: &[f32]) {
-        assert!(alpha.len() >= cols && cols % 8 == 0);
+        assert!(alpha.len() >= cols && cols.is_multiple_of(8));
         for row in o.chunks_exact_mut(cols) {
             for c in (0..cols).step_by(8) {
                 let p = row.as_mut_ptr().add(c);

@@ -11,6 +11,10 @@
 //! each row computed as it would be alone, and attention per row over its own slot's
 //! cache. The single-sequence calls are the one-slot case ([`forward_batch_in`]
 //! names the slot).
+//!
+//! A prompt batch of `BLOCKED_MIN_ROWS` tokens or more attends as blocked matrix
+//! products with an online softmax (`attend_blocked`); decode batches and shorter
+//! runs attend row by row (`attend`).
 
 use std::sync::Arc;
 
