@@ -822,7 +822,7 @@ pub(super) unsafe fn q8_row_to_f32(quants: &[i8], scales: &[u16], cols: usize, r
 /// degree-6 polynomial, the exponent built in the bits), within 2 ulp of `f32::exp`;
 /// inputs are clamped to +-88.38, where `f32::exp` overflows or flushes.
 #[inline(always)]
-unsafe fn exp8(x: __m256) -> __m256 {
+pub(super) unsafe fn exp8(x: __m256) -> __m256 {
     let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.376_26)), _mm256_set1_ps(88.376_26));
     let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);

@@ -19,6 +19,7 @@
 //! forces any available set for the calling thread (tests use it to run them all).
 
 mod activations;
+pub(crate) mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

@@ -11,6 +11,10 @@
 //! each row computed as it would be alone, and attention per row over its own slot's
 //! cache. The single-sequence calls are the one-slot case ([`forward_batch_in`]
 //! names the slot).
+//!
+//! A prompt batch of `BLOCKED_MIN_ROWS` tokens or more attends as blocked matrix
+//! products with an online softmax (`attend_blocked`); decode batches and shorter
+//! runs attend row by row (`attend`).
 
 use std::sync::Arc;
 
@@ -18,7 +22,7 @@ use half::f16;
 use olmo_format::{AttentionType, ModelConfig};
 
 use crate::model::buffer::{Buffer, Zeroable};
-use crate::kernels::{self, for_each_task, matmul_with, Kernels, KvElement, MatrixData, SendPtr};
+use crate::kernels::{self, attention, for_each_task, matmul_with, Kernels, KvElement, MatrixData, SendPtr};
 use crate::model::Model;
 use crate::model::ops::{rms_norm, RopeTables};
 use crate::model::team::Team;
@@ -491,7 +495,10 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
         let shape = AttentionShape { offset, slot_len: s.slot_len, q_dim, kv_dim, head_dim, group, positions, score_len, scale };
         let qkv = &s.qkv[..n * qkv_dim];
         let (scores, attn) = (&mut s.scores[..heads * score_len], &mut s.attn[..n * q_dim]);
+        let blocked = matches!(batch, Batch::Run { .. }) && n >= BLOCKED_MIN_ROWS;
         match &mut s.kv_cache {
+            KvCache::F32 { keys, values } if blocked => attend_blocked(k, &shape, batch, qkv, keys, values, attn),
+            KvCache::F16 { keys, values } if blocked => attend_blocked(k, &shape, batch, qkv, keys, values, attn),
             KvCache::F32 { keys, values } => attend(k, &shape, batch, qkv, keys, values, scores, attn),
             KvCache::F16 { keys, values } => attend(k, &shape, batch, qkv, keys, values, scores, attn),
         }
@@ -608,6 +615,90 @@ fn attend<E: KvElement>(
     kernels::par_rows(&mut scores[..kv_dim / head_dim * per_kv_head], per_kv_head, |r0, scores| head(r0 / per_kv_head, scores));
 }
 
+/// Prompt batches of at least this many tokens attend with [`attend_blocked`]; fewer
+/// (and decode batches) row by row with [`attend`].
+const BLOCKED_MIN_ROWS: usize = 8;
+
+/// [`attend`] for a run of one slot's consecutive positions (a prompt batch), as
+/// blocked products with an online softmax ([`attention::attend_prompt`]): one task
+/// per KV head and block of query rows, the latest rows (which see the most keys)
+/// first. The batch's own keys and values are read from `qkv` (rounded to the cache's
+/// element type) while every block runs, and filed in the cache after all of them:
+/// in a sliding window's ring they replace rows that the batch's earlier queries still
+/// read. Each query sees exactly the positions [`attend`]'s does.
+#[allow(clippy::too_many_arguments)]
+fn attend_blocked<E: KvElement>(
+    k: Kernels,
+    sh: &AttentionShape,
+    batch: &Batch,
+    qkv: &[f32],
+    key_cache: &mut [E],
+    value_cache: &mut [E],
+    attn: &mut [f32],
+) {
+    let &Batch::Run { slot, tokens, start, .. } = batch else { unreachable!("attend_blocked takes a prompt batch") };
+    let AttentionShape { offset, slot_len, q_dim, kv_dim, head_dim, group, positions, scale, .. } = *sh;
+    let n = tokens.len();
+    let qkv_dim = q_dim + 2 * kv_dim;
+    let kv_heads = kv_dim / head_dim;
+    let head_len = positions * head_dim;
+    let at = slot * slot_len + offset;
+    assert!(key_cache.len() == value_cache.len() && offset + kv_dim * positions <= slot_len);
+    assert!(at + kv_dim * positions <= key_cache.len() && qkv.len() >= n * qkv_dim && attn.len() >= n * q_dim);
+    let per_block = attention::rows_per_block(group);
+    let blocks = n.div_ceil(per_block);
+    let out = SendPtr(attn.as_mut_ptr());
+    {
+        let (keys, values) = (&key_cache[at..][..kv_dim * positions], &value_cache[at..][..kv_dim * positions]);
+        for_each_task(kv_heads * blocks, |t| {
+            let (kvh, b) = (t % kv_heads, blocks - 1 - t / kv_heads);
+            let a = attention::PromptAttention {
+                batch: &qkv[..n * qkv_dim],
+                ld: qkv_dim,
+                q: kvh * group * head_dim,
+                k: q_dim + kvh * head_dim,
+                v: q_dim + kv_dim + kvh * head_dim,
+                group,
+                head_dim,
+                keys: &keys[kvh * head_len..][..head_len],
+                values: &values[kvh * head_len..][..head_len],
+                positions,
+                start,
+                scale,
+            };
+            let rows = b * per_block..((b + 1) * per_block).min(n);
+            attention::attend_prompt(k, &a, rows, |i, g, o| {
+                // SAFETY: head kvh * group + g of token i is written by this task alone
+                // (its KV head and rows), inside `attn` (n x q: asserted), which
+                // outlives the parallel loop.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * q_dim + (kvh * group + g) * head_dim), head_dim) };
+                dst.copy_from_slice(o);
+            });
+        });
+    }
+    let (key_cache, value_cache) = (SendPtr(key_cache.as_mut_ptr()), SendPtr(value_cache.as_mut_ptr()));
+    for_each_task(kv_heads, |kvh| {
+        // SAFETY: the task for kv head kvh alone touches that head's block of the
+        // slot's part of the layer's cache (within the cache: asserted), which outlives
+        // the parallel loop.
+        let (keys, values) = unsafe {
+            let at = at + kvh * head_len;
+            (
+                std::slice::from_raw_parts_mut(key_cache.get().add(at), head_len),
+                std::slice::from_raw_parts_mut(value_cache.get().add(at), head_len),
+            )
+        };
+        // Only the last `positions` rows survive in a ring.
+        for i in n.saturating_sub(positions)..n {
+            let row = &qkv[i * qkv_dim..][..qkv_dim];
+            let ring_row = (start + i) % positions * head_dim;
+            let (key, value) = (q_dim + kvh * head_dim, q_dim + kv_dim + kvh * head_dim);
+            kernels::store_row(k, &row[key..][..head_dim], &mut keys[ring_row..][..head_dim]);
+            kernels::store_row(k, &row[value..][..head_dim], &mut values[ring_row..][..head_dim]);
+        }
+    });
+}
+
 /// `x += rms_norm(proj)` for each token.
 fn residual(n: usize, d: usize, x: &mut [f32], proj: &mut [f32], weight: &[f32], eps: f32) {
     let proj = &mut proj[..n * d];
@@ -636,4 +727,91 @@ fn zeros<T: Zeroable>(len: Option<usize>) -> Result<Buffer<T>, RunError> {
 
 fn too_big() -> RunError {
     RunError::Usage("the KV cache and buffers for this many positions do not fit in memory: ask for fewer steps".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::available_kernels;
+
+    /// xorshift: values in (-1, 1).
+    struct Rng(u64);
+
+    impl Rng {
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    self.0 ^= self.0 << 13;
+                    self.0 ^= self.0 >> 7;
+                    self.0 ^= self.0 << 17;
+                    (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+                })
+                .collect()
+        }
+    }
+
+    /// Two prompt chunks of one slot through the blocked attention and through the
+    /// per-row one, each on its own copy of the cache: the outputs agree and so do the
+    /// caches they leave. Awkward sizes: rows not a multiple of the block, rings
+    /// (windows) smaller and larger than the key block, GQA groups, the second slot of
+    /// two, f32 and f16 caches, every kernel set.
+    fn blocked_matches_per_row<E: KvElement>(k: Kernels, rng: &mut Rng) {
+        for (head_dim, kv_heads, group) in [(8, 1, 1), (6, 3, 2), (16, 2, 3), (10, 1, 5), (64, 2, 2)] {
+            for (positions, chunks) in [
+                (100, [37, 50]),
+                (3, [9, 5]),
+                (7, [1, 70]),
+                (70, [65, 66]),
+                (200, [130, 70]),
+                (90, [64, 64]),
+                (5, [0, 33]),
+            ] {
+                let q_dim = kv_heads * group * head_dim;
+                let kv_dim = kv_heads * head_dim;
+                let qkv_dim = q_dim + 2 * kv_dim;
+                // A layer's part of each slot after some other layer's 10 rows.
+                let offset = 10 * kv_dim;
+                let slot_len = offset + positions * kv_dim + 3;
+                let slot = 1;
+                let scale = 1.0 / (head_dim as f32).sqrt();
+                let sh = AttentionShape { offset, slot_len, q_dim, kv_dim, head_dim, group, positions, score_len: positions, scale };
+                let cache: Vec<E> = rng.vec(2 * slot_len).into_iter().map(E::from_f32).collect();
+                let (mut keys_a, mut values_a) = (cache.clone(), cache.iter().rev().copied().collect::<Vec<E>>());
+                let (mut keys_b, mut values_b) = (keys_a.clone(), values_a.clone());
+                let mut start = 0;
+                for n in chunks {
+                    let tokens = vec![0u32; n];
+                    let batch = Batch::Run { slot, tokens: &tokens, start, rows: LogitRows::All };
+                    // Large-ish values so the softmax is not near uniform.
+                    let qkv: Vec<f32> = rng.vec(n * qkv_dim).into_iter().map(|v| 3.0 * v).collect();
+                    let mut scores = vec![0f32; kv_heads * group * positions];
+                    let mut want = vec![f32::NAN; n * q_dim];
+                    attend(k, &sh, &batch, &qkv, &mut keys_a, &mut values_a, &mut scores, &mut want);
+                    let mut got = vec![f32::NAN; n * q_dim];
+                    attend_blocked(k, &sh, &batch, &qkv, &mut keys_b, &mut values_b, &mut got);
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 2e-5 * (1.0 + w.abs()),
+                            "{k:?} {} head_dim {head_dim} group {group} positions {positions} chunk at {start} of {n}: row {} value {}: {g} vs {w}",
+                            std::any::type_name::<E>(),
+                            i / q_dim,
+                            i % q_dim
+                        );
+                    }
+                    let bits = |v: &[E]| v.iter().map(|e| e.to_f32().to_bits()).collect::<Vec<_>>();
+                    assert!(bits(&keys_a) == bits(&keys_b) && bits(&values_a) == bits(&values_b), "{k:?} caches differ");
+                    start += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_attention_matches_per_row_attention() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for k in available_kernels() {
+            blocked_matches_per_row::<f32>(k, &mut rng);
+            blocked_matches_per_row::<f16>(k, &mut rng);
+        }
+    }
 }

@@ -1,0 +1,496 @@
+//! Attention of a prompt batch as blocked matrix products with an online softmax
+//! (flash-attention style).
+//!
+//! [`attend_prompt`] takes one KV head and a block of consecutive query rows (the
+//! group's query heads of each, `group * rows` query vectors, at most
+//! [`QUERY_VECTORS`]) and walks the keys those rows see in blocks of [`KEY_BLOCK`]:
+//! each block's keys and values are widened to f32 once (from the cache, or from the
+//! batch's own rows), the block's scores are one product `S = K Q^T` (keys x queries),
+//! a running max and sum per query rescale what was accumulated so far, and the
+//! block's `P V` is added into the output. No score row is ever materialised whole.
+//!
+//! Everything runs with the queries across the SIMD lanes: `Q^T` (head_dim x queries,
+//! scaled by `1/sqrt(head_dim)` as it is packed), `S` (keys x queries) and `O^T`
+//! (head_dim x queries), so the max, the exponentials, the sums and the rescaling are
+//! all vector operations, and both products are the same micro-kernel
+//! `C[i, m..] += sum_t A[i, t] B[t, m..]`: A is the key block (rows keys, t dims) for
+//! the scores and the value block read transposed (rows dims, t keys) for the output.
+//! On AVX-512 it is 8 x 32 (16 zmm accumulators), on AVX2 8 x 16.
+//!
+//! Query `p` sees the keys at positions `(p + 1 - positions, p]` (at least 0): the
+//! layer's cache holds `positions` rows (every position, or a sliding window's ring),
+//! exactly as the per-row path's `seen` rows. Keys before the batch come from the
+//! cache (position `j` at ring row `j % positions`), the batch's own keys from its rows
+//! (rounded to the cache's element type, as storing and reading them back would); the
+//! caller files the batch's keys in the cache after every block of the layer is done.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use super::kv_element::KvElement;
+use super::tasks::{grow, with_local};
+use super::Kernels;
+
+/// Query vectors (rows times the group's heads) one call takes at most.
+pub const QUERY_VECTORS: usize = 64;
+/// Keys per block.
+pub const KEY_BLOCK: usize = 64;
+/// Columns of the micro-kernel's tile; `S`, `Q^T` and `O^T` are padded to a multiple.
+const LANES: usize = 32;
+/// Rows of the micro-kernel's tile; the key block and the rows of the value block
+/// and of `O^T` (`head_dim`) are padded to a multiple.
+const TILE_ROWS: usize = 8;
+
+/// A finite start for the running max: a query whose keys so far were all masked
+/// rescales by `exp(0) = 1` instead of `exp(-inf - -inf)`.
+const NO_MAX: f32 = -1e30;
+
+/// Query rows per call for `group` query heads per KV head.
+pub fn rows_per_block(group: usize) -> usize {
+    (QUERY_VECTORS / group.max(1)).max(1)
+}
+
+/// One KV head's view of a prompt batch and of its slot's cache for one layer.
+pub struct PromptAttention<'a, E> {
+    /// The batch's rows (`ld` apart): this KV head's group of query heads at `q`
+    /// (`group * head_dim` values, normalised and rotated), its key at `k` and value at
+    /// `v`.
+    pub batch: &'a [f32],
+    pub ld: usize,
+    pub q: usize,
+    pub k: usize,
+    pub v: usize,
+    pub group: usize,
+    pub head_dim: usize,
+    /// The head's cached keys and values, `positions` rows of `head_dim`: position `j`
+    /// (before `start`) at row `j % positions`.
+    pub keys: &'a [E],
+    pub values: &'a [E],
+    pub positions: usize,
+    /// The position of the batch's first row.
+    pub start: usize,
+    /// `1 / sqrt(head_dim)`
+    pub scale: f32,
+}
+
+#[derive(Default)]
+struct Scratch {
+    /// head_dim x cols: the queries, transposed and scaled
+    qt: Vec<f32>,
+    /// key block x cols: scores, then probabilities
+    s: Vec<f32>,
+    /// head_dim (padded) x cols: the unnormalised output, transposed
+    ot: Vec<f32>,
+    /// key block x head_dim (padded): the block's keys and values in f32
+    kb: Vec<f32>,
+    vb: Vec<f32>,
+    /// Per query: running max, running sum, this block's rescaling.
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    alpha: Vec<f32>,
+    /// One query's output.
+    out: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Attends for query rows `rows` of the batch (at most [`rows_per_block`]) with every
+/// query head of the group, calling `emit(row, g, out)` with the output of head `g` of
+/// the group for each row (`head_dim` values).
+///
+/// Panics if the slices are too short.
+pub fn attend_prompt<E: KvElement>(
+    k: Kernels,
+    a: &PromptAttention<E>,
+    rows: Range<usize>,
+    mut emit: impl FnMut(usize, usize, &[f32]),
+) {
+    let d = a.head_dim;
+    let g = a.group;
+    assert!(d > 0 && g > 0 && a.positions > 0);
+    // Rows of the value block and of O^T, padded for the tile.
+    let dp = d.next_multiple_of(TILE_ROWS);
+    assert!(rows.start < rows.end && rows.len() <= rows_per_block(g));
+    assert!(a.batch.len() >= rows.end * a.ld);
+    assert!(a.q + g * d <= a.ld && a.k + d <= a.ld && a.v + d <= a.ld);
+    assert!(a.keys.len() >= a.positions * d && a.values.len() >= a.positions * d);
+    let m = rows.len() * g;
+    let cols = m.next_multiple_of(LANES);
+    let kb_rows = KEY_BLOCK;
+    with_local(&SCRATCH, |s| {
+        grow(&mut s.qt, d * cols);
+        grow(&mut s.s, kb_rows * cols);
+        grow(&mut s.ot, dp * cols);
+        grow(&mut s.kb, kb_rows * dp);
+        grow(&mut s.vb, kb_rows * dp);
+        grow(&mut s.max, cols);
+        grow(&mut s.sum, cols);
+        grow(&mut s.alpha, cols);
+        grow(&mut s.out, d);
+        let (qt, ot) = (&mut s.qt[..d * cols], &mut s.ot[..dp * cols]);
+        // Q^T, scaled; padding columns zero.
+        qt.fill(0.0);
+        for (r, i) in rows.clone().enumerate() {
+            let q = &a.batch[i * a.ld + a.q..][..g * d];
+            for (h, q) in q.chunks_exact(d).enumerate() {
+                let col = r * g + h;
+                for (t, &v) in q.iter().enumerate() {
+                    qt[t * cols + col] = v * a.scale;
+                }
+            }
+        }
+        ot.fill(0.0);
+        s.max[..cols].fill(NO_MAX);
+        s.sum[..cols].fill(0.0);
+        // Positions: row i is at start + i and sees (p + 1 - positions, p].
+        let first = (a.start + rows.start + 1).saturating_sub(a.positions);
+        let last = a.start + rows.end; // exclusive
+        let mut j0 = first;
+        while j0 < last {
+            let len = KEY_BLOCK.min(last - j0);
+            let padded = len.next_multiple_of(TILE_ROWS);
+            gather(k, a, j0..j0 + len, dp, &mut s.kb[..padded * dp], &mut s.vb[..padded * dp]);
+            let sb = &mut s.s[..kb_rows * cols];
+            // S = K Q^T (keys x queries).
+            gemm_tile(k, &s.kb[..padded * dp], dp, 1, padded, d, qt, cols, sb, cols, false);
+            // Mask what a query does not see (the block's first rows that fall out of
+            // its window, its last ones after it).
+            let (lo_all, hi_all) = ((a.start + rows.end).saturating_sub(a.positions), a.start + rows.start);
+            if j0 < lo_all || j0 + len - 1 > hi_all {
+                for col in 0..m {
+                    let p = a.start + rows.start + col / g;
+                    let lo = (p + 1).saturating_sub(a.positions);
+                    for j in 0..len {
+                        let pos = j0 + j;
+                        if pos < lo || pos > p {
+                            sb[j * cols + col] = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
+            softmax_update(k, sb, len, cols, &mut s.max[..cols], &mut s.sum[..cols], &mut s.alpha[..cols]);
+            scale_rows(k, ot, cols, &s.alpha[..cols]);
+            // O^T += V^T P: rows are dims (V read transposed), t runs over the keys.
+            gemm_tile(k, &s.vb[..padded * dp], 1, dp, dp, len, sb, cols, ot, cols, true);
+            j0 += len;
+        }
+        for (r, i) in rows.clone().enumerate() {
+            for h in 0..g {
+                let col = r * g + h;
+                let inv = 1.0 / s.sum[col];
+                for (t, o) in s.out[..d].iter_mut().enumerate() {
+                    *o = ot[t * cols + col] * inv;
+                }
+                emit(i, h, &s.out[..d]);
+            }
+        }
+    })
+}
+
+/// Widens the keys and values at positions `js` into `kb` and `vb` (rows `dp` apart,
+/// zero after `head_dim`), zeroing the rows after them.
+fn gather<E: KvElement>(k: Kernels, a: &PromptAttention<E>, js: Range<usize>, dp: usize, kb: &mut [f32], vb: &mut [f32]) {
+    let d = a.head_dim;
+    let n = js.len();
+    for (r, j) in js.enumerate() {
+        kb[r * dp + d..][..dp - d].fill(0.0);
+        vb[r * dp + d..][..dp - d].fill(0.0);
+        let (kd, vd) = (&mut kb[r * dp..][..d], &mut vb[r * dp..][..d]);
+        if j >= a.start {
+            let row = &a.batch[(j - a.start) * a.ld..];
+            round_row::<E>(k, &row[a.k..][..d], kd);
+            round_row::<E>(k, &row[a.v..][..d], vd);
+        } else {
+            let at = j % a.positions * d;
+            widen_row(k, &a.keys[at..][..d], kd);
+            widen_row(k, &a.values[at..][..d], vd);
+        }
+    }
+    kb[n * dp..].fill(0.0);
+    vb[n * dp..].fill(0.0);
+}
+
+/// `dst = src` rounded to `E` and back: a batch row as the cache would hold it.
+fn round_row<E: KvElement>(k: Kernels, src: &[f32], dst: &mut [f32]) {
+    if !E::HALF {
+        return dst.copy_from_slice(src);
+    }
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA/F16C (checked); the lengths match.
+        _ if k.avx2() => unsafe { x86::round_f16(src, dst) },
+        _ => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = E::from_f32(s).to_f32()),
+    }
+}
+
+/// `dst = src` widened to f32.
+fn widen_row<E: KvElement>(k: Kernels, src: &[E], dst: &mut [f32]) {
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA/F16C (checked); the lengths match.
+        _ if k.avx2() => unsafe { x86::widen(src, dst) },
+        _ => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s.to_f32()),
+    }
+}
+
+/// `C[i, m] (+)= sum_t A[i * a_rs + t * a_cs] B[t * ldb + m]` for `i < rows` (a
+/// multiple of [`TILE_ROWS`]), `t < t_len`, `m < ldc` (a multiple of [`LANES`]).
+#[allow(clippy::too_many_arguments)]
+fn gemm_tile(
+    k: Kernels,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    rows: usize,
+    t_len: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert!(rows.is_multiple_of(TILE_ROWS) && ldc.is_multiple_of(LANES) && ldb >= ldc);
+    assert!(rows == 0 || t_len == 0 || (rows - 1) * a_rs + (t_len - 1) * a_cs < a.len());
+    assert!(t_len * ldb <= b.len() && rows * ldc <= c.len());
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 F (checked); the extents are asserted.
+        _ if k.avx512() => unsafe { x86::gemm_tile_512(a.as_ptr(), a_rs, a_cs, rows, t_len, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, accumulate) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA (checked); the extents are asserted.
+        _ if k.avx2() => unsafe { x86::gemm_tile_256(a.as_ptr(), a_rs, a_cs, rows, t_len, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, accumulate) },
+        _ => {
+            for i in 0..rows {
+                let ci = &mut c[i * ldc..][..ldc];
+                if !accumulate {
+                    ci.fill(0.0);
+                }
+                for t in 0..t_len {
+                    let av = a[i * a_rs + t * a_cs];
+                    for (cv, &bv) in ci.iter_mut().zip(&b[t * ldb..][..ldc]) {
+                        *cv += av * bv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The online softmax's step for one key block of `len` rows of `s` (`cols` apart):
+/// per query (column), the new running max over the block, `alpha = exp(old - new)`,
+/// `s = exp(s - new)` in place, and `sum = sum * alpha + the block's sum`.
+fn softmax_update(k: Kernels, s: &mut [f32], len: usize, cols: usize, max: &mut [f32], sum: &mut [f32], alpha: &mut [f32]) {
+    assert!(len * cols <= s.len() && max.len() == cols && sum.len() == cols && alpha.len() == cols);
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA (checked); the extents are asserted and `cols`
+        // is a multiple of eight.
+        _ if k.avx2() => unsafe { x86::softmax_update(s, len, cols, max, sum, alpha) },
+        _ => {
+            for c in 0..cols {
+                let new = (0..len).map(|j| s[j * cols + c]).fold(max[c], f32::max);
+                alpha[c] = (max[c] - new).exp();
+                let mut block = 0.0;
+                for j in 0..len {
+                    let e = (s[j * cols + c] - new).exp();
+                    s[j * cols + c] = e;
+                    block += e;
+                }
+                sum[c] = sum[c] * alpha[c] + block;
+                max[c] = new;
+            }
+        }
+    }
+}
+
+/// `o[t, m] *= alpha[m]` for every row `t` of `o` (`cols` apart).
+fn scale_rows(k: Kernels, o: &mut [f32], cols: usize, alpha: &[f32]) {
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA (checked); `cols` is a multiple of eight.
+        _ if k.avx2() => unsafe { x86::scale_rows(o, cols, alpha) },
+        _ => o.chunks_exact_mut(cols).for_each(|r| r.iter_mut().zip(alpha).for_each(|(o, a)| *o *= a)),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::super::avx2::exp8;
+    use super::super::kv_element::KvElement;
+    use super::TILE_ROWS;
+
+    /// # Safety
+    /// AVX2/F16C; `src.len() == dst.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn round_f16(src: &[f32], dst: &mut [f32]) {
+        let n8 = src.len() / 8 * 8;
+        for c in (0..n8).step_by(8) {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(c)));
+            _mm256_storeu_ps(dst.as_mut_ptr().add(c), _mm256_cvtph_ps(h));
+        }
+        for c in n8..src.len() {
+            dst[c] = half::f16::from_f32(src[c]).to_f32();
+        }
+    }
+
+    /// # Safety
+    /// AVX2/F16C; `src.len() == dst.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn widen<E: KvElement>(src: &[E], dst: &mut [f32]) {
+        if !E::HALF {
+            let src = std::slice::from_raw_parts(src.as_ptr() as *const f32, src.len());
+            return dst.copy_from_slice(src);
+        }
+        let n8 = src.len() / 8 * 8;
+        for c in (0..n8).step_by(8) {
+            let h = _mm_loadu_si128(src.as_ptr().add(c) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(c), _mm256_cvtph_ps(h));
+        }
+        for c in n8..src.len() {
+            dst[c] = src[c].to_f32();
+        }
+    }
+
+    /// The 8 x 32 AVX-512 tile of [`super::gemm_tile`].
+    ///
+    /// # Safety
+    /// AVX-512 F; `rows` a multiple of 8, `ldc` of 32, and every element the loops
+    /// name within its buffer.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm_tile_512(
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        rows: usize,
+        t_len: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        for c0 in (0..ldc).step_by(32) {
+            for i0 in (0..rows).step_by(TILE_ROWS) {
+                let mut acc = [[_mm512_setzero_ps(); 2]; TILE_ROWS];
+                let ap = a.add(i0 * a_rs);
+                for t in 0..t_len {
+                    let bp = b.add(t * ldb + c0);
+                    let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
+                    let at = ap.add(t * a_cs);
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let av = _mm512_set1_ps(*at.add(i * a_rs));
+                        acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                        acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate() {
+                    let cp = c.add((i0 + i) * ldc + c0);
+                    let (mut v0, mut v1) = (acc[0], acc[1]);
+                    if accumulate {
+                        v0 = _mm512_add_ps(v0, _mm512_loadu_ps(cp));
+                        v1 = _mm512_add_ps(v1, _mm512_loadu_ps(cp.add(16)));
+                    }
+                    _mm512_storeu_ps(cp, v0);
+                    _mm512_storeu_ps(cp.add(16), v1);
+                }
+            }
+        }
+    }
+
+    /// The 8 x 16 AVX2 tile of [`super::gemm_tile`].
+    ///
+    /// # Safety
+    /// AVX2/FMA; `rows` a multiple of 8, `ldc` of 16, and every element the loops name
+    /// within its buffer.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm_tile_256(
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        rows: usize,
+        t_len: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        for c0 in (0..ldc).step_by(16) {
+            for i0 in (0..rows).step_by(TILE_ROWS) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; TILE_ROWS];
+                let ap = a.add(i0 * a_rs);
+                for t in 0..t_len {
+                    let bp = b.add(t * ldb + c0);
+                    let (b0, b1) = (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
+                    let at = ap.add(t * a_cs);
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let av = _mm256_set1_ps(*at.add(i * a_rs));
+                        acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                        acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate() {
+                    let cp = c.add((i0 + i) * ldc + c0);
+                    let (mut v0, mut v1) = (acc[0], acc[1]);
+                    if accumulate {
+                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cp));
+                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cp.add(8)));
+                    }
+                    _mm256_storeu_ps(cp, v0);
+                    _mm256_storeu_ps(cp.add(8), v1);
+                }
+            }
+        }
+    }
+
+    /// [`super::softmax_update`], eight queries at a time with [`exp8`] (which gives
+    /// exactly 0 for a masked `-inf` score).
+    ///
+    /// # Safety
+    /// AVX2/FMA; `cols` a multiple of 8, `s` holding `len` rows of `cols`, `max`, `sum`
+    /// and `alpha` `cols` each.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn softmax_update(s: &mut [f32], len: usize, cols: usize, max: &mut [f32], sum: &mut [f32], alpha: &mut [f32]) {
+        let sp = s.as_mut_ptr();
+        for c in (0..cols).step_by(8) {
+            let old = _mm256_loadu_ps(max.as_ptr().add(c));
+            let mut new = old;
+            for j in 0..len {
+                new = _mm256_max_ps(new, _mm256_loadu_ps(sp.add(j * cols + c)));
+            }
+            let a = exp8(_mm256_sub_ps(old, new));
+            let mut block = _mm256_setzero_ps();
+            for j in 0..len {
+                let p = sp.add(j * cols + c);
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), new));
+                _mm256_storeu_ps(p, e);
+                block = _mm256_add_ps(block, e);
+            }
+            let total = _mm256_fmadd_ps(_mm256_loadu_ps(sum.as_ptr().add(c)), a, block);
+            _mm256_storeu_ps(sum.as_mut_ptr().add(c), total);
+            _mm256_storeu_ps(max.as_mut_ptr().add(c), new);
+            _mm256_storeu_ps(alpha.as_mut_ptr().add(c), a);
+        }
+    }
+
+    /// [`super::scale_rows`], eight at a time.
+    ///
+    /// # Safety
+    /// AVX2/FMA; `cols` a multiple of 8, `alpha` holding `cols`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scale_rows(o: &mut [f32], cols: usize, alpha: &[f32]) {
+        assert!(alpha.len() >= cols && cols.is_multiple_of(8));
+        for row in o.chunks_exact_mut(cols) {
+            for c in (0..cols).step_by(8) {
+                let p = row.as_mut_ptr().add(c);
+                _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(alpha.as_ptr().add(c))));
+            }
+        }
+    }
+}
