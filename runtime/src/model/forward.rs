@@ -12,9 +12,10 @@
 //! cache. The single-sequence calls are the one-slot case ([`forward_batch_in`]
 //! names the slot).
 //!
-//! A prompt batch of `BLOCKED_MIN_ROWS` tokens or more attends as blocked matrix
-//! products with an online softmax (`attend_blocked`); decode batches and shorter
-//! runs attend row by row (`attend`).
+//! A prompt batch of `BLOCKED_MIN_QUERIES` query vectors or more (tokens times the
+//! query heads sharing a KV head) attends as blocked matrix products with an online
+//! softmax (`attend_blocked`); decode batches and shorter runs attend row by row
+//! (`attend`).
 
 use std::sync::Arc;
 
@@ -495,7 +496,7 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
         let shape = AttentionShape { offset, slot_len: s.slot_len, q_dim, kv_dim, head_dim, group, positions, score_len, scale };
         let qkv = &s.qkv[..n * qkv_dim];
         let (scores, attn) = (&mut s.scores[..heads * score_len], &mut s.attn[..n * q_dim]);
-        let blocked = matches!(batch, Batch::Run { .. }) && n >= BLOCKED_MIN_ROWS;
+        let blocked = matches!(batch, Batch::Run { .. }) && n * group >= BLOCKED_MIN_QUERIES;
         match &mut s.kv_cache {
             KvCache::F32 { keys, values } if blocked => attend_blocked(k, &shape, batch, qkv, keys, values, attn),
             KvCache::F16 { keys, values } if blocked => attend_blocked(k, &shape, batch, qkv, keys, values, attn),
@@ -615,9 +616,11 @@ fn attend<E: KvElement>(
     kernels::par_rows(&mut scores[..kv_dim / head_dim * per_kv_head], per_kv_head, |r0, scores| head(r0 / per_kv_head, scores));
 }
 
-/// Prompt batches of at least this many tokens attend with [`attend_blocked`]; fewer
-/// (and decode batches) row by row with [`attend`].
-const BLOCKED_MIN_ROWS: usize = 8;
+/// Prompt batches of at least this many query vectors (tokens x query heads per KV
+/// head) attend with [`attend_blocked`], whose micro-kernel takes 32 at a time (fewer
+/// are padded: 8 would do four times the arithmetic); smaller ones (and decode
+/// batches) row by row with [`attend`].
+const BLOCKED_MIN_QUERIES: usize = 32;
 
 /// [`attend`] for a run of one slot's consecutive positions (a prompt batch), as
 /// blocked products with an online softmax ([`attention::attend_prompt`]): one task
