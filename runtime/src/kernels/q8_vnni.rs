@@ -43,9 +43,11 @@ pub(super) unsafe fn matvec(quants: &[i8], scales: &[u16], cols: usize, x: &[f32
         qx.quantize(x);
         let qx = &*qx;
         // SAFETY: as the caller vouches; `par_rows_guided` gives each call a disjoint
-        // `ys` starting at row `r0` with `r0 + ys.len()` within the matrix.
+        // `ys` starting at row `r0` with `r0 + ys.len()` within the matrix. Through
+        // `rows_n`, whose target features let the intrinsics inline: `rows` called here
+        // directly ran them as calls, 30x slower (1.1 GB/s).
         par_rows_guided(y, min, 1, |r0, ys| unsafe {
-            rows::<1>(quants.as_ptr(), scales.as_ptr(), blocks, r0, ys.len(), std::slice::from_ref(qx), ys.as_mut_ptr().wrapping_sub(r0), 0)
+            rows_n(quants.as_ptr(), scales.as_ptr(), blocks, r0, ys.len(), std::slice::from_ref(qx), ys.as_mut_ptr().wrapping_sub(r0), 0)
         })
     })
 }
