@@ -4,11 +4,12 @@
 //!
 //! The weights are tiles of 8 rows by 256 columns (`olmo_format::q4`): every 32 bytes
 //! hold four columns of a tile's eight rows (low nibbles: four columns of a block's
-//! first half; high nibbles: the same four of its second half). A 512-bit register takes those 32
-//! bytes of two row groups side by side (lanes 0-7 the rows of group `g`, 8-15 those
-//! of `g + 1`, which follows it in the blob: two sequential streams), so each lane is
-//! one row and no row ever needs a horizontal sum. Per 32 bytes of each group: a mask
-//! and a shift to split the nibbles, and two `vpdpbusd` of the unsigned 4-bit values
+//! first half; high nibbles: the same four of its second half). A 512-bit register
+//! takes those 32 bytes of two row groups side by side (lanes 0-7 the rows of group
+//! `g`, 8-15 those of `g + 1`, which follows it in the blob: two sequential streams),
+//! so each lane is one row and no row ever needs a horizontal sum. Per 32 bytes of each group: two
+//! masks to split the nibbles (the high ones left in place, 16 times their value, and
+//! their sums shifted back once per block), and two `vpdpbusd` of the unsigned values
 //! against four int8 activations broadcast to every lane (a memory operand): 64 byte
 //! products each, the most one instruction takes. A block's integer sums are exact.
 //!
@@ -203,13 +204,15 @@ unsafe fn load_pair(a: *const u8, b: *const u8, off: usize) -> __m512i {
 /// activations (exact).
 #[inline(always)]
 unsafe fn block_dots<const N: usize>(a: *const u8, b: *const u8, blk: usize, x: &[Act; N], xb: usize, init: [__m512i; N]) -> [__m512i; N] {
-    let low = _mm512_set1_epi8(0x0F);
+    let (low, high) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0xF0u8 as i8));
     let mut lo = init;
     let mut hi = [_mm512_setzero_si512(); N];
     for j in 0..4 {
         let v = load_pair(a, b, 128 * blk + 32 * j);
+        // The high nibbles stay in place, 16 times their value: one mask instead of a
+        // shift and a mask per register, one shift of the sums per block and token.
         let vl = _mm512_and_si512(v, low);
-        let vh = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+        let vh = _mm512_and_si512(v, high);
         for t in 0..N {
             let xq = x[t].quants.add(32 * xb);
             let xl = _mm512_set1_epi32((xq.add(4 * j) as *const i32).read_unaligned());
@@ -218,7 +221,9 @@ unsafe fn block_dots<const N: usize>(a: *const u8, b: *const u8, blk: usize, x: 
             hi[t] = _mm512_dpbusd_epi32(hi[t], vh, xh);
         }
     }
-    std::array::from_fn(|t| _mm512_add_epi32(lo[t], hi[t]))
+    // Every product of `hi` is a multiple of 16 (at most 4 x 240 x 128 per
+    // instruction, 16 of them): the shift is exact.
+    std::array::from_fn(|t| _mm512_add_epi32(lo[t], _mm512_srai_epi32::<4>(hi[t])))
 }
 
 /// 16 bytes at `off` of tiles `a` (lanes 0-7 after widening) and `b` (8-15).
