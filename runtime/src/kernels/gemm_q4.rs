@@ -24,6 +24,10 @@
 //! Each parallel task owns up to [`NB`] weight rows (a multiple of 16, so its strips are
 //! whole pairs of tile groups), packs them once, and sweeps every token group over
 //! them, [`KB`] blocks at a time so a strip's slice stays in L1.
+//!
+//! The 1B's 512-token prompt (2 threads, a quiet Zen 4, `tools/bench_decode.py`):
+//! q4_0 198.5 and q4_k 183.2 tokens/s against q8_0's 187.6 in the same run, and 60-64
+//! for both on the AVX2 path (tiles dequantised into the float GEMM).
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
