@@ -176,7 +176,11 @@ unsafe fn rows<const N: usize, const K: bool>(tiles: *const u8, chunks: usize, r
         let mut acc = [_mm256_setzero_ps(); N];
         for t in 0..chunks {
             let tile = base.add(t * TILE);
-            for line in (0..TILE).step_by(64) {
+            // The scales' two lines here, each block's two in `block_dots`: spread
+            // over the tile instead of 18 at its start, the kernels bench (1 thread,
+            // 131072 x 2048 from DRAM, a 28-34 GB/s stream) read q4_0 at 25.5-25.7
+            // GB/s instead of 20.0-21.7, q4_k at 27.2 instead of 20.2-21.2.
+            for line in [q4::QUANT_BYTES, q4::QUANT_BYTES + 64] {
                 _mm_prefetch::<_MM_HINT_T0>(tile.wrapping_add(PREFETCH + line) as *const i8);
             }
             if K {
@@ -199,6 +203,8 @@ unsafe fn rows<const N: usize, const K: bool>(tiles: *const u8, chunks: usize, r
 #[inline(always)]
 unsafe fn block_dots<const N: usize>(tile: *const u8, blk: usize, x: &[Act; N], xb: usize, init: [__m256i; N]) -> [__m256i; N] {
     let (low, high) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0xF0u8 as i8));
+    _mm_prefetch::<_MM_HINT_T0>(tile.wrapping_add(PREFETCH + 128 * blk) as *const i8);
+    _mm_prefetch::<_MM_HINT_T0>(tile.wrapping_add(PREFETCH + 128 * blk + 64) as *const i8);
     let mut lo = init;
     let mut hi = [_mm256_setzero_si256(); N];
     for j in 0..4 {
