@@ -15,7 +15,7 @@ use half::{bf16, f16};
 use super::activations::QuantX;
 use super::kv_element::KvElement;
 use super::matrix::{Matrix, MatrixData};
-use super::tasks::{for_each_task, grow, min_rows_per_block, par_rows_guided, rows_per_sub_block, rows_per_task, with_local, SendPtr};
+use super::tasks::{for_each_task, grow, min_rows_per_block, par_rows_guided, rows_per_sub_block, rows_per_task, with_local, SendPtr, PREFETCH};
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -366,20 +366,6 @@ unsafe fn dot_q8(w: __m256i, x: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones))
 }
 
-/// How far ahead (bytes) the matvec kernels prefetch their weight stream (f32:
-/// [`F32_PREFETCH`]). For q8_0, 4 KiB ahead measured 15-20% faster than 768 bytes on
-/// one thread. The float kernels did without while each matrix was split into rayon
-/// tasks that started far apart in time; with the team's back-to-back sections, decode
-/// steps alternating with and without 4 KiB in one process (the 1B, 2 threads) were
-/// 3-4% (f32), 6-10% (f16) and 10-14% (bf16) faster with it, medians of 80 pairs.
-///
-/// 6 KiB rather than 4 when memory runs at ~65 GB/s, where each core has to keep more
-/// lines in flight: 1B decode steps alternating between the two in one process
-/// (`model_matvec`, 2 threads, 40-50 rounds), as a fraction of a stream in the same
-/// round, went from 0.921 to 0.950 (f16), 0.928 to 0.989 (bf16) and 0.840-0.871 to
-/// 0.875-0.892 (q8_0 here); 5 and 8 KiB gave f16 0.90 and 0.95. At ~41 GB/s the two
-/// were level (0.96-1.01).
-pub(super) const PREFETCH: usize = 6144;
 
 /// [`PREFETCH`] for f32 weights, which 6 KiB did not help: 0.922 and 0.952 against
 /// 0.981 and 0.931 with 4 KiB in two runs at ~65 GB/s.

@@ -10,7 +10,8 @@
 //! - one file per instruction set: [`portable`] (plain Rust, the reference and the
 //!   fallback), `avx2` (AVX2 + FMA + F16C intrinsics), `gemm` (the prompt batches' float
 //!   GEMM, AVX2 with an AVX-512 F micro-kernel), `q4_avx2` (4-bit weights on AVX2),
-//!   `gemm_q8` and `q8_vnni` (q8_0 batches and one-token products on AVX-512 VNNI);
+//!   `gemm_q8` and `q8_vnni` (q8_0 batches and one-token products on AVX-512 VNNI),
+//!   `gemm_q4` and `q4_vnni` (the same for q4_0 and q4_k);
 //! - this file: the dispatch. Three kernel sets, chosen at run time from what the CPU
 //!   has: [`Kernels::Portable`], [`Kernels::Avx2`], and [`Kernels::Avx512`] (the AVX2
 //!   set with the AVX-512 kernels where they pay).
@@ -25,12 +26,16 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod gemm;
 #[cfg(target_arch = "x86_64")]
+mod gemm_q4;
+#[cfg(target_arch = "x86_64")]
 mod gemm_q8;
 mod kv_element;
 mod matrix;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod q4_avx2;
+#[cfg(target_arch = "x86_64")]
+mod q4_vnni;
 #[cfg(target_arch = "x86_64")]
 mod q8_vnni;
 mod tasks;
@@ -50,8 +55,9 @@ pub enum Kernels {
     /// AVX2 + FMA + F16C intrinsics; only selectable where [`avx2_available`].
     Avx2,
     /// [`Kernels::Avx2`], with batches (prompt processing) multiplied on AVX-512 (a
-    /// 512-bit FMA micro-kernel for float weights, VNNI integer dot products for q8_0)
-    /// and one-token q8_0 products on VNNI; only selectable where [`avx512_available`].
+    /// 512-bit FMA micro-kernel for float weights, VNNI integer dot products for q8_0,
+    /// q4_0 and q4_k) and one-token and decode-batch products of the integer dtypes on
+    /// VNNI; only selectable where [`avx512_available`].
     Avx512,
 }
 
@@ -70,7 +76,7 @@ impl Kernels {
         matches!(self, Kernels::Avx2 | Kernels::Avx512) && avx2_available()
     }
 
-    /// Whether `self` adds the AVX-512 kernels (prompt GEMMs, the q8_0 matvec).
+    /// Whether `self` adds the AVX-512 kernels (prompt GEMMs, the q8_0 and 4-bit matvecs).
     fn avx512(self) -> bool {
         self == Kernels::Avx512 && avx512_available()
     }
@@ -172,7 +178,12 @@ pub fn matvec_with(k: Kernels, w: &Matrix, x: &[f32], y: &mut [f32]) {
             // row's quants and scales, and the lengths of `x` and `y` are asserted.
             unsafe { q8_vnni::matvec(quants, scales, w.cols, x, y) }
         }
-        // 4-bit weights on AVX2 with or without AVX-512: their VNNI kernels are not written.
+        #[cfg(target_arch = "x86_64")]
+        MatrixData::Q4_0(_) | MatrixData::Q4_K(_) if k.avx512() => {
+            // SAFETY: the CPU has what the kernel needs (checked), `check` found every
+            // tile, and the lengths of `x` and `y` are asserted.
+            unsafe { q4_vnni::matvec(w, x, y) }
+        }
         #[cfg(target_arch = "x86_64")]
         MatrixData::Q4_0(_) | MatrixData::Q4_K(_) if k.avx2() => q4_avx2::matvec(w, x, y),
         #[cfg(target_arch = "x86_64")]
@@ -211,6 +222,13 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
             unsafe { gemm_q8::matmul(quants, scales, w.rows, w.cols, x, n, y) }
         }
         #[cfg(target_arch = "x86_64")]
+        _ if k.avx512() && n >= gemm::MIN_BATCH && w.data.q4().is_some() => {
+            let (dtype, tiles) = w.data.q4().expect("a 4-bit matrix");
+            // SAFETY: the CPU has what the kernel needs (checked), `check` found every
+            // tile, and the lengths of `x` and `y` are asserted.
+            unsafe { gemm_q4::matmul(dtype, tiles, w.rows, w.cols, x, n, y) }
+        }
+        #[cfg(target_arch = "x86_64")]
         _ if k.avx2() && n > 1 && n <= SMALL_BATCH && !w.data.is_quantised() => {
             avx2::matvec_few(w, x, n, y)
         }
@@ -240,8 +258,9 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
 /// so a sequence's tokens do not depend on which others share its batch, and the
 /// weights are read from memory once for all `n`. On AVX2, q8_0 and 4-bit tokens get
 /// exactly [`matvec_with`]'s numbers, float ones those of a few-token pass (see
-/// `avx2::matmul_decode`), for `n = 1` too; so do q8_0 tokens on VNNI
-/// (`q8_vnni::matmul_decode`); the portable set runs [`matvec_with`] per token.
+/// `avx2::matmul_decode`), for `n = 1` too; so do q8_0 and 4-bit tokens on VNNI
+/// (`q8_vnni::matmul_decode`, `q4_vnni::matmul_decode`); the portable set runs
+/// [`matvec_with`] per token.
 pub fn matmul_decode(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols);
     assert_eq!(y.len(), n * w.rows);
@@ -252,6 +271,12 @@ pub fn matmul_decode(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32])
             // SAFETY: the CPU has what the kernel needs (checked), `check` found every
             // row's quants and scales, and the lengths of `x` and `y` are asserted.
             unsafe { q8_vnni::matmul_decode(quants, scales, w.cols, x, n, y) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        MatrixData::Q4_0(_) | MatrixData::Q4_K(_) if k.avx512() => {
+            // SAFETY: the CPU has what the kernel needs (checked), `check` found every
+            // tile, and the lengths of `x` and `y` are asserted.
+            unsafe { q4_vnni::matmul_decode(w, x, n, y) }
         }
         #[cfg(target_arch = "x86_64")]
         MatrixData::Q8_0 { .. } if k.avx2() && n == 1 => matvec_with(k, w, x, y),

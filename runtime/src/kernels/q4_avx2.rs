@@ -20,9 +20,8 @@ use std::cell::RefCell;
 use olmo_format::{q4, DType};
 
 use super::activations::QuantX;
-use super::avx2::PREFETCH;
 use super::matrix::Matrix;
-use super::tasks::{min_rows_per_block, par_rows_guided, par_rows_many, rows_per_sub_block, with_local};
+use super::tasks::{min_rows_per_block, par_rows_guided, par_rows_many, rows_per_sub_block, with_local, PREFETCH};
 
 const TILE: usize = q4::TILE_BYTES;
 

@@ -23,8 +23,7 @@ use half::f16;
 use std::cell::RefCell;
 
 use super::activations::QuantX;
-use super::avx2::PREFETCH;
-use super::tasks::{grow, min_rows_per_block, par_rows_guided, rows_per_sub_block, with_local, SendPtr};
+use super::tasks::{grow, min_rows_per_block, par_rows_guided, rows_per_sub_block, with_local, SendPtr, PREFETCH};
 
 thread_local! {
     static QX: RefCell<[(QuantX, SpreadX); 1]> = RefCell::new(Default::default());

@@ -246,7 +246,21 @@ fn matmul_matches_matvec() {
     let mut rng = Rng(12345);
     // Beyond odd sizes: (7, 24, 600) and (14, 56, 1100) give the AVX-512 sweep a pair of
     // strips whose second is partial, a lone token group, and several column blocks.
-    let shapes = [(1, 5, 7), (2, 9, 37), (4, 40, 2050), (3, 17, 33), (7, 67, 100), (13, 130, 300), (20, 70, 530), (7, 24, 600), (14, 56, 1100)];
+    // (25, 141, 777): for the 4-bit VNNI GEMM, two tasks, a last strip of one whole and
+    // one partial tile group (141 = 8 x 16 + 13) and five token groups; (13, 130, 300)
+    // and (20, 70, 530) end on a lone tile group.
+    let shapes = [
+        (1, 5, 7),
+        (2, 9, 37),
+        (4, 40, 2050),
+        (3, 17, 33),
+        (7, 67, 100),
+        (13, 130, 300),
+        (20, 70, 530),
+        (7, 24, 600),
+        (14, 56, 1100),
+        (25, 141, 777),
+    ];
     for (n, rows, cols) in shapes {
         let owned = Owned::new(&mut rng, rows, cols);
         let x = rng.vec(n * cols);
@@ -581,6 +595,32 @@ fn decode_batches_match_each_token_alone_exactly() {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The 4-bit VNNI kernels compute the AVX2 kernels' float steps in the same order on
+/// the same integer block sums: a model decodes the same tokens on either set. One
+/// token and decode batches, on shapes with a lone last tile group (rows % 16 <= 8),
+/// a partial pair (rows % 16 > 8), tail columns and several tiles per row.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn q4_vnni_matches_avx2_bit_for_bit() {
+    if !avx512_available() {
+        return;
+    }
+    let mut rng = Rng(0xA5A5);
+    for (rows, cols) in [(1, 1), (5, 31), (8, 256), (13, 300), (16, 600), (24, 513), (301, 515), (700, 2048)] {
+        let owned = Owned::new(&mut rng, rows, cols);
+        for (name, w) in owned.all().into_iter().filter(|(_, w)| w.data.q4().is_some()) {
+            for n in [1, 2, 3, 4, 5] {
+                let x = rng.vec(n * cols);
+                let (mut a, mut b) = (vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]);
+                matmul_decode(Kernels::Avx2, &w, &x, n, &mut a);
+                matmul_decode(Kernels::Avx512, &w, &x, n, &mut b);
+                let same = a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{name} {rows}x{cols} n={n}: {a:?} vs {b:?}");
             }
         }
     }
