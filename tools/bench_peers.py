@@ -90,6 +90,11 @@ def cpu_flags():
 
 def fetch_sdist(dest: Path, version: str | None) -> Path:
     """The unpacked sdist's llama.cpp folder, downloading and checking it if needed."""
+    if version is not None:
+        # A release already unpacked needs no network (checked when it was unpacked).
+        src = dest / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+        if src.exists():
+            return src
     meta_url = f"https://pypi.org/pypi/{PACKAGE}/json" if version is None else \
         f"https://pypi.org/pypi/{PACKAGE}/{version}/json"
     with urllib.request.urlopen(meta_url) as r:
