@@ -6,9 +6,9 @@
 //! batch of BATCH rows (default 128). ROWS (default 16384, `gate_up` of the 1B) x 2048
 //! weights; 192 rows keep every dtype but f32 in a 512 KiB L2, which measures the
 //! kernels' own speed rather than memory's. `OLMORT_KERNELS=portable` measures the fallback.
-//! Then, per dtype, a decode batch (`matmul_decode`, one token of each of 2, 4 and 8
+//! Then, per dtype, a decode batch (`matmul_decode`, one token of each of 1, 2, 4 and 8
 //! sequences) as a multiple of one token's matvec time: 1 would be free extra tokens,
-//! n a pass per token.
+//! n a pass per token (a batch of one is what a server's lone stream runs).
 
 use std::time::Instant;
 
@@ -127,7 +127,7 @@ fn main() {
         );
         // Decode batches, each timed against a one-token matvec right before it.
         let mut line = format!("{name:>5}: decode batch / one token:");
-        for n in [2, 4, 8].into_iter().filter(|&n| n <= batch) {
+        for n in [1, 2, 4, 8].into_iter().filter(|&n| n <= batch) {
             let mut ratios = Vec::new();
             for _ in 0..9 {
                 let t = Instant::now();

@@ -194,7 +194,7 @@ thread_local! {
 /// same 16 of token 1, ..., then the next 16; the last `cols % 16` columns token-major.
 /// One sequential stream instead of `m` rows a multiple of 4 KiB apart, which share
 /// L1 sets.
-fn pack_few(x: &[f32], m: usize, cols: usize, out: &mut [f32]) {
+pub(super) fn pack_few(x: &[f32], m: usize, cols: usize, out: &mut [f32]) {
     let whole = cols / 16 * 16;
     for t in 0..m {
         let row = &x[t * cols..][..cols];
