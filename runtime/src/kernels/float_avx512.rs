@@ -11,10 +11,10 @@
 //! and each weight load up to [`FEW`]: 8 loads for 16 FMAs, 16 accumulators in the 32
 //! registers AVX-512 gives.
 //!
-//! Measured on Zen 4 (kernels bench, 65536 x 2048, 2 threads; the AVX2 pass's figures
-//! in brackets): a batch of 4 tokens costs 1.03-1.16 (f32, [1.95]), 1.05-1.10 (f16,
-//! [3.54]) and 0.67-0.73 (bf16, [2.37]) of one token's AVX2 matvec, 8 tokens 1.29-1.58,
-//! 1.49-1.86 and 1.20-1.29. One token alone runs this kernel too (`super::matvec_with`):
+//! Measured on Zen 4 (kernels bench, 2 threads; the AVX2 pass's figures in brackets):
+//! a batch of 4 tokens costs 1.03-1.14 (f32, [1.95]), 1.07-1.31 (f16, [3.54]) and
+//! 0.67-1.01 (bf16, [2.37]) of one token's AVX2 matvec, 8 tokens 1.29-1.58, 1.56-2.19
+//! and 1.20-1.85 (docs/PERFORMANCE.md, "Float decode on AVX-512 F"). One token alone runs this kernel too (`super::matvec_with`):
 //! the 1B's bf16 decode step went from 0.54 to 0.77 of a stream of its weights at 58
 //! GB/s (`model_matvec`, 40 rounds each), the AVX2 kernel's 16-bit widening shuffles
 //! having held it back.
