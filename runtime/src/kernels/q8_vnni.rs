@@ -26,7 +26,7 @@ use super::activations::QuantX;
 use super::tasks::{grow, min_rows_per_block, par_rows_guided, rows_per_sub_block, with_local, SendPtr, PREFETCH};
 
 thread_local! {
-    static QX: RefCell<[(QuantX, SpreadX); 1]> = RefCell::new(Default::default());
+    static QX: RefCell<[(QuantX, UnsignedX); 1]> = RefCell::new(Default::default());
 }
 
 /// `y = W x` for a q8_0 matrix `cols` wide: `x` quantised once, rows claimed by the
@@ -39,9 +39,9 @@ pub(super) unsafe fn matvec(quants: &[i8], scales: &[u16], cols: usize, x: &[f32
     let blocks = cols.div_ceil(32);
     let min = min_rows_per_block(blocks * 34, 4);
     with_local(&QX, |one| {
-        let (qx, spread) = &mut one[0];
+        let (qx, unsigned) = &mut one[0];
         qx.quantize(x);
-        spread.fill(qx, blocks);
+        unsigned.fill(qx, blocks);
         let one = &*one;
         // SAFETY: as the caller vouches; `par_rows_guided` gives each call a disjoint
         // `ys` starting at row `r0` with `r0 + ys.len()` within the matrix.
@@ -72,9 +72,9 @@ pub(super) unsafe fn matmul_decode(quants: &[i8], scales: &[u16], cols: usize, x
         if many.len() < n {
             many.resize_with(n, Default::default);
         }
-        for (t, (q, spread)) in many[..n].iter_mut().enumerate() {
+        for (t, (q, unsigned)) in many[..n].iter_mut().enumerate() {
             q.quantize(&x[t * cols..][..cols]);
-            spread.fill(q, blocks);
+            unsigned.fill(q, blocks);
         }
         let many = &many[..n];
         // SAFETY: as the caller vouches; `par_rows_guided` gives each call rows
@@ -100,15 +100,15 @@ const MANY_SUB_BYTES: usize = 512 << 10;
 
 thread_local! {
     /// The calling thread's quantised tokens of a decode batch; only ever grows.
-    static MANY: RefCell<Vec<(QuantX, SpreadX)>> = const { RefCell::new(Vec::new()) };
+    static MANY: RefCell<Vec<(QuantX, UnsignedX)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// [`rows`] for 1 to [`FEW`] tokens.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn rows_n(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, len: usize, x: &[(QuantX, SpreadX)], y: *mut f32, ldy: usize) {
+unsafe fn rows_n(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, len: usize, x: &[(QuantX, UnsignedX)], y: *mut f32, ldy: usize) {
     let q: [&QuantX; FEW] = std::array::from_fn(|t| &x[t.min(x.len() - 1)].0);
-    let s: [&SpreadX; FEW] = std::array::from_fn(|t| &x[t.min(x.len() - 1)].1);
+    let s: [&UnsignedX; FEW] = std::array::from_fn(|t| &x[t.min(x.len() - 1)].1);
     match x.len() {
         1 => rows::<1>(quants, scales, blocks, r0, len, q, s, y, ldy),
         2 => rows::<2>(quants, scales, blocks, r0, len, q, s, y, ldy),
@@ -117,56 +117,50 @@ unsafe fn rows_n(quants: *const i8, scales: *const u16, blocks: usize, r0: usize
     }
 }
 
-/// A quantised token laid out for [`rows`]: its quants made unsigned (`q + 128`, so
-/// `vpdpbusd` takes them as they are against the signed weights) and its block scales
-/// spread to the lanes of each pair of blocks (lanes 0-7 block `2p`, 8-15 block `2p + 1`).
-/// Built once per token and product, read by every row.
+/// A quantised token's quants made unsigned for [`rows`] (`q + 128`, so `vpdpbusd`
+/// takes them as they are against the signed weights). Built once per token and
+/// product, read by every row.
 #[derive(Default)]
-struct SpreadX {
+struct UnsignedX {
     unsigned: Vec<u8>,
-    pair_scales: Vec<f32>,
 }
 
-impl SpreadX {
+impl UnsignedX {
     /// Lays out the first `blocks` blocks of `x`.
     fn fill(&mut self, x: &QuantX, blocks: usize) {
         grow(&mut self.unsigned, blocks * 32);
-        grow(&mut self.pair_scales, blocks / 2 * 16);
         for (u, &q) in self.unsigned.iter_mut().zip(&x.quants[..blocks * 32]) {
             *u = (q as u8) ^ 0x80;
-        }
-        for (p, lanes) in self.pair_scales[..blocks / 2 * 16].chunks_exact_mut(16).enumerate() {
-            lanes[..8].fill(x.scales[2 * p]);
-            lanes[8..].fill(x.scales[2 * p + 1]);
         }
     }
 }
 
 /// q8_0 rows `r0 .. r0 + len` (`blocks` per row) against `N` quantised tokens `x` (their
-/// quants and block scales, and `spread` the same laid out by [`SpreadX::fill`]), token
+/// quants and block scales, and `unsigned` the quants made unsigned), token
 /// `t`'s outputs at `y + t * ldy`. Each token's sums do not depend on `N`: every step
 /// below is done per token in the same order.
 ///
 /// Per pair of blocks the weights' work is shared by the tokens: the load, the
 /// correction `128 * sum(w)` per lane (one `vpdpbusd` against 128s; each token's
 /// `vpdpbusd` of `q + 128` starts from its negation, so the integer sums are exact) and
-/// the spread of the weights' two scales. Each token then takes four instructions: the
-/// `vpdpbusd` (its quants a memory operand), a conversion, a multiply by its spread
-/// scales (a memory operand) and an FMA by the weights' scales. The earlier form gave
-/// each token six (its quants signed by the weights' sign mask, and a permute of the
-/// scale products); a decode batch's cost per token is what limits a server's streams.
+/// the spread of the weights' two scales. Each token then takes five instructions: the
+/// `vpdpbusd` (its quants a memory operand), a conversion, the spread of its two block
+/// scales (a permute of the group's eight, loaded once per group), a multiply by them
+/// and an FMA by the weights' scales. Loading the token's scales ready spread per pair
+/// (64 bytes per 64 weights, as many bytes as its quants) instead held a lone token's
+/// 1B decode step to 0.74 of a stream at 61-68 GB/s, `down_proj` (8192 columns) to
+/// 0.59; with the permute, 0.81 and 0.78 (`model_matvec`, 30 rounds each).
 ///
 /// # Safety
 /// AVX2/FMA/F16C and AVX-512 F/VL/BW/VNNI; `quants` and `scales` must hold rows
-/// `r0 .. r0 + len`, each `x[t]` and `spread[t]` `blocks` blocks, and `y` room for
+/// `r0 .. r0 + len`, each `x[t]` and `unsigned[t]` `blocks` blocks, and `y` room for
 /// row `r0 + len - 1` of token `N - 1` at stride `ldy`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn rows<const N: usize>(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, len: usize, x: [&QuantX; FEW], spread: [&SpreadX; FEW], y: *mut f32, ldy: usize) {
+unsafe fn rows<const N: usize>(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, len: usize, x: [&QuantX; FEW], unsigned: [&UnsignedX; FEW], y: *mut f32, ldy: usize) {
     let xq: [*const i8; N] = std::array::from_fn(|t| x[t].quants[..blocks * 32].as_ptr());
     let xd: [*const f32; N] = std::array::from_fn(|t| x[t].scales[..blocks].as_ptr());
-    let xu: [*const u8; N] = std::array::from_fn(|t| spread[t].unsigned[..blocks * 32].as_ptr());
-    let xs: [*const f32; N] = std::array::from_fn(|t| spread[t].pair_scales[..blocks / 2 * 16].as_ptr());
+    let xu: [*const u8; N] = std::array::from_fn(|t| unsigned[t].unsigned[..blocks * 32].as_ptr());
     // Lanes 0-7 take the scale of a pair's first block, 8-15 of its second; pair `k`
     // of a group of eight blocks holds blocks 2k and 2k + 1.
     let pair_lanes: [__m512i; 4] = std::array::from_fn(|k| {
@@ -186,6 +180,9 @@ unsafe fn rows<const N: usize>(quants: *const i8, scales: *const u16, blocks: us
             // faster over 8 runs; 1.2% (0.5-2.3%) with the AVX2 kernel.
             _mm_prefetch::<_MM_HINT_T0>((s.add(g * 8) as *const i8).wrapping_add(PREFETCH / 16));
             let dw = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(s.add(g * 8) as *const __m128i)));
+            // Each token's eight block scales of this group, spread per pair below as the
+            // weights' are: half the bytes a spread copy per pair would load.
+            let dx: [__m512; N] = std::array::from_fn(|t| _mm512_castps256_ps512(_mm256_loadu_ps(xd[t].add(g * 8))));
             for (k, lanes) in pair_lanes.iter().enumerate() {
                 let off = g * 256 + k * 64;
                 _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(off + PREFETCH));
@@ -193,10 +190,9 @@ unsafe fn rows<const N: usize>(quants: *const i8, scales: *const u16, blocks: us
                 // -128 * sum(w) per lane: (-128 as u8 = 128) x w, negated.
                 let start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, w));
                 let d = _mm512_permutexvar_ps(*lanes, dw);
-                let pair = (g * 4 + k) * 16;
                 for t in 0..N {
                     let dot = _mm512_dpbusd_epi32(start, _mm512_loadu_si512(xu[t].add(off) as *const _), w);
-                    let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(xs[t].add(pair)));
+                    let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(*lanes, dx[t]));
                     acc[t][k % 2] = _mm512_fmadd_ps(scaled, d, acc[t][k % 2]);
                 }
             }
