@@ -142,14 +142,16 @@ impl UnsignedX {
 ///
 /// Per pair of blocks the weights' work is shared by the tokens: the load, the
 /// correction `128 * sum(w)` per lane (one `vpdpbusd` against 128s; each token's
-/// `vpdpbusd` of `q + 128` starts from its negation, so the integer sums are exact) and
-/// the spread of the weights' two scales. Each token then takes five instructions: the
-/// `vpdpbusd` (its quants a memory operand), a conversion, the spread of its two block
-/// scales (a permute of the group's eight, loaded once per group), a multiply by them
-/// and an FMA by the weights' scales. Loading the token's scales ready spread per pair
-/// (64 bytes per 64 weights, as many bytes as its quants) instead held a lone token's
-/// 1B decode step to 0.74 of a stream at 61-68 GB/s, `down_proj` (8192 columns) to
-/// 0.59; with the permute, 0.81 and 0.78 (`model_matvec`, 30 rounds each).
+/// `vpdpbusd` of `q + 128` starts from its negation, so the integer sums are exact).
+/// Each token then takes four instructions: the `vpdpbusd` (its
+/// quants a memory operand), a conversion, the spread of its two blocks' scale products
+/// (weights' x token's, one multiply per group of eight blocks; a permute per pair) and
+/// an FMA. Loading the token's scales ready spread per pair (64 bytes per 64 weights,
+/// as many as its quants) and multiplying by each scale in turn held a lone token's 1B
+/// decode step to 0.74 of a stream at 61-68 GB/s (`down_proj`, 8192 columns, 0.59);
+/// now 0.84 (0.82), and a batch of 4 tokens costs 1.15-1.65 of one token's time
+/// instead of 1.81-2.02, 8 tokens 2.14-2.90 instead of 3.49-3.80 (`model_matvec`, 30
+/// rounds; kernels bench, 65536 x 2048; 2 threads).
 ///
 /// # Safety
 /// AVX2/FMA/F16C and AVX-512 F/VL/BW/VNNI; `quants` and `scales` must hold rows
@@ -179,21 +181,19 @@ unsafe fn rows<const N: usize>(quants: *const i8, scales: *const u16, blocks: us
             // threads, 200 steps) were a median 1.6% faster, 0.8% slower to 3.6%
             // faster over 8 runs; 1.2% (0.5-2.3%) with the AVX2 kernel.
             _mm_prefetch::<_MM_HINT_T0>((s.add(g * 8) as *const i8).wrapping_add(PREFETCH / 16));
-            let dw = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(s.add(g * 8) as *const __m128i)));
-            // Each token's eight block scales of this group, spread per pair below as the
-            // weights' are: half the bytes a spread copy per pair would load.
-            let dx: [__m512; N] = std::array::from_fn(|t| _mm512_castps256_ps512(_mm256_loadu_ps(xd[t].add(g * 8))));
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(s.add(g * 8) as *const __m128i));
+            // Each token's eight block scales of this group times the weights': one
+            // product per block, spread to its pair's lanes below.
+            let d: [__m512; N] = std::array::from_fn(|t| _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_loadu_ps(xd[t].add(g * 8)))));
             for (k, lanes) in pair_lanes.iter().enumerate() {
                 let off = g * 256 + k * 64;
                 _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(off + PREFETCH));
                 let w = _mm512_loadu_si512(q.add(off) as *const _);
                 // -128 * sum(w) per lane: (-128 as u8 = 128) x w, negated.
                 let start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, w));
-                let d = _mm512_permutexvar_ps(*lanes, dw);
                 for t in 0..N {
                     let dot = _mm512_dpbusd_epi32(start, _mm512_loadu_si512(xu[t].add(off) as *const _), w);
-                    let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(*lanes, dx[t]));
-                    acc[t][k % 2] = _mm512_fmadd_ps(scaled, d, acc[t][k % 2]);
+                    acc[t][k % 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(*lanes, d[t]), acc[t][k % 2]);
                 }
             }
         }
