@@ -37,7 +37,7 @@ use olmo_format::{q4, DType};
 use super::activations::QuantX;
 use super::gemm::store_tile;
 use super::q4_vnni::q4_k_scales;
-use super::tasks::{for_each_task, grow, with_local, SendPtr};
+use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr};
 
 /// Tokens per micro-kernel call.
 const MR: usize = 6;
@@ -74,11 +74,10 @@ struct Acts {
 
 thread_local! {
     /// Per-thread scratch, allocated on a thread's first call and only ever grown: the
-    /// calling thread's packed activations, every thread's packed weights and one
-    /// token's quantised row. Separate cells, because the calling thread also runs tasks
+    /// calling thread's packed activations and one token's quantised row (the packed
+    /// weights: `tasks::for_each_row_block`). Separate cells, because the calling thread also runs tasks
     /// while it holds its activations.
     static ACTS: RefCell<Acts> = const { RefCell::new(Acts { quants: Vec::new(), scales: Vec::new(), sums: Vec::new() }) };
-    static PANEL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static ROW: RefCell<QuantX> = const { RefCell::new(QuantX::new()) };
 }
 
@@ -115,29 +114,19 @@ pub(super) unsafe fn matmul(dtype: DType, tiles: &[u8], rows: usize, k: usize, x
         let (aq, ad, asum) = (&*aq, &*ad, &*asum);
         let yp = SendPtr(y.as_mut_ptr());
         let nb_max = rows_per_block(blocks);
-        let tasks = rows.div_ceil(nb_max);
-        let task = |t: usize| {
-            with_local(&PANEL, |buf| {
-                let len = nb_max / NR * blocks * STRIP_BLOCK;
-                grow(buf, len + 64);
-                let off = buf.as_ptr().align_offset(64).min(64);
-                let panel = &mut buf[off..off + len];
-                let r0 = t * nb_max;
-                let nb = nb_max.min(rows - r0);
-                // SAFETY: as for `matmul`; `r0` is a multiple of 16 (whole tile groups);
-                // task `t` alone writes output rows `r0 .. r0 + nb` (within `rows`) of
-                // each of the `n` tokens in `y`.
-                unsafe {
-                    pack_weights(q4k, tiles, rows, k, r0, nb, panel);
-                    if q4k {
-                        sweep::<true>(panel, aq, ad, asum, n, blocks, nb, yp.get().add(r0), rows);
-                    } else {
-                        sweep::<false>(panel, aq, ad, asum, n, blocks, nb, yp.get().add(r0), rows);
-                    }
+        for_each_row_block(rows, nb_max, nb_max / NR * blocks * STRIP_BLOCK, |r0, nb, panel| {
+            // SAFETY: as for `matmul`; `r0` is a multiple of 16 (whole tile groups);
+            // this task alone writes output rows `r0 .. r0 + nb` (within `rows`) of
+            // each of the `n` tokens in `y`.
+            unsafe {
+                pack_weights(q4k, tiles, rows, k, r0, nb, panel);
+                if q4k {
+                    sweep::<true>(panel, aq, ad, asum, n, blocks, nb, yp.get().add(r0), rows);
+                } else {
+                    sweep::<false>(panel, aq, ad, asum, n, blocks, nb, yp.get().add(r0), rows);
                 }
-            })
-        };
-        for_each_task(tasks, task);
+            }
+        });
     })
 }
 

@@ -26,7 +26,7 @@ use half::f16;
 
 use super::gemm::{store_tile, transpose8};
 use super::activations::QuantX;
-use super::tasks::{for_each_task, grow, with_local, SendPtr};
+use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr};
 
 /// Tokens per micro-kernel call.
 const MR: usize = 6;
@@ -57,11 +57,10 @@ fn rows_per_block(blocks: usize) -> usize {
 
 thread_local! {
     /// Per-thread scratch, allocated on a thread's first call and only ever grown: the
-    /// calling thread's packed activations and their scales, every thread's packed
-    /// weights and one token's quantised row. Separate cells, because the calling
+    /// calling thread's packed activations and their scales, and one token's quantised
+    /// row (the packed weights: `tasks::for_each_row_block`). Separate cells, because the calling
     /// thread also runs tasks while it holds its activations.
     static ACTS: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-    static PANEL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static ROW: RefCell<QuantX> = const { RefCell::new(QuantX::new()) };
 }
 
@@ -96,24 +95,14 @@ pub unsafe fn matmul(quants: &[i8], scales: &[u16], rows: usize, k: usize, x: &[
         let (aq, ad) = (&*aq, &*ad);
         let yp = SendPtr(y.as_mut_ptr());
         let nb_max = rows_per_block(blocks);
-        let tasks = rows.div_ceil(nb_max);
-        let task = |t: usize| {
-            with_local(&PANEL, |buf| {
-                let len = nb_max / NR * blocks * STRIP_BLOCK;
-                grow(buf, len + 64);
-                let off = buf.as_ptr().align_offset(64).min(64);
-                let panel = &mut buf[off..off + len];
-                let r0 = t * nb_max;
-                let nb = nb_max.min(rows - r0);
-                // SAFETY: as for `matmul`; task `t` alone writes output rows
-                // `r0 .. r0 + nb` (within `rows`) of each of the `n` tokens in `y`.
-                unsafe {
-                    pack_weights(quants, scales, blocks, r0, nb, panel);
-                    sweep(panel, aq, ad, n, blocks, nb, yp.get().add(r0), rows);
-                }
-            })
-        };
-        for_each_task(tasks, task);
+        for_each_row_block(rows, nb_max, nb_max / NR * blocks * STRIP_BLOCK, |r0, nb, panel| {
+            // SAFETY: as for `matmul`; this task alone writes output rows `r0 .. r0 + nb`
+            // (within `rows`) of each of the `n` tokens in `y`.
+            unsafe {
+                pack_weights(quants, scales, blocks, r0, nb, panel);
+                sweep(panel, aq, ad, n, blocks, nb, yp.get().add(r0), rows);
+            }
+        });
     })
 }
 

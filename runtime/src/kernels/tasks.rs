@@ -72,6 +72,25 @@ pub(crate) fn par_rows(y: &mut [f32], per: usize, f: impl Fn(usize, &mut [f32]) 
     })
 }
 
+thread_local! {
+    /// The calling thread's weight panel for [`for_each_row_block`]; only ever grows.
+    static PANEL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f(r0, nb, panel)` as parallel tasks for the blocks of `nb_max` rows of `rows`
+/// (`nb` rows from `r0`; the last block shorter), each with the running thread's
+/// scratch `panel` of `len` bytes, 64-byte aligned: a quantised GEMM's packed weights.
+pub(crate) fn for_each_row_block(rows: usize, nb_max: usize, len: usize, f: impl Fn(usize, usize, &mut [u8]) + Sync + Send) {
+    for_each_task(rows.div_ceil(nb_max), |t| {
+        with_local(&PANEL, |buf| {
+            grow(buf, len + 64);
+            let off = buf.as_ptr().align_offset(64).min(64);
+            let r0 = t * nb_max;
+            f(r0, nb_max.min(rows - r0), &mut buf[off..off + len])
+        })
+    })
+}
+
 /// Grows `v` to at least `len` elements (never shrinks it).
 pub(crate) fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
     if v.len() < len {
