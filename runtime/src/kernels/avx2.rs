@@ -543,39 +543,63 @@ pub fn matmul_decode(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
                 })
             }
             MatrixData::F32(_) | MatrixData::F16(_) | MatrixData::BF16(_) => {
-                grow(packed, n * cols);
-                for g in 0..groups {
-                    let t0 = g * FEW;
-                    let m = FEW.min(n - t0);
-                    pack_few(&x[t0 * cols..][..m * cols], m, cols, &mut packed[t0 * cols..][..m * cols]);
-                }
-                let xs = packed.as_ptr() as usize;
-                par_rows_guided(&mut y[..rows], min, 1, |r0, block| {
-                    for a in (r0..r0 + block.len()).step_by(sub) {
-                        let len = sub.min(r0 + block.len() - a);
-                        for g in 0..groups {
-                            let t0 = g * FEW;
-                            let m = FEW.min(n - t0);
-                            let xg = (xs as *const f32).wrapping_add(t0 * cols);
-                            let y = yp.get().wrapping_add(t0 * rows);
-                            for (c0, p) in w.panels() {
-                                // Panel columns `c0 ..` of the group's packed tokens, as in
-                                // `few_passes`.
-                                let (x, acc) = (xg.wrapping_add(c0 * m), c0 > 0);
-                                unsafe {
-                                    match p.data {
-                                        MatrixData::F32(d) => rows_few::<WF32>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
-                                        MatrixData::F16(d) => rows_few::<WF16>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
-                                        MatrixData::BF16(d) => rows_few::<WBF16>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
-                                        _ => unreachable!("float panels"),
-                                    }
-                                }
-                            }
-                        }
+                float_decode_pass(w, x, n, y, packed, min, 1, sub, |p, a, len, m, x, y, acc| unsafe {
+                    match p.data {
+                        MatrixData::F32(d) => rows_few::<WF32>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
+                        MatrixData::F16(d) => rows_few::<WF16>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
+                        MatrixData::BF16(d) => rows_few::<WBF16>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
+                        _ => unreachable!("float panels"),
                     }
                 })
             }
             MatrixData::Q4_0(_) | MatrixData::Q4_K(_) => unreachable!("the dispatch sends 4-bit matrices to q4_avx2"),
+        }
+    })
+}
+
+/// The pass of a float decode batch that the AVX2 and AVX-512 F kernels share: the
+/// tokens packed by [`pack_few`] in groups of [`FEW`] (into `packed`), the rows claimed
+/// in guided blocks of at least `min` rows (multiples of `align`), each block taken
+/// `sub` rows at a time, and for each group and column panel `rows(panel, a, len, m, x,
+/// y, acc)`: rows `a .. a + len` of the panel for the group's `m` tokens, `x` their
+/// packed columns of the panel, `y` their outputs (`w.rows` apart), `+=` with `acc`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn float_decode_pass(
+    w: &Matrix,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    packed: &mut Vec<f32>,
+    min: usize,
+    align: usize,
+    sub: usize,
+    rows: impl Fn(&Matrix, usize, usize, usize, *const f32, *mut f32, bool) + Sync + Send,
+) {
+    let (nrows, cols) = (w.rows, w.cols);
+    let groups = n.div_ceil(FEW);
+    grow(packed, n * cols);
+    for g in 0..groups {
+        let t0 = g * FEW;
+        let m = FEW.min(n - t0);
+        pack_few(&x[t0 * cols..][..m * cols], m, cols, &mut packed[t0 * cols..][..m * cols]);
+    }
+    let xs = packed.as_ptr() as usize;
+    let yp = SendPtr(y.as_mut_ptr());
+    par_rows_guided(&mut y[..nrows], min, align, |r0, block| {
+        for a in (r0..r0 + block.len()).step_by(sub) {
+            let len = sub.min(r0 + block.len() - a);
+            for g in 0..groups {
+                let t0 = g * FEW;
+                let m = FEW.min(n - t0);
+                let xg = (xs as *const f32).wrapping_add(t0 * cols);
+                let y = yp.get().wrapping_add(t0 * nrows);
+                for (c0, p) in w.panels() {
+                    // Panel columns `c0 ..` of the group's packed tokens: `c0` is a
+                    // multiple of 16, and `pack_few`'s tail (token-major) is the last
+                    // panel's.
+                    rows(&p, a, len, m, xg.wrapping_add(c0 * m), y, c0 > 0);
+                }
+            }
         }
     })
 }

@@ -8,7 +8,7 @@
 //! decode batch of 4 bf16 tokens cost 3x one token's time on the 1B: the arithmetic,
 //! not the weights, set its pace. Here [`ROWS`] rows are read together, so each
 //! activation load (a 512-bit register, 16 columns of one token) feeds [`ROWS`] FMAs
-//! and each weight load up to [`FEW`]: 8 loads for 16 FMAs, 16 accumulators in the 32
+//! and each weight load up to `avx2::FEW`: 8 loads for 16 FMAs, 16 accumulators in the 32
 //! registers AVX-512 gives.
 //!
 //! Measured on Zen 4 (kernels bench, 2 threads; the AVX2 pass's figures in brackets):
@@ -28,15 +28,15 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::avx2::{pack_few, FEW};
+use super::avx2::float_decode_pass;
 use super::matrix::{Matrix, MatrixData};
-use super::tasks::{grow, min_rows_per_block, par_rows_guided, rows_per_sub_block, with_local, SendPtr};
+use super::tasks::{min_rows_per_block, rows_per_sub_block, with_local};
 
 /// Weight rows read together by one call of [`rows_block`].
 const ROWS: usize = 4;
 
 /// Weights a sub-block of a decode batch covers: a quarter of a 1 MiB L2 (Zen 4;
-/// Sapphire Rapids has 2 MiB), so its rows stay cached while every group of [`FEW`]
+/// Sapphire Rapids has 2 MiB), so its rows stay cached while every group of `avx2::FEW`
 /// tokens passes over them.
 const SUB_BYTES: usize = 256 << 10;
 
@@ -91,64 +91,41 @@ impl Widen16 for BF16 {
 }
 
 thread_local! {
-    /// The calling thread's tokens packed in groups of [`FEW`]; only ever grows.
+    /// The calling thread's tokens packed in groups of `avx2::FEW`; only ever grows.
     static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `y[t] = W x[t]` for a decode batch of `n` float tokens (`x` is `n x cols`, `y` is
 /// `n x rows`). The threads claim blocks of rows as a matvec does; each block is taken
 /// in sub-blocks that stay in L2 ([`SUB_BYTES`]), and each sub-block's rows are read
-/// from memory once, for the first [`FEW`] tokens, and from L2 for the others.
+/// from memory once, for the first `avx2::FEW` tokens, and from L2 for the others.
 ///
 /// # Safety
 /// The CPU has AVX-512 F, BW and VL and AVX2/FMA/F16C; `w` is a checked f32, f16 or
 /// bf16 matrix, `x` holds `n * w.cols` values and `y` `n * w.rows`.
 pub(super) unsafe fn matmul_decode(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
-    let (rows, cols) = (w.rows, w.cols);
     let min = min_rows_per_block(w.row_bytes(), ROWS);
     let sub = rows_per_sub_block(w.row_bytes(), ROWS, SUB_BYTES);
-    let groups = n.div_ceil(FEW);
-    let yp = SendPtr(y.as_mut_ptr());
+    let rows = w.rows;
     with_local(&PACKED, |packed| {
-        grow(packed, n * cols);
-        for g in 0..groups {
-            let t0 = g * FEW;
-            let m = FEW.min(n - t0);
-            pack_few(&x[t0 * cols..][..m * cols], m, cols, &mut packed[t0 * cols..][..m * cols]);
-        }
-        let xs = packed.as_ptr() as usize;
-        par_rows_guided(&mut y[..rows], min, ROWS, |r0, block| {
-            for a in (r0..r0 + block.len()).step_by(sub) {
-                let len = sub.min(r0 + block.len() - a);
-                for g in 0..groups {
-                    let t0 = g * FEW;
-                    let m = FEW.min(n - t0);
-                    let xg = (xs as *const f32).wrapping_add(t0 * cols);
-                    let y = yp.get().wrapping_add(t0 * rows);
-                    for (c0, p) in w.panels() {
-                        // Panel columns `c0 ..` of the group's packed tokens (`pack_few`'s
-                        // layout; `c0` is a multiple of 16).
-                        let (x, acc) = (xg.wrapping_add(c0 * m), c0 > 0);
-                        // SAFETY: the caller vouches for the CPU and the lengths; the panel
-                        // holds `rows` whole rows of `p.cols`, `packed` the group's `m`
-                        // tokens, and `par_rows_guided` gave this call rows `a .. a + len`
-                        // (within `rows`) alone, for every token.
-                        unsafe {
-                            match p.data {
-                                MatrixData::F32(d) => rows_few::<F32>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
-                                MatrixData::F16(d) => rows_few::<F16>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
-                                MatrixData::BF16(d) => rows_few::<BF16>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
-                                _ => unreachable!("the dispatch sends float matrices here"),
-                            }
-                        }
-                    }
+        float_decode_pass(w, x, n, y, packed, min, ROWS, sub, |p, a, len, m, x, y, acc| {
+            // SAFETY: the caller vouches for the CPU and the lengths; the panel holds
+            // `rows` whole rows of `p.cols`, `x` the group's `m` packed tokens, and
+            // `float_decode_pass` gives this call rows `a .. a + len` (within `rows`)
+            // alone, for every token.
+            unsafe {
+                match p.data {
+                    MatrixData::F32(d) => rows_few::<F32>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
+                    MatrixData::F16(d) => rows_few::<F16>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
+                    MatrixData::BF16(d) => rows_few::<BF16>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
+                    _ => unreachable!("the dispatch sends float matrices here"),
                 }
             }
         })
     })
 }
 
-/// Rows `r0 .. r0 + len` for `n` (1 to [`FEW`]) tokens: [`ROWS`] at a time, then the rest
+/// Rows `r0 .. r0 + len` for `n` (1 to `avx2::FEW`) tokens: [`ROWS`] at a time, then the rest
 /// one by one. Here the target features are on, so the kernels inline into it.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -177,7 +154,7 @@ unsafe fn rows_n<L: Widen16, const N: usize>(w: *const L::E, cols: usize, r0: us
 }
 
 /// `y[t][r + i] = W[r + i] . x[t]` (`+=` with `acc`) for `R` rows and `N` tokens, `x`
-/// packed by [`pack_few`].
+/// packed by `avx2::pack_few`.
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // `a[i][t]`: the register tile
 #[inline(always)]
 unsafe fn rows_block<L: Widen16, const R: usize, const N: usize>(
