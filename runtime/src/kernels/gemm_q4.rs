@@ -36,17 +36,17 @@ use olmo_format::{q4, DType};
 
 use super::activations::QuantX;
 use super::gemm::store_tile;
+use super::gemm_q8::for_each_tile;
 use super::q4_vnni::q4_k_scales;
 use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr};
 
-/// Tokens per micro-kernel call.
-const MR: usize = 6;
+/// Tokens per micro-kernel call: the q8_0 GEMM's, whose sweep order this one shares
+/// ([`for_each_tile`]).
+const MR: usize = super::gemm_q8::MR;
 /// Weight rows per micro-kernel call: two registers of eight 32-bit lanes, two tile
 /// groups (as many as the float GEMM's outputs, so the two share `store_tile`).
 const NR: usize = super::gemm::NR;
 const _: () = assert!(NR == 2 * q4::TILE_ROWS);
-/// Blocks of 32 columns per slice of the sweep.
-const KB: usize = 8;
 /// Bytes of one strip's record for one block: values, `-128 * sum`, scales, mins.
 const STRIP_BLOCK: usize = 32 * NR + 4 * NR + 4 * NR + 4 * NR;
 /// Offsets in a record.
@@ -235,24 +235,13 @@ unsafe fn pack_weights(q4k: bool, tiles: &[u8], rows: usize, k: usize, r0: usize
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 unsafe fn sweep<const K: bool>(panel: &[u8], aq: &[u8], ad: &[f32], asum: &[f32], n: usize, blocks: usize, nb: usize, y: *mut f32, ldy: usize) {
-    let strips = nb.div_ceil(NR);
-    let groups = n.div_ceil(MR);
-    let mut b0 = 0;
-    while b0 < blocks {
-        let kb = KB.min(blocks - b0);
-        for s in 0..strips {
-            let w = panel.as_ptr().add((s * blocks + b0) * STRIP_BLOCK);
-            let valid = NR.min(nb - s * NR);
-            for g in 0..groups {
-                let a = aq.as_ptr().add((g * blocks + b0) * GROUP_BLOCK);
-                let d = ad.as_ptr().add((g * blocks + b0) * MR);
-                let sums = asum.as_ptr().add((g * blocks + b0) * MR);
-                let mr = MR.min(n - g * MR);
-                kernel::<K>(kb, a, d, sums, w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
-            }
-        }
-        b0 += kb;
-    }
+    for_each_tile(n, blocks, nb, |b0, kb, s, g, mr, valid| {
+        let w = panel.as_ptr().add((s * blocks + b0) * STRIP_BLOCK);
+        let a = aq.as_ptr().add((g * blocks + b0) * GROUP_BLOCK);
+        let d = ad.as_ptr().add((g * blocks + b0) * MR);
+        let sums = asum.as_ptr().add((g * blocks + b0) * MR);
+        kernel::<K>(kb, a, d, sums, w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
+    })
 }
 
 /// `C[mr x valid] (+)= sum over kb blocks of (dx * dw) * (int8 x . w)`, plus for q4_k

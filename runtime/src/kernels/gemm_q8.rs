@@ -29,7 +29,7 @@ use super::activations::QuantX;
 use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr};
 
 /// Tokens per micro-kernel call.
-const MR: usize = 6;
+pub(super) const MR: usize = 6;
 /// Weight rows per micro-kernel call (two registers of eight 32-bit lanes, as many as
 /// the float GEMM's outputs, so the two share `store_tile`).
 const NR: usize = super::gemm::NR;
@@ -181,19 +181,29 @@ unsafe fn pack_weights(quants: &[i8], scales: &[u16], blocks: usize, r0: usize, 
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 unsafe fn sweep(panel: &[u8], aq: &[u8], ad: &[f32], n: usize, blocks: usize, nb: usize, y: *mut f32, ldy: usize) {
+    for_each_tile(n, blocks, nb, |b0, kb, s, g, mr, valid| {
+        let w = panel.as_ptr().add((s * blocks + b0) * STRIP_BLOCK);
+        let a = aq.as_ptr().add((g * blocks + b0) * GROUP_BLOCK);
+        let d = ad.as_ptr().add((g * blocks + b0) * MR);
+        kernel(kb, a, d, w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
+    })
+}
+
+/// The order in which a task's packed rows meet the packed tokens, for this GEMM and
+/// `gemm_q4`'s: for each slice of up to [`KB`] blocks from `b0`, each strip `s` of
+/// [`NR`] rows (`valid` of them real), each group `g` of [`MR`] tokens (`mr` real),
+/// `f(b0, kb, s, g, mr, valid)`.
+#[inline(always)]
+pub(super) fn for_each_tile(n: usize, blocks: usize, nb: usize, mut f: impl FnMut(usize, usize, usize, usize, usize, usize)) {
     let strips = nb.div_ceil(NR);
     let groups = n.div_ceil(MR);
     let mut b0 = 0;
     while b0 < blocks {
         let kb = KB.min(blocks - b0);
         for s in 0..strips {
-            let w = panel.as_ptr().add((s * blocks + b0) * STRIP_BLOCK);
             let valid = NR.min(nb - s * NR);
             for g in 0..groups {
-                let a = aq.as_ptr().add((g * blocks + b0) * GROUP_BLOCK);
-                let d = ad.as_ptr().add((g * blocks + b0) * MR);
-                let mr = MR.min(n - g * MR);
-                kernel(kb, a, d, w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
+                f(b0, kb, s, g, MR.min(n - g * MR), valid);
             }
         }
         b0 += kb;
