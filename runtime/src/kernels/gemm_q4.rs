@@ -35,8 +35,7 @@ use std::cell::RefCell;
 use olmo_format::{q4, DType};
 
 use super::activations::QuantX;
-use super::gemm::store_tile;
-use super::gemm_q8::for_each_tile;
+use super::gemm_q8::{for_each_tile, kernel, MIN, NEG, SCALE};
 use super::q4_vnni::q4_k_scales;
 use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr};
 
@@ -44,15 +43,12 @@ use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr}
 /// ([`for_each_tile`]).
 const MR: usize = super::gemm_q8::MR;
 /// Weight rows per micro-kernel call: two registers of eight 32-bit lanes, two tile
-/// groups (as many as the float GEMM's outputs, so the two share `store_tile`).
+/// groups (as many as the float GEMM's outputs, so all three share `gemm::store_tile`).
 const NR: usize = super::gemm::NR;
 const _: () = assert!(NR == 2 * q4::TILE_ROWS);
-/// Bytes of one strip's record for one block: values, `-128 * sum`, scales, mins.
+/// Bytes of one strip's record for one block: values, `-128 * sum`, scales, mins (at
+/// `gemm_q8`'s offsets [`NEG`], [`SCALE`], [`MIN`]: the two GEMMs share the micro-kernel).
 const STRIP_BLOCK: usize = 32 * NR + 4 * NR + 4 * NR + 4 * NR;
-/// Offsets in a record.
-const NEG: usize = 32 * NR;
-const SCALE: usize = 36 * NR;
-const MIN: usize = 40 * NR;
 /// Bytes of one token group's activation quants for one block.
 const GROUP_BLOCK: usize = 32 * MR;
 /// Weight rows per task at most; fewer when the packed rows would pass [`PANEL_BYTES`].
@@ -240,59 +236,7 @@ unsafe fn sweep<const K: bool>(panel: &[u8], aq: &[u8], ad: &[f32], asum: &[f32]
         let a = aq.as_ptr().add((g * blocks + b0) * GROUP_BLOCK);
         let d = ad.as_ptr().add((g * blocks + b0) * MR);
         let sums = asum.as_ptr().add((g * blocks + b0) * MR);
-        kernel::<K>(kb, a, d, sums, w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
+        kernel::<K, STRIP_BLOCK>(kb, a, d, sums, w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
     })
 }
 
-/// `C[mr x valid] (+)= sum over kb blocks of (dx * dw) * (int8 x . w)`, plus for q4_k
-/// (`K`) `(dx * sum(xq)) * (-dmin * m)`.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-unsafe fn kernel<const K: bool>(
-    kb: usize,
-    a: *const u8,
-    ad: *const f32,
-    asum: *const f32,
-    w: *const u8,
-    c: *mut f32,
-    ldc: usize,
-    mr: usize,
-    valid: usize,
-    acc: bool,
-) {
-    let mut f = [[_mm256_setzero_ps(); 2]; MR];
-    for blk in 0..kb {
-        let wb = w.add(blk * STRIP_BLOCK);
-        let ab = a.add(blk * GROUP_BLOCK);
-        let neg0 = _mm256_load_si256(wb.add(NEG) as *const __m256i);
-        let neg1 = _mm256_load_si256(wb.add(NEG + 32) as *const __m256i);
-        let mut s = [[neg0, neg1]; MR];
-        for kq in 0..8 {
-            let w0 = _mm256_load_si256(wb.add(kq * 4 * NR) as *const __m256i);
-            let w1 = _mm256_load_si256(wb.add(kq * 4 * NR + 32) as *const __m256i);
-            for (i, si) in s.iter_mut().enumerate() {
-                let xv = _mm256_set1_epi32((ab.add((kq * MR + i) * 4) as *const i32).read_unaligned());
-                si[0] = _mm256_dpbusd_epi32(si[0], xv, w0);
-                si[1] = _mm256_dpbusd_epi32(si[1], xv, w1);
-            }
-        }
-        let d0 = _mm256_load_ps(wb.add(SCALE) as *const f32);
-        let d1 = _mm256_load_ps(wb.add(SCALE + 32) as *const f32);
-        for (i, (fi, si)) in f.iter_mut().zip(&s).enumerate() {
-            let dx = _mm256_set1_ps(*ad.add(blk * MR + i));
-            fi[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[0]), _mm256_mul_ps(d0, dx), fi[0]);
-            fi[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[1]), _mm256_mul_ps(d1, dx), fi[1]);
-        }
-        if K {
-            let m0 = _mm256_load_ps(wb.add(MIN) as *const f32);
-            let m1 = _mm256_load_ps(wb.add(MIN + 32) as *const f32);
-            for (i, fi) in f.iter_mut().enumerate() {
-                let xs = _mm256_set1_ps(*asum.add(blk * MR + i));
-                fi[0] = _mm256_fmadd_ps(m0, xs, fi[0]);
-                fi[1] = _mm256_fmadd_ps(m1, xs, fi[1]);
-            }
-        }
-    }
-    store_tile(&f, c, ldc, mr, valid, acc);
-}

@@ -30,6 +30,11 @@ use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr}
 
 /// Tokens per micro-kernel call.
 pub(super) const MR: usize = 6;
+/// Where a strip's record for one block keeps, after the values (32 bytes per row),
+/// `-128 * sum` per row, the scales, and (q4_k, `gemm_q4`) the mins.
+pub(super) const NEG: usize = 32 * NR;
+pub(super) const SCALE: usize = 36 * NR;
+pub(super) const MIN: usize = 40 * NR;
 /// Weight rows per micro-kernel call (two registers of eight 32-bit lanes, as many as
 /// the float GEMM's outputs, so the two share `store_tile`).
 const NR: usize = super::gemm::NR;
@@ -185,7 +190,7 @@ unsafe fn sweep(panel: &[u8], aq: &[u8], ad: &[f32], n: usize, blocks: usize, nb
         let w = panel.as_ptr().add((s * blocks + b0) * STRIP_BLOCK);
         let a = aq.as_ptr().add((g * blocks + b0) * GROUP_BLOCK);
         let d = ad.as_ptr().add((g * blocks + b0) * MR);
-        kernel(kb, a, d, w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
+        kernel::<false, STRIP_BLOCK>(kb, a, d, std::ptr::null(), w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
     })
 }
 
@@ -210,14 +215,18 @@ pub(super) fn for_each_tile(n: usize, blocks: usize, nb: usize, mut f: impl FnMu
     }
 }
 
-/// `C[mr x valid] (+)= sum over kb blocks of (dx * dw) * (int8 x . int8 w)`.
+/// `C[mr x valid] (+)= sum over kb blocks of (dx * dw) * (int8 x . w)`, plus with
+/// `MINS` (q4_k) `(dx * sum(xq)) * (-dmin * m)`: the micro-kernel of this GEMM and of
+/// `gemm_q4`, whose strip records start alike (the values, `-128 * sum`, the scales;
+/// q4_k's mins after them), `STRIP` bytes per block. `asum` is read only with `MINS`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-unsafe fn kernel(
+pub(super) unsafe fn kernel<const MINS: bool, const STRIP: usize>(
     kb: usize,
     a: *const u8,
     ad: *const f32,
+    asum: *const f32,
     w: *const u8,
     c: *mut f32,
     ldc: usize,
@@ -227,10 +236,10 @@ unsafe fn kernel(
 ) {
     let mut f = [[_mm256_setzero_ps(); 2]; MR];
     for blk in 0..kb {
-        let wb = w.add(blk * STRIP_BLOCK);
+        let wb = w.add(blk * STRIP);
         let ab = a.add(blk * GROUP_BLOCK);
-        let neg0 = _mm256_load_si256(wb.add(32 * NR) as *const __m256i);
-        let neg1 = _mm256_load_si256(wb.add(32 * NR + 32) as *const __m256i);
+        let neg0 = _mm256_load_si256(wb.add(NEG) as *const __m256i);
+        let neg1 = _mm256_load_si256(wb.add(NEG + 32) as *const __m256i);
         let mut s = [[neg0, neg1]; MR];
         for kq in 0..8 {
             let w0 = _mm256_load_si256(wb.add(kq * 4 * NR) as *const __m256i);
@@ -241,12 +250,21 @@ unsafe fn kernel(
                 si[1] = _mm256_dpbusd_epi32(si[1], xv, w1);
             }
         }
-        let d0 = _mm256_load_ps(wb.add(36 * NR) as *const f32);
-        let d1 = _mm256_load_ps(wb.add(36 * NR + 32) as *const f32);
+        let d0 = _mm256_load_ps(wb.add(SCALE) as *const f32);
+        let d1 = _mm256_load_ps(wb.add(SCALE + 32) as *const f32);
         for (i, (fi, si)) in f.iter_mut().zip(&s).enumerate() {
             let dx = _mm256_set1_ps(*ad.add(blk * MR + i));
             fi[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[0]), _mm256_mul_ps(d0, dx), fi[0]);
             fi[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[1]), _mm256_mul_ps(d1, dx), fi[1]);
+        }
+        if MINS {
+            let m0 = _mm256_load_ps(wb.add(MIN) as *const f32);
+            let m1 = _mm256_load_ps(wb.add(MIN + 32) as *const f32);
+            for (i, fi) in f.iter_mut().enumerate() {
+                let xs = _mm256_set1_ps(*asum.add(blk * MR + i));
+                fi[0] = _mm256_fmadd_ps(m0, xs, fi[0]);
+                fi[1] = _mm256_fmadd_ps(m1, xs, fi[1]);
+            }
         }
     }
     store_tile(&f, c, ldc, mr, valid, acc);
