@@ -35,7 +35,7 @@ use std::cell::RefCell;
 use olmo_format::{q4, DType};
 
 use super::activations::QuantX;
-use super::gemm_q8::{for_each_tile, kernel, MIN, NEG, SCALE};
+use super::gemm_q8::{for_each_tile, kernel, pack_group, MIN, NEG, SCALE};
 use super::q4_vnni::q4_k_scales;
 use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr};
 
@@ -105,7 +105,7 @@ pub(super) unsafe fn matmul(dtype: DType, tiles: &[u8], rows: usize, k: usize, x
                 )
             };
             // SAFETY: the caller vouches for the CPU features and `x`'s length.
-            with_local(&ROW, |row| unsafe { pack_group(x, n, k, g, row, aq, ad, asum) })
+            with_local(&ROW, |row| unsafe { pack_group(x, n, k, g, row, aq, ad, Some(asum)) })
         });
         let (aq, ad, asum) = (&*aq, &*ad, &*asum);
         let yp = SendPtr(y.as_mut_ptr());
@@ -124,38 +124,6 @@ pub(super) unsafe fn matmul(dtype: DType, tiles: &[u8], rows: usize, k: usize, x
             }
         });
     })
-}
-
-/// Quantises tokens `g * MR ..` of `x` and lays them out for the micro-kernel (tokens
-/// past `n` quantise to zero), with each token's `dx * sum(xq)` per block.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pack_group(x: &[f32], n: usize, k: usize, g: usize, row: &mut QuantX, aq: &mut [u8], ad: &mut [f32], asum: &mut [f32]) {
-    let blocks = k.div_ceil(32);
-    for i in 0..MR {
-        let t = g * MR + i;
-        if t < n {
-            row.quantize(&x[t * k..][..k]);
-            row.pad_and_sum(k, blocks);
-        }
-        for b in 0..blocks {
-            let dst = aq.as_mut_ptr().add(b * GROUP_BLOCK);
-            if t < n {
-                let src = row.quants.as_ptr().add(b * 32) as *const u32;
-                for kq in 0..8 {
-                    (dst.add((kq * MR + i) * 4) as *mut u32).write_unaligned(src.add(kq).read_unaligned() ^ 0x8080_8080);
-                }
-                ad[b * MR + i] = row.scales[b];
-                asum[b * MR + i] = row.scales[b] * row.sums[b] as f32;
-            } else {
-                for kq in 0..8 {
-                    (dst.add((kq * MR + i) * 4) as *mut u32).write_unaligned(0x8080_8080);
-                }
-                ad[b * MR + i] = 0.0;
-                asum[b * MR + i] = 0.0;
-            }
-        }
-    }
 }
 
 /// Packs weight rows `r0 .. r0 + nb` (`r0` a multiple of [`NR`]) of a `rows x k`

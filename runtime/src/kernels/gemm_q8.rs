@@ -95,7 +95,7 @@ pub unsafe fn matmul(quants: &[i8], scales: &[u16], rows: usize, k: usize, x: &[
                     std::slice::from_raw_parts_mut(adp.get().add(g * blocks * MR), blocks * MR),
                 )
             };
-            with_local(&ROW, |row| unsafe { pack_group(x, n, k, g, row, aq, ad) })
+            with_local(&ROW, |row| unsafe { pack_group(x, n, k, g, row, aq, ad, None) })
         });
         let (aq, ad) = (&*aq, &*ad);
         let yp = SendPtr(y.as_mut_ptr());
@@ -112,14 +112,19 @@ pub unsafe fn matmul(quants: &[i8], scales: &[u16], rows: usize, k: usize, x: &[
 }
 
 /// Quantises tokens `g * MR ..` of `x` and lays them out for the micro-kernel
-/// (tokens past `n` quantise to zero).
+/// (tokens past `n` quantise to zero); with `asum` (q4_k, `gemm_q4`), also each token's
+/// `dx * sum(xq)` per block.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pack_group(x: &[f32], n: usize, k: usize, g: usize, row: &mut QuantX, aq: &mut [u8], ad: &mut [f32]) {
+pub(super) unsafe fn pack_group(x: &[f32], n: usize, k: usize, g: usize, row: &mut QuantX, aq: &mut [u8], ad: &mut [f32], mut asum: Option<&mut [f32]>) {
     let blocks = k.div_ceil(32);
     for i in 0..MR {
         let t = g * MR + i;
         if t < n {
             row.quantize(&x[t * k..][..k]);
+            if asum.is_some() {
+                row.pad_and_sum(k, blocks);
+            }
         }
         for b in 0..blocks {
             let dst = aq.as_mut_ptr().add(b * GROUP_BLOCK);
@@ -134,6 +139,9 @@ unsafe fn pack_group(x: &[f32], n: usize, k: usize, g: usize, row: &mut QuantX, 
                     (dst.add((kq * MR + i) * 4) as *mut u32).write_unaligned(0x8080_8080);
                 }
                 ad[b * MR + i] = 0.0;
+            }
+            if let Some(asum) = asum.as_deref_mut() {
+                asum[b * MR + i] = if t < n { row.scales[b] * row.sums[b] as f32 } else { 0.0 };
             }
         }
     }
