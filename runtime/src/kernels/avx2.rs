@@ -15,7 +15,7 @@ use half::{bf16, f16};
 use super::activations::QuantX;
 use super::kv_element::KvElement;
 use super::matrix::{Matrix, MatrixData};
-use super::tasks::{for_each_task, grow, min_rows_per_block, par_rows_guided, rows_per_sub_block, rows_per_task, with_local, SendPtr, PREFETCH};
+use super::tasks::{for_each_task, grow, min_rows_per_block, par_row_groups, par_rows_guided, rows_per_sub_block, rows_per_task, with_local, SendPtr, PREFETCH};
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -194,7 +194,7 @@ thread_local! {
 /// same 16 of token 1, ..., then the next 16; the last `cols % 16` columns token-major.
 /// One sequential stream instead of `m` rows a multiple of 4 KiB apart, which share
 /// L1 sets.
-pub(super) fn pack_few(x: &[f32], m: usize, cols: usize, out: &mut [f32]) {
+fn pack_few(x: &[f32], m: usize, cols: usize, out: &mut [f32]) {
     let whole = cols / 16 * 16;
     for t in 0..m {
         let row = &x[t * cols..][..cols];
@@ -514,13 +514,11 @@ pub fn matmul_decode(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
     let min = min_rows_per_block(w.row_bytes(), 4);
     let sub = rows_per_sub_block(w.row_bytes(), 1, MANY_SUB_BYTES);
-    let groups = n.div_ceil(FEW);
-    let yp = SendPtr(y.as_mut_ptr());
     with_local(&MANY, |(qx, packed)| {
         // SAFETY (every `unsafe` below): `super::matmul_decode` checked the CPU features,
         // that `x` has `n` rows of `cols` and `y` `n` of `rows`, and that the weights hold
-        // `rows` whole rows; `par_rows_guided` gives each call rows `r0 .. r0 + block.len()`
-        // within `rows`, which it alone writes, for every token.
+        // `rows` whole rows; `par_row_groups` gives each call rows `a .. a + len` within
+        // `rows`, which it alone writes, for its tokens.
         match w.data {
             MatrixData::Q8_0 { quants, scales } => {
                 let blocks = cols.div_ceil(32);
@@ -531,15 +529,9 @@ pub fn matmul_decode(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
                     q.quantize(&x[t * cols..][..cols]);
                 }
                 let qx = &qx[..n];
-                par_rows_guided(&mut y[..rows], min, 1, |r0, block| {
-                    for a in (r0..r0 + block.len()).step_by(sub) {
-                        let len = sub.min(r0 + block.len() - a);
-                        for g in 0..groups {
-                            let t0 = g * FEW;
-                            let m = FEW.min(n - t0);
-                            unsafe { rows_q8_few(quants.as_ptr(), scales.as_ptr(), blocks, a, len, &qx[t0..t0 + m], yp.get().add(t0 * rows), rows) }
-                        }
-                    }
+                let yp = SendPtr(y.as_mut_ptr());
+                par_row_groups(y, n, rows, min, 1, sub, FEW, |a, len, t0, m| unsafe {
+                    rows_q8_few(quants.as_ptr(), scales.as_ptr(), blocks, a, len, &qx[t0..t0 + m], yp.get().add(t0 * rows), rows)
                 })
             }
             MatrixData::F32(_) | MatrixData::F16(_) | MatrixData::BF16(_) => {
@@ -576,30 +568,20 @@ pub(super) fn float_decode_pass(
     rows: impl Fn(&Matrix, usize, usize, usize, *const f32, *mut f32, bool) + Sync + Send,
 ) {
     let (nrows, cols) = (w.rows, w.cols);
-    let groups = n.div_ceil(FEW);
     grow(packed, n * cols);
-    for g in 0..groups {
-        let t0 = g * FEW;
+    for t0 in (0..n).step_by(FEW) {
         let m = FEW.min(n - t0);
         pack_few(&x[t0 * cols..][..m * cols], m, cols, &mut packed[t0 * cols..][..m * cols]);
     }
     let xs = packed.as_ptr() as usize;
     let yp = SendPtr(y.as_mut_ptr());
-    par_rows_guided(&mut y[..nrows], min, align, |r0, block| {
-        for a in (r0..r0 + block.len()).step_by(sub) {
-            let len = sub.min(r0 + block.len() - a);
-            for g in 0..groups {
-                let t0 = g * FEW;
-                let m = FEW.min(n - t0);
-                let xg = (xs as *const f32).wrapping_add(t0 * cols);
-                let y = yp.get().wrapping_add(t0 * nrows);
-                for (c0, p) in w.panels() {
-                    // Panel columns `c0 ..` of the group's packed tokens: `c0` is a
-                    // multiple of 16, and `pack_few`'s tail (token-major) is the last
-                    // panel's.
-                    rows(&p, a, len, m, xg.wrapping_add(c0 * m), y, c0 > 0);
-                }
-            }
+    par_row_groups(y, n, nrows, min, align, sub, FEW, |a, len, t0, m| {
+        let xg = (xs as *const f32).wrapping_add(t0 * cols);
+        let y = yp.get().wrapping_add(t0 * nrows);
+        for (c0, p) in w.panels() {
+            // Panel columns `c0 ..` of the group's packed tokens: `c0` is a multiple of
+            // 16, and `pack_few`'s tail (token-major) is the last panel's.
+            rows(&p, a, len, m, xg.wrapping_add(c0 * m), y, c0 > 0);
         }
     })
 }

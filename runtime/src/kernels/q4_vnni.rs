@@ -48,7 +48,7 @@ use olmo_format::{q4, DType};
 
 use super::activations::QuantX;
 use super::matrix::Matrix;
-use super::tasks::{min_rows_per_block, par_rows_guided, rows_per_sub_block, with_local, SendPtr, PREFETCH};
+use super::tasks::{min_rows_per_block, par_row_groups, par_rows_guided, rows_per_sub_block, with_local, SendPtr, PREFETCH};
 
 const TILE: usize = q4::TILE_BYTES;
 const ROWS: usize = q4::TILE_ROWS;
@@ -116,17 +116,11 @@ pub(super) unsafe fn matmul_decode(w: &Matrix, x: &[f32], n: usize, y: &mut [f32
             prepare(tok, &x[t * cols..][..cols], chunks);
         }
         let toks = &toks[..n];
-        // SAFETY: as the caller vouches; `par_rows_guided` gives each call rows
-        // `r0 .. r0 + block.len()` (`r0` a multiple of 8) within the matrix, which it
-        // alone writes for every token; `sub` is a multiple of 8.
-        par_rows_guided(&mut y[..rows], min, ROWS, |r0, block| {
-            for a in (r0..r0 + block.len()).step_by(sub) {
-                let len = sub.min(r0 + block.len() - a);
-                for t0 in (0..n).step_by(FEW) {
-                    let xs = &toks[t0..n.min(t0 + FEW)];
-                    unsafe { rows_n(dtype, tiles.as_ptr(), chunks, a, len, xs, yp.get().add(t0 * rows), rows) }
-                }
-            }
+        // SAFETY: as the caller vouches; `par_row_groups` gives each call rows
+        // `a .. a + len` (`a` a multiple of 8: so are `min` and `sub`) within the
+        // matrix, which it alone writes for its tokens.
+        par_row_groups(y, n, rows, min, ROWS, sub, FEW, |a, len, t0, m| unsafe {
+            rows_n(dtype, tiles.as_ptr(), chunks, a, len, &toks[t0..t0 + m], yp.get().add(t0 * rows), rows)
         })
     })
 }

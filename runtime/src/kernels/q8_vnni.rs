@@ -23,7 +23,7 @@ use half::f16;
 use std::cell::RefCell;
 
 use super::activations::QuantX;
-use super::tasks::{grow, min_rows_per_block, par_rows_guided, rows_per_sub_block, with_local, SendPtr, PREFETCH};
+use super::tasks::{grow, min_rows_per_block, par_row_groups, par_rows_guided, rows_per_sub_block, with_local, SendPtr, PREFETCH};
 
 thread_local! {
     static QX: RefCell<[(QuantX, UnsignedX); 1]> = RefCell::new(Default::default());
@@ -77,17 +77,10 @@ pub(super) unsafe fn matmul_decode(quants: &[i8], scales: &[u16], cols: usize, x
             unsigned.fill(q, blocks);
         }
         let many = &many[..n];
-        // SAFETY: as the caller vouches; `par_rows_guided` gives each call rows
-        // `r0 .. r0 + block.len()` within the matrix, which it alone writes for every token.
-        par_rows_guided(&mut y[..rows_total], min, 1, |r0, block| {
-            for a in (r0..r0 + block.len()).step_by(sub) {
-                let len = sub.min(r0 + block.len() - a);
-                for t0 in (0..n).step_by(FEW) {
-                    let group = &many[t0..n.min(t0 + FEW)];
-                    let y = yp.get().add(t0 * rows_total);
-                    unsafe { rows_n(quants.as_ptr(), scales.as_ptr(), blocks, a, len, group, y, rows_total) }
-                }
-            }
+        // SAFETY: as the caller vouches; `par_row_groups` gives each call rows
+        // `a .. a + len` within the matrix, which it alone writes for its tokens.
+        par_row_groups(y, n, rows_total, min, 1, sub, FEW, |a, len, t0, m| unsafe {
+            rows_n(quants.as_ptr(), scales.as_ptr(), blocks, a, len, &many[t0..t0 + m], yp.get().add(t0 * rows_total), rows_total)
         })
     })
 }

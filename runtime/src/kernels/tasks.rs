@@ -169,17 +169,36 @@ pub(crate) fn par_rows_many(
     sub: usize,
     f: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
 ) {
-    assert!(y.len() >= n * rows && sub > 0);
     let yp = SendPtr(y.as_mut_ptr());
+    par_row_groups(y, n, rows, min, align, sub, 1, |a, len, t, _| {
+        // SAFETY: `par_row_groups` gave this call rows `a .. a + len` alone, and token
+        // t's rows of them lie within `y` (asserted there), which outlives the section.
+        f(t, a, unsafe { std::slice::from_raw_parts_mut(yp.get().add(t * rows + a), len) })
+    })
+}
+
+/// [`par_rows_many`] with the tokens taken `group` at a time, for kernels that read a
+/// weight row once for several tokens: `f(a, len, t0, m)` computes rows `a .. a + len`
+/// of tokens `t0 .. t0 + m` (their outputs in `y`, `rows` apart), and this call alone
+/// writes them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn par_row_groups(
+    y: &mut [f32],
+    n: usize,
+    rows: usize,
+    min: usize,
+    align: usize,
+    sub: usize,
+    group: usize,
+    f: impl Fn(usize, usize, usize, usize) + Sync + Send,
+) {
+    assert!(y.len() >= n * rows && sub > 0 && group > 0);
     par_rows_guided(&mut y[..rows], min, align, |r0, block| {
         let end = r0 + block.len();
         for a in (r0..end).step_by(sub) {
             let len = sub.min(end - a);
-            for t in 0..n {
-                // SAFETY: the guided split gave this call rows `r0 .. end` alone, and
-                // token t's rows of them lie within `y` (asserted), which outlives the
-                // section.
-                f(t, a, unsafe { std::slice::from_raw_parts_mut(yp.get().add(t * rows + a), len) });
+            for t0 in (0..n).step_by(group) {
+                f(a, len, t0, group.min(n - t0));
             }
         }
     })
