@@ -210,6 +210,10 @@ fn prompt_batches_across_the_window_match_the_reference() {
 /// | f16   | 0.021 (gqa; 0.0085 on tiny, whose weights are f16 already: the cache's part) | 100% |
 /// | q8_0  | 1.03 (olmo3-window; 0.613 gqa) | 93.8% (wide: 15 of 16 steps), 95-95.8% (tiny, olmo2-odd, gqa, olmo3-yarn) |
 ///
+/// On AMX, bf16 batches of 8 tokens or more also round the activations to bf16: the
+/// whole prompt of `tiny` (every matrix on the tiles) at once gave 0.152 against 0.110
+/// in batches of 4, top-1 agreement 100%.
+///
 /// q8_0 also rounds the activations to int8 per block of 32, as llama.cpp does. A
 /// window of 3 averages the values of 3 positions, not of up to 44, so less of the
 /// weights' rounding cancels in `olmo3-window`. The bounds sit a little above.
@@ -223,18 +227,25 @@ fn reduced_dtypes_track_f32() {
         let f32_blob = Packed::new(name, DType::F32);
         for (dtype, max_err, min_agree) in REDUCED {
             let blob = Packed::new(name, dtype);
+            // Batches of 4, and the whole prompt at once: the AMX GEMM takes 8 tokens
+            // or more.
             for k in available_kernels() {
-                let (want, got) = with_kernels(k, || {
-                    (
-                        forced_logits(&f32_blob.0, &r.input_tokens, Some(4), None),
-                        forced_logits(&blob.0, &r.input_tokens, Some(4), None),
-                    )
-                });
-                let err = max_abs_diff(&got, &want);
-                let agree = top1_agreement(&got, &want, r.vocab);
-                eprintln!("{name} {dtype} {k:?}: max logit error {err:.2e}, top-1 agreement {:.1}%", agree * 100.0);
-                assert!(err <= max_err, "{name} {dtype} {k:?}: max logit error {err}");
-                assert!(agree >= min_agree, "{name} {dtype} {k:?}: top-1 agreement {agree}");
+                for batch in [4, r.input_tokens.len()] {
+                    let (want, got) = with_kernels(k, || {
+                        (
+                            forced_logits(&f32_blob.0, &r.input_tokens, Some(4), None),
+                            forced_logits(&blob.0, &r.input_tokens, Some(batch), None),
+                        )
+                    });
+                    let err = max_abs_diff(&got, &want);
+                    let agree = top1_agreement(&got, &want, r.vocab);
+                    eprintln!(
+                        "{name} {dtype} {k:?} batch {batch}: max logit error {err:.2e}, top-1 agreement {:.1}%",
+                        agree * 100.0
+                    );
+                    assert!(err <= max_err, "{name} {dtype} {k:?} batch {batch}: max logit error {err}");
+                    assert!(agree >= min_agree, "{name} {dtype} {k:?} batch {batch}: top-1 agreement {agree}");
+                }
             }
         }
     }
@@ -297,6 +308,12 @@ const Q8_0_PATHS: f32 = 0.15;
 /// between kernel sets; 0.205 on `tiny` q4_0), against their mean error of 0.45-0.92.
 const Q4_PATHS: f32 = 0.3;
 
+/// The AMX GEMM rounds a batch's activations to bf16 (the one-token kernels keep them
+/// in f32): on `tiny`, whose every matrix it takes, the whole prompt as one batch moved
+/// the logits by up to 0.098 from one token at a time, about bf16 weights' own error
+/// against f32 there (0.110).
+const BF16_AMX_PATHS: f32 = 0.15;
+
 #[test]
 fn batched_prompt_matches_one_token_at_a_time() {
     for name in FIXTURES {
@@ -312,14 +329,21 @@ fn batched_prompt_matches_one_token_at_a_time() {
                     let diff = max_abs_diff(&batched, &single);
                     eprintln!("{name} {dtype} {k:?} batch {batch}: max |batched - single| = {diff:.2e}");
                     let bound = match dtype {
+                        DType::BF16 if k == Kernels::Amx => BF16_AMX_PATHS,
                         d if d.is_float() => 1e-4,
                         DType::Q8_0 => Q8_0_PATHS,
                         _ => Q4_PATHS,
                     };
                     assert!(diff <= bound, "{name} {dtype} {k:?} batch {batch}: {diff}");
                     // A rounding edge's whole int8 step can reorder near ties of the
-                    // quantised types' flat logits; the float types keep their top 5.
-                    if dtype.is_float() {
+                    // quantised types' flat logits; the float types keep their top 5,
+                    // but for bf16 activations (AMX), which move a near tie as bf16
+                    // weights do (olmo3-yarn: 43 of 44 steps keep their top 1; the
+                    // bound is `REDUCED`'s for bf16).
+                    if dtype == DType::BF16 && k == Kernels::Amx {
+                        let agree = top1_agreement(&batched, &single, r.vocab);
+                        assert!(agree >= 0.95, "{name} {dtype} {k:?} batch {batch}: top-1 agreement {agree}");
+                    } else if dtype.is_float() {
                         let top5 = |l: &[f32]| -> Vec<[u32; 5]> {
                             l.chunks_exact(r.vocab).map(|row| top_k::<5>(row).map(|p| p.0)).collect()
                         };

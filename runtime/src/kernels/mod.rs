@@ -12,15 +12,20 @@
 //!   GEMM, AVX2 with an AVX-512 F micro-kernel), `q4_avx2` (4-bit weights on AVX2),
 //!   `float_avx512` (float weights' one-token and decode-batch products on AVX-512 F),
 //!   `gemm_q8` and `q8_vnni` (q8_0 batches and one-token products on AVX-512 VNNI),
-//!   `gemm_q4` and `q4_vnni` (the same for q4_0 and q4_k);
-//! - this file: the dispatch. Three kernel sets, chosen at run time from what the CPU
-//!   has: [`Kernels::Portable`], [`Kernels::Avx2`], and [`Kernels::Avx512`] (the AVX2
-//!   set with the AVX-512 kernels where they pay).
+//!   `gemm_q4` and `q4_vnni` (the same for q4_0 and q4_k), `amx` (the AMX tile
+//!   instructions, `asm!`) and `gemm_amx` (prompt batches on AMX tiles);
+//! - this file: the dispatch. Four kernel sets, chosen at run time from what the CPU
+//!   has: [`Kernels::Portable`], [`Kernels::Avx2`], [`Kernels::Avx512`] (the AVX2
+//!   set with the AVX-512 kernels where they pay) and [`Kernels::Amx`] (the AVX-512
+//!   set with prompt batches on AMX tiles).
 //!
-//! `OLMORT_KERNELS=portable` or `=avx2` caps the choice for a process; [`with_kernels`]
-//! forces any available set for the calling thread (tests use it to run them all).
+//! `OLMORT_KERNELS=portable`, `=avx2` or `=avx512` caps the choice for a process;
+//! [`with_kernels`] forces any available set for the calling thread (tests use it to
+//! run them all).
 
 mod activations;
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub(crate) mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -28,6 +33,8 @@ mod avx2;
 mod float_avx512;
 #[cfg(target_arch = "x86_64")]
 mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod gemm_amx;
 #[cfg(target_arch = "x86_64")]
 mod gemm_q4;
 #[cfg(target_arch = "x86_64")]
@@ -63,6 +70,10 @@ pub enum Kernels {
     /// on AVX-512 F, the integer dtypes on VNNI); only selectable where
     /// [`avx512_available`].
     Avx512,
+    /// [`Kernels::Avx512`], with prompt batches of bf16 weights on AMX tiles
+    /// (`tdpbf16ps`, the activations rounded to bf16); only selectable where
+    /// [`amx_available`].
+    Amx,
 }
 
 impl Kernels {
@@ -72,17 +83,23 @@ impl Kernels {
             Kernels::Portable => true,
             Kernels::Avx2 => avx2_available(),
             Kernels::Avx512 => avx512_available(),
+            Kernels::Amx => amx_available(),
         }
     }
 
     /// Whether `self` uses the AVX2 kernels (for everything but what it overrides).
     fn avx2(self) -> bool {
-        matches!(self, Kernels::Avx2 | Kernels::Avx512) && avx2_available()
+        matches!(self, Kernels::Avx2 | Kernels::Avx512 | Kernels::Amx) && avx2_available()
     }
 
     /// Whether `self` adds the AVX-512 kernels (prompt GEMMs, the q8_0 and 4-bit matvecs).
     fn avx512(self) -> bool {
-        self == Kernels::Avx512 && avx512_available()
+        matches!(self, Kernels::Avx512 | Kernels::Amx) && avx512_available()
+    }
+
+    /// Whether `self` adds the AMX prompt GEMMs.
+    fn amx(self) -> bool {
+        self == Kernels::Amx && amx_available()
     }
 }
 
@@ -117,21 +134,34 @@ pub fn avx512_available() -> bool {
     }
 }
 
+/// Whether this CPU can run [`Kernels::Amx`]: [`avx512_available`], AMX tiles with
+/// bf16 and int8 products, and Linux's permission to use them (asked once).
+pub fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512_available() && amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The process-wide choice (read once): the best available, capped by
-/// `OLMORT_KERNELS=portable` or `OLMORT_KERNELS=avx2`.
+/// `OLMORT_KERNELS=portable`, `=avx2` or `=avx512`.
 pub fn default_kernels() -> Kernels {
     static DEFAULT: OnceLock<Kernels> = OnceLock::new();
     *DEFAULT.get_or_init(|| {
         let wanted = std::env::var("OLMORT_KERNELS").unwrap_or_default();
-        let best = [Kernels::Avx512, Kernels::Avx2, Kernels::Portable]
-            .into_iter()
-            .find(|k| k.supported())
-            .unwrap_or(Kernels::Portable);
-        match wanted.trim() {
-            "portable" => Kernels::Portable,
-            "avx2" if best == Kernels::Avx512 => Kernels::Avx2,
-            _ => best,
-        }
+        // Best first: a cap takes the first set at or below it that the CPU has.
+        let order = [Kernels::Amx, Kernels::Avx512, Kernels::Avx2, Kernels::Portable];
+        let cap = match wanted.trim() {
+            "portable" => 3,
+            "avx2" => 2,
+            "avx512" => 1,
+            _ => 0,
+        };
+        order[cap..].iter().copied().find(|k| k.supported()).unwrap_or(Kernels::Portable)
     })
 }
 
@@ -162,7 +192,7 @@ pub fn with_kernels<R>(k: Kernels, f: impl FnOnce() -> R) -> R {
 
 /// Every kernel set this CPU can run: what tests iterate over.
 pub fn available_kernels() -> Vec<Kernels> {
-    [Kernels::Portable, Kernels::Avx2, Kernels::Avx512].into_iter().filter(|k| k.supported()).collect()
+    [Kernels::Portable, Kernels::Avx2, Kernels::Avx512, Kernels::Amx].into_iter().filter(|k| k.supported()).collect()
 }
 
 /// `y = W x`: `x` has `w.cols` elements, `y` has `w.rows`.
@@ -226,6 +256,12 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(y.len(), n * w.rows);
     w.check();
     match k {
+        #[cfg(target_arch = "x86_64")]
+        _ if k.amx() && n >= gemm_amx::MIN_BATCH && gemm_amx::fits(w) => {
+            // SAFETY: the CPU has AMX and the process may use it (checked), `check`
+            // found every row, and the lengths of `x` and `y` are asserted.
+            unsafe { gemm_amx::matmul_bf16(w, x, n, y) }
+        }
         #[cfg(target_arch = "x86_64")]
         _ if k.avx512() && n >= gemm::MIN_BATCH && matches!(w.data, MatrixData::Q8_0 { .. }) => {
             let MatrixData::Q8_0 { quants, scales } = w.data else { unreachable!() };

@@ -625,3 +625,56 @@ fn q4_vnni_matches_avx2_bit_for_bit() {
         }
     }
 }
+
+/// The AMX bf16 GEMM against a reference that rounds the activations to bf16 as it
+/// does (then only the f32 summation order differs), and within the rounding's bound
+/// of the exact product: partial strips and token tiles, several tasks, column panels.
+#[test]
+fn amx_bf16_gemm_matches_the_rounded_reference() {
+    if !Kernels::Amx.supported() {
+        eprintln!("skipped: this CPU or kernel has no AMX tiles");
+        return;
+    }
+    let mut rng = Rng(16);
+    // (tokens, rows, cols, column panels)
+    let shapes = [
+        (8, 16, 32, false),
+        (9, 33, 64, false),
+        (16, 32, 96, false),
+        (33, 70, 128, false),
+        (50, 600, 64, false),
+        (20, 45, 2 * 2048 + 64, true),
+        (17, 300, 2048 + 32, true),
+    ];
+    for (n, rows, cols, panels) in shapes {
+        let values: Vec<u16> = rng.vec(rows * cols).iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+        let stored = if panels { to_panels(&values, rows, cols) } else { values.clone() };
+        let w = if panels {
+            Matrix::column_panels(rows, cols, MatrixData::BF16(&stored))
+        } else {
+            Matrix::row_major(rows, cols, MatrixData::BF16(&stored))
+        };
+        assert!(gemm_amx::fits(&w));
+        let x = rng.vec(n * cols);
+        let mut got = vec![f32::NAN; n * rows];
+        matmul_with(Kernels::Amx, &w, &x, n, &mut got);
+        for i in 0..n {
+            let xi = &x[i * cols..][..cols];
+            for r in 0..rows {
+                let wr = &values[r * cols..][..cols];
+                let (mut rounded, mut exact, mut mag) = (0f64, 0f64, 0f64);
+                for (&wv, &xv) in wr.iter().zip(xi) {
+                    let wv = bf16::from_bits(wv).to_f32() as f64;
+                    rounded += wv * bf16::from_f32(xv).to_f32() as f64;
+                    exact += wv * xv as f64;
+                    mag += (wv * xv as f64).abs();
+                }
+                let g = got[i * rows + r] as f64;
+                let at = format!("n={n} {rows}x{cols} panels={panels} [{i},{r}]");
+                assert!((g - rounded).abs() <= mag * 1e-5 + 1e-6, "{at}: {g} vs rounded {rounded}");
+                // bf16 keeps 8 significant bits: each x moves by at most 2^-9 of itself.
+                assert!((g - exact).abs() <= mag * (1.0 / 512.0 + 1e-5) + 1e-6, "{at}: {g} vs exact {exact}");
+            }
+        }
+    }
+}
