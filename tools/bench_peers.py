@@ -95,12 +95,15 @@ def fetch_sdist(dest: Path, version: str | None) -> Path:
         src = dest / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
         if src.exists():
             return src
-    meta_url = f"https://pypi.org/pypi/{PACKAGE}/json" if version is None else \
-        f"https://pypi.org/pypi/{PACKAGE}/{version}/json"
+    # The project's metadata lists every release's files; the per-release endpoint
+    # (`/pypi/NAME/VERSION/json`) is missing on some mirrors.
+    meta_url = f"https://pypi.org/pypi/{PACKAGE}/json"
     with urllib.request.urlopen(meta_url) as r:
         meta = json.load(r)
-    version = meta["info"]["version"]
-    sdist = next(u for u in meta["urls"] if u["packagetype"] == "sdist")
+    version = version or meta["info"]["version"]
+    if version not in meta["releases"]:
+        sys.exit(f"{PACKAGE} {version} is not on the index")
+    sdist = next(u for u in meta["releases"][version] if u["packagetype"] == "sdist")
     src = dest / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
     if src.exists():
         return src

@@ -313,6 +313,12 @@ const Q4_PATHS: f32 = 0.3;
 /// the logits by up to 0.098 from one token at a time, about bf16 weights' own error
 /// against f32 there (0.110).
 const BF16_AMX_PATHS: f32 = 0.15;
+/// The AMX GEMM multiplies q8_0 and 4-bit weights dequantised to bf16 by bf16
+/// activations, where one token at a time rounds the activations to int8 per block:
+/// two roundings, each within its type's error against f32 (the bf16 one the smaller:
+/// `tiny` q8_0's whole prompt on AMX is 0.346 from f32, one token at a time 0.529).
+/// Measured between the two: up to 0.413 (tiny q8_0), 0.467 (olmo3-yarn q4_0).
+const QUANTISED_AMX_PATHS: f32 = 0.6;
 
 #[test]
 fn batched_prompt_matches_one_token_at_a_time() {
@@ -330,6 +336,7 @@ fn batched_prompt_matches_one_token_at_a_time() {
                     eprintln!("{name} {dtype} {k:?} batch {batch}: max |batched - single| = {diff:.2e}");
                     let bound = match dtype {
                         DType::BF16 if k == Kernels::Amx => BF16_AMX_PATHS,
+                        d if k == Kernels::Amx && !d.is_float() => QUANTISED_AMX_PATHS,
                         d if d.is_float() => 1e-4,
                         DType::Q8_0 => Q8_0_PATHS,
                         _ => Q4_PATHS,

@@ -70,9 +70,9 @@ pub enum Kernels {
     /// on AVX-512 F, the integer dtypes on VNNI); only selectable where
     /// [`avx512_available`].
     Avx512,
-    /// [`Kernels::Avx512`], with prompt batches of bf16 weights on AMX tiles
-    /// (`tdpbf16ps`, the activations rounded to bf16); only selectable where
-    /// [`amx_available`].
+    /// [`Kernels::Avx512`], with prompt batches of bf16, q8_0, q4_0 and q4_k weights
+    /// on AMX tiles (`tdpbf16ps`: the weights dequantised to bf16, the activations
+    /// rounded to bf16); only selectable where [`amx_available`].
     Amx,
 }
 
@@ -260,7 +260,7 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
         _ if k.amx() && n >= gemm_amx::MIN_BATCH && gemm_amx::fits(w) => {
             // SAFETY: the CPU has AMX and the process may use it (checked), `check`
             // found every row, and the lengths of `x` and `y` are asserted.
-            unsafe { gemm_amx::matmul_bf16(w, x, n, y) }
+            unsafe { gemm_amx::matmul(w, x, n, y) }
         }
         #[cfg(target_arch = "x86_64")]
         _ if k.avx512() && n >= gemm::MIN_BATCH && matches!(w.data, MatrixData::Q8_0 { .. }) => {

@@ -626,54 +626,50 @@ fn q4_vnni_matches_avx2_bit_for_bit() {
     }
 }
 
-/// The AMX bf16 GEMM against a reference that rounds the activations to bf16 as it
-/// does (then only the f32 summation order differs), and within the rounding's bound
-/// of the exact product: partial strips and token tiles, several tasks, column panels.
+/// The AMX GEMM against a reference that rounds the weights (dequantised) and the
+/// activations to bf16 as it does (then only the f32 summation order differs), and
+/// within the activations' rounding bound of the product with the stored weights:
+/// partial strips and token tiles, several tasks, column panels, every dtype it takes.
 #[test]
-fn amx_bf16_gemm_matches_the_rounded_reference() {
+fn amx_gemm_matches_the_rounded_reference() {
     if !Kernels::Amx.supported() {
         eprintln!("skipped: this CPU or kernel has no AMX tiles");
         return;
     }
     let mut rng = Rng(16);
-    // (tokens, rows, cols, column panels)
-    let shapes = [
-        (8, 16, 32, false),
-        (9, 33, 64, false),
-        (16, 32, 96, false),
-        (33, 70, 128, false),
-        (50, 600, 64, false),
-        (20, 45, 2 * 2048 + 64, true),
-        (17, 300, 2048 + 32, true),
-    ];
-    for (n, rows, cols, panels) in shapes {
-        let values: Vec<u16> = rng.vec(rows * cols).iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
-        let stored = if panels { to_panels(&values, rows, cols) } else { values.clone() };
-        let w = if panels {
-            Matrix::column_panels(rows, cols, MatrixData::BF16(&stored))
-        } else {
-            Matrix::row_major(rows, cols, MatrixData::BF16(&stored))
-        };
-        assert!(gemm_amx::fits(&w));
+    // (tokens, rows, cols)
+    let shapes = [(8, 16, 32), (9, 33, 64), (16, 32, 96), (33, 70, 256), (50, 600, 64), (20, 45, 2 * 2048 + 64), (17, 300, 2048 + 32)];
+    for (n, rows, cols) in shapes {
+        let owned = Owned::new(&mut rng, rows, cols);
+        let bf16p = to_panels(&owned.bf16, rows, cols);
+        let mut all = owned.all();
+        all.retain(|(name, _)| !matches!(*name, "f32" | "f16"));
+        if cols > 2048 {
+            all.push(("bf16 panels", Matrix::column_panels(rows, cols, MatrixData::BF16(&bf16p))));
+        }
         let x = rng.vec(n * cols);
-        let mut got = vec![f32::NAN; n * rows];
-        matmul_with(Kernels::Amx, &w, &x, n, &mut got);
-        for i in 0..n {
-            let xi = &x[i * cols..][..cols];
+        for (name, w) in all {
+            assert!(gemm_amx::fits(&w), "{name}");
+            let mut got = vec![f32::NAN; n * rows];
+            matmul_with(Kernels::Amx, &w, &x, n, &mut got);
+            let mut stored = vec![0f32; cols];
             for r in 0..rows {
-                let wr = &values[r * cols..][..cols];
-                let (mut rounded, mut exact, mut mag) = (0f64, 0f64, 0f64);
-                for (&wv, &xv) in wr.iter().zip(xi) {
-                    let wv = bf16::from_bits(wv).to_f32() as f64;
-                    rounded += wv * bf16::from_f32(xv).to_f32() as f64;
-                    exact += wv * xv as f64;
-                    mag += (wv * xv as f64).abs();
+                w.row_to_f32(r, &mut stored);
+                for i in 0..n {
+                    let xi = &x[i * cols..][..cols];
+                    let (mut rounded, mut exact, mut mag) = (0f64, 0f64, 0f64);
+                    for (&wv, &xv) in stored.iter().zip(xi) {
+                        rounded += bf16::from_f32(wv).to_f32() as f64 * bf16::from_f32(xv).to_f32() as f64;
+                        exact += wv as f64 * xv as f64;
+                        mag += (wv as f64 * xv as f64).abs();
+                    }
+                    let g = got[i * rows + r] as f64;
+                    let at = format!("{name} n={n} {rows}x{cols} [{i},{r}]");
+                    assert!((g - rounded).abs() <= mag * 1e-5 + 1e-6, "{at}: {g} vs rounded {rounded}");
+                    // bf16 keeps 8 significant bits: each factor moves by at most 2^-9
+                    // of itself (bf16 weights not at all).
+                    assert!((g - exact).abs() <= mag * (2.0 / 512.0 + 1e-5) + 1e-6, "{at}: {g} vs exact {exact}");
                 }
-                let g = got[i * rows + r] as f64;
-                let at = format!("n={n} {rows}x{cols} panels={panels} [{i},{r}]");
-                assert!((g - rounded).abs() <= mag * 1e-5 + 1e-6, "{at}: {g} vs rounded {rounded}");
-                // bf16 keeps 8 significant bits: each x moves by at most 2^-9 of itself.
-                assert!((g - exact).abs() <= mag * (1.0 / 512.0 + 1e-5) + 1e-6, "{at}: {g} vs exact {exact}");
             }
         }
     }
