@@ -54,6 +54,14 @@ fn main() {
     let x: Vec<f32> = (0..batch * cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
     let mut y = vec![0f32; batch * rows];
     println!("kernels {:?}, {threads} threads, {rows}x{cols}, batch {batch}", olmort::kernels::active());
+    // The AMX peak of each thread at once (the compute floor's divisor), median of 5.
+    if olmort::kernels::amx_bf16_peak(1).is_some() {
+        let mut peaks: Vec<f64> = (0..5)
+            .map(|_| (0..threads).into_par_iter().map(|_| olmort::kernels::amx_bf16_peak(1 << 20).unwrap_or(0.0)).sum())
+            .collect();
+        peaks.sort_by(f64::total_cmp);
+        println!(" AMX tdpbf16ps peak: {:.0} GFLOP/s on {threads} threads", peaks[2]);
+    }
     // OLMORT_BENCH_BLOB=FILE: the f32 matvec over 128 MiB of a mapped file (page-cache
     // pages, as olmort reads weights) against the same bytes copied to the heap.
     if let Ok(path) = std::env::var("OLMORT_BENCH_BLOB") {

@@ -147,6 +147,19 @@ pub fn amx_available() -> bool {
     }
 }
 
+/// One core's AMX bf16 peak in GFLOP/s (tile products on loaded tiles for about
+/// `products` x 16 cycles), or `None` without AMX: what benchmarks divide a prompt's
+/// FLOPs by for its compute floor.
+pub fn amx_bf16_peak(products: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if amx_available() {
+        // SAFETY: AMX is available (checked).
+        return Some(unsafe { gemm_amx::peak_bf16(products) });
+    }
+    let _ = products;
+    None
+}
+
 /// The process-wide choice (read once): the best available, capped by
 /// `OLMORT_KERNELS=portable`, `=avx2` or `=avx512`.
 pub fn default_kernels() -> Kernels {
