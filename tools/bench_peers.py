@@ -140,7 +140,8 @@ def build_llama(src: Path, cxx: str) -> Path:
         return build / "bin"
     flags = []
     version = compiler_version(cxx)
-    if "amx_tile" in cpu_flags() and re.search(r"\b(g\+\+|GCC)\b.* 12\.", version):
+    # `\b` cannot follow "g++" (no word character there): the name is matched bare.
+    if "amx_tile" in cpu_flags() and re.search(r"(g\+\+|\bGCC\b).* 12\.", version):
         flags.append("-DCMAKE_CXX_FLAGS=-fno-tree-dse -fno-dse")
         print(f"{version} on an AMX CPU: building without dead-store elimination (see --help)", file=sys.stderr)
     cc = {"clang++": "clang", "g++": "gcc"}.get(Path(cxx).name, "cc")
