@@ -781,16 +781,18 @@ pub unsafe fn weighted_sum<E: KvElement>(weights: &[f32], rows: &[E], out: &mut 
     }
 }
 
-/// Row `r` of a q8_0 matrix `cols` wide, dequantised into `out` (`cols` long): the
-/// GEMM's staging for q8_0 weight tiles.
+/// Columns `c0 .. c0 + out.len()` of row `r` of a q8_0 matrix `cols` wide, dequantised
+/// into `out`: the GEMMs' staging for q8_0 weight tiles.
 ///
 /// # Safety
-/// AVX2/FMA/F16C; `quants` and `scales` must hold row `r` (as `Matrix::check` finds).
+/// AVX2/FMA/F16C; `quants` and `scales` must hold row `r` (as `Matrix::check` finds),
+/// `c0` be a multiple of 32 and `c0 + out.len()` at most `cols`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q8_row_to_f32(quants: &[i8], scales: &[u16], cols: usize, r: usize, out: &mut [f32]) {
+pub(super) unsafe fn q8_row_to_f32(quants: &[i8], scales: &[u16], cols: usize, r: usize, c0: usize, out: &mut [f32]) {
+    debug_assert!(c0.is_multiple_of(32) && c0 + out.len() <= cols);
     let blocks = cols.div_ceil(32);
-    let q = quants.as_ptr().add(r * blocks * 32);
-    let s = scales.as_ptr().add(r * blocks);
+    let q = quants.as_ptr().add(r * blocks * 32 + c0);
+    let s = scales.as_ptr().add(r * blocks + c0 / 32);
     let n = out.len();
     let o = out.as_mut_ptr();
     let mut i = 0;

@@ -213,7 +213,7 @@ unsafe fn pack_q8_rows(w: &Matrix, k: usize, r0: usize, nb: usize, packed: &mut 
         for j0 in (0..NR).step_by(8) {
             let rows = nb.saturating_sub(s * NR + j0).min(8);
             for j in 0..rows {
-                q8_row_to_f32(quants, scales, k, r0 + s * NR + j0 + j, &mut rows8[j * k..][..k]);
+                q8_row_to_f32(quants, scales, k, r0 + s * NR + j0 + j, 0, &mut rows8[j * k..][..k]);
             }
             let src = std::array::from_fn(|j| rows8.as_ptr().add(j * k));
             pack_eight::<WF32>(src, rows, k, 0, s, j0, strips, packed);
@@ -234,7 +234,7 @@ unsafe fn pack_q4_rows(dtype: DType, tiles: &[u8], k: usize, r0: usize, nb: usiz
             if rows == 0 {
                 continue;
             }
-            dequantize_group(dtype, tiles, k, (r0 + s * NR + j0) / 8, &mut rows8[..8 * k]);
+            dequantize_group(dtype, tiles, k, (r0 + s * NR + j0) / 8, 0, k, &mut rows8[..8 * k]);
             let src = std::array::from_fn(|j| rows8.as_ptr().add(j * k));
             pack_eight::<WF32>(src, rows, k, 0, s, j0, strips, packed);
         }

@@ -434,3 +434,4 @@ pub fn swiglu(k: Kernels, gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 #[cfg(test)]
 mod tests;
+

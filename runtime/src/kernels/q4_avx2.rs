@@ -187,15 +187,17 @@ unsafe fn tile_q4_k(tile: *const u8, x: &QuantX, b0: usize, acc: __m256) -> __m2
     _mm256_fnmadd_ps(dmin, mins, _mm256_fmadd_ps(d, scaled, acc))
 }
 
-/// Rows `8 g .. 8 g + 8` of a 4-bit matrix `cols` wide, dequantised: row `r` into
-/// `out[r * cols ..][..cols]`. The GEMM's staging for 4-bit weight tiles.
+/// Columns `c0 .. c0 + width` of rows `8 g .. 8 g + 8` of a 4-bit matrix `cols` wide,
+/// dequantised: row `r` into `out[r * width ..][..width]`. The GEMMs' staging for
+/// 4-bit weight tiles.
 ///
 /// # Safety
-/// AVX2/FMA/F16C; `tiles` must hold group `g` (as `Matrix::check` finds) and `out`
-/// `8 * cols` values.
+/// AVX2/FMA/F16C; `tiles` must hold group `g` (as `Matrix::check` finds), `c0` be a
+/// multiple of `q4::TILE_COLS`, `c0 + width` at most `cols`, and `out` hold `8 * width`
+/// values.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dequantize_group(dtype: DType, tiles: &[u8], cols: usize, g: usize, out: &mut [f32]) {
-    debug_assert!(out.len() >= 8 * cols);
+pub(super) unsafe fn dequantize_group(dtype: DType, tiles: &[u8], cols: usize, g: usize, c0: usize, width: usize, out: &mut [f32]) {
+    debug_assert!(out.len() >= 8 * width && c0.is_multiple_of(q4::TILE_COLS) && c0 + width <= cols);
     let chunks = q4::tiles_per_group(cols);
     let low = _mm256_set1_epi8(0x0F);
     // Lanes 0-3 take row 2p's scale, 4-7 row 2p + 1's.
@@ -204,7 +206,7 @@ pub(super) unsafe fn dequantize_group(dtype: DType, tiles: &[u8], cols: usize, g
         _mm256_setr_epi32(a, a, a, a, b, b, b, b)
     });
     let mut buf = [0f32; 8 * q4::TILE_COLS];
-    for t in 0..chunks {
+    for t in c0 / q4::TILE_COLS..(c0 + width).div_ceil(q4::TILE_COLS) {
         let tile = tiles.as_ptr().add((g * chunks + t) * TILE);
         let k_scales = if dtype == DType::Q4_K { Some(q4_k_scales(tile)) } else { None };
         for b in 0..8 {
@@ -239,9 +241,9 @@ pub(super) unsafe fn dequantize_group(dtype: DType, tiles: &[u8], cols: usize, g
                 }
             }
         }
-        let (c0, width) = (t * q4::TILE_COLS, q4::TILE_COLS.min(cols - t * q4::TILE_COLS));
+        let (at, len) = (t * q4::TILE_COLS - c0, q4::TILE_COLS.min(c0 + width - t * q4::TILE_COLS));
         for r in 0..8 {
-            out[r * cols + c0..][..width].copy_from_slice(&buf[r * q4::TILE_COLS..][..width]);
+            out[r * width + at..][..len].copy_from_slice(&buf[r * q4::TILE_COLS..][..len]);
         }
     }
 }

@@ -231,11 +231,17 @@ fn q4_groups_dequantise_like_rows() {
         let w = if dtype == olmo_format::DType::Q4_K { Matrix::row_major(19, 300, MatrixData::Q4_K(tiles)) } else { w };
         for g in 0..3 {
             let mut simd = vec![f32::NAN; 8 * 300];
-            unsafe { q4_avx2::dequantize_group(dtype, tiles, 300, g, &mut simd) };
+            unsafe { q4_avx2::dequantize_group(dtype, tiles, 300, g, 0, 300, &mut simd) };
             for r in 0..8usize.min(19 - 8 * g) {
                 let mut row = vec![0f32; 300];
                 w.row_to_f32(8 * g + r, &mut row);
                 assert_eq!(row, simd[r * 300..][..300], "{dtype} row {}", 8 * g + r);
+            }
+            // The AMX GEMM's slices: the second tile alone, 44 columns of it.
+            let mut part = vec![f32::NAN; 8 * 44];
+            unsafe { q4_avx2::dequantize_group(dtype, tiles, 300, g, 256, 44, &mut part) };
+            for r in 0..8usize.min(19 - 8 * g) {
+                assert_eq!(simd[r * 300 + 256..][..44], part[r * 44..][..44], "{dtype} row {} from column 256", 8 * g + r);
             }
         }
     }
@@ -408,8 +414,11 @@ fn q8_0_segments_widen_like_rows() {
         if let (true, MatrixData::Q8_0 { quants, scales }) = (avx2_available(), w.data) {
             // The GEMM's q8_0 staging: the same values, with a partial last block.
             let mut simd = vec![0f32; 100];
-            unsafe { avx2::q8_row_to_f32(quants, scales, 100, 2, &mut simd) };
+            unsafe { avx2::q8_row_to_f32(quants, scales, 100, 2, 0, &mut simd) };
             assert_eq!(row, simd);
+            let mut part = vec![0f32; 36];
+            unsafe { avx2::q8_row_to_f32(quants, scales, 100, 2, 64, &mut part) };
+            assert_eq!(&row[64..], &part[..]);
         }
     }
 }
