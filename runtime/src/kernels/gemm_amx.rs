@@ -28,8 +28,8 @@
 //! GFLOP/s from L1, ~2000 from L2, against a peak of ~3200 with no loads.
 //!
 //! Each parallel task owns a block of up to [`NB`] weight rows. It sweeps the
-//! columns one slice at a time ([`SLICE_COLS`]: a float matrix's panel, a row-major
-//! matrix cut to that width), so that every token's part of the slice stays in L2,
+//! columns one slice at a time (up to [`SLICE_COLS`], fewer for more than 256
+//! tokens: [`slice_cols`]), so that every token's part of the slice stays in L2,
 //! and within a slice one pair of weight strips (32 rows) at a time against every
 //! pair of token tiles. A pair's weights are packed into whole tiles (`[strip]
 //! [chunk][16 rows][32]`, bf16 copied, quantised weights dequantised and rounded)
@@ -59,10 +59,11 @@ const CHUNK: usize = 32;
 const ACT_TILE: usize = TILE * CHUNK;
 /// Below this many tokens the AVX-512 kernels take the batch.
 pub const MIN_BATCH: usize = 8;
-/// Columns of a slice of the sweep (a float matrix's panel; a row-major matrix is cut
-/// to this width): every token's part of a slice, 1 MiB of bf16 at 256 tokens, stays
-/// in L2 while each strip pair of the task meets it.
+/// Columns of a slice of the sweep at most (a float matrix's panel; see
+/// [`slice_cols`]).
 const SLICE_COLS: usize = 2048;
+/// Bytes of every token's part of a slice at most: 256 tokens of 2048 columns.
+const SLICE_ACT_BYTES: usize = 1 << 20;
 /// Weight rows per task at most (a multiple of 2 [`TILE`]s).
 const NB: usize = 256;
 /// u16 elements of one strip pair's packed slice: 32 rows of [`SLICE_COLS`].
@@ -200,20 +201,21 @@ unsafe fn to_bf16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
     _mm512_mask_mov_epi32(rounded, nan, quiet)
 }
 
-/// The column slices of `w`'s sweep: `(matrix, c, c0, width)`, columns `c .. c +
-/// width` of `matrix`, which are the full matrix's `c0 ..`: each panel of a float
-/// matrix whole, a row-major matrix [`SLICE_COLS`] at a time.
-fn slices<'a>(w: &'a Matrix<'a>) -> impl Iterator<Item = (Matrix<'a>, usize, usize, usize)> + 'a {
-    let row_major = w.is_row_major();
-    let cuts = if row_major { w.cols.div_ceil(SLICE_COLS) } else { 1 };
+/// Columns of the slices of a sweep over `n` tokens: every token's part of a slice
+/// (`n x width` bf16) at most [`SLICE_ACT_BYTES`] where that leaves at least 256
+/// columns (a multiple of a 4-bit tile's), so it stays in L2 beside the weights.
+fn slice_cols(n: usize) -> usize {
+    (SLICE_ACT_BYTES / (2 * n.max(1)) / 256 * 256).clamp(256, SLICE_COLS)
+}
+
+/// The column slices of `w`'s sweep, `cut` columns wide at most: `(matrix, c, c0,
+/// width)`, columns `c .. c + width` of `matrix` (a panel of a float matrix, else the
+/// matrix), which are the full matrix's `c0 ..`.
+fn slices<'a>(w: &'a Matrix<'a>, cut: usize) -> impl Iterator<Item = (Matrix<'a>, usize, usize, usize)> + 'a {
     w.panels().flat_map(move |(c0, panel)| {
-        (0..cuts).map(move |i| {
-            if row_major {
-                let c = i * SLICE_COLS;
-                (panel, c, c, SLICE_COLS.min(panel.cols - c))
-            } else {
-                (panel, 0, c0, panel.cols)
-            }
+        (0..panel.cols.div_ceil(cut)).map(move |i| {
+            let c = i * cut;
+            (panel, c, c0 + c, cut.min(panel.cols - c))
         })
     })
 }
@@ -229,10 +231,11 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
     let strips = nb.div_ceil(TILE);
     let pairs = strips.div_ceil(2);
     let token_tiles = n.div_ceil(TILE);
-    let count = slices(w).count();
+    let cut = slice_cols(n);
+    let count = slices(w, cut).count();
     let partial = partial.as_mut_ptr();
     let bufs = [packed.as_mut_ptr(), packed.as_mut_ptr().add(PAIR_ELEMS)];
-    for (si, (m, c, c0, width)) in slices(w).enumerate() {
+    for (si, (m, c, c0, width)) in slices(w, cut).enumerate() {
         let depth = width / CHUNK;
         let (first, last) = (si == 0, si + 1 == count);
         let rows8 = rows8.as_mut_ptr();

@@ -647,7 +647,8 @@ fn amx_gemm_matches_the_rounded_reference() {
     }
     let mut rng = Rng(16);
     // (tokens, rows, cols)
-    let shapes = [(8, 16, 32), (9, 33, 64), (16, 32, 96), (33, 70, 256), (50, 600, 64), (20, 45, 2 * 2048 + 64), (17, 300, 2048 + 32)];
+    // 300 tokens: slices of 1536 columns, cutting a panel.
+    let shapes = [(8, 16, 32), (9, 33, 64), (16, 32, 96), (33, 70, 256), (50, 600, 64), (20, 45, 2 * 2048 + 64), (17, 300, 2048 + 32), (300, 48, 2048 + 96)];
     for (n, rows, cols) in shapes {
         let owned = Owned::new(&mut rng, rows, cols);
         let bf16p = to_panels(&owned.bf16, rows, cols);
