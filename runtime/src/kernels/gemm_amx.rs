@@ -385,8 +385,38 @@ impl<'a> Packer<'a> {
     /// The next unit, if any is left.
     unsafe fn step(&mut self) {
         if self.done < self.units {
+            if self.done == 0 {
+                self.prefetch(0);
+            }
+            // The next unit's weights start on their way to L2 before this one is
+            // packed: a unit runs every few dozen tile products, too seldom for the
+            // hardware prefetchers to keep a stream going.
+            self.prefetch(self.done + 1);
             pack_unit(self.w, self.c, self.width, self.row0, self.rows, self.done, self.units, self.dst, self.rows8);
             self.done += 1;
+        }
+    }
+
+    /// Starts unit `u`'s weights on their way to L2 (nothing past the pair's rows).
+    unsafe fn prefetch(&self, u: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let j0 = u * (2 * TILE / self.units);
+        if u >= self.units || j0 >= self.rows {
+            return;
+        }
+        let row = self.row0 + j0;
+        let (start, len) = match self.w.data {
+            MatrixData::BF16(data) => (data.as_ptr().add(row * self.w.cols + self.c) as *const u8, self.width * 2),
+            MatrixData::Q8_0 { quants, .. } => (quants.as_ptr().add(row * self.w.cols.next_multiple_of(32) + self.c) as *const u8, self.width),
+            MatrixData::Q4_0(tiles) | MatrixData::Q4_K(tiles) => {
+                let per_group = olmo_format::q4::tiles_per_group(self.w.cols);
+                let t = row / 8 * per_group + self.c / olmo_format::q4::TILE_COLS;
+                (tiles.as_ptr().add(t * olmo_format::q4::TILE_BYTES), self.width.div_ceil(olmo_format::q4::TILE_COLS) * olmo_format::q4::TILE_BYTES)
+            }
+            MatrixData::F32(_) | MatrixData::F16(_) => return,
+        };
+        for line in (0..len).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(line) as *const i8);
         }
     }
 }
