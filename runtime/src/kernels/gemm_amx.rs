@@ -231,21 +231,31 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
     let strips = nb.div_ceil(TILE);
     let pairs = strips.div_ceil(2);
     let token_tiles = n.div_ceil(TILE);
-    let cut = slice_cols(n);
-    let count = slices(w, cut).count();
     let partial = partial.as_mut_ptr();
+    let rows8 = rows8.as_mut_ptr();
+    let rows_of = |sp: usize| (2 * TILE).min(nb - sp * 2 * TILE);
+    // The k-th pair of the sweep (counting across slices) is packed into bufs[k % 2];
+    // the first pair of a slice is packed during the last pair of the slice before.
     let bufs = [packed.as_mut_ptr(), packed.as_mut_ptr().add(PAIR_ELEMS)];
-    for (si, (m, c, c0, width)) in slices(w, cut).enumerate() {
+    let mut k = 0;
+    let mut sweep = slices(w, slice_cols(n)).peekable();
+    let mut first = true;
+    while let Some((m, c, c0, width)) = sweep.next() {
         let depth = width / CHUNK;
-        let (first, last) = (si == 0, si + 1 == count);
-        let rows8 = rows8.as_mut_ptr();
-        let rows_of = |sp: usize| (2 * TILE).min(nb - sp * 2 * TILE);
-        let packer = |sp: usize| Packer::new(&m, c, width, r0 + sp * 2 * TILE, rows_of(sp), bufs[sp % 2], rows8);
-        packer(0).finish();
+        let following = sweep.peek().copied();
+        let last = following.is_none();
+        if first {
+            Packer::new(m, c, width, r0, rows_of(0), bufs[0], rows8).finish();
+        }
         for sp in 0..pairs {
             let s = 2 * sp;
             let pair = 2.min(strips - s);
-            let mut next = if sp + 1 < pairs { Some(packer(sp + 1)) } else { None };
+            let into = bufs[(k + 1) % 2];
+            let mut next = match following {
+                _ if sp + 1 < pairs => Some(Packer::new(m, c, width, r0 + (sp + 1) * 2 * TILE, rows_of(sp + 1), into, rows8)),
+                Some((m2, c2, _, width2)) => Some(Packer::new(m2, c2, width2, r0, rows_of(0), into, rows8)),
+                None => None,
+            };
             if let Some(p) = &mut next {
                 p.spread(token_tiles.div_ceil(2) * depth);
             }
@@ -256,7 +266,7 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
                     unsafe { p.tick() }
                 }
             };
-            let a0 = bufs[sp % 2] as *const u8;
+            let a0 = bufs[k % 2] as *const u8;
             let a1 = a0.add(if pair == 2 { depth * ACT_TILE * 2 } else { 0 });
             let mut tt = 0;
             while tt < token_tiles {
@@ -292,7 +302,9 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
             if let Some(p) = &mut next {
                 p.finish();
             }
+            k += 1;
         }
+        first = false;
     }
 }
 
@@ -340,7 +352,7 @@ unsafe fn store_transposed(tile: *const f32, rows: usize, toks: usize, y: *mut f
 /// zero rows past the matrix's, one unit (a row; for 4-bit weights a group of eight)
 /// per call of [`Packer::step`], so that the work can be spread between tile products.
 struct Packer<'a> {
-    w: &'a Matrix<'a>,
+    w: Matrix<'a>,
     /// Columns `c .. c + width` of `w`.
     c: usize,
     width: usize,
@@ -357,7 +369,7 @@ struct Packer<'a> {
 }
 
 impl<'a> Packer<'a> {
-    fn new(w: &'a Matrix<'a>, c: usize, width: usize, row0: usize, rows: usize, dst: *mut u16, rows8: *mut f32) -> Packer<'a> {
+    fn new(w: Matrix<'a>, c: usize, width: usize, row0: usize, rows: usize, dst: *mut u16, rows8: *mut f32) -> Packer<'a> {
         let units = if w.data.q4().is_some() { 4 } else { 2 * TILE };
         Packer { w, c, width, row0, rows, dst, rows8, done: 0, units, every: 1, ticks: 0 }
     }
@@ -392,7 +404,7 @@ impl<'a> Packer<'a> {
             // packed: a unit runs every few dozen tile products, too seldom for the
             // hardware prefetchers to keep a stream going.
             self.prefetch(self.done + 1);
-            pack_unit(self.w, self.c, self.width, self.row0, self.rows, self.done, self.units, self.dst, self.rows8);
+            pack_unit(&self.w, self.c, self.width, self.row0, self.rows, self.done, self.units, self.dst, self.rows8);
             self.done += 1;
         }
     }
