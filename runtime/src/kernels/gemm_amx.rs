@@ -149,41 +149,69 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
 /// columns; tokens past `n` are zeros.
 fn pack_tokens(x: &[f32], n: usize, k: usize, tt: usize, dst: &mut [u16]) {
     assert!(dst.len() >= k / CHUNK * ACT_TILE && x.len() >= n * k);
-    for t in 0..TILE {
-        let token = tt * TILE + t;
-        if token < n {
-            // SAFETY: AVX-512 F and BW are present (`Kernels::Amx` needs them); the row
-            // has `k` values and `dst` a tile per 32 of them (asserted).
-            unsafe { pack_row(&x[token * k..][..k], t, dst) }
-        } else {
-            for ch in 0..k / CHUNK {
-                for p in 0..TILE {
-                    let at = ch * ACT_TILE + (p * TILE + t) * 2;
-                    dst[at..at + 2].fill(0);
-                }
-            }
+    let tokens = n.saturating_sub(tt * TILE).min(TILE);
+    // SAFETY: AVX-512 F and BW are present (`Kernels::Amx` needs them); the tile's
+    // `tokens` rows of `k` values are in `x` and `dst` has a tile per 32 (asserted).
+    unsafe { pack_tile(x.as_ptr().add(tt * TILE * k), tokens, k, dst.as_mut_ptr()) }
+}
+
+/// [`pack_tokens`] for `tokens` rows of `k` at `x`: per 32 columns, each token's 32
+/// values become 16 bf16 pairs (one 32-bit lane each), and the 16 x 16 lanes are
+/// transposed so that pair `p` of every token is row `p` of the tile (a scatter of
+/// each token's pairs cost 4% of a prompt).
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_tile(x: *const f32, tokens: usize, k: usize, dst: *mut u16) {
+    use std::arch::x86_64::*;
+    // 32 bf16 in column order, as 16 pairs: pair j is value 2j (16-bit element 4j of
+    // `lo` and `hi` side by side, `hi` from element 32) and value 2j + 1 (4j + 2).
+    let index = _mm512_setr_epi32(
+        0x0002_0000, 0x0006_0004, 0x000a_0008, 0x000e_000c, 0x0012_0010, 0x0016_0014, 0x001a_0018, 0x001e_001c,
+        0x0022_0020, 0x0026_0024, 0x002a_0028, 0x002e_002c, 0x0032_0030, 0x0036_0034, 0x003a_0038, 0x003e_003c,
+    );
+    for ch in 0..k / CHUNK {
+        let mut rows = [_mm512_setzero_ps(); TILE];
+        for (t, row) in rows.iter_mut().enumerate().take(tokens) {
+            let values = x.add(t * k + ch * CHUNK);
+            let lo = to_bf16(_mm512_loadu_ps(values));
+            let hi = to_bf16(_mm512_loadu_ps(values.add(16)));
+            *row = _mm512_castsi512_ps(_mm512_permutex2var_epi16(lo, index, hi));
+        }
+        transpose16(&mut rows);
+        let tile = dst.add(ch * ACT_TILE) as *mut f32;
+        for (p, row) in rows.iter().enumerate() {
+            _mm512_store_ps(tile.add(p * TILE), *row);
         }
     }
 }
 
-/// One token's row into column `t` of its tiles: 32 values become 16 pairs, which
-/// go 16 pairs apart (a scatter of 16 lanes).
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_row(row: &[f32], t: usize, dst: &mut [u16]) {
+/// Transposes 16 x 16 32-bit lanes in registers: lane `j` of row `i` becomes lane `i`
+/// of row `j`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(r: &mut [std::arch::x86_64::__m512; 16]) {
     use std::arch::x86_64::*;
-    let offsets = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
-    let base = dst.as_mut_ptr().add(2 * t) as *mut i32;
-    for (ch, values) in row.chunks_exact(CHUNK).enumerate() {
-        let lo = to_bf16(_mm512_loadu_ps(values.as_ptr()));
-        let hi = to_bf16(_mm512_loadu_ps(values.as_ptr().add(16)));
-        // 32 bf16 in column order, as 16 pairs: pair j is value 2j (16-bit element 4j
-        // of `lo` and `hi` side by side, `hi` from element 32) and value 2j + 1 (4j + 2).
-        let index = _mm512_setr_epi32(
-            0x0002_0000, 0x0006_0004, 0x000a_0008, 0x000e_000c, 0x0012_0010, 0x0016_0014, 0x001a_0018, 0x001e_001c,
-            0x0022_0020, 0x0026_0024, 0x002a_0028, 0x002e_002c, 0x0032_0030, 0x0036_0034, 0x003a_0038, 0x003e_003c,
-        );
-        let pairs = _mm512_permutex2var_epi16(lo, index, hi);
-        _mm512_i32scatter_epi32::<4>(base.add(ch * ACT_TILE / 2), offsets, pairs);
+    // Pairs of rows interleaved, then pairs of pairs: u[4i + m], 128-bit lane l, holds
+    // column 4l + m of rows 4i .. 4i + 4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for i in 0..4 {
+        let (a, b, c, d) = (r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]);
+        let (ab_lo, ab_hi) = (_mm512_castps_pd(_mm512_unpacklo_ps(a, b)), _mm512_castps_pd(_mm512_unpackhi_ps(a, b)));
+        let (cd_lo, cd_hi) = (_mm512_castps_pd(_mm512_unpacklo_ps(c, d)), _mm512_castps_pd(_mm512_unpackhi_ps(c, d)));
+        u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(ab_lo, cd_lo));
+        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(ab_lo, cd_lo));
+        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(ab_hi, cd_hi));
+        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(ab_hi, cd_hi));
+    }
+    // Then the lanes: column m + 4q gathers lane q of u[m], u[4 + m], u[8 + m], u[12 + m].
+    for m in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+        let v1 = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
+        let w0 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+        let w1 = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
+        r[m] = _mm512_shuffle_f32x4::<0x88>(v0, w0);
+        r[m + 4] = _mm512_shuffle_f32x4::<0xDD>(v0, w0);
+        r[m + 8] = _mm512_shuffle_f32x4::<0x88>(v1, w1);
+        r[m + 12] = _mm512_shuffle_f32x4::<0xDD>(v1, w1);
     }
 }
 
@@ -309,42 +337,19 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
 }
 
 /// A 16 x 16 result tile (`[row][token]`) into `y`: token `t`'s first `rows` values
-/// at `y + t * ldy`, for the first `toks` tokens. A 16 x 16 transpose in registers
-/// (the scalar one cost a fifth of the GEMM's time).
+/// at `y + t * ldy`, for the first `toks` tokens, transposed in registers (the
+/// scalar transpose cost a fifth of the GEMM's time).
 #[target_feature(enable = "avx512f")]
 unsafe fn store_transposed(tile: *const f32, rows: usize, toks: usize, y: *mut f32, ldy: usize) {
     use std::arch::x86_64::*;
-    let r: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(tile.add(TILE * j)));
-    // Pairs of rows interleaved, then pairs of pairs: u[4i + m], 128-bit lane l, holds
-    // column 4l + m of rows 4i .. 4i + 4.
-    let mut u = [_mm512_setzero_ps(); 16];
-    for i in 0..4 {
-        let (a, b, c, d) = (r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]);
-        let (ab_lo, ab_hi) = (_mm512_castps_pd(_mm512_unpacklo_ps(a, b)), _mm512_castps_pd(_mm512_unpackhi_ps(a, b)));
-        let (cd_lo, cd_hi) = (_mm512_castps_pd(_mm512_unpacklo_ps(c, d)), _mm512_castps_pd(_mm512_unpackhi_ps(c, d)));
-        u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(ab_lo, cd_lo));
-        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(ab_lo, cd_lo));
-        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(ab_hi, cd_hi));
-        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(ab_hi, cd_hi));
+    let mut r = [_mm512_setzero_ps(); TILE];
+    for (j, row) in r.iter_mut().enumerate() {
+        *row = _mm512_loadu_ps(tile.add(TILE * j));
     }
-    // Then the lanes: column m + 4 q gathers lane q of u[m], u[4 + m], u[8 + m], u[12 + m].
+    transpose16(&mut r);
     let mask: __mmask16 = if rows >= TILE { !0 } else { (1 << rows) - 1 };
-    for m in 0..4 {
-        let v0 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
-        let v1 = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
-        let w0 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
-        let w1 = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
-        let columns = [
-            (m, _mm512_shuffle_f32x4::<0x88>(v0, w0)),
-            (m + 4, _mm512_shuffle_f32x4::<0xDD>(v0, w0)),
-            (m + 8, _mm512_shuffle_f32x4::<0x88>(v1, w1)),
-            (m + 12, _mm512_shuffle_f32x4::<0xDD>(v1, w1)),
-        ];
-        for (t, v) in columns {
-            if t < toks {
-                _mm512_mask_storeu_ps(y.add(t * ldy), mask, v);
-            }
-        }
+    for (t, column) in r.iter().enumerate().take(toks) {
+        _mm512_mask_storeu_ps(y.add(t * ldy), mask, *column);
     }
 }
 
