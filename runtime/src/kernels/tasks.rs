@@ -20,6 +20,15 @@ use std::cell::RefCell;
 /// were level (0.96-1.01).
 pub(crate) const PREFETCH: usize = 6144;
 
+/// The 4-bit matvec kernels' prefetch distance: shorter than the others'. On Sapphire
+/// Rapids (2 threads, memory at ~30 GB/s, 1B decode steps alternating in one run) q4_0
+/// steps took 27.4-28.2 ms at 2 KiB against 36.4-36.6 at 6 KiB (floor 24.3), q4_k
+/// 23.3-23.4 against 24.5-25.5 (floor 23.9); 1, 1.5 and 2.5 KiB were within 2% of 2
+/// KiB, 3 KiB 6% slower, 0.5 KiB 8%. The AVX2 kernel (`OLMORT_KERNELS=avx2`, same
+/// machine): q4_0 27.5-28.6 ms against 43.1-44.3, q4_k 27.8-28.2 against 41.7-42.2.
+/// Not measured on Zen 4, where 6 KiB was chosen for the other kernels.
+pub(crate) const Q4_PREFETCH: usize = 2048;
+
 /// Runs `f` on the calling thread's value in `key`: per-thread scratch that is allocated
 /// on first use and then only ever grows, so nothing is allocated per call. A nested
 /// call (the thread's value already borrowed further up the stack) gets a fresh one.
