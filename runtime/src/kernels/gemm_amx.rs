@@ -28,8 +28,8 @@
 //! GFLOP/s from L1, ~2000 from L2, against a peak of ~3200 with no loads.
 //!
 //! Each parallel task owns a block of up to [`NB`] weight rows. It sweeps the
-//! columns one slice at a time (up to [`SLICE_COLS`], fewer for more than 256
-//! tokens: [`slice_cols`]), so that every token's part of the slice stays in L2,
+//! columns one slice at a time (up to [`SLICE_COLS`], fewer for more than 64 tokens:
+//! [`slice_cols`]), so that the tiles that meet stay in L1 and L2,
 //! and within a slice one pair of weight strips (32 rows) at a time against every
 //! pair of token tiles. A pair's weights are packed into whole tiles (`[strip]
 //! [chunk][16 rows][32]`, bf16 copied, quantised weights dequantised and rounded)
@@ -62,10 +62,17 @@ pub const MIN_BATCH: usize = 8;
 /// Columns of a slice of the sweep at most (a float matrix's panel; see
 /// [`slice_cols`]).
 const SLICE_COLS: usize = 2048;
-/// Bytes of every token's part of a slice at most: 256 tokens of 2048 columns.
-const SLICE_ACT_BYTES: usize = 1 << 20;
-/// Weight rows per task at most (a multiple of 2 [`TILE`]s).
-const NB: usize = 256;
+/// Bytes of every token's part of a slice at most (64 tokens of 2048 columns; 256
+/// columns, the least, from 512 tokens on), and weight rows per task at most (a
+/// multiple of 2 [`TILE`]s). Narrow slices keep a token pair's and a strip pair's
+/// tiles of the slice (16 KiB each at 256 columns) in L1 while they meet, and fewer
+/// rows per task keep its results between slices in L2: against 1 MiB and 256 rows,
+/// bf16 prompts of the 1B on Sapphire Rapids (2 threads, `prompt_floor`, 3 alternating
+/// pairs) went from 555-567 to 590-627 tok/s at 512 tokens and from 428-444 to
+/// 477-479 at 2048; q8_0 at 512 tokens stayed level (540-583 against 548-577).
+const SLICE_ACT_BYTES: usize = 1 << 18;
+/// Weight rows per task at most (a multiple of 2 [`TILE`]s; see [`SLICE_ACT_BYTES`]).
+const NB: usize = 128;
 /// u16 elements of one strip pair's packed slice: 32 rows of [`SLICE_COLS`].
 const PAIR_ELEMS: usize = 2 * TILE * SLICE_COLS;
 
@@ -231,7 +238,7 @@ unsafe fn to_bf16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
 
 /// Columns of the slices of a sweep over `n` tokens: every token's part of a slice
 /// (`n x width` bf16) at most [`SLICE_ACT_BYTES`] where that leaves at least 256
-/// columns (a multiple of a 4-bit tile's), so it stays in L2 beside the weights.
+/// columns (a multiple of a 4-bit tile's).
 fn slice_cols(n: usize) -> usize {
     (SLICE_ACT_BYTES / (2 * n.max(1)) / 256 * 256).clamp(256, SLICE_COLS)
 }
