@@ -274,11 +274,10 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
     let bufs = [packed.as_mut_ptr(), packed.as_mut_ptr().add(PAIR_ELEMS)];
     let mut k = 0;
     let mut sweep = slices(w, slice_cols(n)).peekable();
-    let mut first = true;
     while let Some((m, c, c0, width)) = sweep.next() {
         let depth = width / CHUNK;
         let following = sweep.peek().copied();
-        let last = following.is_none();
+        let (first, last) = (c0 == 0, following.is_none());
         if first {
             Packer::new(m, c, width, r0, rows_of(0), bufs[0], rows8).finish();
         }
@@ -339,7 +338,6 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
             }
             k += 1;
         }
-        first = false;
     }
 }
 
@@ -381,9 +379,18 @@ struct Packer<'a> {
 }
 
 impl<'a> Packer<'a> {
-    fn new(w: Matrix<'a>, c: usize, width: usize, row0: usize, rows: usize, dst: *mut u16, rows8: *mut f32) -> Packer<'a> {
+    /// A packer for rows `row0 .. row0 + rows` of columns `c .. c + width` of `w`, its
+    /// first unit's weights already on their way to L2.
+    ///
+    /// # Safety
+    /// `w` must hold those rows and columns; `dst` must have room for a pair's slice
+    /// and `rows8` for eight rows of it, and no one else may use either until the
+    /// packer is done.
+    unsafe fn new(w: Matrix<'a>, c: usize, width: usize, row0: usize, rows: usize, dst: *mut u16, rows8: *mut f32) -> Packer<'a> {
         let units = if w.data.q4().is_some() { 4 } else { 2 * TILE };
-        Packer { w, c, width, row0, rows, dst, rows8, done: 0, units, every: 1, ticks: 0 }
+        let p = Packer { w, c, width, row0, rows, dst, rows8, done: 0, units, every: 1, ticks: 0 };
+        p.prefetch(0);
+        p
     }
 
     /// Spreads the units evenly over `ticks` calls of [`Packer::tick`].
@@ -409,9 +416,6 @@ impl<'a> Packer<'a> {
     /// The next unit, if any is left.
     unsafe fn step(&mut self) {
         if self.done < self.units {
-            if self.done == 0 {
-                self.prefetch(0);
-            }
             // The next unit's weights start on their way to L2 before this one is
             // packed: a unit runs every few dozen tile products, too seldom for the
             // hardware prefetchers to keep a stream going.

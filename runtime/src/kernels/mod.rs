@@ -434,4 +434,3 @@ pub fn swiglu(k: Kernels, gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 #[cfg(test)]
 mod tests;
-
