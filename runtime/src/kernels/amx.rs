@@ -134,3 +134,13 @@ pub unsafe fn store<const T: u8>(base: *mut u8, stride: usize) {
 pub unsafe fn dot_bf16<const C: u8, const A: u8, const B: u8>() {
     asm!("tdpbf16ps tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B, options(nostack, nomem));
 }
+
+/// `C += A B` on signed bytes into i32: tiles `C`, `A` (int8 rows) and `B` (rows of
+/// int8 quads), each sum exact.
+///
+/// # Safety
+/// As [`dot_bf16`].
+#[inline(always)]
+pub unsafe fn dot_i8<const C: u8, const A: u8, const B: u8>() {
+    asm!("tdpbssd tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B, options(nostack, nomem));
+}

@@ -195,7 +195,7 @@ unsafe fn pack_tile(x: *const f32, tokens: usize, k: usize, dst: *mut u16) {
 /// of row `j`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose16(r: &mut [std::arch::x86_64::__m512; 16]) {
+pub(super) unsafe fn transpose16(r: &mut [std::arch::x86_64::__m512; 16]) {
     use std::arch::x86_64::*;
     // Pairs of rows interleaved, then pairs of pairs: u[4i + m], 128-bit lane l, holds
     // column 4l + m of rows 4i .. 4i + 4.

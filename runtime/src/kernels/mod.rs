@@ -13,7 +13,8 @@
 //!   `float_avx512` (float weights' one-token and decode-batch products on AVX-512 F),
 //!   `gemm_q8` and `q8_vnni` (q8_0 batches and one-token products on AVX-512 VNNI),
 //!   `gemm_q4` and `q4_vnni` (the same for q4_0 and q4_k), `amx` (the AMX tile
-//!   instructions, `asm!`) and `gemm_amx` (prompt batches on AMX tiles);
+//!   instructions, `asm!`), `gemm_amx` (prompt batches on AMX bf16 tiles) and
+//!   `q8_amx` (q8_0 short prompts on AMX int8 tiles);
 //! - this file: the dispatch. Four kernel sets, chosen at run time from what the CPU
 //!   has: [`Kernels::Portable`], [`Kernels::Avx2`], [`Kernels::Avx512`] (the AVX2
 //!   set with the AVX-512 kernels where they pay) and [`Kernels::Amx`] (the AVX-512
@@ -47,6 +48,8 @@ mod q4_avx2;
 #[cfg(target_arch = "x86_64")]
 mod q4_vnni;
 #[cfg(target_arch = "x86_64")]
+mod q8_amx;
+#[cfg(target_arch = "x86_64")]
 mod q8_vnni;
 mod tasks;
 
@@ -72,7 +75,8 @@ pub enum Kernels {
     Avx512,
     /// [`Kernels::Avx512`], with prompt batches of bf16, q8_0, q4_0 and q4_k weights
     /// on AMX tiles (`tdpbf16ps`: the weights dequantised to bf16, the activations
-    /// rounded to bf16); only selectable where [`amx_available`].
+    /// rounded to bf16), q8_0 prompts of under 64 tokens on int8 tiles (`tdpbssd`,
+    /// `q8_amx`); only selectable where [`amx_available`].
     Amx,
 }
 
@@ -97,7 +101,7 @@ impl Kernels {
         matches!(self, Kernels::Avx512 | Kernels::Amx) && avx512_available()
     }
 
-    /// Whether `self` adds the AMX prompt GEMMs.
+    /// Whether `self` adds the AMX kernels.
     fn amx(self) -> bool {
         self == Kernels::Amx && amx_available()
     }
@@ -134,12 +138,13 @@ pub fn avx512_available() -> bool {
     }
 }
 
-/// Whether this CPU can run [`Kernels::Amx`]: [`avx512_available`], AMX tiles with
-/// bf16 and int8 products, and Linux's permission to use them (asked once).
+/// Whether this CPU can run [`Kernels::Amx`]: [`avx512_available`] with AVX-512 DQ,
+/// AMX tiles with bf16 and int8 products, and Linux's permission to use them (asked
+/// once).
 pub fn amx_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        avx512_available() && amx::available()
+        avx512_available() && is_x86_feature_detected!("avx512dq") && amx::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -269,6 +274,13 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(y.len(), n * w.rows);
     w.check();
     match k {
+        #[cfg(target_arch = "x86_64")]
+        _ if k.amx() && n < q8_amx::TILES_BELOW && matches!(w.data, MatrixData::Q8_0 { .. }) => {
+            let MatrixData::Q8_0 { quants, scales } = w.data else { unreachable!() };
+            // SAFETY: the CPU has what the kernel needs (checked), `check` found
+            // every row's quants and scales, and the lengths of `x` and `y` are asserted.
+            unsafe { q8_amx::matmul(quants, scales, w.rows, w.cols, x, n, y) }
+        }
         #[cfg(target_arch = "x86_64")]
         _ if k.amx() && n >= gemm_amx::MIN_BATCH && gemm_amx::fits(w) => {
             // SAFETY: the CPU has AMX and the process may use it (checked), `check`

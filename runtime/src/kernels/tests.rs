@@ -648,12 +648,13 @@ fn amx_gemm_matches_the_rounded_reference() {
     let mut rng = Rng(16);
     // (tokens, rows, cols)
     // 300 tokens: slices of 1536 columns, cutting a panel.
-    let shapes = [(8, 16, 32), (9, 33, 64), (16, 32, 96), (33, 70, 256), (50, 600, 64), (20, 45, 2 * 2048 + 64), (17, 300, 2048 + 32), (300, 48, 2048 + 96)];
+    let shapes = [(8, 16, 32), (9, 33, 64), (16, 32, 96), (33, 70, 256), (50, 600, 64), (20, 45, 2 * 2048 + 64), (17, 300, 2048 + 32), (300, 48, 2048 + 96), (64, 40, 160)];
     for (n, rows, cols) in shapes {
         let owned = Owned::new(&mut rng, rows, cols);
         let bf16p = to_panels(&owned.bf16, rows, cols);
         let mut all = owned.all();
-        all.retain(|(name, _)| !matches!(*name, "f32" | "f16"));
+        // q8_0 batches this small take the int8 tiles (`q8_amx_matches_its_reference_bit_for_bit`).
+        all.retain(|(name, _)| !matches!(*name, "f32" | "f16") && (*name != "q8_0" || n >= q8_amx::TILES_BELOW));
         if cols > 2048 {
             all.push(("bf16 panels", Matrix::column_panels(rows, cols, MatrixData::BF16(&bf16p))));
         }
@@ -679,6 +680,67 @@ fn amx_gemm_matches_the_rounded_reference() {
                     // bf16 keeps 8 significant bits: each factor moves by at most 2^-9
                     // of itself (bf16 weights not at all).
                     assert!((g - exact).abs() <= mag * (2.0 / 512.0 + 1e-5) + 1e-6, "{at}: {g} vs exact {exact}");
+                }
+            }
+        }
+    }
+}
+
+/// The AMX set's q8_0 products (`q8_amx`: int8 tiles for batches, VNNI for a lone
+/// token) give every token exactly the arithmetic `q8_amx::reference` spells out, in
+/// decode batches and small prompt batches alike: partial row tiles, an odd number of
+/// blocks (a pair half empty), columns short of a block, token tiles part full, and
+/// matrices the threads split.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn q8_amx_matches_its_reference_bit_for_bit() {
+    if !Kernels::Amx.supported() {
+        eprintln!("skipped: this CPU or kernel has no AMX tiles");
+        return;
+    }
+    let mut rng = Rng(0x0A3C);
+    for (rows, cols) in [
+        (1, 31),
+        (16, 64),
+        (17, 100),
+        (33, 515),
+        (250, 96),
+        (20, 63 * 32),
+        (300, 2048 + 32),
+        (1000, 1024),
+    ] {
+        let owned = Owned::new(&mut rng, rows, cols);
+        let blocks = cols.div_ceil(32);
+        let w = Matrix::row_major(
+            rows,
+            cols,
+            MatrixData::Q8_0 {
+                quants: &owned.quants,
+                scales: &owned.scales,
+            },
+        );
+        for n in [1, 2, 7, 8, 9, 17, 40, 63] {
+            let x = rng.vec(n * cols);
+            let (mut decode, mut prompt) = (vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]);
+            // SAFETY: AMX is supported (checked above); the matrix holds every row.
+            unsafe { q8_amx::matmul(&owned.quants, &owned.scales, rows, cols, &x, n, &mut decode) };
+            matmul_with(Kernels::Amx, &w, &x, n, &mut prompt);
+            for t in 0..n {
+                let mut qx = QuantX::new();
+                qx.quantize_portable(&x[t * cols..][..cols]);
+                for r in 0..rows {
+                    let want = q8_amx::reference(&owned.quants, &owned.scales, blocks, r, &qx);
+                    let (d, p) = (decode[t * rows + r], prompt[t * rows + r]);
+                    assert_eq!(
+                        d.to_bits(),
+                        want.to_bits(),
+                        "{rows}x{cols} n={n} [{t},{r}] decode: {d} vs {want}"
+                    );
+                    assert_eq!(
+                        p.to_bits(),
+                        want.to_bits(),
+                        "{rows}x{cols} n={n} [{t},{r}] prompt: {p} vs {want}"
+                    );
                 }
             }
         }
