@@ -340,7 +340,7 @@ unsafe fn row_tile(
     // The pairs chain by chain (16g + j for j, then g), so each chain's 16 rows stay in
     // registers until it is done (kept in memory, pair by pair, the chains cost 20% of
     // a decode batch: with the token tiles they overflow L1).
-    let order = (0..CHAINS.min(pairs)).flat_map(|j| (j..pairs).step_by(CHAINS));
+    let mut order = (0..CHAINS.min(pairs)).flat_map(|j| (j..pairs).step_by(CHAINS));
     // Not zeroed whole (20 KiB of stores per call): a chain is written when done, and
     // those a row of fewer than 16 pairs lacks are zeroed here.
     let mut chains = std::mem::MaybeUninit::<[[__m512; TILE]; CHAINS]>::uninit();
@@ -359,31 +359,34 @@ unsafe fn row_tile(
     let mut staged_pair = [0usize; 4];
     let sums = staged.as_mut_ptr() as *mut i32;
     let stage = |i: usize| sums.add(i % 4 * TILE * TILE);
-    for (i, p) in order.enumerate() {
-        if from_memory {
-            // The row tile after next (16 rows from `32 * lda` bytes on) on its way to
-            // L2, 1 KiB per pair: all of it by the time it is needed, one stream in the
-            // order it lies in memory. (Ahead along each row instead, a tile load
-            // waited on memory for half the step.)
-            let next = a.wrapping_add(2 * TILE * lda + i * TILE * 64);
-            for m in 0..TILE {
-                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(m * 64) as *const i8);
+    // LAG iterations past the last product drain the staged sums.
+    for i in 0..pairs + LAG {
+        if let Some(p) = order.next() {
+            if from_memory {
+                // The row tile after next (16 rows from `32 * lda` bytes on) on its way to
+                // L2, 1 KiB per pair: all of it by the time it is needed, one stream in the
+                // order it lies in memory. (Ahead along each row instead, a tile load
+                // waited on memory for half the step.)
+                let next = a.wrapping_add(2 * TILE * lda + i * TILE * 64);
+                for m in 0..TILE {
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(m * 64) as *const i8);
+                }
             }
+            // A tile load waits on each row that misses L1 (from L2, rows in L2 ran at
+            // half the speed of rows in L1): the rows of the pair AHEAD on into L1.
+            let ahead = a.wrapping_add((p + AHEAD * CHAINS) * 64);
+            for m in 0..TILE {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(m * lda) as *const i8);
+            }
+            let (ap, bp, out) = (a.add(p * 64), bq.add(p * B_BYTES), stage(i));
+            match i % 4 {
+                0 => product::<0, 4, 6>(ap, lda, bp, out),
+                1 => product::<1, 5, 7>(ap, lda, bp, out),
+                2 => product::<2, 4, 6>(ap, lda, bp, out),
+                _ => product::<3, 5, 7>(ap, lda, bp, out),
+            }
+            staged_pair[i % 4] = p;
         }
-        // A tile load waits on each row that misses L1 (from L2, rows in L2 ran at
-        // half the speed of rows in L1): the rows of the pair AHEAD on into L1.
-        let ahead = a.wrapping_add((p + AHEAD * CHAINS) * 64);
-        for m in 0..TILE {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(m * lda) as *const i8);
-        }
-        let (ap, bp, out) = (a.add(p * 64), bq.add(p * B_BYTES), stage(i));
-        match i % 4 {
-            0 => product::<0, 4, 6>(ap, lda, bp, out),
-            1 => product::<1, 5, 7>(ap, lda, bp, out),
-            2 => product::<2, 4, 6>(ap, lda, bp, out),
-            _ => product::<3, 5, 7>(ap, lda, bp, out),
-        }
-        staged_pair[i % 4] = p;
         if i >= LAG {
             let (d, pair) = (i - LAG, staged_pair[(i - LAG) % 4]);
             if pair % CHAINS != chain {
@@ -398,20 +401,6 @@ unsafe fn row_tile(
                 ws.add(pair * TILE * 2),
             );
         }
-    }
-    for d in pairs.saturating_sub(LAG)..pairs {
-        let pair = staged_pair[d % 4];
-        if pair % CHAINS != chain {
-            done.add(chain)
-                .write(std::mem::replace(&mut acc, [_mm512_setzero_ps(); TILE]));
-            chain = pair % CHAINS;
-        }
-        scale_add(
-            &mut acc,
-            stage(d),
-            bs.add(pair * TILE),
-            ws.add(pair * TILE * 2),
-        );
     }
     done.add(chain).write(acc);
     // SAFETY: every chain was written above, in the loop or as missing.
