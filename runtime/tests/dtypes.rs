@@ -427,7 +427,7 @@ fn kernel_sets_agree_for_every_dtype() {
 ///
 /// | weights | max logit error | top-1 agreement | batched - single, kernel sets |
 /// | f32, bf16, f16 | 0.0105 (olmo2-odd) | 97.7% (olmo3-yarn bf16: 43 of 44), 100% elsewhere | 2.07e-3 (olmo3-yarn f32 and f16) |
-/// | q8_0 | 0.321 (olmo3-window; 0.225 tiny) | 93.8% (wide: 15 of 16) | 0.175 (olmo3-yarn) |
+/// | q8_0 | 0.321 (olmo3-window; 0.225 tiny) | 93.8% (wide: 15 of 16) | 0.233 (olmo3-yarn, AVX-512: its decode kernel's lane sums) |
 ///
 /// Beside the weights' own error (f16 0.019, bf16 0.185, q8_0 0.824) the cache adds
 /// about half of f16's and little to the others'. Between code paths, a value an ulp
@@ -435,7 +435,7 @@ fn kernel_sets_agree_for_every_dtype() {
 /// q8_0 re-quantises what follows: hence the looser agreement bounds. The bounds sit a
 /// little above the measurements.
 const F16_CACHE_FLOAT: (f32, f64, f32) = (0.015, 0.95, 3e-3);
-const F16_CACHE_Q8_0: (f32, f64, f32) = (0.4, 0.9, 0.2);
+const F16_CACHE_Q8_0: (f32, f64, f32) = (0.4, 0.9, 0.26);
 /// The same for q4_0 and q4_k: max logit error 0.554 (olmo3-window q4_k; 0.271 on the
 /// OLMo-2 fixtures), top-1 93.8% (wide q4_k), batched against single and kernel sets
 /// within 0.166 (olmo2-odd q4_0 under AVX2: a rounding edge, as for q8_0).

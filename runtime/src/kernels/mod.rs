@@ -228,7 +228,7 @@ pub fn matvec_with(k: Kernels, w: &Matrix, x: &[f32], y: &mut [f32]) {
         MatrixData::Q8_0 { quants, scales } if k.avx512() => {
             // SAFETY: the CPU has what the kernel needs (checked), `check` found every
             // row's quants and scales, and the lengths of `x` and `y` are asserted.
-            unsafe { q8_vnni::matvec(quants, scales, w.cols, x, y) }
+            unsafe { q8_vnni::matmul_decode(quants, scales, w.cols, x, 1, y) }
         }
         #[cfg(target_arch = "x86_64")]
         MatrixData::Q4_0(_) | MatrixData::Q4_K(_) if k.avx512() => {

@@ -1,216 +1,91 @@
-//! q8_0 products with AVX-512 VNNI, one token (`matvec`) and decode batches of a few
-//! (`matmul_decode`): each 512-bit `vpdpbusd` takes two blocks of 32 weights against the
-//! activations' quants, sixteen lanes of four byte products.
+//! q8_0 products with AVX-512 VNNI: decode batches of one token or a few
+//! ([`matmul_decode`]), and the AMX set's lone tokens in its tiles' arithmetic
+//! ([`matmul_tile_order`]).
 //!
-//! `vpdpbusd` multiplies unsigned bytes by signed ones. The activations are made
-//! unsigned (`q + 128`, once per token and product) and each dot product starts from
-//! `-128 * sum(w)` per lane, which the weights' side computes once for all tokens; the
-//! integer block sums are exact and equal to the AVX2 kernel's, only the order of the
-//! float additions differs. See [`rows`] for the instruction count per pair of blocks.
+//! The decode kernel reads eight rows side by side, a pair of blocks (one 64-byte
+//! line) of each per step, and transposes them in registers so that every 32-bit lane
+//! holds one row's, one block's, even or odd quads ([`rows_lanes`]): each lane's
+//! `vpdpbusd` sum is then the exact integer sum for its (row, block, parity), with no
+//! horizontal adds, and its float step is one FMA. The transposition is shared by
+//! every token of the batch; each token costs per step 8 `vpdpbusd` and 6 float
+//! operations. `vpdpbusd` multiplies unsigned bytes by signed ones: the weights are
+//! made unsigned (`w ^ 0x80`, that is `w + 128`) and each token's lane sums start
+//! from `-128` times the sum of its quants they meet, computed once per token.
 //!
-//! Two forms measured before, both slower: signing the activations by the weights'
-//! sign mask (`|w|` against `x` negated under the mask, as AVX2's `maddubs` kernel
-//! does), which costs every token two more instructions per pair of blocks (the masked
-//! negation and a permute of the scale products): a batch of 4 tokens took 1.92x one
-//! token's time, now 1.13x (kernels bench, AMD EPYC, 16384 x 2048); and making the
-//! weights unsigned with a per-call table of `-128 * sum(x)` per lane, which reads one
-//! more load per 64 bytes for every row.
+//! Measured against the row-at-a-time kernel it replaced (each row's two blocks per
+//! register, a permute of the scales and an FMA per token per 64 bytes; Sapphire
+//! Rapids, 2 threads, 16384 x 2048 in the kernels bench): a batch of 2/4/8 tokens took
+//! 1.11/1.35/1.76 of one token's time instead of 1.03/1.60/3.26; a lone token's 1B
+//! decode step 0.95-1.00 of its floor against 0.95-0.97 (`decode_floor`, alternating).
+//! Reading the rows' next lines ahead, and from a row's end on the next group's, took
+//! its 2048-column products from 0.89 to 1.04 of a stream; four rows side by side in
+//! place of eight were no faster.
 
 use std::arch::x86_64::*;
-
-use half::f16;
 
 use std::cell::RefCell;
 
 use super::activations::QuantX;
-use super::tasks::{grow, min_rows_per_block, par_row_groups, par_rows_guided, rows_per_sub_block, with_local, SendPtr, PREFETCH};
-
-thread_local! {
-    static QX: RefCell<[(QuantX, UnsignedX); 1]> = RefCell::new(Default::default());
-}
-
-/// `y = W x` for a q8_0 matrix `cols` wide: `x` quantised once, rows claimed by the
-/// threads in shrinking blocks, as the AVX2 matvec does.
-///
-/// # Safety
-/// AVX2/FMA/F16C and AVX-512 F/VL/BW/VNNI; `quants` and `scales` must hold
-/// `y.len()` rows of `cols` (as `Matrix::check` finds) and `x` `cols` values.
-pub(super) unsafe fn matvec(quants: &[i8], scales: &[u16], cols: usize, x: &[f32], y: &mut [f32]) {
-    let blocks = cols.div_ceil(32);
-    let min = min_rows_per_block(blocks * 34, 4);
-    with_local(&QX, |one| {
-        let (qx, unsigned) = &mut one[0];
-        qx.quantize(x);
-        unsigned.fill(qx, blocks);
-        let one = &*one;
-        // SAFETY: as the caller vouches; `par_rows_guided` gives each call a disjoint
-        // `ys` starting at row `r0` with `r0 + ys.len()` within the matrix.
-        par_rows_guided(y, min, 1, |r0, ys| unsafe {
-            // Through `rows_n`: `rows` is inlined into its caller, and only a caller
-            // compiled with the AVX-512 features gets the instructions inline (in this
-            // closure each intrinsic was a call: the matvec ran 16x slower).
-            rows_n(quants.as_ptr(), scales.as_ptr(), blocks, r0, ys.len(), one, ys.as_mut_ptr().wrapping_sub(r0), 0)
-        })
-    })
-}
-
-/// `y[t] = W x[t]` for a decode batch of `n` tokens (`x` is `n x cols`, `y` is
-/// `n x rows`): each token's outputs are exactly [`matvec`]'s (the same operations in
-/// the same order, [`rows`]), so a sequence's numbers do not depend on its batch, while
-/// each weight block is loaded once for up to [`FEW`] tokens and the rows are taken in
-/// sub-blocks that stay in L2 while every group of tokens passes over them.
-///
-/// # Safety
-/// As [`matvec`], with `x` holding `n` rows of `cols` and `y` `n` rows of `y_rows`.
-pub(super) unsafe fn matmul_decode(quants: &[i8], scales: &[u16], cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
-    let rows_total = y.len() / n.max(1);
-    let blocks = cols.div_ceil(32);
-    let min = min_rows_per_block(blocks * 34, 4);
-    let sub = rows_per_sub_block(blocks * 34, 1, MANY_SUB_BYTES);
-    let yp = SendPtr(y.as_mut_ptr());
-    with_local(&MANY, |many| {
-        if many.len() < n {
-            many.resize_with(n, Default::default);
-        }
-        for (t, (q, unsigned)) in many[..n].iter_mut().enumerate() {
-            q.quantize(&x[t * cols..][..cols]);
-            unsigned.fill(q, blocks);
-        }
-        let many = &many[..n];
-        // SAFETY: as the caller vouches; `par_row_groups` gives each call rows
-        // `a .. a + len` within the matrix, which it alone writes for its tokens.
-        par_row_groups(y, n, rows_total, min, 1, sub, FEW, |a, len, t0, m| unsafe {
-            rows_n(quants.as_ptr(), scales.as_ptr(), blocks, a, len, &many[t0..t0 + m], yp.get().add(t0 * rows_total), rows_total)
-        })
-    })
-}
-
-/// Tokens [`matmul_decode`] passes over a weight row at once.
-const FEW: usize = 4;
+use super::tasks::{grow, min_rows_per_block, par_row_groups, rows_per_sub_block, with_local, SendPtr, PREFETCH};
 
 /// Weights a sub-block of a decode batch covers: a quarter of a 2 MiB L2.
 const MANY_SUB_BYTES: usize = 512 << 10;
 
-thread_local! {
-    /// The calling thread's quantised tokens of a decode batch; only ever grows.
-    static MANY: RefCell<Vec<(QuantX, UnsignedX)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// [`rows`] for 1 to [`FEW`] tokens.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn rows_n(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, len: usize, x: &[(QuantX, UnsignedX)], y: *mut f32, ldy: usize) {
-    let q: [&QuantX; FEW] = std::array::from_fn(|t| &x[t.min(x.len() - 1)].0);
-    let s: [&UnsignedX; FEW] = std::array::from_fn(|t| &x[t.min(x.len() - 1)].1);
-    match x.len() {
-        1 => rows::<1>(quants, scales, blocks, r0, len, q, s, y, ldy),
-        2 => rows::<2>(quants, scales, blocks, r0, len, q, s, y, ldy),
-        3 => rows::<3>(quants, scales, blocks, r0, len, q, s, y, ldy),
-        _ => rows::<4>(quants, scales, blocks, r0, len, q, s, y, ldy),
-    }
-}
-
-/// A quantised token's quants made unsigned for [`rows`] (`q + 128`, so `vpdpbusd`
-/// takes them as they are against the signed weights). Built once per token and
-/// product, read by every row.
+/// A token of a product here: its quants, and what a kernel reads of them besides.
 #[derive(Default)]
-struct UnsignedX {
-    unsigned: Vec<u8>,
+struct Token {
+    q: QuantX,
+    lanes: LaneX,
 }
 
-impl UnsignedX {
-    /// Lays out the first `blocks` blocks of `x`.
-    fn fill(&mut self, x: &QuantX, blocks: usize) {
-        grow(&mut self.unsigned, blocks * 32);
-        for (u, &q) in self.unsigned.iter_mut().zip(&x.quants[..blocks * 32]) {
-            *u = (q as u8) ^ 0x80;
-        }
-    }
+thread_local! {
+    /// The calling thread's tokens of a product; only ever grows.
+    static TOKENS: RefCell<Vec<Token>> = const { RefCell::new(Vec::new()) };
 }
 
-/// q8_0 rows `r0 .. r0 + len` (`blocks` per row) against `N` quantised tokens `x` (their
-/// quants and block scales, and `unsigned` the quants made unsigned), token
-/// `t`'s outputs at `y + t * ldy`. Each token's sums do not depend on `N`: every step
-/// below is done per token in the same order.
-///
-/// Per pair of blocks the weights' work is shared by the tokens: the load, the
-/// correction `128 * sum(w)` per lane (one `vpdpbusd` against 128s; each token's
-/// `vpdpbusd` of `q + 128` starts from its negation, so the integer sums are exact).
-/// Each token then takes four instructions: the `vpdpbusd` (its
-/// quants a memory operand), a conversion, the spread of its two blocks' scale products
-/// (weights' x token's, one multiply per group of eight blocks; a permute per pair) and
-/// an FMA. Loading the token's scales ready spread per pair (64 bytes per 64 weights,
-/// as many as its quants) and multiplying by each scale in turn held a lone token's 1B
-/// decode step to 0.74 of a stream at 61-68 GB/s (`down_proj`, 8192 columns, 0.59);
-/// now 0.84 (0.82), and a batch of 4 tokens costs 1.15-1.65 of one token's time
-/// instead of 1.81-2.02, 8 tokens 2.14-2.90 instead of 3.49-3.80 (`model_matvec`, 30
-/// rounds; kernels bench, 65536 x 2048; 2 threads).
+/// Quantises the `n` tokens of `x` (`cols` each) into this thread's scratch, lets
+/// `prepare` lay each out for the kernel, and runs `rows(a, len, tokens, y, ldy)` on
+/// the threads for each group of at most `few` tokens and block of rows
+/// (`par_row_groups`, blocks a multiple of `align` rows): rows `a .. a + len` of
+/// `tokens`, the first one's outputs at `y`, the next ones' `ldy` further each.
 ///
 /// # Safety
-/// AVX2/FMA/F16C and AVX-512 F/VL/BW/VNNI; `quants` and `scales` must hold rows
-/// `r0 .. r0 + len`, each `x[t]` and `unsigned[t]` `blocks` blocks, and `y` room for
-/// row `r0 + len - 1` of token `N - 1` at stride `ldy`.
+/// `rows` must write only those rows of those tokens.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn rows<const N: usize>(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, len: usize, x: [&QuantX; FEW], unsigned: [&UnsignedX; FEW], y: *mut f32, ldy: usize) {
-    let xq: [*const i8; N] = std::array::from_fn(|t| x[t].quants[..blocks * 32].as_ptr());
-    let xd: [*const f32; N] = std::array::from_fn(|t| x[t].scales[..blocks].as_ptr());
-    let xu: [*const u8; N] = std::array::from_fn(|t| unsigned[t].unsigned[..blocks * 32].as_ptr());
-    // Lanes 0-7 take the scale of a pair's first block, 8-15 of its second; pair `k`
-    // of a group of eight blocks holds blocks 2k and 2k + 1.
-    let pair_lanes: [__m512i; 4] = std::array::from_fn(|k| {
-        let (a, b) = (2 * k as i32, 2 * k as i32 + 1);
-        _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
-    });
-    let offset = _mm512_set1_epi8(-128);
-    let groups = blocks / 8;
-    for r in r0..r0 + len {
-        let q = quants.add(r * blocks * 32);
-        let s = scales.add(r * blocks);
-        let mut acc = [[_mm512_setzero_ps(); 2]; N];
-        for g in 0..groups {
-            // The scales are a second stream, 1/16 of the quants' bytes. Prefetching it
-            // too: 1B decode steps alternating with and without in one process (2
-            // threads, 200 steps) were a median 1.6% faster, 0.8% slower to 3.6%
-            // faster over 8 runs; 1.2% (0.5-2.3%) with the AVX2 kernel.
-            _mm_prefetch::<_MM_HINT_T0>((s.add(g * 8) as *const i8).wrapping_add(PREFETCH / 16));
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(s.add(g * 8) as *const __m128i));
-            // Each token's eight block scales of this group times the weights': one
-            // product per block, spread to its pair's lanes below.
-            let d: [__m512; N] = std::array::from_fn(|t| _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_loadu_ps(xd[t].add(g * 8)))));
-            for (k, lanes) in pair_lanes.iter().enumerate() {
-                let off = g * 256 + k * 64;
-                _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(off + PREFETCH));
-                let w = _mm512_loadu_si512(q.add(off) as *const _);
-                // -128 * sum(w) per lane: (-128 as u8 = 128) x w, negated.
-                let start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, w));
-                for t in 0..N {
-                    let dot = _mm512_dpbusd_epi32(start, _mm512_loadu_si512(xu[t].add(off) as *const _), w);
-                    acc[t][k % 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(*lanes, d[t]), acc[t][k % 2]);
-                }
-            }
+unsafe fn for_row_groups(
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    align: usize,
+    few: usize,
+    prepare: impl Fn(&mut Token),
+    rows: impl Fn(usize, usize, &[Token], *mut f32, usize) + Sync + Send,
+) {
+    let rows_total = y.len() / n.max(1);
+    let row_bytes = cols.div_ceil(32) * 34;
+    let min = min_rows_per_block(row_bytes, align);
+    let sub = rows_per_sub_block(row_bytes, align, MANY_SUB_BYTES);
+    let yp = SendPtr(y.as_mut_ptr());
+    with_local(&TOKENS, |many| {
+        if many.len() < n {
+            many.resize_with(n, Default::default);
         }
-        let mut tail = [_mm256_setzero_ps(); N];
-        for b in groups * 8..blocks {
-            let w = _mm256_loadu_si256(q.add(b * 32) as *const __m256i);
-            for t in 0..N {
-                let xv = _mm256_loadu_si256(xq[t].add(b * 32) as *const __m256i);
-                let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w), _mm256_sign_epi8(xv, w));
-                let d = f16::from_bits(*s.add(b)).to_f32() * *xd[t].add(b);
-                tail[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d), tail[t]);
-            }
+        for (t, token) in many[..n].iter_mut().enumerate() {
+            token.q.quantize(&x[t * cols..][..cols]);
+            prepare(token);
         }
-        for t in 0..N {
-            let tail = _mm512_zextps256_ps512(tail[t]);
-            *y.add(t * ldy + r) = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), tail));
-        }
-    }
+        let many = &many[..n];
+        par_row_groups(y, n, rows_total, min, align, sub, few, |a, len, t0, m| {
+            rows(a, len, &many[t0..t0 + m], yp.get().wrapping_add(t0 * rows_total), rows_total)
+        })
+    })
 }
 
 /// `y[t] = W x[t]` for a q8_0 matrix against `n` tokens (`x` is `n x cols`, `y` is
 /// `n x rows`) in the AMX kernel set's arithmetic (`q8_amx`'s `reference`): bit for bit
 /// what its tiles give each token in any batch, for the set's lone tokens and small
-/// decode batches, at the speed of [`matvec`] and [`matmul_decode`]. Rows are read one
+/// decode batches, at the speed of [`matmul_decode`]. Rows are read one
 /// after the other, as they lie in memory (16 rows side by side, as a tile reads them,
 /// held a lone token's 1B step at 0.86-0.89 of a stream however they were
 /// prefetched), each for up to [`FEW`] tokens at once.
@@ -225,38 +100,24 @@ pub(super) unsafe fn matmul_tile_order(
     n: usize,
     y: &mut [f32],
 ) {
-    let rows_total = y.len() / n.max(1);
     let blocks = cols.div_ceil(32);
-    let min = min_rows_per_block(blocks * 34, 1);
-    let sub = rows_per_sub_block(blocks * 34, 1, MANY_SUB_BYTES);
-    let yp = SendPtr(y.as_mut_ptr());
-    with_local(&MANY, |many| {
-        if many.len() < n {
-            many.resize_with(n, Default::default);
+    let prepare = |t: &mut Token| t.q.pad_and_sum(cols, blocks.next_multiple_of(GROUP));
+    // SAFETY: as the caller vouches; each call computes rows `a .. a + len` of its
+    // tokens, which `par_row_groups` gave it alone.
+    for_row_groups(cols, x, n, y, 1, FEW, prepare, |a, len, tokens, y, ldy| unsafe {
+        let q: [&QuantX; FEW] = std::array::from_fn(|t| &tokens[t.min(tokens.len() - 1)].q);
+        let (w, s) = (quants.as_ptr(), scales.as_ptr());
+        match tokens.len() {
+            1 => rows_tile_order::<1>(w, s, blocks, a, len, q, y, ldy),
+            2 => rows_tile_order::<2>(w, s, blocks, a, len, q, y, ldy),
+            3 => rows_tile_order::<3>(w, s, blocks, a, len, q, y, ldy),
+            _ => rows_tile_order::<4>(w, s, blocks, a, len, q, y, ldy),
         }
-        for (t, (q, _)) in many[..n].iter_mut().enumerate() {
-            q.quantize(&x[t * cols..][..cols]);
-            q.pad_and_sum(cols, blocks.next_multiple_of(GROUP));
-        }
-        let many = &many[..n];
-        // SAFETY: as the caller vouches; `par_row_groups` gives each call rows
-        // `a .. a + len` within the matrix, which it alone writes for its tokens.
-        par_row_groups(y, n, rows_total, min, 1, sub, FEW, |a, len, t0, m| unsafe {
-            let q: [&QuantX; FEW] = std::array::from_fn(|t| &many[t0 + t.min(m - 1)].0);
-            let (w, s, y) = (
-                quants.as_ptr(),
-                scales.as_ptr(),
-                yp.get().add(t0 * rows_total),
-            );
-            match m {
-                1 => rows_tile_order::<1>(w, s, blocks, a, len, q, y, rows_total),
-                2 => rows_tile_order::<2>(w, s, blocks, a, len, q, y, rows_total),
-                3 => rows_tile_order::<3>(w, s, blocks, a, len, q, y, rows_total),
-                _ => rows_tile_order::<4>(w, s, blocks, a, len, q, y, rows_total),
-            }
-        })
     })
 }
+
+/// Tokens [`matmul_tile_order`] passes over a weight row at once.
+const FEW: usize = 4;
 
 /// Blocks whose sums [`rows_tile_order`] reduces at once (16 pairs).
 const GROUP: usize = 32;
@@ -306,7 +167,7 @@ unsafe fn rows_tile_order<const N: usize>(
         for g in 0..groups {
             let b0 = g * GROUP;
             let left = blocks - b0;
-            // The scales, a second stream, as `rows` fetches them.
+            // The scales, a second stream, fetched ahead like the quants.
             _mm_prefetch::<_MM_HINT_T0>((s.add(b0) as *const i8).wrapping_add(PREFETCH / 16));
             let (dw_low, dw_high) = if left >= GROUP {
                 (
@@ -445,4 +306,266 @@ unsafe fn block_sums(v: [__m512i; 16]) -> (__m512i, __m512i) {
         *u = fold(t[2 * k], t[2 * k + 1], i2, 0xCCCC);
     }
     (fold(u[0], u[1], i1, 0xAAAA), fold(u[2], u[3], i1, 0xAAAA))
+}
+
+/// Rows a lane pass reads side by side, one 64-byte line (a pair of blocks) of each per
+/// step.
+const LANE_ROWS: usize = 8;
+
+/// Registers of four rows each a lane pass fills per step (two: the scale gather and
+/// the output shuffles are written for eight rows).
+const SETS: usize = 2;
+
+/// Tokens a lane pass takes over each step's registers.
+const LANE_FEW: usize = 8;
+
+/// How far ahead (bytes) each of a lane pass's rows is prefetched.
+const LANE_PREFETCH: usize = 1024;
+
+/// A token's pair of blocks `2p, 2p + 1` laid out for [`rows_lanes`]: what each of a
+/// step's registers multiplies, ready to broadcast.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(32))]
+struct PairPattern {
+    /// For `m` in 0..4: bytes `8m .. 8m + 8` of block `2p`, twice, then those of block
+    /// `2p + 1`, twice.
+    x: [[i8; 32]; 4],
+    /// The blocks' scales: `2p`'s four times, then `2p + 1`'s.
+    dx: [f32; 8],
+    /// `-128` times the sums of a block's even quads (bytes `8m .. 8m + 4`) and odd
+    /// quads, as `[e, o, e, o]` for block `2p` then for `2p + 1`: where each lane's sum
+    /// starts, so that it ends exact against the weights made unsigned.
+    start: [i32; 8],
+}
+
+/// A quantised token as [`rows_lanes`] reads it.
+#[derive(Default)]
+struct LaneX {
+    pairs: Vec<PairPattern>,
+}
+
+impl LaneX {
+    /// Lays out the `blocks` blocks of `x` (a lone last block paired with zeros).
+    fn fill(&mut self, x: &QuantX, blocks: usize) {
+        let pairs = blocks.div_ceil(2);
+        grow(&mut self.pairs, pairs);
+        for (p, out) in self.pairs[..pairs].iter_mut().enumerate() {
+            for c in 0..2 {
+                let b = 2 * p + c;
+                let (q, d) = if b < blocks { (&x.quants[b * 32..][..32], x.scales[b]) } else { (&[0i8; 32][..], 0.0) };
+                for m in 0..4 {
+                    for half in 0..2 {
+                        out.x[m][c * 16 + half * 8..][..8].copy_from_slice(&q[8 * m..][..8]);
+                    }
+                }
+                out.dx[c * 4..][..4].fill(d);
+                for parity in 0..2 {
+                    let sum: i32 = (0..4).flat_map(|m| &q[8 * m + 4 * parity..][..4]).map(|&v| v as i32).sum();
+                    out.start[c * 4 + parity] = -128 * sum;
+                    out.start[c * 4 + 2 + parity] = -128 * sum;
+                }
+            }
+        }
+    }
+}
+
+/// `y[t] = W x[t]` for a decode batch of `n` tokens (`x` is `n x cols`, `y` is `n x
+/// rows`; one token's matvec is a batch of one). Each token's outputs are the same
+/// operations in the same order whatever the batch ([`rows_lanes`]), so a sequence's
+/// numbers do not depend on the others beside it, while each step's registers are
+/// loaded and transposed once for up to [`LANE_FEW`] tokens and the rows are taken in
+/// sub-blocks that stay in L2 while every group of tokens passes over them.
+///
+/// # Safety
+/// AVX2/FMA/F16C and AVX-512 F/VL/BW/VNNI; `quants` and `scales` must hold
+/// `y.len() / n` rows of `cols` (as `Matrix::check` finds), `x` `n` rows of `cols`.
+pub(super) unsafe fn matmul_decode(quants: &[i8], scales: &[u16], cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
+    let blocks = cols.div_ceil(32);
+    // The scales are gathered with 32-bit offsets.
+    assert!((y.len() / n.max(1)).saturating_mul(blocks) < i32::MAX as usize / 2);
+    let prepare = |t: &mut Token| t.lanes.fill(&t.q, blocks);
+    // SAFETY: as the caller vouches; each call computes rows `a .. a + len` of its
+    // tokens, which `par_row_groups` gave it alone.
+    for_row_groups(cols, x, n, y, LANE_ROWS, LANE_FEW, prepare, |a, len, tokens, y, ldy| unsafe {
+        let x: [&LaneX; LANE_FEW] = std::array::from_fn(|t| &tokens[t.min(tokens.len() - 1)].lanes);
+        let (w, s) = (quants.as_ptr(), scales.as_ptr());
+        match tokens.len() {
+            1 => rows_lanes::<1>(w, s, blocks, a, len, x, y, ldy),
+            2 => rows_lanes::<2>(w, s, blocks, a, len, x, y, ldy),
+            3 => rows_lanes::<3>(w, s, blocks, a, len, x, y, ldy),
+            4 => rows_lanes::<4>(w, s, blocks, a, len, x, y, ldy),
+            5 => rows_lanes::<5>(w, s, blocks, a, len, x, y, ldy),
+            6 => rows_lanes::<6>(w, s, blocks, a, len, x, y, ldy),
+            7 => rows_lanes::<7>(w, s, blocks, a, len, x, y, ldy),
+            _ => rows_lanes::<8>(w, s, blocks, a, len, x, y, ldy),
+        }
+    })
+}
+
+/// Eight rows' 64 bytes (`w[i]`: qwords `Q0 .. Q7`, block `b` then `b + 1`) in four
+/// registers per four rows: register `m` of rows `4k .. 4k + 4` holds qword `m` of
+/// block `b` and qword `m` (`Q4 + m`) of block `b + 1`, its 128-bit lanes rows
+/// `(4k, 4k + 1)` of block `b`, of `b + 1`, rows `(4k + 2, 4k + 3)` of `b`, of `b + 1`.
+#[inline(always)]
+unsafe fn transpose_lanes(w: &[__m512i; LANE_ROWS]) -> [[__m512i; 4]; SETS] {
+    let mut out = [[_mm512_setzero_si512(); 4]; SETS];
+    for (k, out) in out.iter_mut().enumerate() {
+        let (a, b, c, d) = (w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3]);
+        let (lo_ab, hi_ab) = (_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+        let (lo_cd, hi_cd) = (_mm512_unpacklo_epi64(c, d), _mm512_unpackhi_epi64(c, d));
+        out[0] = _mm512_shuffle_i64x2::<0x88>(lo_ab, lo_cd);
+        out[1] = _mm512_shuffle_i64x2::<0x88>(hi_ab, hi_cd);
+        out[2] = _mm512_shuffle_i64x2::<0xDD>(lo_ab, lo_cd);
+        out[3] = _mm512_shuffle_i64x2::<0xDD>(hi_ab, hi_cd);
+    }
+    out
+}
+
+/// Rows `r0 .. r0 + len` of [`matmul_decode`] against `N` tokens.
+///
+/// Eight rows are read side by side, a pair of blocks (64 bytes) of each per step, and
+/// transposed (`transpose_lanes`) so that every 32-bit lane holds one row's, one
+/// block's, even or odd quads: each lane's `vpdpbusd` sum is then exact for its (row,
+/// block, parity) without horizontal adds, and its float step is one FMA,
+/// `acc = fma(float(sum), d_w * d_x, acc)`, a chain per lane across the pairs. A row's
+/// four chains (block class even/odd x parity) end added as `(e0 + e1) + (o0 + o1)`.
+/// Every step is per token, so a token's sums do not depend on `N`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI and F16C; `quants` and `scales` must hold the rows, each `x[t]`
+/// `blocks.div_ceil(2)` pairs, `y` room for row `r0 + len - 1` of token `N - 1` at
+/// stride `ldy`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+unsafe fn rows_lanes<const N: usize>(quants: *const i8, scales: *const u16, blocks: usize, r0: usize, len: usize, x: [&LaneX; LANE_FEW], y: *mut f32, ldy: usize) {
+    let pairs = blocks / 2;
+    let mut xp = [std::ptr::null::<PairPattern>(); N];
+    for t in 0..N {
+        assert!(x[t].pairs.len() >= blocks.div_ceil(2));
+        xp[t] = x[t].pairs.as_ptr();
+    }
+    let flip = _mm512_set1_epi8(-128);
+    // Lane `l` of rows 4k.. holds row `4k + 2 (l / 8) + (l % 4) / 2`, block `b + (l / 4) % 2`;
+    // the gathered scales hold row `i`'s block `b` in lane `2i`, `b + 1` in `2i + 1`.
+    let scale_lanes = [
+        _mm512_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3, 4, 4, 6, 6, 5, 5, 7, 7),
+        _mm512_setr_epi32(8, 8, 10, 10, 9, 9, 11, 11, 12, 12, 14, 14, 13, 13, 15, 15),
+    ];
+    let rows_out = _mm512_setr_epi32(0, 2, 8, 10, 16, 18, 24, 26, 0, 0, 0, 0, 0, 0, 0, 0);
+    let row_bytes = blocks * 32;
+    let mut g = r0;
+    while g < r0 + len {
+        let here = (r0 + len - g).min(LANE_ROWS);
+        // Rows past the end repeat the last one; their outputs are not stored.
+        let mut q = [quants; LANE_ROWS];
+        let mut offsets = [0i32; LANE_ROWS];
+        for i in 0..LANE_ROWS {
+            q[i] = quants.add((g + i.min(here - 1)) * row_bytes);
+            offsets[i] = (i.min(here - 1) * blocks) as i32;
+        }
+        let s = scales.add(g * blocks);
+        let offsets = _mm256_loadu_si256(offsets.as_ptr() as *const __m256i);
+        let mut acc = [[_mm512_setzero_ps(); SETS]; N];
+        let step = |acc: &mut [[__m512; SETS]; N], w: &[__m512i; LANE_ROWS], dw: __m512, p: usize| {
+            let regs = transpose_lanes(w);
+            let mut spread = [_mm512_setzero_ps(); SETS];
+            for (k, spread) in spread.iter_mut().enumerate() {
+                *spread = _mm512_permutexvar_ps(scale_lanes[k], dw);
+            }
+            let dw = spread;
+            for t in 0..N {
+                let pp = xp[t].add(p);
+                let px = (*pp).x.as_ptr() as *const __m256i;
+                let pat = [
+                    _mm512_broadcast_i64x4(_mm256_load_si256(px)),
+                    _mm512_broadcast_i64x4(_mm256_load_si256(px.add(1))),
+                    _mm512_broadcast_i64x4(_mm256_load_si256(px.add(2))),
+                    _mm512_broadcast_i64x4(_mm256_load_si256(px.add(3))),
+                ];
+                let start = _mm512_broadcast_i64x4(_mm256_load_si256((*pp).start.as_ptr() as *const __m256i));
+                let dx = _mm512_castsi512_ps(_mm512_broadcast_i64x4(_mm256_load_si256((*pp).dx.as_ptr() as *const __m256i)));
+                for k in 0..SETS {
+                    let mut sum = start;
+                    for m in 0..4 {
+                        sum = _mm512_dpbusd_epi32(sum, regs[k][m], pat[m]);
+                    }
+                    acc[t][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw[k], dx), acc[t][k]);
+                }
+            }
+        };
+        for p in 0..pairs {
+            let off = p * 64;
+            if p % 16 == 0 {
+                for i in 0..LANE_ROWS {
+                    _mm_prefetch::<_MM_HINT_T0>((s.add(i.min(here - 1) * blocks + 2 * p) as *const i8).wrapping_add(256));
+                }
+            }
+            let mut w = [_mm512_setzero_si512(); LANE_ROWS];
+            // Ahead in each row, and from the row's end on, in the next group's row.
+            let ahead = if off + LANE_PREFETCH >= row_bytes { off + LANE_PREFETCH + (LANE_ROWS - 1) * row_bytes } else { off + LANE_PREFETCH };
+            for i in 0..LANE_ROWS {
+                _mm_prefetch::<_MM_HINT_T0>(q[i].wrapping_add(ahead));
+                w[i] = _mm512_xor_si512(_mm512_loadu_si512(q[i].add(off) as *const _), flip);
+            }
+            let dw = _mm512_cvtph_ps(_mm256_i32gather_epi32::<2>(s.add(2 * p) as *const i32, offsets));
+            step(&mut acc, &w, dw, p);
+        }
+        if blocks % 2 == 1 {
+            // A lone last block: the other half of each register holds 0 (128 once
+            // unsigned) against zero activations, and its scale is 0.
+            let b = blocks - 1;
+            let mut w = [_mm512_setzero_si512(); LANE_ROWS];
+            let mut dw = [0u16; 16];
+            for i in 0..LANE_ROWS {
+                w[i] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(u32::MAX as u64, q[i].add(b * 32)), flip);
+                dw[2 * i] = *s.add(i.min(here - 1) * blocks + b);
+            }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(dw.as_ptr() as *const __m256i));
+            step(&mut acc, &w, dw, pairs);
+        }
+        let keep = ((1u16 << here) - 1) as u8;
+        for (t, acc) in acc.iter().enumerate() {
+            let mut rows = [_mm512_setzero_ps(); 2];
+            for (k, a) in acc.iter().enumerate() {
+                // Each row's (e0 + e1) then (o0 + o1) beside it, then the two added.
+                let pairs_added = _mm512_add_ps(*a, _mm512_permute_ps::<0xB1>(*a));
+                rows[k] = _mm512_add_ps(pairs_added, _mm512_shuffle_f32x4::<0xB1>(pairs_added, pairs_added));
+            }
+            let out = _mm512_permutex2var_ps(rows[0], rows_out, rows[1]);
+            _mm256_mask_storeu_ps(y.add(t * ldy + g), keep, _mm512_castps512_ps256(out));
+        }
+        g += LANE_ROWS;
+    }
+}
+
+/// What [`rows_lanes`] computes for one row and token, in plain Rust: the test's
+/// statement of its arithmetic.
+#[cfg(test)]
+pub(super) fn lanes_reference(quants: &[i8], scales: &[u16], cols: usize, x: &[f32], y: &mut [f32]) {
+    let blocks = cols.div_ceil(32);
+    let mut qx = QuantX::default();
+    qx.quantize(x);
+    for (r, y) in y.iter_mut().enumerate() {
+        let mut acc = [[0f32; 2]; 2];
+        for p in 0..blocks.div_ceil(2) {
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let b = 2 * p + c;
+                for (parity, acc) in acc.iter_mut().enumerate() {
+                    let (mut sum, mut d) = (0i32, 0f32);
+                    if b < blocks {
+                        let w = &quants[(r * blocks + b) * 32..][..32];
+                        let xq = &qx.quants[b * 32..][..32];
+                        for m in 0..4 {
+                            for k in 8 * m + 4 * parity..8 * m + 4 * parity + 4 {
+                                sum += w[k] as i32 * xq[k] as i32;
+                            }
+                        }
+                        d = half::f16::from_bits(scales[r * blocks + b]).to_f32() * qx.scales[b];
+                    }
+                    *acc = (sum as f32).mul_add(d, *acc);
+                }
+            }
+        }
+        *y = (acc[0][0] + acc[0][1]) + (acc[1][0] + acc[1][1]);
+    }
 }

@@ -746,3 +746,34 @@ fn q8_amx_matches_its_reference_bit_for_bit() {
         }
     }
 }
+
+/// The VNNI q8_0 decode kernel (eight rows across each register's lanes) against the
+/// plain-Rust statement of its arithmetic, bit for bit: lone tokens and batches of up
+/// to nine (two token groups), partial row groups, a lone last block, several threads'
+/// blocks and sub-blocks.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn q8_vnni_decode_matches_its_reference_bit_for_bit() {
+    if !avx512_available() {
+        eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        return;
+    }
+    let mut rng = Rng(0x1A2E);
+    for (rows, cols) in [(1, 31), (5, 64), (8, 100), (13, 515), (16, 2048), (301, 96), (1000, 1024), (700, 2048 + 32)] {
+        let owned = Owned::new(&mut rng, rows, cols);
+        for n in [1, 2, 3, 8, 9] {
+            let x = rng.vec(n * cols);
+            let mut got = vec![f32::NAN; n * rows];
+            // SAFETY: AVX-512 VNNI is there (checked above); the matrix holds every row.
+            unsafe { q8_vnni::matmul_decode(&owned.quants, &owned.scales, cols, &x, n, &mut got) };
+            for t in 0..n {
+                let mut want = vec![0f32; rows];
+                q8_vnni::lanes_reference(&owned.quants, &owned.scales, cols, &x[t * cols..][..cols], &mut want);
+                for r in 0..rows {
+                    let g = got[t * rows + r];
+                    assert_eq!(g.to_bits(), want[r].to_bits(), "{rows}x{cols} n={n} [{t},{r}]: {g} vs {}", want[r]);
+                }
+            }
+        }
+    }
+}
