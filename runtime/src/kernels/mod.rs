@@ -273,55 +273,131 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols);
     assert_eq!(y.len(), n * w.rows);
     w.check();
-    match k {
+    run_product(k, Product::for_batch(k, w, n), w, x, n, y)
+}
+
+/// `Y = X W^T` for a batch made of segments (`lens`: several sequences' prompt chunks,
+/// one after the other in `x` and `y`) that gives each segment exactly what
+/// [`matmul_with`] gives it alone. No kernel's numbers for a token depend on the
+/// batch beside it, only on which kernel runs (the tests hold every [`Product`] to
+/// that, bit for bit): so where every segment alone would run the same one, the
+/// weights are read once for all; otherwise segment by segment.
+pub fn matmul_segments(k: Kernels, w: &Matrix, x: &[f32], lens: &[usize], y: &mut [f32]) {
+    let n: usize = lens.iter().sum();
+    assert_eq!(x.len(), n * w.cols);
+    assert_eq!(y.len(), n * w.rows);
+    w.check();
+    let Some(&first) = lens.first() else { return };
+    let product = Product::for_batch(k, w, first);
+    if lens.iter().all(|&len| Product::for_batch(k, w, len) == product) {
+        return run_product(k, product, w, x, n, y);
+    }
+    let (mut xs, mut ys) = (x, y);
+    for &len in lens {
+        let (xa, xr) = xs.split_at(len * w.cols);
+        let (ya, yr) = std::mem::take(&mut ys).split_at_mut(len * w.rows);
+        run_product(k, Product::for_batch(k, w, len), w, xa, len, ya);
+        (xs, ys) = (xr, yr);
+    }
+}
+
+/// The kernel [`matmul_with`] runs for a batch. Each sums a token's outputs in an
+/// order of the token's own, so its numbers do not depend on the batch's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    /// q8_0 on AMX int8 tiles (`q8_amx`; one or two tokens on VNNI in its arithmetic).
+    Q8Tiles,
+    /// bf16 tiles (`gemm_amx`).
+    AmxGemm,
+    /// q8_0 and 4-bit GEMMs on AVX-512 VNNI (`gemm_q8`, `gemm_q4`).
+    Q8Gemm,
+    Q4Gemm,
+    /// Float weights, a few tokens over each row (`float_avx512`, the decode kernel).
+    FloatDecode,
+    /// Float weights, a few tokens over each row on AVX2 (`avx2::matvec_few`).
+    Avx2Few,
+    /// Each token alone through [`matvec_with`].
+    PerToken,
+    /// The blocked GEMM (`gemm`), AVX2 or AVX-512 micro-kernel.
+    Gemm,
+    /// The portable matvec per token.
+    Portable,
+}
+
+impl Product {
+    /// What [`matmul_with`] runs for `n` tokens of `w` under `k`.
+    pub fn for_batch(k: Kernels, w: &Matrix, n: usize) -> Product {
         #[cfg(target_arch = "x86_64")]
-        _ if k.amx() && n < q8_amx::TILES_BELOW && matches!(w.data, MatrixData::Q8_0 { .. }) => {
-            let MatrixData::Q8_0 { quants, scales } = w.data else { unreachable!() };
-            // SAFETY: the CPU has what the kernel needs (checked), `check` found
-            // every row's quants and scales, and the lengths of `x` and `y` are asserted.
+        {
+            let q8 = matches!(w.data, MatrixData::Q8_0 { .. });
+            match k {
+                _ if k.amx() && n < q8_amx::TILES_BELOW && q8 => Product::Q8Tiles,
+                _ if k.amx() && n >= gemm_amx::MIN_BATCH && gemm_amx::fits(w) => Product::AmxGemm,
+                _ if k.avx512() && n >= gemm::MIN_BATCH && q8 => Product::Q8Gemm,
+                _ if k.avx512() && n >= gemm::MIN_BATCH && w.data.q4().is_some() => Product::Q4Gemm,
+                _ if k.avx512() && n > 1 && n <= SMALL_BATCH && !w.data.is_quantised() => Product::FloatDecode,
+                _ if k.avx2() && n > 1 && n <= SMALL_BATCH && !w.data.is_quantised() => Product::Avx2Few,
+                _ if k.avx2() && n < gemm::MIN_BATCH => Product::PerToken,
+                _ if k.avx2() => Product::Gemm,
+                _ => Product::Portable,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (k, w, n);
+            Product::Portable
+        }
+    }
+}
+
+/// Runs `product` (as [`Product::for_batch`] chose it for `w` under `k`) on `n` tokens.
+fn run_product(k: Kernels, product: Product, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
+    match product {
+        #[cfg(target_arch = "x86_64")]
+        Product::Q8Tiles => {
+            let MatrixData::Q8_0 { quants, scales } = w.data else { unreachable!("q8_0 tiles take q8_0") };
+            // SAFETY: the CPU has what the kernel needs (`for_batch` checked), `check`
+            // found every row's quants and scales, and the lengths of `x` and `y` are
+            // asserted.
             unsafe { q8_amx::matmul(quants, scales, w.rows, w.cols, x, n, y) }
         }
         #[cfg(target_arch = "x86_64")]
-        _ if k.amx() && n >= gemm_amx::MIN_BATCH && gemm_amx::fits(w) => {
+        Product::AmxGemm => {
             // SAFETY: the CPU has AMX and the process may use it (checked), `check`
             // found every row, and the lengths of `x` and `y` are asserted.
             unsafe { gemm_amx::matmul(w, x, n, y) }
         }
         #[cfg(target_arch = "x86_64")]
-        _ if k.avx512() && n >= gemm::MIN_BATCH && matches!(w.data, MatrixData::Q8_0 { .. }) => {
-            let MatrixData::Q8_0 { quants, scales } = w.data else { unreachable!() };
+        Product::Q8Gemm => {
+            let MatrixData::Q8_0 { quants, scales } = w.data else { unreachable!("the q8_0 GEMM takes q8_0") };
             // SAFETY: the CPU has what the kernel needs (checked), `check` found
             // every row's quants and scales, and the lengths of `x` and `y` are asserted.
             unsafe { gemm_q8::matmul(quants, scales, w.rows, w.cols, x, n, y) }
         }
         #[cfg(target_arch = "x86_64")]
-        _ if k.avx512() && n >= gemm::MIN_BATCH && w.data.q4().is_some() => {
+        Product::Q4Gemm => {
             let (dtype, tiles) = w.data.q4().expect("a 4-bit matrix");
             // SAFETY: the CPU has what the kernel needs (checked), `check` found every
             // tile, and the lengths of `x` and `y` are asserted.
             unsafe { gemm_q4::matmul(dtype, tiles, w.rows, w.cols, x, n, y) }
         }
         #[cfg(target_arch = "x86_64")]
-        _ if k.avx512() && n > 1 && n <= SMALL_BATCH && !w.data.is_quantised() => {
+        Product::FloatDecode => {
             // SAFETY: the CPU has what the kernel needs (checked), `check` found every
             // row, and the lengths of `x` and `y` are asserted.
             unsafe { float_avx512::matmul_decode(w, x, n, y) }
         }
         #[cfg(target_arch = "x86_64")]
-        _ if k.avx2() && n > 1 && n <= SMALL_BATCH && !w.data.is_quantised() => {
-            avx2::matvec_few(w, x, n, y)
-        }
+        Product::Avx2Few => avx2::matvec_few(w, x, n, y),
         #[cfg(target_arch = "x86_64")]
-        _ if k.avx2() => {
-            let wide = k.avx512();
-            if n < gemm::MIN_BATCH {
-                for (xi, yi) in x.chunks_exact(w.cols).zip(y.chunks_exact_mut(w.rows)) {
-                    matvec_with(k, w, xi, yi);
-                }
-            } else {
-                // SAFETY: `k.avx2()` checked AVX2/FMA/F16C, and `wide` AVX-512;
-                // `check_data` found every row and the lengths of `x` and `y` are asserted.
-                unsafe { gemm::matmul(w, x, n, y, wide) }
+        Product::Gemm => {
+            // SAFETY: `for_batch` checked AVX2/FMA/F16C, and `k.avx512()` AVX-512;
+            // `check` found every row and the lengths of `x` and `y` are asserted.
+            unsafe { gemm::matmul(w, x, n, y, k.avx512()) }
+        }
+        Product::PerToken => {
+            for (xi, yi) in x.chunks_exact(w.cols).zip(y.chunks_exact_mut(w.rows)) {
+                matvec_with(k, w, xi, yi);
             }
         }
         _ => {

@@ -777,3 +777,58 @@ fn q8_vnni_decode_matches_its_reference_bit_for_bit() {
         }
     }
 }
+
+/// Every [`Product`] gives a token the same numbers, bit for bit, in batches of every
+/// size it runs; and [`matmul_segments`] gives each segment what [`matmul_with`] gives
+/// it alone, whether it shares the weights' pass or not. Every kernel set and dtype;
+/// a matrix wide enough for column panels and the GEMMs' column blocks.
+#[test]
+fn products_do_not_depend_on_the_batch_and_segments_run_as_alone() {
+    let mut rng = Rng(0x5E6);
+    let sizes = [1, 2, 3, 4, 5, 8, 9, 16, 40, 63, 64, 100];
+    for (rows, cols) in [(70, 300), (129, 4160)] {
+        let owned = Owned::new(&mut rng, rows, cols);
+        let x = rng.vec(130 * cols);
+        let (f32p, f16p, bf16p) = (to_panels(&owned.f32, rows, cols), to_panels(&owned.f16, rows, cols), to_panels(&owned.bf16, rows, cols));
+        let mut matrices = owned.all();
+        if cols > 2048 {
+            matrices.push(("f32 panels", Matrix::column_panels(rows, cols, MatrixData::F32(&f32p))));
+            matrices.push(("f16 panels", Matrix::column_panels(rows, cols, MatrixData::F16(&f16p))));
+            matrices.push(("bf16 panels", Matrix::column_panels(rows, cols, MatrixData::BF16(&bf16p))));
+        }
+        for k in available_kernels() {
+            for (name, w) in &matrices {
+                let w = *w;
+                let outputs: Vec<(Product, Vec<f32>)> = sizes
+                    .iter()
+                    .map(|&n| {
+                        let mut y = vec![f32::NAN; n * rows];
+                        matmul_with(k, &w, &x[..n * cols], n, &mut y);
+                        (Product::for_batch(k, &w, n), y)
+                    })
+                    .collect();
+                for (a, (pa, ya)) in outputs.iter().enumerate() {
+                    for (pb, yb) in &outputs[a + 1..] {
+                        if pa == pb {
+                            let same = ya.iter().zip(yb.iter()).all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(same, "{k:?} {name} {rows}x{cols} {pa:?}: n={} and n={} differ", ya.len() / rows, yb.len() / rows);
+                        }
+                    }
+                }
+                for lens in [&[16usize, 16, 16][..], &[1, 1, 1, 1], &[5, 40, 3], &[63, 63], &[100], &[2, 9]] {
+                    let n: usize = lens.iter().sum();
+                    let mut got = vec![f32::NAN; n * rows];
+                    matmul_segments(k, &w, &x[..n * cols], lens, &mut got);
+                    let mut at = 0;
+                    for &len in lens {
+                        let mut alone = vec![f32::NAN; len * rows];
+                        matmul_with(k, &w, &x[at * cols..(at + len) * cols], len, &mut alone);
+                        let same = alone.iter().zip(&got[at * rows..]).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{k:?} {name} segments {lens:?}: the one at {at} differs from its batch alone");
+                        at += len;
+                    }
+                }
+            }
+        }
+    }
+}
