@@ -24,7 +24,7 @@ pub mod sys;
 pub mod text;
 
 pub use model::{
-    forward, forward_batch, forward_batch_for, forward_batch_in, forward_rows, kv_cache_bytes, kv_cache_positions, KvDtype, LogitRows, Model, Row,
+    forward, forward_batch, forward_batch_for, forward_batch_in, forward_chunks, forward_rows, kv_cache_bytes, kv_cache_positions, Chunk, KvDtype, LogitRows, Model, Row,
     RunState,
 };
 

@@ -2,14 +2,16 @@
 //! slots, `forward_rows`) gives every sequence exactly the logits it gets alone (a batch
 //! of its own row), bit for bit, under every kernel set, for OLMo-2 and OLMo-3
 //! (sliding-window rings) fixtures, with sequences joining, leaving and a slot reused
-//! from position 0; and those are within rounding of the one-token `forward`'s.
+//! from position 0; and those are within rounding of the one-token `forward`'s. Prompts
+//! that join together are read together (`forward_chunks`, a chunk of each per pass)
+//! and give each sequence exactly the logits and cache it gets alone.
 
 use std::path::{Path, PathBuf};
 
 use olmo_format::mapped::MappedFile;
 use olmo_format::{Blob, DType};
 use olmort::kernels::{available_kernels, with_kernels};
-use olmort::{forward, forward_batch_for, forward_batch_in, forward_rows, KvDtype, LogitRows, Model, Row, RunState};
+use olmort::{forward, forward_batch_for, forward_batch_in, forward_chunks, forward_rows, Chunk, KvDtype, LogitRows, Model, Row, RunState};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
@@ -76,17 +78,40 @@ fn together(model: &Model, kv: KvDtype, seqs: &[Seq]) -> Vec<Vec<Vec<f32>>> {
     let mut waiting: Vec<usize> = (0..seqs.len()).collect();
     let mut step = 0;
     while !waiting.is_empty() || !active.is_empty() {
-        // Join: sequences due now, while a slot is free.
+        // Join: sequences due now, while a slot is free; their prompts are read together,
+        // a chunk of each per pass (as many as the batch holds, the others wait a pass).
+        let mut joining: Vec<(usize, usize, usize)> = Vec::new(); // (sequence, slot, prefilled)
         while let Some(at) = waiting.iter().position(|&q| seqs[q].join <= step) {
-            let free = (0..3).find(|slot| active.iter().all(|a| a.1 != *slot));
+            let free = (0..3).find(|slot| active.iter().all(|a| a.1 != *slot) && joining.iter().all(|j| j.1 != *slot));
             let Some(slot) = free else { break };
-            let q = waiting.remove(at);
-            let mut logits = Vec::new();
-            for (i, chunk) in seqs[q].prompt.chunks(CHUNK).enumerate() {
-                logits = forward_batch_in(model, &mut s, slot, chunk, i * CHUNK, LogitRows::Last).to_vec();
+            joining.push((waiting.remove(at), slot, 0));
+        }
+        while !joining.is_empty() {
+            let mut chunks = Vec::new();
+            let mut tokens = 0;
+            for &(q, slot, done) in &joining {
+                let len = CHUNK.min(seqs[q].prompt.len() - done);
+                if tokens + len <= 8 {
+                    chunks.push(Chunk { slot, tokens: &seqs[q].prompt[done..done + len], start: done });
+                    tokens += len;
+                }
             }
-            out[q].push(logits.clone());
-            active.push((q, slot, argmax(&logits), seqs[q].prompt.len(), 0));
+            let logits = if chunks.len() == 1 {
+                let c = chunks[0];
+                forward_batch_in(model, &mut s, c.slot, c.tokens, c.start, LogitRows::Last).to_vec()
+            } else {
+                forward_chunks(model, &mut s, &chunks).to_vec()
+            };
+            for (i, c) in chunks.iter().enumerate() {
+                let j = joining.iter_mut().find(|j| j.1 == c.slot).unwrap();
+                j.2 += c.tokens.len();
+                if j.2 == seqs[j.0].prompt.len() {
+                    let l = &logits[i * vocab..][..vocab];
+                    out[j.0].push(l.to_vec());
+                    active.push((j.0, j.1, argmax(l), j.2, 0));
+                }
+            }
+            joining.retain(|j| j.2 < seqs[j.0].prompt.len());
         }
         let rows: Vec<Row> = active.iter().map(|&(_, slot, token, pos, _)| Row { slot, token, pos }).collect();
         let logits = forward_rows(model, &mut s, &rows).to_vec();
@@ -110,14 +135,16 @@ fn check(name: &str, dtype: DType) {
     let model = Model::new(&parsed).unwrap();
     let v = model.config.vocab_size;
     let prompt = |len: usize, seed: u32| -> Vec<u32> { (0..len as u32).map(|i| (i * 7919 + seed * 104729) % v).collect() };
-    // Five sequences on three slots: two wait for a slot; prompts of 1 to 13 tokens
-    // (a partial chunk, several chunks), runs past OLMo-3's window of 3.
+    // Six sequences on three slots: three wait for a slot; prompts of 1 to 11 tokens
+    // (a partial chunk, several chunks), runs past OLMo-3's window of 3. The first two
+    // read their prompts together: chunks of 4 and 4, then 3 (its last) and 4.
     let seqs = [
-        Seq { prompt: prompt(5, 1), join: 0, generate: 12 },
-        Seq { prompt: prompt(13, 2), join: 0, generate: 7 },
+        Seq { prompt: prompt(7, 1), join: 0, generate: 12 },
+        Seq { prompt: prompt(11, 2), join: 0, generate: 7 },
         Seq { prompt: prompt(1, 3), join: 2, generate: 9 },
         Seq { prompt: prompt(9, 4), join: 3, generate: 10 },
         Seq { prompt: prompt(3, 5), join: 4, generate: 6 },
+        Seq { prompt: prompt(6, 6), join: 4, generate: 4 },
     ];
     for kv in [KvDtype::F32, KvDtype::F16] {
         for k in available_kernels() {
@@ -177,4 +204,15 @@ fn a_slot_appears_once_per_batch() {
     let model = Model::new(&parsed).unwrap();
     let mut s = RunState::with_slots(&model, 16, 4, KvDtype::F32, 2).unwrap();
     forward_rows(&model, &mut s, &[Row { slot: 1, token: 3, pos: 0 }, Row { slot: 1, token: 4, pos: 1 }]);
+}
+
+#[test]
+#[should_panic(expected = "twice in one batch")]
+fn a_slot_appears_once_per_chunk_batch() {
+    let blob = pack("tiny", DType::F32);
+    let map = MappedFile::open(&blob).unwrap();
+    let parsed = Blob::parse(map.bytes()).unwrap();
+    let model = Model::new(&parsed).unwrap();
+    let mut s = RunState::with_slots(&model, 16, 4, KvDtype::F32, 2).unwrap();
+    forward_chunks(&model, &mut s, &[Chunk { slot: 1, tokens: &[3], start: 0 }, Chunk { slot: 1, tokens: &[4], start: 1 }]);
 }

@@ -312,8 +312,9 @@ pub enum Product {
     /// q8_0 and 4-bit GEMMs on AVX-512 VNNI (`gemm_q8`, `gemm_q4`).
     Q8Gemm,
     Q4Gemm,
-    /// Float weights, a few tokens over each row (`float_avx512`, the decode kernel).
-    FloatDecode,
+    /// A few tokens on AVX-512 through the decode kernels ([`matmul_decode`]): each
+    /// token's numbers are those of its matvec.
+    Decode,
     /// Float weights, a few tokens over each row on AVX2 (`avx2::matvec_few`).
     Avx2Few,
     /// Each token alone through [`matvec_with`].
@@ -335,7 +336,8 @@ impl Product {
                 _ if k.amx() && n >= gemm_amx::MIN_BATCH && gemm_amx::fits(w) => Product::AmxGemm,
                 _ if k.avx512() && n >= gemm::MIN_BATCH && q8 => Product::Q8Gemm,
                 _ if k.avx512() && n >= gemm::MIN_BATCH && w.data.q4().is_some() => Product::Q4Gemm,
-                _ if k.avx512() && n > 1 && n <= SMALL_BATCH && !w.data.is_quantised() => Product::FloatDecode,
+                // What the matvec runs for one token on this set, for a few at once.
+                _ if k.avx512() && if w.data.is_quantised() { n < gemm::MIN_BATCH } else { n <= SMALL_BATCH } => Product::Decode,
                 _ if k.avx2() && n > 1 && n <= SMALL_BATCH && !w.data.is_quantised() => Product::Avx2Few,
                 _ if k.avx2() && n < gemm::MIN_BATCH => Product::PerToken,
                 _ if k.avx2() => Product::Gemm,
@@ -381,12 +383,7 @@ fn run_product(k: Kernels, product: Product, w: &Matrix, x: &[f32], n: usize, y:
             // tile, and the lengths of `x` and `y` are asserted.
             unsafe { gemm_q4::matmul(dtype, tiles, w.rows, w.cols, x, n, y) }
         }
-        #[cfg(target_arch = "x86_64")]
-        Product::FloatDecode => {
-            // SAFETY: the CPU has what the kernel needs (checked), `check` found every
-            // row, and the lengths of `x` and `y` are asserted.
-            unsafe { float_avx512::matmul_decode(w, x, n, y) }
-        }
+        Product::Decode => matmul_decode(k, w, x, n, y),
         #[cfg(target_arch = "x86_64")]
         Product::Avx2Few => avx2::matvec_few(w, x, n, y),
         #[cfg(target_arch = "x86_64")]

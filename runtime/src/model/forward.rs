@@ -148,6 +148,11 @@ pub struct RunState {
     next_position: Vec<usize>,
     /// Per slot, the last batch that fed it ([`forward_rows`]'s checks).
     last_batch: Vec<u64>,
+    /// [`forward_chunks`]' rows and chunk lengths (capacity `max_batch`), and
+    /// `max_batch` ones: the lengths of its logits' rows.
+    chunk_rows: Vec<Row>,
+    chunk_lens: Vec<usize>,
+    ones: Vec<usize>,
     batches: u64,
     /// The threads every parallel section of a forward pass runs on (as many as rayon's
     /// pool when the state was made).
@@ -236,6 +241,9 @@ impl RunState {
             },
             next_position: vec![0; slots],
             last_batch: vec![0; slots],
+            chunk_rows: Vec::with_capacity(b),
+            chunk_lens: Vec::with_capacity(b),
+            ones: vec![1; b],
             batches: 0,
             team: Arc::new(Team::new(rayon::current_num_threads())),
             max_positions,
@@ -344,11 +352,70 @@ pub fn forward_batch_in<'s>(
     }
     s.next_position[slot] = start + n;
     let batch = Batch::Run { slot, tokens, start, rows };
-    let m = batch.logit_rows();
+    let m = n - batch.first_logits();
     let k = kernels::active();
     let team = Arc::clone(&s.team);
     team.install(|| run(k, model, s, &batch));
     &s.logits[..m * vocab]
+}
+
+/// A run of consecutive positions of one slot for [`forward_chunks`]: `tokens` at
+/// positions `start ..` of the sequence in KV slot `slot` (a prompt or a chunk of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk<'a> {
+    pub slot: usize,
+    pub tokens: &'a [u32],
+    pub start: usize,
+}
+
+/// Runs several slots' prompt chunks in one pass (each slot at most once, each chunk
+/// non-empty and as [`forward_batch_in`] takes it) and returns each chunk's
+/// last-position logits, a row per chunk in `chunks`' order. A chunk's logits and the
+/// cache it leaves are exactly those [`forward_batch_in`] with [`LogitRows::Last`]
+/// gives it alone: each product runs the kernel the chunk alone would, over every
+/// chunk at once where that is one kernel (`kernels::matmul_segments`; the weights
+/// are then read once for all), and attention runs chunk by chunk. So a prompt's
+/// numbers do not depend on the prompts read beside it.
+///
+/// Panics on chunks that break these rules, as [`forward_rows`] does.
+pub fn forward_chunks<'s>(model: &Model, s: &'s mut RunState, chunks: &[Chunk]) -> &'s [f32] {
+    let n: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+    assert!(n <= s.max_batch, "{n} tokens is more than the batch buffers hold ({})", s.max_batch);
+    s.batches += 1;
+    for c in chunks {
+        let len = c.tokens.len();
+        assert!(len > 0, "an empty chunk for slot {}", c.slot);
+        assert!(c.slot < s.slots(), "slot {} of {}", c.slot, s.slots());
+        assert!(c.start + len <= s.max_positions, "position {} beyond the KV cache", c.start + len - 1);
+        assert!(
+            model.config.sliding_window.is_none() || c.start == 0 || c.start == s.next_position[c.slot],
+            "slot {} position {}: its sliding-window cache holds the window before position {}",
+            c.slot,
+            c.start,
+            s.next_position[c.slot]
+        );
+        assert!(s.last_batch[c.slot] != s.batches, "slot {} twice in one batch", c.slot);
+        s.last_batch[c.slot] = s.batches;
+        s.next_position[c.slot] = c.start + len;
+    }
+    let vocab = model.config.vocab_size as usize;
+    if chunks.is_empty() {
+        return &s.logits[..0];
+    }
+    // Out of the state while the pass borrows it; back after (no allocation: the
+    // capacity is `max_batch`).
+    let (mut rows, mut lens) = (std::mem::take(&mut s.chunk_rows), std::mem::take(&mut s.chunk_lens));
+    rows.clear();
+    lens.clear();
+    for c in chunks {
+        lens.push(c.tokens.len());
+        rows.extend(c.tokens.iter().enumerate().map(|(i, &token)| Row { slot: c.slot, token, pos: c.start + i }));
+    }
+    let k = kernels::active();
+    let team = Arc::clone(&s.team);
+    team.install(|| run(k, model, s, &Batch::Runs { chunks, rows: &rows, lens: &lens }));
+    (s.chunk_rows, s.chunk_lens) = (rows, lens);
+    &s.logits[..chunks.len() * vocab]
 }
 
 /// One row of a decode batch: `token` at position `pos` of the sequence in KV slot
@@ -399,17 +466,19 @@ pub fn forward_rows<'s>(model: &Model, s: &'s mut RunState, rows: &[Row]) -> &'s
 }
 
 /// The tokens of one pass: a run of consecutive positions of one slot (a prompt, the
-/// one-token step), or one token each of several slots (a decode batch).
+/// one-token step), one token each of several slots (a decode batch), or runs of
+/// several slots (prompt chunks: `rows` their tokens in order, `lens` their lengths).
 enum Batch<'a> {
     Run { slot: usize, tokens: &'a [u32], start: usize, rows: LogitRows },
     Rows(&'a [Row]),
+    Runs { chunks: &'a [Chunk<'a>], rows: &'a [Row], lens: &'a [usize] },
 }
 
 impl Batch<'_> {
     fn len(&self) -> usize {
         match self {
             Batch::Run { tokens, .. } => tokens.len(),
-            Batch::Rows(rows) => rows.len(),
+            Batch::Rows(rows) | Batch::Runs { rows, .. } => rows.len(),
         }
     }
 
@@ -417,27 +486,25 @@ impl Batch<'_> {
     fn row(&self, i: usize) -> Row {
         match self {
             Batch::Run { slot, tokens, start, .. } => Row { slot: *slot, token: tokens[i], pos: start + i },
-            Batch::Rows(rows) => rows[i],
+            Batch::Rows(rows) | Batch::Runs { rows, .. } => rows[i],
         }
     }
 
-    /// The first token that gets logits; all from there on do.
+    /// The first token of a run that gets logits; all from there on do.
     fn first_logits(&self) -> usize {
         match self {
             Batch::Run { rows, tokens, .. } => rows.first(tokens.len()),
-            Batch::Rows(_) => 0,
+            Batch::Rows(_) | Batch::Runs { .. } => 0,
         }
     }
 
-    fn logit_rows(&self) -> usize {
-        self.len() - self.first_logits()
-    }
-
-    /// The matrix product for this batch: a decode batch's rows each as one token alone.
+    /// The matrix product for this batch: a decode batch's rows each as one token alone,
+    /// prompt chunks each as alone.
     fn matmul(&self, k: Kernels, w: &kernels::Matrix, x: &[f32], n: usize, y: &mut [f32]) {
         match self {
             Batch::Run { .. } => matmul_with(k, w, x, n, y),
             Batch::Rows(_) => kernels::matmul_decode(k, w, x, n, y),
+            Batch::Runs { lens, .. } => kernels::matmul_segments(k, w, x, lens, y),
         }
     }
 }
@@ -499,12 +566,19 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
         let shape = AttentionShape { offset, slot_len: s.slot_len, q_dim, kv_dim, head_dim, group, positions, score_len, scale };
         let qkv = &s.qkv[..n * qkv_dim];
         let (scores, attn) = (&mut s.scores[..heads * score_len], &mut s.attn[..n * q_dim]);
-        let blocked = matches!(batch, Batch::Run { .. }) && n * group >= BLOCKED_MIN_QUERIES;
-        match &mut s.kv_cache {
-            KvCache::F32 { keys, values } if blocked => attend_blocked(k, &shape, batch, qkv, keys, values, attn),
-            KvCache::F16 { keys, values } if blocked => attend_blocked(k, &shape, batch, qkv, keys, values, attn),
-            KvCache::F32 { keys, values } => attend(k, &shape, batch, qkv, keys, values, scores, attn),
-            KvCache::F16 { keys, values } => attend(k, &shape, batch, qkv, keys, values, scores, attn),
+        match batch {
+            // Each chunk as a run of its own.
+            Batch::Runs { chunks, .. } => {
+                let mut at = 0;
+                for c in *chunks {
+                    let len = c.tokens.len();
+                    let run = Batch::Run { slot: c.slot, tokens: c.tokens, start: c.start, rows: LogitRows::Last };
+                    let (qkv, attn) = (&qkv[at * qkv_dim..][..len * qkv_dim], &mut attn[at * q_dim..][..len * q_dim]);
+                    attend_layer(k, &shape, &run, qkv, &mut s.kv_cache, scores, attn);
+                    at += len;
+                }
+            }
+            _ => attend_layer(k, &shape, batch, qkv, &mut s.kv_cache, scores, attn),
         }
         batch.matmul(k, &w.o_proj, &s.attn[..n * q_dim], n, &mut s.proj[..n * d]);
         residual(n, d, &mut s.x, &mut s.proj, w.post_attention_layernorm, eps);
@@ -526,12 +600,42 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
         residual(n, d, &mut s.x, &mut s.proj, w.post_feedforward_layernorm, eps);
     }
 
-    // Only the rows that get logits need the final norm.
-    let first = batch.first_logits();
-    let m = n - first;
-    let x = &mut s.x[first * d..n * d];
+    // Only the rows that get logits need the final norm: a run's last ones, each
+    // chunk's last one (gathered in `proj`, free by now).
+    let (x, m) = match batch {
+        Batch::Runs { lens, .. } => {
+            let mut end = 0;
+            for (i, len) in lens.iter().enumerate() {
+                end += len;
+                s.proj[i * d..][..d].copy_from_slice(&s.x[(end - 1) * d..end * d]);
+            }
+            (&mut s.proj[..lens.len() * d], lens.len())
+        }
+        _ => {
+            let first = batch.first_logits();
+            (&mut s.x[first * d..n * d], n - first)
+        }
+    };
     per_token(m, d, x, |_, x| rms_norm(x, model.norm, eps));
-    batch.matmul(k, &model.lm_head, x, m, &mut s.logits[..m * vocab]);
+    let logits = &mut s.logits[..m * vocab];
+    match batch {
+        Batch::Runs { .. } => kernels::matmul_segments(k, &model.lm_head, x, &s.ones[..m], logits),
+        _ => batch.matmul(k, &model.lm_head, x, m, logits),
+    }
+}
+
+/// Attends for one layer with [`attend_blocked`] (a prompt run of enough queries) or
+/// [`attend`], on the cache's element type.
+#[allow(clippy::too_many_arguments)]
+fn attend_layer(k: Kernels, sh: &AttentionShape, batch: &Batch, qkv: &[f32], cache: &mut KvCache, scores: &mut [f32], attn: &mut [f32]) {
+    let n = qkv.len() / (sh.q_dim + 2 * sh.kv_dim);
+    let blocked = matches!(batch, Batch::Run { .. }) && n * sh.group >= BLOCKED_MIN_QUERIES;
+    match cache {
+        KvCache::F32 { keys, values } if blocked => attend_blocked(k, sh, batch, qkv, keys, values, attn),
+        KvCache::F16 { keys, values } if blocked => attend_blocked(k, sh, batch, qkv, keys, values, attn),
+        KvCache::F32 { keys, values } => attend(k, sh, batch, qkv, keys, values, scores, attn),
+        KvCache::F16 { keys, values } => attend(k, sh, batch, qkv, keys, values, scores, attn),
+    }
 }
 
 /// What [`attend`] needs to know of the model, the layer and the cache.

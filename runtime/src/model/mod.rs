@@ -9,5 +9,5 @@ pub mod ops;
 pub mod team;
 pub mod weights;
 
-pub use forward::{forward, forward_batch, forward_batch_for, forward_batch_in, forward_rows, kv_cache_bytes, kv_cache_positions, KvDtype, LogitRows, Row, RunState};
+pub use forward::{forward, forward_batch, forward_batch_for, forward_batch_in, forward_chunks, forward_rows, Chunk, kv_cache_bytes, kv_cache_positions, KvDtype, LogitRows, Row, RunState};
 pub use weights::{LayerWeights, Model};
