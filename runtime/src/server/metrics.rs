@@ -20,9 +20,11 @@ pub struct Metrics {
     /// Slots running a request.
     pub busy_slots: AtomicU64,
     pub slots: AtomicU64,
-    /// Forward passes (decode batches and prompt chunks) and the rows they ran.
+    /// Forward passes (decode batches and prompt passes) and what they ran: decode
+    /// rows, prompt chunks (several prompts' chunks may share a pass).
     pub decode_steps: AtomicU64,
     pub decode_rows: AtomicU64,
+    pub prefill_passes: AtomicU64,
     pub prefill_chunks: AtomicU64,
 }
 
@@ -63,7 +65,8 @@ impl Metrics {
         metric("slots", "gauge", "Slots (requests run at once).", &[("", get(&self.slots))]);
         metric("decode_steps_total", "counter", "Decode batches run.", &[("", get(&self.decode_steps))]);
         metric("decode_rows_total", "counter", "Tokens decoded in those batches.", &[("", get(&self.decode_rows))]);
-        metric("prefill_chunks_total", "counter", "Prompt chunks run.", &[("", get(&self.prefill_chunks))]);
+        metric("prefill_passes_total", "counter", "Prompt passes run.", &[("", get(&self.prefill_passes))]);
+        metric("prefill_chunks_total", "counter", "Prompt chunks run in those passes.", &[("", get(&self.prefill_chunks))]);
         out
     }
 }

@@ -7,12 +7,15 @@
 //! 2. drops jobs whose client went away (their cancel flag, or a closed channel);
 //! 3. runs one decode step: the next token of every slot that has finished its prompt,
 //!    one row each, in one pass over the weights (`forward_rows`);
-//! 4. runs one chunk of at most `prefill_chunk` tokens of the oldest prompt still
-//!    being read, so that a long prompt does not stop the running streams.
+//! 4. reads prompts: the next chunk (at most `prefill_chunk` tokens) of the oldest
+//!    prompt still being read, and beside it, in the same pass over the weights
+//!    (`forward_chunks`), the next chunks of other prompts while the tokens stay within
+//!    one chunk's budget; so a long prompt does not stop the running streams, and
+//!    prompts that arrive together are read together.
 //!
 //! A sequence's numbers do not depend on its neighbours: a decode row is computed as
-//! alone, and prompts are cut into chunks from their own start. So greedy output is the
-//! same alone or beside others.
+//! alone, prompts are cut into chunks from their own start, and a chunk read beside
+//! others is computed as alone. So greedy output is the same alone or beside others.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +25,7 @@ use std::time::Instant;
 
 use crate::generation::sampling::{Sampler, SamplingParams};
 use crate::generation::stop::StopText;
-use crate::model::forward::{forward_batch_in, forward_rows, LogitRows, Row, RunState};
+use crate::model::forward::{forward_chunks, forward_rows, Chunk, Row, RunState};
 use crate::model::Model;
 use crate::server::metrics::Metrics;
 
@@ -184,6 +187,10 @@ pub struct Scheduler<'m, 'v> {
     /// The decode batch's rows and the slots they belong to (capacity: every slot).
     rows: Vec<Row>,
     row_slots: Vec<usize>,
+    /// The prompts being read, (admission, slot), and the chunks of a pass, (slot,
+    /// tokens) (capacity: every slot).
+    reading: Vec<(u64, usize)>,
+    chunks: Vec<(usize, usize)>,
     admitted: u64,
 }
 
@@ -202,6 +209,8 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             queue,
             rows: Vec::with_capacity(config.slots),
             row_slots: Vec::with_capacity(config.slots),
+            reading: Vec::with_capacity(config.slots),
+            chunks: Vec::with_capacity(config.slots),
             admitted: 0,
         }
     }
@@ -294,26 +303,54 @@ impl<'m, 'v> Scheduler<'m, 'v> {
         }
     }
 
-    /// One chunk of the oldest prompt still being read.
+    /// The next chunk of the oldest prompt still being read, and of others while the
+    /// tokens fit in one chunk's budget, in one pass.
     fn prefill_step(&mut self) {
-        let reading = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().filter(|a| a.prefilled < a.job.prompt.len()).map(|a| (a.seq, i)))
-            .min();
-        let Some((_, i)) = reading else { return };
-        let a = self.slots[i].as_mut().expect("a reading slot");
-        let start = a.prefilled;
-        let n = (a.job.prompt.len() - start).min(self.config.prefill_chunk);
+        self.reading.clear();
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(a) = slot.as_ref().filter(|a| a.prefilled < a.job.prompt.len()) {
+                self.reading.push((a.seq, i));
+            }
+        }
+        self.reading.sort_unstable();
+        let budget = self.config.prefill_chunk;
+        let mut used = 0;
+        self.chunks.clear();
+        for &(_, i) in &self.reading {
+            let a = self.slots[i].as_ref().expect("a reading slot");
+            // Chunks are cut from the prompt's own start whatever is read beside them.
+            let n = (a.job.prompt.len() - a.prefilled).min(budget);
+            if self.chunks.is_empty() || used + n <= budget {
+                self.chunks.push((i, n));
+                used += n;
+            }
+        }
+        if self.chunks.is_empty() {
+            return;
+        }
         let metrics = Arc::clone(&self.queue.metrics);
-        Metrics::add(&metrics.prefill_chunks, 1);
-        Metrics::add(&metrics.prompt_tokens, n as u64);
-        let logits = forward_batch_in(self.model, &mut self.state, i, &a.job.prompt[start..start + n], start, LogitRows::Last);
-        a.prefilled += n;
-        a.pos = a.prefilled;
-        if a.prefilled == a.job.prompt.len() && !emit(self.model, self.config.context, &metrics, a, logits) {
-            self.slots[i] = None;
+        Metrics::add(&metrics.prefill_passes, 1);
+        Metrics::add(&metrics.prefill_chunks, self.chunks.len() as u64);
+        Metrics::add(&metrics.prompt_tokens, used as u64);
+        let slots = &self.slots;
+        // Borrows of the prompts: made per pass (a pass is a chunk, not a token).
+        let chunks: Vec<Chunk> = self
+            .chunks
+            .iter()
+            .map(|&(i, n)| {
+                let a = slots[i].as_ref().expect("a reading slot");
+                Chunk { slot: i, tokens: &a.job.prompt[a.prefilled..a.prefilled + n], start: a.prefilled }
+            })
+            .collect();
+        let logits = forward_chunks(self.model, &mut self.state, &chunks);
+        let vocab = self.model.config.vocab_size as usize;
+        for (r, &(i, n)) in self.chunks.iter().enumerate() {
+            let a = self.slots[i].as_mut().expect("a reading slot");
+            a.prefilled += n;
+            a.pos = a.prefilled;
+            if a.prefilled == a.job.prompt.len() && !emit(self.model, self.config.context, &metrics, a, &logits[r * vocab..][..vocab]) {
+                self.slots[i] = None;
+            }
         }
     }
 }
