@@ -535,7 +535,7 @@ pub fn matmul_decode(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
                 })
             }
             MatrixData::F32(_) | MatrixData::F16(_) | MatrixData::BF16(_) => {
-                float_decode_pass(w, x, n, y, packed, min, 1, sub, |p, a, len, m, x, y, acc| unsafe {
+                float_decode_pass(w, x, n, y, packed, min, 1, sub, FEW, |p, a, len, m, x, y, acc| unsafe {
                     match p.data {
                         MatrixData::F32(d) => rows_few::<WF32>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
                         MatrixData::F16(d) => rows_few::<WF16>(d.as_ptr(), p.cols, a, len, m, x, y, rows, acc),
@@ -550,7 +550,7 @@ pub fn matmul_decode(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
 }
 
 /// The pass of a float decode batch that the AVX2 and AVX-512 F kernels share: the
-/// tokens packed by [`pack_few`] in groups of [`FEW`] (into `packed`), the rows claimed
+/// tokens packed by [`pack_few`] in groups of `group` (into `packed`), the rows claimed
 /// in guided blocks of at least `min` rows (multiples of `align`), each block taken
 /// `sub` rows at a time, and for each group and column panel `rows(panel, a, len, m, x,
 /// y, acc)`: rows `a .. a + len` of the panel for the group's `m` tokens, `x` their
@@ -565,17 +565,18 @@ pub(super) fn float_decode_pass(
     min: usize,
     align: usize,
     sub: usize,
+    group: usize,
     rows: impl Fn(&Matrix, usize, usize, usize, *const f32, *mut f32, bool) + Sync + Send,
 ) {
     let (nrows, cols) = (w.rows, w.cols);
     grow(packed, n * cols);
-    for t0 in (0..n).step_by(FEW) {
-        let m = FEW.min(n - t0);
+    for t0 in (0..n).step_by(group) {
+        let m = group.min(n - t0);
         pack_few(&x[t0 * cols..][..m * cols], m, cols, &mut packed[t0 * cols..][..m * cols]);
     }
     let xs = packed.as_ptr() as usize;
     let yp = SendPtr(y.as_mut_ptr());
-    par_row_groups(y, n, nrows, min, align, sub, FEW, |a, len, t0, m| {
+    par_row_groups(y, n, nrows, min, align, sub, group, |a, len, t0, m| {
         let xg = (xs as *const f32).wrapping_add(t0 * cols);
         let y = yp.get().wrapping_add(t0 * nrows);
         for (c0, p) in w.panels() {

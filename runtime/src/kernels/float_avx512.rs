@@ -8,8 +8,13 @@
 //! decode batch of 4 bf16 tokens cost 3x one token's time on the 1B: the arithmetic,
 //! not the weights, set its pace. Here [`ROWS`] rows are read together, so each
 //! activation load (a 512-bit register, 16 columns of one token) feeds [`ROWS`] FMAs
-//! and each weight load up to `avx2::FEW`: 8 loads for 16 FMAs, 16 accumulators in the 32
-//! registers AVX-512 gives.
+//! and each weight load up to 4 tokens' FMAs: 8 loads for 16 FMAs, 16 accumulators in
+//! the 32 registers AVX-512 gives. Five to eight tokens ([`FEW`]) take three rows at a
+//! time (24 accumulators) in one pass: on Sapphire Rapids with the weights in DRAM
+//! (kernels bench, 131072 x 2048, 2 threads) a batch of 8 cost 1.36-1.62 (bf16),
+//! 1.21-1.28 (f32) of one token against 1.68-1.73 and 1.48-1.51 in two passes of four
+//! (the second read from L2 while the memory idled); with a matrix that fits in L3 the
+//! two passes were faster (2.22 against 2.49 for bf16), but a model's weights do not.
 //!
 //! Measured on Zen 4 (kernels bench, 2 threads; the AVX2 pass's figures in brackets):
 //! a batch of 4 tokens costs 1.03-1.14 (f32, [1.95]), 1.07-1.31 (f16, [3.54]) and
@@ -32,11 +37,14 @@ use super::avx2::float_decode_pass;
 use super::matrix::{Matrix, MatrixData};
 use super::tasks::{min_rows_per_block, rows_per_sub_block, with_local};
 
-/// Weight rows read together by one call of [`rows_block`].
+/// Weight rows read together by one call of [`rows_block`] (for up to four tokens).
 const ROWS: usize = 4;
 
+/// Tokens a pass over the weights takes at once.
+const FEW: usize = 8;
+
 /// Weights a sub-block of a decode batch covers: a quarter of a 1 MiB L2 (Zen 4;
-/// Sapphire Rapids has 2 MiB), so its rows stay cached while every group of `avx2::FEW`
+/// Sapphire Rapids has 2 MiB), so its rows stay cached while every group of [`FEW`]
 /// tokens passes over them.
 const SUB_BYTES: usize = 256 << 10;
 
@@ -91,14 +99,14 @@ impl Widen16 for BF16 {
 }
 
 thread_local! {
-    /// The calling thread's tokens packed in groups of `avx2::FEW`; only ever grows.
+    /// The calling thread's tokens packed in groups of [`FEW`]; only ever grows.
     static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `y[t] = W x[t]` for a decode batch of `n` float tokens (`x` is `n x cols`, `y` is
 /// `n x rows`). The threads claim blocks of rows as a matvec does; each block is taken
 /// in sub-blocks that stay in L2 ([`SUB_BYTES`]), and each sub-block's rows are read
-/// from memory once, for the first `avx2::FEW` tokens, and from L2 for the others.
+/// from memory once, for the first [`FEW`] tokens, and from L2 for the others.
 ///
 /// # Safety
 /// The CPU has AVX-512 F, BW and VL and AVX2/FMA/F16C; `w` is a checked f32, f16 or
@@ -108,7 +116,7 @@ pub(super) unsafe fn matmul_decode(w: &Matrix, x: &[f32], n: usize, y: &mut [f32
     let sub = rows_per_sub_block(w.row_bytes(), ROWS, SUB_BYTES);
     let rows = w.rows;
     with_local(&PACKED, |packed| {
-        float_decode_pass(w, x, n, y, packed, min, ROWS, sub, |p, a, len, m, x, y, acc| {
+        float_decode_pass(w, x, n, y, packed, min, ROWS, sub, FEW, |p, a, len, m, x, y, acc| {
             // SAFETY: the caller vouches for the CPU and the lengths; the panel holds
             // `rows` whole rows of `p.cols`, `x` the group's `m` packed tokens, and
             // `float_decode_pass` gives this call rows `a .. a + len` (within `rows`)
@@ -131,21 +139,25 @@ pub(super) unsafe fn matmul_decode(w: &Matrix, x: &[f32], n: usize, y: &mut [f32
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn rows_few<L: Widen16>(w: *const L::E, cols: usize, r0: usize, len: usize, n: usize, x: *const f32, y: *mut f32, ldy: usize, acc: bool) {
     match n {
-        1 => rows_n::<L, 1>(w, cols, r0, len, x, y, ldy, acc),
-        2 => rows_n::<L, 2>(w, cols, r0, len, x, y, ldy, acc),
-        3 => rows_n::<L, 3>(w, cols, r0, len, x, y, ldy, acc),
-        _ => rows_n::<L, 4>(w, cols, r0, len, x, y, ldy, acc),
+        1 => rows_n::<L, ROWS, 1>(w, cols, r0, len, x, y, ldy, acc),
+        2 => rows_n::<L, ROWS, 2>(w, cols, r0, len, x, y, ldy, acc),
+        3 => rows_n::<L, ROWS, 3>(w, cols, r0, len, x, y, ldy, acc),
+        4 => rows_n::<L, ROWS, 4>(w, cols, r0, len, x, y, ldy, acc),
+        5 => rows_n::<L, 3, 5>(w, cols, r0, len, x, y, ldy, acc),
+        6 => rows_n::<L, 3, 6>(w, cols, r0, len, x, y, ldy, acc),
+        7 => rows_n::<L, 3, 7>(w, cols, r0, len, x, y, ldy, acc),
+        _ => rows_n::<L, 3, 8>(w, cols, r0, len, x, y, ldy, acc),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn rows_n<L: Widen16, const N: usize>(w: *const L::E, cols: usize, r0: usize, len: usize, x: *const f32, y: *mut f32, ldy: usize, acc: bool) {
+unsafe fn rows_n<L: Widen16, const R: usize, const N: usize>(w: *const L::E, cols: usize, r0: usize, len: usize, x: *const f32, y: *mut f32, ldy: usize, acc: bool) {
     let end = r0 + len;
     let mut r = r0;
-    while r + ROWS <= end {
-        rows_block::<L, ROWS, N>(w, cols, r, x, y, ldy, acc);
-        r += ROWS;
+    while r + R <= end {
+        rows_block::<L, R, N>(w, cols, r, x, y, ldy, acc);
+        r += R;
     }
     while r < end {
         rows_block::<L, 1, N>(w, cols, r, x, y, ldy, acc);
@@ -176,7 +188,7 @@ unsafe fn rows_block<L: Widen16, const R: usize, const N: usize>(
             // rows are read side by side, so each one's own stream ahead is a row the
             // block already reads.
             for pi in p {
-                _mm_prefetch::<_MM_HINT_T1>(pi.wrapping_add(c + ROWS * cols) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(pi.wrapping_add(c + R * cols) as *const i8);
             }
         }
         let ws: [__m512; R] = std::array::from_fn(|i| L::load16(p[i].add(c)));
