@@ -200,6 +200,10 @@ fn a_client_leaving_frees_its_slot_and_a_full_queue_refuses() {
         // and the round is tried again.
         let mut refused = false;
         for _ in 0..10 {
+            // A reply reaches its client a moment before the scheduler frees the slot and
+            // updates the gauges: until they read idle, a stale "busy" could let the
+            // second request in before the first, into a full queue.
+            wait_for(|| metric(addr, "olmort_busy_slots") == 0 && metric(addr, "olmort_queue_depth") == 0, "an idle server");
             std::thread::scope(|s| {
                 let first = s.spawn(|| post(addr, "/v1/completions", &long.replace(r#", "stream": true"#, "")));
                 wait_for(|| first.is_finished() || metric(addr, "olmort_busy_slots") == 1, "the first request");
