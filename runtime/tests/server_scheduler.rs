@@ -44,6 +44,18 @@ fn collect(rx: &mpsc::Receiver<Event>) -> (String, Finish) {
     }
 }
 
+/// Queues a job per (prompt, max tokens); their event channels in order.
+fn submit_all(queue: &Queue, requests: &[(Vec<u32>, usize)]) -> Vec<mpsc::Receiver<Event>> {
+    requests
+        .iter()
+        .map(|(p, n)| {
+            let (job, rx, _) = job(p.clone(), *n);
+            queue.submit(job).unwrap();
+            rx
+        })
+        .collect()
+}
+
 /// Runs `f` with a scheduler of `config` serving `model` on another thread.
 fn with_scheduler<R>(model: &Model, config: SchedulerConfig, f: impl FnOnce(&Queue) -> R) -> R {
     let state = RunState::with_slots(model, config.context, config.prefill_chunk.max(config.slots), KvDtype::F32, config.slots).unwrap();
@@ -74,17 +86,7 @@ fn eight_concurrent_greedy_requests_match_each_alone() {
         let requests: Vec<(Vec<u32>, usize)> = (0..8u32)
             .map(|i| ((0..1 + i * 4).map(|j| (j * 7919 + i * 104_729 + 11) % v).collect(), 5 + 5 * i as usize))
             .collect();
-        let together: Vec<(String, Finish)> = with_scheduler(model, config, |queue| {
-            let rxs: Vec<_> = requests
-                .iter()
-                .map(|(p, n)| {
-                    let (job, rx, _) = job(p.clone(), *n);
-                    queue.submit(job).unwrap();
-                    rx
-                })
-                .collect();
-            rxs.iter().map(collect).collect()
-        });
+        let together: Vec<(String, Finish)> = with_scheduler(model, config, |queue| submit_all(queue, &requests).iter().map(collect).collect());
         // Some steps really ran several rows: the batch held more than one sequence.
         for (i, (prompt, n)) in requests.iter().enumerate() {
             let alone = with_scheduler(model, config, |queue| {
@@ -145,14 +147,7 @@ fn prompts_waiting_together_share_a_pass() {
         let state = RunState::with_slots(model, config.context, config.prefill_chunk.max(config.slots), KvDtype::F32, config.slots).unwrap();
         let queue = Queue::new(config.queue, Arc::new(Metrics::default()));
         // Queued before the scheduler starts, so its first turn admits all five.
-        let rxs: Vec<_> = requests
-            .iter()
-            .map(|(p, n)| {
-                let (job, rx, _) = job(p.clone(), *n);
-                queue.submit(job).unwrap();
-                rx
-            })
-            .collect();
+        let rxs = submit_all(&queue, &requests);
         let scheduler = Scheduler::new(model, state, config, Arc::clone(&queue));
         let together: Vec<(String, Finish)> = std::thread::scope(|s| {
             s.spawn(move || scheduler.run());

@@ -383,20 +383,8 @@ pub fn forward_chunks<'s>(model: &Model, s: &'s mut RunState, chunks: &[Chunk]) 
     assert!(n <= s.max_batch, "{n} tokens is more than the batch buffers hold ({})", s.max_batch);
     s.batches += 1;
     for c in chunks {
-        let len = c.tokens.len();
-        assert!(len > 0, "an empty chunk for slot {}", c.slot);
-        assert!(c.slot < s.slots(), "slot {} of {}", c.slot, s.slots());
-        assert!(c.start + len <= s.max_positions, "position {} beyond the KV cache", c.start + len - 1);
-        assert!(
-            model.config.sliding_window.is_none() || c.start == 0 || c.start == s.next_position[c.slot],
-            "slot {} position {}: its sliding-window cache holds the window before position {}",
-            c.slot,
-            c.start,
-            s.next_position[c.slot]
-        );
-        assert!(s.last_batch[c.slot] != s.batches, "slot {} twice in one batch", c.slot);
-        s.last_batch[c.slot] = s.batches;
-        s.next_position[c.slot] = c.start + len;
+        assert!(!c.tokens.is_empty(), "an empty chunk for slot {}", c.slot);
+        claim(model, s, c.slot, c.start, c.tokens.len());
     }
     let vocab = model.config.vocab_size as usize;
     if chunks.is_empty() {
@@ -416,6 +404,23 @@ pub fn forward_chunks<'s>(model: &Model, s: &'s mut RunState, chunks: &[Chunk]) 
     team.install(|| run(k, model, s, &Batch::Runs { chunks, rows: &rows, lens: &lens }));
     (s.chunk_rows, s.chunk_lens) = (rows, lens);
     &s.logits[..chunks.len() * vocab]
+}
+
+/// Checks that slot `slot` may take positions `start .. start + len` in the current
+/// batch (`s.batches`) and claims it: the rules of [`forward_rows`] and
+/// [`forward_chunks`] (a slot once per batch, within its cache, and with sliding-window
+/// layers continuing where the slot stopped or starting over at 0).
+fn claim(model: &Model, s: &mut RunState, slot: usize, start: usize, len: usize) {
+    assert!(slot < s.slots(), "slot {slot} of {}", s.slots());
+    assert!(start + len <= s.max_positions, "position {} beyond the KV cache", start + len - 1);
+    assert!(s.last_batch[slot] != s.batches, "slot {slot} twice in one batch");
+    assert!(
+        model.config.sliding_window.is_none() || start == 0 || start == s.next_position[slot],
+        "slot {slot} position {start}: its sliding-window cache holds the window before position {}",
+        s.next_position[slot]
+    );
+    s.last_batch[slot] = s.batches;
+    s.next_position[slot] = start + len;
 }
 
 /// One row of a decode batch: `token` at position `pos` of the sequence in KV slot
@@ -442,18 +447,7 @@ pub fn forward_rows<'s>(model: &Model, s: &'s mut RunState, rows: &[Row]) -> &'s
     assert!(n <= s.max_batch, "{n} rows is more than the batch buffers hold ({})", s.max_batch);
     s.batches += 1;
     for r in rows {
-        assert!(r.slot < s.slots(), "slot {} of {}", r.slot, s.slots());
-        assert!(r.pos < s.max_positions, "position {} beyond the KV cache", r.pos);
-        assert!(s.last_batch[r.slot] != s.batches, "slot {} twice in one batch", r.slot);
-        assert!(
-            model.config.sliding_window.is_none() || r.pos == 0 || r.pos == s.next_position[r.slot],
-            "slot {} position {}: its sliding-window cache holds the window before position {}",
-            r.slot,
-            r.pos,
-            s.next_position[r.slot]
-        );
-        s.last_batch[r.slot] = s.batches;
-        s.next_position[r.slot] = r.pos + 1;
+        claim(model, s, r.slot, r.pos, 1);
     }
     let vocab = model.config.vocab_size as usize;
     if n == 0 {
