@@ -444,6 +444,17 @@ fn interrupt_with(signal: i32, tag: &str, named_temp: bool) {
     if named_temp {
         command.env(olmoc::output::NAMED_TEMP_VAR, "1");
     }
+    // olmoc leaves a signal its parent ignores ignored (as under nohup, which ignores
+    // SIGHUP), so the child starts with the default action whatever ran the tests.
+    // SAFETY: between fork and exec the closure only calls signal(2), which is
+    // async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(move || {
+            libc::signal(signal, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     let mut child = command
         .arg("pack")
         .arg(&weights)
