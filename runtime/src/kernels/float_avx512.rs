@@ -15,6 +15,9 @@
 //! 1.21-1.28 (f32) of one token against 1.68-1.73 and 1.48-1.51 in two passes of four
 //! (the second read from L2 while the memory idled); with a matrix that fits in L3 the
 //! two passes were faster (2.22 against 2.49 for bf16), but a model's weights do not.
+//! Eight tokens' packed activations of a 2048-column row (64 KiB) overflow L1; taking
+//! 1024 columns at a time over all the rows (accumulators parked between chunks, the
+//! same sums) measured 1.56-1.60 of one token on the 1B against 1.58-1.62: not kept.
 //!
 //! Measured on Zen 4 (kernels bench, 2 threads; the AVX2 pass's figures in brackets):
 //! a batch of 4 tokens costs 1.03-1.14 (f32, [1.95]), 1.07-1.31 (f16, [3.54]) and
