@@ -338,14 +338,8 @@ pub fn forward_batch_in<'s>(
     rows: LogitRows,
 ) -> &'s [f32] {
     let n = tokens.len();
-    assert!(slot < s.slots(), "slot {slot} of {}", s.slots());
     assert!(n <= s.max_batch, "{n} tokens is more than the batch buffers hold ({})", s.max_batch);
-    assert!(start + n <= s.max_positions, "position {} beyond the KV cache", start + n - 1);
-    assert!(
-        model.config.sliding_window.is_none() || start == 0 || start == s.next_position[slot],
-        "position {start}: a sliding-window cache holds the window before position {}, so a run continues there or starts over at 0",
-        s.next_position[slot]
-    );
+    check_positions(model, s, slot, start, n);
     let vocab = model.config.vocab_size as usize;
     if n == 0 {
         return &s.logits[..0];
@@ -406,19 +400,24 @@ pub fn forward_chunks<'s>(model: &Model, s: &'s mut RunState, chunks: &[Chunk]) 
     &s.logits[..chunks.len() * vocab]
 }
 
-/// Checks that slot `slot` may take positions `start .. start + len` in the current
-/// batch (`s.batches`) and claims it: the rules of [`forward_rows`] and
-/// [`forward_chunks`] (a slot once per batch, within its cache, and with sliding-window
-/// layers continuing where the slot stopped or starting over at 0).
-fn claim(model: &Model, s: &mut RunState, slot: usize, start: usize, len: usize) {
+/// Checks that slot `slot` may take positions `start .. start + len`: a slot of the
+/// state, within its cache, and with sliding-window layers continuing where the slot
+/// stopped or starting over at 0.
+fn check_positions(model: &Model, s: &RunState, slot: usize, start: usize, len: usize) {
     assert!(slot < s.slots(), "slot {slot} of {}", s.slots());
     assert!(start + len <= s.max_positions, "position {} beyond the KV cache", start + len - 1);
-    assert!(s.last_batch[slot] != s.batches, "slot {slot} twice in one batch");
     assert!(
         model.config.sliding_window.is_none() || start == 0 || start == s.next_position[slot],
-        "slot {slot} position {start}: its sliding-window cache holds the window before position {}",
+        "slot {slot} position {start}: a sliding-window cache holds the window before position {}, so a run continues there or starts over at 0",
         s.next_position[slot]
     );
+}
+
+/// [`check_positions`], then claims the slot for the current batch (`s.batches`),
+/// which may hold it once: the rules of [`forward_rows`] and [`forward_chunks`].
+fn claim(model: &Model, s: &mut RunState, slot: usize, start: usize, len: usize) {
+    check_positions(model, s, slot, start, len);
+    assert!(s.last_batch[slot] != s.batches, "slot {slot} twice in one batch");
     s.last_batch[slot] = s.batches;
     s.next_position[slot] = start + len;
 }
