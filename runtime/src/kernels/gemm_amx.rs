@@ -229,7 +229,7 @@ pub(super) unsafe fn transpose16(r: &mut [std::arch::x86_64::__m512; 16]) {
 /// 16 bits of each 32-bit lane.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn to_bf16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+pub(super) unsafe fn to_bf16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
     use std::arch::x86_64::*;
     let bits = _mm512_castps_si512(v);
     let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));

@@ -29,6 +29,8 @@ mod activations;
 mod amx;
 pub(crate) mod attention;
 #[cfg(target_arch = "x86_64")]
+mod attention_amx;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod float_avx512;
@@ -349,6 +351,14 @@ impl Product {
             let _ = (k, w, n);
             Product::Portable
         }
+    }
+}
+
+impl Product {
+    /// Whether this kernel rounds the activations (to bf16, or per block to int8): the
+    /// AMX ones. A prompt run's attention may then round its operands too.
+    pub fn rounds_activations(self) -> bool {
+        matches!(self, Product::AmxGemm | Product::Q8Tiles)
     }
 }
 

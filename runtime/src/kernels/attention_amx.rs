@@ -1,0 +1,280 @@
+//! The two products of a prompt batch's attention ([`super::attention`]) on AMX tiles
+//! with `tdpbf16ps`: the scores `S = K Q^T` and the output `O^T += V^T P`, their
+//! operands rounded to bf16 and every sum in f32. The online softmax between them,
+//! the masks and the rescaling stay on the vector units in f32, as on the FMA path.
+//!
+//! [`super::attention::attend_prompt`] takes this path only where the batch's matrix
+//! products already round their activations (bf16 tiles for bf16 and quantised
+//! weights, `gemm_amx`, `q8_amx`); prompts of f32 and f16 weights keep exact
+//! attention. The rounding is that of bf16 attention as a bf16 checkpoint runs it:
+//! each query, key, value and probability keeps 8 significant bits, and the running
+//! sums of the softmax are taken from the probabilities before they are rounded.
+//!
+//! Operands are laid out as the tiles read them (64-byte aligned, as every tile here:
+//! see `gemm_amx` on misaligned loads): `A` tiles as bf16 rows (keys by head dims for
+//! `S`, head dims by keys for `O^T`, so the values are transposed per key block), `B`
+//! tiles as rows of bf16 pairs (the queries' pairs of dims, the probabilities' pairs
+//! of keys), `C` tiles straight from and to the f32 scores and output, 16 x 16.
+//!
+//! Every `unsafe fn` here needs AVX-512 F/BW and the thread's tiles [`configure`]d.
+
+use std::arch::x86_64::*;
+
+use super::amx::{self, TileConfig};
+use super::gemm_amx::{to_bf16, transpose16};
+
+/// Rows of a tile: keys or dims of an `A` tile, pairs of a `B` tile, and 16 lanes of
+/// f32 per `C` row.
+pub(super) const TILE: usize = 16;
+/// bf16 values per tile row (64 bytes): the depth of one product.
+pub(super) const DEPTH: usize = 32;
+/// u16 elements of one packed `B` tile.
+const B_ELEMS: usize = TILE * DEPTH;
+
+/// Every tile 16 rows of 64 bytes: the sum in 0, `A` in 4, `B` in 6.
+fn config() -> TileConfig {
+    TileConfig::new(&[], &[], 64)
+}
+
+/// Configures the calling thread's tiles for the functions here.
+///
+/// # Safety
+/// `amx::available()` must be true; [`release`] before other tile users configure.
+pub(super) unsafe fn configure() {
+    amx::configure(&config());
+}
+
+/// # Safety
+/// As [`configure`].
+pub(super) unsafe fn release() {
+    amx::release();
+}
+
+/// u16 elements [`pack_pairs`] writes for `depth` rows and `cols` columns.
+pub(super) fn pairs_len(depth: usize, cols: usize) -> usize {
+    depth.div_ceil(DEPTH) * (cols / TILE) * B_ELEMS
+}
+
+/// The `B` tiles of an f32 matrix `src` (`rows` rows of `cols`, `ld` apart, the
+/// product's depth running down the rows): per 32 rows `c` and 16 columns `q`, the
+/// tile at `dst + (c * cols / 16 + q) * 512`, whose row `p` holds the bf16 pairs of
+/// rows `32c + 2p` and `32c + 2p + 1` over the 16 columns; rows from `rows` on are
+/// zeros.
+///
+/// # Safety
+/// `cols` a multiple of 16; `src` holding `rows` rows of `cols` at `ld` apart; `dst`
+/// [`pairs_len`]`(rows, cols)` values, 64-byte aligned.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn pack_pairs(src: *const f32, ld: usize, rows: usize, cols: usize, dst: *mut u16) {
+    let groups = cols / TILE;
+    for c in 0..rows.div_ceil(DEPTH) {
+        for q in 0..groups {
+            let tile = dst.add((c * groups + q) * B_ELEMS);
+            for p in 0..TILE {
+                let i = c * DEPTH + 2 * p;
+                let even = if i < rows { to_bf16(_mm512_loadu_ps(src.add(i * ld + q * TILE))) } else { _mm512_setzero_si512() };
+                let odd = if i + 1 < rows { to_bf16(_mm512_loadu_ps(src.add((i + 1) * ld + q * TILE))) } else { _mm512_setzero_si512() };
+                let pairs = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
+                _mm512_store_si512(tile.add(p * DEPTH) as *mut __m512i, pairs);
+            }
+        }
+    }
+}
+
+/// The `A` tiles of `rows` rows of `width` f32 (`ld` apart) as bf16 rows of `width`
+/// at `dst`, padded with zero rows to a multiple of 16.
+///
+/// # Safety
+/// `width` a multiple of 32; `src` holding the rows; `dst` `rows.next_multiple_of(16)
+/// * width` values, 64-byte aligned.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn pack_rows(src: *const f32, ld: usize, rows: usize, width: usize, dst: *mut u16) {
+    for i in 0..rows.next_multiple_of(TILE) {
+        for c in (0..width).step_by(TILE) {
+            let v = if i < rows { _mm512_cvtepi32_epi16(to_bf16(_mm512_loadu_ps(src.add(i * ld + c)))) } else { _mm256_setzero_si256() };
+            _mm256_store_si256(dst.add(i * width + c) as *mut __m256i, v);
+        }
+    }
+}
+
+/// Keys (or any rows) padded to a whole number of products' depth.
+pub(super) fn padded_keys(keys: usize) -> usize {
+    keys.next_multiple_of(DEPTH)
+}
+
+/// `rows` rows of `width` f32 (`ld` apart; `width` the head dims) transposed into the
+/// `A` tiles of `O^T += V^T P`: row `t` of `dst` holds dim `t` of every row, bf16, and
+/// zeros up to [`padded_keys`]`(rows)`.
+///
+/// # Safety
+/// `width` a multiple of 16; `src` holding the rows; `dst` `width *
+/// padded_keys(rows)` values, 64-byte aligned.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn transpose_rows(src: *const f32, ld: usize, rows: usize, width: usize, dst: *mut u16) {
+    let keys = padded_keys(rows);
+    for k0 in (0..keys).step_by(TILE) {
+        for t0 in (0..width).step_by(TILE) {
+            let mut r = [_mm512_setzero_ps(); TILE];
+            for (i, v) in r.iter_mut().enumerate() {
+                if k0 + i < rows {
+                    *v = _mm512_loadu_ps(src.add((k0 + i) * ld + t0));
+                }
+            }
+            transpose16(&mut r);
+            for (t, v) in r.iter().enumerate() {
+                let out = dst.add((t0 + t) * keys + k0);
+                _mm256_store_si256(out as *mut __m256i, _mm512_cvtepi32_epi16(to_bf16(*v)));
+            }
+        }
+    }
+}
+
+/// `S = K Q^T`: `keys` packed by [`pack_rows`] (`key_rows` of them, a multiple of 16,
+/// `width` dims), `queries` by [`pack_pairs`] (the `width` rows of `Q^T`, `cols`
+/// columns); the scores go to `s` (`key_rows` rows of `cols` f32), 16 x 16 at a time.
+///
+/// # Safety
+/// Tiles [`configure`]d; the operands as described, `width` a multiple of 32, `cols`
+/// of 16, `s` 64-byte aligned with `cols` a multiple of 16.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn scores(keys: *const u16, key_rows: usize, width: usize, queries: *const u16, cols: usize, s: *mut f32) {
+    let groups = cols / TILE;
+    for kt in 0..key_rows / TILE {
+        for q in 0..groups {
+            amx::zero::<0>();
+            for c in 0..width / DEPTH {
+                amx::load::<4>(keys.add(kt * TILE * width + c * DEPTH) as *const u8, width * 2);
+                amx::load::<6>(queries.add((c * groups + q) * B_ELEMS) as *const u8, 64);
+                amx::dot_bf16::<0, 4, 6>();
+            }
+            amx::store::<0>(s.add(kt * TILE * cols + q * TILE) as *mut u8, cols * 4);
+        }
+    }
+}
+
+/// `O^T += V^T P`: `vt` from [`transpose_rows`] (`width` dims by `keys` keys, padded
+/// to [`padded_keys`]), `p` the probabilities by [`pack_pairs`] (`keys` rows, `cols`
+/// columns), into `ot` (`width` rows of `cols` f32).
+///
+/// # Safety
+/// Tiles [`configure`]d; the operands as described, `width` a multiple of 16, `cols`
+/// too; `ot` 64-byte aligned.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn accumulate(vt: *const u16, keys: usize, width: usize, p: *const u16, cols: usize, ot: *mut f32) {
+    let groups = cols / TILE;
+    let padded = padded_keys(keys);
+    for dt in 0..width / TILE {
+        for q in 0..groups {
+            let c_tile = ot.add(dt * TILE * cols + q * TILE) as *mut u8;
+            amx::load::<0>(c_tile, cols * 4);
+            for c in 0..padded / DEPTH {
+                amx::load::<4>(vt.add(dt * TILE * padded + c * DEPTH) as *const u8, padded * 2);
+                amx::load::<6>(p.add((c * groups + q) * B_ELEMS) as *const u8, 64);
+                amx::dot_bf16::<0, 4, 6>();
+            }
+            amx::store::<0>(c_tile, cols * 4);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    /// 64-byte aligned scratch of `n` u16 or f32 (as u32 bits).
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    struct Line([u32; 16]);
+
+    fn lines(n: usize) -> Vec<Line> {
+        vec![Line([0; 16]); n.div_ceil(16)]
+    }
+
+    fn round(v: f32) -> f64 {
+        bf16::from_f32(v).to_f32() as f64
+    }
+
+    /// Values in (-2, 2), a different stream per seed.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 2.0
+            })
+            .collect()
+    }
+
+    /// Both products against plain sums of the bf16-rounded operands (exact products,
+    /// summed in f64): the tiles' f32 sums within a few ulps of the terms' magnitude.
+    /// Key blocks of awkward lengths (the padding must be zeros), several widths and
+    /// query tiles, and rows with a stride other than their width.
+    #[test]
+    fn tile_products_match_sums_of_rounded_operands() {
+        if !crate::kernels::amx_available() {
+            eprintln!("no AMX here: the attention tile products are not tested");
+            return;
+        }
+        for (d, ld) in [(32, 40), (64, 64), (128, 136)] {
+            for len in [1, 15, 16, 17, 33, 64] {
+                for cols in [16, 32, 64] {
+                    let (q, k, v, p) = (values(d * cols, 1), values(len * ld, 2), values(len * ld, 3), values(len * cols, 4));
+                    let ot0 = values(d * cols, 5);
+                    let key_rows = len.next_multiple_of(TILE);
+                    let (mut qb, mut kb) = (lines(pairs_len(d, cols) / 2), lines(key_rows * d / 2));
+                    let (mut vt, mut pb) = (lines(d * padded_keys(len) / 2), lines(pairs_len(len, cols) / 2));
+                    let mut s = lines(key_rows * cols);
+                    let mut ot = lines(d * cols);
+                    // SAFETY: AMX is available (checked) and with it AVX-512; every
+                    // buffer is 64-byte aligned and sized as the functions ask.
+                    let (s, ot) = unsafe {
+                        let ot_f = ot.as_mut_ptr() as *mut f32;
+                        std::ptr::copy_nonoverlapping(ot0.as_ptr(), ot_f, d * cols);
+                        configure();
+                        pack_pairs(q.as_ptr(), cols, d, cols, qb.as_mut_ptr() as *mut u16);
+                        pack_rows(k.as_ptr(), ld, len, d, kb.as_mut_ptr() as *mut u16);
+                        scores(kb.as_ptr() as *const u16, key_rows, d, qb.as_ptr() as *const u16, cols, s.as_mut_ptr() as *mut f32);
+                        transpose_rows(v.as_ptr(), ld, len, d, vt.as_mut_ptr() as *mut u16);
+                        pack_pairs(p.as_ptr(), cols, len, cols, pb.as_mut_ptr() as *mut u16);
+                        accumulate(vt.as_ptr() as *const u16, len, d, pb.as_ptr() as *const u16, cols, ot_f);
+                        release();
+                        (
+                            std::slice::from_raw_parts(s.as_ptr() as *const f32, key_rows * cols).to_vec(),
+                            std::slice::from_raw_parts(ot_f, d * cols).to_vec(),
+                        )
+                    };
+                    let check = |what: &str, got: f32, terms: &mut dyn Iterator<Item = f64>| {
+                        let (mut sum, mut size) = (0f64, 0f64);
+                        for t in terms {
+                            sum += t;
+                            size += t.abs();
+                        }
+                        assert!(
+                            (got as f64 - sum).abs() <= 1e-6 * size + 1e-30,
+                            "{what} d {d} len {len} cols {cols}: {got} against {sum}"
+                        );
+                    };
+                    for j in 0..key_rows {
+                        for c in 0..cols {
+                            let got = s[j * cols + c];
+                            if j >= len {
+                                assert_eq!(got, 0.0, "a padding key's score");
+                                continue;
+                            }
+                            check("score", got, &mut (0..d).map(|t| round(k[j * ld + t]) * round(q[t * cols + c])));
+                        }
+                    }
+                    for t in 0..d {
+                        for c in 0..cols {
+                            let start = std::iter::once(ot0[t * cols + c] as f64);
+                            check("output", ot[t * cols + c], &mut start.chain((0..len).map(|j| round(v[j * ld + t]) * round(p[j * cols + c]))));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
