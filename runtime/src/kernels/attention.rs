@@ -75,11 +75,74 @@ pub struct PromptAttention<'a, E> {
     pub start: usize,
     /// `1 / sqrt(head_dim)`
     pub scale: f32,
-    /// Whether the products may run on AMX tiles with bf16 operands
-    /// ([`super::attention_amx`]): where the batch's matrix products round their
-    /// activations too. Taken where the kernel set has AMX and `head_dim` is a multiple
-    /// of 32.
-    pub tiles: bool,
+    /// The head's keys and values as AMX tiles read them, made once per layer by
+    /// [`fill_tile_kv`]: given (where [`tiles_possible`]), the products run on tiles
+    /// with bf16 operands ([`super::attention_amx`]). The caller gives them where the
+    /// batch's matrix products round their activations too.
+    pub tile_kv: Option<TileKv<'a>>,
+}
+
+/// One KV head's keys and values at positions `lo .. hi` (every key a prompt run's
+/// query blocks see), rounded as the cache holds them and then to bf16: `keys` a row
+/// of `head_dim` per position, `values` transposed (a row of `ld` per dim), so that
+/// each key block's tiles are read in place. Zeros past `hi`.
+#[derive(Clone, Copy)]
+pub struct TileKv<'a> {
+    pub keys: &'a [u16],
+    pub values: &'a [u16],
+    pub lo: usize,
+    pub ld: usize,
+}
+
+/// u16 elements of a head's [`TileKv`] keys and values for positions `lo .. hi`, and
+/// the values' row length: room for the last key block's padding past `hi`.
+pub fn tile_kv_sizes(head_dim: usize, lo: usize, hi: usize) -> (usize, usize, usize) {
+    let n = hi - lo;
+    let ld = (n + 31).next_multiple_of(32);
+    ((n + 15).next_multiple_of(16) * head_dim, head_dim * ld, ld)
+}
+
+/// Whether [`attend_prompt`] can run on tiles under `k` for this `head_dim`.
+pub fn tiles_possible(k: Kernels, head_dim: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        k.amx() && head_dim.is_multiple_of(super::attention_amx::DEPTH)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (k, head_dim);
+        false
+    }
+}
+
+/// Fills one head's [`TileKv`] parts for positions `lo .. hi` of `a` (its batch rows
+/// from `a.start`, cached rows before; `a.tile_kv` is not read): `keys` and `values`
+/// as [`tile_kv_sizes`] gives them, 64-byte aligned.
+pub fn fill_tile_kv<E: KvElement>(k: Kernels, a: &PromptAttention<E>, lo: usize, hi: usize, keys: &mut [u16], values: &mut [u16]) {
+    let d = a.head_dim;
+    let (key_len, value_len, ld) = tile_kv_sizes(d, lo, hi);
+    assert!(tiles_possible(k, d) && lo <= hi && keys.len() >= key_len && values.len() >= value_len);
+    assert!(keys.as_ptr().align_offset(64) == 0 && values.as_ptr().align_offset(64) == 0);
+    // Cached positions (before `start`) still in the ring, batch ones in the batch.
+    assert!(hi <= a.start + a.batch.len() / a.ld && lo + a.positions >= a.start && a.k + d <= a.ld && a.v + d <= a.ld);
+    #[cfg(target_arch = "x86_64")]
+    with_local(&SCRATCH, |s| {
+        use super::attention_amx::{pack_rows, transpose_rows, TILE};
+        grow(&mut s.kb, TILE * d);
+        grow(&mut s.vb, TILE * d);
+        values[..value_len].fill(0);
+        for j0 in (lo..hi).step_by(TILE) {
+            let rows = TILE.min(hi - j0);
+            gather(k, a, j0..j0 + rows, d, &mut s.kb[..TILE * d], &mut s.vb[..TILE * d]);
+            // SAFETY: AMX (asserted) comes with AVX-512 F/BW; 16 rows of `d` bf16 from
+            // row `j0 - lo` and 16 columns from `j0 - lo` (a multiple of 16) of each
+            // of `d` rows lie in the parts (`tile_kv_sizes`, asserted), aligned.
+            unsafe {
+                pack_rows(s.kb.as_ptr(), d, rows, d, keys.as_mut_ptr().add((j0 - lo) * d));
+                transpose_rows(s.vb.as_ptr(), d, rows, d, values.as_mut_ptr().add(j0 - lo), ld);
+            }
+        }
+    });
 }
 
 #[derive(Default)]
@@ -99,13 +162,25 @@ struct Scratch {
     alpha: Vec<f32>,
     /// One query's output.
     out: Vec<f32>,
-    /// The tiles' operands (bf16): `Q^T` in pairs, a key block's rows, its values
-    /// transposed, its probabilities in pairs.
+    /// The tiles' operands (bf16): `Q^T` and a key block's probabilities in pairs.
     tiles: Vec<u16>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    /// The calling thread's [`TileKv`] parts of every head; only ever grows.
+    static TILE_KV: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `len` values of the calling thread's scratch for [`TileKv`] parts,
+/// 64-byte aligned (parts of the sizes [`tile_kv_sizes`] gives stay aligned one after
+/// another).
+pub fn with_tile_kv_scratch<R>(len: usize, f: impl FnOnce(&mut [u16]) -> R) -> R {
+    with_local(&TILE_KV, |buf| {
+        grow(buf, len + 32);
+        let at = buf.as_ptr().align_offset(64).min(32);
+        f(&mut buf[at..][..len])
+    })
 }
 
 /// Attends for query rows `rows` of the batch (at most [`rows_per_block`]) with every
@@ -131,7 +206,7 @@ pub fn attend_prompt<E: KvElement>(
     let m = rows.len() * g;
     let cols = m.next_multiple_of(LANES);
     let kb_rows = KEY_BLOCK;
-    let tiles = on_tiles(k, a);
+    let tiles = a.tile_kv.filter(|_| tiles_possible(k, d));
     with_local(&SCRATCH, |s| {
         grow(&mut s.qt, d * cols);
         // `S` and `O^T` 64-byte aligned: the tiles read and write them in place.
@@ -159,7 +234,7 @@ pub fn attend_prompt<E: KvElement>(
         }
         ot.fill(0.0);
         #[cfg(target_arch = "x86_64")]
-        let tiles = tiles.then(|| TileOperands::new(&mut s.tiles, qt, d, cols));
+        let tiles = tiles.map(|kv| TileOperands::new(&mut s.tiles, kv, qt, d, cols));
         s.max[..cols].fill(NO_MAX);
         s.sum[..cols].fill(0.0);
         // Positions: row i is at start + i and sees (p + 1 - positions, p].
@@ -169,13 +244,15 @@ pub fn attend_prompt<E: KvElement>(
         while j0 < last {
             let len = KEY_BLOCK.min(last - j0);
             let padded = len.next_multiple_of(TILE_ROWS);
-            gather(k, a, j0..j0 + len, dp, &mut s.kb[..padded * dp], &mut s.vb[..padded * dp]);
             let sb = &mut s.s[s_at..][..kb_rows * cols];
             // S = K Q^T (keys x queries).
             match &tiles {
                 #[cfg(target_arch = "x86_64")]
-                Some(t) => t.scores(&s.kb[..padded * dp], dp, len, d, sb, cols),
-                _ => gemm_tile(k, &s.kb[..padded * dp], dp, 1, padded, d, qt, cols, sb, cols, false),
+                Some(t) => t.scores(j0, len, sb, cols),
+                _ => {
+                    gather(k, a, j0..j0 + len, dp, &mut s.kb[..padded * dp], &mut s.vb[..padded * dp]);
+                    gemm_tile(k, &s.kb[..padded * dp], dp, 1, padded, d, qt, cols, sb, cols, false)
+                }
             }
             // Mask what a query does not see (the block's first rows that fall out of
             // its window, its last ones after it).
@@ -197,7 +274,7 @@ pub fn attend_prompt<E: KvElement>(
             // O^T += V^T P: rows are dims (V read transposed), t runs over the keys.
             match &tiles {
                 #[cfg(target_arch = "x86_64")]
-                Some(t) => t.accumulate(&s.vb[..padded * dp], dp, len, d, sb, ot, cols),
+                Some(t) => t.accumulate(j0, len, sb, ot, cols),
                 _ => gemm_tile(k, &s.vb[..padded * dp], 1, dp, dp, len, sb, cols, ot, cols, true),
             }
             j0 += len;
@@ -215,85 +292,67 @@ pub fn attend_prompt<E: KvElement>(
     })
 }
 
-/// Whether [`attend_prompt`] runs `a`'s products on AMX tiles.
-fn on_tiles<E>(k: Kernels, a: &PromptAttention<E>) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        a.tiles && k.amx() && a.head_dim.is_multiple_of(super::attention_amx::DEPTH)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (k, a);
-        false
-    }
-}
-
-/// One call's operands of the tile products ([`super::attention_amx`]) in the
-/// thread's scratch: `Q^T` packed once, then each key block's keys, values and
-/// probabilities. Holds the thread's tiles configured while it lives.
+/// One call's operands of the tile products ([`super::attention_amx`]): the head's
+/// [`TileKv`], `Q^T` packed once and each key block's probabilities, in the thread's
+/// scratch. Holds the thread's tiles configured while it lives.
 #[cfg(target_arch = "x86_64")]
-struct TileOperands {
+struct TileOperands<'a> {
+    kv: TileKv<'a>,
+    d: usize,
     queries: *mut u16,
-    keys: *mut u16,
-    values: *mut u16,
     probabilities: *mut u16,
 }
 
 #[cfg(target_arch = "x86_64")]
-impl TileOperands {
+impl<'a> TileOperands<'a> {
     /// Packs `qt` (`d` rows of `cols`) and configures the tiles.
-    fn new(buf: &mut Vec<u16>, qt: &[f32], d: usize, cols: usize) -> TileOperands {
-        use super::attention_amx::{configure, padded_keys, pack_pairs, pairs_len, TILE};
+    fn new(buf: &mut Vec<u16>, kv: TileKv<'a>, qt: &[f32], d: usize, cols: usize) -> TileOperands<'a> {
+        use super::attention_amx::{configure, pack_pairs, pairs_len, TILE};
         assert!(qt.len() >= d * cols && cols.is_multiple_of(TILE));
-        let sizes = [pairs_len(d, cols), KEY_BLOCK.next_multiple_of(TILE) * d, d * padded_keys(KEY_BLOCK), pairs_len(KEY_BLOCK, cols)];
+        assert!(kv.keys.as_ptr().align_offset(64) == 0 && kv.values.as_ptr().align_offset(64) == 0);
+        let sizes = [pairs_len(d, cols), pairs_len(KEY_BLOCK, cols)];
         grow(buf, sizes.iter().sum::<usize>() + 32);
-        // Every part 64-byte aligned: each size is a multiple of 32 values.
+        // Both parts 64-byte aligned: each size is a multiple of 512 values.
         let at = buf.as_ptr().align_offset(64).min(32);
         let base = buf[at..].as_mut_ptr();
-        // SAFETY: the four parts lie within `buf` (grown above); `amx::available()`
-        // holds (`on_tiles`), and AVX-512 with it; `qt` holds the `d` rows (asserted).
+        // SAFETY: the parts lie within `buf` (grown above); `amx::available()` holds
+        // (`tiles_possible`), and AVX-512 with it; `qt` holds the `d` rows (asserted).
         unsafe {
-            let queries = base;
-            let keys = queries.add(sizes[0]);
-            let values = keys.add(sizes[1]);
-            let probabilities = values.add(sizes[2]);
+            let (queries, probabilities) = (base, base.add(sizes[0]));
             configure();
             pack_pairs(qt.as_ptr(), cols, d, cols, queries);
-            TileOperands { queries, keys, values, probabilities }
+            TileOperands { kv, d, queries, probabilities }
         }
     }
 
-    /// `S = K Q^T` for a key block of `len` rows of `kb` (`dp` apart, `d` dims) into
-    /// `s` (64-byte aligned, rows of `cols`).
-    fn scores(&self, kb: &[f32], dp: usize, len: usize, d: usize, s: &mut [f32], cols: usize) {
+    /// `S = K Q^T` for the `len` keys from position `j0` into `s` (64-byte aligned,
+    /// rows of `cols`).
+    fn scores(&self, j0: usize, len: usize, s: &mut [f32], cols: usize) {
         let key_rows = len.next_multiple_of(super::attention_amx::TILE);
-        assert!(len <= KEY_BLOCK && len > 0 && (len - 1) * dp + d <= kb.len() && key_rows * cols <= s.len());
+        let (at, d) = (j0 - self.kv.lo, self.d);
+        assert!(len <= KEY_BLOCK && len > 0 && (at + key_rows) * d <= self.kv.keys.len() && key_rows * cols <= s.len());
         assert!(s.as_ptr().align_offset(64) == 0);
-        // SAFETY: the extents are asserted, the scratch sized for a key block, the
-        // tiles configured (`new`).
-        unsafe {
-            super::attention_amx::pack_rows(kb.as_ptr(), dp, len, d, self.keys);
-            super::attention_amx::scores(self.keys, key_rows, d, self.queries, cols, s.as_mut_ptr());
-        }
+        // SAFETY: the extents are asserted, the tiles configured (`new`).
+        unsafe { super::attention_amx::scores(self.kv.keys.as_ptr().add(at * d), key_rows, d, self.queries, cols, s.as_mut_ptr()) }
     }
 
-    /// `O^T += V^T P` for the block's `len` values (rows of `vb`, `dp` apart) and
-    /// probabilities (rows of `p`, `cols` apart) into `ot` (`d` rows of `cols`).
-    #[allow(clippy::too_many_arguments)]
-    fn accumulate(&self, vb: &[f32], dp: usize, len: usize, d: usize, p: &[f32], ot: &mut [f32], cols: usize) {
-        assert!(len <= KEY_BLOCK && len > 0 && (len - 1) * dp + d <= vb.len() && len * cols <= p.len() && d * cols <= ot.len());
-        assert!(ot.as_ptr().align_offset(64) == 0);
+    /// `O^T += V^T P` for the `len` values from position `j0` and their probabilities
+    /// (rows of `p`, `cols` apart) into `ot` (`d` rows of `cols`).
+    fn accumulate(&self, j0: usize, len: usize, p: &[f32], ot: &mut [f32], cols: usize) {
+        let (at, d, ld) = (j0 - self.kv.lo, self.d, self.kv.ld);
+        let padded = super::attention_amx::padded_keys(len);
+        assert!(len <= KEY_BLOCK && len > 0 && at + padded <= ld && d * ld <= self.kv.values.len());
+        assert!(len * cols <= p.len() && d * cols <= ot.len() && ot.as_ptr().align_offset(64) == 0);
         // SAFETY: as for `scores`.
         unsafe {
-            super::attention_amx::transpose_rows(vb.as_ptr(), dp, len, d, self.values);
             super::attention_amx::pack_pairs(p.as_ptr(), cols, len, cols, self.probabilities);
-            super::attention_amx::accumulate(self.values, len, d, self.probabilities, cols, ot.as_mut_ptr());
+            super::attention_amx::accumulate(self.kv.values.as_ptr().add(at), ld, len, d, self.probabilities, cols, ot.as_mut_ptr());
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Drop for TileOperands {
+impl Drop for TileOperands<'_> {
     fn drop(&mut self) {
         // SAFETY: `new` configured the tiles, so AMX is available.
         unsafe { super::attention_amx::release() }

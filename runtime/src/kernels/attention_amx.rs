@@ -103,16 +103,16 @@ pub(super) fn padded_keys(keys: usize) -> usize {
 }
 
 /// `rows` rows of `width` f32 (`ld` apart; `width` the head dims) transposed into the
-/// `A` tiles of `O^T += V^T P`: row `t` of `dst` holds dim `t` of every row, bf16, and
-/// zeros up to [`padded_keys`]`(rows)`.
+/// `A` tiles of `O^T += V^T P`: row `t` of `dst` (`ldd` apart) holds dim `t` of every
+/// row, bf16, and zeros up to the next multiple of 16 rows.
 ///
 /// # Safety
-/// `width` a multiple of 16; `src` holding the rows; `dst` `width *
-/// padded_keys(rows)` values, 64-byte aligned.
+/// `width` a multiple of 16; `src` holding the rows; `dst` `width` rows of
+/// `rows.next_multiple_of(16)` values, `ldd` apart, 32-byte aligned with `ldd` a
+/// multiple of 16.
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn transpose_rows(src: *const f32, ld: usize, rows: usize, width: usize, dst: *mut u16) {
-    let keys = padded_keys(rows);
-    for k0 in (0..keys).step_by(TILE) {
+pub(super) unsafe fn transpose_rows(src: *const f32, ld: usize, rows: usize, width: usize, dst: *mut u16, ldd: usize) {
+    for k0 in (0..rows).step_by(TILE) {
         for t0 in (0..width).step_by(TILE) {
             let mut r = [_mm512_setzero_ps(); TILE];
             for (i, v) in r.iter_mut().enumerate() {
@@ -122,7 +122,7 @@ pub(super) unsafe fn transpose_rows(src: *const f32, ld: usize, rows: usize, wid
             }
             transpose16(&mut r);
             for (t, v) in r.iter().enumerate() {
-                let out = dst.add((t0 + t) * keys + k0);
+                let out = dst.add((t0 + t) * ldd + k0);
                 _mm256_store_si256(out as *mut __m256i, _mm512_cvtepi32_epi16(to_bf16(*v)));
             }
         }
@@ -152,15 +152,16 @@ pub(super) unsafe fn scores(keys: *const u16, key_rows: usize, width: usize, que
     }
 }
 
-/// `O^T += V^T P`: `vt` from [`transpose_rows`] (`width` dims by `keys` keys, padded
-/// to [`padded_keys`]), `p` the probabilities by [`pack_pairs`] (`keys` rows, `cols`
-/// columns), into `ot` (`width` rows of `cols` f32).
+/// `O^T += V^T P`: `vt` from [`transpose_rows`] (`width` dims of `keys` keys, `ldv`
+/// apart, finite values up to [`padded_keys`]`(keys)`: the probabilities past `keys`
+/// are zeros, which zero them), `p` the probabilities by [`pack_pairs`] (`keys` rows,
+/// `cols` columns), into `ot` (`width` rows of `cols` f32).
 ///
 /// # Safety
 /// Tiles [`configure`]d; the operands as described, `width` a multiple of 16, `cols`
 /// too; `ot` 64-byte aligned.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn accumulate(vt: *const u16, keys: usize, width: usize, p: *const u16, cols: usize, ot: *mut f32) {
+pub(super) unsafe fn accumulate(vt: *const u16, ldv: usize, keys: usize, width: usize, p: *const u16, cols: usize, ot: *mut f32) {
     let groups = cols / TILE;
     let padded = padded_keys(keys);
     for dt in 0..width / TILE {
@@ -168,7 +169,7 @@ pub(super) unsafe fn accumulate(vt: *const u16, keys: usize, width: usize, p: *c
             let c_tile = ot.add(dt * TILE * cols + q * TILE) as *mut u8;
             amx::load::<0>(c_tile, cols * 4);
             for c in 0..padded / DEPTH {
-                amx::load::<4>(vt.add(dt * TILE * padded + c * DEPTH) as *const u8, padded * 2);
+                amx::load::<4>(vt.add(dt * TILE * ldv + c * DEPTH) as *const u8, ldv * 2);
                 amx::load::<6>(p.add((c * groups + q) * B_ELEMS) as *const u8, 64);
                 amx::dot_bf16::<0, 4, 6>();
             }
@@ -237,9 +238,9 @@ mod tests {
                         pack_pairs(q.as_ptr(), cols, d, cols, qb.as_mut_ptr() as *mut u16);
                         pack_rows(k.as_ptr(), ld, len, d, kb.as_mut_ptr() as *mut u16);
                         scores(kb.as_ptr() as *const u16, key_rows, d, qb.as_ptr() as *const u16, cols, s.as_mut_ptr() as *mut f32);
-                        transpose_rows(v.as_ptr(), ld, len, d, vt.as_mut_ptr() as *mut u16);
+                        transpose_rows(v.as_ptr(), ld, len, d, vt.as_mut_ptr() as *mut u16, padded_keys(len));
                         pack_pairs(p.as_ptr(), cols, len, cols, pb.as_mut_ptr() as *mut u16);
-                        accumulate(vt.as_ptr() as *const u16, len, d, pb.as_ptr() as *const u16, cols, ot_f);
+                        accumulate(vt.as_ptr() as *const u16, padded_keys(len), len, d, pb.as_ptr() as *const u16, cols, ot_f);
                         release();
                         (
                             std::slice::from_raw_parts(s.as_ptr() as *const f32, key_rows * cols).to_vec(),

@@ -758,25 +758,46 @@ fn attend_blocked<E: KvElement>(
     let per_block = attention::rows_per_block(group);
     let blocks = n.div_ceil(per_block);
     let out = SendPtr(attn.as_mut_ptr());
-    {
+    // On tiles every head's keys and values that the run sees, rounded for them once.
+    let tiles = tiles && attention::tiles_possible(k, head_dim);
+    let (lo, hi) = ((start + 1).saturating_sub(positions), start + n);
+    let (key_len, value_len, ld) = attention::tile_kv_sizes(head_dim, lo, hi);
+    let per_head = if tiles { key_len + value_len } else { 0 };
+    attention::with_tile_kv_scratch(kv_heads * per_head, |scratch| {
         let (keys, values) = (&key_cache[at..][..kv_dim * positions], &value_cache[at..][..kv_dim * positions]);
+        let head = |kvh: usize| attention::PromptAttention {
+            batch: &qkv[..n * qkv_dim],
+            ld: qkv_dim,
+            q: kvh * group * head_dim,
+            k: q_dim + kvh * head_dim,
+            v: q_dim + kv_dim + kvh * head_dim,
+            group,
+            head_dim,
+            keys: &keys[kvh * head_len..][..head_len],
+            values: &values[kvh * head_len..][..head_len],
+            positions,
+            start,
+            scale,
+            tile_kv: None,
+        };
+        if tiles {
+            let sp = SendPtr(scratch.as_mut_ptr());
+            for_each_task(kv_heads, |kvh| {
+                // SAFETY: head kvh alone writes its `per_head` values of `scratch`,
+                // which outlives the parallel loop.
+                let part = unsafe { std::slice::from_raw_parts_mut(sp.get().add(kvh * per_head), per_head) };
+                let (key_part, value_part) = part.split_at_mut(key_len);
+                attention::fill_tile_kv(k, &head(kvh), lo, hi, key_part, value_part);
+            });
+        }
+        let scratch = &*scratch;
         for_each_task(kv_heads * blocks, |t| {
             let (kvh, b) = (t % kv_heads, blocks - 1 - t / kv_heads);
-            let a = attention::PromptAttention {
-                batch: &qkv[..n * qkv_dim],
-                ld: qkv_dim,
-                q: kvh * group * head_dim,
-                k: q_dim + kvh * head_dim,
-                v: q_dim + kv_dim + kvh * head_dim,
-                group,
-                head_dim,
-                keys: &keys[kvh * head_len..][..head_len],
-                values: &values[kvh * head_len..][..head_len],
-                positions,
-                start,
-                scale,
-                tiles,
-            };
+            let tile_kv = tiles.then(|| {
+                let part = &scratch[kvh * per_head..][..per_head];
+                attention::TileKv { keys: &part[..key_len], values: &part[key_len..], lo, ld }
+            });
+            let a = attention::PromptAttention { tile_kv, ..head(kvh) };
             let rows = b * per_block..((b + 1) * per_block).min(n);
             attention::attend_prompt(k, &a, rows, |i, g, o| {
                 // SAFETY: head kvh * group + g of token i is written by this task alone
@@ -786,7 +807,7 @@ fn attend_blocked<E: KvElement>(
                 dst.copy_from_slice(o);
             });
         });
-    }
+    });
     let (key_cache, value_cache) = (SendPtr(key_cache.as_mut_ptr()), SendPtr(value_cache.as_mut_ptr()));
     for_each_task(kv_heads, |kvh| {
         // SAFETY: the task for kv head kvh alone touches that head's block of the
