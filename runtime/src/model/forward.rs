@@ -792,7 +792,10 @@ fn attend_blocked<E: KvElement>(
         }
         let scratch = &*scratch;
         for_each_task(kv_heads * blocks, |t| {
-            let (kvh, b) = (t % kv_heads, blocks - 1 - t / kv_heads);
+            // On tiles a head's blocks one after another, so that its keys and
+            // values stay in L2 between them (2048 tokens of the 1B: 622 -> 639-666
+            // tok/s); the latest rows, which see the most keys, first either way.
+            let (kvh, b) = if tiles { (t / blocks, blocks - 1 - t % blocks) } else { (t % kv_heads, blocks - 1 - t / kv_heads) };
             let tile_kv = tiles.then(|| {
                 let part = &scratch[kvh * per_head..][..per_head];
                 attention::TileKv { keys: &part[..key_len], values: &part[key_len..], lo, ld }
