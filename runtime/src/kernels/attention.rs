@@ -221,20 +221,22 @@ pub fn attend_prompt<E: KvElement>(
         grow(&mut s.alpha, cols);
         grow(&mut s.out, d);
         let (qt, ot) = (&mut s.qt[..d * cols], &mut s.ot[ot_at..][..dp * cols]);
-        // Q^T, scaled; padding columns zero.
-        qt.fill(0.0);
-        for (r, i) in rows.clone().enumerate() {
-            let q = &a.batch[i * a.ld + a.q..][..g * d];
-            for (h, q) in q.chunks_exact(d).enumerate() {
-                let col = r * g + h;
-                for (t, &v) in q.iter().enumerate() {
-                    qt[t * cols + col] = v * a.scale;
+        // Q^T, scaled; padding columns zero (on tiles, packed from the rows instead).
+        if tiles.is_none() {
+            qt.fill(0.0);
+            for (r, i) in rows.clone().enumerate() {
+                let q = &a.batch[i * a.ld + a.q..][..g * d];
+                for (h, q) in q.chunks_exact(d).enumerate() {
+                    let col = r * g + h;
+                    for (t, &v) in q.iter().enumerate() {
+                        qt[t * cols + col] = v * a.scale;
+                    }
                 }
             }
         }
         ot.fill(0.0);
         #[cfg(target_arch = "x86_64")]
-        let tiles = tiles.map(|kv| TileOperands::new(&mut s.tiles, kv, qt, d, cols));
+        let tiles = tiles.map(|kv| TileOperands::new(&mut s.tiles, kv, a, rows.clone(), cols));
         s.max[..cols].fill(NO_MAX);
         s.sum[..cols].fill(0.0);
         // Positions: row i is at start + i and sees (p + 1 - positions, p].
@@ -305,22 +307,29 @@ struct TileOperands<'a> {
 
 #[cfg(target_arch = "x86_64")]
 impl<'a> TileOperands<'a> {
-    /// Packs `qt` (`d` rows of `cols`) and configures the tiles.
-    fn new(buf: &mut Vec<u16>, kv: TileKv<'a>, qt: &[f32], d: usize, cols: usize) -> TileOperands<'a> {
-        use super::attention_amx::{configure, pack_pairs, pairs_len, TILE};
-        assert!(qt.len() >= d * cols && cols.is_multiple_of(TILE));
+    /// Packs the queries of `rows` of `a` (`cols` columns: each row's group of heads,
+    /// then zeros) and configures the tiles.
+    fn new<E>(buf: &mut Vec<u16>, kv: TileKv<'a>, a: &PromptAttention<E>, rows: Range<usize>, cols: usize) -> TileOperands<'a> {
+        use super::attention_amx::{configure, pack_queries, pairs_len, TILE};
+        let (d, g) = (a.head_dim, a.group);
+        let m = rows.len() * g;
+        assert!(m <= cols && cols.is_multiple_of(TILE) && a.batch.len() >= rows.end * a.ld && a.q + g * d <= a.ld);
         assert!(kv.keys.as_ptr().align_offset(64) == 0 && kv.values.as_ptr().align_offset(64) == 0);
         let sizes = [pairs_len(d, cols), pairs_len(KEY_BLOCK, cols)];
         grow(buf, sizes.iter().sum::<usize>() + 32);
         // Both parts 64-byte aligned: each size is a multiple of 512 values.
         let at = buf.as_ptr().align_offset(64).min(32);
         let base = buf[at..].as_mut_ptr();
+        // Query vector j: head j % g of row rows.start + j / g.
+        let q = a.batch.as_ptr();
+        let row = |j: usize| q.wrapping_add((rows.start + j / g) * a.ld + a.q + j % g * d);
         // SAFETY: the parts lie within `buf` (grown above); `amx::available()` holds
-        // (`tiles_possible`), and AVX-512 with it; `qt` holds the `d` rows (asserted).
+        // (`tiles_possible`), and AVX-512 with it; every vector `j < m` lies in the
+        // batch (asserted).
         unsafe {
             let (queries, probabilities) = (base, base.add(sizes[0]));
             configure();
-            pack_pairs(qt.as_ptr(), cols, d, cols, queries);
+            pack_queries(row, m, d, a.scale, cols, queries);
             TileOperands { kv, d, queries, probabilities }
         }
     }
@@ -454,6 +463,10 @@ fn gemm_tile(
 fn softmax_update(k: Kernels, s: &mut [f32], len: usize, cols: usize, max: &mut [f32], sum: &mut [f32], alpha: &mut [f32]) {
     assert!(len * cols <= s.len() && max.len() == cols && sum.len() == cols && alpha.len() == cols);
     match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA (checked); the extents are asserted and `cols`
+        // is a multiple of eight.
+        _ if k.avx512() => unsafe { x86::softmax_update_512(s, len, cols, max, sum, alpha) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA (checked); the extents are asserted and `cols`
         // is a multiple of eight.
@@ -649,6 +662,55 @@ mod x86 {
         }
     }
 
+    /// [`softmax_update`] sixteen queries at a time: the same operations lane by lane
+    /// ([`exp16`] is [`exp8`] in 16 lanes), so the same numbers, in half the
+    /// instructions.
+    ///
+    /// # Safety
+    /// AVX-512 F; `cols` a multiple of 16, `s` holding `len` rows of `cols`, `max`,
+    /// `sum` and `alpha` `cols` each.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn softmax_update_512(s: &mut [f32], len: usize, cols: usize, max: &mut [f32], sum: &mut [f32], alpha: &mut [f32]) {
+        assert!(cols.is_multiple_of(16) && s.len() >= len * cols && max.len() >= cols && sum.len() >= cols && alpha.len() >= cols);
+        let sp = s.as_mut_ptr();
+        for c in (0..cols).step_by(16) {
+            let old = _mm512_loadu_ps(max.as_ptr().add(c));
+            let mut new = old;
+            for j in 0..len {
+                new = _mm512_max_ps(new, _mm512_loadu_ps(sp.add(j * cols + c)));
+            }
+            let a = exp16(_mm512_sub_ps(old, new));
+            let mut block = _mm512_setzero_ps();
+            for j in 0..len {
+                let p = sp.add(j * cols + c);
+                let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p), new));
+                _mm512_storeu_ps(p, e);
+                block = _mm512_add_ps(block, e);
+            }
+            let total = _mm512_fmadd_ps(_mm512_loadu_ps(sum.as_ptr().add(c)), a, block);
+            _mm512_storeu_ps(sum.as_mut_ptr().add(c), total);
+            _mm512_storeu_ps(max.as_mut_ptr().add(c), new);
+            _mm512_storeu_ps(alpha.as_mut_ptr().add(c), a);
+        }
+    }
+
+    /// [`exp8`] in 16 lanes, step for step.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.376_26)), _mm512_set1_ps(88.376_26));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0));
+        let scale = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
+        _mm512_mul_ps(p, _mm512_castsi512_ps(scale))
+    }
+
     /// [`super::scale_rows`], eight at a time.
     ///
     /// # Safety
@@ -660,6 +722,54 @@ mod x86 {
             for c in (0..cols).step_by(8) {
                 let p = row.as_mut_ptr().add(c);
                 _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(alpha.as_ptr().add(c))));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The online softmax's step gives the same bits on every kernel set that has a
+    /// vector form (AVX-512's is AVX2's in 16 lanes) and agrees with the plain one:
+    /// blocks with masked (`-inf`) scores, whole masked columns, and a running max
+    /// and sum carried over from an earlier block.
+    #[test]
+    fn softmax_steps_agree_across_kernel_sets() {
+        let (len, cols) = (37, 64);
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let s: Vec<f32> = (0..len * cols)
+            .map(|i| if i % 7 == 3 || i % cols == 5 { f32::NEG_INFINITY } else { 40.0 * next() - 20.0 })
+            .collect();
+        let max: Vec<f32> = (0..cols).map(|c| if c % 3 == 0 { NO_MAX } else { 10.0 * next() }).collect();
+        let sum: Vec<f32> = (0..cols).map(|c| if c % 3 == 0 { 0.0 } else { 5.0 * next() }).collect();
+        let run = |k: Kernels| {
+            let (mut s, mut max, mut sum, mut alpha) = (s.clone(), max.clone(), sum.clone(), vec![0f32; cols]);
+            softmax_update(k, &mut s, len, cols, &mut max, &mut sum, &mut alpha);
+            [s, max, sum, alpha]
+        };
+        let plain = run(Kernels::Portable);
+        let mut vector: Option<[Vec<f32>; 4]> = None;
+        for k in crate::kernels::available_kernels() {
+            let got = run(k);
+            for (g, p) in got.iter().zip(&plain) {
+                for (a, b) in g.iter().zip(p) {
+                    assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{k:?}: {a} against {b}");
+                }
+            }
+            if k != Kernels::Portable {
+                let bits = |v: &[Vec<f32>; 4]| v.iter().flatten().map(|f| f.to_bits()).collect::<Vec<_>>();
+                match &vector {
+                    Some(first) => assert!(bits(first) == bits(&got), "{k:?} differs from the other vector sets"),
+                    None => vector = Some(got),
+                }
             }
         }
     }

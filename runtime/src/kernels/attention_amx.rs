@@ -21,7 +21,7 @@
 use std::arch::x86_64::*;
 
 use super::amx::{self, TileConfig};
-use super::gemm_amx::{to_bf16, transpose16};
+use super::gemm_amx::{bf16_pairs, to_bf16, transpose16};
 
 /// Rows of a tile: keys or dims of an `A` tile, pairs of a `B` tile, and 16 lanes of
 /// f32 per `C` row.
@@ -76,6 +76,36 @@ pub(super) unsafe fn pack_pairs(src: *const f32, ld: usize, rows: usize, cols: u
                 let odd = if i + 1 < rows { to_bf16(_mm512_loadu_ps(src.add((i + 1) * ld + q * TILE))) } else { _mm512_setzero_si512() };
                 let pairs = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
                 _mm512_store_si512(tile.add(p * DEPTH) as *mut __m512i, pairs);
+            }
+        }
+    }
+}
+
+/// The `B` tiles of `Q^T` straight from the query vectors, as [`pack_pairs`] lays
+/// out `Q^T`: vector `j < m` at `row(j)` (`d` values, times `scale`, rounded to bf16),
+/// zeros up to `cols` vectors.
+///
+/// # Safety
+/// `d` a multiple of 32 and `cols` of 16, `m <= cols`; `row(j)` `d` readable values
+/// for each `j < m`; `dst` [`pairs_len`]`(d, cols)` values, 64-byte aligned.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn pack_queries(row: impl Fn(usize) -> *const f32, m: usize, d: usize, scale: f32, cols: usize, dst: *mut u16) {
+    let groups = cols / TILE;
+    let scale = _mm512_set1_ps(scale);
+    for q in 0..groups {
+        for c in 0..d / DEPTH {
+            let mut r = [_mm512_setzero_ps(); TILE];
+            for (j, v) in r.iter_mut().enumerate() {
+                if q * TILE + j < m {
+                    let values = row(q * TILE + j).add(c * DEPTH);
+                    *v = bf16_pairs(_mm512_mul_ps(_mm512_loadu_ps(values), scale), _mm512_mul_ps(_mm512_loadu_ps(values.add(16)), scale));
+                }
+            }
+            // Lane p of vector j's register is its pair p: row p of the tile.
+            transpose16(&mut r);
+            let tile = dst.add((c * groups + q) * B_ELEMS);
+            for (p, v) in r.iter().enumerate() {
+                _mm512_store_ps(tile.add(p * DEPTH) as *mut f32, *v);
             }
         }
     }
@@ -207,6 +237,34 @@ mod tests {
                 ((x >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 2.0
             })
             .collect()
+    }
+
+    /// Queries packed straight from their rows are the tiles [`pack_pairs`] makes of
+    /// `Q^T` scaled in f32, bit for bit, padding columns included.
+    #[test]
+    fn queries_pack_as_their_transpose_does() {
+        if !crate::kernels::amx_available() {
+            return;
+        }
+        for (d, ld, m, cols) in [(32, 40, 16, 16), (64, 100, 29, 32), (128, 128, 64, 64)] {
+            let rows = values(m * ld, 7);
+            let scale = 0.37;
+            let mut qt = vec![0f32; d * cols];
+            for j in 0..m {
+                for t in 0..d {
+                    qt[t * cols + j] = rows[j * ld + t] * scale;
+                }
+            }
+            let (mut want, mut got) = (lines(pairs_len(d, cols) / 2), lines(pairs_len(d, cols) / 2));
+            // SAFETY: AMX (checked) comes with AVX-512 F/BW; the buffers are aligned and
+            // sized as the functions ask, and every vector `j < m` lies in `rows`.
+            unsafe {
+                pack_pairs(qt.as_ptr(), cols, d, cols, want.as_mut_ptr() as *mut u16);
+                pack_queries(|j| rows.as_ptr().add(j * ld), m, d, scale, cols, got.as_mut_ptr() as *mut u16);
+            }
+            let words = |v: &[Line]| v.iter().flat_map(|l| l.0).collect::<Vec<u32>>();
+            assert!(words(&want) == words(&got), "d {d} m {m} cols {cols}");
+        }
     }
 
     /// Both products against plain sums of the bf16-rounded operands (exact products,

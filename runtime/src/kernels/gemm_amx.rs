@@ -172,19 +172,11 @@ fn pack_tokens(x: &[f32], n: usize, k: usize, tt: usize, dst: &mut [u16]) {
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn pack_tile(x: *const f32, tokens: usize, k: usize, dst: *mut u16) {
     use std::arch::x86_64::*;
-    // 32 bf16 in column order, as 16 pairs: pair j is value 2j (16-bit element 4j of
-    // `lo` and `hi` side by side, `hi` from element 32) and value 2j + 1 (4j + 2).
-    let index = _mm512_setr_epi32(
-        0x0002_0000, 0x0006_0004, 0x000a_0008, 0x000e_000c, 0x0012_0010, 0x0016_0014, 0x001a_0018, 0x001e_001c,
-        0x0022_0020, 0x0026_0024, 0x002a_0028, 0x002e_002c, 0x0032_0030, 0x0036_0034, 0x003a_0038, 0x003e_003c,
-    );
     for ch in 0..k / CHUNK {
         let mut rows = [_mm512_setzero_ps(); TILE];
         for (t, row) in rows.iter_mut().enumerate().take(tokens) {
             let values = x.add(t * k + ch * CHUNK);
-            let lo = to_bf16(_mm512_loadu_ps(values));
-            let hi = to_bf16(_mm512_loadu_ps(values.add(16)));
-            *row = _mm512_castsi512_ps(_mm512_permutex2var_epi16(lo, index, hi));
+            *row = bf16_pairs(_mm512_loadu_ps(values), _mm512_loadu_ps(values.add(16)));
         }
         transpose16(&mut rows);
         let tile = dst.add(ch * ACT_TILE) as *mut f32;
@@ -192,6 +184,21 @@ unsafe fn pack_tile(x: *const f32, tokens: usize, k: usize, dst: *mut u16) {
             _mm512_store_ps(tile.add(p * TILE), *row);
         }
     }
+}
+
+/// 32 f32 (`lo`, then `hi`) rounded to bf16 as 16 pairs, one per 32-bit lane: value
+/// `2j` in the low half of lane `j`, `2j + 1` in the high half.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn bf16_pairs(lo: std::arch::x86_64::__m512, hi: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // Pair j is 16-bit element 4j of `lo` and `hi` side by side (`hi` from element
+    // 32) and element 4j + 2: the low halves of lanes 2j and 2j + 1.
+    let index = _mm512_setr_epi32(
+        0x0002_0000, 0x0006_0004, 0x000a_0008, 0x000e_000c, 0x0012_0010, 0x0016_0014, 0x001a_0018, 0x001e_001c,
+        0x0022_0020, 0x0026_0024, 0x002a_0028, 0x002e_002c, 0x0032_0030, 0x0036_0034, 0x003a_0038, 0x003e_003c,
+    );
+    _mm512_castsi512_ps(_mm512_permutex2var_epi16(to_bf16(lo), index, to_bf16(hi)))
 }
 
 /// Transposes 16 x 16 32-bit lanes in registers: lane `j` of row `i` becomes lane `i`
