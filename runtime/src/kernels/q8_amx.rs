@@ -378,6 +378,16 @@ unsafe fn row_tile(
             for m in 0..TILE {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(m * lda) as *const i8);
             }
+            // And the token tile of the pair AHEAD on: the chains visit the pairs out of
+            // their order in memory (0, 16, 1, 17, ...), which the hardware prefetchers
+            // do not follow. The 1B's eight 16-token prompts in one pass: 508-514 ->
+            // 490-502 ms (Sapphire Rapids, 2 threads, alternating).
+            if let Some(q) = order.clone().nth(AHEAD - 1) {
+                let bq_next = bq.add(q * B_BYTES);
+                for m in 0..TILE {
+                    _mm_prefetch::<_MM_HINT_T0>(bq_next.add(m * 64) as *const i8);
+                }
+            }
             let (ap, bp, out) = (a.add(p * 64), bq.add(p * B_BYTES), stage(i));
             match i % 4 {
                 0 => product::<0, 4, 6>(ap, lda, bp, out),
