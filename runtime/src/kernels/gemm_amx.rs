@@ -46,9 +46,8 @@
 use std::cell::RefCell;
 
 use super::amx::{self, TileConfig};
-use super::avx2::q8_row_to_f32;
 use super::matrix::{Matrix, MatrixData};
-use super::q4_avx2::dequantize_group;
+use super::q4_avx2::{block_scales, q4_k_scales};
 use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr};
 
 /// Rows of a tile: weight rows per strip, tokens per token tile.
@@ -121,13 +120,11 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
         let yp = SendPtr(y.as_mut_ptr());
         let nb_max = NB.min(rows.next_multiple_of(2 * TILE));
         // Per task: two strip pairs' packed slices (the one in use, the next being
-        // filled), the staging of four result tiles, the results between slices, and
-        // eight rows of a slice dequantised to f32.
+        // filled), the staging of four result tiles and the results between slices.
         let packed = 2 * PAIR_ELEMS;
         let stage = 4 * TILE * TILE;
         let partial = nb_max * token_tiles * TILE;
-        let rows8 = if w.data.is_quantised() { 8 * SLICE_COLS } else { 0 };
-        let bytes = packed * 2 + (stage + partial + rows8) * 4;
+        let bytes = packed * 2 + (stage + partial) * 4;
         for_each_row_block(rows, nb_max, bytes, |r0, nb, scratch| {
             let (packed_bytes, rest) = scratch.split_at_mut(packed * 2);
             // SAFETY: `scratch` is 64-byte aligned and `packed * 2` a multiple of 64,
@@ -135,16 +132,15 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
             let (packed, rest) = unsafe {
                 (
                     std::slice::from_raw_parts_mut(packed_bytes.as_mut_ptr() as *mut u16, packed),
-                    std::slice::from_raw_parts_mut(rest.as_mut_ptr() as *mut f32, stage + partial + rows8),
+                    std::slice::from_raw_parts_mut(rest.as_mut_ptr() as *mut f32, stage + partial),
                 )
             };
-            let (stage, rest) = rest.split_at_mut(stage);
-            let (partial, rows8) = rest.split_at_mut(partial);
+            let (stage, partial) = rest.split_at_mut(stage);
             // SAFETY: as for `matmul`; this task alone writes output rows `r0 .. r0 + nb`
             // of each token in `y`.
             unsafe {
                 amx::configure(&config());
-                task(w, r0, nb, acts, n, packed, rows8, stage, partial, yp.get(), rows);
+                task(w, r0, nb, acts, n, packed, stage, partial, yp.get(), rows);
                 // The non-temporal stores of `store_transposed` are weakly ordered:
                 // all of them visible before the task counts as done.
                 std::arch::x86_64::_mm_sfence();
@@ -271,13 +267,12 @@ fn slices<'a>(w: &'a Matrix<'a>, cut: usize) -> impl Iterator<Item = (Matrix<'a>
 /// products ([`Packer`]): the vector units and the loads from memory work under the
 /// matrix unit's products instead of before them.
 #[allow(clippy::too_many_arguments)]
-unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed: &mut [u16], rows8: &mut [f32], stage: &mut [f32], partial: &mut [f32], y: *mut f32, ldy: usize) {
+unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed: &mut [u16], stage: &mut [f32], partial: &mut [f32], y: *mut f32, ldy: usize) {
     let chunks = w.cols / CHUNK;
     let strips = nb.div_ceil(TILE);
     let pairs = strips.div_ceil(2);
     let token_tiles = n.div_ceil(TILE);
     let partial = partial.as_mut_ptr();
-    let rows8 = rows8.as_mut_ptr();
     let rows_of = |sp: usize| (2 * TILE).min(nb - sp * 2 * TILE);
     // The k-th pair of the sweep (counting across slices) is packed into bufs[k % 2];
     // the first pair of a slice is packed during the last pair of the slice before.
@@ -289,15 +284,15 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
         let following = sweep.peek().copied();
         let (first, last) = (c0 == 0, following.is_none());
         if first {
-            Packer::new(m, c, width, r0, rows_of(0), bufs[0], rows8).finish();
+            Packer::new(m, c, width, r0, rows_of(0), bufs[0]).finish();
         }
         for sp in 0..pairs {
             let s = 2 * sp;
             let pair = 2.min(strips - s);
             let into = bufs[(k + 1) % 2];
             let mut next = match following {
-                _ if sp + 1 < pairs => Some(Packer::new(m, c, width, r0 + (sp + 1) * 2 * TILE, rows_of(sp + 1), into, rows8)),
-                Some((m2, c2, _, width2)) => Some(Packer::new(m2, c2, width2, r0, rows_of(0), into, rows8)),
+                _ if sp + 1 < pairs => Some(Packer::new(m, c, width, r0 + (sp + 1) * 2 * TILE, rows_of(sp + 1), into)),
+                Some((m2, c2, _, width2)) => Some(Packer::new(m2, c2, width2, r0, rows_of(0), into)),
                 None => None,
             };
             if let Some(p) = &mut next {
@@ -392,7 +387,6 @@ struct Packer<'a> {
     row0: usize,
     rows: usize,
     dst: *mut u16,
-    rows8: *mut f32,
     /// Units done, of `units`; a unit every `every` ticks.
     done: usize,
     units: usize,
@@ -405,12 +399,11 @@ impl<'a> Packer<'a> {
     /// first unit's weights already on their way to L2.
     ///
     /// # Safety
-    /// `w` must hold those rows and columns; `dst` must have room for a pair's slice
-    /// and `rows8` for eight rows of it, and no one else may use either until the
-    /// packer is done.
-    unsafe fn new(w: Matrix<'a>, c: usize, width: usize, row0: usize, rows: usize, dst: *mut u16, rows8: *mut f32) -> Packer<'a> {
+    /// `w` must hold those rows and columns; `dst` must have room for a pair's slice,
+    /// and no one else may use it until the packer is done.
+    unsafe fn new(w: Matrix<'a>, c: usize, width: usize, row0: usize, rows: usize, dst: *mut u16) -> Packer<'a> {
         let units = if w.data.q4().is_some() { 4 } else { 2 * TILE };
-        let p = Packer { w, c, width, row0, rows, dst, rows8, done: 0, units, every: 1, ticks: 0 };
+        let p = Packer { w, c, width, row0, rows, dst, done: 0, units, every: 1, ticks: 0 };
         p.prefetch(0);
         p
     }
@@ -442,7 +435,7 @@ impl<'a> Packer<'a> {
             // packed: a unit runs every few dozen tile products, too seldom for the
             // hardware prefetchers to keep a stream going.
             self.prefetch(self.done + 1);
-            pack_unit(&self.w, self.c, self.width, self.row0, self.rows, self.done, self.units, self.dst, self.rows8);
+            pack_unit(&self.w, self.c, self.width, self.row0, self.rows, self.done, self.units, self.dst);
             self.done += 1;
         }
     }
@@ -472,11 +465,12 @@ impl<'a> Packer<'a> {
 }
 
 /// Unit `u` of `units` of a strip pair's slice (see [`Packer`]): bf16 rows copied,
-/// quantised ones dequantised to f32 in `rows8` (a row, or a group of eight for 4-bit
-/// weights) and rounded.
+/// quantised ones (a row, or a group of eight for 4-bit weights) dequantised and
+/// rounded to bf16 in registers. (Staged as f32 rows first, 4-bit prompts of the 1B
+/// ran at 552-588 tok/s against q8_0's 654-688, and q8_0's packing took 17% of its.)
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw")]
-unsafe fn pack_unit(w: &Matrix, c: usize, width: usize, row0: usize, rows: usize, u: usize, units: usize, dst: *mut u16, rows8: *mut f32) {
+unsafe fn pack_unit(w: &Matrix, c: usize, width: usize, row0: usize, rows: usize, u: usize, units: usize, dst: *mut u16) {
     let depth = width / CHUNK;
     let at = |j: usize| dst.add(j / TILE * depth * ACT_TILE + j % TILE * CHUNK);
     let per = 2 * TILE / units;
@@ -488,19 +482,11 @@ unsafe fn pack_unit(w: &Matrix, c: usize, width: usize, row0: usize, rows: usize
                 std::ptr::copy_nonoverlapping(src.add(ch * CHUNK), at(j0).add(ch * ACT_TILE), CHUNK);
             }
         }
-        MatrixData::Q8_0 { quants, scales } if j0 < rows => {
-            let row = std::slice::from_raw_parts_mut(rows8, width);
-            q8_row_to_f32(quants, scales, w.cols, row0 + j0, c, row);
-            row_to_tiles(row, at(j0));
-        }
+        MatrixData::Q8_0 { quants, scales } if j0 < rows => q8_row_to_tiles(quants, scales, w.cols, row0 + j0, c, width, at(j0)),
         MatrixData::Q4_0(tiles) | MatrixData::Q4_K(tiles) if j0 < rows => {
             let (dtype, _) = w.data.q4().expect("a 4-bit matrix");
-            let group = std::slice::from_raw_parts_mut(rows8, 8 * width);
             // `row0` and `j0` are multiples of 8: a whole tile group.
-            dequantize_group(dtype, tiles, w.cols, (row0 + j0) / 8, c, width, group);
-            for j in j0..j1.min(rows) {
-                row_to_tiles(&group[(j - j0) * width..][..width], at(j));
-            }
+            q4_group_to_tiles(dtype, tiles, w.cols, (row0 + j0) / 8, c, width, (rows - j0).min(8), |r| at(j0 + r));
         }
         MatrixData::F32(_) | MatrixData::F16(_) => unreachable!("`fits` leaves f32 and f16 to the FMA GEMM"),
         _ => {}
@@ -512,7 +498,100 @@ unsafe fn pack_unit(w: &Matrix, c: usize, width: usize, row0: usize, rows: usize
     }
 }
 
-/// One f32 row rounded to bf16 into its tiles' rows (`dst`, tiles [`ACT_TILE`] apart).
+/// Columns `c .. c + width` of q8_0 row `r` (of a matrix `cols` wide) dequantised and
+/// rounded to bf16 straight into its tiles' rows (`dst`, tiles [`ACT_TILE`] apart): each
+/// weight its quant times its block's scale in f32, as `avx2::q8_row_to_f32` gives it,
+/// rounded as [`row_to_tiles`] rounds it.
+///
+/// # Safety
+/// AVX-512 F/BW; `quants` and `scales` must hold row `r` (`Matrix::check`), `c` and
+/// `width` be multiples of 32 and `c + width` at most `cols`; `dst` must have room for
+/// `width / 32` tiles' rows.
+#[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
+unsafe fn q8_row_to_tiles(quants: &[i8], scales: &[u16], cols: usize, r: usize, c: usize, width: usize, dst: *mut u16) {
+    use std::arch::x86_64::*;
+    let blocks = cols.div_ceil(CHUNK);
+    let q = quants.as_ptr().add(r * blocks * CHUNK + c);
+    let s = scales.as_ptr().add(r * blocks + c / CHUNK);
+    for ch in 0..width / CHUNK {
+        let d = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(*s.add(ch) as i32))));
+        let v = _mm256_loadu_si256(q.add(ch * CHUNK) as *const __m256i);
+        let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v))), d);
+        let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(v))), d);
+        let out = dst.add(ch * ACT_TILE) as *mut __m256i;
+        _mm256_storeu_si256(out, _mm512_cvtepi32_epi16(to_bf16(lo)));
+        _mm256_storeu_si256(out.add(1), _mm512_cvtepi32_epi16(to_bf16(hi)));
+    }
+}
+
+/// Columns `c .. c + width` of the eight rows of 4-bit tile group `g` (of a matrix
+/// `cols` wide), the first `rows` of them, dequantised and rounded to bf16 straight
+/// into their tiles' rows (row `r` of chunk `ch` at `at(r) + ch * ACT_TILE`): the
+/// values `q4_avx2::dequantize_group` gives, each rounded as [`row_to_tiles`] rounds
+/// it, without staging them as f32. A tile's block `b` is 128 bytes in which row `r`'s
+/// 32 values are the nibbles of 32-bit words `r`, `r + 8`, `r + 16` and `r + 24` (low
+/// nibbles columns 0-15, high ones 16-31; `olmo_format::q4`); one permutation gathers
+/// four rows' words.
+///
+/// # Safety
+/// AVX-512 F/BW, AVX2/FMA/F16C; `tiles` must hold group `g` (`Matrix::check`), `c` be a
+/// multiple of `q4::TILE_COLS` and `c + width` at most `cols`, a multiple of 32; `at(r)`
+/// must have room for `width / 32` tiles' rows for `r < rows`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn q4_group_to_tiles(dtype: olmo_format::DType, tiles: &[u8], cols: usize, g: usize, c: usize, width: usize, rows: usize, at: impl Fn(usize) -> *mut u16) {
+    use olmo_format::q4;
+    use std::arch::x86_64::*;
+    let per_group = q4::tiles_per_group(cols);
+    let low = _mm512_set1_epi8(0x0F);
+    // Words r, r + 8, r + 16, r + 24 of rows 0-3 (then 4-7), a row per 128-bit lane.
+    let first = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
+    let second = _mm512_add_epi32(first, _mm512_set1_epi32(4));
+    for t in c / q4::TILE_COLS..(c + width).div_ceil(q4::TILE_COLS) {
+        let tile = tiles.as_ptr().add((g * per_group + t) * q4::TILE_BYTES);
+        let k_scales = (dtype == olmo_format::DType::Q4_K).then(|| q4_k_scales(tile));
+        for b in 0..q4::TILE_COLS / CHUNK {
+            let col = t * q4::TILE_COLS + b * CHUNK;
+            if col >= c + width {
+                break;
+            }
+            let ch = (col - c) / CHUNK;
+            let (scale, offset) = block_scales(tile, k_scales.as_ref(), b);
+            let (mut scales, mut offsets) = ([0f32; 8], [0f32; 8]);
+            _mm256_storeu_ps(scales.as_mut_ptr(), scale);
+            _mm256_storeu_ps(offsets.as_mut_ptr(), offset);
+            let v0 = _mm512_loadu_si512(tile.add(128 * b) as *const __m512i);
+            let v1 = _mm512_loadu_si512(tile.add(128 * b + 64) as *const __m512i);
+            for (half, index) in [first, second].into_iter().enumerate() {
+                let words = _mm512_permutex2var_epi32(v0, index, v1);
+                let (lo, hi) = (_mm512_and_si512(words, low), _mm512_and_si512(_mm512_srli_epi16::<4>(words), low));
+                for i in 0..4 {
+                    let r = 4 * half + i;
+                    if r >= rows {
+                        break;
+                    }
+                    let (lo, hi) = match i {
+                        0 => (_mm512_extracti32x4_epi32::<0>(lo), _mm512_extracti32x4_epi32::<0>(hi)),
+                        1 => (_mm512_extracti32x4_epi32::<1>(lo), _mm512_extracti32x4_epi32::<1>(hi)),
+                        2 => (_mm512_extracti32x4_epi32::<2>(lo), _mm512_extracti32x4_epi32::<2>(hi)),
+                        _ => (_mm512_extracti32x4_epi32::<3>(lo), _mm512_extracti32x4_epi32::<3>(hi)),
+                    };
+                    let (s, o) = (_mm512_set1_ps(scales[r]), _mm512_set1_ps(offsets[r]));
+                    // scale * q - offset, fused, as `dequantize_group` computes it.
+                    let w_lo = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), s, o);
+                    let w_hi = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), s, o);
+                    let d = at(r).add(ch * ACT_TILE) as *mut __m256i;
+                    _mm256_storeu_si256(d, _mm512_cvtepi32_epi16(to_bf16(w_lo)));
+                    _mm256_storeu_si256(d.add(1), _mm512_cvtepi32_epi16(to_bf16(w_hi)));
+                }
+            }
+        }
+    }
+}
+
+/// One f32 row rounded to bf16 into its tiles' rows (`dst`, tiles [`ACT_TILE`] apart):
+/// what the packing of quantised weights is held to.
+#[cfg(test)]
 #[target_feature(enable = "avx512f")]
 unsafe fn row_to_tiles(row: &[f32], dst: *mut u16) {
     use std::arch::x86_64::*;
@@ -660,3 +739,81 @@ pub unsafe fn peak_bf16(products: usize) -> f64 {
     amx::release();
     (products.div_ceil(4) * 4 * TILE * TILE * CHUNK * 2) as f64 / seconds / 1e9
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use olmo_format::{q4, DType, Layout};
+
+    /// q8_0 rows go into their tiles with the bits that dequantising them to f32
+    /// (`avx2::q8_row_to_f32`) and rounding (`row_to_tiles`) gives: every slice of a
+    /// row whose length is not a whole number of blocks' pairs, and extreme quants.
+    #[test]
+    fn q8_rows_pack_as_their_f32_rows_round() {
+        if !crate::kernels::amx_available() {
+            return;
+        }
+        let (rows, cols) = (3, 224);
+        let blocks = cols / CHUNK;
+        let quants: Vec<i8> = (0..rows * cols).map(|i| ((i * 37 + 11) % 255) as i32 as i8).collect();
+        let scales: Vec<u16> = (0..rows * blocks).map(|i| half::f16::from_f32(0.001 + i as f32 * 0.37).to_bits()).collect();
+        for r in 0..rows {
+            for (c, width) in [(0, cols), (64, 96), (192, 32)] {
+                let len = width / CHUNK * ACT_TILE;
+                let (mut want, mut got) = (vec![0u16; len], vec![0u16; len]);
+                let mut row = vec![0f32; width];
+                // SAFETY: AMX (checked) comes with AVX-512 F/BW and AVX2/F16C; the
+                // slices hold every row, `c` and `width` are multiples of 32 within the
+                // row, and the buffers hold `width / 32` tiles.
+                unsafe {
+                    super::super::avx2::q8_row_to_f32(&quants, &scales, cols, r, c, &mut row);
+                    row_to_tiles(&row, want.as_mut_ptr());
+                    q8_row_to_tiles(&quants, &scales, cols, r, c, width, got.as_mut_ptr());
+                }
+                assert!(want == got, "row {r} slice {c}+{width}");
+                assert!(want.iter().any(|&v| v != 0));
+            }
+        }
+    }
+
+    /// 4-bit weights go into their tiles with the bits that dequantising them to f32
+    /// (`q4_avx2::dequantize_group`) and rounding each row (`row_to_tiles`) gives: q4_0
+    /// and q4_k, whole and partial tiles (a slice of 96 columns), groups with fewer than
+    /// eight rows, and the second tile of a row.
+    #[test]
+    fn four_bit_groups_pack_as_their_f32_rows_round() {
+        if !crate::kernels::amx_available() {
+            eprintln!("no AMX here: the 4-bit tile packing is not tested");
+            return;
+        }
+        for dtype in [DType::Q4_0, DType::Q4_K] {
+            for (rows, cols, c, width) in [(16, 512, 0, 512), (16, 512, 256, 256), (11, 352, 256, 96), (8, 96, 0, 96)] {
+                let vals: Vec<f32> = (0..rows * cols).map(|i| ((i * 2_654_435_761usize) % 1999) as f32 / 999.0 - 1.0).collect();
+                let mut tiles = Vec::new();
+                olmoc::convert::write_matrix(&vals, rows, cols, dtype, Layout::Q4Tiles, &mut tiles).unwrap();
+                for g in 0..rows.div_ceil(8) {
+                    let here = (rows - 8 * g).min(8);
+                    let chunks = width / CHUNK;
+                    // Row r of chunk ch at r * chunks * CHUNK + ch * ACT_TILE: room for both.
+                    let len = 8 * chunks * ACT_TILE;
+                    let (mut want, mut got) = (vec![0u16; len], vec![0u16; len]);
+                    let mut f32_rows = vec![0f32; 8 * width];
+                    // SAFETY: AMX (checked) comes with AVX-512 F/BW and AVX2/FMA/F16C; the
+                    // tiles hold every group, `c` is a multiple of 256 and `c + width` at
+                    // most `cols`; each row's tiles lie in the buffers.
+                    unsafe {
+                        super::super::q4_avx2::dequantize_group(dtype, &tiles, cols, g, c, width, &mut f32_rows);
+                        for r in 0..here {
+                            row_to_tiles(&f32_rows[r * width..][..width], want.as_mut_ptr().add(r * CHUNK));
+                        }
+                        let base = got.as_mut_ptr();
+                        q4_group_to_tiles(dtype, &tiles, cols, g, c, width, here, |r| base.add(r * CHUNK));
+                    }
+                    assert!(want == got, "{dtype:?} rows {rows} cols {cols} slice {c}+{width} group {g}");
+                    assert!(want.iter().any(|&v| v != 0));
+                }
+            }
+        }
+    }
+}
+

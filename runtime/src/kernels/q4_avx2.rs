@@ -134,7 +134,7 @@ unsafe fn tile_q4_0(tile: *const u8, x: &QuantX, b0: usize, mut acc: __m256) -> 
 
 /// A q4_k tile's 6-bit scales and mins, `[sub-block][row]` as bytes.
 #[inline(always)]
-unsafe fn q4_k_scales(tile: *const u8) -> ([u8; 64], [u8; 64]) {
+pub(super) unsafe fn q4_k_scales(tile: *const u8) -> ([u8; 64], [u8; 64]) {
     let s = tile.add(q4::QUANT_BYTES);
     let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
     let lo0 = _mm256_loadu_si256(s.add(32) as *const __m256i);
@@ -187,6 +187,29 @@ unsafe fn tile_q4_k(tile: *const u8, x: &QuantX, b0: usize, acc: __m256) -> __m2
     _mm256_fnmadd_ps(dmin, mins, _mm256_fmadd_ps(d, scaled, acc))
 }
 
+/// Block `b`'s scale and offset for the eight rows of a tile at `tile` (lane `r`: row
+/// `r`): each weight is `scale * q - offset`. `k_scales` are [`q4_k_scales`]' for a
+/// q4_k tile, `None` for q4_0.
+#[inline(always)]
+pub(super) unsafe fn block_scales(tile: *const u8, k_scales: Option<&([u8; 64], [u8; 64])>, b: usize) -> (__m256, __m256) {
+    match k_scales {
+        None => {
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(tile.add(q4::q4_0_scale_at(0, b)) as *const __m128i));
+            (d, _mm256_mul_ps(d, _mm256_set1_ps(8.0)))
+        }
+        Some((sc, m)) => {
+            let s = tile.add(q4::QUANT_BYTES);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(s as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(s.add(16) as *const __m128i));
+            // (No closure for the two widenings: one without the callers' target
+            // features would leave the intrinsics as calls.)
+            let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(sc.as_ptr().add(8 * b) as *const __m128i)));
+            let m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(m.as_ptr().add(8 * b) as *const __m128i)));
+            (_mm256_mul_ps(d, sc), _mm256_mul_ps(dmin, m))
+        }
+    }
+}
+
 /// Columns `c0 .. c0 + width` of rows `8 g .. 8 g + 8` of a 4-bit matrix `cols` wide,
 /// dequantised: row `r` into `out[r * width ..][..width]`. The GEMMs' staging for
 /// 4-bit weight tiles.
@@ -210,19 +233,7 @@ pub(super) unsafe fn dequantize_group(dtype: DType, tiles: &[u8], cols: usize, g
         let tile = tiles.as_ptr().add((g * chunks + t) * TILE);
         let k_scales = if dtype == DType::Q4_K { Some(q4_k_scales(tile)) } else { None };
         for b in 0..8 {
-            let (scale, offset) = match &k_scales {
-                None => {
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(tile.add(q4::q4_0_scale_at(0, b)) as *const __m128i));
-                    (d, _mm256_mul_ps(d, _mm256_set1_ps(8.0)))
-                }
-                Some((sc, m)) => {
-                    let s = tile.add(q4::QUANT_BYTES);
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(s as *const __m128i));
-                    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(s.add(16) as *const __m128i));
-                    let widen = |v: &[u8; 64]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(v.as_ptr().add(8 * b) as *const __m128i)));
-                    (_mm256_mul_ps(d, widen(sc)), _mm256_mul_ps(dmin, widen(m)))
-                }
-            };
+            let (scale, offset) = block_scales(tile, k_scales.as_ref(), b);
             for j in 0..4 {
                 let v = _mm256_loadu_si256(tile.add(128 * b + 32 * j) as *const __m256i);
                 let mut nibbles = [0u8; 64];
