@@ -743,7 +743,7 @@ pub unsafe fn peak_bf16(products: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use olmo_format::{q4, DType, Layout};
+    use olmo_format::{DType, Layout};
 
     /// q8_0 rows go into their tiles with the bits that dequantising them to f32
     /// (`avx2::q8_row_to_f32`) and rounding (`row_to_tiles`) gives: every slice of a
