@@ -719,7 +719,7 @@ fn q8_amx_matches_its_reference_bit_for_bit() {
                 scales: &owned.scales,
             },
         );
-        for n in [1, 2, 7, 8, 9, 17, 40, 63] {
+        for n in [1, 2, 7, 8, 9, 17, 31, 40, 63] {
             let x = rng.vec(n * cols);
             let (mut decode, mut prompt) = (vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]);
             // SAFETY: AMX is supported (checked above); the matrix holds every row.
@@ -736,9 +736,9 @@ fn q8_amx_matches_its_reference_bit_for_bit() {
                         want.to_bits(),
                         "{rows}x{cols} n={n} [{t},{r}] decode: {d} vs {want}"
                     );
-                    assert_eq!(
-                        p.to_bits(),
-                        want.to_bits(),
+                    // The dispatch sends q8_amx the prompts below TILES_BELOW only.
+                    assert!(
+                        n >= q8_amx::TILES_BELOW || p.to_bits() == want.to_bits(),
                         "{rows}x{cols} n={n} [{t},{r}] prompt: {p} vs {want}"
                     );
                 }
