@@ -499,7 +499,7 @@ fn scale_rows(k: Kernels, o: &mut [f32], cols: usize, alpha: &[f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::super::avx2::exp8;
@@ -694,10 +694,10 @@ mod x86 {
         }
     }
 
-    /// [`exp8`] in 16 lanes, step for step.
+    /// [`exp8`] in 16 lanes, step for step (so the same bits lane by lane).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn exp16(x: __m512) -> __m512 {
+    pub(in crate::kernels) unsafe fn exp16(x: __m512) -> __m512 {
         let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.376_26)), _mm512_set1_ps(88.376_26));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);

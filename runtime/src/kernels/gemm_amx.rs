@@ -100,6 +100,23 @@ thread_local! {
 /// [`amx::available`] and AVX2/FMA/F16C must be true; `w` must hold every row
 /// (`Matrix::check`), `x` `n * w.cols` values and `y` `n * w.rows`.
 pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
+    product(w, x, false, n, y)
+}
+
+/// [`matmul`] of the SwiGLU of `gate_up` (`n` rows of `2 * w.cols`: each token's gate,
+/// then its up projection): `x[t][c] = silu(gate[t][c]) * up[t][c]`, computed as the
+/// tokens are packed, as `avx2::swiglu` computes it (`exp16` is its `exp8`), so the
+/// products see the bits an `act` buffer would hold, without one being written and
+/// read back.
+///
+/// # Safety
+/// As [`matmul`], with `gate_up` holding `n * 2 * w.cols` values.
+pub unsafe fn matmul_gated(w: &Matrix, gate_up: &[f32], n: usize, y: &mut [f32]) {
+    product(w, gate_up, true, n, y)
+}
+
+/// [`matmul`] (`gated`: [`matmul_gated`]).
+unsafe fn product(w: &Matrix, x: &[f32], gated: bool, n: usize, y: &mut [f32]) {
     let (rows, k) = (w.rows, w.cols);
     let chunks = k / CHUNK;
     let token_tiles = n.div_ceil(TILE);
@@ -114,7 +131,7 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
         for_each_task(token_tiles, |tt| {
             // SAFETY: token tile `tt` alone writes its own `chunks` tiles.
             let dst = unsafe { std::slice::from_raw_parts_mut(ap.get().add(tt * chunks * ACT_TILE), chunks * ACT_TILE) };
-            pack_tokens(x, n, k, tt, dst);
+            pack_tokens(x, gated, n, k, tt, dst);
         });
         let acts = &*acts;
         let yp = SendPtr(y.as_mut_ptr());
@@ -152,13 +169,22 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
 
 /// Converts tokens `tt * 16 ..` of `x` to bf16 (rounded to nearest even, as
 /// `half::bf16::from_f32` rounds) in the pair order of a `B` tile, one tile per 32
-/// columns; tokens past `n` are zeros.
-fn pack_tokens(x: &[f32], n: usize, k: usize, tt: usize, dst: &mut [u16]) {
-    assert!(dst.len() >= k / CHUNK * ACT_TILE && x.len() >= n * k);
+/// columns; tokens past `n` are zeros. `gated`: `x` holds each token's gate and up
+/// projections (`2 * k` values), and the token is their SwiGLU.
+fn pack_tokens(x: &[f32], gated: bool, n: usize, k: usize, tt: usize, dst: &mut [u16]) {
+    let ld = if gated { 2 * k } else { k };
+    assert!(dst.len() >= k / CHUNK * ACT_TILE && x.len() >= n * ld);
     let tokens = n.saturating_sub(tt * TILE).min(TILE);
     // SAFETY: AVX-512 F and BW are present (`Kernels::Amx` needs them); the tile's
-    // `tokens` rows of `k` values are in `x` and `dst` has a tile per 32 (asserted).
-    unsafe { pack_tile(x.as_ptr().add(tt * TILE * k), tokens, k, dst.as_mut_ptr()) }
+    // `tokens` rows of `ld` values are in `x` and `dst` has a tile per 32 (asserted).
+    unsafe {
+        let (x, dst) = (x.as_ptr().add(tt * TILE * ld), dst.as_mut_ptr());
+        if gated {
+            pack_tile::<true>(x, tokens, k, dst)
+        } else {
+            pack_tile::<false>(x, tokens, k, dst)
+        }
+    }
 }
 
 /// [`pack_tokens`] for `tokens` rows of `k` at `x`: per 32 columns, each token's 32
@@ -166,13 +192,19 @@ fn pack_tokens(x: &[f32], n: usize, k: usize, tt: usize, dst: &mut [u16]) {
 /// transposed so that pair `p` of every token is row `p` of the tile (a scatter of
 /// each token's pairs cost 4% of a prompt).
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_tile(x: *const f32, tokens: usize, k: usize, dst: *mut u16) {
+unsafe fn pack_tile<const GATED: bool>(x: *const f32, tokens: usize, k: usize, dst: *mut u16) {
     use std::arch::x86_64::*;
+    let ld = if GATED { 2 * k } else { k };
     for ch in 0..k / CHUNK {
         let mut rows = [_mm512_setzero_ps(); TILE];
         for (t, row) in rows.iter_mut().enumerate().take(tokens) {
-            let values = x.add(t * k + ch * CHUNK);
-            *row = bf16_pairs(_mm512_loadu_ps(values), _mm512_loadu_ps(values.add(16)));
+            let values = x.add(t * ld + ch * CHUNK);
+            *row = if GATED {
+                let up = values.add(k);
+                bf16_pairs(swiglu16(_mm512_loadu_ps(values), _mm512_loadu_ps(up)), swiglu16(_mm512_loadu_ps(values.add(16)), _mm512_loadu_ps(up.add(16))))
+            } else {
+                bf16_pairs(_mm512_loadu_ps(values), _mm512_loadu_ps(values.add(16)))
+            };
         }
         transpose16(&mut rows);
         let tile = dst.add(ch * ACT_TILE) as *mut f32;
@@ -180,6 +212,16 @@ unsafe fn pack_tile(x: *const f32, tokens: usize, k: usize, dst: *mut u16) {
             _mm512_store_ps(tile.add(p * TILE), *row);
         }
     }
+}
+
+/// `silu(g) * u` in 16 lanes with `avx2::swiglu`'s operations lane by lane.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn swiglu16(g: std::arch::x86_64::__m512, u: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let e = super::attention::x86::exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    let silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e));
+    _mm512_mul_ps(silu, u)
 }
 
 /// 32 f32 (`lo`, then `hi`) rounded to bf16 as 16 pairs, one per 32-bit lane: value

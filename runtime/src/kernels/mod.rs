@@ -278,6 +278,26 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     run_product(k, Product::for_batch(k, w, n), w, x, n, y)
 }
 
+/// [`matmul_with`] of the SwiGLU of `gate_up` (`n` rows of `2 * w.cols`: each token's
+/// gate, then its up projection) where that product is the AMX GEMM, which computes
+/// the SwiGLU as it packs the tokens (the same bits as [`swiglu`] into a buffer);
+/// `None` elsewhere, for the caller to run [`swiglu`] and [`matmul_with`].
+pub fn matmul_swiglu(k: Kernels, w: &Matrix, gate_up: &[f32], n: usize, y: &mut [f32]) -> Option<()> {
+    assert_eq!(gate_up.len(), n * 2 * w.cols);
+    assert_eq!(y.len(), n * w.rows);
+    if Product::for_batch(k, w, n) != Product::AmxGemm {
+        return None;
+    }
+    w.check();
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AMX and the process may use it (`for_batch` checked),
+    // `check` found every row, and the lengths are asserted.
+    unsafe {
+        gemm_amx::matmul_gated(w, gate_up, n, y)
+    }
+    Some(())
+}
+
 /// `Y = X W^T` for a batch made of segments (`lens`: several sequences' prompt chunks,
 /// one after the other in `x` and `y`) that gives each segment exactly what
 /// [`matmul_with`] gives it alone. No kernel's numbers for a token depend on the

@@ -832,3 +832,37 @@ fn products_do_not_depend_on_the_batch_and_segments_run_as_alone() {
         }
     }
 }
+
+/// The down projection that takes the SwiGLU as it packs its tokens gives the bits of
+/// the SwiGLU into a buffer and then the product, for bf16 and q8_0 weights, and only
+/// runs where the product is the AMX GEMM (a decode-sized batch is refused).
+#[test]
+fn fused_swiglu_products_match_the_buffered_ones() {
+    let mut rng = Rng(0x5EED);
+    let (rows, cols) = (48, 96);
+    let vals = rng.vec(rows * cols);
+    let bf16s: Vec<u16> = vals.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+    let quants: Vec<i8> = vals.iter().map(|&v| (v * 127.0) as i8).collect();
+    let scales: Vec<u16> = vec![f16::from_f32(0.01).to_bits(); rows * cols / 32];
+    for data in [MatrixData::BF16(&bf16s), MatrixData::Q8_0 { quants: &quants, scales: &scales }] {
+        let w = Matrix::row_major(rows, cols, data);
+        for n in [2, 40, 67] {
+            let gate_up: Vec<f32> = rng.vec(n * 2 * cols).into_iter().map(|v| 4.0 * v).collect();
+            let mut fused = vec![f32::NAN; n * rows];
+            let ran = matmul_swiglu(Kernels::Amx, &w, &gate_up, n, &mut fused).is_some();
+            assert_eq!(ran, amx_available() && n >= 32, "n {n}: the fused product runs where the AMX GEMM does");
+            if !ran {
+                continue;
+            }
+            let mut act = vec![0f32; n * cols];
+            for (t, a) in act.chunks_exact_mut(cols).enumerate() {
+                let row = &gate_up[t * 2 * cols..][..2 * cols];
+                swiglu(Kernels::Amx, &row[..cols], &row[cols..], a);
+            }
+            let mut want = vec![f32::NAN; n * rows];
+            matmul_with(Kernels::Amx, &w, &act, n, &mut want);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&fused) == bits(&want), "n {n}");
+        }
+    }
+}
