@@ -32,7 +32,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use super::kv_element::KvElement;
-use super::tasks::{grow, with_local};
+use super::tasks::{grow, grow_aligned, with_local};
 use super::Kernels;
 
 /// Query vectors (rows times the group's heads) one call takes at most.
@@ -176,11 +176,7 @@ thread_local! {
 /// 64-byte aligned (parts of the sizes [`tile_kv_sizes`] gives stay aligned one after
 /// another).
 pub fn with_tile_kv_scratch<R>(len: usize, f: impl FnOnce(&mut [u16]) -> R) -> R {
-    with_local(&TILE_KV, |buf| {
-        grow(buf, len + 32);
-        let at = buf.as_ptr().align_offset(64).min(32);
-        f(&mut buf[at..][..len])
-    })
+    with_local(&TILE_KV, |buf| f(grow_aligned(buf, len)))
 }
 
 /// Attends for query rows `rows` of the batch (at most [`rows_per_block`]) with every
@@ -210,17 +206,15 @@ pub fn attend_prompt<E: KvElement>(
     with_local(&SCRATCH, |s| {
         grow(&mut s.qt, d * cols);
         // `S` and `O^T` 64-byte aligned: the tiles read and write them in place.
-        grow(&mut s.s, kb_rows * cols + 16);
-        grow(&mut s.ot, dp * cols + 16);
-        let s_at = s.s.as_ptr().align_offset(64).min(16);
-        let ot_at = s.ot.as_ptr().align_offset(64).min(16);
+        let scores = grow_aligned(&mut s.s, kb_rows * cols);
+        let ot = grow_aligned(&mut s.ot, dp * cols);
         grow(&mut s.kb, kb_rows * dp);
         grow(&mut s.vb, kb_rows * dp);
         grow(&mut s.max, cols);
         grow(&mut s.sum, cols);
         grow(&mut s.alpha, cols);
         grow(&mut s.out, d);
-        let (qt, ot) = (&mut s.qt[..d * cols], &mut s.ot[ot_at..][..dp * cols]);
+        let qt = &mut s.qt[..d * cols];
         // Q^T, scaled; padding columns zero (on tiles, packed from the rows instead).
         if tiles.is_none() {
             qt.fill(0.0);
@@ -246,7 +240,7 @@ pub fn attend_prompt<E: KvElement>(
         while j0 < last {
             let len = KEY_BLOCK.min(last - j0);
             let padded = len.next_multiple_of(TILE_ROWS);
-            let sb = &mut s.s[s_at..][..kb_rows * cols];
+            let sb = &mut *scores;
             // S = K Q^T (keys x queries).
             match &tiles {
                 #[cfg(target_arch = "x86_64")]
@@ -316,10 +310,8 @@ impl<'a> TileOperands<'a> {
         assert!(m <= cols && cols.is_multiple_of(TILE) && a.batch.len() >= rows.end * a.ld && a.q + g * d <= a.ld);
         assert!(kv.keys.as_ptr().align_offset(64) == 0 && kv.values.as_ptr().align_offset(64) == 0);
         let sizes = [pairs_len(d, cols), pairs_len(KEY_BLOCK, cols)];
-        grow(buf, sizes.iter().sum::<usize>() + 32);
         // Both parts 64-byte aligned: each size is a multiple of 512 values.
-        let at = buf.as_ptr().align_offset(64).min(32);
-        let base = buf[at..].as_mut_ptr();
+        let base = grow_aligned(buf, sizes.iter().sum()).as_mut_ptr();
         // Query vector j: head j % g of row rows.start + j / g.
         let q = a.batch.as_ptr();
         let row = |j: usize| q.wrapping_add((rows.start + j / g) * a.ld + a.q + j % g * d);

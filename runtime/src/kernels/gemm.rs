@@ -15,7 +15,7 @@ use super::avx2::{q8_row_to_f32, Widen, WBF16, WF16, WF32};
 use super::q4_avx2::dequantize_group;
 use super::activations::round_like_q8;
 use super::matrix::{Matrix, MatrixData};
-use super::tasks::{for_each_task, grow, with_local, SendPtr};
+use super::tasks::{for_each_task, grow, grow_aligned, with_local, SendPtr};
 
 /// Rows of `X` per micro-kernel call.
 const MR: usize = 6;
@@ -71,12 +71,10 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], wide: bool)
         let task = |t: usize| {
             with_local(&PANEL, |panel| {
                 let len = kblocks * KC * nb_max.next_multiple_of(NR);
-                grow(&mut panel.buf, len + 16);
                 grow(&mut panel.row, 8 * k);
-                // 64-byte align the panel so every B load stays within one cache line.
-                let off = panel.buf.as_ptr().align_offset(64).min(16);
                 let Panel { buf, row } = panel;
-                let packed = &mut buf[off..off + len];
+                // 64-byte aligned, so every B load stays within one cache line.
+                let packed = grow_aligned(buf, len);
                 let r0 = t * nb_max;
                 let nb = nb_max.min(rows - r0);
                 // SAFETY: `matmul_with` checked the CPU features (AVX-512 F for `wide`),

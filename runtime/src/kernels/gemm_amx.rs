@@ -48,7 +48,7 @@ use std::cell::RefCell;
 use super::amx::{self, TileConfig};
 use super::matrix::{Matrix, MatrixData};
 use super::q4_avx2::{block_scales, q4_k_scales};
-use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr};
+use super::tasks::{for_each_row_block, for_each_task, grow_aligned, with_local, SendPtr};
 
 /// Rows of a tile: weight rows per strip, tokens per token tile.
 const TILE: usize = 16;
@@ -124,9 +124,7 @@ unsafe fn product(w: &Matrix, x: &[f32], gated: bool, n: usize, y: &mut [f32]) {
         // Every tile on a 64-byte boundary: a tile load whose rows straddle cache
         // lines runs at a sixth of the speed (Sapphire Rapids, 1 KiB from L1: ~45
         // cycles against ~8), and the allocator gives only 16-byte alignment.
-        grow(acts, token_tiles * chunks * ACT_TILE + 32);
-        let off = acts.as_ptr().align_offset(64).min(32);
-        let acts = &mut acts[off..][..token_tiles * chunks * ACT_TILE];
+        let acts = grow_aligned(acts, token_tiles * chunks * ACT_TILE);
         let ap = SendPtr(acts.as_mut_ptr());
         for_each_task(token_tiles, |tt| {
             // SAFETY: token tile `tt` alone writes its own `chunks` tiles.

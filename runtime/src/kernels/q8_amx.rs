@@ -42,7 +42,7 @@ use super::activations::QuantX;
 use super::amx::{self, TileConfig};
 use super::gemm_amx::transpose16;
 use super::q8_vnni;
-use super::tasks::{for_each_task, grow, min_rows_per_block, par_row_groups, with_local, SendPtr};
+use super::tasks::{for_each_task, grow_aligned, min_rows_per_block, par_row_groups, with_local, SendPtr};
 
 /// Weight rows of an `A` tile.
 const TILE: usize = 16;
@@ -126,14 +126,10 @@ pub(super) unsafe fn matmul(
     }
     with_local(&TOKENS_PACKED, |tokens| {
         let (quads, token_scales) = (token_tiles * pairs * B_BYTES, token_tiles * pairs * TILE);
-        grow(&mut tokens.quads, quads + 64);
-        grow(&mut tokens.scales, token_scales + 16);
         // 64-byte aligned: a tile load whose rows straddle cache lines is several
         // times slower (see `gemm_amx`).
-        let qo = tokens.quads.as_ptr().align_offset(64).min(64);
-        let so = tokens.scales.as_ptr().align_offset(64).min(16);
-        let quads = &mut tokens.quads[qo..][..quads];
-        let token_scales = &mut tokens.scales[so..][..token_scales];
+        let quads = grow_aligned(&mut tokens.quads, quads);
+        let token_scales = grow_aligned(&mut tokens.scales, token_scales);
         let (qp, sp) = (
             SendPtr(quads.as_mut_ptr()),
             SendPtr(token_scales.as_mut_ptr()),
@@ -201,9 +197,7 @@ unsafe fn row_tiles(
         with_local(&SCRATCH, |scratch| {
             let ws_bytes = (pairs * TILE * 2 * 4).next_multiple_of(64);
             let tail_bytes = TILE * lda + 64 + TILE * blocks * 2;
-            grow(scratch, ws_bytes + tail_bytes + 64);
-            let off = scratch.as_ptr().align_offset(64).min(64);
-            let base = scratch[off..].as_mut_ptr();
+            let base = grow_aligned(scratch, ws_bytes + tail_bytes).as_mut_ptr();
             // SAFETY: both parts lie within `scratch` (grown above), 64-byte aligned; as
             // the caller vouches for the rest.
             unsafe {

@@ -92,12 +92,20 @@ thread_local! {
 pub(crate) fn for_each_row_block(rows: usize, nb_max: usize, len: usize, f: impl Fn(usize, usize, &mut [u8]) + Sync + Send) {
     for_each_task(rows.div_ceil(nb_max), |t| {
         with_local(&PANEL, |buf| {
-            grow(buf, len + 64);
-            let off = buf.as_ptr().align_offset(64).min(64);
             let r0 = t * nb_max;
-            f(r0, nb_max.min(rows - r0), &mut buf[off..off + len])
+            f(r0, nb_max.min(rows - r0), grow_aligned(buf, len))
         })
     })
+}
+
+/// Grows `v` (as [`grow`]) to hold `len` elements from its first 64-byte boundary on,
+/// and returns them: the kernels' scratch, where a vector or tile load that straddles
+/// cache lines runs several times slower and the allocator aligns to 16 bytes at most.
+pub(crate) fn grow_aligned<T: Clone + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    let slack = 64 / std::mem::size_of::<T>().max(1);
+    grow(v, len + slack);
+    let at = v.as_ptr().align_offset(64).min(slack);
+    &mut v[at..][..len]
 }
 
 /// Grows `v` to at least `len` elements (never shrinks it).
