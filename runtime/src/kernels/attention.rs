@@ -456,8 +456,8 @@ fn softmax_update(k: Kernels, s: &mut [f32], len: usize, cols: usize, max: &mut 
     assert!(len * cols <= s.len() && max.len() == cols && sum.len() == cols && alpha.len() == cols);
     match k {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2/FMA (checked); the extents are asserted and `cols`
-        // is a multiple of eight.
+        // SAFETY: the CPU has AVX-512 F (checked); the kernel asserts the extents and
+        // that `cols` is a multiple of 16 (attention's columns are of 32).
         _ if k.avx512() => unsafe { x86::softmax_update_512(s, len, cols, max, sum, alpha) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA (checked); the extents are asserted and `cols`

@@ -278,16 +278,19 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     run_product(k, Product::for_batch(k, w, n), w, x, n, y)
 }
 
-/// [`matmul_with`] of the SwiGLU of `gate_up` (`n` rows of `2 * w.cols`: each token's
-/// gate, then its up projection) where that product is the AMX GEMM, which computes
-/// the SwiGLU as it packs the tokens (the same bits as [`swiglu`] into a buffer);
-/// `None` elsewhere, for the caller to run [`swiglu`] and [`matmul_with`].
-pub fn matmul_swiglu(k: Kernels, w: &Matrix, gate_up: &[f32], n: usize, y: &mut [f32]) -> Option<()> {
+/// [`matmul_segments`] of the SwiGLU of `gate_up` (rows of `2 * w.cols`: each token's
+/// gate, then its up projection; `lens` the segments) where every segment alone would
+/// run the AMX GEMM, which computes the SwiGLU as it packs the tokens (the same bits as
+/// [`swiglu`] into a buffer). Returns whether it ran; if not, the caller runs
+/// [`swiglu`] and the product.
+/// No segments (a decode batch's rows, which run their matvec's kernel) run nothing.
+pub fn matmul_swiglu(k: Kernels, w: &Matrix, gate_up: &[f32], lens: &[usize], y: &mut [f32]) -> bool {
+    if lens.is_empty() || lens.iter().any(|&len| Product::for_batch(k, w, len) != Product::AmxGemm) {
+        return false;
+    }
+    let n: usize = lens.iter().sum();
     assert_eq!(gate_up.len(), n * 2 * w.cols);
     assert_eq!(y.len(), n * w.rows);
-    if Product::for_batch(k, w, n) != Product::AmxGemm {
-        return None;
-    }
     w.check();
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the CPU has AMX and the process may use it (`for_batch` checked),
@@ -295,7 +298,7 @@ pub fn matmul_swiglu(k: Kernels, w: &Matrix, gate_up: &[f32], n: usize, y: &mut 
     unsafe {
         gemm_amx::matmul_gated(w, gate_up, n, y)
     }
-    Some(())
+    true
 }
 
 /// `Y = X W^T` for a batch made of segments (`lens`: several sequences' prompt chunks,
@@ -372,9 +375,7 @@ impl Product {
             Product::Portable
         }
     }
-}
 
-impl Product {
     /// Whether this kernel rounds the activations (to bf16, or per block to int8): the
     /// AMX ones. A prompt run's attention may then round its operands too.
     pub fn rounds_activations(self) -> bool {

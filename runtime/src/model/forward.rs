@@ -585,12 +585,13 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
         // (the same bits as `act` would hold): `act` is neither written nor read back.
         // 1B, 512 tokens (`prompt_floor`, Sapphire Rapids, alternating): bf16
         // 541-633 -> 635-670 tok/s, q8_0 615-643 -> 659-679.
-        let fusable = match batch {
-            Batch::Run { .. } => true,
-            Batch::Runs { lens, .. } => lens.iter().all(|&len| kernels::Product::for_batch(k, &w.down_proj, len) == kernels::Product::AmxGemm),
-            Batch::Rows(_) => false,
+        let segments: &[usize] = match batch {
+            Batch::Run { .. } => std::slice::from_ref(&n),
+            Batch::Runs { lens, .. } => lens,
+            // Decode rows each run their matvec's kernel (`matmul_decode`).
+            Batch::Rows(_) => &[],
         };
-        if fusable && kernels::matmul_swiglu(k, &w.down_proj, &s.gate_up[..n * 2 * f], n, &mut s.proj[..n * d]).is_some() {
+        if kernels::matmul_swiglu(k, &w.down_proj, &s.gate_up[..n * 2 * f], segments, &mut s.proj[..n * d]) {
             residual(n, d, &mut s.x, &mut s.proj, w.post_feedforward_layernorm, eps);
             continue;
         }
