@@ -130,7 +130,6 @@ pub fn fill_tile_kv<E: KvElement>(k: Kernels, a: &PromptAttention<E>, lo: usize,
         use super::attention_amx::{pack_rows, transpose_rows, TILE};
         grow(&mut s.kb, TILE * d);
         grow(&mut s.vb, TILE * d);
-        values[..value_len].fill(0);
         for j0 in (lo..hi).step_by(TILE) {
             let rows = TILE.min(hi - j0);
             gather(k, a, j0..j0 + rows, d, &mut s.kb[..TILE * d], &mut s.vb[..TILE * d]);
@@ -141,6 +140,10 @@ pub fn fill_tile_kv<E: KvElement>(k: Kernels, a: &PromptAttention<E>, lo: usize,
                 pack_rows(s.kb.as_ptr(), d, rows, d, keys.as_mut_ptr().add((j0 - lo) * d));
                 transpose_rows(s.vb.as_ptr(), d, rows, d, values.as_mut_ptr().add(j0 - lo), ld);
             }
+        }
+        // Only the columns past `hi` are padding; the blocks above wrote the rest.
+        for row in values[..value_len].chunks_exact_mut(ld) {
+            row[hi - lo..].fill(0);
         }
     });
 }
