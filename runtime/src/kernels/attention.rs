@@ -726,6 +726,60 @@ pub(super) mod x86 {
 mod tests {
     use super::*;
 
+    /// A head's tile values hold each position's value rounded to bf16 (f32 cache,
+    /// batch rows only) at `[dim][position - lo]`, and zeros in every padding column
+    /// past `hi`, whatever the buffer held before (NaN bits here: a NaN left there
+    /// would turn a masked key's zero probability into a NaN output). Keys likewise
+    /// at `[position - lo][dim]`, in whole tiles of 16 rows.
+    #[test]
+    fn tile_values_overwrite_every_column() {
+        let d = 64;
+        for k in crate::kernels::available_kernels().into_iter().filter(|&k| tiles_possible(k, d)) {
+            for (lo, hi) in [(0, 21), (0, 16), (5, 38), (0, 1)] {
+                let ld_batch = 3 * d;
+                let batch: Vec<f32> = (0..hi * ld_batch).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+                let a = PromptAttention::<f32> {
+                    batch: &batch,
+                    ld: ld_batch,
+                    q: 0,
+                    k: d,
+                    v: 2 * d,
+                    group: 1,
+                    head_dim: d,
+                    keys: &[],
+                    values: &[],
+                    positions: hi,
+                    start: 0,
+                    scale: 0.125,
+                    tile_kv: None,
+                };
+                let (key_len, value_len, ld) = tile_kv_sizes(d, lo, hi);
+                // 64-byte aligned parts, full of NaN bits.
+                let mut keys_buf = vec![0x7fc0u16; key_len + 32];
+                let mut values_buf = vec![0x7fc0u16; value_len + 32];
+                let (ko, vo) = (keys_buf.as_ptr().align_offset(64), values_buf.as_ptr().align_offset(64));
+                let (keys, values) = (&mut keys_buf[ko..][..key_len], &mut values_buf[vo..][..value_len]);
+                fill_tile_kv(k, &a, lo, hi, keys, values);
+                let bf = |x: f32| half::bf16::from_f32(x).to_bits();
+                for dim in 0..d {
+                    for col in 0..ld {
+                        let j = lo + col;
+                        let want = if j < hi { bf(batch[j * ld_batch + 2 * d + dim]) } else { 0 };
+                        assert_eq!(values[dim * ld + col], want, "{k:?} {lo}..{hi}: value dim {dim} column {col}");
+                    }
+                }
+                // Whole 16-row key tiles, the last one's rows past `hi` zeros.
+                for row in 0..(hi - lo).next_multiple_of(16) {
+                    let j = lo + row;
+                    for dim in 0..d {
+                        let want = if j < hi { bf(batch[j * ld_batch + d + dim]) } else { 0 };
+                        assert_eq!(keys[row * d + dim], want, "{k:?} {lo}..{hi}: key row {row} dim {dim}");
+                    }
+                }
+            }
+        }
+    }
+
     /// The online softmax's step gives the same bits on every kernel set that has a
     /// vector form (AVX-512's is AVX2's in 16 lanes) and agrees with the plain one:
     /// blocks with masked (`-inf`) scores, whole masked columns, and a running max
