@@ -497,7 +497,7 @@ fn scale_rows(k: Kernels, o: &mut [f32], cols: usize, alpha: &[f32]) {
 pub(super) mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::avx2::exp8;
+    use super::super::exp::{exp16, exp8};
     use super::super::kv_element::KvElement;
     use super::TILE_ROWS;
 
@@ -687,23 +687,6 @@ pub(super) mod x86 {
             _mm512_storeu_ps(max.as_mut_ptr().add(c), new);
             _mm512_storeu_ps(alpha.as_mut_ptr().add(c), a);
         }
-    }
-
-    /// [`exp8`] in 16 lanes, step for step (so the same bits lane by lane).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(in crate::kernels) unsafe fn exp16(x: __m512) -> __m512 {
-        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.376_26)), _mm512_set1_ps(88.376_26));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        let p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0));
-        let scale = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
-        _mm512_mul_ps(p, _mm512_castsi512_ps(scale))
     }
 
     /// [`super::scale_rows`], eight at a time.

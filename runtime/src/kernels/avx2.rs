@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use half::{bf16, f16};
 
 use super::activations::QuantX;
+use super::exp::exp8;
 use super::kv_element::KvElement;
 use super::matrix::{Matrix, MatrixData};
 use super::tasks::{for_each_task, grow, min_rows_per_block, par_row_groups, par_rows_guided, rows_per_sub_block, rows_per_task, with_local, SendPtr, PREFETCH};
@@ -811,24 +812,6 @@ pub(super) unsafe fn q8_row_to_f32(quants: &[i8], scales: &[u16], cols: usize, r
             i += 1;
         }
     }
-}
-
-/// `exp(x)` for eight lanes: Cephes' `expf` (range reduction by `ln 2` in two parts, a
-/// degree-6 polynomial, the exponent built in the bits), within 2 ulp of `f32::exp`;
-/// inputs are clamped to +-88.38, where `f32::exp` overflows or flushes.
-#[inline(always)]
-pub(super) unsafe fn exp8(x: __m256) -> __m256 {
-    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.376_26)), _mm256_set1_ps(88.376_26));
-    let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-    let mut p = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-    }
-    let p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
-    let scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
 }
 
 /// Softmax in place, eight at a time with [`exp8`]: the max, then `exp(x - max)` and

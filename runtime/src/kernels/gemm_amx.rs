@@ -217,7 +217,7 @@ unsafe fn pack_tile<const GATED: bool>(x: *const f32, tokens: usize, k: usize, d
 #[target_feature(enable = "avx512f")]
 unsafe fn swiglu16(g: std::arch::x86_64::__m512, u: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
-    let e = super::attention::x86::exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    let e = super::exp::exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
     let silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e));
     _mm512_mul_ps(silu, u)
 }

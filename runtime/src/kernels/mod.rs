@@ -33,6 +33,8 @@ mod attention_amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+mod exp;
+#[cfg(target_arch = "x86_64")]
 mod float_avx512;
 #[cfg(target_arch = "x86_64")]
 mod gemm;
