@@ -547,20 +547,22 @@ unsafe fn pack_unit(w: &Matrix, c: usize, width: usize, row0: usize, rows: usize
 /// AVX-512 F/BW; `quants` and `scales` must hold row `r` (`Matrix::check`), `c` and
 /// `width` be multiples of 32 and `c + width` at most `cols`; `dst` must have room for
 /// `width / 32` tiles' rows.
-#[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,f16c")]
 unsafe fn q8_row_to_tiles(quants: &[i8], scales: &[u16], cols: usize, r: usize, c: usize, width: usize, dst: *mut u16) {
     use std::arch::x86_64::*;
     let blocks = cols.div_ceil(CHUNK);
     let q = quants.as_ptr().add(r * blocks * CHUNK + c);
     let s = scales.as_ptr().add(r * blocks + c / CHUNK);
     for ch in 0..width / CHUNK {
-        let d = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(*s.add(ch) as i32))));
+        // Broadcast as f16, then widened: inserted into a register instead, the scale
+        // waited on the register's previous value, the last chunk's result.
+        let d = _mm512_cvtph_ps(_mm256_set1_epi16(*s.add(ch) as i16));
         let v = _mm256_loadu_si256(q.add(ch * CHUNK) as *const __m256i);
         let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v))), d);
         let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(v))), d);
-        let out = dst.add(ch * ACT_TILE) as *mut __m256i;
-        _mm256_storeu_si256(out, _mm512_cvtepi32_epi16(to_bf16(lo)));
-        _mm256_storeu_si256(out.add(1), _mm512_cvtepi32_epi16(to_bf16(hi)));
+        // One instruction rounds both halves to nearest-even as `to_bf16` does (it
+        // reads denormals as zero, but a quant times an f16 scale is never one).
+        _mm512_storeu_si512(dst.add(ch * ACT_TILE) as *mut __m512i, std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
     }
 }
 

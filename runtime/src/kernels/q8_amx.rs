@@ -369,18 +369,15 @@ unsafe fn row_tile(
                 }
             }
             // A tile load waits on each row that misses L1 (from L2, rows in L2 ran at
-            // half the speed of rows in L1): the rows of the pair AHEAD on into L1.
-            let ahead = a.wrapping_add((p + AHEAD * CHAINS) * 64);
-            for m in 0..TILE {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(m * lda) as *const i8);
-            }
-            // And the token tile of the pair AHEAD on: the chains visit the pairs out of
-            // their order in memory (0, 16, 1, 17, ...), which the hardware prefetchers
-            // do not follow. The 1B's eight 16-token prompts in one pass: 508-514 ->
-            // 490-502 ms (Sapphire Rapids, 2 threads, alternating).
+            // half the speed of rows in L1), and the chains visit the pairs out of their
+            // order in memory (0, 16, 1, 17, ...), which the hardware prefetchers do not
+            // follow: the weight rows and the token tile of the pair visited AHEAD on
+            // into L1. The 1B's eight 16-token prompts in one pass: 508-514 -> 490-502
+            // ms (Sapphire Rapids, 2 threads, alternating) for the token tiles.
             if let Some(q) = order.clone().nth(AHEAD - 1) {
-                let bq_next = bq.add(q * B_BYTES);
+                let (a_next, bq_next) = (a.add(q * 64), bq.add(q * B_BYTES));
                 for m in 0..TILE {
+                    _mm_prefetch::<_MM_HINT_T0>(a_next.add(m * lda) as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(bq_next.add(m * 64) as *const i8);
                 }
             }
