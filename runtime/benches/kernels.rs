@@ -9,6 +9,7 @@
 //! Then, per dtype, a decode batch (`matmul_decode`, one token of each of 1, 2, 4 and 8
 //! sequences) as a multiple of one token's matvec time: 1 would be free extra tokens,
 //! n a pass per token (a batch of one is what a server's lone stream runs).
+//! Env `DTYPES=q8_0,bf16` measures only those dtypes.
 
 use std::time::Instant;
 
@@ -37,9 +38,14 @@ fn main() {
     let bf16s: Vec<u16> = vals.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
     let quants: Vec<i8> = vals.iter().map(|&v| (v * 254.0) as i8).collect();
     let scales: Vec<u16> = vec![f16::from_f32(0.004).to_bits(); rows * cols / 32];
-    let tiles = |dtype| {
+    // DTYPES=q8_0,bf16: only these (the 4-bit ones take seconds to quantise).
+    let only = std::env::var("DTYPES").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|d| d == name));
+    let tiles = |dtype: olmo_format::DType| {
         let mut out = Vec::new();
-        olmoc::convert::write_matrix(&vals, rows, cols, dtype, olmo_format::Layout::Q4Tiles, &mut out).unwrap();
+        if wanted(dtype.name()) {
+            olmoc::convert::write_matrix(&vals, rows, cols, dtype, olmo_format::Layout::Q4Tiles, &mut out).unwrap();
+        }
         out
     };
     let (q4_0, q4_k) = (tiles(olmo_format::DType::Q4_0), tiles(olmo_format::DType::Q4_K));
@@ -86,7 +92,7 @@ fn main() {
             }
         }
     }
-    for (name, data, bytes_per) in all {
+    for (name, data, bytes_per) in all.into_iter().filter(|(name, ..)| wanted(name)) {
         let w = Matrix::row_major(rows, cols, data);
         // The same bytes summed as plain u64 words by the same pool: the speed memory
         // gives a pure stream right now, the yardstick for the matvec.
