@@ -79,7 +79,7 @@ pub enum Kernels {
     Avx512,
     /// [`Kernels::Avx512`], with prompt batches of bf16, q8_0, q4_0 and q4_k weights
     /// on AMX tiles (`tdpbf16ps`: the weights dequantised to bf16, the activations
-    /// rounded to bf16), q8_0 prompts of under 32 tokens on int8 tiles (`tdpbssd`,
+    /// rounded to bf16), q8_0 prompts of under 12 tokens on int8 tiles (`tdpbssd`,
     /// `q8_amx`); only selectable where [`amx_available`].
     Amx,
 }

@@ -1,8 +1,8 @@
 //! q8_0 products on AMX int8 tiles (`tdpbssd`), each token's outputs summed the same
 //! way whatever shares its batch; one or two tokens take the same arithmetic on VNNI
-//! (`q8_vnni::matmul_tile_order`). The dispatch sends them prompts of under 32
-//! tokens only: as decode batches (1B serve bench, q8_0, Sapphire Rapids) they gave
-//! 8 streams 59.9 tok/s against 51.8 on VNNI but 4 streams 37.6 against 48.8, since
+//! (`q8_vnni::matmul_tile_order`). The dispatch sends them prompts of under
+//! [`TILES_BELOW`] tokens only: as decode batches (1B serve bench, q8_0, Sapphire
+//! Rapids) they gave 8 streams 59.9 tok/s against 51.8 on VNNI but 4 streams 37.6 against 48.8, since
 //! a tile pass costs ~2x one token's whatever the batch (below).
 //!
 //! A q8_0 block's 32 weights share a scale, and so do the 32 activations they meet
@@ -62,13 +62,15 @@ const TILES_FROM: usize = 3;
 
 /// Prompt batches of fewer tokens than this take these int8 tiles, more the bf16 ones
 /// of `gemm_amx`, which dequantise the weights once per task and then keep the
-/// products in the tiles: kernels bench (16384 x 2048, 2 threads, Sapphire Rapids),
-/// GFLOP/s here against there at 8, 16, 32, 64 and 128 tokens: 526 / 125, 658 / 259,
-/// 782 / 470, 852 / 814, 798 / 1249; a 512-token prompt of the 1B ran at 251 tok/s
-/// here against 499. Since `gemm_amx` dequantises straight into its tiles, the 1B's
-/// prompts (`prompt_floor`) cross over at 32 tokens: 16 tokens 110 ms here against
-/// 140 there, 32 tokens 155 against 157, 40 188 against 170, 56 237 against 179.
-pub(super) const TILES_BELOW: usize = 32;
+/// products in the tiles. Here the cost grows with the tokens (the vector work on
+/// every pair's sums), there it is mostly the dequantisation, paid once for all: the
+/// 1B's prompt chunks (`prefill_chunks`, 2 threads, Sapphire Rapids), one alone and
+/// eight in one pass (as a server reads prompts that arrive together), ms here
+/// against there: 8 tokens 59 / 85 and 225 / 134, 12 tokens 83 / 88 and 342 / 175,
+/// 16 tokens 82 / 86 and 447 / 190, 24 tokens 102 / 96 and 640 / 255. (Before
+/// `gemm_amx` rounded q8_0 weights with `vcvtne2ps2bf16`, a 16-token chunk alone took
+/// 133-140 ms there, and this was 32.)
+pub(super) const TILES_BELOW: usize = 12;
 
 /// Every tile 16 rows of 64 bytes: sums in 0-3, weights in 4-5, token quants in 6-7.
 fn config() -> TileConfig {
