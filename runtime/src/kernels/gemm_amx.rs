@@ -580,7 +580,7 @@ unsafe fn q8_row_to_tiles(quants: &[i8], scales: &[u16], cols: usize, r: usize, 
 /// multiple of `q4::TILE_COLS` and `c + width` at most `cols`, a multiple of 32; `at(r)`
 /// must have room for `width / 32` tiles' rows for `r < rows`.
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma,f16c")]
 unsafe fn q4_group_to_tiles(dtype: olmo_format::DType, tiles: &[u8], cols: usize, g: usize, c: usize, width: usize, rows: usize, at: impl Fn(usize) -> *mut u16) {
     use olmo_format::q4;
     use std::arch::x86_64::*;
@@ -622,9 +622,10 @@ unsafe fn q4_group_to_tiles(dtype: olmo_format::DType, tiles: &[u8], cols: usize
                     // scale * q - offset, fused, as `dequantize_group` computes it.
                     let w_lo = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), s, o);
                     let w_hi = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), s, o);
-                    let d = at(r).add(ch * ACT_TILE) as *mut __m256i;
-                    _mm256_storeu_si256(d, _mm512_cvtepi32_epi16(to_bf16(w_lo)));
-                    _mm256_storeu_si256(d.add(1), _mm512_cvtepi32_epi16(to_bf16(w_hi)));
+                    // Rounded as `to_bf16` rounds (no weight here is a denormal, which
+                    // the instruction reads as zero).
+                    let d = at(r).add(ch * ACT_TILE) as *mut __m512i;
+                    _mm512_storeu_si512(d, std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(w_hi, w_lo)));
                 }
             }
         }
