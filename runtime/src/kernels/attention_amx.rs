@@ -88,7 +88,7 @@ pub(super) unsafe fn pack_pairs(src: *const f32, ld: usize, rows: usize, cols: u
 /// # Safety
 /// `d` a multiple of 32 and `cols` of 16, `m <= cols`; `row(j)` `d` readable values
 /// for each `j < m`; `dst` [`pairs_len`]`(d, cols)` values, 64-byte aligned.
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(super) unsafe fn pack_queries(row: impl Fn(usize) -> *const f32, m: usize, d: usize, scale: f32, cols: usize, dst: *mut u16) {
     let groups = cols / TILE;
     let scale = _mm512_set1_ps(scale);
