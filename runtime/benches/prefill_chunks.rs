@@ -29,7 +29,7 @@ fn run(args: &Args, model: &Model) -> Result<(), String> {
     let kv = KvDtype::for_model(model);
     let mut state = RunState::with_slots(model, len, len * slots, kv, slots).map_err(|e| e.to_string())?;
     // Each slot's prompt: different tokens, as different requests would bring.
-    let vocab = model.config.vocab_size as u32;
+    let vocab = model.config.vocab_size;
     let prompts: Vec<Vec<u32>> = (0..slots).map(|s| (0..len).map(|i| (1000 + 7919 * (s * len + i) as u32) % vocab).collect()).collect();
     let pass = |state: &mut RunState, n: usize| -> f64 {
         let chunks: Vec<Chunk> = (0..n).map(|s| Chunk { slot: s, tokens: &prompts[s], start: 0 }).collect();

@@ -79,7 +79,7 @@ pub enum Kernels {
     Avx512,
     /// [`Kernels::Avx512`], with prompt batches of bf16, q8_0, q4_0 and q4_k weights
     /// on AMX tiles (`tdpbf16ps`: the weights dequantised to bf16, the activations
-    /// rounded to bf16), q8_0 prompts of under 12 tokens on int8 tiles (`tdpbssd`,
+    /// rounded to bf16), q8_0 prompts of 3 to 11 tokens on int8 tiles (`tdpbssd`,
     /// `q8_amx`); only selectable where [`amx_available`].
     Amx,
 }
@@ -332,7 +332,7 @@ pub fn matmul_segments(k: Kernels, w: &Matrix, x: &[f32], lens: &[usize], y: &mu
 /// order of the token's own, so its numbers do not depend on the batch's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Product {
-    /// q8_0 on AMX int8 tiles (`q8_amx`; one or two tokens on VNNI in its arithmetic).
+    /// q8_0 on AMX int8 tiles (`q8_amx`), for 3 to 11 tokens.
     Q8Tiles,
     /// bf16 tiles (`gemm_amx`).
     AmxGemm,
@@ -359,7 +359,7 @@ impl Product {
         {
             let q8 = matches!(w.data, MatrixData::Q8_0 { .. });
             match k {
-                _ if k.amx() && n < q8_amx::TILES_BELOW && q8 => Product::Q8Tiles,
+                _ if k.amx() && (q8_amx::TILES_FROM..q8_amx::TILES_BELOW).contains(&n) && q8 => Product::Q8Tiles,
                 _ if k.amx() && n >= gemm_amx::MIN_BATCH && gemm_amx::fits(w) => Product::AmxGemm,
                 _ if k.avx512() && n >= gemm::MIN_BATCH && q8 => Product::Q8Gemm,
                 _ if k.avx512() && n >= gemm::MIN_BATCH && w.data.q4().is_some() => Product::Q4Gemm,

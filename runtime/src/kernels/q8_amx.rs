@@ -1,9 +1,9 @@
 //! q8_0 products on AMX int8 tiles (`tdpbssd`), each token's outputs summed the same
-//! way whatever shares its batch; one or two tokens take the same arithmetic on VNNI
-//! (`q8_vnni::matmul_tile_order`). The dispatch sends them prompts of under
-//! [`TILES_BELOW`] tokens only: as decode batches (1B serve bench, q8_0, Sapphire
-//! Rapids) they gave 8 streams 59.9 tok/s against 51.8 on VNNI but 4 streams 37.6 against 48.8, since
-//! a tile pass costs ~2x one token's whatever the batch (below).
+//! way whatever shares its batch. The dispatch sends them prompts of [`TILES_FROM`]
+//! to [`TILES_BELOW`] tokens only (fewer take the decode kernel, more the bf16 tiles):
+//! as decode batches (1B serve bench, q8_0, Sapphire Rapids) they gave 8 streams 59.9
+//! tok/s against 51.8 on VNNI but 4 streams 37.6 against 48.8, since a tile pass costs
+//! ~2x one token's whatever the batch (below).
 //!
 //! A q8_0 block's 32 weights share a scale, and so do the 32 activations they meet
 //! (quantised per block as every q8_0 kernel quantises them, [`QuantX`]), so the
@@ -16,15 +16,12 @@
 //! vector units take on: a conversion, the token scales times the row's two (one
 //! broadcast pair), and an add, `acc = fma(float(sum), d_x * d_w, acc)`.
 //!
-//! The chains are the VNNI kernel's: it reduces sixteen pairs' partial sums at once,
-//! so block `b` adds into lane `b % 32`, and the 32 lanes are added in a fixed tree at
-//! the end. Here that is 16 chains per row (pair `p` into chain `p % 16`, both blocks'
-//! lanes), folded in the same tree. (One chain per block parity, as the tiles would
-//! have it, cost the VNNI kernel a transpose per 16 rows: a lone token's 1B step ran
-//! at 0.87 of a stream against 1.0.) Nothing in a chain depends on which other tokens
-//! fill the tile or which rows share a task: a decode row gets the numbers it gets
-//! alone, and a prompt token the ones it would get decoding. [`reference`] is the
-//! same arithmetic in plain Rust, and the tests hold both kernels to it bit for bit.
+//! Block `b` adds into chain `b % 32`, and the 32 chains are added in a fixed tree at
+//! the end: 16 chains per row (pair `p` into chain `p % 16`, both blocks' lanes),
+//! folded in that tree. Nothing in a chain depends on which other tokens fill the tile
+//! or which rows share a task, so a token gets the numbers it gets alone.
+//! [`reference`] is the same arithmetic in plain Rust, and the tests hold the kernel
+//! to it bit for bit.
 //!
 //! Measured on one Sapphire Rapids core (rows in L1): a tile product with its two
 //! loads ~19 cycles whether 32 or 64 bytes deep, ~31 with the store of its sums. With
@@ -41,7 +38,6 @@ use half::f16;
 use super::activations::QuantX;
 use super::amx::{self, TileConfig};
 use super::gemm_amx::transpose16;
-use super::q8_vnni;
 use super::tasks::{for_each_task, grow_aligned, min_rows_per_block, par_row_groups, with_local, SendPtr};
 
 /// Weight rows of an `A` tile.
@@ -54,11 +50,14 @@ const BLOCK: usize = 32;
 /// quads) of 16 columns x 4 quants.
 const B_BYTES: usize = 1024;
 
-/// Batches of fewer tokens than this run on VNNI (`q8_vnni::matmul_tile_order`, the
-/// same arithmetic), more on the tiles: kernels bench (16384 x 2048, 2 threads,
-/// Sapphire Rapids), time against one token's at 2, 4 and 8 tokens: 1.26-1.43,
-/// 2.2-2.7, 4.9 there; ~2.0 at each here.
-const TILES_FROM: usize = 3;
+/// Batches of fewer tokens than this run on VNNI, as the AVX-512 set runs them
+/// (`q8_vnni::matmul_decode`), more on the tiles: kernels bench (16384 x 2048, 2
+/// threads, Sapphire Rapids), time against one token's at 2, 4 and 8 tokens:
+/// 1.26-1.43, 2.2-2.7, 4.9 there; ~2.0 at each here. A lone token there is what decode
+/// runs: the 1B's step at 1.08 of its floor (`decode_floor`, 2 threads, alternating)
+/// against 1.13 in this kernel's arithmetic on VNNI, which the set ran until stop 33
+/// so that a prompt token got the numbers it would get decoding.
+pub(super) const TILES_FROM: usize = 3;
 
 /// Prompt batches of fewer tokens than this take these int8 tiles, more the bf16 ones
 /// of `gemm_amx`, which dequantise the weights once per task and then keep the
@@ -95,9 +94,8 @@ thread_local! {
 }
 
 /// `y = x W^T` for a q8_0 matrix of `rows x cols` (`quants` and `scales` as
-/// `MatrixData::Q8_0` holds them): `x` is `n x cols`, `y` is `n x rows`. Fewer than
-/// [`TILES_FROM`] tokens run on VNNI (`q8_vnni::matmul_tile_order`, the same
-/// arithmetic), where the rows come from memory as fast as a stream.
+/// `MatrixData::Q8_0` holds them): `x` is `n x cols`, `y` is `n x rows`, each token's
+/// outputs what [`reference`] gives it, whatever shares its batch.
 ///
 /// # Safety
 /// [`amx::available`] and AVX2/FMA/F16C and AVX-512 F/DQ/VNNI; `quants` and `scales`
@@ -123,9 +121,6 @@ pub(super) unsafe fn matmul(
             && x.len() >= n * cols
             && y.len() >= n * rows
     );
-    if n < TILES_FROM {
-        return q8_vnni::matmul_tile_order(quants, scales, cols, x, n, y);
-    }
     with_local(&TOKENS_PACKED, |tokens| {
         let (quads, token_scales) = (token_tiles * pairs * B_BYTES, token_tiles * pairs * TILE);
         // 64-byte aligned: a tile load whose rows straddle cache lines is several
