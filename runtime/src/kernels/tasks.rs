@@ -20,7 +20,7 @@ use std::cell::RefCell;
 /// were level (0.96-1.01).
 pub(crate) const PREFETCH: usize = 6144;
 
-/// The 4-bit matvec kernels' prefetch distance: shorter than the others'. On Sapphire
+/// The 4-bit matvec kernels' prefetch distance into L1: shorter than the others'. On Sapphire
 /// Rapids (2 threads, memory at ~30 GB/s, 1B decode steps alternating in one run) q4_0
 /// steps took 27.4-28.2 ms at 2 KiB against 36.4-36.6 at 6 KiB (floor 24.3), q4_k
 /// 23.3-23.4 against 24.5-25.5 (floor 23.9); 1, 1.5 and 2.5 KiB were within 2% of 2
@@ -28,6 +28,15 @@ pub(crate) const PREFETCH: usize = 6144;
 /// machine): q4_0 27.5-28.6 ms against 43.1-44.3, q4_k 27.8-28.2 against 41.7-42.2.
 /// Not measured on Zen 4, where 6 KiB was chosen for the other kernels.
 pub(crate) const Q4_PREFETCH: usize = 2048;
+
+/// How far ahead the 4-bit kernels also fetch each line into L2 (`prefetcht1`), besides
+/// [`Q4_PREFETCH`] into L1: with the memory at ~34 GB/s (Sapphire Rapids, 2 threads,
+/// 1B decode steps, `decode_floor`, alternating builds) L1 prefetches alone held q4_0
+/// at 1.30 of its floor and q4_k at 1.39 whatever their distance (4-8 KiB: 1.21), the
+/// loads waiting on memory; with these, 1.05-1.06 and 1.07-1.09 (T1 4, 12 and 16 KiB
+/// within 0.01-0.05 of 8; T0 0.5 or 1 KiB 0.03-0.06 worse than 2). The AVX2 kernel on
+/// the same machine: 1.34-1.36 -> 1.18-1.22 (q4_0), 1.39 -> 1.22-1.23 (q4_k).
+pub(crate) const Q4_PREFETCH_L2: usize = 8192;
 
 /// Runs `f` on the calling thread's value in `key`: per-thread scratch that is allocated
 /// on first use and then only ever grows, so nothing is allocated per call. A nested
