@@ -48,7 +48,9 @@ pub fn serve<'v>(
     if c.slots == 0 || c.prefill_chunk == 0 || c.context < 2 {
         return Err(RunError::Usage("the server needs at least one slot, a prompt chunk of 1 and a context of 2".into()));
     }
-    let state = RunState::with_slots(model, c.context, c.prefill_chunk.max(c.slots), options.kv, c.slots)?;
+    // Twice a chunk: while no stream decodes, the scheduler reads that many tokens of
+    // waiting prompts in one pass (eight 16-token prompts at the default chunk of 64).
+    let state = RunState::with_slots(model, c.context, 2 * c.prefill_chunk.max(c.slots), options.kv, c.slots)?;
     let queue = Queue::new(c.queue, Arc::new(Metrics::default()));
     let scheduler = Scheduler::new(model, state, c, Arc::clone(&queue));
     let mut http = options.http.clone();

@@ -11,7 +11,11 @@
 //!    prompt still being read, and beside it, in the same pass over the weights
 //!    (`forward_chunks`), the next chunks of other prompts while the tokens stay within
 //!    one chunk's budget; so a long prompt does not stop the running streams, and
-//!    prompts that arrive together are read together.
+//!    prompts that arrive together are read together. While no stream is decoding
+//!    there is no one to keep waiting: the pass then reads as many prompts' next
+//!    chunks as the run state's batch holds (the server makes it twice a chunk), so
+//!    eight requests that arrive at once are read in one pass, not two with a decode
+//!    step between.
 //!
 //! A sequence's numbers do not depend on its neighbours: a decode row is computed as
 //! alone, prompts are cut into chunks from their own start, and a chunk read beside
@@ -196,7 +200,8 @@ pub struct Scheduler<'m, 'v> {
 
 impl<'m, 'v> Scheduler<'m, 'v> {
     /// `state` must have `config.slots` slots of `config.context` positions and batches of
-    /// at least `config.prefill_chunk` and `config.slots` tokens.
+    /// at least `config.prefill_chunk` and `config.slots` tokens; a larger batch is what
+    /// a pass may read of waiting prompts while no stream decodes.
     pub fn new(model: &'m Model<'v>, state: RunState, config: SchedulerConfig, queue: Arc<Queue>) -> Scheduler<'m, 'v> {
         assert!(state.slots() >= config.slots && state.max_positions() >= config.context);
         assert!(state.max_batch() >= config.prefill_chunk.max(config.slots));
@@ -304,7 +309,8 @@ impl<'m, 'v> Scheduler<'m, 'v> {
     }
 
     /// The next chunk of the oldest prompt still being read, and of others while the
-    /// tokens fit in one chunk's budget, in one pass.
+    /// tokens fit in one chunk's budget (the state's batch while no stream decodes), in
+    /// one pass.
     fn prefill_step(&mut self) {
         self.reading.clear();
         for (i, slot) in self.slots.iter().enumerate() {
@@ -313,13 +319,14 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             }
         }
         self.reading.sort_unstable();
-        let budget = self.config.prefill_chunk;
+        let decoding = self.slots.iter().flatten().any(|a| a.prefilled == a.job.prompt.len());
+        let budget = if decoding { self.config.prefill_chunk } else { self.state.max_batch() };
         let mut used = 0;
         self.chunks.clear();
         for &(_, i) in &self.reading {
             let a = self.slots[i].as_ref().expect("a reading slot");
             // Chunks are cut from the prompt's own start whatever is read beside them.
-            let n = (a.job.prompt.len() - a.prefilled).min(budget);
+            let n = (a.job.prompt.len() - a.prefilled).min(self.config.prefill_chunk);
             if self.chunks.is_empty() || used + n <= budget {
                 self.chunks.push((i, n));
                 used += n;
