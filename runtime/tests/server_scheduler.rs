@@ -134,6 +134,41 @@ fn batches_hold_several_rows_and_prompts_come_in_chunks() {
     });
 }
 
+/// Five requests queued before a scheduler of `config` (its run state's batch `batch`)
+/// starts, so that its first turn admits them all: four short prompts and a long one.
+/// Checks that each reply is what it is alone, and returns the (prefill passes, prefill
+/// chunks) they took.
+fn five_read_together(model: &Model, config: SchedulerConfig, batch: usize) -> (u64, u64) {
+    let v = model.config.vocab_size;
+    let prompt = |len: u32, seed: u32| -> Vec<u32> { (0..len).map(|j| (j * 7919 + seed * 104_729 + 11) % v).collect() };
+    let requests = [(prompt(5, 1), 6), (prompt(3, 2), 4), (prompt(6, 3), 5), (prompt(4, 4), 7), (prompt(40, 5), 3)];
+    let state = RunState::with_slots(model, config.context, batch, KvDtype::F32, config.slots).unwrap();
+    let queue = Queue::new(config.queue, Arc::new(Metrics::default()));
+    let rxs = submit_all(&queue, &requests);
+    let scheduler = Scheduler::new(model, state, config, Arc::clone(&queue));
+    let together: Vec<(String, Finish)> = std::thread::scope(|s| {
+        s.spawn(move || scheduler.run());
+        let r = rxs.iter().map(collect).collect();
+        queue.close();
+        r
+    });
+    let metrics = queue.metrics.render();
+    let value = |name: &str| -> u64 {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
+    };
+    assert_eq!(value("olmort_prompt_tokens_total"), 58);
+    for (i, (prompt, n)) in requests.iter().enumerate() {
+        let alone = with_scheduler(model, config, |queue| {
+            let (job, rx, _) = job(prompt.clone(), *n);
+            queue.submit(job).unwrap();
+            collect(&rx)
+        });
+        assert_eq!(together[i].0, alone.0, "request {i}: its text read beside others differs from its text alone");
+        assert_eq!(together[i].1.completion_tokens, *n);
+    }
+    (value("olmort_prefill_passes_total"), value("olmort_prefill_chunks_total"))
+}
+
 /// Prompts waiting together are read together: four short ones in one pass over the
 /// weights, each reply what it is alone; a long one's chunks stay its own.
 #[test]
@@ -141,79 +176,23 @@ fn prompts_waiting_together_share_a_pass() {
     let packed = Packed::new("tiny");
     model_of(&packed, |model| {
         let config = SchedulerConfig { slots: 5, context: 128, prefill_chunk: 24, queue: 16 };
-        let v = model.config.vocab_size;
-        let prompt = |len: u32, seed: u32| -> Vec<u32> { (0..len).map(|j| (j * 7919 + seed * 104_729 + 11) % v).collect() };
-        let requests = [(prompt(5, 1), 6), (prompt(3, 2), 4), (prompt(6, 3), 5), (prompt(4, 4), 7), (prompt(40, 5), 3)];
-        let state = RunState::with_slots(model, config.context, config.prefill_chunk.max(config.slots), KvDtype::F32, config.slots).unwrap();
-        let queue = Queue::new(config.queue, Arc::new(Metrics::default()));
-        // Queued before the scheduler starts, so its first turn admits all five.
-        let rxs = submit_all(&queue, &requests);
-        let scheduler = Scheduler::new(model, state, config, Arc::clone(&queue));
-        let together: Vec<(String, Finish)> = std::thread::scope(|s| {
-            s.spawn(move || scheduler.run());
-            let r = rxs.iter().map(collect).collect();
-            queue.close();
-            r
-        });
-        let metrics = queue.metrics.render();
-        let value = |name: &str| -> u64 {
-            metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
-        };
         // Pass 1: 5 + 3 + 6 + 4 = 18 tokens of the four short prompts; the long one's
         // first 24 do not fit beside them. Then its 24, then its last 16.
-        assert_eq!((value("olmort_prefill_passes_total"), value("olmort_prefill_chunks_total")), (3, 6), "{metrics}");
-        assert_eq!(value("olmort_prompt_tokens_total"), 58);
-        for (i, (prompt, n)) in requests.iter().enumerate() {
-            let alone = with_scheduler(model, config, |queue| {
-                let (job, rx, _) = job(prompt.clone(), *n);
-                queue.submit(job).unwrap();
-                collect(&rx)
-            });
-            assert_eq!(together[i].0, alone.0, "request {i}: its text read beside others differs from its text alone");
-            assert_eq!(together[i].1.completion_tokens, *n);
-        }
+        assert_eq!(five_read_together(model, config, config.prefill_chunk.max(config.slots)), (3, 6));
     });
 }
 
 /// While no stream decodes, a pass reads waiting prompts up to the state's batch, not
-/// one chunk's budget: the same five requests as above with a batch of twice the chunk
-/// take two passes, each chunk still cut at the chunk length, each reply what it is
-/// alone.
+/// one chunk's budget: the same five requests with a batch of twice the chunk take two
+/// passes, each chunk still cut at the chunk length, each reply what it is alone.
 #[test]
 fn with_no_stream_decoding_a_pass_reads_up_to_the_batch() {
     let packed = Packed::new("tiny");
     model_of(&packed, |model| {
         let config = SchedulerConfig { slots: 5, context: 128, prefill_chunk: 24, queue: 16 };
-        let v = model.config.vocab_size;
-        let prompt = |len: u32, seed: u32| -> Vec<u32> { (0..len).map(|j| (j * 7919 + seed * 104_729 + 11) % v).collect() };
-        let requests = [(prompt(5, 1), 6), (prompt(3, 2), 4), (prompt(6, 3), 5), (prompt(4, 4), 7), (prompt(40, 5), 3)];
-        let state = RunState::with_slots(model, config.context, 2 * config.prefill_chunk, KvDtype::F32, config.slots).unwrap();
-        let queue = Queue::new(config.queue, Arc::new(Metrics::default()));
-        let rxs = submit_all(&queue, &requests);
-        let scheduler = Scheduler::new(model, state, config, Arc::clone(&queue));
-        let together: Vec<(String, Finish)> = std::thread::scope(|s| {
-            s.spawn(move || scheduler.run());
-            let r = rxs.iter().map(collect).collect();
-            queue.close();
-            r
-        });
-        let metrics = queue.metrics.render();
-        let value = |name: &str| -> u64 {
-            metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
-        };
         // Pass 1: the four short prompts (18 tokens) and the long one's first 24, 42 of
         // 48; then, with four streams decoding, its last 16 alone.
-        assert_eq!((value("olmort_prefill_passes_total"), value("olmort_prefill_chunks_total")), (2, 6), "{metrics}");
-        assert_eq!(value("olmort_prompt_tokens_total"), 58);
-        for (i, (prompt, n)) in requests.iter().enumerate() {
-            let alone = with_scheduler(model, config, |queue| {
-                let (job, rx, _) = job(prompt.clone(), *n);
-                queue.submit(job).unwrap();
-                collect(&rx)
-            });
-            assert_eq!(together[i].0, alone.0, "request {i}: its text read beside others differs from its text alone");
-            assert_eq!(together[i].1.completion_tokens, *n);
-        }
+        assert_eq!(five_read_together(model, config, 2 * config.prefill_chunk), (2, 6));
     });
 }
 
