@@ -279,11 +279,14 @@ unsafe fn tile_q4_k<const N: usize>(tile: *const u8, x: &[Act; N], b0: usize, ac
     for j in 0..8 {
         let xb = b0 + j;
         let dots = block_dots(tile, j, x, xb, [_mm256_setzero_si256(); N]);
-        let scj = _mm256_cvtepu8_epi32(_mm_loadl_epi64(scs.as_ptr().add(8 * j) as *const __m128i));
+        // The 6-bit scale as a float: a block's sum (under 2^16 in magnitude) times it
+        // stays under 2^24, so the float product is the integer one, exactly, for one
+        // multiply where `vpmulld` takes two (the AVX2 kernel's numbers, bit for bit).
+        let scj = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(scs.as_ptr().add(8 * j) as *const __m128i)));
         let mj = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(ms.as_ptr().add(8 * j) as *const __m128i)));
         for t in 0..N {
             let dx = *x[t].scales.add(xb);
-            let dot = _mm256_cvtepi32_ps(_mm256_mullo_epi32(dots[t], scj));
+            let dot = _mm256_mul_ps(_mm256_cvtepi32_ps(dots[t]), scj);
             scaled[t] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dx), scaled[t]);
             mins[t] = _mm256_fmadd_ps(mj, _mm256_set1_ps(dx * *x[t].sums.add(xb) as f32), mins[t]);
         }
