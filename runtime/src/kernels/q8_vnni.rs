@@ -30,7 +30,7 @@ use super::tasks::{grow, min_rows_per_block, par_row_groups, rows_per_sub_block,
 /// Weights a sub-block of a decode batch covers: a quarter of a 2 MiB L2.
 const MANY_SUB_BYTES: usize = 512 << 10;
 
-/// A token of a product here: its quants, and what a kernel reads of them besides.
+/// A token of a decode batch: its quants, and their lanes as [`rows_lanes`] reads them.
 #[derive(Default)]
 struct Token {
     q: QuantX,
@@ -40,45 +40,6 @@ struct Token {
 thread_local! {
     /// The calling thread's tokens of a product; only ever grows.
     static TOKENS: RefCell<Vec<Token>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Quantises the `n` tokens of `x` (`cols` each) into this thread's scratch, lets
-/// `prepare` lay each out for the kernel, and runs `rows(a, len, tokens, y, ldy)` on
-/// the threads for each group of at most `few` tokens and block of rows
-/// (`par_row_groups`, blocks a multiple of `align` rows): rows `a .. a + len` of
-/// `tokens`, the first one's outputs at `y`, the next ones' `ldy` further each.
-///
-/// # Safety
-/// `rows` must write only those rows of those tokens.
-#[allow(clippy::too_many_arguments)]
-unsafe fn for_row_groups(
-    cols: usize,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    align: usize,
-    few: usize,
-    prepare: impl Fn(&mut Token),
-    rows: impl Fn(usize, usize, &[Token], *mut f32, usize) + Sync + Send,
-) {
-    let rows_total = y.len() / n.max(1);
-    let row_bytes = cols.div_ceil(32) * 34;
-    let min = min_rows_per_block(row_bytes, align);
-    let sub = rows_per_sub_block(row_bytes, align, MANY_SUB_BYTES);
-    let yp = SendPtr(y.as_mut_ptr());
-    with_local(&TOKENS, |many| {
-        if many.len() < n {
-            many.resize_with(n, Default::default);
-        }
-        for (t, token) in many[..n].iter_mut().enumerate() {
-            token.q.quantize(&x[t * cols..][..cols]);
-            prepare(token);
-        }
-        let many = &many[..n];
-        par_row_groups(y, n, rows_total, min, align, sub, few, |a, len, t0, m| {
-            rows(a, len, &many[t0..t0 + m], yp.get().wrapping_add(t0 * rows_total), rows_total)
-        })
-    })
 }
 
 /// Rows a lane pass reads side by side, one 64-byte line (a pair of blocks) of each per
@@ -154,24 +115,43 @@ impl LaneX {
 /// `y.len() / n` rows of `cols` (as `Matrix::check` finds), `x` `n` rows of `cols`.
 pub(super) unsafe fn matmul_decode(quants: &[i8], scales: &[u16], cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
     let blocks = cols.div_ceil(32);
+    let rows_total = y.len() / n.max(1);
     // The scales are gathered with 32-bit offsets.
-    assert!((y.len() / n.max(1)).saturating_mul(blocks) < i32::MAX as usize / 2);
-    let prepare = |t: &mut Token| t.lanes.fill(&t.q, blocks);
-    // SAFETY: as the caller vouches; each call computes rows `a .. a + len` of its
-    // tokens, which `par_row_groups` gave it alone.
-    for_row_groups(cols, x, n, y, LANE_ROWS, LANE_FEW, prepare, |a, len, tokens, y, ldy| unsafe {
-        let x: [&LaneX; LANE_FEW] = std::array::from_fn(|t| &tokens[t.min(tokens.len() - 1)].lanes);
-        let (w, s) = (quants.as_ptr(), scales.as_ptr());
-        match tokens.len() {
-            1 => rows_lanes::<1>(w, s, blocks, a, len, x, y, ldy),
-            2 => rows_lanes::<2>(w, s, blocks, a, len, x, y, ldy),
-            3 => rows_lanes::<3>(w, s, blocks, a, len, x, y, ldy),
-            4 => rows_lanes::<4>(w, s, blocks, a, len, x, y, ldy),
-            5 => rows_lanes::<5>(w, s, blocks, a, len, x, y, ldy),
-            6 => rows_lanes::<6>(w, s, blocks, a, len, x, y, ldy),
-            7 => rows_lanes::<7>(w, s, blocks, a, len, x, y, ldy),
-            _ => rows_lanes::<8>(w, s, blocks, a, len, x, y, ldy),
+    assert!(rows_total.saturating_mul(blocks) < i32::MAX as usize / 2);
+    let row_bytes = blocks * 34;
+    let min = min_rows_per_block(row_bytes, LANE_ROWS);
+    let sub = rows_per_sub_block(row_bytes, LANE_ROWS, MANY_SUB_BYTES);
+    let yp = SendPtr(y.as_mut_ptr());
+    with_local(&TOKENS, |many| {
+        if many.len() < n {
+            many.resize_with(n, Default::default);
         }
+        for (t, token) in many[..n].iter_mut().enumerate() {
+            token.q.quantize(&x[t * cols..][..cols]);
+            token.lanes.fill(&token.q, blocks);
+        }
+        let many = &many[..n];
+        // Each call: rows `a .. a + len` (`a` a multiple of LANE_ROWS) for tokens
+        // `t0 .. t0 + m`, at most LANE_FEW of them.
+        par_row_groups(y, n, rows_total, min, LANE_ROWS, sub, LANE_FEW, |a, len, t0, m| {
+            let tokens = &many[t0..t0 + m];
+            let x: [&LaneX; LANE_FEW] = std::array::from_fn(|t| &tokens[t.min(tokens.len() - 1)].lanes);
+            let (w, s, y) = (quants.as_ptr(), scales.as_ptr(), yp.get().wrapping_add(t0 * rows_total));
+            // SAFETY: as the caller vouches; each call computes rows `a .. a + len` of
+            // its tokens, which `par_row_groups` gave it alone.
+            unsafe {
+                match tokens.len() {
+                    1 => rows_lanes::<1>(w, s, blocks, a, len, x, y, rows_total),
+                    2 => rows_lanes::<2>(w, s, blocks, a, len, x, y, rows_total),
+                    3 => rows_lanes::<3>(w, s, blocks, a, len, x, y, rows_total),
+                    4 => rows_lanes::<4>(w, s, blocks, a, len, x, y, rows_total),
+                    5 => rows_lanes::<5>(w, s, blocks, a, len, x, y, rows_total),
+                    6 => rows_lanes::<6>(w, s, blocks, a, len, x, y, rows_total),
+                    7 => rows_lanes::<7>(w, s, blocks, a, len, x, y, rows_total),
+                    _ => rows_lanes::<8>(w, s, blocks, a, len, x, y, rows_total),
+                }
+            }
+        })
     })
 }
 
