@@ -181,6 +181,13 @@ struct Active {
     text: StopText,
 }
 
+impl Active {
+    /// Whether its whole prompt is in the cache: it decodes from now on.
+    fn decoding(&self) -> bool {
+        self.prefilled == self.job.prompt.len()
+    }
+}
+
 /// The scheduler loop: owns the model's run state (every slot's KV cache).
 pub struct Scheduler<'m, 'v> {
     model: &'m Model<'v>,
@@ -285,7 +292,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
         self.row_slots.clear();
         for (i, slot) in self.slots.iter().enumerate() {
             if let Some(a) = slot {
-                if a.prefilled == a.job.prompt.len() {
+                if a.decoding() {
                     self.rows.push(Row { slot: i, token: a.next, pos: a.pos });
                     self.row_slots.push(i);
                 }
@@ -314,12 +321,12 @@ impl<'m, 'v> Scheduler<'m, 'v> {
     fn prefill_step(&mut self) {
         self.reading.clear();
         for (i, slot) in self.slots.iter().enumerate() {
-            if let Some(a) = slot.as_ref().filter(|a| a.prefilled < a.job.prompt.len()) {
+            if let Some(a) = slot.as_ref().filter(|a| !a.decoding()) {
                 self.reading.push((a.seq, i));
             }
         }
         self.reading.sort_unstable();
-        let decoding = self.slots.iter().flatten().any(|a| a.prefilled == a.job.prompt.len());
+        let decoding = self.slots.iter().flatten().any(Active::decoding);
         let budget = if decoding { self.config.prefill_chunk } else { self.state.max_batch() };
         let mut used = 0;
         self.chunks.clear();
@@ -355,7 +362,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             let a = self.slots[i].as_mut().expect("a reading slot");
             a.prefilled += n;
             a.pos = a.prefilled;
-            if a.prefilled == a.job.prompt.len() && !emit(self.model, self.config.context, &metrics, a, &logits[r * vocab..][..vocab]) {
+            if a.decoding() && !emit(self.model, self.config.context, &metrics, a, &logits[r * vocab..][..vocab]) {
                 self.slots[i] = None;
             }
         }
