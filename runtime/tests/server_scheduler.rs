@@ -69,6 +69,21 @@ fn with_scheduler<R>(model: &Model, config: SchedulerConfig, f: impl FnOnce(&Que
     })
 }
 
+/// The reply to `prompt` (`n` new tokens) from a scheduler of `config` serving it
+/// alone.
+fn reply_alone(model: &Model, config: SchedulerConfig, prompt: &[u32], n: usize) -> (String, Finish) {
+    with_scheduler(model, config, |queue| {
+        let (job, rx, _) = job(prompt.to_vec(), n);
+        queue.submit(job).unwrap();
+        collect(&rx)
+    })
+}
+
+/// The value of counter `name` in a Prometheus rendering of the metrics.
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
+}
+
 fn model_of(packed: &Packed, f: impl FnOnce(&Model)) {
     let map = MappedFile::open(&packed.0).unwrap();
     let blob = Blob::parse(map.bytes()).unwrap();
@@ -89,11 +104,7 @@ fn eight_concurrent_greedy_requests_match_each_alone() {
         let together: Vec<(String, Finish)> = with_scheduler(model, config, |queue| submit_all(queue, &requests).iter().map(collect).collect());
         // Some steps really ran several rows: the batch held more than one sequence.
         for (i, (prompt, n)) in requests.iter().enumerate() {
-            let alone = with_scheduler(model, config, |queue| {
-                let (job, rx, _) = job(prompt.clone(), *n);
-                queue.submit(job).unwrap();
-                collect(&rx)
-            });
+            let alone = reply_alone(model, config, prompt, *n);
             assert_eq!(together[i].0, alone.0, "request {i}: its text beside seven others differs from its text alone");
             assert_eq!(together[i].1.completion_tokens, *n);
             assert_eq!(together[i].1.prompt_tokens, prompt.len());
@@ -121,9 +132,7 @@ fn batches_hold_several_rows_and_prompts_come_in_chunks() {
             }
             queue.metrics.render()
         });
-        let value = |name: &str| -> u64 {
-            metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
-        };
+        let value = |name: &str| metric(&metrics, name);
         // 4 prompts of 20 in chunks of 8: 3 chunks each.
         assert_eq!(value("olmort_prefill_chunks_total"), 12);
         assert_eq!(value("olmort_prompt_tokens_total"), 80);
@@ -153,16 +162,10 @@ fn five_read_together(model: &Model, config: SchedulerConfig, batch: usize) -> (
         r
     });
     let metrics = queue.metrics.render();
-    let value = |name: &str| -> u64 {
-        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
-    };
+    let value = |name: &str| metric(&metrics, name);
     assert_eq!(value("olmort_prompt_tokens_total"), 58);
     for (i, (prompt, n)) in requests.iter().enumerate() {
-        let alone = with_scheduler(model, config, |queue| {
-            let (job, rx, _) = job(prompt.clone(), *n);
-            queue.submit(job).unwrap();
-            collect(&rx)
-        });
+        let alone = reply_alone(model, config, prompt, *n);
         assert_eq!(together[i].0, alone.0, "request {i}: its text read beside others differs from its text alone");
         assert_eq!(together[i].1.completion_tokens, *n);
     }
