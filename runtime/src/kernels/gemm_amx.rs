@@ -92,6 +92,8 @@ pub fn fits(w: &Matrix) -> bool {
 thread_local! {
     /// The calling thread's packed activations, grown to the largest call and reused.
     static ACTS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's SwiGLU tiles between [`mlp`]'s two products.
+    static HIDDEN: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `y = x W^T` for a `W` that [`fits`]: `x` is `n x w.cols`, `y` `n x w.rows`.
@@ -100,89 +102,129 @@ thread_local! {
 /// [`amx::available`] and AVX2/FMA/F16C must be true; `w` must hold every row
 /// (`Matrix::check`), `x` `n * w.cols` values and `y` `n * w.rows`.
 pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
-    product(w, x, false, n, y)
+    with_local(&ACTS, |acts| {
+        let acts = pack(x, n, w.cols, acts);
+        sweep(w, acts, n, Out::Rows { y: SendPtr(y.as_mut_ptr()), ldy: w.rows });
+    })
 }
 
-/// [`matmul`] of the SwiGLU of `gate_up` (`n` rows of `2 * w.cols`: each token's gate,
-/// then its up projection): `x[t][c] = silu(gate[t][c]) * up[t][c]`, computed as the
-/// tokens are packed, as `avx2::swiglu` computes it (`exp16` is its `exp8`), so the
-/// products see the bits an `act` buffer would hold, without one being written and
-/// read back.
+/// The MLP's two products with the SwiGLU between them, `y = silu(x G^T) * (x U^T)
+/// D^T` for `gate_up` = `[G; U]` (`2 * down.cols` rows) and `down` that both [`fit`](fits)
+/// and [`fit_together`]: `x` is `n x gate_up.cols`, `y` `n x down.rows`.
+///
+/// The SwiGLU is taken from the gate and up projections' result tiles as they leave
+/// the tile registers, each task sweeping a gate strip beside its up strip, and goes
+/// straight into the down product's activation tiles, rounded to bf16: the same bits
+/// as [`matmul`] into `gate_up`'s rows, `avx2::swiglu` and [`matmul`] again, without
+/// the `n x 2 * down.cols` results written to memory, read back and packed (for the
+/// 1B at 512 tokens, 32 MiB each way a layer).
 ///
 /// # Safety
-/// As [`matmul`], with `gate_up` holding `n * 2 * w.cols` values.
-pub unsafe fn matmul_gated(w: &Matrix, gate_up: &[f32], n: usize, y: &mut [f32]) {
-    product(w, gate_up, true, n, y)
+/// As [`matmul`], for both matrices; `x` must hold `n * gate_up.cols` values and `y`
+/// `n * down.rows`.
+pub unsafe fn mlp(gate_up: &Matrix, down: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
+    let half = down.cols;
+    with_local(&ACTS, |acts| {
+        let acts = pack(x, n, gate_up.cols, acts);
+        with_local(&HIDDEN, |hidden| {
+            let hidden = grow_aligned(hidden, n.div_ceil(TILE) * (half / CHUNK) * ACT_TILE);
+            sweep(gate_up, acts, n, Out::Swiglu { tiles: SendPtr(hidden.as_mut_ptr()), half });
+            sweep(down, hidden, n, Out::Rows { y: SendPtr(y.as_mut_ptr()), ldy: down.rows });
+        })
+    })
 }
 
-/// [`matmul`] (`gated`: [`matmul_gated`]).
-unsafe fn product(w: &Matrix, x: &[f32], gated: bool, n: usize, y: &mut [f32]) {
-    let (rows, k) = (w.rows, w.cols);
+/// Whether [`mlp`] takes `gate_up` and `down` (each of which [`fits`]): `gate_up` a gate
+/// and an up projection of `down.cols` rows each, which is a multiple of 32 (every gate
+/// strip whole, half an activation tile).
+pub fn fit_together(gate_up: &Matrix, down: &Matrix) -> bool {
+    gate_up.rows == 2 * down.cols && down.cols.is_multiple_of(2 * TILE)
+}
+
+/// Where a sweep's results go.
+#[derive(Clone, Copy)]
+enum Out {
+    /// Token `t`'s result for row `r` at `y[t * ldy + r]`.
+    Rows { y: SendPtr<f32>, ldy: usize },
+    /// The rows are a gate projection's (the first `half`) and an up projection's (the
+    /// rest): token `t`'s `silu(gate[r]) * up[r]` goes, rounded to bf16, into the
+    /// activation tiles (`[token tile][chunk][pair][token][2]`) of a product `half`
+    /// columns deep.
+    Swiglu { tiles: SendPtr<u16>, half: usize },
+}
+
+/// `x` (`n` rows of `k`) packed into the calling thread's activation tiles (see
+/// [`pack_tokens`]), `n / 16` token tiles of `k / 32` tiles each.
+fn pack<'a>(x: &[f32], n: usize, k: usize, acts: &'a mut Vec<u16>) -> &'a [u16] {
     let chunks = k / CHUNK;
+    // Every tile on a 64-byte boundary: a tile load whose rows straddle cache lines
+    // runs at a sixth of the speed (Sapphire Rapids, 1 KiB from L1: ~45 cycles
+    // against ~8), and the allocator gives only 16-byte alignment.
+    let acts = grow_aligned(acts, n.div_ceil(TILE) * chunks * ACT_TILE);
+    let ap = SendPtr(acts.as_mut_ptr());
+    for_each_task(n.div_ceil(TILE), |tt| {
+        // SAFETY: token tile `tt` alone writes its own `chunks` tiles.
+        let dst = unsafe { std::slice::from_raw_parts_mut(ap.get().add(tt * chunks * ACT_TILE), chunks * ACT_TILE) };
+        pack_tokens(x, n, k, tt, dst);
+    });
+    acts
+}
+
+/// `w`'s products with the packed activations of `n` tokens (`acts`, `w.cols` deep),
+/// in parallel tasks of up to [`NB`] weight rows, the results to `out`.
+///
+/// # Safety
+/// As [`matmul`]; `acts` must hold `n.div_ceil(16)` token tiles of `w.cols / 32`
+/// tiles, and `out` room for every result it is to take.
+unsafe fn sweep(w: &Matrix, acts: &[u16], n: usize, out: Out) {
     let token_tiles = n.div_ceil(TILE);
-    with_local(&ACTS, |acts| {
-        // Every tile on a 64-byte boundary: a tile load whose rows straddle cache
-        // lines runs at a sixth of the speed (Sapphire Rapids, 1 KiB from L1: ~45
-        // cycles against ~8), and the allocator gives only 16-byte alignment.
-        let acts = grow_aligned(acts, token_tiles * chunks * ACT_TILE);
-        let ap = SendPtr(acts.as_mut_ptr());
-        for_each_task(token_tiles, |tt| {
-            // SAFETY: token tile `tt` alone writes its own `chunks` tiles.
-            let dst = unsafe { std::slice::from_raw_parts_mut(ap.get().add(tt * chunks * ACT_TILE), chunks * ACT_TILE) };
-            pack_tokens(x, gated, n, k, tt, dst);
-        });
-        let acts = &*acts;
-        let yp = SendPtr(y.as_mut_ptr());
-        let nb_max = NB.min(rows.next_multiple_of(2 * TILE));
-        // Per task: two strip pairs' packed slices (the one in use, the next being
-        // filled), the staging of four result tiles and the results between slices.
-        let packed = 2 * PAIR_ELEMS;
-        let stage = 4 * TILE * TILE;
-        let partial = nb_max * token_tiles * TILE;
-        let bytes = packed * 2 + (stage + partial) * 4;
-        for_each_row_block(rows, nb_max, bytes, |r0, nb, scratch| {
-            let (packed_bytes, rest) = scratch.split_at_mut(packed * 2);
-            // SAFETY: `scratch` is 64-byte aligned and `packed * 2` a multiple of 64,
-            // so both parts are aligned for their types.
-            let (packed, rest) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(packed_bytes.as_mut_ptr() as *mut u16, packed),
-                    std::slice::from_raw_parts_mut(rest.as_mut_ptr() as *mut f32, stage + partial),
-                )
-            };
-            let (stage, partial) = rest.split_at_mut(stage);
-            // SAFETY: as for `matmul`; this task alone writes output rows `r0 .. r0 + nb`
-            // of each token in `y`.
-            unsafe {
-                amx::configure(&config());
-                task(w, r0, nb, acts, n, packed, stage, partial, yp.get(), rows);
-                // The non-temporal stores of `store_transposed` are weakly ordered:
-                // all of them visible before the task counts as done.
-                std::arch::x86_64::_mm_sfence();
-                amx::release();
-            }
-        });
-    })
+    assert!(acts.len() >= token_tiles * (w.cols / CHUNK) * ACT_TILE);
+    // A task's rows: weight rows, or gate rows with their up rows beside them.
+    let (rows, per_row) = match out {
+        Out::Rows { .. } => (w.rows, 1),
+        Out::Swiglu { half, .. } => (half, 2),
+    };
+    let nb_max = (NB / per_row).min(rows.next_multiple_of(2 * TILE / per_row));
+    // Per task: two strip pairs' packed slices (the one in use, the next being
+    // filled), the staging of four result tiles and the results between slices.
+    let packed = 2 * PAIR_ELEMS;
+    let stage = 4 * TILE * TILE;
+    let partial = nb_max * per_row * token_tiles * TILE;
+    let bytes = packed * 2 + (stage + partial) * 4;
+    for_each_row_block(rows, nb_max, bytes, |r0, nb, scratch| {
+        let (packed_bytes, rest) = scratch.split_at_mut(packed * 2);
+        // SAFETY: `scratch` is 64-byte aligned and `packed * 2` a multiple of 64,
+        // so both parts are aligned for their types.
+        let (packed, rest) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(packed_bytes.as_mut_ptr() as *mut u16, packed),
+                std::slice::from_raw_parts_mut(rest.as_mut_ptr() as *mut f32, stage + partial),
+            )
+        };
+        let (stage, partial) = rest.split_at_mut(stage);
+        // SAFETY: as for `sweep`; this task alone writes the results of its rows
+        // `r0 .. r0 + nb` (output rows of `y`, or the SwiGLU's columns) of each token.
+        unsafe {
+            amx::configure(&config());
+            task(w, r0, nb, acts, n, packed, stage, partial, out);
+            // The non-temporal stores of `store_transposed` are weakly ordered:
+            // all of them visible before the task counts as done.
+            std::arch::x86_64::_mm_sfence();
+            amx::release();
+        }
+    });
 }
 
 /// Converts tokens `tt * 16 ..` of `x` to bf16 (rounded to nearest even, as
 /// `half::bf16::from_f32` rounds) in the pair order of a `B` tile, one tile per 32
-/// columns; tokens past `n` are zeros. `gated`: `x` holds each token's gate and up
-/// projections (`2 * k` values), and the token is their SwiGLU.
-fn pack_tokens(x: &[f32], gated: bool, n: usize, k: usize, tt: usize, dst: &mut [u16]) {
-    let ld = if gated { 2 * k } else { k };
-    assert!(dst.len() >= k / CHUNK * ACT_TILE && x.len() >= n * ld);
+/// columns; tokens past `n` are zeros.
+fn pack_tokens(x: &[f32], n: usize, k: usize, tt: usize, dst: &mut [u16]) {
+    assert!(dst.len() >= k / CHUNK * ACT_TILE && x.len() >= n * k);
     let tokens = n.saturating_sub(tt * TILE).min(TILE);
-    // SAFETY: AVX-512 F and BW are present (`Kernels::Amx` needs them); the tile's
-    // `tokens` rows of `ld` values are in `x` and `dst` has a tile per 32 (asserted).
-    unsafe {
-        let (x, dst) = (x.as_ptr().add(tt * TILE * ld), dst.as_mut_ptr());
-        if gated {
-            pack_tile::<true>(x, tokens, k, dst)
-        } else {
-            pack_tile::<false>(x, tokens, k, dst)
-        }
-    }
+    // SAFETY: AVX-512 F, BW and BF16 are present (`Kernels::Amx` needs them); the
+    // tile's `tokens` rows of `k` values are in `x` and `dst` has a tile per 32
+    // (asserted).
+    unsafe { pack_tile(x.as_ptr().add(tt * TILE * k), tokens, k, dst.as_mut_ptr()) }
 }
 
 /// [`pack_tokens`] for `tokens` rows of `k` at `x`: per 32 columns, each token's 32
@@ -190,25 +232,36 @@ fn pack_tokens(x: &[f32], gated: bool, n: usize, k: usize, tt: usize, dst: &mut 
 /// transposed so that pair `p` of every token is row `p` of the tile (a scatter of
 /// each token's pairs cost 4% of a prompt).
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_tile<const GATED: bool>(x: *const f32, tokens: usize, k: usize, dst: *mut u16) {
+unsafe fn pack_tile(x: *const f32, tokens: usize, k: usize, dst: *mut u16) {
     use std::arch::x86_64::*;
-    let ld = if GATED { 2 * k } else { k };
     for ch in 0..k / CHUNK {
         let mut rows = [_mm512_setzero_ps(); TILE];
         for (t, row) in rows.iter_mut().enumerate().take(tokens) {
-            let values = x.add(t * ld + ch * CHUNK);
-            *row = if GATED {
-                let up = values.add(k);
-                bf16_pairs(swiglu16(_mm512_loadu_ps(values), _mm512_loadu_ps(up)), swiglu16(_mm512_loadu_ps(values.add(16)), _mm512_loadu_ps(up.add(16))))
-            } else {
-                bf16_pairs(_mm512_loadu_ps(values), _mm512_loadu_ps(values.add(16)))
-            };
+            let values = x.add(t * k + ch * CHUNK);
+            *row = bf16_pairs(_mm512_loadu_ps(values), _mm512_loadu_ps(values.add(16)));
         }
         transpose16(&mut rows);
         let tile = dst.add(ch * ACT_TILE) as *mut f32;
         for (p, row) in rows.iter().enumerate() {
             _mm512_store_ps(tile.add(p * TILE), *row);
         }
+    }
+}
+
+/// A gate strip's and its up strip's result tiles for 16 tokens (`[row][token]`, 16 x
+/// 16 f32 each) as their SwiGLU's 16 columns of the next product's activation tile:
+/// rows `2q` and `2q + 1` become the tile's pair row `q` (`dst`, 8 rows of 64 bytes),
+/// each token's two values side by side, rounded as [`bf16_pairs`] rounds them.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn swiglu_to_tiles(gate: *const f32, up: *const f32, dst: *mut u16) {
+    use std::arch::x86_64::*;
+    // Word 2t from the low half (row 2q), word 2t + 1 from the high half (row 2q + 1).
+    let order: [u16; 2 * TILE] = std::array::from_fn(|i| (i / 2 + i % 2 * TILE) as u16);
+    let order = _mm512_loadu_si512(order.as_ptr() as *const __m512i);
+    let row = |j: usize| swiglu16(_mm512_loadu_ps(gate.add(j * TILE)), _mm512_loadu_ps(up.add(j * TILE)));
+    for q in 0..TILE / 2 {
+        let halves = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(row(2 * q + 1), row(2 * q)));
+        _mm512_storeu_si512(dst.add(q * 2 * TILE) as *mut __m512i, _mm512_permutexvar_epi16(order, halves));
     }
 }
 
@@ -298,19 +351,29 @@ fn slices<'a>(w: &'a Matrix<'a>, cut: usize) -> impl Iterator<Item = (Matrix<'a>
     })
 }
 
-/// Rows `r0 .. r0 + nb` against every token: column slices outside, then pairs of
-/// weight strips, then pairs of token tiles. While a strip pair meets the tokens, the
+/// Rows `r0 .. r0 + nb` against every token (for [`Out::Swiglu`], gate rows and their
+/// up rows, a gate strip and its up strip making a pair): column slices outside, then
+/// pairs of weight strips, then pairs of token tiles. While a strip pair meets the tokens, the
 /// next pair's weights are packed a row (q4: eight) at a time between its tile
 /// products ([`Packer`]): the vector units and the loads from memory work under the
 /// matrix unit's products instead of before them.
 #[allow(clippy::too_many_arguments)]
-unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed: &mut [u16], stage: &mut [f32], partial: &mut [f32], y: *mut f32, ldy: usize) {
+unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed: &mut [u16], stage: &mut [f32], partial: &mut [f32], out: Out) {
     let chunks = w.cols / CHUNK;
-    let strips = nb.div_ceil(TILE);
+    // Strip `s`'s first row of `w` and how many rows it has (at most 16).
+    let strip = |s: usize| match out {
+        Out::Rows { .. } => (r0 + s * TILE, TILE.min(nb - s * TILE)),
+        Out::Swiglu { half, .. } => (r0 + s / 2 * TILE + s % 2 * half, TILE.min(nb - s / 2 * TILE)),
+    };
+    let strips = match out {
+        Out::Rows { .. } => nb.div_ceil(TILE),
+        Out::Swiglu { .. } => 2 * nb.div_ceil(TILE),
+    };
     let pairs = strips.div_ceil(2);
     let token_tiles = n.div_ceil(TILE);
     let partial = partial.as_mut_ptr();
-    let rows_of = |sp: usize| (2 * TILE).min(nb - sp * 2 * TILE);
+    // Pair `sp`'s strips; past the last strip, none.
+    let rows_of = |sp: usize| [2 * sp, 2 * sp + 1].map(|s| if s < strips { strip(s) } else { (0, 0) });
     // The k-th pair of the sweep (counting across slices) is packed into bufs[k % 2];
     // the first pair of a slice is packed during the last pair of the slice before.
     let bufs = [packed.as_mut_ptr(), packed.as_mut_ptr().add(PAIR_ELEMS)];
@@ -321,15 +384,15 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
         let following = sweep.peek().copied();
         let (first, last) = (c0 == 0, following.is_none());
         if first {
-            Packer::new(m, c, width, r0, rows_of(0), bufs[0]).finish();
+            Packer::new(m, c, width, rows_of(0), bufs[0]).finish();
         }
         for sp in 0..pairs {
             let s = 2 * sp;
             let pair = 2.min(strips - s);
             let into = bufs[(k + 1) % 2];
             let mut next = match following {
-                _ if sp + 1 < pairs => Some(Packer::new(m, c, width, r0 + (sp + 1) * 2 * TILE, rows_of(sp + 1), into)),
-                Some((m2, c2, _, width2)) => Some(Packer::new(m2, c2, width2, r0, rows_of(0), into)),
+                _ if sp + 1 < pairs => Some(Packer::new(m, c, width, rows_of(sp + 1), into)),
+                Some((m2, c2, _, width2)) => Some(Packer::new(m2, c2, width2, rows_of(0), into)),
                 None => None,
             };
             if let Some(p) = &mut next {
@@ -353,24 +416,37 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
                 // in `partial`: [strip][token tile][16 x 16].
                 let acc = |ds: usize, dt: usize| partial.wrapping_add(((s + ds) * token_tiles + tt + dt) * TILE * TILE) as *mut u8;
                 let accs = [acc(0, 0), acc(0, 1), acc(1, 0), acc(1, 1)];
-                let out = stage.as_mut_ptr() as *mut u8;
-                let outs = if last { [0, 1, 2, 3].map(|i| out.add(i * TILE * TILE * 4)) } else { accs };
+                let staged = stage.as_mut_ptr() as *mut u8;
+                let outs = if last { [0, 1, 2, 3].map(|i| staged.add(i * TILE * TILE * 4)) } else { accs };
                 match (pair, tokens) {
                     (2, 2) => block::<true, true>(a0, a1, b0, b1, depth, first, accs, outs, &mut side),
                     (2, _) => block::<true, false>(a0, a1, b0, b1, depth, first, accs, outs, &mut side),
                     (_, 2) => block::<false, true>(a0, a1, b0, b1, depth, first, accs, outs, &mut side),
                     _ => block::<false, false>(a0, a1, b0, b1, depth, first, accs, outs, &mut side),
                 }
-                if last {
+                match out {
+                    _ if !last => {}
                     // Tile (ds, dt) holds [row][token]: transposed into `y`.
-                    for (i, (ds, dt)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
-                        if ds >= pair || dt >= tokens {
-                            continue;
+                    Out::Rows { y, ldy } => {
+                        for (i, (ds, dt)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+                            if ds >= pair || dt >= tokens {
+                                continue;
+                            }
+                            let (row, rows_here) = strip(s + ds);
+                            let toks = TILE.min(n - (tt + dt) * TILE);
+                            let yt = y.get().add((tt + dt) * TILE * ldy + row);
+                            store_transposed(stage.as_ptr().add(i * TILE * TILE), rows_here, toks, yt, ldy);
                         }
-                        let rows_here = TILE.min(nb - (s + ds) * TILE);
-                        let toks = TILE.min(n - (tt + dt) * TILE);
-                        let yt = y.add((tt + dt) * TILE * ldy + r0 + (s + ds) * TILE);
-                        store_transposed(stage.as_ptr().add(i * TILE * TILE), rows_here, toks, yt, ldy);
+                    }
+                    // Tiles (0, dt) and (1, dt): token tile tt + dt's gate and up
+                    // results for SwiGLU columns `col ..`, half an activation tile.
+                    Out::Swiglu { tiles, half } => {
+                        let col = strip(s).0;
+                        for dt in 0..tokens {
+                            let tile = tiles.get().add(((tt + dt) * (half / CHUNK) + col / CHUNK) * ACT_TILE);
+                            let (gate, up) = (stage.as_ptr().add(dt * TILE * TILE), stage.as_ptr().add((2 + dt) * TILE * TILE));
+                            swiglu_to_tiles(gate, up, tile.add(col % CHUNK / 2 * 2 * TILE));
+                        }
                     }
                 }
                 tt += tokens;
@@ -420,9 +496,8 @@ struct Packer<'a> {
     /// Columns `c .. c + width` of `w`.
     c: usize,
     width: usize,
-    /// The pair's first row of `w` and its rows that exist (at most 32).
-    row0: usize,
-    rows: usize,
+    /// Each strip's first row of `w` and how many of its rows exist (at most 16).
+    strips: [(usize, usize); 2],
     dst: *mut u16,
     /// Units done, of `units`; a unit every `every` ticks.
     done: usize,
@@ -432,15 +507,16 @@ struct Packer<'a> {
 }
 
 impl<'a> Packer<'a> {
-    /// A packer for rows `row0 .. row0 + rows` of columns `c .. c + width` of `w`, its
+    /// A packer for the rows of `strips` (first row, rows) of columns `c .. c + width`
+    /// of `w`, its
     /// first unit's weights already on their way to L2.
     ///
     /// # Safety
     /// `w` must hold those rows and columns; `dst` must have room for a pair's slice,
     /// and no one else may use it until the packer is done.
-    unsafe fn new(w: Matrix<'a>, c: usize, width: usize, row0: usize, rows: usize, dst: *mut u16) -> Packer<'a> {
+    unsafe fn new(w: Matrix<'a>, c: usize, width: usize, strips: [(usize, usize); 2], dst: *mut u16) -> Packer<'a> {
         let units = if w.data.q4().is_some() { 4 } else { 2 * TILE };
-        let p = Packer { w, c, width, row0, rows, dst, done: 0, units, every: 1, ticks: 0 };
+        let p = Packer { w, c, width, strips, dst, done: 0, units, every: 1, ticks: 0 };
         p.prefetch(0);
         p
     }
@@ -472,7 +548,7 @@ impl<'a> Packer<'a> {
             // packed: a unit runs every few dozen tile products, too seldom for the
             // hardware prefetchers to keep a stream going.
             self.prefetch(self.done + 1);
-            pack_unit(&self.w, self.c, self.width, self.row0, self.rows, self.done, self.units, self.dst);
+            pack_unit(&self.w, self.c, self.width, self.strips, self.done, self.units, self.dst);
             self.done += 1;
         }
     }
@@ -480,11 +556,10 @@ impl<'a> Packer<'a> {
     /// Starts unit `u`'s weights on their way to L2 (nothing past the pair's rows).
     unsafe fn prefetch(&self, u: usize) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let j0 = u * (2 * TILE / self.units);
-        if u >= self.units || j0 >= self.rows {
+        let (_, row, present) = unit_rows(self.strips, u, self.units);
+        if u >= self.units || present == 0 {
             return;
         }
-        let row = self.row0 + j0;
         let (start, len) = match self.w.data {
             MatrixData::BF16(data) => (data.as_ptr().add(row * self.w.cols + self.c) as *const u8, self.width * 2),
             MatrixData::Q8_0 { quants, .. } => (quants.as_ptr().add(row * self.w.cols.next_multiple_of(32) + self.c) as *const u8, self.width),
@@ -505,34 +580,44 @@ impl<'a> Packer<'a> {
 /// quantised ones (a row, or a group of eight for 4-bit weights) dequantised and
 /// rounded to bf16 in registers. (Staged as f32 rows first, 4-bit prompts of the 1B
 /// ran at 552-588 tok/s against q8_0's 654-688, and q8_0's packing took 17% of its.)
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw")]
-unsafe fn pack_unit(w: &Matrix, c: usize, width: usize, row0: usize, rows: usize, u: usize, units: usize, dst: *mut u16) {
+unsafe fn pack_unit(w: &Matrix, c: usize, width: usize, strips: [(usize, usize); 2], u: usize, units: usize, dst: *mut u16) {
     let depth = width / CHUNK;
     let at = |j: usize| dst.add(j / TILE * depth * ACT_TILE + j % TILE * CHUNK);
-    let per = 2 * TILE / units;
-    let (j0, j1) = (u * per, (u + 1) * per);
+    let (j0, row, present) = unit_rows(strips, u, units);
     match w.data {
-        MatrixData::BF16(data) if j0 < rows => {
-            let src = data.as_ptr().add((row0 + j0) * w.cols + c);
+        _ if present == 0 => {}
+        MatrixData::BF16(data) => {
+            let src = data.as_ptr().add(row * w.cols + c);
             for ch in 0..depth {
                 std::ptr::copy_nonoverlapping(src.add(ch * CHUNK), at(j0).add(ch * ACT_TILE), CHUNK);
             }
         }
-        MatrixData::Q8_0 { quants, scales } if j0 < rows => q8_row_to_tiles(quants, scales, w.cols, row0 + j0, c, width, at(j0)),
-        MatrixData::Q4_0(tiles) | MatrixData::Q4_K(tiles) if j0 < rows => {
+        MatrixData::Q8_0 { quants, scales } => q8_row_to_tiles(quants, scales, w.cols, row, c, width, at(j0)),
+        MatrixData::Q4_0(tiles) | MatrixData::Q4_K(tiles) => {
             let (dtype, _) = w.data.q4().expect("a 4-bit matrix");
-            // `row0` and `j0` are multiples of 8: a whole tile group.
-            q4_group_to_tiles(dtype, tiles, w.cols, (row0 + j0) / 8, c, width, (rows - j0).min(8), |r| at(j0 + r));
+            // `row` is a multiple of 8 (strips start on multiples of 16; `fit_together`
+            // keeps the up half on one): a whole tile group.
+            q4_group_to_tiles(dtype, tiles, w.cols, row / 8, c, width, present, |r| at(j0 + r));
         }
         MatrixData::F32(_) | MatrixData::F16(_) => unreachable!("`fits` leaves f32 and f16 to the FMA GEMM"),
-        _ => {}
     }
-    for j in j0.max(rows)..j1 {
+    for j in j0 + present..j0 + 2 * TILE / units {
         for ch in 0..depth {
             std::ptr::write_bytes(at(j).add(ch * ACT_TILE), 0, CHUNK);
         }
     }
+}
+
+/// Unit `u` of `units` of a strip pair (`strips`: each strip's first row and rows that
+/// exist): its first row in the pair (of 32), its first row of the matrix, and how
+/// many of its rows exist (the rest are zeros).
+fn unit_rows(strips: [(usize, usize); 2], u: usize, units: usize) -> (usize, usize, usize) {
+    let per = 2 * TILE / units;
+    let j0 = u * per;
+    let (row0, rows) = strips[(j0 / TILE).min(1)];
+    let j = j0 % TILE;
+    (j0, row0 + j, rows.saturating_sub(j).min(per))
 }
 
 /// Columns `c .. c + width` of q8_0 row `r` (of a matrix `cols` wide) dequantised and

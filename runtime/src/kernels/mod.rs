@@ -280,27 +280,31 @@ pub fn matmul_with(k: Kernels, w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     run_product(k, Product::for_batch(k, w, n), w, x, n, y)
 }
 
-/// [`matmul_segments`] of the SwiGLU of `gate_up` (rows of `2 * w.cols`: each token's
-/// gate, then its up projection; `lens` the segments) where every segment alone would
-/// run the AMX GEMM, which computes the SwiGLU as it packs the tokens (the same bits as
-/// [`swiglu`] into a buffer). Returns whether it ran; if not, the caller runs
-/// [`swiglu`] and the product.
-/// No segments (a decode batch's rows, which run their matvec's kernel) run nothing.
-pub fn matmul_swiglu(k: Kernels, w: &Matrix, gate_up: &[f32], lens: &[usize], y: &mut [f32]) -> bool {
-    if lens.is_empty() || lens.iter().any(|&len| Product::for_batch(k, w, len) != Product::AmxGemm) {
+/// The MLP's products for a batch made of segments (`lens`, as [`matmul_segments`]):
+/// `y = (silu(x G^T) * (x U^T)) D^T` for `gate_up` = `[G; U]` (`2 * down.cols` rows)
+/// and `down`, where every segment alone would run the AMX GEMM for both, which takes
+/// the SwiGLU from the gate and up results in the tiles (the same bits as
+/// [`matmul_segments`], [`swiglu`] into a buffer and [`matmul_segments`] again).
+/// Returns whether it ran; if not, the caller runs those three. No segments (a decode
+/// batch's rows, which run their matvec's kernel) run nothing.
+pub fn mlp(k: Kernels, gate_up: &Matrix, down: &Matrix, x: &[f32], lens: &[usize], y: &mut [f32]) -> bool {
+    let amx = |len: usize| Product::for_batch(k, gate_up, len) == Product::AmxGemm && Product::for_batch(k, down, len) == Product::AmxGemm;
+    if lens.is_empty() || !lens.iter().all(|&len| amx(len)) {
         return false;
     }
-    let n: usize = lens.iter().sum();
-    assert_eq!(gate_up.len(), n * 2 * w.cols);
-    assert_eq!(y.len(), n * w.rows);
-    w.check();
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the CPU has AMX and the process may use it (`for_batch` checked),
-    // `check` found every row, and the lengths are asserted.
-    unsafe {
-        gemm_amx::matmul_gated(w, gate_up, n, y)
+    if gemm_amx::fit_together(gate_up, down) {
+        let n: usize = lens.iter().sum();
+        assert_eq!(x.len(), n * gate_up.cols);
+        assert_eq!(y.len(), n * down.rows);
+        gate_up.check();
+        down.check();
+        // SAFETY: the CPU has AMX and the process may use it (`for_batch` checked),
+        // `check` found every row of both, and the lengths are asserted.
+        unsafe { gemm_amx::mlp(gate_up, down, x, n, y) }
+        return true;
     }
-    true
+    false
 }
 
 /// `Y = X W^T` for a batch made of segments (`lens`: several sequences' prompt chunks,

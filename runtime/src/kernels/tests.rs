@@ -841,36 +841,44 @@ fn products_do_not_depend_on_the_batch_and_segments_run_as_alone() {
     }
 }
 
-/// The down projection that takes the SwiGLU as it packs its tokens gives the bits of
-/// the SwiGLU into a buffer and then the product, for bf16 and q8_0 weights, and only
-/// runs where the product is the AMX GEMM (a decode-sized batch is refused).
+/// The MLP on AMX, which takes the SwiGLU from the gate and up results in the tiles,
+/// gives the bits of the gate_up product, the SwiGLU into a buffer and the down
+/// product, for every dtype the tiles take; several tasks of gate rows (160 of them:
+/// 64, 64 and 32), a last token tile part full, and batches split into segments. It
+/// runs only where both products alone are the AMX GEMM, and refuses a down projection
+/// whose columns are not the gate_up's rows halved.
 #[test]
-fn fused_swiglu_products_match_the_buffered_ones() {
+fn mlp_on_tiles_matches_the_products_through_buffers() {
     let mut rng = Rng(0x5EED);
-    let (rows, cols) = (48, 96);
-    let vals = rng.vec(rows * cols);
-    let bf16s: Vec<u16> = vals.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
-    let quants: Vec<i8> = vals.iter().map(|&v| (v * 127.0) as i8).collect();
-    let scales: Vec<u16> = vec![f16::from_f32(0.01).to_bits(); rows * cols / 32];
-    for data in [MatrixData::BF16(&bf16s), MatrixData::Q8_0 { quants: &quants, scales: &scales }] {
-        let w = Matrix::row_major(rows, cols, data);
-        for n in [2, 40, 67] {
-            let gate_up: Vec<f32> = rng.vec(n * 2 * cols).into_iter().map(|v| 4.0 * v).collect();
-            let mut fused = vec![f32::NAN; n * rows];
-            let ran = matmul_swiglu(Kernels::Amx, &w, &gate_up, &[n], &mut fused);
-            assert_eq!(ran, amx_available() && n >= 32, "n {n}: the fused product runs where the AMX GEMM does");
+    let (d, f) = (96, 160);
+    let gate_up = Owned::new(&mut rng, 2 * f, d);
+    let down = Owned::new(&mut rng, d, f);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for ((name, gu), (_, dn)) in gate_up.all().into_iter().zip(down.all()).filter(|((name, _), _)| !name.starts_with('f')) {
+        for lens in [vec![2], vec![40], vec![67], vec![32, 35], vec![3, 40]] {
+            let n: usize = lens.iter().sum();
+            let x: Vec<f32> = rng.vec(n * d).into_iter().map(|v| 4.0 * v).collect();
+            let mut fused = vec![f32::NAN; n * d];
+            let ran = mlp(Kernels::Amx, &gu, &dn, &x, &lens, &mut fused);
+            let tiles = |len: usize| Product::for_batch(Kernels::Amx, &gu, len) == Product::AmxGemm;
+            assert_eq!(ran, lens.iter().all(|&len| tiles(len)), "{name} {lens:?}: runs where the AMX GEMM does");
             if !ran {
                 continue;
             }
-            let mut act = vec![0f32; n * cols];
-            for (t, a) in act.chunks_exact_mut(cols).enumerate() {
-                let row = &gate_up[t * 2 * cols..][..2 * cols];
-                swiglu(Kernels::Amx, &row[..cols], &row[cols..], a);
+            assert!(amx_available() && n >= 32);
+            let mut gate_up_rows = vec![f32::NAN; n * 2 * f];
+            matmul_segments(Kernels::Amx, &gu, &x, &lens, &mut gate_up_rows);
+            let mut act = vec![0f32; n * f];
+            for (a, row) in act.chunks_exact_mut(f).zip(gate_up_rows.chunks_exact(2 * f)) {
+                swiglu(Kernels::Amx, &row[..f], &row[f..], a);
             }
-            let mut want = vec![f32::NAN; n * rows];
-            matmul_with(Kernels::Amx, &w, &act, n, &mut want);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert!(bits(&fused) == bits(&want), "n {n}");
+            let mut want = vec![f32::NAN; n * d];
+            matmul_segments(Kernels::Amx, &dn, &act, &lens, &mut want);
+            assert!(want.iter().all(|v| v.is_finite()) && want.iter().any(|&v| v != 0.0));
+            assert!(bits(&fused) == bits(&want), "{name} {lens:?}");
+            // A down projection of the wrong width is refused, not run.
+            let narrow = Matrix::row_major(d, f - 32, dn.data);
+            assert!(!mlp(Kernels::Amx, &gu, &narrow, &x, &lens, &mut fused[..]), "{name}: widths checked");
         }
     }
 }

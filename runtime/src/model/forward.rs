@@ -580,21 +580,22 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
         residual(n, d, &mut s.x, &mut s.proj, w.post_attention_layernorm, eps);
 
         // MLP: SwiGLU, normalised before the residual add.
-        batch.matmul(k, &w.gate_up_proj, &s.x[..n * d], n, &mut s.gate_up[..n * 2 * f]);
-        // On the AMX GEMM the down projection takes the SwiGLU as it packs its tokens
-        // (the same bits as `act` would hold): `act` is neither written nor read back.
-        // 1B, 512 tokens (`prompt_floor`, Sapphire Rapids, alternating): bf16
-        // 541-633 -> 635-670 tok/s, q8_0 615-643 -> 659-679.
+        // On the AMX GEMM the SwiGLU goes from the gate and up results in the tiles
+        // straight into the down projection's packed tokens (the same bits as through
+        // `gate_up` and `act`): neither buffer is written or read back. 1B, 512 tokens
+        // (`prompt_floor`, Sapphire Rapids, 3 alternating rounds): bf16 855-890 ->
+        // 921-950 tok/s, q8_0 891-911 -> 933-969.
         let segments: &[usize] = match batch {
             Batch::Run { .. } => std::slice::from_ref(&n),
             Batch::Runs { lens, .. } => lens,
             // Decode rows each run their matvec's kernel (`matmul_decode`).
             Batch::Rows(_) => &[],
         };
-        if kernels::matmul_swiglu(k, &w.down_proj, &s.gate_up[..n * 2 * f], segments, &mut s.proj[..n * d]) {
+        if kernels::mlp(k, &w.gate_up_proj, &w.down_proj, &s.x[..n * d], segments, &mut s.proj[..n * d]) {
             residual(n, d, &mut s.x, &mut s.proj, w.post_feedforward_layernorm, eps);
             continue;
         }
+        batch.matmul(k, &w.gate_up_proj, &s.x[..n * d], n, &mut s.gate_up[..n * 2 * f]);
         let gate_up = &s.gate_up;
         let chunks = f.div_ceil(SWIGLU_CHUNK);
         let act = SendPtr(s.act.as_mut_ptr());
