@@ -114,6 +114,16 @@ pub unsafe fn load<const T: u8>(base: *const u8, stride: usize) {
     asm!("tileloadd tmm{t}, [{p} + {s}*1]", t = const T, p = in(reg) base, s = in(reg) stride, options(nostack, readonly));
 }
 
+/// [`load`] with the hint that the rows will not be read again soon (`tileloaddt1`),
+/// so that they displace less of what will.
+///
+/// # Safety
+/// As [`load`].
+#[inline(always)]
+pub unsafe fn load_once<const T: u8>(base: *const u8, stride: usize) {
+    asm!("tileloaddt1 tmm{t}, [{p} + {s}*1]", t = const T, p = in(reg) base, s = in(reg) stride, options(nostack, readonly));
+}
+
 /// Stores tile `T`'s configured rows to `base`, `stride` bytes apart.
 ///
 /// # Safety

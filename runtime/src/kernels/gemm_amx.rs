@@ -28,7 +28,7 @@
 //! GFLOP/s from L1, ~2000 from L2, against a peak of ~3200 with no loads.
 //!
 //! Each parallel task owns a block of up to [`NB`] weight rows. It sweeps the
-//! columns one slice at a time (up to [`SLICE_COLS`], fewer for more than 64 tokens:
+//! columns one slice at a time (up to [`SLICE_COLS`], fewer for more than 128 tokens:
 //! [`slice_cols`]), so that the tiles that meet stay in L1 and L2,
 //! and within a slice one pair of weight strips (32 rows) at a time against every
 //! pair of token tiles. A pair's weights are packed into whole tiles (`[strip]
@@ -61,15 +61,17 @@ pub const MIN_BATCH: usize = 8;
 /// Columns of a slice of the sweep at most (a float matrix's panel; see
 /// [`slice_cols`]).
 const SLICE_COLS: usize = 2048;
-/// Bytes of every token's part of a slice at most (64 tokens of 2048 columns; 256
-/// columns, the least, from 512 tokens on), and weight rows per task at most (a
-/// multiple of 2 [`TILE`]s). Narrow slices keep a token pair's and a strip pair's
-/// tiles of the slice (16 KiB each at 256 columns) in L1 while they meet, and fewer
-/// rows per task keep its results between slices in L2: against 1 MiB and 256 rows,
-/// bf16 prompts of the 1B on Sapphire Rapids (2 threads, `prompt_floor`, 3 alternating
-/// pairs) went from 555-567 to 590-627 tok/s at 512 tokens and from 428-444 to
-/// 477-479 at 2048; q8_0 at 512 tokens stayed level (540-583 against 548-577).
-const SLICE_ACT_BYTES: usize = 1 << 18;
+/// Bytes of every token's part of a slice at most (128 tokens of 2048 columns; 256
+/// columns, the least, from 1024 tokens on). Narrow slices keep a strip pair's tiles
+/// of the slice (16 KiB at 256 columns) in L1 while every token pair meets them, and
+/// fewer rows per task ([`NB`]) keep its results between slices in L2; wide ones load
+/// and store those results fewer times. The token tiles and the results are loaded
+/// with the hint that they are not read again soon ([`amx::load_once`]), which keeps
+/// them from pushing the strip pair's tiles out of L1: with it, 512 columns at 512
+/// tokens beat 256 (1B, Sapphire Rapids, 2 threads, `prompt_floor`, alternating:
+/// q8_0 1006-1034 -> 1027-1092 tok/s, bf16 960-1015 -> 1012-1033), where without it
+/// they had lost (788-833 against 829-907, bf16).
+const SLICE_ACT_BYTES: usize = 1 << 19;
 /// Weight rows per task at most (a multiple of 2 [`TILE`]s; see [`SLICE_ACT_BYTES`]).
 const NB: usize = 128;
 /// u16 elements of one strip pair's packed slice: 32 rows of [`SLICE_COLS`].
@@ -758,14 +760,14 @@ unsafe fn block<const TWO_A: bool, const TWO_B: bool>(
             }
         }
     } else {
-        amx::load::<0>(accs[0], ROW);
+        amx::load_once::<0>(accs[0], ROW);
         if TWO_B {
-            amx::load::<1>(accs[1], ROW);
+            amx::load_once::<1>(accs[1], ROW);
         }
         if TWO_A {
-            amx::load::<2>(accs[2], ROW);
+            amx::load_once::<2>(accs[2], ROW);
             if TWO_B {
-                amx::load::<3>(accs[3], ROW);
+                amx::load_once::<3>(accs[3], ROW);
             }
         }
     }
@@ -776,15 +778,15 @@ unsafe fn block<const TWO_A: bool, const TWO_B: bool>(
         // chunk right after its last product of this one, so the loads run under the
         // remaining products instead of between chunks.
         amx::load::<4>(tile(a0, 0), CHUNK * 2);
-        amx::load::<6>(tile(b0, 0), CHUNK * 2);
+        amx::load_once::<6>(tile(b0, 0), CHUNK * 2);
         amx::load::<5>(tile(a1, 0), CHUNK * 2);
-        amx::load::<7>(tile(b1, 0), CHUNK * 2);
+        amx::load_once::<7>(tile(b1, 0), CHUNK * 2);
         for ch in 0..chunks {
             let next = ch + 1 < chunks;
             amx::dot_bf16::<0, 4, 6>();
             amx::dot_bf16::<2, 5, 6>();
             if next {
-                amx::load::<6>(tile(b0, ch + 1), CHUNK * 2);
+                amx::load_once::<6>(tile(b0, ch + 1), CHUNK * 2);
             }
             amx::dot_bf16::<1, 4, 7>();
             if next {
@@ -792,7 +794,7 @@ unsafe fn block<const TWO_A: bool, const TWO_B: bool>(
             }
             amx::dot_bf16::<3, 5, 7>();
             if next {
-                amx::load::<7>(tile(b1, ch + 1), CHUNK * 2);
+                amx::load_once::<7>(tile(b1, ch + 1), CHUNK * 2);
                 amx::load::<5>(tile(a1, ch + 1), CHUNK * 2);
             }
             side();
@@ -800,9 +802,9 @@ unsafe fn block<const TWO_A: bool, const TWO_B: bool>(
     } else {
         for ch in 0..chunks {
             amx::load::<4>(tile(a0, ch), CHUNK * 2);
-            amx::load::<6>(tile(b0, ch), CHUNK * 2);
+            amx::load_once::<6>(tile(b0, ch), CHUNK * 2);
             if TWO_B {
-                amx::load::<7>(tile(b1, ch), CHUNK * 2);
+                amx::load_once::<7>(tile(b1, ch), CHUNK * 2);
             }
             amx::dot_bf16::<0, 4, 6>();
             if TWO_B {
