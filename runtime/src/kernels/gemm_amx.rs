@@ -419,9 +419,13 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
             };
             let a0 = bufs[k % 2] as *const u8;
             let a1 = a0.add(if pair == 2 { depth * ACT_TILE * 2 } else { 0 });
+            // Strips whose tiles the first block reads from the rows (the packer left
+            // them alone) and stores for the rest.
+            let sources = rows_of(sp).map(|strip| tile_source(&m, c, strip));
             let mut tt = 0;
             while tt < token_tiles {
                 let tokens = 2.min(token_tiles - tt);
+                let src = if tt == 0 { sources } else { [None, None] };
                 let b0 = acts.as_ptr().add((tt * chunks + c0 / CHUNK) * ACT_TILE) as *const u8;
                 let b1 = b0.wrapping_add(chunks * ACT_TILE * 2);
                 // The four accumulators of strips s, s + 1 by token tiles tt, tt + 1
@@ -431,10 +435,10 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
                 let staged = stage.as_mut_ptr() as *mut u8;
                 let outs = if last { [0, 1, 2, 3].map(|i| staged.add(i * TILE * TILE * 4)) } else { accs };
                 match (pair, tokens) {
-                    (2, 2) => block::<true, true>(a0, a1, b0, b1, depth, first, accs, outs, &mut side),
-                    (2, _) => block::<true, false>(a0, a1, b0, b1, depth, first, accs, outs, &mut side),
-                    (_, 2) => block::<false, true>(a0, a1, b0, b1, depth, first, accs, outs, &mut side),
-                    _ => block::<false, false>(a0, a1, b0, b1, depth, first, accs, outs, &mut side),
+                    (2, 2) => block::<true, true>(a0, a1, src, b0, b1, depth, first, accs, outs, &mut side),
+                    (2, _) => block::<true, false>(a0, a1, src, b0, b1, depth, first, accs, outs, &mut side),
+                    (_, 2) => block::<false, true>(a0, a1, src, b0, b1, depth, first, accs, outs, &mut side),
+                    _ => block::<false, false>(a0, a1, src, b0, b1, depth, first, accs, outs, &mut side),
                 }
                 match out {
                     _ if !last => {}
@@ -560,7 +564,10 @@ impl<'a> Packer<'a> {
             // packed: a unit runs every few dozen tile products, too seldom for the
             // hardware prefetchers to keep a stream going.
             self.prefetch(self.done + 1);
-            pack_unit(&self.w, self.c, self.width, self.strips, self.done, self.units, self.dst);
+            let (j0, _, _) = unit_rows(self.strips, self.done, self.units);
+            if tile_source(&self.w, self.c, self.strips[j0 / TILE]).is_none() {
+                pack_unit(&self.w, self.c, self.width, self.strips, self.done, self.units, self.dst);
+            }
             self.done += 1;
         }
     }
@@ -630,6 +637,35 @@ fn unit_rows(strips: [(usize, usize); 2], u: usize, units: usize) -> (usize, usi
     let (row0, rows) = strips[(j0 / TILE).min(1)];
     let j = j0 % TILE;
     (j0, row0 + j, rows.saturating_sub(j).min(per))
+}
+
+/// Where a strip's bf16 tiles are read straight from its rows (`A` tiles loaded from
+/// the weights by the first token pair's block and stored into the pair's buffer by
+/// the matrix unit, [`load_a`]) instead of copied by the packer: the start of the
+/// strip's columns `c ..` and the rows' stride in bytes. bf16 strips of 16 rows only
+/// (a shorter one would load rows past the matrix).
+fn tile_source(w: &Matrix, c: usize, (row, rows): (usize, usize)) -> Option<(*const u8, usize)> {
+    match w.data {
+        // SAFETY of the address: `row + 16 <= w.rows` and `c < w.cols` (the strip's
+        // columns), so the element lies in `data` (`Matrix::check`).
+        MatrixData::BF16(data) if rows == TILE => Some((data[row * w.cols + c..].as_ptr() as *const u8, w.cols * 2)),
+        _ => None,
+    }
+}
+
+/// Loads `A` tile `ch` of a strip into tile `T`: from the packed buffer `packed`, or,
+/// where the strip's tiles are read from its rows (`src`, see [`tile_source`]), from
+/// the rows, then stored into the buffer for the token pairs after this one.
+#[inline(always)]
+unsafe fn load_a<const T: u8>(packed: *const u8, src: Option<(*const u8, usize)>, ch: usize) {
+    let tile = packed.add(ch * ACT_TILE * 2);
+    match src {
+        Some((rows, stride)) => {
+            amx::load::<T>(rows.add(ch * CHUNK * 2), stride);
+            amx::store::<T>(tile as *mut u8, CHUNK * 2);
+        }
+        None => amx::load::<T>(tile, CHUNK * 2),
+    }
 }
 
 /// Columns `c .. c + width` of q8_0 row `r` (of a matrix `cols` wide) dequantised and
@@ -749,6 +785,7 @@ unsafe fn row_to_tiles(row: &[f32], dst: *mut u16) {
 unsafe fn block<const TWO_A: bool, const TWO_B: bool>(
     a0: *const u8,
     a1: *const u8,
+    src: [Option<(*const u8, usize)>; 2],
     b0: *const u8,
     b1: *const u8,
     chunks: usize,
@@ -787,9 +824,9 @@ unsafe fn block<const TWO_A: bool, const TWO_B: bool>(
         // the register's last contents is done. Each operand is reloaded for the next
         // chunk right after its last product of this one, so the loads run under the
         // remaining products instead of between chunks.
-        amx::load::<4>(tile(a0, 0), CHUNK * 2);
+        load_a::<4>(a0, src[0], 0);
         amx::load_once::<6>(tile(b0, 0), CHUNK * 2);
-        amx::load::<5>(tile(a1, 0), CHUNK * 2);
+        load_a::<5>(a1, src[1], 0);
         amx::load_once::<7>(tile(b1, 0), CHUNK * 2);
         for ch in 0..chunks {
             let next = ch + 1 < chunks;
@@ -800,18 +837,18 @@ unsafe fn block<const TWO_A: bool, const TWO_B: bool>(
             }
             amx::dot_bf16::<1, 4, 7>();
             if next {
-                amx::load::<4>(tile(a0, ch + 1), CHUNK * 2);
+                load_a::<4>(a0, src[0], ch + 1);
             }
             amx::dot_bf16::<3, 5, 7>();
             if next {
                 amx::load_once::<7>(tile(b1, ch + 1), CHUNK * 2);
-                amx::load::<5>(tile(a1, ch + 1), CHUNK * 2);
+                load_a::<5>(a1, src[1], ch + 1);
             }
             side();
         }
     } else {
         for ch in 0..chunks {
-            amx::load::<4>(tile(a0, ch), CHUNK * 2);
+            load_a::<4>(a0, src[0], ch);
             amx::load_once::<6>(tile(b0, ch), CHUNK * 2);
             if TWO_B {
                 amx::load_once::<7>(tile(b1, ch), CHUNK * 2);
@@ -821,7 +858,7 @@ unsafe fn block<const TWO_A: bool, const TWO_B: bool>(
                 amx::dot_bf16::<1, 4, 7>();
             }
             if TWO_A {
-                amx::load::<5>(tile(a1, ch), CHUNK * 2);
+                load_a::<5>(a1, src[1], ch);
                 amx::dot_bf16::<2, 5, 6>();
                 if TWO_B {
                     amx::dot_bf16::<3, 5, 7>();
