@@ -44,9 +44,12 @@
 //! 512-token prompt of the 1B ran 1.30-1.35x as fast (bf16 and q8_0); with every unit
 //! stored as zeros, 1.25-1.30x; with units copied from two rows that stay in L1,
 //! 1.05-1.15x (`prompt_floor`, Sapphire Rapids, stop 34). So the loads and conversions
-//! between the tile products cost more than the memory they read or the stores. A bf16
-//! layout in tile order written by `olmoc` would remove the copy (not q8_0's or the
-//! 4-bit types' dequantisation).
+//! between the tile products cost more than the memory they read or the stores. So
+//! bf16's whole strips are not copied: the first token pair's block loads their tiles
+//! from the weight rows and stores them into the buffer ([`tile_source`]); that block
+//! pays for the rows' 4 KiB stride, which a bf16 layout in tile order written by
+//! `olmoc` would not. q8_0 and the 4-bit types need their dequantisation whatever the
+//! layout.
 //!
 //! Loading bf16 tiles straight from the weight rows (a 4 KiB stride) measured as fast
 //! as packed ones from L2 in the bare loop, and no faster in the model, so every type
