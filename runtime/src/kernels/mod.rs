@@ -292,11 +292,11 @@ pub fn mlp(k: Kernels, gate_up: &Matrix, down: &Matrix, x: &[f32], lens: &[usize
     if lens.is_empty() || !lens.iter().all(|&len| amx(len)) {
         return false;
     }
+    let n: usize = lens.iter().sum();
+    assert_eq!(x.len(), n * gate_up.cols);
+    assert_eq!(y.len(), n * down.rows);
     #[cfg(target_arch = "x86_64")]
     if gemm_amx::fit_together(gate_up, down) {
-        let n: usize = lens.iter().sum();
-        assert_eq!(x.len(), n * gate_up.cols);
-        assert_eq!(y.len(), n * down.rows);
         gate_up.check();
         down.check();
         // SAFETY: the CPU has AMX and the process may use it (`for_batch` checked),
