@@ -43,9 +43,10 @@
 //! weights' lines still fetched but no unit packed (wrong results, timing only), a
 //! 512-token prompt of the 1B ran 1.30-1.35x as fast (bf16 and q8_0); with every unit
 //! stored as zeros, 1.25-1.30x; with units copied from two rows that stay in L1,
-//! 1.05-1.15x (`prompt_floor`, Sapphire Rapids, stop 34). So the loads and conversions
-//! between the tile products cost more than the memory they read or the stores. So
-//! bf16's whole strips are not copied: the first token pair's block loads their tiles
+//! 1.05-1.15x (`prompt_floor`, Sapphire Rapids, stop 34): the weights' trip from L2 is
+//! about a third of the cost, the loads and conversions between the tile products the
+//! rest (docs/PERFORMANCE.md, "Stop 34"). bf16's whole strips are therefore not
+//! copied: the first token pair's block loads their tiles
 //! from the weight rows and stores them into the buffer ([`tile_source`]); that block
 //! pays for the rows' 4 KiB stride, which a bf16 layout in tile order written by
 //! `olmoc` would not. q8_0 and the 4-bit types need their dequantisation whatever the
@@ -649,8 +650,8 @@ fn unit_rows(strips: [(usize, usize); 2], u: usize, units: usize) -> (usize, usi
 /// (a shorter one would load rows past the matrix).
 fn tile_source(w: &Matrix, c: usize, (row, rows): (usize, usize)) -> Option<(*const u8, usize)> {
     match w.data {
-        // SAFETY of the address: `row + 16 <= w.rows` and `c < w.cols` (the strip's
-        // columns), so the element lies in `data` (`Matrix::check`).
+        // The strip's 16 rows exist (`rows`), so the tile loads from here stay within
+        // `data`, which holds every row (`Matrix::check`).
         MatrixData::BF16(data) if rows == TILE => Some((data[row * w.cols + c..].as_ptr() as *const u8, w.cols * 2)),
         _ => None,
     }
