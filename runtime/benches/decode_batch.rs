@@ -15,7 +15,7 @@ use std::time::Instant;
 use olmort::{forward_rows, KvDtype, Model, Row, RunState};
 
 mod common;
-use common::{median, Args};
+use common::{alternating_rounds, median, Args};
 
 const SIZES: [usize; 4] = [1, 2, 4, 8];
 
@@ -47,25 +47,11 @@ fn run(args: &Args, model: &Model) -> Result<(), String> {
         step(&mut state, slots);
     }
     println!("{}: {} threads, kernels {:?}, kv {kv:?}", args.path, args.threads, olmort::kernels::active());
-    let mut one = Vec::new();
-    let mut ratios: Vec<Vec<f64>> = SIZES.iter().map(|_| Vec::new()).collect();
-    for round in 1..=args.count {
-        let mut line = String::new();
-        for (i, &n) in SIZES.iter().enumerate() {
-            let base = step(&mut state, 1);
-            let ms = step(&mut state, n);
-            ratios[i].push(ms / base);
-            if i == 0 {
-                one.push(base);
-                line += &format!("round {round}: one token {base:.1} ms |");
-            }
-            line += &format!(" {n}: {:.2}", ms / base);
-        }
-        println!("{line}");
-    }
+    let runs = alternating_rounds(args.count, &SIZES, "one token", |n| step(&mut state, n), |n, ms, base| format!(" {n}: {:.2}", ms / base));
+    let one = runs[0].iter().map(|&(base, _)| base).collect();
     let mut summary = format!("decode_batch: one_ms {:.2}", median(one));
     for (i, &n) in SIZES.iter().enumerate() {
-        let r = median(ratios[i].clone());
+        let r = median(runs[i].iter().map(|&(base, ms)| ms / base).collect());
         summary += &format!(" | {n}: {r:.2}x time, {:.2}x tokens/s", n as f64 / r);
     }
     println!("{summary}");

@@ -14,7 +14,7 @@ use std::time::Instant;
 use olmort::{forward_chunks, Chunk, KvDtype, Model, RunState};
 
 mod common;
-use common::{median, Args};
+use common::{alternating_rounds, median, Args};
 
 const SIZES: [usize; 4] = [1, 2, 4, 8];
 
@@ -39,25 +39,11 @@ fn run(args: &Args, model: &Model) -> Result<(), String> {
     };
     pass(&mut state, slots);
     println!("{}: {} threads, kernels {:?}, {len}-token chunks", args.path, args.threads, olmort::kernels::active());
-    let mut one = Vec::new();
-    let mut times: Vec<Vec<f64>> = SIZES.iter().map(|_| Vec::new()).collect();
-    for round in 1..=args.count {
-        let mut line = String::new();
-        for (i, &n) in SIZES.iter().enumerate() {
-            let base = pass(&mut state, 1);
-            let ms = pass(&mut state, n);
-            times[i].push(ms);
-            if i == 0 {
-                one.push(base);
-                line += &format!("round {round}: one chunk {base:.1} ms |");
-            }
-            line += &format!(" {n}: {ms:.1} ms ({:.2}x)", ms / base);
-        }
-        println!("{line}");
-    }
+    let runs = alternating_rounds(args.count, &SIZES, "one chunk", |n| pass(&mut state, n), |n, ms, base| format!(" {n}: {ms:.1} ms ({:.2}x)", ms / base));
+    let one = runs[0].iter().map(|&(base, _)| base).collect();
     let mut summary = format!("prefill_chunks: len {len} one_ms {:.1}", median(one));
     for (i, &n) in SIZES.iter().enumerate() {
-        let ms = median(times[i].clone());
+        let ms = median(runs[i].iter().map(|&(_, ms)| ms).collect());
         summary += &format!(" | {n}: {ms:.1} ms, {:.0} tok/s", (n * len) as f64 / ms * 1e3);
     }
     println!("{summary}");

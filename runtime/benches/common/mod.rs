@@ -97,6 +97,28 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// `rounds` rounds of, for each `n` of `sizes`, a lone pass (`pass(1)`, ms) and right
+/// after it one of `n`, so that each pass is set against a lone one at the same memory
+/// speed. Prints a line per round, `round R: {lone} {ms} ms |` and then `cell(n, ms,
+/// lone ms)` per size; returns per size its rounds' (lone ms, ms).
+pub fn alternating_rounds(rounds: usize, sizes: &[usize], lone: &str, mut pass: impl FnMut(usize) -> f64, cell: impl Fn(usize, f64, f64) -> String) -> Vec<Vec<(f64, f64)>> {
+    let mut runs: Vec<Vec<(f64, f64)>> = sizes.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        let mut line = String::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let base = pass(1);
+            let ms = pass(n);
+            runs[i].push((base, ms));
+            if i == 0 {
+                line += &format!("round {round}: {lone} {base:.1} ms |");
+            }
+            line += &cell(n, ms, base);
+        }
+        println!("{line}");
+    }
+    runs
+}
+
 /// Sums the 64-byte lines of `b` with 256-bit loads, prefetching 4 KiB ahead as the
 /// matvec kernels do (4-6 KiB; without it the stream is the slower of the two, and the
 /// floor would flatter the kernels; 8, 12 and 16 KiB measured no faster).
