@@ -490,12 +490,14 @@ unsafe fn store_transposed(tile: *const f32, rows: usize, toks: usize, y: *mut f
         *row = _mm512_loadu_ps(tile.add(TILE * j));
     }
     transpose16(&mut r);
-    // Whole aligned lines go out as non-temporal stores: `Y` (32 MiB for the 1B's
-    // gate_up at 512 tokens) is far larger than the caches, and an ordinary store
-    // first reads each line it misses from memory. The stores stalled on those reads:
-    // `prompt_floor`, 1B bf16, 2 threads, Sapphire Rapids, alternating builds: 512
-    // tokens 501-506 -> 580-582 tok/s, 2048 tokens 402 -> 442; q8_0 at 512 505 -> 535.
-    // (The task's `sfence` orders them before the results are read.)
+    // Whole aligned lines go out as non-temporal stores: `Y` (12 MiB for the 1B's qkv
+    // at 512 tokens, 48 at 2048) is larger than the caches, and an ordinary store first
+    // reads each line it misses from memory. The stores stalled on those reads when
+    // gate_up's 32 MiB came this way too (`prompt_floor`, 1B bf16, 2 threads, Sapphire
+    // Rapids, alternating builds: 512 tokens 501-506 -> 580-582 tok/s, 2048 tokens 402
+    // -> 442; q8_0 at 512 505 -> 535); since [`mlp`] keeps those in the tiles, ordinary
+    // stores measured level at 512 tokens. (The task's `sfence` orders them before the
+    // results are read.)
     if rows >= TILE && (y as usize).is_multiple_of(64) && ldy.is_multiple_of(TILE) {
         for (t, column) in r.iter().enumerate().take(toks) {
             _mm512_stream_ps(y.add(t * ldy), *column);

@@ -143,8 +143,8 @@ pub fn avx512_available() -> bool {
 }
 
 /// Whether this CPU can run [`Kernels::Amx`]: [`avx512_available`] with AVX-512 DQ
-/// and BF16 (every CPU with AMX has it), AMX tiles with bf16 and int8 products, and Linux's permission to use them (asked
-/// once).
+/// and BF16 (every CPU with AMX has it), AMX tiles with bf16 and int8 products, and
+/// Linux's permission to use them (asked once).
 pub fn amx_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
