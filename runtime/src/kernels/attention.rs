@@ -116,15 +116,29 @@ pub fn tiles_possible(k: Kernels, head_dim: usize) -> bool {
 }
 
 /// Fills one head's [`TileKv`] parts for positions `lo .. hi` of `a` (its batch rows
-/// from `a.start`, cached rows before; `a.tile_kv` is not read): `keys` and `values`
-/// as [`tile_kv_sizes`] gives them, 64-byte aligned.
-pub fn fill_tile_kv<E: KvElement>(k: Kernels, a: &PromptAttention<E>, lo: usize, hi: usize, keys: &mut [u16], values: &mut [u16]) {
+/// from `a.start`, cached rows before): `keys` and `values` as [`tile_kv_sizes`]
+/// gives them, 64-byte aligned. The head's cache is `cache` (keys, values: `a.keys`,
+/// `a.values` and `a.tile_kv` are not read): the cached positions are read from it,
+/// and each batch row is filed in it, rounded to `E`, once its block has been read,
+/// so that the batch is read from memory once (the tiles never read the cache, and a
+/// ring row a batch row replaces belongs to an earlier position, read by then).
+pub fn fill_tile_kv<E: KvElement>(
+    k: Kernels,
+    a: &PromptAttention<E>,
+    cache: (&mut [E], &mut [E]),
+    lo: usize,
+    hi: usize,
+    keys: &mut [u16],
+    values: &mut [u16],
+) {
     let d = a.head_dim;
     let (key_len, value_len, ld) = tile_kv_sizes(d, lo, hi);
+    let (cache_keys, cache_values) = cache;
     assert!(tiles_possible(k, d) && lo <= hi && keys.len() >= key_len && values.len() >= value_len);
     assert!(keys.as_ptr().align_offset(64) == 0 && values.as_ptr().align_offset(64) == 0);
     // Cached positions (before `start`) still in the ring, batch ones in the batch.
     assert!(hi <= a.start + a.batch.len() / a.ld && lo + a.positions >= a.start && a.k + d <= a.ld && a.v + d <= a.ld);
+    assert!(cache_keys.len() >= a.positions * d && cache_values.len() >= a.positions * d);
     #[cfg(target_arch = "x86_64")]
     with_local(&SCRATCH, |s| {
         use super::attention_amx::{pack_rows, transpose_rows, TILE};
@@ -132,7 +146,23 @@ pub fn fill_tile_kv<E: KvElement>(k: Kernels, a: &PromptAttention<E>, lo: usize,
         grow(&mut s.vb, TILE * d);
         for j0 in (lo..hi).step_by(TILE) {
             let rows = TILE.min(hi - j0);
-            gather(k, a, j0..j0 + rows, d, &mut s.kb[..TILE * d], &mut s.vb[..TILE * d]);
+            // The next block's batch rows start on their way: rows a whole batch row
+            // apart (24 KiB for the 1B), written past the caches, which the hardware
+            // prefetchers do not follow.
+            for j in (j0 + TILE).max(a.start)..(j0 + 2 * TILE).min(hi) {
+                let row = &a.batch[(j - a.start) * a.ld..];
+                prefetch_row(&row[a.k..][..d]);
+                prefetch_row(&row[a.v..][..d]);
+            }
+            let view = PromptAttention { keys: &*cache_keys, values: &*cache_values, ..*a };
+            gather(k, &view, j0..j0 + rows, d, &mut s.kb[..TILE * d], &mut s.vb[..TILE * d]);
+            // The block's batch rows into the cache: rounded to `E` already, so the
+            // same bits as the batch's values rounded once.
+            for j in j0.max(a.start)..j0 + rows {
+                let (at, r) = (j % a.positions * d, (j - j0) * d);
+                super::store_row(k, &s.kb[r..][..d], &mut cache_keys[at..][..d]);
+                super::store_row(k, &s.vb[r..][..d], &mut cache_values[at..][..d]);
+            }
             // SAFETY: AMX (asserted) comes with AVX-512 F/BW; 16 rows of `d` bf16 from
             // row `j0 - lo` and 16 columns from `j0 - lo` (a multiple of 16) of each
             // of `d` rows lie in the parts (`tile_kv_sizes`, asserted), aligned.
@@ -146,6 +176,16 @@ pub fn fill_tile_kv<E: KvElement>(k: Kernels, a: &PromptAttention<E>, lo: usize,
             row[hi - lo..].fill(0);
         }
     });
+}
+
+/// Starts a row's cache lines on their way into L1.
+#[cfg(target_arch = "x86_64")]
+fn prefetch_row(row: &[f32]) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for i in (0..row.len()).step_by(16) {
+        // SAFETY: a prefetch reads nothing; the address lies within `row`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(i) as *const i8) };
+    }
 }
 
 #[derive(Default)]
@@ -742,7 +782,13 @@ mod tests {
                 let mut values_buf = vec![0x7fc0u16; value_len + 32];
                 let (ko, vo) = (keys_buf.as_ptr().align_offset(64), values_buf.as_ptr().align_offset(64));
                 let (keys, values) = (&mut keys_buf[ko..][..key_len], &mut values_buf[vo..][..value_len]);
-                fill_tile_kv(k, &a, lo, hi, keys, values);
+                let (mut cache_keys, mut cache_values) = (vec![0f32; hi * d], vec![0f32; hi * d]);
+                fill_tile_kv(k, &a, (&mut cache_keys, &mut cache_values), lo, hi, keys, values);
+                // The batch's rows are filed in the cache as they are read.
+                for j in lo..hi {
+                    assert!(cache_keys[j * d..][..d] == batch[j * ld_batch + d..][..d], "{k:?} {lo}..{hi}: cached key {j}");
+                    assert!(cache_values[j * d..][..d] == batch[j * ld_batch + 2 * d..][..d], "{k:?} {lo}..{hi}: cached value {j}");
+                }
                 let bf = |x: f32| half::bf16::from_f32(x).to_bits();
                 for dim in 0..d {
                     for col in 0..ld {

@@ -750,7 +750,10 @@ const BLOCKED_MIN_QUERIES: usize = 32;
 /// first. The batch's own keys and values are read from `qkv` (rounded to the cache's
 /// element type) while every block runs, and filed in the cache after all of them:
 /// in a sliding window's ring they replace rows that the batch's earlier queries still
-/// read. Each query sees exactly the positions [`attend`]'s does.
+/// read. On tiles the blocks read every key and value from the head's tile copy
+/// instead, so each batch row is filed as that copy is made (one read of the batch's
+/// rows, which the products wrote past the caches, instead of two). Each query sees
+/// exactly the positions [`attend`]'s does.
 #[allow(clippy::too_many_arguments)]
 fn attend_blocked<E: KvElement>(
     k: Kernels,
@@ -778,34 +781,49 @@ fn attend_blocked<E: KvElement>(
     let (lo, hi) = ((start + 1).saturating_sub(positions), start + n);
     let (key_len, value_len, ld) = attention::tile_kv_sizes(head_dim, lo, hi);
     let per_head = if tiles { key_len + value_len } else { 0 };
+    let (key_ptr, value_ptr) = (SendPtr(key_cache.as_mut_ptr()), SendPtr(value_cache.as_mut_ptr()));
+    // SAFETY (both uses): the task for kv head kvh alone touches that head's block of
+    // the slot's part of the layer's cache (within the cache: asserted), which
+    // outlives the parallel loop, and no shared view of the cache is alive meanwhile.
+    let head_cache = |kvh: usize| unsafe {
+        let at = at + kvh * head_len;
+        (
+            std::slice::from_raw_parts_mut(key_ptr.get().add(at), head_len),
+            std::slice::from_raw_parts_mut(value_ptr.get().add(at), head_len),
+        )
+    };
+    // Head kvh's view of the batch; the cache's parts are given where they are read.
+    let head = |kvh: usize| attention::PromptAttention {
+        batch: &qkv[..n * qkv_dim],
+        ld: qkv_dim,
+        q: kvh * group * head_dim,
+        k: q_dim + kvh * head_dim,
+        v: q_dim + kv_dim + kvh * head_dim,
+        group,
+        head_dim,
+        keys: &[],
+        values: &[],
+        positions,
+        start,
+        scale,
+        tile_kv: None,
+    };
     attention::with_tile_kv_scratch(kv_heads * per_head, |scratch| {
-        let (keys, values) = (&key_cache[at..][..kv_dim * positions], &value_cache[at..][..kv_dim * positions]);
-        let head = |kvh: usize| attention::PromptAttention {
-            batch: &qkv[..n * qkv_dim],
-            ld: qkv_dim,
-            q: kvh * group * head_dim,
-            k: q_dim + kvh * head_dim,
-            v: q_dim + kv_dim + kvh * head_dim,
-            group,
-            head_dim,
-            keys: &keys[kvh * head_len..][..head_len],
-            values: &values[kvh * head_len..][..head_len],
-            positions,
-            start,
-            scale,
-            tile_kv: None,
-        };
         if tiles {
+            // Each head's keys and values as the tiles read them; the batch's rows go
+            // into the cache as they are read (the tiles do not read the cache).
             let sp = SendPtr(scratch.as_mut_ptr());
             for_each_task(kv_heads, |kvh| {
                 // SAFETY: head kvh alone writes its `per_head` values of `scratch`,
                 // which outlives the parallel loop.
                 let part = unsafe { std::slice::from_raw_parts_mut(sp.get().add(kvh * per_head), per_head) };
                 let (key_part, value_part) = part.split_at_mut(key_len);
-                attention::fill_tile_kv(k, &head(kvh), lo, hi, key_part, value_part);
+                let (keys, values) = head_cache(kvh);
+                attention::fill_tile_kv(k, &head(kvh), (keys, values), lo, hi, key_part, value_part);
             });
         }
         let scratch = &*scratch;
+        let (keys, values) = (&key_cache[at..][..kv_dim * positions], &value_cache[at..][..kv_dim * positions]);
         for_each_task(kv_heads * blocks, |t| {
             // On tiles a head's blocks one after another, so that its keys and
             // values stay in L2 between them (2048 tokens of the 1B: 622 -> 639-666
@@ -815,7 +833,8 @@ fn attend_blocked<E: KvElement>(
                 let part = &scratch[kvh * per_head..][..per_head];
                 attention::TileKv { keys: &part[..key_len], values: &part[key_len..], lo, ld }
             });
-            let a = attention::PromptAttention { tile_kv, ..head(kvh) };
+            let (keys, values) = (&keys[kvh * head_len..][..head_len], &values[kvh * head_len..][..head_len]);
+            let a = attention::PromptAttention { tile_kv, keys, values, ..head(kvh) };
             let rows = b * per_block..((b + 1) * per_block).min(n);
             attention::attend_prompt(k, &a, rows, |i, g, o| {
                 // SAFETY: head kvh * group + g of token i is written by this task alone
@@ -826,18 +845,11 @@ fn attend_blocked<E: KvElement>(
             });
         });
     });
-    let (key_cache, value_cache) = (SendPtr(key_cache.as_mut_ptr()), SendPtr(value_cache.as_mut_ptr()));
+    if tiles {
+        return;
+    }
     for_each_task(kv_heads, |kvh| {
-        // SAFETY: the task for kv head kvh alone touches that head's block of the
-        // slot's part of the layer's cache (within the cache: asserted), which outlives
-        // the parallel loop.
-        let (keys, values) = unsafe {
-            let at = at + kvh * head_len;
-            (
-                std::slice::from_raw_parts_mut(key_cache.get().add(at), head_len),
-                std::slice::from_raw_parts_mut(value_cache.get().add(at), head_len),
-            )
-        };
+        let (keys, values) = head_cache(kvh);
         // Only the last `positions` rows survive in a ring.
         for i in n.saturating_sub(positions)..n {
             let row = &qkv[i * qkv_dim..][..qkv_dim];
