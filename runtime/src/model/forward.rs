@@ -927,6 +927,9 @@ mod tests {
                 (200, [130, 70]),
                 (90, [64, 64]),
                 (5, [0, 33]),
+                // More keys than a key block on tiles (256) sees, in a window and not.
+                (600, [300, 290]),
+                (270, [280, 40]),
             ] {
                 let q_dim = kv_heads * group * head_dim;
                 let kv_dim = kv_heads * head_dim;
