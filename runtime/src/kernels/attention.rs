@@ -316,13 +316,22 @@ pub fn attend_prompt<E: KvElement>(
                     }
                 }
             }
-            softmax_update(k, sb, len, cols, &mut s.max[..cols], &mut s.sum[..cols], &mut s.alpha[..cols]);
-            scale_rows(k, ot, cols, &s.alpha[..cols]);
-            // O^T += V^T P: rows are dims (V read transposed), t runs over the keys.
+            // The softmax's step, then O^T += V^T P: rows are dims (V read transposed),
+            // t runs over the keys.
+            let (max, sum, alpha) = (&mut s.max[..cols], &mut s.sum[..cols], &mut s.alpha[..cols]);
             match &tiles {
                 #[cfg(target_arch = "x86_64")]
-                Some(t) => t.accumulate(j0, len, sb, ot, cols),
-                _ => gemm_tile(k, &s.vb[..padded * dp], 1, dp, dp, len, sb, cols, ot, cols, true),
+                Some(t) => {
+                    if t.softmax(sb, len, cols, max, sum, alpha) {
+                        scale_rows(k, ot, cols, alpha);
+                    }
+                    t.accumulate(j0, len, ot, cols)
+                }
+                _ => {
+                    softmax_update(k, sb, len, cols, max, sum, alpha);
+                    scale_rows(k, ot, cols, alpha);
+                    gemm_tile(k, &s.vb[..padded * dp], 1, dp, dp, len, sb, cols, ot, cols, true)
+                }
             }
             j0 += len;
         }
@@ -388,16 +397,29 @@ impl<'a> TileOperands<'a> {
         unsafe { super::attention_amx::scores(self.kv.keys.as_ptr().add(at * d), key_rows, d, self.queries, cols, s.as_mut_ptr()) }
     }
 
+    /// The online softmax's step for the `len` scores of a key block (rows of `s`,
+    /// `cols` apart), its probabilities packed for [`TileOperands::accumulate`];
+    /// whether `O^T` needs rescaling by `alpha`.
+    fn softmax(&self, s: &[f32], len: usize, cols: usize, max: &mut [f32], sum: &mut [f32], alpha: &mut [f32]) -> bool {
+        assert!(len <= TILE_KEY_BLOCK && len * cols <= s.len() && cols.is_multiple_of(16));
+        assert!(max.len() >= cols && sum.len() >= cols && alpha.len() >= cols);
+        // SAFETY: the extents are asserted; the probabilities' part holds
+        // `pairs_len(TILE_KEY_BLOCK, cols)` values, 64-byte aligned (`new`); AMX
+        // (`tiles_possible`) comes with AVX-512 F/BW/BF16.
+        unsafe {
+            super::attention_amx::softmax_pairs(s.as_ptr(), len, cols, max.as_mut_ptr(), sum.as_mut_ptr(), alpha.as_mut_ptr(), self.probabilities)
+        }
+    }
+
     /// `O^T += V^T P` for the `len` values from position `j0` and their probabilities
-    /// (rows of `p`, `cols` apart) into `ot` (`d` rows of `cols`).
-    fn accumulate(&self, j0: usize, len: usize, p: &[f32], ot: &mut [f32], cols: usize) {
+    /// (packed by [`TileOperands::softmax`]) into `ot` (`d` rows of `cols`).
+    fn accumulate(&self, j0: usize, len: usize, ot: &mut [f32], cols: usize) {
         let (at, d, ld) = (j0 - self.kv.lo, self.d, self.kv.ld);
         let padded = super::attention_amx::padded_keys(len);
         assert!(len <= TILE_KEY_BLOCK && len > 0 && at + padded <= ld && d * ld <= self.kv.values.len());
-        assert!(len * cols <= p.len() && d * cols <= ot.len() && ot.as_ptr().align_offset(64) == 0);
+        assert!(d * cols <= ot.len() && ot.as_ptr().align_offset(64) == 0);
         // SAFETY: as for `scores`.
         unsafe {
-            super::attention_amx::pack_pairs(p.as_ptr(), cols, len, cols, self.probabilities);
             super::attention_amx::accumulate(self.kv.values.as_ptr().add(at), ld, len, d, self.probabilities, cols, ot.as_mut_ptr());
         }
     }
@@ -713,7 +735,7 @@ pub(super) mod x86 {
     /// AVX-512 F; `cols` a multiple of 16, `s` holding `len` rows of `cols`, `max`,
     /// `sum` and `alpha` `cols` each.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn softmax_update_512(s: &mut [f32], len: usize, cols: usize, max: &mut [f32], sum: &mut [f32], alpha: &mut [f32]) {
+    pub(in crate::kernels) unsafe fn softmax_update_512(s: &mut [f32], len: usize, cols: usize, max: &mut [f32], sum: &mut [f32], alpha: &mut [f32]) {
         assert!(cols.is_multiple_of(16) && s.len() >= len * cols && max.len() >= cols && sum.len() >= cols && alpha.len() >= cols);
         let sp = s.as_mut_ptr();
         for c in (0..cols).step_by(16) {

@@ -61,9 +61,13 @@ pub(super) fn pairs_len(depth: usize, cols: usize) -> usize {
 /// rows `32c + 2p` and `32c + 2p + 1` over the 16 columns; rows from `rows` on are
 /// zeros.
 ///
+/// The kernels write this layout straight from their own data ([`pack_queries`],
+/// [`softmax_pairs`]); this is what the tests hold them to.
+///
 /// # Safety
 /// `cols` a multiple of 16; `src` holding `rows` rows of `cols` at `ld` apart; `dst`
 /// [`pairs_len`]`(rows, cols)` values, 64-byte aligned.
+#[cfg(test)]
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) unsafe fn pack_pairs(src: *const f32, ld: usize, rows: usize, cols: usize, dst: *mut u16) {
     let groups = cols / TILE;
@@ -125,6 +129,54 @@ pub(super) unsafe fn pack_rows(src: *const f32, ld: usize, rows: usize, width: u
             _mm256_store_si256(dst.add(i * width + c) as *mut __m256i, v);
         }
     }
+}
+
+/// The online softmax's step for a key block (`super::attention`'s `softmax_update`,
+/// with the same running max, sum and `alpha` bits: the same exponentials added in the
+/// same order) whose probabilities go straight into the `B` tiles of `O^T += V^T P`
+/// as [`pack_pairs`] lays them out, rounded to bf16 (zeros from `len` keys up to
+/// [`padded_keys`]), instead of back into `s` for a second pass to pack: the block's
+/// scores (64 KiB for 256 keys of 64 queries) are read once. Returns whether any
+/// `alpha` differs from 1, that is whether `O^T` needs rescaling.
+///
+/// The rounding is one instruction per 32 probabilities, which reads a probability
+/// under 2^-126 as zero.
+///
+/// # Safety
+/// `cols` a multiple of 16; `s` holding `len` rows of `cols`, `max`, `sum` and `alpha`
+/// `cols` each; `dst` [`pairs_len`]`(len, cols)` values, 64-byte aligned.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn softmax_pairs(s: *const f32, len: usize, cols: usize, max: *mut f32, sum: *mut f32, alpha: *mut f32, dst: *mut u16) -> bool {
+    use super::exp::exp16;
+    let groups = cols / TILE;
+    // Word 2t from the low half (the even key), 2t + 1 from the high half (the odd one).
+    let order: [u16; DEPTH] = std::array::from_fn(|i| (i / 2 + i % 2 * TILE) as u16);
+    let order = _mm512_loadu_si512(order.as_ptr() as *const __m512i);
+    let mut rescale = false;
+    for q in 0..groups {
+        let c = q * TILE;
+        let old = _mm512_loadu_ps(max.add(c));
+        let mut new = old;
+        for j in 0..len {
+            new = _mm512_max_ps(new, _mm512_loadu_ps(s.add(j * cols + c)));
+        }
+        let a = exp16(_mm512_sub_ps(old, new));
+        rescale |= _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(a, _mm512_set1_ps(1.0)) != 0;
+        let mut block = _mm512_setzero_ps();
+        let prob = |j: usize| if j < len { exp16(_mm512_sub_ps(_mm512_loadu_ps(s.add(j * cols + c)), new)) } else { _mm512_setzero_ps() };
+        for j in (0..padded_keys(len)).step_by(2) {
+            let (even, odd) = (prob(j), prob(j + 1));
+            // Adding the padding's zeros leaves the sum's bits as they are.
+            block = _mm512_add_ps(_mm512_add_ps(block, even), odd);
+            let pairs = _mm512_permutexvar_epi16(order, std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(odd, even)));
+            let tile = dst.add((j / DEPTH * groups + q) * B_ELEMS);
+            _mm512_store_si512(tile.add(j % DEPTH / 2 * DEPTH) as *mut __m512i, pairs);
+        }
+        _mm512_storeu_ps(sum.add(c), _mm512_fmadd_ps(_mm512_loadu_ps(sum.add(c)), a, block));
+        _mm512_storeu_ps(max.add(c), new);
+        _mm512_storeu_ps(alpha.add(c), a);
+    }
+    rescale
 }
 
 /// Keys (or any rows) padded to a whole number of products' depth.
@@ -264,6 +316,56 @@ mod tests {
             }
             let words = |v: &[Line]| v.iter().flat_map(|l| l.0).collect::<Vec<u32>>();
             assert!(words(&want) == words(&got), "d {d} m {m} cols {cols}");
+        }
+    }
+
+    /// The softmax's step into tiles gives the running max, sum and `alpha` of the
+    /// step into the scores (bit for bit) and the tiles [`pack_pairs`] makes of its
+    /// probabilities, except that a probability under 2^-126 (a masked key's) becomes
+    /// zero; it reports a rescaling exactly when some `alpha` is not 1. Blocks of
+    /// awkward lengths (the padding pairs must be zeros), masked keys and a column
+    /// that is masked whole.
+    #[test]
+    fn softmax_into_tiles_matches_the_step_and_the_packing() {
+        if !crate::kernels::amx_available() {
+            return;
+        }
+        let cols = 32;
+        for len in [1, 17, 32, 45, 256] {
+            for carried in [false, true] {
+                let s: Vec<f32> = values(len * cols, 9)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| if i % 5 == 2 || i % cols == 3 { f32::NEG_INFINITY } else { 6.0 * v })
+                    .collect();
+                let start = |v: f32| vec![v; cols];
+                // A running max from an earlier block (above every score: no rescaling)
+                // or none yet.
+                let (max0, sum0) = if carried { (start(20.0), start(1.5)) } else { (start(-1e30), start(0.0)) };
+                let (mut want, mut max_w, mut sum_w, mut alpha_w) = (s.clone(), max0.clone(), sum0.clone(), start(0.0));
+                let (mut max_g, mut sum_g, mut alpha_g) = (max0.clone(), sum0.clone(), start(0.0));
+                let (mut packed, mut got) = (lines(pairs_len(len, cols) / 2), lines(pairs_len(len, cols) / 2));
+                // SAFETY: AMX (checked) comes with AVX-512 F/BW/BF16; the buffers hold
+                // `len` rows of `cols` and `pairs_len(len, cols)` values, aligned.
+                let rescale = unsafe {
+                    super::super::attention::x86::softmax_update_512(&mut want, len, cols, &mut max_w, &mut sum_w, &mut alpha_w);
+                    pack_pairs(want.as_ptr(), cols, len, cols, packed.as_mut_ptr() as *mut u16);
+                    softmax_pairs(s.as_ptr(), len, cols, max_g.as_mut_ptr(), sum_g.as_mut_ptr(), alpha_g.as_mut_ptr(), got.as_mut_ptr() as *mut u16)
+                };
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+                assert!(bits(&max_w) == bits(&max_g) && bits(&sum_w) == bits(&sum_g) && bits(&alpha_w) == bits(&alpha_g), "len {len}");
+                assert_eq!(rescale, alpha_w.iter().any(|&a| a != 1.0), "len {len} carried {carried}");
+                let words = |v: &[Line]| v.iter().flat_map(|l| l.0).collect::<Vec<u32>>();
+                let (w, g) = (words(&packed), words(&got));
+                let tiny = |h: u32| h & 0x7f80 == 0;
+                for (i, (&w, &g)) in w.iter().zip(&g).enumerate() {
+                    for half in [0, 16] {
+                        let (w, g) = (w >> half & 0xffff, g >> half & 0xffff);
+                        assert!(w == g || (g == 0 && tiny(w)), "len {len} word {i}: {w:#x} against {g:#x}");
+                    }
+                }
+                assert!(g.iter().any(|&x| x != 0), "len {len}");
+            }
         }
     }
 
