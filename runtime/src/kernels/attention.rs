@@ -305,15 +305,18 @@ pub fn attend_prompt<E: KvElement>(
             // its window, its last ones after it).
             let (lo_all, hi_all) = ((a.start + rows.end).saturating_sub(a.positions), a.start + rows.start);
             if j0 < lo_all || j0 + len - 1 > hi_all {
-                for col in 0..m {
-                    let p = a.start + rows.start + col / g;
-                    let lo = (p + 1).saturating_sub(a.positions);
-                    for j in 0..len {
-                        let pos = j0 + j;
-                        if pos < lo || pos > p {
-                            sb[j * cols + col] = f32::NEG_INFINITY;
-                        }
-                    }
+                // Column `col` is position `base + col / g`, so the queries that key
+                // `pos` comes after (`p < pos`) are the columns before `g * (pos -
+                // base)`, and those it falls out of the window of (`pos < p + 1 -
+                // positions`) the ones from `g * (pos + positions - base)` on.
+                let base = a.start + rows.start;
+                for j in 0..len {
+                    let pos = j0 + j;
+                    let before = (g * pos.saturating_sub(base)).min(m);
+                    let after = (g * (pos + a.positions).saturating_sub(base)).clamp(before, m);
+                    let row = &mut sb[j * cols..][..m];
+                    row[..before].fill(f32::NEG_INFINITY);
+                    row[after..].fill(f32::NEG_INFINITY);
                 }
             }
             // The softmax's step, then O^T += V^T P: rows are dims (V read transposed),
