@@ -209,7 +209,8 @@ struct Scratch {
     max: Vec<f32>,
     sum: Vec<f32>,
     alpha: Vec<f32>,
-    /// One query's output.
+    /// One query's output, or every query's (`[query][head_dim]`, transposed from
+    /// `O^T` sixteen by sixteen).
     out: Vec<f32>,
     /// The tiles' operands (bf16): `Q^T` and a key block's probabilities in pairs.
     tiles: Vec<u16>,
@@ -264,7 +265,7 @@ pub fn attend_prompt<E: KvElement>(
         grow(&mut s.max, cols);
         grow(&mut s.sum, cols);
         grow(&mut s.alpha, cols);
-        grow(&mut s.out, d);
+        grow(&mut s.out, cols * d);
         let qt = &mut s.qt[..d * cols];
         // Q^T, scaled; padding columns zero (on tiles, packed from the rows instead).
         if tiles.is_none() {
@@ -337,6 +338,18 @@ pub fn attend_prompt<E: KvElement>(
                 }
             }
             j0 += len;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if k.avx512() && d.is_multiple_of(16) {
+            // SAFETY: AVX-512 F (checked); `ot` holds `d` rows of `cols` (a multiple of
+            // 16), `sum` `cols` values and `out` `cols * d`.
+            unsafe { x86::transpose_scaled_512(ot, cols, d, &s.sum[..cols], &mut s.out[..cols * d]) };
+            for (r, i) in rows.clone().enumerate() {
+                for h in 0..g {
+                    emit(i, h, &s.out[(r * g + h) * d..][..d]);
+                }
+            }
+            return;
         }
         for (r, i) in rows.clone().enumerate() {
             for h in 0..g {
@@ -759,6 +772,33 @@ pub(super) mod x86 {
             _mm512_storeu_ps(sum.as_mut_ptr().add(c), total);
             _mm512_storeu_ps(max.as_mut_ptr().add(c), new);
             _mm512_storeu_ps(alpha.as_mut_ptr().add(c), a);
+        }
+    }
+
+    /// Every query's output from `O^T` (`d` rows of `cols`, `d` a multiple of 16):
+    /// query `col`'s `d` values at `out[col * d..]`, each divided by its sum as the
+    /// value-by-value loop divides it (one multiply by `1 / sum`), transposed sixteen by
+    /// sixteen in registers.
+    ///
+    /// # Safety
+    /// AVX-512 F; `cols` a multiple of 16, `ot` holding `d` rows of `cols`, `sum`
+    /// `cols` values and `out` `cols * d`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_scaled_512(ot: &[f32], cols: usize, d: usize, sum: &[f32], out: &mut [f32]) {
+        assert!(cols.is_multiple_of(16) && d.is_multiple_of(16) && ot.len() >= d * cols && sum.len() >= cols && out.len() >= cols * d);
+        let (op, outp) = (ot.as_ptr(), out.as_mut_ptr());
+        for c0 in (0..cols).step_by(16) {
+            let inv: [f32; 16] = std::array::from_fn(|j| 1.0 / sum[c0 + j]);
+            for t0 in (0..d).step_by(16) {
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (t, row) in r.iter_mut().enumerate() {
+                    *row = _mm512_loadu_ps(op.add((t0 + t) * cols + c0));
+                }
+                super::super::gemm_amx::transpose16(&mut r);
+                for (j, row) in r.iter().enumerate() {
+                    _mm512_storeu_ps(outp.add((c0 + j) * d + t0), _mm512_mul_ps(*row, _mm512_set1_ps(inv[j])));
+                }
+            }
         }
     }
 
