@@ -509,8 +509,19 @@ fn per_token(n: usize, width: usize, buf: &mut [f32], f: impl Fn(usize, &mut [f3
     if n < 4 {
         rows.chunks_exact_mut(width).enumerate().for_each(|(i, r)| f(i, r));
     } else {
-        kernels::par_rows(rows, width, |r0, row| f(r0 / width, row));
+        let per = tokens_per_task(n);
+        kernels::par_rows(rows, per * width, |r0, block| {
+            block.chunks_exact_mut(width).enumerate().for_each(|(i, r)| f(r0 / width + i, r))
+        });
     }
+}
+
+/// Consecutive tokens one task of a per-token pass takes: a prompt's rows, written
+/// past the caches by the products before, stream from memory one after another
+/// (one token per task alternated the rows between the threads, which left every
+/// row's first lines to wait on memory); a small batch still gets eight tasks.
+fn tokens_per_task(n: usize) -> usize {
+    (n / 8).clamp(1, 16)
 }
 
 /// Elements of `act` one SwiGLU task computes: a decode step's 8192 (the 1B) in four.
@@ -546,14 +557,18 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
             AttentionType::Full => &s.rope_full,
         };
         let qkv = SendPtr(s.qkv.as_mut_ptr());
-        for_each_task(2 * n, |t| {
-            let (i, is_k) = (t / 2, t % 2 == 1);
+        let per = tokens_per_task(n);
+        let blocks = n.div_ceil(per);
+        for_each_task(2 * blocks, |t| {
+            let (b, is_k) = (t / 2, t % 2 == 1);
             let (off, len, norm) = if is_k { (q_dim, kv_dim, w.k_norm) } else { (0, q_dim, w.q_norm) };
-            // SAFETY: task t alone touches token i's q (even t) or k (odd t), inside
-            // `qkv`'s first n rows, which outlive the section.
-            let v = unsafe { std::slice::from_raw_parts_mut(qkv.get().add(i * qkv_dim + off), len) };
-            rms_norm(v, norm, eps);
-            rope.apply(v, batch.row(i).pos);
+            for i in b * per..(b * per + per).min(n) {
+                // SAFETY: task t alone touches the q (even t) or k (odd t) of tokens
+                // b * per .., inside `qkv`'s first n rows, which outlive the section.
+                let v = unsafe { std::slice::from_raw_parts_mut(qkv.get().add(i * qkv_dim + off), len) };
+                rms_norm(v, norm, eps);
+                rope.apply(v, batch.row(i).pos);
+            }
         });
         let KvLayer { offset, positions } = s.kv_layers[l];
         // A run's attention rounds to bf16 where its products do (a chunk's own kernel).
@@ -874,9 +889,11 @@ fn residual(n: usize, d: usize, x: &mut [f32], proj: &mut [f32], weight: &[f32],
         x.chunks_exact_mut(d).zip(proj.chunks_exact_mut(d)).for_each(f);
     } else {
         let proj = SendPtr(proj.as_mut_ptr());
-        kernels::par_rows(&mut x[..n * d], d, |r0, x| {
-            // SAFETY: the task for token r0 / d alone touches that token's row of `proj`.
-            f((x, unsafe { std::slice::from_raw_parts_mut(proj.get().add(r0), d) }))
+        kernels::par_rows(&mut x[..n * d], tokens_per_task(n) * d, |r0, x| {
+            // SAFETY: the task for the tokens from r0 / d alone touches their rows of
+            // `proj`.
+            let p = unsafe { std::slice::from_raw_parts_mut(proj.get().add(r0), x.len()) };
+            x.chunks_exact_mut(d).zip(p.chunks_exact_mut(d)).for_each(f)
         });
     }
 }
