@@ -86,6 +86,15 @@ const SLICE_COLS: usize = 2048;
 /// q8_0 1006-1034 -> 1027-1092 tok/s, bf16 960-1015 -> 1012-1033), where without it
 /// they had lost (788-833 against 829-907, bf16).
 const SLICE_ACT_BYTES: usize = 1 << 19;
+/// Results larger than this go past the caches (non-temporal stores). Smaller ones,
+/// which the norms, RoPE and attention read right after, are stored as usual, so that
+/// those passes find them in the caches: 1B q8_0, 512 tokens (qkv 12 MiB, o_proj and
+/// down 4 MiB), Sapphire Rapids, 3 rounds in one run, a prompt's qkv product 77.0 ->
+/// 80.1 ms (its stores now read each line first) but the q/k norms 10.4-10.9 -> 6.7-6.8,
+/// the two residual norms 5.3-5.5 -> 3.2-3.4 each and attention 44.6-45.4 -> 42.8-43.2:
+/// 458.8-460.4 -> 453.8-455.3 ms in all. (Streaming only qkv's 12 MiB kept the norms'
+/// slow reads: 458.8-461.0.)
+const STREAM_BYTES: usize = 32 << 20;
 /// Weight rows per task at most (a multiple of 2 [`TILE`]s; see [`SLICE_ACT_BYTES`]).
 const NB: usize = 128;
 /// u16 elements of one strip pair's packed slice: 32 rows of [`SLICE_COLS`].
@@ -120,7 +129,7 @@ thread_local! {
 pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     with_local(&ACTS, |acts| {
         let acts = pack(x, n, w.cols, acts);
-        sweep(w, acts, n, Out::Rows { y: SendPtr(y.as_mut_ptr()), ldy: w.rows });
+        sweep(w, acts, n, Out::rows(y, n, w.rows));
     })
 }
 
@@ -145,7 +154,7 @@ pub unsafe fn mlp(gate_up: &Matrix, down: &Matrix, x: &[f32], n: usize, y: &mut 
         with_local(&HIDDEN, |hidden| {
             let hidden = grow_aligned(hidden, n.div_ceil(TILE) * (half / CHUNK) * ACT_TILE);
             sweep(gate_up, acts, n, Out::Swiglu { tiles: SendPtr(hidden.as_mut_ptr()), half });
-            sweep(down, hidden, n, Out::Rows { y: SendPtr(y.as_mut_ptr()), ldy: down.rows });
+            sweep(down, hidden, n, Out::rows(y, n, down.rows));
         })
     })
 }
@@ -160,14 +169,24 @@ pub fn fit_together(gate_up: &Matrix, down: &Matrix) -> bool {
 /// Where a sweep's results go.
 #[derive(Clone, Copy)]
 enum Out {
-    /// Token `t`'s result for row `r` at `y[t * ldy + r]`.
-    Rows { y: SendPtr<f32>, ldy: usize },
+    /// Token `t`'s result for row `r` at `y[t * ldy + r]`; with `stream`, past the
+    /// caches ([`Out::rows`]).
+    Rows { y: SendPtr<f32>, ldy: usize, stream: bool },
     /// The rows are a gate projection's (the first `half`) and an up projection's (the
     /// rest): token `t`'s `silu(gate[r]) * up[r]` goes, rounded to bf16, into the
     /// activation tiles (`[token tile][chunk][pair][token][2]`) of a product `half`
     /// columns deep.
     Swiglu { tiles: SendPtr<u16>, half: usize },
 }
+
+impl Out {
+    /// Token `t`'s results into `y[t * ldy ..]` for `n` tokens, with non-temporal
+    /// stores where they are more than [`STREAM_BYTES`].
+    fn rows(y: &mut [f32], n: usize, ldy: usize) -> Out {
+        Out::Rows { y: SendPtr(y.as_mut_ptr()), ldy, stream: n * ldy * 4 > STREAM_BYTES }
+    }
+}
+
 
 /// `x` (`n` rows of `k`) packed into the calling thread's activation tiles (see
 /// [`pack_tokens`]), `n / 16` token tiles of `k / 32` tiles each.
@@ -406,14 +425,14 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
         let tile = |i: usize| staged(e.half).add(i * TILE * TILE) as *const f32;
         match out {
             // Tile (ds, dt) holds [row][token]: transposed into `y`.
-            Out::Rows { y, ldy } => {
+            Out::Rows { y, ldy, stream } => {
                 let (ds, dt) = (part / 2, part % 2);
                 if ds >= e.pair || dt >= e.tokens {
                     return;
                 }
                 let (row, rows_here) = strip(e.s + ds);
                 let toks = TILE.min(n - (e.tt + dt) * TILE);
-                store_transposed(tile(part), rows_here, toks, y.get().add((e.tt + dt) * TILE * ldy + row), ldy);
+                store_transposed(tile(part), rows_here, toks, y.get().add((e.tt + dt) * TILE * ldy + row), ldy, stream);
             }
             // Tiles (0, dt) and (1, dt): token tile tt + dt's gate and up results for
             // SwiGLU columns `col ..`, half an activation tile.
@@ -527,22 +546,21 @@ struct Epilogue {
 /// at `y + t * ldy`, for the first `toks` tokens, transposed in registers (the
 /// scalar transpose cost a fifth of the GEMM's time).
 #[target_feature(enable = "avx512f")]
-unsafe fn store_transposed(tile: *const f32, rows: usize, toks: usize, y: *mut f32, ldy: usize) {
+unsafe fn store_transposed(tile: *const f32, rows: usize, toks: usize, y: *mut f32, ldy: usize, stream: bool) {
     use std::arch::x86_64::*;
     let mut r = [_mm512_setzero_ps(); TILE];
     for (j, row) in r.iter_mut().enumerate() {
         *row = _mm512_loadu_ps(tile.add(TILE * j));
     }
     transpose16(&mut r);
-    // Whole aligned lines go out as non-temporal stores: `Y` (12 MiB for the 1B's qkv
-    // at 512 tokens, 48 at 2048) is larger than the caches, and an ordinary store first
-    // reads each line it misses from memory. The stores stalled on those reads when
+    // With `stream`, whole aligned lines go out as non-temporal stores: an ordinary
+    // store first reads each line it misses, and the stores stalled on those reads when
     // gate_up's 32 MiB came this way too (`prompt_floor`, 1B bf16, 2 threads, Sapphire
     // Rapids, alternating builds: 512 tokens 501-506 -> 580-582 tok/s, 2048 tokens 402
-    // -> 442; q8_0 at 512 505 -> 535); since [`mlp`] keeps those in the tiles, ordinary
-    // stores measured level at 512 tokens. (The task's `sfence` orders them before the
+    // -> 442; q8_0 at 512 505 -> 535). Since [`mlp`] keeps those in the tiles, only
+    // results over [`STREAM_BYTES`] stream. (The task's `sfence` orders them before the
     // results are read.)
-    if rows >= TILE && (y as usize).is_multiple_of(64) && ldy.is_multiple_of(TILE) {
+    if stream && rows >= TILE && (y as usize).is_multiple_of(64) && ldy.is_multiple_of(TILE) {
         for (t, column) in r.iter().enumerate().take(toks) {
             _mm512_stream_ps(y.add(t * ldy), *column);
         }
@@ -968,6 +986,35 @@ pub unsafe fn peak_bf16(products: usize) -> f64 {
 mod tests {
     use super::*;
     use olmo_format::{DType, Layout};
+
+    /// Results streamed past the caches are the bits stored as usual: rows that are a
+    /// whole tile and rows that are not, and tokens past a whole tile.
+    #[test]
+    fn streamed_results_are_the_stored_ones() {
+        if !crate::kernels::amx_available() {
+            return;
+        }
+        let (rows, cols, n) = (48, 96, 37);
+        let weights: Vec<u16> = (0..rows * cols).map(|i| half::bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0).to_bits()).collect();
+        let w = Matrix::row_major(rows, cols, MatrixData::BF16(&weights));
+        let x: Vec<f32> = (0..n * cols).map(|i| ((i * 53 % 97) as f32 - 48.0) / 32.0).collect();
+        let mut acts = Vec::new();
+        let acts = pack(&x, n, cols, &mut acts);
+        let run = |stream: bool| {
+            let mut y = vec![f32::NAN; n * rows + 16];
+            // 64-byte aligned, so that whole tiles take the streamed path.
+            let at = y.as_ptr().align_offset(64);
+            let out = Out::Rows { y: SendPtr(y[at..].as_mut_ptr()), ldy: rows, stream };
+            // SAFETY: AMX (checked) with AVX-512; `w` holds every row, `acts` the
+            // packed tokens, and `y` room for `n * rows` results from `at`.
+            unsafe { sweep(&w, acts, n, out) };
+            y[at..][..n * rows].to_vec()
+        };
+        let (streamed, stored) = (run(true), run(false));
+        assert!(stored.iter().all(|v| v.is_finite()));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert!(bits(&streamed) == bits(&stored));
+    }
 
     /// q8_0 rows go into their tiles with the bits that dequantising them to f32
     /// (`avx2::q8_row_to_f32`) and rounding (`row_to_tiles`) gives: every slice of a
