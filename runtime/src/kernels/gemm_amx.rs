@@ -39,18 +39,18 @@
 //! transposed in registers, to `Y`; or, for the MLP ([`mlp`]), where a gate strip and
 //! its up strip make a pair, through the SwiGLU into the down product's packed tokens.
 //!
-//! The packing is what the loop pays most for beside its own tile loads: with the
-//! weights' lines still fetched but no unit packed (wrong results, timing only), a
-//! 512-token prompt of the 1B ran 1.30-1.35x as fast (bf16 and q8_0); with every unit
-//! stored as zeros, 1.25-1.30x; with units copied from two rows that stay in L1,
-//! 1.05-1.15x (`prompt_floor`, Sapphire Rapids, stop 34): the weights' trip from L2 is
-//! about a third of the cost, the loads and conversions between the tile products the
-//! rest (docs/PERFORMANCE.md, "Stop 34"). bf16's whole strips are therefore not
-//! copied: the first token pair's block loads their tiles
-//! from the weight rows and stores them into the buffer ([`tile_source`]); that block
-//! pays for the rows' 4 KiB stride, which a bf16 layout in tile order written by
-//! `olmoc` would not. q8_0 and the 4-bit types need their dequantisation whatever the
-//! layout.
+//! The packing is what the loop pays most for beside its own tile loads: with random
+//! nonzero bf16 left in the buffers and no unit packed (wrong results, timing only), a
+//! 512-token q8_0 prompt of the 1B ran 1.16-1.24x as fast; with units copied from two
+//! rows that stay in L1, 1.05-1.15x (`prompt_floor`, Sapphire Rapids, stops 34 and 35):
+//! the weights' trip from L2 is part of the cost, the loads and conversions between the
+//! tile products the rest. (Builds that left zeros there measured 1.25-1.35x, but the
+//! tile unit runs about a fifth faster when an operand is zero: docs/PERFORMANCE.md,
+//! "Stop 35".) bf16's whole strips are therefore not copied: the first token pair's
+//! block loads their tiles from the weight rows and stores them into the buffer
+//! ([`tile_source`]); that block pays for the rows' 4 KiB stride, which a bf16 layout
+//! in tile order written by `olmoc` would not. q8_0 and the 4-bit types need their
+//! dequantisation whatever the layout.
 //!
 //! Loading bf16 tiles straight from the weight rows (a 4 KiB stride) measured as fast
 //! as packed ones from L2 in the bare loop, and no faster in the model, so every type
