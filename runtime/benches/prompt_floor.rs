@@ -9,7 +9,13 @@
 //! attention's two products over the positions each token sees, plus the last
 //! position's `lm_head`) over that peak; the ratio is the prompt's time over its
 //! floor. Without AMX there is no peak and only the times are printed. Medians over
-//! RUNS runs (env `RUNS`, default 5), after one run to fault everything in.
+//! RUNS runs (env `RUNS`, default 5), after one run to fault everything in. Where each
+//! prompt's time goes (`RunState::time_sections`: the products, the norms, attention,
+//! the logits, summed over the layers) follows each run's line, and the medians the
+//! last line.
+//!
+//! Where the time goes is worth comparing between builds even when the machine's speed
+//! drifts: the sections of one prompt share its state.
 
 use std::time::Instant;
 
@@ -72,9 +78,12 @@ fn run(args: &Args, model: &Model) -> Result<(), String> {
         olmort::kernels::active(),
         flops / 1e9
     );
-    let (mut seconds, mut peaks, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut seconds, mut peaks, mut ratios, mut sections) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 1..=runs {
+        state.time_sections(true);
         let s = prompt(&mut state);
+        let times = state.section_times().expect("sections timed");
+        state.time_sections(false);
         let peak = team_peak(&state);
         match peak {
             Some(p) => {
@@ -85,7 +94,9 @@ fn run(args: &Args, model: &Model) -> Result<(), String> {
             }
             None => println!("run {r}: {:.1} ms, {:.1} tok/s", s * 1e3, n as f64 / s),
         }
+        println!("  sections ms: {}", section_line(times.sections().map(|(name, t)| (name, t.as_secs_f64()))));
         seconds.push(s);
+        sections.push(times.sections());
     }
     let s = median(seconds);
     print!("prompt_floor: tokens {n} ms {:.1} tok_s {:.1} gflop_s {:.0}", s * 1e3, n as f64 / s, flops / s / 1e9);
@@ -93,5 +104,14 @@ fn run(args: &Args, model: &Model) -> Result<(), String> {
         print!(" amx_peak {:.0} ratio {:.2}", median(peaks), median(ratios));
     }
     println!();
+    if let Some(first) = sections.first() {
+        let medians: [(&str, f64); 9] = std::array::from_fn(|i| (first[i].0, median(sections.iter().map(|run| run[i].1.as_secs_f64()).collect())));
+        println!("prompt_floor_sections: ms {}", section_line(medians));
+    }
     Ok(())
+}
+
+/// `name ms` for each section, in milliseconds.
+fn section_line<const N: usize>(sections: [(&str, f64); N]) -> String {
+    sections.iter().map(|(name, seconds)| format!("{name} {:.1}", seconds * 1e3)).collect::<Vec<_>>().join(" ")
 }

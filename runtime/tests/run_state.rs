@@ -107,3 +107,35 @@ fn a_sliding_cache_does_not_rewind() {
     olmort::forward_batch(&model, &mut state, &[3], 2);
     olmort::forward_batch(&model, &mut state, &[4], 2);
 }
+
+/// Section times: none unless asked; once asked, the sections of a pass take some time
+/// and together no longer than the pass (each moment counted once); asking again
+/// starts from zero, and turning them off forgets them.
+#[test]
+fn section_times_add_up_to_the_pass() {
+    use olmort::forward_batch;
+    use olmort::model::forward::SectionTimes;
+
+    let bytes = Aligned::new(&small_blob());
+    let blob = Blob::parse(bytes.bytes()).unwrap();
+    let model = Model::new(&blob).unwrap();
+    let mut state = RunState::new(&model, 16).unwrap();
+    assert_eq!(state.section_times(), None);
+    forward_batch(&model, &mut state, &[1, 2, 3], 0);
+    assert_eq!(state.section_times(), None);
+
+    state.time_sections(true);
+    assert_eq!(state.section_times(), Some(SectionTimes::default()));
+    let started = std::time::Instant::now();
+    forward_batch(&model, &mut state, &[4, 5, 6, 7, 8], 3);
+    let wall = started.elapsed();
+    let times = state.section_times().unwrap();
+    let total: std::time::Duration = times.sections().iter().map(|(_, t)| *t).sum();
+    assert!(total > std::time::Duration::ZERO && total <= wall, "{total:?} in sections against {wall:?} for the pass");
+
+    state.time_sections(true);
+    assert_eq!(state.section_times(), Some(SectionTimes::default()));
+    state.time_sections(false);
+    forward_batch(&model, &mut state, &[9], 8);
+    assert_eq!(state.section_times(), None);
+}

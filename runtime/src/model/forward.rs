@@ -18,6 +18,7 @@
 //! (`attend`).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use half::f16;
 use olmo_format::{AttentionType, ModelConfig};
@@ -154,6 +155,8 @@ pub struct RunState {
     chunk_lens: Vec<usize>,
     ones: Vec<usize>,
     batches: u64,
+    /// Where the forward passes' time goes, when asked ([`RunState::time_sections`]).
+    sections: Option<SectionTimes>,
     /// The threads every parallel section of a forward pass runs on (as many as rayon's
     /// pool when the state was made).
     team: Arc<Team>,
@@ -245,6 +248,7 @@ impl RunState {
             chunk_lens: Vec::with_capacity(b),
             ones: vec![1; b],
             batches: 0,
+            sections: None,
             team: Arc::new(Team::new(rayon::current_num_threads())),
             max_positions,
             max_batch: b,
@@ -285,6 +289,76 @@ impl RunState {
     /// Its KV slots: sequences it holds at once.
     pub fn slots(&self) -> usize {
         self.next_position.len()
+    }
+
+    /// Starts summing where its forward passes' time goes, from zero ([`SectionTimes`]),
+    /// or with `false` stops. Off by default: each section then costs nothing more.
+    pub fn time_sections(&mut self, on: bool) {
+        self.sections = on.then(SectionTimes::default);
+    }
+
+    /// The sums since [`RunState::time_sections`] turned them on.
+    pub fn section_times(&self) -> Option<SectionTimes> {
+        self.sections
+    }
+}
+
+/// Where forward passes' time goes: each section's wall time on the calling thread,
+/// summed over every layer of every pass (a benchmark's breakdown of a prompt).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SectionTimes {
+    /// The tokens' embeddings.
+    pub embed: Duration,
+    /// The q, k and v projections.
+    pub qkv: Duration,
+    /// The q and k norms and the rotary embedding.
+    pub qk_norm: Duration,
+    /// Attention, the KV cache's filing included.
+    pub attention: Duration,
+    /// The attention output's projection.
+    pub o_proj: Duration,
+    /// Its norm and the residual add.
+    pub attention_residual: Duration,
+    /// The MLP: gate and up, SwiGLU, down.
+    pub mlp: Duration,
+    /// Its norm and the residual add.
+    pub mlp_residual: Duration,
+    /// The final norm and `lm_head` of the rows that get logits.
+    pub logits: Duration,
+}
+
+impl SectionTimes {
+    /// Each section's name and time, in the forward pass's order.
+    pub fn sections(&self) -> [(&'static str, Duration); 9] {
+        [
+            ("embed", self.embed),
+            ("qkv", self.qkv),
+            ("qk_norm", self.qk_norm),
+            ("attention", self.attention),
+            ("o_proj", self.o_proj),
+            ("attention_residual", self.attention_residual),
+            ("mlp", self.mlp),
+            ("mlp_residual", self.mlp_residual),
+            ("logits", self.logits),
+        ]
+    }
+}
+
+/// The clock of a forward pass's sections: nothing unless the state times them.
+struct Clock(Option<Instant>);
+
+impl Clock {
+    fn start(sections: &Option<SectionTimes>) -> Clock {
+        Clock(sections.is_some().then(Instant::now))
+    }
+
+    /// Adds the time since the last lap to the section `slot` picks.
+    fn lap(&mut self, sections: &mut Option<SectionTimes>, slot: fn(&mut SectionTimes) -> &mut Duration) {
+        if let (Some(t0), Some(times)) = (&mut self.0, sections) {
+            let now = Instant::now();
+            *slot(times) += now - *t0;
+            *t0 = now;
+        }
     }
 }
 
@@ -543,14 +617,17 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
     let score_len = s.score_len;
     let scale = 1.0 / (head_dim as f32).sqrt();
 
+    let mut clock = Clock::start(&s.sections);
     for i in 0..n {
         model.embed_tokens.row_to_f32(batch.row(i).token as usize, &mut s.x[i * d..][..d]);
     }
+    clock.lap(&mut s.sections, |t| &mut t.embed);
 
     for (l, w) in model.layers.iter().enumerate() {
         // Attention. OLMo-2 normalises the q and k projections (over all heads at once)
         // and the attention output, not the layer input.
         batch.matmul(k, &w.qkv_proj, &s.x[..n * d], n, &mut s.qkv[..n * qkv_dim]);
+        clock.lap(&mut s.sections, |t| &mut t.qkv);
         // q and k of each token as separate tasks: a decode step's two halves.
         let rope = match c.layer_types[l] {
             AttentionType::Sliding => s.rope_sliding.as_ref().unwrap_or(&s.rope_full),
@@ -570,6 +647,7 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
                 rope.apply(v, batch.row(i).pos);
             }
         });
+        clock.lap(&mut s.sections, |t| &mut t.qk_norm);
         let KvLayer { offset, positions } = s.kv_layers[l];
         // A run's attention rounds to bf16 where its products do (a chunk's own kernel).
         let tiles = |len: usize| kernels::Product::for_batch(k, &w.qkv_proj, len).rounds_activations();
@@ -591,8 +669,11 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
             }
             _ => attend_layer(k, &shape, batch, qkv, &mut s.kv_cache, scores, attn),
         }
+        clock.lap(&mut s.sections, |t| &mut t.attention);
         batch.matmul(k, &w.o_proj, &s.attn[..n * q_dim], n, &mut s.proj[..n * d]);
+        clock.lap(&mut s.sections, |t| &mut t.o_proj);
         residual(n, d, &mut s.x, &mut s.proj, w.post_attention_layernorm, eps);
+        clock.lap(&mut s.sections, |t| &mut t.attention_residual);
 
         // MLP: SwiGLU, normalised before the residual add.
         // On the AMX GEMM the SwiGLU goes from the gate and up results in the tiles
@@ -607,7 +688,9 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
             Batch::Rows(_) => &[],
         };
         if kernels::mlp(k, &w.gate_up_proj, &w.down_proj, &s.x[..n * d], segments, &mut s.proj[..n * d]) {
+            clock.lap(&mut s.sections, |t| &mut t.mlp);
             residual(n, d, &mut s.x, &mut s.proj, w.post_feedforward_layernorm, eps);
+            clock.lap(&mut s.sections, |t| &mut t.mlp_residual);
             continue;
         }
         batch.matmul(k, &w.gate_up_proj, &s.x[..n * d], n, &mut s.gate_up[..n * 2 * f]);
@@ -623,7 +706,9 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
             kernels::swiglu(k, &row[c0..][..len], &row[f + c0..][..len], out);
         });
         batch.matmul(k, &w.down_proj, &s.act[..n * f], n, &mut s.proj[..n * d]);
+        clock.lap(&mut s.sections, |t| &mut t.mlp);
         residual(n, d, &mut s.x, &mut s.proj, w.post_feedforward_layernorm, eps);
+        clock.lap(&mut s.sections, |t| &mut t.mlp_residual);
     }
 
     // Only the rows that get logits need the final norm: a run's last ones, each
@@ -648,6 +733,7 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
         Batch::Runs { .. } => kernels::matmul_segments(k, &model.lm_head, x, &s.ones[..m], logits),
         _ => batch.matmul(k, &model.lm_head, x, m, logits),
     }
+    clock.lap(&mut s.sections, |t| &mut t.logits);
 }
 
 /// Attends for one layer with [`attend_blocked`] (a prompt run of enough queries) or
