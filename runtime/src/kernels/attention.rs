@@ -153,8 +153,7 @@ pub fn fill_tile_kv<E: KvElement>(
         for j0 in (lo..hi).step_by(TILE) {
             let rows = TILE.min(hi - j0);
             // The next block's batch rows start on their way: rows a whole batch row
-            // apart (24 KiB for the 1B), written past the caches, which the hardware
-            // prefetchers do not follow.
+            // apart (24 KiB for the 1B), which the hardware prefetchers do not follow.
             for j in (j0 + TILE).max(a.start)..(j0 + 2 * TILE).min(hi) {
                 let row = &a.batch[(j - a.start) * a.ld..];
                 prefetch_row(&row[a.k..][..d]);

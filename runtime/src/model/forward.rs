@@ -590,10 +590,10 @@ fn per_token(n: usize, width: usize, buf: &mut [f32], f: impl Fn(usize, &mut [f3
     }
 }
 
-/// Consecutive tokens one task of a per-token pass takes: a prompt's rows, written
-/// past the caches by the products before, stream from memory one after another
-/// (one token per task alternated the rows between the threads, which left every
-/// row's first lines to wait on memory); a small batch still gets eight tasks.
+/// Consecutive tokens one task of a per-token pass takes: a prompt's rows (megabytes,
+/// past the L2 caches) stream in order (one token per task alternated the rows between
+/// the threads, which left every row's first lines to wait); a small batch still gets
+/// eight tasks.
 fn tokens_per_task(n: usize) -> usize {
     (n / 8).clamp(1, 16)
 }
@@ -853,8 +853,7 @@ const BLOCKED_MIN_QUERIES: usize = 32;
 /// in a sliding window's ring they replace rows that the batch's earlier queries still
 /// read. On tiles the blocks read every key and value from the head's tile copy
 /// instead, so each batch row is filed as that copy is made (one read of the batch's
-/// rows, which the products wrote past the caches, instead of two). Each query sees
-/// exactly the positions [`attend`]'s does.
+/// rows instead of two). Each query sees exactly the positions [`attend`]'s does.
 #[allow(clippy::too_many_arguments)]
 fn attend_blocked<E: KvElement>(
     k: Kernels,
