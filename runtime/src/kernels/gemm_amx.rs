@@ -187,7 +187,6 @@ impl Out {
     }
 }
 
-
 /// `x` (`n` rows of `k`) packed into the calling thread's activation tiles (see
 /// [`pack_tokens`]), `n / 16` token tiles of `k / 32` tiles each.
 fn pack<'a>(x: &[f32], n: usize, k: usize, acts: &'a mut Vec<u16>) -> &'a [u16] {
