@@ -59,7 +59,7 @@ fn main() -> Result<(), String> {
                 let started = Instant::now();
                 let batch = whole.max_batch();
                 for (i, chunk) in prompt.chunks(batch).enumerate() {
-                    forward_batch_for(model, &mut whole, chunk, i * batch, LogitRows::Last);
+                    forward_batch_for(model, &mut whole, chunk, i * batch, LogitRows::last_of_prompt(i * batch + chunk.len(), prompt.len()));
                 }
                 turns[turn].push((stats, started.elapsed().as_secs_f64() * 1e3));
             }

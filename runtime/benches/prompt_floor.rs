@@ -67,7 +67,8 @@ fn run(args: &Args, model: &Model) -> Result<(), String> {
     let prompt = |state: &mut RunState| {
         let t = Instant::now();
         for (i, chunk) in tokens.chunks(batch).enumerate() {
-            std::hint::black_box(forward_batch_for(model, state, chunk, i * batch, LogitRows::Last));
+            let rows = LogitRows::last_of_prompt(i * batch + chunk.len(), n);
+            std::hint::black_box(forward_batch_for(model, state, chunk, i * batch, rows));
         }
         t.elapsed().as_secs_f64()
     };

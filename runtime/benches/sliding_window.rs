@@ -82,7 +82,7 @@ fn main() -> Result<(), String> {
             let n = (context - filled).min(states[0].max_batch());
             let tokens: Vec<u32> = (filled..filled + n).map(|p| (p as u32).wrapping_mul(7919) % vocab).collect();
             for (model, state) in models.iter().zip(states.iter_mut()) {
-                forward_batch_for(model, state, &tokens, filled, LogitRows::Last);
+                forward_batch_for(model, state, &tokens, filled, LogitRows::last_of_prompt(filled + n, context));
             }
             filled += n;
         }

@@ -139,3 +139,29 @@ fn section_times_add_up_to_the_pass() {
     forward_batch(&model, &mut state, &[9], 8);
     assert_eq!(state.section_times(), None);
 }
+
+/// A batch that asks for no logits returns none and leaves the state as one that asks
+/// for the last position's: the next batch's logits are the same bits.
+#[test]
+fn batches_without_logits_fill_the_cache_alike() {
+    use olmort::{forward_batch_for, LogitRows};
+
+    let bytes = Aligned::new(&small_blob());
+    let blob = Blob::parse(bytes.bytes()).unwrap();
+    let model = Model::new(&blob).unwrap();
+    let prompt = [3u32, 1, 4, 1, 5, 9, 2, 6, 5, 3];
+    let run = |first: LogitRows| {
+        let mut state = RunState::new(&model, 16).unwrap();
+        let got = forward_batch_for(&model, &mut state, &prompt[..6], 0, first).len();
+        (got, forward_batch_for(&model, &mut state, &prompt[6..], 6, LogitRows::Last).to_vec())
+    };
+    let vocab = model.config.vocab_size as usize;
+    let (none, after_none) = run(LogitRows::None);
+    let (last, after_last) = run(LogitRows::Last);
+    assert_eq!((none, last), (0, vocab));
+    assert_eq!(LogitRows::last_of_prompt(6, 10), LogitRows::None);
+    assert_eq!(LogitRows::last_of_prompt(10, 10), LogitRows::Last);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    assert_eq!(after_none.len(), vocab);
+    assert!(bits(&after_none) == bits(&after_last));
+}

@@ -241,9 +241,9 @@ pub fn measure(
         while fill < p0 {
             let n = batch.min(p0 - fill);
             let chunk = &tokens[w.start + fill..w.start + fill + n];
-            forward_batch_for(model.model, model.state, chunk, fill, LogitRows::Last);
+            forward_batch_for(model.model, model.state, chunk, fill, LogitRows::None);
             if let Some(b) = base.as_mut() {
-                forward_batch_for(b.model, b.state, chunk, fill, LogitRows::Last);
+                forward_batch_for(b.model, b.state, chunk, fill, LogitRows::None);
             }
             fill += n;
         }

@@ -143,12 +143,14 @@ pub fn generate(
     let vocab = model.config.vocab_size as usize;
     let prompt_steps = prompt.len().min(plan.positions);
     // Running text shows nothing of the prompt's positions but the one it continues
-    // from: the other rows of `lm_head` need not be computed.
-    let rows = if options.format == Format::Text && logits_sink.is_none() { LogitRows::Last } else { LogitRows::All };
+    // from: the other rows of `lm_head` need not be computed, nor any in the batches
+    // before the last.
+    let text_only = options.format == Format::Text && logits_sink.is_none();
     let mut pos = 0;
     let mut next = Some(prompt[0]);
     while pos < prompt_steps {
         let n = (prompt_steps - pos).min(state.max_batch());
+        let rows = if text_only { LogitRows::last_of_prompt(pos + n, prompt_steps) } else { LogitRows::All };
         let started = Instant::now();
         let logits = forward_batch_for(model, state, &prompt[pos..pos + n], pos, rows);
         timings.prompt += started.elapsed();

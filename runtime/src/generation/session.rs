@@ -344,7 +344,8 @@ impl<'m, 'v> ChatSession<'m, 'v> {
                 return Ok(stats);
             }
             let n = (prompt.len() - pos).min(self.state.max_batch());
-            logits = forward_batch_for(self.model, &mut self.state, &prompt[pos..pos + n], pos, LogitRows::Last);
+            let rows = LogitRows::last_of_prompt(pos + n, prompt.len());
+            logits = forward_batch_for(self.model, &mut self.state, &prompt[pos..pos + n], pos, rows);
             self.kv.extend(&prompt[pos..pos + n]);
             pos += n;
             stats.prefilled += n;

@@ -383,20 +383,35 @@ pub enum LogitRows {
     /// The last token's only: all that continuing from a prompt needs. Skips the
     /// `lm_head` product for the other rows, 14% of the 1B's weights.
     Last,
+    /// None: a batch that only fills the KV cache (a prompt's batches before its last,
+    /// whose logits nothing reads). Skips the final norm and `lm_head` (for the 1B in
+    /// q8_0 about 8 ms a batch, the product reading 218 MB).
+    None,
 }
 
 impl LogitRows {
-    /// The first of a batch of `n` tokens that gets logits.
+    /// The first of a batch of `n` tokens that gets logits (`n`: none does).
     pub(crate) fn first(self, n: usize) -> usize {
         match self {
             LogitRows::All => 0,
             LogitRows::Last => n - 1,
+            LogitRows::None => n,
+        }
+    }
+
+    /// [`LogitRows::Last`] for a prompt's last batch, [`LogitRows::None`] for the ones
+    /// before it: a batch that ends at `end` of a prompt of `len` positions.
+    pub fn last_of_prompt(end: usize, len: usize) -> LogitRows {
+        if end >= len {
+            LogitRows::Last
+        } else {
+            LogitRows::None
         }
     }
 }
 
 /// [`forward_batch`] with a choice of rows: with [`LogitRows::Last`] it returns one
-/// row, the last token's logits.
+/// row, the last token's logits, with [`LogitRows::None`] none.
 pub fn forward_batch_for<'s>(model: &Model, s: &'s mut RunState, tokens: &[u32], start: usize, rows: LogitRows) -> &'s [f32] {
     forward_batch_in(model, s, 0, tokens, start, rows)
 }
@@ -727,11 +742,13 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
             (&mut s.x[first * d..n * d], n - first)
         }
     };
-    per_token(m, d, x, |_, x| rms_norm(x, model.norm, eps));
-    let logits = &mut s.logits[..m * vocab];
-    match batch {
-        Batch::Runs { .. } => kernels::matmul_segments(k, &model.lm_head, x, &s.ones[..m], logits),
-        _ => batch.matmul(k, &model.lm_head, x, m, logits),
+    if m > 0 {
+        per_token(m, d, x, |_, x| rms_norm(x, model.norm, eps));
+        let logits = &mut s.logits[..m * vocab];
+        match batch {
+            Batch::Runs { .. } => kernels::matmul_segments(k, &model.lm_head, x, &s.ones[..m], logits),
+            _ => batch.matmul(k, &model.lm_head, x, m, logits),
+        }
     }
     clock.lap(&mut s.sections, |t| &mut t.logits);
 }
