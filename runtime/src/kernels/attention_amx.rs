@@ -21,7 +21,7 @@
 use std::arch::x86_64::*;
 
 use super::amx::{self, TileConfig};
-use super::gemm_amx::{bf16_pairs, to_bf16, transpose16};
+use super::gemm_amx::{bf16_interleaved, bf16_pairs, to_bf16, transpose16};
 
 /// Rows of a tile: keys or dims of an `A` tile, pairs of a `B` tile, and 16 lanes of
 /// f32 per `C` row.
@@ -134,11 +134,10 @@ pub(super) unsafe fn pack_rows(src: *const f32, ld: usize, rows: usize, width: u
 /// The online softmax's step for a key block (`super::attention`'s `softmax_update`,
 /// with the same running max and, within a few millionths, the same sums and `alpha`:
 /// its exponentials by [`probability_exp`]) whose probabilities go straight into the
-/// `B` tiles of `O^T += V^T P`
-/// as [`pack_pairs`] lays them out, rounded to bf16 (zeros from `len` keys up to
-/// [`padded_keys`]), instead of back into `s` for a second pass to pack: the block's
-/// scores (64 KiB for 256 keys of 64 queries) are read once. Returns whether any
-/// `alpha` differs from 1, that is whether `O^T` needs rescaling.
+/// `B` tiles of `O^T += V^T P` as [`pack_pairs`] lays them out, rounded to bf16 (zeros
+/// from `len` keys up to [`padded_keys`]), instead of back into `s` for a second pass
+/// to pack: the block's scores (64 KiB for 256 keys of 64 queries) are read once.
+/// Returns whether any `alpha` differs from 1, that is whether `O^T` needs rescaling.
 ///
 /// The rounding is one instruction per 32 probabilities, which reads a probability
 /// under 2^-126 as zero.
@@ -148,11 +147,7 @@ pub(super) unsafe fn pack_rows(src: *const f32, ld: usize, rows: usize, width: u
 /// `cols` each; `dst` [`pairs_len`]`(len, cols)` values, 64-byte aligned.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(super) unsafe fn softmax_pairs(s: *const f32, len: usize, cols: usize, max: *mut f32, sum: *mut f32, alpha: *mut f32, dst: *mut u16) -> bool {
-    let exp16 = |x| probability_exp(x);
     let groups = cols / TILE;
-    // Word 2t from the low half (the even key), 2t + 1 from the high half (the odd one).
-    let order: [u16; DEPTH] = std::array::from_fn(|i| (i / 2 + i % 2 * TILE) as u16);
-    let order = _mm512_loadu_si512(order.as_ptr() as *const __m512i);
     let mut rescale = false;
     for q in 0..groups {
         let c = q * TILE;
@@ -161,17 +156,16 @@ pub(super) unsafe fn softmax_pairs(s: *const f32, len: usize, cols: usize, max: 
         for j in 0..len {
             new = _mm512_max_ps(new, _mm512_loadu_ps(s.add(j * cols + c)));
         }
-        let a = exp16(_mm512_sub_ps(old, new));
+        let a = probability_exp(_mm512_sub_ps(old, new));
         rescale |= _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(a, _mm512_set1_ps(1.0)) != 0;
         let mut block = _mm512_setzero_ps();
-        let prob = |j: usize| if j < len { exp16(_mm512_sub_ps(_mm512_loadu_ps(s.add(j * cols + c)), new)) } else { _mm512_setzero_ps() };
+        let prob = |j: usize| if j < len { probability_exp(_mm512_sub_ps(_mm512_loadu_ps(s.add(j * cols + c)), new)) } else { _mm512_setzero_ps() };
         for j in (0..padded_keys(len)).step_by(2) {
             let (even, odd) = (prob(j), prob(j + 1));
             // Adding the padding's zeros leaves the sum's bits as they are.
             block = _mm512_add_ps(_mm512_add_ps(block, even), odd);
-            let pairs = _mm512_permutexvar_epi16(order, std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(odd, even)));
             let tile = dst.add((j / DEPTH * groups + q) * B_ELEMS);
-            _mm512_store_si512(tile.add(j % DEPTH / 2 * DEPTH) as *mut __m512i, pairs);
+            _mm512_store_si512(tile.add(j % DEPTH / 2 * DEPTH) as *mut __m512i, bf16_interleaved(even, odd));
         }
         _mm512_storeu_ps(sum.add(c), _mm512_fmadd_ps(_mm512_loadu_ps(sum.add(c)), a, block));
         _mm512_storeu_ps(max.add(c), new);
@@ -183,9 +177,9 @@ pub(super) unsafe fn softmax_pairs(s: *const f32, len: usize, cols: usize, max: 
 /// `exp(x)` for `x <= 0` (a score less its running max, or `-inf` where masked) within
 /// 6e-6 of it (1e-6 above -8; `t` below, rounded to f32, costs the rest), for
 /// probabilities that the tiles take rounded to bf16 (2^-9): `2^t` for `t = x log2 e`
-/// as `2^round(t)` (`vscalefps`) times a degree-6 polynomial in the rest,
-/// eleven instructions where `exp16`'s 2-ulp steps take eighteen (the softmax's
-/// exponentials are most of attention's vector work). Inputs of -87 and under (a
+/// as `2^round(t)` (`vscalefps`) times a degree-6 polynomial in the rest, eleven
+/// instructions where `exp16`'s 2-ulp steps take eighteen (the softmax's exponentials
+/// are most of attention's vector work). Inputs of -87 and under (a
 /// masked key's `-inf` among them) give zero, as `exp16` gives it from -88.4 on: under
 /// 2^-125, which no sum of at least 1 keeps and bf16 rounding would flush anyway.
 #[inline]
@@ -346,8 +340,7 @@ mod tests {
     }
 
     /// The probabilities' exponential: within 1e-6 of `exp` from 0 down to -8, 6e-6 down
-    /// to -87, zero
-    /// from there on (`-inf` included).
+    /// to -87, zero from there on (`-inf` included).
     #[test]
     fn probability_exp_is_close_and_masks_to_zero() {
         if !crate::kernels::amx_available() {

@@ -286,17 +286,13 @@ unsafe fn pack_tile(x: *const f32, tokens: usize, k: usize, dst: *mut u16) {
 /// A gate strip's and its up strip's result tiles for 16 tokens (`[row][token]`, 16 x
 /// 16 f32 each) as their SwiGLU's 16 columns of the next product's activation tile:
 /// rows `2q` and `2q + 1` become the tile's pair row `q` (`dst`, 8 rows of 64 bytes),
-/// each token's two values side by side, rounded as [`bf16_pairs`] rounds them.
+/// each token's two values side by side ([`bf16_interleaved`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn swiglu_to_tiles(gate: *const f32, up: *const f32, dst: *mut u16) {
     use std::arch::x86_64::*;
-    // Word 2t from the low half (row 2q), word 2t + 1 from the high half (row 2q + 1).
-    let order: [u16; 2 * TILE] = std::array::from_fn(|i| (i / 2 + i % 2 * TILE) as u16);
-    let order = _mm512_loadu_si512(order.as_ptr() as *const __m512i);
     let row = |j: usize| swiglu16(_mm512_loadu_ps(gate.add(j * TILE)), _mm512_loadu_ps(up.add(j * TILE)));
     for q in 0..TILE / 2 {
-        let halves = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(row(2 * q + 1), row(2 * q)));
-        _mm512_storeu_si512(dst.add(q * 2 * TILE) as *mut __m512i, _mm512_permutexvar_epi16(order, halves));
+        _mm512_storeu_si512(dst.add(q * 2 * TILE) as *mut __m512i, bf16_interleaved(row(2 * q), row(2 * q + 1)));
     }
 }
 
@@ -320,6 +316,19 @@ unsafe fn swiglu16(g: std::arch::x86_64::__m512, u: std::arch::x86_64::__m512) -
 pub(super) unsafe fn bf16_pairs(lo: std::arch::x86_64::__m512, hi: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     std::mem::transmute::<__m512bh, __m512>(_mm512_cvtne2ps_pbh(hi, lo))
+}
+
+/// Two rows of 16 f32 (`even`, `odd`) rounded to bf16 as [`bf16_pairs`] rounds and
+/// interleaved into one pair row of a `B` tile: lane `t` holds `even[t]` in its low
+/// half and `odd[t]` in its high half.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn bf16_interleaved(even: std::arch::x86_64::__m512, odd: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    // Word 2t from the low half (`even`), word 2t + 1 from the high half (`odd`).
+    let order: [u16; 2 * TILE] = std::array::from_fn(|i| (i / 2 + i % 2 * TILE) as u16);
+    let halves = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(odd, even));
+    _mm512_permutexvar_epi16(_mm512_loadu_si512(order.as_ptr() as *const __m512i), halves)
 }
 
 /// Transposes 16 x 16 32-bit lanes in registers: lane `j` of row `i` becomes lane `i`
@@ -388,10 +397,10 @@ fn slices<'a>(w: &'a Matrix<'a>, cut: usize) -> impl Iterator<Item = (Matrix<'a>
 
 /// Rows `r0 .. r0 + nb` against every token (for [`Out::Swiglu`], gate rows and their
 /// up rows, a gate strip and its up strip making a pair): column slices outside, then
-/// pairs of weight strips, then pairs of token tiles. While a strip pair meets the tokens, the
-/// next pair's weights are packed a row (q4: eight) at a time between its tile
-/// products ([`Packer`]): the vector units and the loads from memory work under the
-/// matrix unit's products instead of before them.
+/// pairs of weight strips, then pairs of token tiles. While a strip pair meets the
+/// tokens, the next pair's weights are packed a row (q4: eight) at a time between its
+/// tile products ([`Packer`]): the vector units and the loads from memory work under
+/// the matrix unit's products instead of before them.
 #[allow(clippy::too_many_arguments)]
 unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed: &mut [u16], stage: &mut [f32], partial: &mut [f32], out: Out) {
     let chunks = w.cols / CHUNK;
@@ -591,8 +600,7 @@ struct Packer<'a> {
 
 impl<'a> Packer<'a> {
     /// A packer for the rows of `strips` (first row, rows) of columns `c .. c + width`
-    /// of `w`, its
-    /// first unit's weights already on their way to L2.
+    /// of `w`, its first unit's weights already on their way to L2.
     ///
     /// # Safety
     /// `w` must hold those rows and columns; `dst` must have room for a pair's slice,
