@@ -27,12 +27,18 @@ What it does (each step reuses what is already there, under --data, git-ignored)
   4. olmort blobs: `olmoc pack --dtype DTYPE` of the .npy folder.
   5. Rounds: in each round, for each dtype, olmort then llama.cpp, each once:
      decode = ms per generated token after a 1-token prompt (--steps tokens; olmort's
-     own `generation` line, llama-bench's `tg` test), prompt = tokens/s over a
-     --prompt-tokens prompt computing the last position's logits (olmort --format
-     text --max-tokens 1; llama-bench's `pp` test, which does the same). Then the
-     decode floor of the olmort blob in the same round (`cargo bench --bench
-     decode_floor`: its step and a stream of the same bytes): both programs'
-     ms/token are divided by that floor. Medians over the rounds.
+     own `generation` line, llama-bench's `tg` test), prompt = tokens/s over the
+     --prompt prompt computing the last position's logits. llama-bench's `pp` test
+     times a pass after a warm-up pass in the same process (its default), so
+     olmort's prompt is timed the same way: `cargo bench --bench prompt_floor` with
+     RUNS=1 (one pass to fault the buffers and the KV cache in, then one timed, as
+     many tokens as --prompt holds, its own ids; it also gives the ratio to the
+     compute floor, the AMX peak measured right after).
+     The CLI's first prompt (olmort --format text --max-tokens 1, a process's cold
+     pass: its KV cache and buffers are faulted in as it runs) is reported beside
+     it. Then the decode floor of the olmort blob in the same round (`cargo bench
+     --bench decode_floor`: its step and a stream of the same bytes): both
+     programs' ms/token are divided by that floor. Medians over the rounds.
 
 Prints a Markdown table naming the CPU, the compiler and llama.cpp's commit; --json
 writes every run.
@@ -227,6 +233,21 @@ def olmort(blob, tokens, threads, args):
     return {k: (float(ms), int(n)) for k, ms, n in TIMING.findall(proc.stderr)}
 
 
+PROMPT_FLOOR = re.compile(r"prompt_floor: tokens \d+ ms [\d.]+ tok_s ([\d.]+) gflop_s [\d.]+(?: amx_peak [\d.]+ ratio ([\d.]+))?")
+
+
+def olmort_warm_prompt(blob, tokens, threads):
+    """(tokens/s, ratio to the compute floor or None) of one prompt of `tokens` tokens
+    timed after a warm-up pass in the same process, as llama-bench times its `pp` test."""
+    out = run(["cargo", "bench", "-q", "-p", "olmort", "--bench", "prompt_floor", "--", Path(blob).resolve(),
+               str(threads), str(tokens)], cwd=ROOT, capture_output=True,
+              env={**os.environ, "RUNS": "1"}).stdout
+    m = PROMPT_FLOOR.search(out)
+    if not m:
+        sys.exit(f"no prompt_floor line in: {out}")
+    return float(m.group(1)), m.group(2) and float(m.group(2))
+
+
 def llama_bench(bins, gguf, threads, prompt, gen):
     """tokens/s of one llama-bench test, or None if it crashed."""
     proc = subprocess.run([str(bins / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-p", str(prompt),
@@ -285,7 +306,8 @@ def main():
         files[d] = (blob, make_gguf(src, bins, snap, args.data / f"{args.shape}-{d}.gguf", d))
 
     print(f"load average at start: {' '.join(load_average())}", file=sys.stderr)
-    runs = {d: {k: [] for k in ["olmort_ms", "llama_ms", "olmort_pp", "llama_pp", "floor_ms", "gbps"]} for d in dtypes}
+    keys = ["olmort_ms", "llama_ms", "olmort_pp_first", "olmort_pp", "olmort_pp_ratio", "llama_pp", "floor_ms", "gbps"]
+    runs = {d: {k: [] for k in keys} for d in dtypes}
     for r in range(args.rounds):
         for d in dtypes:
             blob, gguf = files[d]
@@ -299,13 +321,17 @@ def main():
             x["llama_ms"].append(1e3 / tps if tps else None)
             ms, n = olmort(blob, args.prompt, args.threads, ["--format", "text", "--max-tokens", "1",
                                                              "--ignore-eos"])["prompt"]
-            x["olmort_pp"].append(n * 1e3 / ms)
+            x["olmort_pp_first"].append(n * 1e3 / ms)
+            tps, ratio = olmort_warm_prompt(blob, prompt_len, args.threads)
+            x["olmort_pp"].append(tps)
+            x["olmort_pp_ratio"].append(ratio)
             x["llama_pp"].append(llama_bench(bins, gguf, args.threads, prompt_len, 0))
             (step, floor, ratio, gbps), _, _ = decode_floor(blob, args.threads, args.steps)
             x["floor_ms"].append(floor)
             x["gbps"].append(gbps)
             show = lambda v: "-" if v is None else f"{v:.1f}"
-            print(f"round {r + 1} {d}: olmort {show(x['olmort_ms'][-1])} ms/token, {show(x['olmort_pp'][-1])} tok/s; "
+            print(f"round {r + 1} {d}: olmort {show(x['olmort_ms'][-1])} ms/token, {show(x['olmort_pp'][-1])} tok/s "
+                  f"(first prompt {show(x['olmort_pp_first'][-1])}); "
                   f"llama.cpp {show(x['llama_ms'][-1])} ms/token, {show(x['llama_pp'][-1])} tok/s; "
                   f"floor {floor:.1f} ms ({gbps:.1f} GB/s)", file=sys.stderr)
     load = " ".join(load_average())
@@ -315,15 +341,22 @@ def main():
           f"tokens after a 1-token prompt; prompt = {prompt_len} tokens, last position's logits; "
           f"load average at end {load}\n")
     print("| dtype | stream | floor | olmort ms/token | ratio | llama.cpp ms/token | ratio | olmort prompt tok/s "
-          "| llama.cpp prompt tok/s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "(ratio to compute floor) | llama.cpp prompt tok/s | olmort / llama.cpp prompt | olmort first prompt tok/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     fmt = lambda v, f=".1f": "crashed" if v is None else f"{v:{f}}"
     for d in dtypes:
         x = runs[d]
         floor = med(x["floor_ms"])
         o, l = med(x["olmort_ms"]), med(x["llama_ms"])
+        # The compute floor is the AMX bf16 peak's: it means nothing for f32 and f16,
+        # whose prompts run on the FMA units.
+        ratio = med(x["olmort_pp_ratio"]) if d not in ("f32", "f16") else None
+        pp = fmt(med(x["olmort_pp"])) + ("" if ratio is None else f" ({ratio:.2f})")
+        # Per round, then the median: the machine's speed drifts between rounds.
+        vs = med([a / b for a, b in zip(x["olmort_pp"], x["llama_pp"]) if a and b])
         print(f"| {d} | {med(x['gbps']):.1f} GB/s | {floor:.1f} ms | {fmt(o)} | {fmt(o and o / floor, '.2f')} "
-              f"| {fmt(l)} | {fmt(l and l / floor, '.2f')} | {fmt(med(x['olmort_pp']))} | {fmt(med(x['llama_pp']))} |")
+              f"| {fmt(l)} | {fmt(l and l / floor, '.2f')} | {pp} | {fmt(med(x['llama_pp']))} "
+              f"| {fmt(vs, '.2f') + ('x' if vs else '')} | {fmt(med(x['olmort_pp_first']))} |")
     if args.json:
         args.json.write_text(json.dumps(dict(cpu=cpu_name(), threads=args.threads, llama_cpp=commit,
                                              compiler=compiler_version(args.cxx), load_average=load, runs=runs),
