@@ -92,7 +92,8 @@ fn together(model: &Model, kv: KvDtype, seqs: &[Seq]) -> Vec<Vec<Vec<f32>>> {
             for &(q, slot, done) in &joining {
                 let len = CHUNK.min(seqs[q].prompt.len() - done);
                 if tokens + len <= 8 {
-                    chunks.push(Chunk { slot, tokens: &seqs[q].prompt[done..done + len], start: done });
+                    let logits = done + len == seqs[q].prompt.len();
+                    chunks.push(Chunk { slot, tokens: &seqs[q].prompt[done..done + len], start: done, logits });
                     tokens += len;
                 }
             }
@@ -102,11 +103,14 @@ fn together(model: &Model, kv: KvDtype, seqs: &[Seq]) -> Vec<Vec<Vec<f32>>> {
             } else {
                 forward_chunks(model, &mut s, &chunks).to_vec()
             };
-            for (i, c) in chunks.iter().enumerate() {
+            // A row for each chunk that ends its prompt (a lone chunk's always).
+            let mut row = 0;
+            for c in &chunks {
                 let j = joining.iter_mut().find(|j| j.1 == c.slot).unwrap();
                 j.2 += c.tokens.len();
                 if j.2 == seqs[j.0].prompt.len() {
-                    let l = &logits[i * vocab..][..vocab];
+                    let l = &logits[row * vocab..][..vocab];
+                    row += 1;
                     out[j.0].push(l.to_vec());
                     active.push((j.0, j.1, argmax(l), j.2, 0));
                 }
@@ -214,5 +218,34 @@ fn a_slot_appears_once_per_chunk_batch() {
     let parsed = Blob::parse(map.bytes()).unwrap();
     let model = Model::new(&parsed).unwrap();
     let mut s = RunState::with_slots(&model, 16, 4, KvDtype::F32, 2).unwrap();
-    forward_chunks(&model, &mut s, &[Chunk { slot: 1, tokens: &[3], start: 0 }, Chunk { slot: 1, tokens: &[4], start: 1 }]);
+    forward_chunks(&model, &mut s, &[Chunk { slot: 1, tokens: &[3], start: 0, logits: true }, Chunk { slot: 1, tokens: &[4], start: 1, logits: true }]);
+}
+
+/// Chunks that do not end their prompt get no row of logits: a pass of three chunks of
+/// which the first and last ask for them returns exactly those two rows, the ones each
+/// gets alone, and the middle chunk's cache is the one a lone run leaves (its next
+/// chunk's logits are the same bits).
+#[test]
+fn only_chunks_that_ask_get_logits() {
+    let blob = pack("tiny", DType::F32);
+    let map = MappedFile::open(&blob).unwrap();
+    let parsed = Blob::parse(map.bytes()).unwrap();
+    let model = Model::new(&parsed).unwrap();
+    let vocab = model.config.vocab_size as usize;
+    let prompts: [&[u32]; 3] = [&[5, 9, 2], &[7, 1, 8, 3], &[4, 6]];
+    let mut s = RunState::with_slots(&model, 16, 16, KvDtype::F32, 3).unwrap();
+    let chunks: Vec<Chunk> = prompts.iter().enumerate().map(|(slot, p)| Chunk { slot, tokens: p, start: 0, logits: slot != 1 }).collect();
+    let together = forward_chunks(&model, &mut s, &chunks).to_vec();
+    assert_eq!(together.len(), 2 * vocab, "a row for each chunk that asks, none for the other");
+    let mut lone = RunState::with_slots(&model, 16, 16, KvDtype::F32, 1).unwrap();
+    for (row, slot) in [0, 2].into_iter().enumerate() {
+        let want = forward_batch_in(&model, &mut lone, 0, prompts[slot], 0, LogitRows::Last).to_vec();
+        assert_eq!(&together[row * vocab..][..vocab], &want[..], "slot {slot}");
+    }
+    let next = forward_chunks(&model, &mut s, &[Chunk { slot: 1, tokens: &[2, 2], start: 4, logits: true }]).to_vec();
+    forward_batch_in(&model, &mut lone, 0, prompts[1], 0, LogitRows::None);
+    let want = forward_batch_in(&model, &mut lone, 0, &[2, 2], 4, LogitRows::Last).to_vec();
+    assert_eq!(next, want);
+    drop(parsed);
+    let _ = std::fs::remove_file(blob);
 }

@@ -443,17 +443,22 @@ pub fn forward_batch_in<'s>(
 }
 
 /// A run of consecutive positions of one slot for [`forward_chunks`]: `tokens` at
-/// positions `start ..` of the sequence in KV slot `slot` (a prompt or a chunk of one).
+/// positions `start ..` of the sequence in KV slot `slot` (a prompt or a chunk of one),
+/// and whether its last position's logits are wanted (`logits`: the chunk ends its
+/// prompt; the chunks before only fill the cache).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chunk<'a> {
     pub slot: usize,
     pub tokens: &'a [u32],
     pub start: usize,
+    pub logits: bool,
 }
 
 /// Runs several slots' prompt chunks in one pass (each slot at most once, each chunk
-/// non-empty and as [`forward_batch_in`] takes it) and returns each chunk's
-/// last-position logits, a row per chunk in `chunks`' order. A chunk's logits and the
+/// non-empty and as [`forward_batch_in`] takes it) and returns the last-position
+/// logits of each chunk that asks for them (`Chunk::logits`), a row each in `chunks`'
+/// order; the others skip the final norm and `lm_head` (for the 1B's q8_0 lm_head, a
+/// read of 218 MB). A chunk's logits and the
 /// cache it leaves are exactly those [`forward_batch_in`] with [`LogitRows::Last`]
 /// gives it alone: each product runs the kernel the chunk alone would, over every
 /// chunk at once where that is one kernel (`kernels::matmul_segments`; the weights
@@ -486,7 +491,7 @@ pub fn forward_chunks<'s>(model: &Model, s: &'s mut RunState, chunks: &[Chunk]) 
     let team = Arc::clone(&s.team);
     team.install(|| run(k, model, s, &Batch::Runs { chunks, rows: &rows, lens: &lens }));
     (s.chunk_rows, s.chunk_lens) = (rows, lens);
-    &s.logits[..chunks.len() * vocab]
+    &s.logits[..chunks.iter().filter(|c| c.logits).count() * vocab]
 }
 
 /// Checks that slot `slot` may take positions `start .. start + len`: a slot of the
@@ -729,13 +734,16 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
     // Only the rows that get logits need the final norm: a run's last ones, each
     // chunk's last one (gathered in `proj`, free by now).
     let (x, m) = match batch {
-        Batch::Runs { lens, .. } => {
-            let mut end = 0;
-            for (i, len) in lens.iter().enumerate() {
+        Batch::Runs { chunks, lens, .. } => {
+            let (mut end, mut m) = (0, 0);
+            for (c, len) in chunks.iter().zip(*lens) {
                 end += len;
-                s.proj[i * d..][..d].copy_from_slice(&s.x[(end - 1) * d..end * d]);
+                if c.logits {
+                    s.proj[m * d..][..d].copy_from_slice(&s.x[(end - 1) * d..end * d]);
+                    m += 1;
+                }
             }
-            (&mut s.proj[..lens.len() * d], lens.len())
+            (&mut s.proj[..m * d], m)
         }
         _ => {
             let first = batch.first_logits();

@@ -353,17 +353,24 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             .iter()
             .map(|&(i, n)| {
                 let a = slots[i].as_ref().expect("a reading slot");
-                Chunk { slot: i, tokens: &a.job.prompt[a.prefilled..a.prefilled + n], start: a.prefilled }
+                let end = a.prefilled + n;
+                Chunk { slot: i, tokens: &a.job.prompt[a.prefilled..end], start: a.prefilled, logits: end == a.job.prompt.len() }
             })
             .collect();
         let logits = forward_chunks(self.model, &mut self.state, &chunks);
         let vocab = self.model.config.vocab_size as usize;
-        for (r, &(i, n)) in self.chunks.iter().enumerate() {
+        // A row of logits for each chunk that ends its prompt, in order.
+        let mut r = 0;
+        for &(i, n) in &self.chunks {
             let a = self.slots[i].as_mut().expect("a reading slot");
             a.prefilled += n;
             a.pos = a.prefilled;
-            if a.decoding() && !emit(self.model, self.config.context, &metrics, a, &logits[r * vocab..][..vocab]) {
-                self.slots[i] = None;
+            if a.decoding() {
+                let row = &logits[r * vocab..][..vocab];
+                r += 1;
+                if !emit(self.model, self.config.context, &metrics, a, row) {
+                    self.slots[i] = None;
+                }
             }
         }
     }
