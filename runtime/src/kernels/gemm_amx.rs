@@ -596,6 +596,11 @@ struct Packer<'a> {
     units: usize,
     every: usize,
     ticks: usize,
+    /// The weights' prefetch: unit `ahead`'s lines from byte `ahead_at` on are still
+    /// to be asked for, `lines_per_tick` of them a tick once [`Packer::spread`].
+    ahead: usize,
+    ahead_at: usize,
+    lines_per_tick: usize,
 }
 
 impl<'a> Packer<'a> {
@@ -607,18 +612,52 @@ impl<'a> Packer<'a> {
     /// and no one else may use it until the packer is done.
     unsafe fn new(w: Matrix<'a>, c: usize, width: usize, strips: [(usize, usize); 2], dst: *mut u16) -> Packer<'a> {
         let units = if w.data.q4().is_some() { 4 } else { 2 * TILE };
-        let p = Packer { w, c, width, strips, dst, done: 0, units, every: 1, ticks: 0 };
+        let p = Packer { w, c, width, strips, dst, done: 0, units, every: 1, ticks: 0, ahead: 1, ahead_at: 0, lines_per_tick: 0 };
         p.prefetch(0);
         p
     }
 
-    /// Spreads the units evenly over `ticks` calls of [`Packer::tick`].
-    fn spread(&mut self, ticks: usize) {
+    /// Spreads the units evenly over `ticks` calls of [`Packer::tick`], and the
+    /// prefetch of their weights too: two units ahead, a few lines a tick.
+    ///
+    /// A unit's lines asked for all at once (a q8_0 row of 2048 columns is 32 lines,
+    /// a bf16 one 64), one unit ahead, stalled the instruction stream (the samples fell
+    /// on the prefetches), and the weights reached the packer at a fraction of the
+    /// memory's speed when the tokens are few. 1B, 2 threads, Sapphire Rapids,
+    /// `prompt_floor`, medians of 5-6 alternating runs (a slow state of the machine):
+    /// q8_0 64 tokens 140.7 -> 132.9 ms, bf16 512 tokens 530.8 -> 506.3, bf16 64
+    /// 157.7 -> 151.1; q8_0 512 tokens (542 -> 546) and q4_k 64 (156.6 -> 155.2) level.
+    unsafe fn spread(&mut self, ticks: usize) {
         self.every = (ticks / self.units).max(1);
+        let lines = self.unit_bytes(0).map_or(0, |(_, len)| len.div_ceil(64));
+        self.lines_per_tick = lines.div_ceil(self.every);
+        self.prefetch(1);
+        (self.ahead, self.ahead_at) = (2, 0);
+    }
+
+    /// Asks for the next `lines` lines of weights not yet asked for.
+    unsafe fn prefetch_lines(&mut self, mut lines: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        while lines > 0 && self.ahead < self.units {
+            let Some((start, len)) = self.unit_bytes(self.ahead) else {
+                // No rows past here (a matrix's last, short pair).
+                self.ahead = self.units;
+                return;
+            };
+            while lines > 0 && self.ahead_at < len {
+                _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(self.ahead_at) as *const i8);
+                self.ahead_at += 64;
+                lines -= 1;
+            }
+            if self.ahead_at >= len {
+                (self.ahead, self.ahead_at) = (self.ahead + 1, 0);
+            }
+        }
     }
 
     #[inline(always)]
     unsafe fn tick(&mut self) {
+        self.prefetch_lines(self.lines_per_tick);
         self.ticks += 1;
         if self.ticks >= self.every {
             self.ticks = 0;
@@ -636,9 +675,13 @@ impl<'a> Packer<'a> {
     unsafe fn step(&mut self) {
         if self.done < self.units {
             // The next unit's weights start on their way to L2 before this one is
-            // packed: a unit runs every few dozen tile products, too seldom for the
-            // hardware prefetchers to keep a stream going.
-            self.prefetch(self.done + 1);
+            // packed, if the ticks have not asked for them yet: a unit runs every few
+            // dozen tile products, too seldom for the hardware prefetchers to keep a
+            // stream going.
+            if self.ahead <= self.done + 1 {
+                self.prefetch(self.done + 1);
+                (self.ahead, self.ahead_at) = (self.done + 2, 0);
+            }
             let (j0, _, _) = unit_rows(self.strips, self.done, self.units);
             if tile_source(&self.w, self.c, self.strips[j0 / TILE]).is_none() {
                 pack_unit(&self.w, self.c, self.width, self.strips, self.done, self.units, self.dst);
@@ -650,11 +693,23 @@ impl<'a> Packer<'a> {
     /// Starts unit `u`'s weights on their way to L2 (nothing past the pair's rows).
     unsafe fn prefetch(&self, u: usize) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let Some((start, len)) = self.unit_bytes(u) else { return };
+        for line in (0..len).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(line) as *const i8);
+        }
+    }
+
+    /// Where unit `u`'s weights start and how many bytes they take; `None` for a unit
+    /// past the last or of rows past the matrix's.
+    ///
+    /// # Safety
+    /// As for [`Packer::new`].
+    unsafe fn unit_bytes(&self, u: usize) -> Option<(*const u8, usize)> {
         let (_, row, present) = unit_rows(self.strips, u, self.units);
         if u >= self.units || present == 0 {
-            return;
+            return None;
         }
-        let (start, len) = match self.w.data {
+        Some(match self.w.data {
             MatrixData::BF16(data) => (data.as_ptr().add(row * self.w.cols + self.c) as *const u8, self.width * 2),
             MatrixData::Q8_0 { quants, .. } => (quants.as_ptr().add(row * self.w.cols.next_multiple_of(32) + self.c) as *const u8, self.width),
             MatrixData::Q4_0(tiles) | MatrixData::Q4_K(tiles) => {
@@ -662,11 +717,8 @@ impl<'a> Packer<'a> {
                 let t = row / 8 * per_group + self.c / olmo_format::q4::TILE_COLS;
                 (tiles.as_ptr().add(t * olmo_format::q4::TILE_BYTES), self.width.div_ceil(olmo_format::q4::TILE_COLS) * olmo_format::q4::TILE_BYTES)
             }
-            MatrixData::F32(_) | MatrixData::F16(_) => return,
-        };
-        for line in (0..len).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(line) as *const i8);
-        }
+            MatrixData::F32(_) | MatrixData::F16(_) => return None,
+        })
     }
 }
 
