@@ -638,9 +638,8 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
     let scale = 1.0 / (head_dim as f32).sqrt();
 
     let mut clock = Clock::start(&s.sections);
-    for i in 0..n {
-        model.embed_tokens.row_to_f32(batch.row(i).token as usize, &mut s.x[i * d..][..d]);
-    }
+    // In parallel for a prompt: each row is a wait on memory (a random row of the table).
+    per_token(n, d, &mut s.x, |i, x| model.embed_tokens.row_to_f32(batch.row(i).token as usize, x));
     clock.lap(&mut s.sections, |t| &mut t.embed);
 
     for (l, w) in model.layers.iter().enumerate() {
