@@ -26,9 +26,11 @@
 //! Measured on one Sapphire Rapids core (rows in L1): a tile product with its two
 //! loads ~19 cycles whether 32 or 64 bytes deep, ~31 with the store of its sums. With
 //! a row tile and its token tiles in L2 (32 KiB each for 2048 columns), a pair takes
-//! ~60 ns instead of ~23: a decode batch of up to 8 tokens costs about 2x one token's
-//! time on the 1B shape, however many tokens fill the tile (kernels bench, 16384 x
-//! 2048, 2 threads); that is what to take on next.
+//! ~60 ns instead of ~23: a batch of up to 8 tokens costs about 2x one token's time
+//! on the 1B shape, however many tokens fill the tile (kernels bench, 16384 x 2048, 2
+//! threads). Decode batches (`forward_rows`, `matmul_decode`) do not come here: they
+//! run on VNNI, where 2, 4 and 8 rows cost 1.04, 1.13 and 1.30 of one token's step
+//! (`decode_batch`, the 1B, 2 threads, stop 36).
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
