@@ -363,6 +363,7 @@ impl Product {
         {
             let q8 = matches!(w.data, MatrixData::Q8_0 { .. });
             match k {
+                _ if k.amx() && n < q8_amx::TILES_FROM && q8 => Product::Decode,
                 _ if k.amx() && (q8_amx::TILES_FROM..q8_amx::TILES_BELOW).contains(&n) && q8 => Product::Q8Tiles,
                 _ if k.amx() && n >= gemm_amx::MIN_BATCH && gemm_amx::fits(w) => Product::AmxGemm,
                 _ if k.avx512() && n >= gemm::MIN_BATCH && q8 => Product::Q8Gemm,

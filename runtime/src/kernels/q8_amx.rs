@@ -52,14 +52,17 @@ const BLOCK: usize = 32;
 /// quads) of 16 columns x 4 quants.
 const B_BYTES: usize = 1024;
 
-/// Batches of fewer tokens than this run on VNNI, as the AVX-512 set runs them
-/// (`q8_vnni::matmul_decode`), more on the tiles: kernels bench (16384 x 2048, 2
-/// threads, Sapphire Rapids), time against one token's at 2, 4 and 8 tokens:
-/// 1.26-1.43, 2.2-2.7, 4.9 there; ~2.0 at each here. A lone token there is what decode
-/// runs: the 1B's step at 1.08 of its floor (`decode_floor`, 2 threads, alternating)
-/// against 1.13 in this kernel's arithmetic on VNNI, which the set ran until stop 33
-/// so that a prompt token got the numbers it would get decoding.
-pub(super) const TILES_FROM: usize = 3;
+/// Batches of fewer tokens than this run on the VNNI decode kernel
+/// (`q8_vnni::matmul_decode`, each token's numbers those it gets decoding), more on the
+/// tiles. On the whole 1B (2 threads, Sapphire Rapids, stop 36, `prefill_chunks`, 5
+/// rounds) a 4-token prompt took 47.8 ms there against 64.4 here, two read together
+/// 54.5 against 64.2, four and eight level (90.5 / 89.1, 153.9 / 149.8); 6 tokens 52.2
+/// against 64.9 alone, 76.5 against 88.5 in twos, 2.5% and 11.5% slower in fours and
+/// eights; 8 tokens 55.2 against 65.3 alone but 16% slower in eights. A lone prompt
+/// and the last short chunk of a long one are the common case. (A kernels bench of
+/// one 16384 x 2048 matrix had put the decode kernel at 2.2-2.7 times one token's time
+/// for 4 tokens against ~2.0 here; it set this at 3 until stop 36.)
+pub(super) const TILES_FROM: usize = 7;
 
 /// Prompt batches of fewer tokens than this take these int8 tiles, more the bf16 ones
 /// of `gemm_amx`, which dequantise the weights once per task and then keep the
