@@ -1,9 +1,9 @@
 //! q8_0 products on AMX int8 tiles (`tdpbssd`), each token's outputs summed the same
 //! way whatever shares its batch. The dispatch sends them prompts of [`TILES_FROM`]
-//! to [`TILES_BELOW`] tokens only (fewer take the decode kernel, more the bf16 tiles):
-//! as decode batches (1B serve bench, q8_0, Sapphire Rapids) they gave 8 streams 59.9
-//! tok/s against 51.8 on VNNI but 4 streams 37.6 against 48.8, since a tile pass costs
-//! ~2x one token's whatever the batch (below).
+//! to [`TILES_BELOW`] tokens only (fewer take the decode kernel, more the bf16 tiles).
+//! (Tried for decode batches, they gave 8 streams 59.9 tok/s against 51.8 on VNNI but
+//! 4 streams 37.6 against 48.8, 1B serve bench, q8_0, Sapphire Rapids: a tile pass
+//! costs ~2x one token's whatever the batch, below.)
 //!
 //! A q8_0 block's 32 weights share a scale, and so do the 32 activations they meet
 //! (quantised per block as every q8_0 kernel quantises them, [`QuantX`]), so the
