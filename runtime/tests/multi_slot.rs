@@ -23,6 +23,16 @@ fn pack(name: &str, dtype: DType) -> PathBuf {
     out
 }
 
+/// Runs `f` on fixture `name` packed as `dtype`, then removes the blob.
+fn with_model(name: &str, dtype: DType, f: impl FnOnce(&Model)) {
+    let blob = pack(name, dtype);
+    let map = MappedFile::open(&blob).unwrap();
+    let parsed = Blob::parse(map.bytes()).unwrap();
+    f(&Model::new(&parsed).unwrap());
+    drop(parsed);
+    let _ = std::fs::remove_file(blob);
+}
+
 fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in logits.iter().enumerate() {
@@ -133,10 +143,10 @@ fn together(model: &Model, kv: KvDtype, seqs: &[Seq]) -> Vec<Vec<Vec<f32>>> {
 }
 
 fn check(name: &str, dtype: DType) {
-    let blob = pack(name, dtype);
-    let map = MappedFile::open(&blob).unwrap();
-    let parsed = Blob::parse(map.bytes()).unwrap();
-    let model = Model::new(&parsed).unwrap();
+    with_model(name, dtype, |model| check_model(name, dtype, model));
+}
+
+fn check_model(name: &str, dtype: DType, model: &Model) {
     let v = model.config.vocab_size;
     let prompt = |len: usize, seed: u32| -> Vec<u32> { (0..len as u32).map(|i| (i * 7919 + seed * 104729) % v).collect() };
     // Six sequences on three slots: three wait for a slot; prompts of 1 to 11 tokens
@@ -153,9 +163,9 @@ fn check(name: &str, dtype: DType) {
     for kv in [KvDtype::F32, KvDtype::F16] {
         for k in available_kernels() {
             with_kernels(k, || {
-                let got = together(&model, kv, &seqs);
+                let got = together(model, kv, &seqs);
                 for (q, seq) in seqs.iter().enumerate() {
-                    let want = alone(&model, kv, seq, kv == KvDtype::F32);
+                    let want = alone(model, kv, seq, kv == KvDtype::F32);
                     assert_eq!(got[q].len(), want.len(), "{name} {dtype} sequence {q}");
                     for (step, (g, w)) in got[q].iter().zip(&want).enumerate() {
                         let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
@@ -165,8 +175,6 @@ fn check(name: &str, dtype: DType) {
             })
         }
     }
-    drop(parsed);
-    let _ = std::fs::remove_file(blob);
 }
 
 #[test]
@@ -186,39 +194,31 @@ fn decode_batches_match_each_sequence_alone_olmo3() {
 /// A slot's KV cache is its own: slots are sized alike and add up.
 #[test]
 fn slots_multiply_the_cache() {
-    let blob = pack("olmo3-window", DType::F32);
-    let map = MappedFile::open(&blob).unwrap();
-    let parsed = Blob::parse(map.bytes()).unwrap();
-    let model = Model::new(&parsed).unwrap();
-    let one = RunState::with_slots(&model, 40, 4, KvDtype::F16, 1).unwrap();
-    let four = RunState::with_slots(&model, 40, 4, KvDtype::F16, 4).unwrap();
-    assert_eq!(four.slots(), 4);
-    assert_eq!(four.kv_cache_bytes(), 4 * one.kv_cache_bytes());
-    assert_eq!(Some(one.kv_cache_bytes() as u64), olmort::kv_cache_bytes(model.config, 40, KvDtype::F16));
-    drop(parsed);
-    let _ = std::fs::remove_file(blob);
+    with_model("olmo3-window", DType::F32, |model| {
+        let one = RunState::with_slots(model, 40, 4, KvDtype::F16, 1).unwrap();
+        let four = RunState::with_slots(model, 40, 4, KvDtype::F16, 4).unwrap();
+        assert_eq!(four.slots(), 4);
+        assert_eq!(four.kv_cache_bytes(), 4 * one.kv_cache_bytes());
+        assert_eq!(Some(one.kv_cache_bytes() as u64), olmort::kv_cache_bytes(model.config, 40, KvDtype::F16));
+    });
 }
 
 #[test]
 #[should_panic(expected = "twice in one batch")]
 fn a_slot_appears_once_per_batch() {
-    let blob = pack("tiny", DType::F32);
-    let map = MappedFile::open(&blob).unwrap();
-    let parsed = Blob::parse(map.bytes()).unwrap();
-    let model = Model::new(&parsed).unwrap();
-    let mut s = RunState::with_slots(&model, 16, 4, KvDtype::F32, 2).unwrap();
-    forward_rows(&model, &mut s, &[Row { slot: 1, token: 3, pos: 0 }, Row { slot: 1, token: 4, pos: 1 }]);
+    with_model("tiny", DType::F32, |model| {
+        let mut s = RunState::with_slots(model, 16, 4, KvDtype::F32, 2).unwrap();
+        forward_rows(model, &mut s, &[Row { slot: 1, token: 3, pos: 0 }, Row { slot: 1, token: 4, pos: 1 }]);
+    });
 }
 
 #[test]
 #[should_panic(expected = "twice in one batch")]
 fn a_slot_appears_once_per_chunk_batch() {
-    let blob = pack("tiny", DType::F32);
-    let map = MappedFile::open(&blob).unwrap();
-    let parsed = Blob::parse(map.bytes()).unwrap();
-    let model = Model::new(&parsed).unwrap();
-    let mut s = RunState::with_slots(&model, 16, 4, KvDtype::F32, 2).unwrap();
-    forward_chunks(&model, &mut s, &[Chunk { slot: 1, tokens: &[3], start: 0, logits: true }, Chunk { slot: 1, tokens: &[4], start: 1, logits: true }]);
+    with_model("tiny", DType::F32, |model| {
+        let mut s = RunState::with_slots(model, 16, 4, KvDtype::F32, 2).unwrap();
+        forward_chunks(model, &mut s, &[Chunk { slot: 1, tokens: &[3], start: 0, logits: true }, Chunk { slot: 1, tokens: &[4], start: 1, logits: true }]);
+    });
 }
 
 /// Chunks that do not end their prompt get no row of logits: a pass of three chunks of
@@ -227,25 +227,21 @@ fn a_slot_appears_once_per_chunk_batch() {
 /// chunk's logits are the same bits).
 #[test]
 fn only_chunks_that_ask_get_logits() {
-    let blob = pack("tiny", DType::F32);
-    let map = MappedFile::open(&blob).unwrap();
-    let parsed = Blob::parse(map.bytes()).unwrap();
-    let model = Model::new(&parsed).unwrap();
-    let vocab = model.config.vocab_size as usize;
-    let prompts: [&[u32]; 3] = [&[5, 9, 2], &[7, 1, 8, 3], &[4, 6]];
-    let mut s = RunState::with_slots(&model, 16, 16, KvDtype::F32, 3).unwrap();
-    let chunks: Vec<Chunk> = prompts.iter().enumerate().map(|(slot, p)| Chunk { slot, tokens: p, start: 0, logits: slot != 1 }).collect();
-    let together = forward_chunks(&model, &mut s, &chunks).to_vec();
-    assert_eq!(together.len(), 2 * vocab, "a row for each chunk that asks, none for the other");
-    let mut lone = RunState::with_slots(&model, 16, 16, KvDtype::F32, 1).unwrap();
-    for (row, slot) in [0, 2].into_iter().enumerate() {
-        let want = forward_batch_in(&model, &mut lone, 0, prompts[slot], 0, LogitRows::Last).to_vec();
-        assert_eq!(&together[row * vocab..][..vocab], &want[..], "slot {slot}");
-    }
-    let next = forward_chunks(&model, &mut s, &[Chunk { slot: 1, tokens: &[2, 2], start: 4, logits: true }]).to_vec();
-    forward_batch_in(&model, &mut lone, 0, prompts[1], 0, LogitRows::None);
-    let want = forward_batch_in(&model, &mut lone, 0, &[2, 2], 4, LogitRows::Last).to_vec();
-    assert_eq!(next, want);
-    drop(parsed);
-    let _ = std::fs::remove_file(blob);
+    with_model("tiny", DType::F32, |model| {
+        let vocab = model.config.vocab_size as usize;
+        let prompts: [&[u32]; 3] = [&[5, 9, 2], &[7, 1, 8, 3], &[4, 6]];
+        let mut s = RunState::with_slots(model, 16, 16, KvDtype::F32, 3).unwrap();
+        let chunks: Vec<Chunk> = prompts.iter().enumerate().map(|(slot, p)| Chunk { slot, tokens: p, start: 0, logits: slot != 1 }).collect();
+        let together = forward_chunks(model, &mut s, &chunks).to_vec();
+        assert_eq!(together.len(), 2 * vocab, "a row for each chunk that asks, none for the other");
+        let mut lone = RunState::with_slots(model, 16, 16, KvDtype::F32, 1).unwrap();
+        for (row, slot) in [0, 2].into_iter().enumerate() {
+            let want = forward_batch_in(model, &mut lone, 0, prompts[slot], 0, LogitRows::Last).to_vec();
+            assert_eq!(&together[row * vocab..][..vocab], &want[..], "slot {slot}");
+        }
+        let next = forward_chunks(model, &mut s, &[Chunk { slot: 1, tokens: &[2, 2], start: 4, logits: true }]).to_vec();
+        forward_batch_in(model, &mut lone, 0, prompts[1], 0, LogitRows::None);
+        let want = forward_batch_in(model, &mut lone, 0, &[2, 2], 4, LogitRows::Last).to_vec();
+        assert_eq!(next, want);
+    });
 }
