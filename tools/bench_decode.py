@@ -75,10 +75,11 @@ FLOOR = re.compile(r"decode_floor: step_ms ([\d.]+) floor_ms ([\d.]+) ratio ([\d
 WEIGHT_BYTES = re.compile(r"(\d+) weight bytes per step")
 
 
-def bench(name, blob, threads, count):
-    """The standard output of `cargo bench -p olmort --bench NAME -- BLOB THREADS COUNT`."""
+def bench(name, blob, threads, count, env=None):
+    """The standard output of `cargo bench -p olmort --bench NAME -- BLOB THREADS COUNT`,
+    with `env` added to the environment."""
     return run(["cargo", "bench", "-q", "-p", "olmort", "--bench", name, "--", str(Path(blob).resolve()),
-                str(threads), str(count)], capture_output=True).stdout
+                str(threads), str(count)], capture_output=True, env={**os.environ, **(env or {})}).stdout
 
 
 def decode_floor(blob, threads, steps):

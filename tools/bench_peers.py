@@ -61,7 +61,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from bench_decode import decode_floor, evict, load_average, read_back  # noqa: E402
+from bench_decode import bench, decode_floor, evict, load_average, read_back  # noqa: E402
 
 PACKAGE = "llama-cpp-python"
 # olmort dtype -> how the GGUF is made: convert_hf_to_gguf's --outtype, or
@@ -239,9 +239,7 @@ PROMPT_FLOOR = re.compile(r"prompt_floor: tokens \d+ ms [\d.]+ tok_s ([\d.]+) gf
 def olmort_warm_prompt(blob, tokens, threads):
     """(tokens/s, ratio to the compute floor or None) of one prompt of `tokens` tokens
     timed after a warm-up pass in the same process, as llama-bench times its `pp` test."""
-    out = run(["cargo", "bench", "-q", "-p", "olmort", "--bench", "prompt_floor", "--", Path(blob).resolve(),
-               str(threads), str(tokens)], cwd=ROOT, capture_output=True,
-              env={**os.environ, "RUNS": "1"}).stdout
+    out = bench("prompt_floor", blob, threads, tokens, env={"RUNS": "1"})
     m = PROMPT_FLOOR.search(out)
     if not m:
         sys.exit(f"no prompt_floor line in: {out}")

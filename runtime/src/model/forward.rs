@@ -733,10 +733,10 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
     // Only the rows that get logits need the final norm: a run's last ones, each
     // chunk's last one (gathered in `proj`, free by now).
     let (x, m) = match batch {
-        Batch::Runs { chunks, lens, .. } => {
+        Batch::Runs { chunks, .. } => {
             let (mut end, mut m) = (0, 0);
-            for (c, len) in chunks.iter().zip(*lens) {
-                end += len;
+            for c in *chunks {
+                end += c.tokens.len();
                 if c.logits {
                     s.proj[m * d..][..d].copy_from_slice(&s.x[(end - 1) * d..end * d]);
                     m += 1;
