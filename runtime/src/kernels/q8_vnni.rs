@@ -254,10 +254,12 @@ unsafe fn rows_lanes<const N: usize>(quants: *const i8, scales: *const u16, bloc
                 }
             }
             let mut w = [_mm512_setzero_si512(); LANE_ROWS];
-            // Ahead in each row, and from the row's end on, in the next group's row.
+            // Ahead in each row, and from the row's end on, in the next group's row; and
+            // into L2, this line of the next group's rows (`tasks::PREFETCH_L2`).
             let ahead = if off + LANE_PREFETCH >= row_bytes { off + LANE_PREFETCH + (LANE_ROWS - 1) * row_bytes } else { off + LANE_PREFETCH };
             for i in 0..LANE_ROWS {
                 _mm_prefetch::<_MM_HINT_T0>(q[i].wrapping_add(ahead));
+                _mm_prefetch::<_MM_HINT_T1>(q[i].wrapping_add(off + LANE_ROWS * row_bytes));
                 w[i] = _mm512_xor_si512(_mm512_loadu_si512(q[i].add(off) as *const _), flip);
             }
             let dw = _mm512_cvtph_ps(_mm256_i32gather_epi32::<2>(s.add(2 * p) as *const i32, offsets));

@@ -20,6 +20,18 @@ use std::cell::RefCell;
 /// were level (0.96-1.01).
 pub(crate) const PREFETCH: usize = 6144;
 
+/// How far ahead the AVX2 matvec kernels (q8_0 and the floats) also fetch each line
+/// into L2 (`prefetcht1`), besides [`PREFETCH`] into L1; the VNNI q8_0 kernel, whose
+/// rows run side by side, fetches the next rows' line instead. With L1 prefetches alone
+/// the loads waited on memory: on Sapphire Rapids (2 threads, memory at 29-37 GB/s, the
+/// 1B's decode steps, `decode_floor`, alternating in one run) the AVX2 kernels
+/// (`OLMORT_KERNELS=avx2`) went from 1.19 of the floor to 1.02 (q8_0), 1.18 to
+/// 0.98 (bf16), 1.20-1.23 to 0.97 (f16) and 1.06-1.08 to 0.96-0.97 (f32), the VNNI
+/// q8_0 kernel from 1.07-1.11 to 1.02-1.05. 8 KiB left AVX2 q8_0 at 1.05-1.06, 20 KiB
+/// was level with 12; the next rows' line two groups on level with one for VNNI. Not
+/// measured on the AMD machines, whose L1 and L2 differ.
+pub(crate) const PREFETCH_L2: usize = 12288;
+
 /// The 4-bit matvec kernels' prefetch distance into L1: shorter than the others'. On Sapphire
 /// Rapids (2 threads, memory at ~30 GB/s, 1B decode steps alternating in one run) q4_0
 /// steps took 27.4-28.2 ms at 2 KiB against 36.4-36.6 at 6 KiB (floor 24.3), q4_k
