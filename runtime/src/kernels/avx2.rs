@@ -148,6 +148,12 @@ unsafe fn rows_float_few<L: Widen, const N: usize>(
         let mut a = [[_mm256_setzero_ps(); 2]; N];
         let mut c = 0;
         while c + 16 <= cols {
+            // As `rows_float` prefetches: the first tokens of a batch read the rows from
+            // memory (the rest from L2).
+            for line in (0..16 * std::mem::size_of::<L::E>()).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>((p.add(c) as *const i8).wrapping_add(L::PREFETCH + line));
+                _mm_prefetch::<_MM_HINT_T1>((p.add(c) as *const i8).wrapping_add(PREFETCH_L2 + line));
+            }
             let w0 = L::load8(p.add(c));
             let w1 = L::load8(p.add(c + 8));
             let xc = x.add(c * N);
@@ -636,6 +642,7 @@ unsafe fn rows_q8_0_few<const N: usize>(
             for k in (0..8).step_by(2) {
                 let b = g * 8 + k;
                 _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(b * 32 + PREFETCH));
+                _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(b * 32 + PREFETCH_L2));
                 let wv = _mm256_loadu_si256(q.add(b * 32) as *const __m256i);
                 let wv2 = _mm256_loadu_si256(q.add(b * 32 + 32) as *const __m256i);
                 for t in 0..N {
