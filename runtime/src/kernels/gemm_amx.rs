@@ -70,8 +70,23 @@ const TILE: usize = 16;
 const CHUNK: usize = 32;
 /// u16 elements of one packed activation tile.
 const ACT_TILE: usize = TILE * CHUNK;
-/// Below this many tokens the AVX-512 kernels take the batch.
+/// Below this many tokens the AVX-512 kernels take the batch (bf16: [`BF16_MIN_BATCH`]).
 pub const MIN_BATCH: usize = 8;
+/// bf16 weights come here from fewer tokens: below [`MIN_BATCH`] they would take the
+/// exact float GEMM, twice as slow as the tiles. The 1B bf16's prompt chunks
+/// (`prefill_chunks`, 2 threads, Sapphire Rapids), alone and eight read together, ms
+/// on the GEMM against here: 5 tokens 182 / 96 and 401 / 130, 7 tokens 215 / 103 and
+/// 489 / 142. Up to 4 tokens the decode kernel runs them (`super::AVX512_FLOAT_DECODE`),
+/// which alone is the faster (4 tokens 87-93 ms against 96-103, `prompt_floor`).
+const BF16_MIN_BATCH: usize = 5;
+
+/// The fewest tokens [`matmul`] takes for `w`.
+pub fn min_batch(w: &Matrix) -> usize {
+    match w.data {
+        MatrixData::BF16(_) => BF16_MIN_BATCH,
+        _ => MIN_BATCH,
+    }
+}
 /// Columns of a slice of the sweep at most (a float matrix's panel; see
 /// [`slice_cols`]).
 const SLICE_COLS: usize = 2048;

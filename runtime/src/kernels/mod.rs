@@ -256,13 +256,26 @@ pub fn matvec_with(k: Kernels, w: &Matrix, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Up to this many tokens, a float matrix is multiplied in one pass over its rows
-/// instead of by the GEMM, whose packing of every weight tile costs more than it saves
+/// With AVX2 (and no AVX-512: [`AVX512_FLOAT_DECODE`]), up to this many tokens, a
+/// float matrix is multiplied in one pass over its rows instead of by the GEMM, whose packing of every weight tile costs more than it saves
 /// on so few tokens. Kernels bench, 16384 x 2048, 2 threads: at 3 tokens one pass ran at
 /// 40 (f32) and 50 (f16) GFLOP/s against the GEMM's 22 and 25; at 4, 36 and 55 against
 /// 33 and 39; at 8 (two passes) the GEMM led, 52 and 62 against 36 and 56. A 4-token
 /// prompt on the 1B f32 shape: 285 ms against 500.
 pub const SMALL_BATCH: usize = 4;
+
+/// With AVX-512, float batches of up to this many tokens take the decode kernel
+/// (`float_avx512::matmul_decode`, eight tokens a pass over the rows) instead of the
+/// exact GEMM. The 1B f16's prompt chunks (`prefill_chunks`, 2 threads, Sapphire
+/// Rapids), ms on the GEMM against the decode kernel, alone / two / four / eight read
+/// together: 5 tokens 193 / 217 / 277-302 / 412 against 104 / 135 / 228-250 / 462; 6
+/// tokens 194 / 219 / 294 / 453 against 106 / 161 / 284 / 570. A batch of chunks runs
+/// one kernel only where each chunk alone would (`matmul_segments`), and the decode
+/// kernel's cost grows faster with the tokens: at 6 the eights lose a quarter, at 5
+/// an eighth, as q8_0's chunks of up to 6 tokens do on VNNI (`q8_amx::TILES_FROM`).
+/// Alone, the decode kernel led the GEMM up to 12 tokens (f32) and 16 (16-bit): f16
+/// 12 tokens 159 against 221 ms, f32 251 against 277 (`prompt_floor`).
+pub const AVX512_FLOAT_DECODE: usize = 5;
 
 /// `Y = X W^T` for a batch: `x` is `n x w.cols` row-major, `y` is `n x w.rows`.
 ///
@@ -336,7 +349,7 @@ pub fn matmul_segments(k: Kernels, w: &Matrix, x: &[f32], lens: &[usize], y: &mu
 /// order of the token's own, so its numbers do not depend on the batch's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Product {
-    /// q8_0 on AMX int8 tiles (`q8_amx`), for 3 to 11 tokens.
+    /// q8_0 on AMX int8 tiles (`q8_amx`), for `q8_amx::TILES_FROM` (7) to 11 tokens.
     Q8Tiles,
     /// bf16 tiles (`gemm_amx`).
     AmxGemm,
@@ -365,11 +378,11 @@ impl Product {
             match k {
                 _ if k.amx() && n < q8_amx::TILES_FROM && q8 => Product::Decode,
                 _ if k.amx() && (q8_amx::TILES_FROM..q8_amx::TILES_BELOW).contains(&n) && q8 => Product::Q8Tiles,
-                _ if k.amx() && n >= gemm_amx::MIN_BATCH && gemm_amx::fits(w) => Product::AmxGemm,
+                _ if k.amx() && n >= gemm_amx::min_batch(w) && gemm_amx::fits(w) => Product::AmxGemm,
                 _ if k.avx512() && n >= gemm::MIN_BATCH && q8 => Product::Q8Gemm,
                 _ if k.avx512() && n >= gemm::MIN_BATCH && w.data.q4().is_some() => Product::Q4Gemm,
                 // What the matvec runs for one token on this set, for a few at once.
-                _ if k.avx512() && if w.data.is_quantised() { n < gemm::MIN_BATCH } else { n <= SMALL_BATCH } => Product::Decode,
+                _ if k.avx512() && if w.data.is_quantised() { n < gemm::MIN_BATCH } else { n <= AVX512_FLOAT_DECODE } => Product::Decode,
                 _ if k.avx2() && n > 1 && n <= SMALL_BATCH && !w.data.is_quantised() => Product::Avx2Few,
                 _ if k.avx2() && n < gemm::MIN_BATCH => Product::PerToken,
                 _ if k.avx2() => Product::Gemm,
