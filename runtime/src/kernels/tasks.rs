@@ -20,35 +20,30 @@ use std::cell::RefCell;
 /// were level (0.96-1.01).
 pub(crate) const PREFETCH: usize = 6144;
 
-/// How far ahead the AVX2 matvec kernels (q8_0 and the floats) also fetch each line
-/// into L2 (`prefetcht1`), besides [`PREFETCH`] into L1; the VNNI q8_0 kernel, whose
-/// rows run side by side, fetches the next rows' line instead. With L1 prefetches alone
-/// the loads waited on memory: on Sapphire Rapids (2 threads, memory at 29-37 GB/s, the
-/// 1B's decode steps, `decode_floor`, alternating in one run) the AVX2 kernels
-/// (`OLMORT_KERNELS=avx2`) went from 1.19 of the floor to 1.02 (q8_0), 1.18 to
-/// 0.98 (bf16), 1.20-1.23 to 0.97 (f16) and 1.06-1.08 to 0.96-0.97 (f32), the VNNI
-/// q8_0 kernel from 1.07-1.11 to 1.02-1.05. 8 KiB left AVX2 q8_0 at 1.05-1.06, 20 KiB
-/// was level with 12; the next rows' line two groups on level with one for VNNI. Not
-/// measured on the AMD machines, whose L1 and L2 differ.
+/// How far ahead every matvec kernel but the AVX-512 float one (which fetches the next
+/// block's rows instead) also fetches each line into L2 (`prefetcht1`), besides
+/// [`PREFETCH`] or [`Q4_PREFETCH`] into L1; the VNNI q8_0 kernel, whose rows run side
+/// by side, fetches the next rows' line. With L1 prefetches alone the loads waited on
+/// memory. On Sapphire Rapids (2 threads, the 1B's decode steps, `decode_floor`,
+/// alternating in one run), as fractions of the floor: AVX2 kernels
+/// (`OLMORT_KERNELS=avx2`, memory at 29-37 GB/s) 1.19 -> 1.02 (q8_0), 1.18 -> 0.98
+/// (bf16), 1.20-1.23 -> 0.97 (f16), 1.06-1.08 -> 0.96-0.97 (f32), the VNNI q8_0 kernel
+/// 1.07-1.11 -> 1.02-1.05 (stop 37; 8 KiB left AVX2 q8_0 at 1.05-1.06, 20 KiB level
+/// with 12, the next rows' line two groups on level with one); the 4-bit kernels
+/// (memory at ~34 GB/s) 1.30 -> 1.05-1.06 (q4_0) and 1.39 -> 1.07-1.09 (q4_k) at 8
+/// KiB (stop 33; 4 and 16 KiB within 0.01-0.05); 12 KiB against 8 for them, by step
+/// time, within 2% either way (stop 37, 3 rounds: VNNI 0-5% faster, AVX2 q4_0 1-3%
+/// slower). Not measured on the AMD machines, whose L1 and L2 differ.
 pub(crate) const PREFETCH_L2: usize = 12288;
 
-/// The 4-bit matvec kernels' prefetch distance into L1: shorter than the others'. On Sapphire
-/// Rapids (2 threads, memory at ~30 GB/s, 1B decode steps alternating in one run) q4_0
-/// steps took 27.4-28.2 ms at 2 KiB against 36.4-36.6 at 6 KiB (floor 24.3), q4_k
-/// 23.3-23.4 against 24.5-25.5 (floor 23.9); 1, 1.5 and 2.5 KiB were within 2% of 2
-/// KiB, 3 KiB 6% slower, 0.5 KiB 8%. The AVX2 kernel (`OLMORT_KERNELS=avx2`, same
-/// machine): q4_0 27.5-28.6 ms against 43.1-44.3, q4_k 27.8-28.2 against 41.7-42.2.
-/// Not measured on Zen 4, where 6 KiB was chosen for the other kernels.
+/// The 4-bit matvec kernels' prefetch distance into L1: shorter than the others'. On
+/// Sapphire Rapids (2 threads, 1B decode steps alternating in one run), with L1
+/// prefetches alone (memory at ~30 GB/s), q4_0 steps took 27.4-28.2 ms at 2 KiB against
+/// 36.4-36.6 at 6 KiB (floor 24.3), q4_k 23.3-23.4 against 24.5-25.5 (floor 23.9); the
+/// AVX2 kernel q4_0 27.5-28.6 ms against 43.1-44.3, q4_k 27.8-28.2 against 41.7-42.2.
+/// With [`PREFETCH_L2`] beside it, 1-4 KiB were within the machine's drift of each
+/// other. Not measured on Zen 4, where 6 KiB was chosen for the other kernels.
 pub(crate) const Q4_PREFETCH: usize = 2048;
-
-/// How far ahead the 4-bit kernels also fetch each line into L2 (`prefetcht1`), besides
-/// [`Q4_PREFETCH`] into L1: with the memory at ~34 GB/s (Sapphire Rapids, 2 threads,
-/// 1B decode steps, `decode_floor`, alternating builds) L1 prefetches alone held q4_0
-/// at 1.30 of its floor and q4_k at 1.39 whatever their distance (4-8 KiB: 1.21), the
-/// loads waiting on memory; with these, 1.05-1.06 and 1.07-1.09 (T1 4, 12 and 16 KiB
-/// within 0.01-0.05 of 8; T0 0.5 or 1 KiB 0.03-0.06 worse than 2). The AVX2 kernel on
-/// the same machine: 1.34-1.36 -> 1.18-1.22 (q4_0), 1.39 -> 1.22-1.23 (q4_k).
-pub(crate) const Q4_PREFETCH_L2: usize = 8192;
 
 /// Runs `f` on the calling thread's value in `key`: per-thread scratch that is allocated
 /// on first use and then only ever grows, so nothing is allocated per call. A nested
