@@ -611,8 +611,9 @@ struct Packer<'a> {
     units: usize,
     every: usize,
     ticks: usize,
-    /// The weights' prefetch: unit `ahead`'s lines from byte `ahead_at` on are still
-    /// to be asked for, `lines_per_tick` of them a tick once [`Packer::spread`].
+    /// The weights' prefetch, one cursor: unit `ahead`'s lines from byte `ahead_at` on
+    /// are still to be asked for, `lines_per_tick` of them a tick once
+    /// [`Packer::spread`], and whatever of a unit is left when it is next but one.
     ahead: usize,
     ahead_at: usize,
     lines_per_tick: usize,
@@ -627,8 +628,8 @@ impl<'a> Packer<'a> {
     /// and no one else may use it until the packer is done.
     unsafe fn new(w: Matrix<'a>, c: usize, width: usize, strips: [(usize, usize); 2], dst: *mut u16) -> Packer<'a> {
         let units = if w.data.q4().is_some() { 4 } else { 2 * TILE };
-        let p = Packer { w, c, width, strips, dst, done: 0, units, every: 1, ticks: 0, ahead: 1, ahead_at: 0, lines_per_tick: 0 };
-        p.prefetch(0);
+        let mut p = Packer { w, c, width, strips, dst, done: 0, units, every: 1, ticks: 0, ahead: 0, ahead_at: 0, lines_per_tick: 0 };
+        p.prefetch_before(1);
         p
     }
 
@@ -646,14 +647,14 @@ impl<'a> Packer<'a> {
         self.every = (ticks / self.units).max(1);
         let lines = self.unit_bytes(0).map_or(0, |(_, len)| len.div_ceil(64));
         self.lines_per_tick = lines.div_ceil(self.every);
-        self.prefetch(1);
-        (self.ahead, self.ahead_at) = (2, 0);
+        self.prefetch_before(2);
     }
 
-    /// Asks for the next `lines` lines of weights not yet asked for.
-    unsafe fn prefetch_lines(&mut self, mut lines: usize) {
+    /// Asks for the next `lines` lines of weights not yet asked for, of the units
+    /// before `end`.
+    unsafe fn prefetch_lines(&mut self, mut lines: usize, end: usize) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        while lines > 0 && self.ahead < self.units {
+        while lines > 0 && self.ahead < end.min(self.units) {
             let Some((start, len)) = self.unit_bytes(self.ahead) else {
                 // No rows past here (a matrix's last, short pair).
                 self.ahead = self.units;
@@ -672,7 +673,7 @@ impl<'a> Packer<'a> {
 
     #[inline(always)]
     unsafe fn tick(&mut self) {
-        self.prefetch_lines(self.lines_per_tick);
+        self.prefetch_lines(self.lines_per_tick, self.units);
         self.ticks += 1;
         if self.ticks >= self.every {
             self.ticks = 0;
@@ -690,13 +691,10 @@ impl<'a> Packer<'a> {
     unsafe fn step(&mut self) {
         if self.done < self.units {
             // The next unit's weights start on their way to L2 before this one is
-            // packed, if the ticks have not asked for them yet: a unit runs every few
+            // packed, those the ticks have not asked for yet: a unit runs every few
             // dozen tile products, too seldom for the hardware prefetchers to keep a
             // stream going.
-            if self.ahead <= self.done + 1 {
-                self.prefetch(self.done + 1);
-                (self.ahead, self.ahead_at) = (self.done + 2, 0);
-            }
+            self.prefetch_before(self.done + 2);
             let (j0, _, _) = unit_rows(self.strips, self.done, self.units);
             if tile_source(&self.w, self.c, self.strips[j0 / TILE]).is_none() {
                 pack_unit(&self.w, self.c, self.width, self.strips, self.done, self.units, self.dst);
@@ -705,13 +703,9 @@ impl<'a> Packer<'a> {
         }
     }
 
-    /// Starts unit `u`'s weights on their way to L2 (nothing past the pair's rows).
-    unsafe fn prefetch(&self, u: usize) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let Some((start, len)) = self.unit_bytes(u) else { return };
-        for line in (0..len).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(line) as *const i8);
-        }
+    /// Asks for every line of the units before `end` not yet asked for.
+    unsafe fn prefetch_before(&mut self, end: usize) {
+        self.prefetch_lines(usize::MAX, end);
     }
 
     /// Where unit `u`'s weights start and how many bytes they take; `None` for a unit
