@@ -27,7 +27,7 @@
 //! tile here is 64-byte aligned. Measured in a bare 2 x 2 loop on one core: 2617
 //! GFLOP/s from L1, ~2000 from L2, against a peak of ~3200 with no loads.
 //!
-//! Each parallel task owns a block of up to [`NB`] weight rows. It sweeps the
+//! Each parallel task owns a block of up to [`rows_per_task`] weight rows. It sweeps the
 //! columns one slice at a time (up to [`SLICE_COLS`], fewer for more than 128 tokens:
 //! [`slice_cols`]), so that the tiles that meet stay in L1 and L2,
 //! and within a slice one pair of weight strips (32 rows) at a time against every
@@ -93,7 +93,7 @@ const SLICE_COLS: usize = 2048;
 /// Bytes of every token's part of a slice at most (128 tokens of 2048 columns; 256
 /// columns, the least, from 1024 tokens on). Narrow slices keep a strip pair's tiles
 /// of the slice (16 KiB at 256 columns) in L1 while every token pair meets them, and
-/// fewer rows per task ([`NB`]) keep its results between slices in L2; wide ones load
+/// fewer rows per task ([`rows_per_task`]) keep its results between slices in L2; wide ones load
 /// and store those results fewer times. The token tiles and the results are loaded
 /// with the hint that they are not read again soon ([`amx::load_once`]), which keeps
 /// them from pushing the strip pair's tiles out of L1: with it, 512 columns at 512
@@ -110,8 +110,26 @@ const SLICE_ACT_BYTES: usize = 1 << 19;
 /// 458.8-460.4 -> 453.8-455.3 ms in all. (Streaming only qkv's 12 MiB kept the norms'
 /// slow reads: 458.8-461.0.)
 const STREAM_BYTES: usize = 32 << 20;
-/// Weight rows per task at most (a multiple of 2 [`TILE`]s; see [`SLICE_ACT_BYTES`]).
-const NB: usize = 128;
+/// Weight rows per task at most for `n` tokens (a multiple of 2 [`TILE`]s; the MLP's
+/// tasks take half as many gate rows, each beside its up row; see also
+/// [`SLICE_ACT_BYTES`]). Each task packs its first strip pair before any product can
+/// run and configures the tiles once, so fewer, larger tasks pay that less often; the
+/// threads still get several tasks each (the 1B's smallest matrices, 2048 rows, make 8
+/// tasks at 256 rows, 2 at 1024). 1B, 2 threads, Sapphire Rapids, `prompt_floor`, 3
+/// alternating rounds, ms against 128 rows: 512 tokens q8_0 458.6-464.1 against
+/// 475.1-477.8 (384, 512 and 1024 rows level with 128), bf16 440.2-447.4 against
+/// 456.4-459.0, q4_k 461.3-470.1 against 478.9-485.6; 2048 tokens (batches of 512) q8_0
+/// 2052-2066 against 2098-2114; 64 tokens at 1024 rows q8_0 110.7-113.5 against
+/// 115.1-119.8, bf16 123.8-127.8 against 130.3-135.3, q4_k level; 128 tokens q8_0
+/// 150.2-152.6 against 156.4-159.7; at 256 tokens 128 and 256 rows level, 512 and 1024
+/// 3-5% slower.
+fn rows_per_task(n: usize) -> usize {
+    if n <= 128 {
+        1024
+    } else {
+        256
+    }
+}
 /// u16 elements of one strip pair's packed slice: 32 rows of [`SLICE_COLS`].
 const PAIR_ELEMS: usize = 2 * TILE * SLICE_COLS;
 
@@ -220,7 +238,7 @@ fn pack<'a>(x: &[f32], n: usize, k: usize, acts: &'a mut Vec<u16>) -> &'a [u16] 
 }
 
 /// `w`'s products with the packed activations of `n` tokens (`acts`, `w.cols` deep),
-/// in parallel tasks of up to [`NB`] weight rows, the results to `out`.
+/// in parallel tasks of up to [`rows_per_task`] weight rows, the results to `out`.
 ///
 /// # Safety
 /// As [`matmul`]; `acts` must hold `n.div_ceil(16)` token tiles of `w.cols / 32`
@@ -233,7 +251,7 @@ unsafe fn sweep(w: &Matrix, acts: &[u16], n: usize, out: Out) {
         Out::Rows { .. } => (w.rows, 1),
         Out::Swiglu { half, .. } => (half, 2),
     };
-    let nb_max = (NB / per_row).min(rows.next_multiple_of(2 * TILE / per_row));
+    let nb_max = (rows_per_task(n) / per_row).min(rows.next_multiple_of(2 * TILE / per_row));
     // Per task: two strip pairs' packed slices (the one in use, the next being
     // filled), two stagings of four result tiles (a block's, and the one before it
     // being written out) and the results between slices.

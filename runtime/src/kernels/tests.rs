@@ -648,8 +648,9 @@ fn amx_gemm_matches_the_rounded_reference() {
     let mut rng = Rng(16);
     // (tokens, rows, cols)
     // 300 tokens: slices of 1536 columns, cutting a panel.
-    // 5 and 7 tokens: bf16 alone (`gemm_amx::min_batch`).
-    let shapes = [(8, 16, 32), (9, 33, 64), (16, 32, 96), (33, 70, 256), (50, 600, 64), (20, 45, 2 * 2048 + 64), (17, 300, 2048 + 32), (300, 48, 2048 + 96), (64, 40, 160), (5, 40, 160), (7, 33, 2048 + 32)];
+    // 5 and 7 tokens: bf16 alone (`gemm_amx::min_batch`). Several tasks: 130 tokens
+    // over 600 rows (256, 256 and 88 a task) and 20 over 1100 (1024 and 76).
+    let shapes = [(8, 16, 32), (9, 33, 64), (16, 32, 96), (33, 70, 256), (50, 600, 64), (20, 45, 2 * 2048 + 64), (17, 300, 2048 + 32), (300, 48, 2048 + 96), (64, 40, 160), (5, 40, 160), (7, 33, 2048 + 32), (130, 600, 96), (20, 1100, 64)];
     for (n, rows, cols) in shapes {
         let owned = Owned::new(&mut rng, rows, cols);
         let bf16p = to_panels(&owned.bf16, rows, cols);
@@ -846,8 +847,9 @@ fn products_do_not_depend_on_the_batch_and_segments_run_as_alone() {
 
 /// The MLP on AMX, which takes the SwiGLU from the gate and up results in the tiles,
 /// gives the bits of the gate_up product, the SwiGLU into a buffer and the down
-/// product, for every dtype the tiles take; several tasks of gate rows (160 of them:
-/// 64, 64 and 32), a last token tile part full, and batches split into segments. It
+/// product, for every dtype the tiles take; several tasks of gate rows (160 of them,
+/// at more than 128 tokens 128 and 32), a last token tile part full, and batches split
+/// into segments. It
 /// runs only where both products alone are the AMX GEMM, and refuses a down projection
 /// whose columns are not the gate_up's rows halved.
 #[test]
@@ -858,7 +860,7 @@ fn mlp_on_tiles_matches_the_products_through_buffers() {
     let down = Owned::new(&mut rng, d, f);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for ((name, gu), (_, dn)) in gate_up.all().into_iter().zip(down.all()).filter(|((name, _), _)| !name.starts_with('f')) {
-        for lens in [vec![2], vec![40], vec![67], vec![32, 35], vec![3, 40]] {
+        for lens in [vec![2], vec![40], vec![67], vec![32, 35], vec![3, 40], vec![130], vec![64, 70]] {
             let n: usize = lens.iter().sum();
             let x: Vec<f32> = rng.vec(n * d).into_iter().map(|v| 4.0 * v).collect();
             let mut fused = vec![f32::NAN; n * d];
