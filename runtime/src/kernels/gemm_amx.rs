@@ -27,7 +27,7 @@
 //! tile here is 64-byte aligned. Measured in a bare 2 x 2 loop on one core: 2617
 //! GFLOP/s from L1, ~2000 from L2, against a peak of ~3200 with no loads.
 //!
-//! Each parallel task owns a block of up to [`rows_per_task`] weight rows. It sweeps the
+//! Each parallel task owns a block of up to [`task_rows`] weight rows. It sweeps the
 //! columns one slice at a time (up to [`SLICE_COLS`], fewer for more than 128 tokens:
 //! [`slice_cols`]), so that the tiles that meet stay in L1 and L2,
 //! and within a slice one pair of weight strips (32 rows) at a time against every
@@ -93,7 +93,7 @@ const SLICE_COLS: usize = 2048;
 /// Bytes of every token's part of a slice at most (128 tokens of 2048 columns; 256
 /// columns, the least, from 1024 tokens on). Narrow slices keep a strip pair's tiles
 /// of the slice (16 KiB at 256 columns) in L1 while every token pair meets them, and
-/// fewer rows per task ([`rows_per_task`]) keep its results between slices in L2; wide ones load
+/// fewer rows per task ([`task_rows`]) keep its results between slices in L2; wide ones load
 /// and store those results fewer times. The token tiles and the results are loaded
 /// with the hint that they are not read again soon ([`amx::load_once`]), which keeps
 /// them from pushing the strip pair's tiles out of L1: with it, 512 columns at 512
@@ -123,7 +123,7 @@ const STREAM_BYTES: usize = 32 << 20;
 /// 115.1-119.8, bf16 123.8-127.8 against 130.3-135.3, q4_k level; 128 tokens q8_0
 /// 150.2-152.6 against 156.4-159.7; at 256 tokens 128 and 256 rows level, 512 and 1024
 /// 3-5% slower.
-fn rows_per_task(n: usize) -> usize {
+fn task_rows(n: usize) -> usize {
     if n <= 128 {
         1024
     } else {
@@ -238,7 +238,7 @@ fn pack<'a>(x: &[f32], n: usize, k: usize, acts: &'a mut Vec<u16>) -> &'a [u16] 
 }
 
 /// `w`'s products with the packed activations of `n` tokens (`acts`, `w.cols` deep),
-/// in parallel tasks of up to [`rows_per_task`] weight rows, the results to `out`.
+/// in parallel tasks of up to [`task_rows`] weight rows, the results to `out`.
 ///
 /// # Safety
 /// As [`matmul`]; `acts` must hold `n.div_ceil(16)` token tiles of `w.cols / 32`
@@ -251,7 +251,7 @@ unsafe fn sweep(w: &Matrix, acts: &[u16], n: usize, out: Out) {
         Out::Rows { .. } => (w.rows, 1),
         Out::Swiglu { half, .. } => (half, 2),
     };
-    let nb_max = (rows_per_task(n) / per_row).min(rows.next_multiple_of(2 * TILE / per_row));
+    let nb_max = (task_rows(n) / per_row).min(rows.next_multiple_of(2 * TILE / per_row));
     // Per task: two strip pairs' packed slices (the one in use, the next being
     // filled), two stagings of four result tiles (a block's, and the one before it
     // being written out) and the results between slices.
