@@ -62,7 +62,8 @@ use std::cell::RefCell;
 use super::amx::{self, TileConfig};
 use super::matrix::{Matrix, MatrixData};
 use super::q4_avx2::{block_scales, q4_k_scales};
-use super::tasks::{for_each_row_block, for_each_task, grow_aligned, with_local, SendPtr};
+use super::tasks::{for_each_row_block, for_each_task, grow_huge, with_local, SendPtr};
+use crate::model::buffer::Buffer;
 
 /// Rows of a tile: weight rows per strip, tokens per token tile.
 const TILE: usize = 16;
@@ -70,6 +71,22 @@ const TILE: usize = 16;
 const CHUNK: usize = 32;
 /// u16 elements of one packed activation tile.
 const ACT_TILE: usize = TILE * CHUNK;
+
+/// u16 elements from one token tile's packed activations to the next's: a tile per 32
+/// columns, rounded up to an odd multiple of 16 tiles (16 KiB). A slice of 512 tokens
+/// reads 16 tiles of each of its 32 token tiles; at a power-of-two stride (64 KiB for
+/// 2048 columns, 256 KiB for 8192) those parts all fall on the same one or two
+/// sixteen-KiB stretches of the L2's sets (a 2 MiB 16-way L2 repeats every 128 KiB),
+/// at an odd multiple of 16 KiB on all eight of them. Measured with the scratch on 2 MiB
+/// pages (1B q8_0, 512 tokens, `prompt_floor`, 3 alternating rounds): 516-529 ms at the
+/// power-of-two stride, 479-482 with one tile more, 447-451 like this.
+fn token_tile_stride(chunks: usize) -> usize {
+    let mut s = chunks.next_multiple_of(16);
+    if (s / 16).is_multiple_of(2) {
+        s += 16;
+    }
+    s * ACT_TILE
+}
 /// Below this many tokens the AVX-512 kernels take the batch (bf16: [`BF16_MIN_BATCH`]).
 pub const MIN_BATCH: usize = 8;
 /// bf16 weights come here from fewer tokens: below [`MIN_BATCH`] they would take the
@@ -149,9 +166,9 @@ pub fn fits(w: &Matrix) -> bool {
 
 thread_local! {
     /// The calling thread's packed activations, grown to the largest call and reused.
-    static ACTS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    static ACTS: RefCell<Buffer<u16>> = RefCell::new(Buffer::default());
     /// The calling thread's SwiGLU tiles between [`mlp`]'s two products.
-    static HIDDEN: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    static HIDDEN: RefCell<Buffer<u16>> = RefCell::new(Buffer::default());
 }
 
 /// `y = x W^T` for a `W` that [`fits`]: `x` is `n x w.cols`, `y` `n x w.rows`.
@@ -185,7 +202,7 @@ pub unsafe fn mlp(gate_up: &Matrix, down: &Matrix, x: &[f32], n: usize, y: &mut 
     with_local(&ACTS, |acts| {
         let acts = pack(x, n, gate_up.cols, acts);
         with_local(&HIDDEN, |hidden| {
-            let hidden = grow_aligned(hidden, n.div_ceil(TILE) * (half / CHUNK) * ACT_TILE);
+            let hidden = grow_huge(hidden, n.div_ceil(TILE) * token_tile_stride(half / CHUNK));
             sweep(gate_up, acts, n, Out::Swiglu { tiles: SendPtr(hidden.as_mut_ptr()), half });
             sweep(down, hidden, n, Out::rows(y, n, down.rows));
         })
@@ -222,16 +239,16 @@ impl Out {
 
 /// `x` (`n` rows of `k`) packed into the calling thread's activation tiles (see
 /// [`pack_tokens`]), `n / 16` token tiles of `k / 32` tiles each.
-fn pack<'a>(x: &[f32], n: usize, k: usize, acts: &'a mut Vec<u16>) -> &'a [u16] {
+fn pack<'a>(x: &[f32], n: usize, k: usize, acts: &'a mut Buffer<u16>) -> &'a [u16] {
     let chunks = k / CHUNK;
-    // Every tile on a 64-byte boundary: a tile load whose rows straddle cache lines
-    // runs at a sixth of the speed (Sapphire Rapids, 1 KiB from L1: ~45 cycles
-    // against ~8), and the allocator gives only 16-byte alignment.
-    let acts = grow_aligned(acts, n.div_ceil(TILE) * chunks * ACT_TILE);
+    // Every tile on a 64-byte boundary (the map is page-aligned): a tile load whose rows
+    // straddle cache lines runs at a sixth of the speed (Sapphire Rapids, 1 KiB from
+    // L1: ~45 cycles against ~8).
+    let acts = grow_huge(acts, n.div_ceil(TILE) * token_tile_stride(chunks));
     let ap = SendPtr(acts.as_mut_ptr());
     for_each_task(n.div_ceil(TILE), |tt| {
         // SAFETY: token tile `tt` alone writes its own `chunks` tiles.
-        let dst = unsafe { std::slice::from_raw_parts_mut(ap.get().add(tt * chunks * ACT_TILE), chunks * ACT_TILE) };
+        let dst = unsafe { std::slice::from_raw_parts_mut(ap.get().add(tt * token_tile_stride(chunks)), chunks * ACT_TILE) };
         pack_tokens(x, n, k, tt, dst);
     });
     acts
@@ -245,7 +262,7 @@ fn pack<'a>(x: &[f32], n: usize, k: usize, acts: &'a mut Vec<u16>) -> &'a [u16] 
 /// tiles, and `out` room for every result it is to take.
 unsafe fn sweep(w: &Matrix, acts: &[u16], n: usize, out: Out) {
     let token_tiles = n.div_ceil(TILE);
-    assert!(acts.len() >= token_tiles * (w.cols / CHUNK) * ACT_TILE);
+    assert!(acts.len() >= token_tiles * token_tile_stride(w.cols / CHUNK));
     // A task's rows: weight rows, or gate rows with their up rows beside them.
     let (rows, per_row) = match out {
         Out::Rows { .. } => (w.rows, 1),
@@ -483,7 +500,7 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
                     return;
                 }
                 let col = strip(e.s).0;
-                let at = tiles.get().add(((e.tt + dt) * (half / CHUNK) + col / CHUNK) * ACT_TILE);
+                let at = tiles.get().add((e.tt + dt) * token_tile_stride(half / CHUNK) + col / CHUNK * ACT_TILE);
                 swiglu_to_tiles(tile(dt), tile(2 + dt), at.add(col % CHUNK / 2 * 2 * TILE));
             }
         }
@@ -524,8 +541,8 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
             while tt < token_tiles {
                 let tokens = 2.min(token_tiles - tt);
                 let src = if tt == 0 { sources } else { [None, None] };
-                let b0 = acts.as_ptr().add((tt * chunks + c0 / CHUNK) * ACT_TILE) as *const u8;
-                let b1 = b0.wrapping_add(chunks * ACT_TILE * 2);
+                let b0 = acts.as_ptr().add(tt * token_tile_stride(chunks) + c0 / CHUNK * ACT_TILE) as *const u8;
+                let b1 = b0.wrapping_add(token_tile_stride(chunks) * 2);
                 // The four accumulators of strips s, s + 1 by token tiles tt, tt + 1
                 // in `partial`: [strip][token tile][16 x 16].
                 let acc = |ds: usize, dt: usize| partial.wrapping_add(((s + ds) * token_tiles + tt + dt) * TILE * TILE) as *mut u8;
@@ -1073,6 +1090,21 @@ mod tests {
     use super::*;
     use olmo_format::{DType, Layout};
 
+    /// A token tile's stride holds its tiles and is an odd multiple of 16 tiles, so
+    /// the 512-token slices of successive token tiles land on different stretches of
+    /// the L2's sets.
+    #[test]
+    fn token_tiles_are_an_odd_multiple_of_16_tiles_apart() {
+        for chunks in 1..=1024 {
+            let tiles = token_tile_stride(chunks) / ACT_TILE;
+            assert_eq!(token_tile_stride(chunks) % ACT_TILE, 0);
+            assert!(tiles >= chunks && tiles < chunks + 32, "{chunks}: {tiles}");
+            assert!(tiles.is_multiple_of(16) && !(tiles / 16).is_multiple_of(2), "{chunks}: {tiles}");
+        }
+        assert_eq!(token_tile_stride(64), 80 * ACT_TILE);
+        assert_eq!(token_tile_stride(256), 272 * ACT_TILE);
+    }
+
     /// Results streamed past the caches are the bits stored as usual: rows that are a
     /// whole tile and rows that are not, and tokens past a whole tile.
     #[test]
@@ -1084,7 +1116,7 @@ mod tests {
         let weights: Vec<u16> = (0..rows * cols).map(|i| half::bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0).to_bits()).collect();
         let w = Matrix::row_major(rows, cols, MatrixData::BF16(&weights));
         let x: Vec<f32> = (0..n * cols).map(|i| ((i * 53 % 97) as f32 - 48.0) / 32.0).collect();
-        let mut acts = Vec::new();
+        let mut acts = Buffer::default();
         let acts = pack(&x, n, cols, &mut acts);
         let run = |stream: bool| {
             let mut y = vec![f32::NAN; n * rows + 16];

@@ -4,6 +4,8 @@
 
 use std::cell::RefCell;
 
+use crate::model::buffer::{Buffer, Zeroable};
+
 /// How far ahead (bytes) the matvec kernels of every instruction set prefetch their
 /// weight stream (f32: `avx2::F32_PREFETCH`). Here, not in one instruction set's file,
 /// so that the kernel files do not import one another for it. For q8_0, 4 KiB ahead measured 15-20% faster than 768 bytes on
@@ -122,6 +124,22 @@ pub(crate) fn grow_aligned<T: Clone + Default>(v: &mut Vec<T>, len: usize) -> &m
     grow(v, len + slack);
     let at = v.as_ptr().align_offset(64).min(slack);
     &mut v[at..][..len]
+}
+
+/// Grows `buf` to at least `len` zeroed elements (never shrinks it; contents are not
+/// kept when it grows) and returns its first `len`: scratch in a map of its own, on 2
+/// MiB pages where the kernel allows them ([`Buffer`]), page-aligned. For scratch whose
+/// layout is chosen for the L2's sets: on 4 KiB pages the sets a page's lines fall in
+/// depend on where the page lands, and the same kernel ran fast or a third slow from
+/// one process to the next (`gemm_amx::token_tile_stride`). Out of memory aborts, as a
+/// `Vec`'s growth does.
+pub(crate) fn grow_huge<T: Zeroable>(buf: &mut Buffer<T>, len: usize) -> &mut [T] {
+    if buf.len() < len {
+        *buf = Buffer::zeroed(len).unwrap_or_else(|| {
+            std::alloc::handle_alloc_error(std::alloc::Layout::array::<T>(len).unwrap_or(std::alloc::Layout::new::<T>()))
+        });
+    }
+    &mut buf[..len]
 }
 
 /// Grows `v` to at least `len` elements (never shrinks it).

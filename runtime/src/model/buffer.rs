@@ -34,6 +34,9 @@ pub unsafe trait Zeroable: Copy {}
 unsafe impl Zeroable for f32 {}
 // SAFETY: as for f32; `f16` is a transparent `u16`.
 unsafe impl Zeroable for f16 {}
+// SAFETY: all-zero bits are 0, and every bit pattern is some value (bf16 bits in the
+// kernels' scratch).
+unsafe impl Zeroable for u16 {}
 
 /// `len` zeroed elements in their own memory map.
 pub struct Buffer<T: Zeroable = f32> {
@@ -62,6 +65,13 @@ impl<T: Zeroable> Buffer<T> {
             let _ = map.advise_range(memmap2::Advice::HugePage, offset, bytes);
         }
         Some(Buffer { map: Some(map), offset, len, _element: PhantomData })
+    }
+}
+
+impl<T: Zeroable> Default for Buffer<T> {
+    /// An empty buffer (no map).
+    fn default() -> Buffer<T> {
+        Buffer { map: None, offset: 0, len: 0, _element: PhantomData }
     }
 }
 
