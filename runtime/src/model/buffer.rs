@@ -1,5 +1,6 @@
 //! Zeroed buffers of floats (`f32`, or `f16` for a half-size KV cache) for the run
-//! state, in anonymous memory maps backed by 2 MiB pages where the kernel allows it.
+//! state, and of bf16 bits for the kernels' tile scratch (`kernels::tasks::grow_huge`),
+//! in anonymous memory maps backed by 2 MiB pages where the kernel allows it.
 //!
 //! A decode step's attention reads each head's cached keys and values, a few KiB to a
 //! few MiB per head spread over the whole KV cache; with 4 KiB pages nearly every
@@ -136,6 +137,16 @@ mod tests {
         assert_eq!(b.as_ptr() as usize % HUGE_PAGE, 0);
         b[HUGE_PAGE / 2 + 4] = f16::ONE;
         assert_eq!(b[HUGE_PAGE / 2 + 4], f16::ONE);
+    }
+
+    #[test]
+    fn default_buffers_are_empty_and_u16_ones_huge_aligned() {
+        assert!(Buffer::<u16>::default().is_empty());
+        let mut b = Buffer::<u16>::zeroed(HUGE_PAGE / 2 + 7).unwrap();
+        assert!(b.iter().all(|&v| v == 0));
+        assert_eq!(b.as_ptr() as usize % HUGE_PAGE, 0);
+        b[HUGE_PAGE / 2 + 6] = 0xBEEF;
+        assert_eq!(b[HUGE_PAGE / 2 + 6], 0xBEEF);
     }
 
     #[test]
