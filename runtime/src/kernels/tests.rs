@@ -3,7 +3,7 @@
 use half::{bf16, f16};
 
 use super::activations::QuantX;
-use super::tasks::par_rows_guided;
+use super::tasks::{grow_huge, par_rows_guided};
 use super::*;
 
 struct Rng(u64);
@@ -886,4 +886,19 @@ fn mlp_on_tiles_matches_the_products_through_buffers() {
             assert!(!mlp(Kernels::Amx, &gu, &narrow, &x, &lens, &mut fused[..]), "{name}: widths checked");
         }
     }
+}
+
+/// The tile scratch grows to the largest call, keeps its map for smaller ones, and
+/// starts page-aligned (a big one on a 2 MiB boundary), zeroed when it grows.
+#[test]
+fn huge_scratch_grows_only_and_stays_aligned() {
+    let mut b = crate::model::buffer::Buffer::<u16>::default();
+    let small = grow_huge(&mut b, 1000).as_ptr();
+    assert_eq!(small as usize % 4096, 0);
+    assert_eq!(grow_huge(&mut b, 10).len(), 10);
+    assert_eq!(grow_huge(&mut b, 10).as_ptr(), small, "a smaller call keeps the map");
+    let big = grow_huge(&mut b, 3 << 20);
+    assert_eq!(big.len(), 3 << 20);
+    assert_eq!(big.as_ptr() as usize % (2 << 20), 0);
+    assert!(big.iter().all(|&v| v == 0));
 }
