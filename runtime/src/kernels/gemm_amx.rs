@@ -88,7 +88,7 @@ fn token_tile_stride(chunks: usize) -> usize {
     s * ACT_TILE
 }
 /// Below this many tokens the AVX-512 kernels take the batch (bf16: [`BF16_MIN_BATCH`]).
-pub const MIN_BATCH: usize = 8;
+const MIN_BATCH: usize = 8;
 /// bf16 weights come here from fewer tokens: below [`MIN_BATCH`] they would take the
 /// exact float GEMM, twice as slow as the tiles. The 1B bf16's prompt chunks
 /// (`prefill_chunks`, 2 threads, Sapphire Rapids), alone and eight read together, ms
@@ -454,6 +454,7 @@ fn slices<'a>(w: &'a Matrix<'a>, cut: usize) -> impl Iterator<Item = (Matrix<'a>
 #[allow(clippy::too_many_arguments)]
 unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed: &mut [u16], stage: &mut [f32], partial: &mut [f32], out: Out) {
     let chunks = w.cols / CHUNK;
+    let act_stride = token_tile_stride(chunks);
     // Strip `s`'s first row of `w` and how many rows it has (at most 16).
     let strip = |s: usize| match out {
         Out::Rows { .. } => (r0 + s * TILE, TILE.min(nb - s * TILE)),
@@ -541,8 +542,8 @@ unsafe fn task(w: &Matrix, r0: usize, nb: usize, acts: &[u16], n: usize, packed:
             while tt < token_tiles {
                 let tokens = 2.min(token_tiles - tt);
                 let src = if tt == 0 { sources } else { [None, None] };
-                let b0 = acts.as_ptr().add(tt * token_tile_stride(chunks) + c0 / CHUNK * ACT_TILE) as *const u8;
-                let b1 = b0.wrapping_add(token_tile_stride(chunks) * 2);
+                let b0 = acts.as_ptr().add(tt * act_stride + c0 / CHUNK * ACT_TILE) as *const u8;
+                let b1 = b0.wrapping_add(act_stride * 2);
                 // The four accumulators of strips s, s + 1 by token tiles tt, tt + 1
                 // in `partial`: [strip][token tile][16 x 16].
                 let acc = |ds: usize, dt: usize| partial.wrapping_add(((s + ds) * token_tiles + tt + dt) * TILE * TILE) as *mut u8;

@@ -258,10 +258,11 @@ pub fn matvec_with(k: Kernels, w: &Matrix, x: &[f32], y: &mut [f32]) {
 
 /// With AVX2 (and no AVX-512: [`AVX512_FLOAT_DECODE`]), up to this many tokens, a
 /// float matrix is multiplied in one pass over its rows instead of by the GEMM, whose
-/// packing of every weight tile costs more than it saves on so few tokens. Kernels bench, 16384 x 2048, 2 threads: at 3 tokens one pass ran at
-/// 40 (f32) and 50 (f16) GFLOP/s against the GEMM's 22 and 25; at 4, 36 and 55 against
-/// 33 and 39; at 8 (two passes) the GEMM led, 52 and 62 against 36 and 56. A 4-token
-/// prompt on the 1B f32 shape: 285 ms against 500.
+/// packing of every weight tile costs more than it saves on so few tokens. Kernels
+/// bench, 16384 x 2048, 2 threads: at 3 tokens one pass ran at 40 (f32) and 50 (f16)
+/// GFLOP/s against the GEMM's 22 and 25; at 4, 36 and 55 against 33 and 39; at 8 (two
+/// passes) the GEMM led, 52 and 62 against 36 and 56. A 4-token prompt on the 1B f32
+/// shape: 285 ms against 500.
 pub const SMALL_BATCH: usize = 4;
 
 /// With AVX-512, float batches of up to this many tokens take the decode kernel

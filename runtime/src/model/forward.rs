@@ -458,11 +458,11 @@ pub struct Chunk<'a> {
 /// non-empty and as [`forward_batch_in`] takes it) and returns the last-position
 /// logits of each chunk that asks for them (`Chunk::logits`), a row each in `chunks`'
 /// order; the others skip the final norm and `lm_head` (for the 1B's q8_0 lm_head, a
-/// read of 218 MB). A chunk's logits and the
-/// cache it leaves are exactly those [`forward_batch_in`] with [`LogitRows::Last`]
-/// gives it alone: each product runs the kernel the chunk alone would, over every
-/// chunk at once where that is one kernel (`kernels::matmul_segments`; the weights
-/// are then read once for all), and attention runs chunk by chunk. So a prompt's
+/// read of 218 MB). A chunk's logits and the cache it leaves are exactly those
+/// [`forward_batch_in`] with [`LogitRows::Last`] gives it alone: each product runs the
+/// kernel the chunk alone would, over every chunk at once where that is one kernel
+/// (`kernels::matmul_segments`; the weights are then read once for all), and attention
+/// runs chunk by chunk. So a prompt's
 /// numbers do not depend on the prompts read beside it.
 ///
 /// Panics on chunks that break these rules, as [`forward_rows`] does.
