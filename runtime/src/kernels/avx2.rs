@@ -16,7 +16,7 @@ use super::activations::QuantX;
 use super::exp::exp8;
 use super::kv_element::KvElement;
 use super::matrix::{Matrix, MatrixData};
-use super::tasks::{for_each_task, grow, min_rows_per_block, par_row_groups, par_rows_guided, rows_per_sub_block, rows_per_task, with_local, SendPtr, PREFETCH, PREFETCH_L2};
+use super::tasks::{for_each_task, grow, min_rows_per_block, par_row_groups, par_rows_guided, rows_per_sub_block, rows_per_task, with_local, prefetch_weights, SendPtr, PREFETCH};
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -104,8 +104,7 @@ unsafe fn rows_float<L: Widen>(w: *const L::E, cols: usize, r0: usize, x: &[f32]
             // The 64 (16-bit) or 128 (f32) bytes of this pass, `L::PREFETCH` ahead into
             // L1 and `PREFETCH_L2` ahead into L2.
             for line in (0..32 * std::mem::size_of::<L::E>()).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>((p.add(c) as *const i8).wrapping_add(L::PREFETCH + line));
-                _mm_prefetch::<_MM_HINT_T1>((p.add(c) as *const i8).wrapping_add(PREFETCH_L2 + line));
+                prefetch_weights((p.add(c) as *const i8).wrapping_add(line), L::PREFETCH);
             }
             for (j, a) in a.iter_mut().enumerate() {
                 *a = _mm256_fmadd_ps(L::load8(p.add(c + 8 * j)), _mm256_loadu_ps(xp.add(c + 8 * j)), *a);
@@ -151,8 +150,7 @@ unsafe fn rows_float_few<L: Widen, const N: usize>(
             // As `rows_float` prefetches: the first tokens of a batch read the rows from
             // memory (the rest from L2).
             for line in (0..16 * std::mem::size_of::<L::E>()).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>((p.add(c) as *const i8).wrapping_add(L::PREFETCH + line));
-                _mm_prefetch::<_MM_HINT_T1>((p.add(c) as *const i8).wrapping_add(PREFETCH_L2 + line));
+                prefetch_weights((p.add(c) as *const i8).wrapping_add(line), L::PREFETCH);
             }
             let w0 = L::load8(p.add(c));
             let w1 = L::load8(p.add(c + 8));
@@ -276,8 +274,7 @@ unsafe fn rows_bf16(w: *const u16, cols: usize, r0: usize, x: &[f32], xd: &[f32]
         let mut a = [_mm256_setzero_ps(); 4];
         let mut c = 0;
         while c + 32 <= whole {
-            _mm_prefetch::<_MM_HINT_T0>((p.add(c) as *const i8).wrapping_add(WBF16::PREFETCH));
-            _mm_prefetch::<_MM_HINT_T1>((p.add(c) as *const i8).wrapping_add(PREFETCH_L2));
+            prefetch_weights(p.add(c) as *const i8, WBF16::PREFETCH);
             for (h, a) in a.chunks_exact_mut(2).enumerate() {
                 let v = _mm256_loadu_si256(p.add(c + 16 * h) as *const __m256i);
                 let even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
@@ -423,8 +420,7 @@ unsafe fn rows_q8_0_r<const R: usize>(
                 let xv = _mm256_loadu_si256(xqp.add(b * 32) as *const __m256i);
                 let xv2 = _mm256_loadu_si256(xqp.add(b * 32 + 32) as *const __m256i);
                 for j in 0..R {
-                    _mm_prefetch::<_MM_HINT_T0>(q[j].wrapping_add(b * 32 + PREFETCH));
-                    _mm_prefetch::<_MM_HINT_T1>(q[j].wrapping_add(b * 32 + PREFETCH_L2));
+                    prefetch_weights(q[j].wrapping_add(b * 32), PREFETCH);
                     let wv = _mm256_loadu_si256(q[j].add(b * 32) as *const __m256i);
                     let wv2 = _mm256_loadu_si256(q[j].add(b * 32 + 32) as *const __m256i);
                     acc[j] = _mm256_fmadd_ps(dot_q8(wv, xv), _mm256_set1_ps(d[j][k]), acc[j]);
@@ -641,8 +637,7 @@ unsafe fn rows_q8_0_few<const N: usize>(
             }
             for k in (0..8).step_by(2) {
                 let b = g * 8 + k;
-                _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(b * 32 + PREFETCH));
-                _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(b * 32 + PREFETCH_L2));
+                prefetch_weights(q.wrapping_add(b * 32), PREFETCH);
                 let wv = _mm256_loadu_si256(q.add(b * 32) as *const __m256i);
                 let wv2 = _mm256_loadu_si256(q.add(b * 32 + 32) as *const __m256i);
                 for t in 0..N {

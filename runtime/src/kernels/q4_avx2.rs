@@ -21,7 +21,7 @@ use olmo_format::{q4, DType};
 
 use super::activations::QuantX;
 use super::matrix::Matrix;
-use super::tasks::{min_rows_per_block, par_rows_guided, par_rows_many, rows_per_sub_block, with_local, Q4_PREFETCH, PREFETCH_L2};
+use super::tasks::{min_rows_per_block, par_rows_guided, par_rows_many, rows_per_sub_block, with_local, prefetch_weights, Q4_PREFETCH};
 
 const TILE: usize = q4::TILE_BYTES;
 
@@ -84,8 +84,7 @@ unsafe fn groups(dtype: DType, tiles: &[u8], chunks: usize, r0: usize, x: &Quant
         for t in 0..chunks {
             let tile = base.add(t * TILE);
             for line in (0..TILE).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(tile.wrapping_add(Q4_PREFETCH + line) as *const i8);
-                _mm_prefetch::<_MM_HINT_T1>(tile.wrapping_add(PREFETCH_L2 + line) as *const i8);
+                prefetch_weights(tile.wrapping_add(line) as *const i8, Q4_PREFETCH);
             }
             acc = match dtype {
                 DType::Q4_0 => tile_q4_0(tile, x, t * 8, acc),

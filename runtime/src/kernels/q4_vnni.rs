@@ -48,7 +48,7 @@ use olmo_format::{q4, DType};
 
 use super::activations::QuantX;
 use super::matrix::Matrix;
-use super::tasks::{min_rows_per_block, par_row_groups, par_rows_guided, rows_per_sub_block, with_local, SendPtr, Q4_PREFETCH, PREFETCH_L2};
+use super::tasks::{min_rows_per_block, par_row_groups, par_rows_guided, rows_per_sub_block, with_local, SendPtr, prefetch_weights, Q4_PREFETCH};
 
 const TILE: usize = q4::TILE_BYTES;
 const ROWS: usize = q4::TILE_ROWS;
@@ -175,8 +175,7 @@ unsafe fn rows<const N: usize, const K: bool>(tiles: *const u8, chunks: usize, r
             // 131072 x 2048 from DRAM, a 28-34 GB/s stream) read q4_0 at 25.5-25.7
             // GB/s instead of 20.0-21.7, q4_k at 27.2 instead of 20.2-21.2.
             for line in [q4::QUANT_BYTES, q4::QUANT_BYTES + 64] {
-                _mm_prefetch::<_MM_HINT_T0>(tile.wrapping_add(Q4_PREFETCH + line) as *const i8);
-                _mm_prefetch::<_MM_HINT_T1>(tile.wrapping_add(PREFETCH_L2 + line) as *const i8);
+                prefetch_weights(tile.wrapping_add(line) as *const i8, Q4_PREFETCH);
             }
             if K {
                 tile_q4_k(tile, &xs, t * 8, &mut acc);
@@ -198,10 +197,8 @@ unsafe fn rows<const N: usize, const K: bool>(tiles: *const u8, chunks: usize, r
 #[inline(always)]
 unsafe fn block_dots<const N: usize>(tile: *const u8, blk: usize, x: &[Act; N], xb: usize, init: [__m256i; N]) -> [__m256i; N] {
     let (low, high) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0xF0u8 as i8));
-    _mm_prefetch::<_MM_HINT_T0>(tile.wrapping_add(Q4_PREFETCH + 128 * blk) as *const i8);
-    _mm_prefetch::<_MM_HINT_T0>(tile.wrapping_add(Q4_PREFETCH + 128 * blk + 64) as *const i8);
-    _mm_prefetch::<_MM_HINT_T1>(tile.wrapping_add(PREFETCH_L2 + 128 * blk) as *const i8);
-    _mm_prefetch::<_MM_HINT_T1>(tile.wrapping_add(PREFETCH_L2 + 128 * blk + 64) as *const i8);
+    prefetch_weights(tile.wrapping_add(128 * blk) as *const i8, Q4_PREFETCH);
+    prefetch_weights(tile.wrapping_add(128 * blk + 64) as *const i8, Q4_PREFETCH);
     let mut lo = init;
     let mut hi = [_mm256_setzero_si256(); N];
     for j in 0..4 {

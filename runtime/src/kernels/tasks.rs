@@ -38,6 +38,21 @@ pub(crate) const PREFETCH: usize = 6144;
 /// slower). Not measured on the AMD machines, whose L1 and L2 differ.
 pub(crate) const PREFETCH_L2: usize = 12288;
 
+/// Asks for the weight line at `line + l1` into L1 and the one at `line +`
+/// [`PREFETCH_L2`] into L2: a matvec kernel's prefetch of its weight stream, `l1` its
+/// distance into L1 ([`PREFETCH`], [`Q4_PREFETCH`], ...).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_weights(line: *const i8, l1: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+    // SAFETY: a prefetch loads nothing into registers and never faults, whatever the
+    // address; `wrapping_add` keeps the address arithmetic defined past the buffer.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(l1));
+        _mm_prefetch::<_MM_HINT_T1>(line.wrapping_add(PREFETCH_L2));
+    }
+}
+
 /// The 4-bit matvec kernels' prefetch distance into L1: shorter than the others'. On
 /// Sapphire Rapids (2 threads, 1B decode steps alternating in one run), with L1
 /// prefetches alone (memory at ~30 GB/s), q4_0 steps took 27.4-28.2 ms at 2 KiB against
