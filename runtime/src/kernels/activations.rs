@@ -10,6 +10,9 @@ pub(crate) struct QuantX {
     /// Per block, the sum of its quants: what a 4-bit product's offsets multiply
     /// (filled by [`QuantX::pad_and_sum`] only).
     pub sums: Vec<i32>,
+    /// Per block, `scales[b] * sums[b] as f32`: what q4_k's mins multiply, computed
+    /// once per product instead of once per group of rows (with `sums`).
+    pub scaled_sums: Vec<f32>,
 }
 
 impl Default for QuantX {
@@ -20,7 +23,7 @@ impl Default for QuantX {
 
 impl QuantX {
     pub(crate) const fn new() -> QuantX {
-        QuantX { quants: Vec::new(), scales: Vec::new(), sums: Vec::new() }
+        QuantX { quants: Vec::new(), scales: Vec::new(), sums: Vec::new(), scaled_sums: Vec::new() }
     }
 
     /// After quantising `len` values: zeros the blocks from there up to `blocks` (the
@@ -36,9 +39,11 @@ impl QuantX {
         self.scales[used..blocks].fill(0.0);
         if self.sums.len() < blocks {
             self.sums.resize(blocks, 0);
+            self.scaled_sums.resize(blocks, 0.0);
         }
-        for (s, q) in self.sums[..blocks].iter_mut().zip(self.quants.chunks_exact(32)) {
-            *s = q.iter().map(|&v| v as i32).sum();
+        for (b, q) in self.quants[..blocks * 32].chunks_exact(32).enumerate() {
+            self.sums[b] = q.iter().map(|&v| v as i32).sum();
+            self.scaled_sums[b] = self.scales[b] * self.sums[b] as f32;
         }
     }
 

@@ -36,7 +36,7 @@ use olmo_format::{q4, DType};
 
 use super::activations::QuantX;
 use super::gemm_q8::{for_each_tile, kernel, pack_group, MIN, NEG, SCALE};
-use super::q4_vnni::q4_k_scales;
+use super::q4_avx2::q4_k_scales;
 use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr};
 
 /// Tokens per micro-kernel call: the q8_0 GEMM's, whose sweep order this one shares
@@ -159,9 +159,7 @@ unsafe fn pack_weights(q4k: bool, tiles: &[u8], rows: usize, k: usize, r0: usize
                 let (t, blk) = (b / 8, b % 8);
                 let tile = tiles.as_ptr().add((g * chunks + t) * TILE);
                 if q4k && blk == 0 {
-                    let (sc, m) = q4_k_scales(tile);
-                    _mm512_storeu_si512(k_scales.0.as_mut_ptr() as *mut _, sc);
-                    _mm512_storeu_si512(k_scales.1.as_mut_ptr() as *mut _, m);
+                    k_scales = q4_k_scales(tile);
                 }
                 let mut sum = zero;
                 for j in 0..4 {

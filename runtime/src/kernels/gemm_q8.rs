@@ -141,7 +141,7 @@ pub(super) unsafe fn pack_group(x: &[f32], n: usize, k: usize, g: usize, row: &m
                 ad[b * MR + i] = 0.0;
             }
             if let Some(asum) = asum.as_deref_mut() {
-                asum[b * MR + i] = if t < n { row.scales[b] * row.sums[b] as f32 } else { 0.0 };
+                asum[b * MR + i] = if t < n { row.scaled_sums[b] } else { 0.0 };
             }
         }
     }

@@ -182,7 +182,7 @@ unsafe fn tile_q4_k(tile: *const u8, x: &QuantX, b0: usize, acc: __m256) -> __m2
         let dx = *x.scales.get_unchecked(xb);
         scaled = _mm256_fmadd_ps(dot, _mm256_set1_ps(dx), scaled);
         let mj = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(m.as_ptr().add(8 * j) as *const __m128i)));
-        mins = _mm256_fmadd_ps(mj, _mm256_set1_ps(dx * *x.sums.get_unchecked(xb) as f32), mins);
+        mins = _mm256_fmadd_ps(mj, _mm256_set1_ps(*x.scaled_sums.get_unchecked(xb)), mins);
     }
     _mm256_fnmadd_ps(dmin, mins, _mm256_fmadd_ps(d, scaled, acc))
 }
