@@ -142,13 +142,16 @@ pub fn avx512_available() -> bool {
     }
 }
 
-/// Whether this CPU can run [`Kernels::Amx`]: [`avx512_available`] with AVX-512 DQ
-/// and BF16 (every CPU with AMX has it), AMX tiles with bf16 and int8 products, and
+/// Whether this CPU can run [`Kernels::Amx`]: [`avx512_available`] with AVX-512 DQ,
+/// VBMI and BF16 (every CPU with AMX has them), AMX tiles with bf16 and int8 products, and
 /// Linux's permission to use them (asked once).
 pub fn amx_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        avx512_available() && is_x86_feature_detected!("avx512dq") && is_x86_feature_detected!("avx512bf16") && amx::available()
+        avx512_available() && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vbmi")
+            && is_x86_feature_detected!("avx512bf16")
+            && amx::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
