@@ -10,7 +10,9 @@ generation_config.json, model.safetensors, heldout.txt), adds:
   of a held-out passage's first tokens and then greedy steps, as for every fixture
   (tools/make_fixture.py's layout);
 - `generate_reference.json`: the prompt text, its ids and the greedy continuation
-  transformers' `generate` gives (ids and text);
+  transformers' `generate` gives (ids and text), plain and with
+  `repetition_penalty` (`penalized_*`: olmort's `--repeat-penalty` with
+  `--repeat-last-n -1`, every token of the context);
 - `perplexity.txt` (the start of heldout.txt) and `perplexity_reference.json`
   (tools/perplexity_reference.py over it for a few window settings).
 
@@ -35,6 +37,7 @@ import reference_tokenizer  # noqa: E402
 
 GENERATE_PROMPT = "And the LORD said unto Moses,"
 GENERATE_TOKENS = 40
+REPETITION_PENALTY = 1.3
 REFERENCE_PROMPT_TOKENS = 8
 REFERENCE_STEPS = 12
 PERPLEXITY_CHARS = 4000
@@ -42,9 +45,11 @@ PERPLEXITY_WINDOWS = [(256, 128), (256, 256), (100, 37)]
 
 
 @torch.no_grad()
-def greedy_generate(model, prompt_ids, new_tokens):
+def greedy_generate(model, prompt_ids, new_tokens, repetition_penalty=1.0):
+    # The scores are the processed ones (after the penalty): the gaps greedy chose by.
     out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=new_tokens, do_sample=False,
-                         output_scores=True, return_dict_in_generate=True, eos_token_id=None)
+                         output_scores=True, return_dict_in_generate=True, eos_token_id=None,
+                         repetition_penalty=repetition_penalty)
     ids = out.sequences[0, len(prompt_ids):].tolist()
     gaps = [float(torch.topk(s[0].float(), 2).values.diff().abs()) for s in out.scores]
     return ids, min(gaps)
@@ -73,10 +78,15 @@ def main(argv=None):
     prompt_ids = reference_tokenizer.encode(encoding, GENERATE_PROMPT)
     ids, gap = greedy_generate(model, prompt_ids, GENERATE_TOKENS)
     text = encoding.decode(ids)
+    penalized, penalized_gap = greedy_generate(model, prompt_ids, GENERATE_TOKENS, REPETITION_PENALTY)
+    penalized_text = encoding.decode(penalized)
     make_fixture.write_json_one_key_per_line(folder / "generate_reference.json", {
         "prompt": GENERATE_PROMPT, "prompt_ids": prompt_ids, "max_new_tokens": GENERATE_TOKENS,
-        "ids": ids, "text": text, "min_top1_gap": gap})
+        "ids": ids, "text": text, "min_top1_gap": gap,
+        "repetition_penalty": REPETITION_PENALTY, "penalized_ids": penalized, "penalized_text": penalized_text,
+        "penalized_min_top1_gap": penalized_gap})
     print(f"generate: {GENERATE_PROMPT!r} -> {text!r} (min top-1 gap {gap:.4f})")
+    print(f"generate, repetition_penalty {REPETITION_PENALTY}: {penalized_text!r} (min top-1 gap {penalized_gap:.4f})")
 
     excerpt = held_out[:PERPLEXITY_CHARS]
     excerpt = excerpt[:excerpt.rindex("\n") + 1]  # whole verses

@@ -91,6 +91,30 @@ fn routes_answers_and_streams() {
     });
 }
 
+/// Repetition penalties per request, as transformers applies `repetition_penalty` over
+/// the whole context: two requests side by side, one penalised and one not, each get the
+/// greedy text transformers generates for it.
+#[test]
+fn penalties_are_per_request_and_match_transformers() {
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(common::fixture("trained").join("generate_reference.json")).unwrap()).unwrap();
+    let body = |extra: &str| {
+        format!(r#"{{"prompt": {}, "max_tokens": {}, "temperature": 0, "ignore_eos": true{extra}}}"#, r["prompt"], r["max_new_tokens"])
+    };
+    let penalized = body(&format!(r#", "repetition_penalty": {}, "repeat_last_n": -1"#, r["repetition_penalty"]));
+    with_server("trained", options(2, 256, 16, 4), |addr, _| {
+        std::thread::scope(|s| {
+            let a = s.spawn(|| post(addr, "/v1/completions", &penalized));
+            let b = s.spawn(|| post(addr, "/v1/completions", &body("")));
+            let (a, b) = (a.join().unwrap().json(), b.join().unwrap().json());
+            assert_eq!(a["choices"][0]["text"], r["penalized_text"]);
+            assert_eq!(b["choices"][0]["text"], r["text"]);
+        });
+        // OpenAI's penalties move the text off the plain loop too.
+        let f = post(addr, "/v1/completions", &body(r#", "frequency_penalty": 0.5, "presence_penalty": 0.5"#)).json();
+        assert_ne!(f["choices"][0]["text"], r["text"]);
+    });
+}
+
 /// Every refusal: its status and an OpenAI error body; the server goes on.
 #[test]
 fn bad_requests_get_openai_errors() {

@@ -252,6 +252,10 @@ fn bad_requests_are_one_line_each() {
     assert!(refused(&[&tiny, ids, "--special"]).contains("--special"));
     assert!(refused(&[&tiny, "--prompt", "a", "--top-p", "1.5"]).contains("--top-p"));
     assert!(refused(&[&tiny, "--prompt", "a", "--temperature=-1"]).contains("--temperature"));
+    assert!(refused(&[&tiny, "--prompt", "a", "--repeat-penalty", "0"]).contains("--repeat-penalty"));
+    assert!(refused(&[&tiny, "--prompt", "a", "--frequency-penalty", "inf"]).contains("--frequency-penalty"));
+    assert!(refused(&[&tiny, "--prompt", "a", "--presence-penalty", "NaN"]).contains("--presence-penalty"));
+    assert!(refused(&[&tiny, "--prompt", "a", "--repeat-last-n", "-2"]).contains("--repeat-last-n"));
     // The tiny model has 128 positions.
     assert!(refused(&[&tiny, "--prompt", "a", "--format", "text", "--max-tokens", "500"])
         .contains("maximum sequence length"));

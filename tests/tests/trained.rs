@@ -41,6 +41,8 @@ struct GenerateReference {
     prompt: String,
     max_new_tokens: usize,
     text: String,
+    repetition_penalty: f32,
+    penalized_text: String,
 }
 
 /// The README's first command: English from a text prompt, as transformers writes it.
@@ -52,6 +54,19 @@ fn greedy_text_is_what_transformers_generates() {
     let n = r.max_new_tokens.to_string();
     let out = olmort(&[&blob, "--prompt", &r.prompt, "--format", "text", "--max-tokens", &n]);
     assert_eq!(out, format!("{}{}", r.prompt, r.text));
+}
+
+/// `--repeat-penalty` over the whole context is transformers' `repetition_penalty`: the
+/// same greedy continuation, which leaves the plain one's loop.
+#[test]
+fn repeat_penalty_is_what_transformers_generates() {
+    let scratch = Scratch::new("trained-penalty");
+    let blob = pack(&scratch, "trained", "f32");
+    let r: GenerateReference = read_json("generate_reference.json");
+    assert_ne!(r.penalized_text, r.text);
+    let (n, penalty) = (r.max_new_tokens.to_string(), r.repetition_penalty.to_string());
+    let args = [&blob, "--prompt", &r.prompt, "--format", "text", "--max-tokens", &n, "--repeat-penalty", &penalty, "--repeat-last-n", "-1"];
+    assert_eq!(olmort(&args), format!("{}{}", r.prompt, r.penalized_text));
 }
 
 #[derive(Deserialize)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use olmo_format::ChatInfo;
 use olmort::generation::generate::{Format, GenerateOptions};
-use olmort::generation::sampling::SamplingParams;
+use olmort::generation::sampling::{SamplingParams, DEFAULT_PENALTY_LAST_N};
 use olmort::generation::session::ChatFormat;
 use olmort::generation::trace::parse_tokens;
 use olmort::text::chat_template::parse_messages;
@@ -62,6 +62,21 @@ pub struct SamplingArgs {
     /// Seed of the sampler (default: from the clock, printed on stderr).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Divide the logit of every token among the last --repeat-last-n of the context
+    /// by P if positive, multiply it if not (1: off; llama.cpp's and HF's repetition
+    /// penalty). Applies to greedy choices too.
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub repeat_penalty: f32,
+    /// Subtract F times each such token's count from its logit (0: off).
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub frequency_penalty: f32,
+    /// Subtract P from each such token's logit once (0: off).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub presence_penalty: f32,
+    /// How many of the context's last tokens (prompt and generated) the penalties look
+    /// at; -1: the whole context, 0: none.
+    #[arg(long, default_value_t = DEFAULT_PENALTY_LAST_N as i64, value_name = "N", allow_negative_numbers = true)]
+    pub repeat_last_n: i64,
 }
 
 impl SamplingArgs {
@@ -79,11 +94,20 @@ impl SamplingArgs {
             }
             None => 0,
         };
+        let penalty_last_n = match self.repeat_last_n {
+            -1 => usize::MAX,
+            n if n >= 0 => n as usize,
+            n => return Err(format!("--repeat-last-n {n} must be -1, 0 or positive")),
+        };
         let sampling = SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             seed,
+            repeat_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            penalty_last_n,
         };
         sampling.validate()?;
         Ok(sampling)
@@ -98,7 +122,9 @@ impl GenerateArgs {
     /// Whether the request is the seed's loop exactly: greedy trace lines, `--steps`
     /// positions, nothing else.
     pub fn is_seed_trace(&self) -> bool {
-        self.format == Format::Trace && self.sampling.temperature == 0.0 && self.max_tokens.is_none()
+        let s = &self.sampling;
+        let penalties = s.repeat_penalty != 1.0 || s.frequency_penalty != 0.0 || s.presence_penalty != 0.0;
+        self.format == Format::Trace && s.temperature == 0.0 && !penalties && self.max_tokens.is_none()
     }
 
     /// The checked options; the seed is drawn here when sampling without one.

@@ -132,6 +132,7 @@ pub fn generate(
         stream: Utf8Stream::new(),
         generated: 0,
     };
+    steps.sampler.set_context(prompt);
     let mut timings = Timings::default();
     if options.format == Format::Text {
         for &id in prompt {

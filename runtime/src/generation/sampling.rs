@@ -1,9 +1,10 @@
 //! Choosing the next token from logits: greedy (temperature 0, the default) or sampled
 //! with temperature, top-k and top-p, from a seeded generator so that the same seed
-//! gives the same tokens.
+//! gives the same tokens; either after repetition penalties on the tokens of the
+//! context's last `penalty_last_n`, as llama.cpp applies them.
 //!
-//! The candidate buffer is allocated once, at the vocabulary's size; a step only writes
-//! into it.
+//! The candidate and penalty buffers are allocated once, at the vocabulary's size; a
+//! step only writes into them.
 
 use crate::model::ops::top_k;
 
@@ -18,7 +19,24 @@ pub struct SamplingParams {
     /// 1 keeps all.
     pub top_p: f32,
     pub seed: u64,
+    /// Penalties on each token that occurs among the last `penalty_last_n` tokens of the
+    /// context (prompt and generated), applied to its logit before the choice, in
+    /// llama.cpp's order and form: divided by `repeat_penalty` if positive, multiplied
+    /// by it if not (HF's `repetition_penalty`; 1 is off), then `frequency_penalty` times
+    /// its count and `presence_penalty` once subtracted (OpenAI's; 0 is off).
+    pub repeat_penalty: f32,
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    /// How many of the context's last tokens the penalties look at; 0 turns them off.
+    pub penalty_last_n: usize,
 }
+
+/// llama.cpp's default window for repetition penalties.
+pub const DEFAULT_PENALTY_LAST_N: usize = 64;
+
+/// The longest penalty window a [`Sampler`] keeps (a larger `penalty_last_n`, such as
+/// "the whole context", is this): 256 KiB of token ids, allocated with the sampler.
+pub const MAX_PENALTY_WINDOW: usize = 1 << 16;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -27,6 +45,10 @@ impl Default for SamplingParams {
             top_k: 0,
             top_p: 1.0,
             seed: 0,
+            repeat_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            penalty_last_n: DEFAULT_PENALTY_LAST_N,
         }
     }
 }
@@ -36,6 +58,11 @@ impl SamplingParams {
         self.temperature == 0.0
     }
 
+    /// Whether any penalty changes a logit.
+    pub fn penalizes(&self) -> bool {
+        self.penalty_last_n > 0 && (self.repeat_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0)
+    }
+
     /// Checks the ranges; the message names the option.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
@@ -43,6 +70,15 @@ impl SamplingParams {
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("--top-p {} must be in (0, 1]", self.top_p));
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return Err(format!("--repeat-penalty {} must be a number > 0", self.repeat_penalty));
+        }
+        if !self.frequency_penalty.is_finite() {
+            return Err(format!("--frequency-penalty {} must be a number", self.frequency_penalty));
+        }
+        if !self.presence_penalty.is_finite() {
+            return Err(format!("--presence-penalty {} must be a number", self.presence_penalty));
         }
         Ok(())
     }
@@ -88,11 +124,62 @@ impl Rng {
     }
 }
 
-/// Chooses tokens; holds the generator and a buffer of (id, weight) candidates.
+/// Chooses tokens; holds the generator, a buffer of (id, weight) candidates and, when
+/// [`SamplingParams::penalizes`], the context's last tokens.
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
     candidates: Vec<(u32, f32)>,
+    penalties: Option<Penalties>,
+}
+
+/// The state of the repetition penalties: the window of recent tokens and the scratch a
+/// step penalises a copy of the logits in.
+struct Penalties {
+    /// The context's last tokens, oldest first once `recent` is full from `next` on (a
+    /// ring of `penalty_last_n`).
+    recent: Vec<u32>,
+    next: usize,
+    /// Per token id, its count in `recent` while a step applies them; zeros between.
+    counts: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+impl Penalties {
+    fn push(&mut self, token: u32, window: usize) {
+        if self.recent.len() < window {
+            self.recent.push(token);
+        } else {
+            self.recent[self.next] = token;
+            self.next = (self.next + 1) % window;
+        }
+    }
+
+    /// `logits` with the penalties applied, in the scratch buffer.
+    fn apply(&mut self, p: &SamplingParams, logits: &[f32]) -> &[f32] {
+        if self.logits.len() != logits.len() {
+            // Only if the model's logits are not `vocab_size` long: sized once.
+            self.logits.resize(logits.len(), 0.0);
+            self.counts.resize(logits.len(), 0);
+        }
+        self.logits.copy_from_slice(logits);
+        for &t in &self.recent {
+            if let Some(c) = self.counts.get_mut(t as usize) {
+                *c += 1;
+            }
+        }
+        for &t in &self.recent {
+            let Some(c) = self.counts.get_mut(t as usize) else { continue };
+            if *c == 0 {
+                continue; // already applied: a token is penalised once, by its count
+            }
+            let l = &mut self.logits[t as usize];
+            *l = if *l <= 0.0 { *l * p.repeat_penalty } else { *l / p.repeat_penalty };
+            *l -= *c as f32 * p.frequency_penalty + p.presence_penalty;
+            *c = 0;
+        }
+        &self.logits
+    }
 }
 
 /// Descending by value, then ascending by id: a total order, so results never depend on
@@ -103,6 +190,7 @@ fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 
 impl Sampler {
     pub fn new(params: SamplingParams, vocab_size: usize) -> Sampler {
+        let params = SamplingParams { penalty_last_n: params.penalty_last_n.min(MAX_PENALTY_WINDOW), ..params };
         Sampler {
             params,
             rng: Rng::new(params.seed),
@@ -111,6 +199,12 @@ impl Sampler {
             } else {
                 Vec::with_capacity(vocab_size)
             },
+            penalties: params.penalizes().then(|| Penalties {
+                recent: Vec::with_capacity(params.penalty_last_n.min(MAX_PENALTY_WINDOW)),
+                next: 0,
+                counts: vec![0; vocab_size],
+                logits: vec![0.0; vocab_size],
+            }),
         }
     }
 
@@ -118,77 +212,101 @@ impl Sampler {
         &self.params
     }
 
-    /// The next token for these logits. NaN logits are never chosen.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.params.is_greedy() {
-            return top_k::<1>(logits)[0].0;
-        }
-        let p = self.params;
-        let c = &mut self.candidates;
-        c.clear();
-        c.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| !v.is_nan())
-                .map(|(i, &v)| (i as u32, v)),
-        );
-        if c.is_empty() {
-            return top_k::<1>(logits)[0].0;
-        }
-        if p.top_k > 0 && p.top_k < c.len() {
-            c.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
-            c.truncate(p.top_k);
-        }
-        let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
-        if max.is_infinite() {
-            // Nothing to weigh by: the best candidate.
-            return c.iter().min_by(|a, b| by_logit_desc(a, b)).map_or(0, |x| x.0);
-        }
-        let inv_t = 1.0 / p.temperature as f64;
-        let weight = |logit: f32| (((logit - max) as f64) * inv_t).exp();
-        if p.top_p < 1.0 {
-            // Keep the shortest best-first prefix reaching top_p of the mass. Only as many
-            // candidates are sorted as the prefix needs: the best 64, then 8 times more...
-            let target = p.top_p as f64 * c.iter().map(|x| weight(x.1)).sum::<f64>();
-            let (mut sorted, mut kept, mut n) = (0, 0.0f64, 0);
-            let mut m = c.len().min(64);
-            'grow: loop {
-                if m < c.len() {
-                    c[sorted..].select_nth_unstable_by(m - sorted - 1, by_logit_desc);
-                }
-                c[sorted..m].sort_unstable_by(by_logit_desc);
-                for x in &c[sorted..m] {
-                    kept += weight(x.1);
-                    n += 1;
-                    if kept >= target {
-                        break 'grow;
-                    }
-                }
-                if m == c.len() {
-                    break;
-                }
-                sorted = m;
-                m = (m * 8).min(c.len());
-            }
-            c.truncate(n.max(1));
-        }
-        let mut total = 0.0f64;
-        for x in c.iter_mut() {
-            let w = weight(x.1);
-            x.1 = w as f32;
-            total += w;
-        }
-        let mut r = self.rng.next_f64() * total;
-        for x in c.iter() {
-            r -= x.1 as f64;
-            if r < 0.0 {
-                return x.0;
+    /// Starts a new context: the penalties look at the last of `tokens` (a prompt) from
+    /// now on, then at each token [`Sampler::sample`] returns.
+    pub fn set_context(&mut self, tokens: &[u32]) {
+        let window = self.params.penalty_last_n;
+        if let Some(p) = &mut self.penalties {
+            p.recent.clear();
+            p.next = 0;
+            for &t in &tokens[tokens.len().saturating_sub(window)..] {
+                p.push(t, window);
             }
         }
-        // Rounding left a sliver: the last candidate with weight.
-        c.iter().rev().find(|x| x.1 > 0.0).unwrap_or(&c[0]).0
     }
+
+    /// The next token for these logits (after the penalties, if any); it joins the
+    /// context the penalties look at. NaN logits are never chosen.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let token = match &mut self.penalties {
+            Some(p) => choose(&self.params, &mut self.rng, &mut self.candidates, p.apply(&self.params, logits)),
+            None => choose(&self.params, &mut self.rng, &mut self.candidates, logits),
+        };
+        if let Some(p) = &mut self.penalties {
+            p.push(token, self.params.penalty_last_n);
+        }
+        token
+    }
+}
+
+/// The token `p` chooses from `logits`, with `rng` and the `c` buffer.
+fn choose(p: &SamplingParams, rng: &mut Rng, c: &mut Vec<(u32, f32)>, logits: &[f32]) -> u32 {
+    if p.is_greedy() {
+        return top_k::<1>(logits)[0].0;
+    }
+    c.clear();
+    c.extend(
+        logits
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_nan())
+            .map(|(i, &v)| (i as u32, v)),
+    );
+    if c.is_empty() {
+        return top_k::<1>(logits)[0].0;
+    }
+    if p.top_k > 0 && p.top_k < c.len() {
+        c.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
+        c.truncate(p.top_k);
+    }
+    let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
+    if max.is_infinite() {
+        // Nothing to weigh by: the best candidate.
+        return c.iter().min_by(|a, b| by_logit_desc(a, b)).map_or(0, |x| x.0);
+    }
+    let inv_t = 1.0 / p.temperature as f64;
+    let weight = |logit: f32| (((logit - max) as f64) * inv_t).exp();
+    if p.top_p < 1.0 {
+        // Keep the shortest best-first prefix reaching top_p of the mass. Only as many
+        // candidates are sorted as the prefix needs: the best 64, then 8 times more...
+        let target = p.top_p as f64 * c.iter().map(|x| weight(x.1)).sum::<f64>();
+        let (mut sorted, mut kept, mut n) = (0, 0.0f64, 0);
+        let mut m = c.len().min(64);
+        'grow: loop {
+            if m < c.len() {
+                c[sorted..].select_nth_unstable_by(m - sorted - 1, by_logit_desc);
+            }
+            c[sorted..m].sort_unstable_by(by_logit_desc);
+            for x in &c[sorted..m] {
+                kept += weight(x.1);
+                n += 1;
+                if kept >= target {
+                    break 'grow;
+                }
+            }
+            if m == c.len() {
+                break;
+            }
+            sorted = m;
+            m = (m * 8).min(c.len());
+        }
+        c.truncate(n.max(1));
+    }
+    let mut total = 0.0f64;
+    for x in c.iter_mut() {
+        let w = weight(x.1);
+        x.1 = w as f32;
+        total += w;
+    }
+    let mut r = rng.next_f64() * total;
+    for x in c.iter() {
+        r -= x.1 as f64;
+        if r < 0.0 {
+            return x.0;
+        }
+    }
+    // Rounding left a sliver: the last candidate with weight.
+    c.iter().rev().find(|x| x.1 > 0.0).unwrap_or(&c[0]).0
 }
 
 #[cfg(test)]
@@ -196,7 +314,68 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SamplingParams {
-        SamplingParams { temperature, top_k, top_p, seed }
+        SamplingParams { temperature, top_k, top_p, seed, ..SamplingParams::default() }
+    }
+
+    fn penalties(repeat: f32, frequency: f32, presence: f32, last_n: usize) -> SamplingParams {
+        SamplingParams { repeat_penalty: repeat, frequency_penalty: frequency, presence_penalty: presence, penalty_last_n: last_n, ..SamplingParams::default() }
+    }
+
+    #[test]
+    fn penalties_change_logits_as_llama_cpp_does() {
+        // Token 1 twice and token 2 once in the window, token 0 not: 3.0 / 2 - 2 * 0.5 -
+        // 0.25 = 0.25 and -1.0 * 2 - 0.5 - 0.25 = -2.75; token 0 keeps 1.0.
+        let mut s = Sampler::new(penalties(2.0, 0.5, 0.25, 8), 4);
+        s.set_context(&[1, 2, 1]);
+        let p = s.penalties.as_mut().unwrap();
+        let params = s.params;
+        assert_eq!(p.apply(&params, &[1.0, 3.0, -1.0, 0.5]), &[1.0, 0.25, -2.75, 0.5]);
+        assert!(p.counts.iter().all(|&c| c == 0), "counts cleared for the next step");
+    }
+
+    #[test]
+    fn a_repeat_penalty_turns_greedy_away_from_the_window() {
+        let logits = [2.0f32, 1.8, 0.0];
+        let mut plain = Sampler::new(SamplingParams::default(), 3);
+        plain.set_context(&[0]);
+        assert_eq!(plain.sample(&logits), 0);
+        let mut s = Sampler::new(penalties(1.3, 0.0, 0.0, 64), 3);
+        s.set_context(&[0]);
+        assert_eq!(s.sample(&logits), 1, "2.0 / 1.3 < 1.8");
+        // 1 joined the window: both are penalised now, 2.0 / 1.3 against 1.8 / 1.3.
+        assert_eq!(s.sample(&logits), 0);
+    }
+
+    #[test]
+    fn the_window_keeps_the_last_tokens_only() {
+        let logits = [1.0f32, 1.0, 1.0, 0.9];
+        let mut s = Sampler::new(penalties(1.0, 0.0, 1.0, 2), 4);
+        // Only 1 and 2 are in a window of two: 0 is free again.
+        s.set_context(&[0, 1, 2]);
+        assert_eq!(s.sample(&logits), 0);
+        // Window [2, 0]: 1 is the lowest free id at 1.0.
+        assert_eq!(s.sample(&logits), 1);
+        // Window [0, 1]: 2.
+        assert_eq!(s.sample(&logits), 2);
+        // Window [1, 2]: 0 again; 3 (0.9) never beats a free 1.0.
+        assert_eq!(s.sample(&logits), 0);
+        let off = penalties(1.0, 0.0, 1.0, 0);
+        assert!(!off.penalizes() && Sampler::new(off, 4).penalties.is_none());
+    }
+
+    #[test]
+    fn penalties_allocate_nothing_per_step() {
+        let logits: Vec<f32> = (0..1000).map(|i| (i % 13) as f32).collect();
+        let mut s = Sampler::new(SamplingParams { temperature: 0.8, ..penalties(1.1, 0.2, 0.1, 16) }, logits.len());
+        s.set_context(&(0..100).collect::<Vec<u32>>());
+        let p = s.penalties.as_ref().unwrap();
+        let before = (p.recent.capacity(), p.counts.capacity(), p.logits.capacity(), s.candidates.capacity());
+        for _ in 0..50 {
+            s.sample(&logits);
+        }
+        let p = s.penalties.as_ref().unwrap();
+        assert_eq!((p.recent.capacity(), p.counts.capacity(), p.logits.capacity(), s.candidates.capacity()), before);
+        assert_eq!(p.recent.len(), 16);
     }
 
     #[test]
@@ -280,5 +459,10 @@ mod tests {
         assert!(params(1.0, 0, 0.0, 0).validate().is_err());
         assert!(params(1.0, 0, 1.5, 0).validate().is_err());
         assert!(params(0.7, 40, 0.95, 0).validate().is_ok());
+        assert!(penalties(0.0, 0.0, 0.0, 64).validate().is_err());
+        assert!(penalties(f32::INFINITY, 0.0, 0.0, 64).validate().is_err());
+        assert!(penalties(1.1, f32::NAN, 0.0, 64).validate().is_err());
+        assert!(penalties(1.1, 0.0, f32::NEG_INFINITY, 64).validate().is_err());
+        assert!(penalties(1.1, -0.5, 1.5, 64).validate().is_ok());
     }
 }

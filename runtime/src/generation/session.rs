@@ -323,6 +323,7 @@ impl<'m, 'v> ChatSession<'m, 'v> {
             return Err(RunError::Tokens("the chat template rendered an empty prompt".into()));
         }
         let reused = self.kv.reuse(prompt);
+        self.sampler.set_context(prompt);
         let mut stats = TurnStats {
             prompt_tokens: prompt.len(),
             reused,

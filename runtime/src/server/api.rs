@@ -2,12 +2,12 @@
 //! message for a 400), and the JSON of answers, stream chunks and errors.
 //!
 //! Unknown fields are ignored, as vLLM and llama-server ignore them; fields the server
-//! knows but does not implement (`n > 1`, tools, logprobs, penalties, ...) are refused
-//! rather than silently dropped.
+//! knows but does not implement (`n > 1`, tools, logprobs, `logit_bias`, ...) are
+//! refused rather than silently dropped.
 
 use serde_json::{json, Map, Value};
 
-use crate::generation::sampling::SamplingParams;
+use crate::generation::sampling::{SamplingParams, DEFAULT_PENALTY_LAST_N};
 use crate::text::chat_template::Message;
 
 /// An error answer: HTTP status and OpenAI's `{"error": {...}}` body.
@@ -145,6 +145,31 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         Some(Value::Array(_)) => return Err(ApiError::invalid(format!("'stop' takes at most {MAX_STOP} strings"), Some("stop"))),
         Some(_) => return Err(ApiError::invalid("'stop' must be a string or a list of strings", Some("stop"))),
     };
+    let penalty = |name: &'static str| -> Result<f32, ApiError> {
+        match number_field(&o, name)? {
+            None => Ok(0.0),
+            Some(v) if (-2.0..=2.0).contains(&v) => Ok(v as f32),
+            Some(v) => Err(ApiError::invalid(format!("'{name}' must be between -2 and 2, not {v}"), Some(name))),
+        }
+    };
+    let (frequency_penalty, presence_penalty) = (penalty("frequency_penalty")?, penalty("presence_penalty")?);
+    // llama-server's name, and vLLM's (HF's) for the same thing.
+    let repeat_penalty = match (number_field(&o, "repeat_penalty")?, number_field(&o, "repetition_penalty")?) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("give 'repeat_penalty' or 'repetition_penalty', not both", Some("repeat_penalty"))),
+        (Some(v), None) | (None, Some(v)) if !(v > 0.0 && v.is_finite()) => {
+            return Err(ApiError::invalid(format!("'repeat_penalty' must be a number > 0, not {v}"), Some("repeat_penalty")))
+        }
+        (Some(v), None) | (None, Some(v)) => v as f32,
+        (None, None) => 1.0,
+    };
+    // llama-server's window: -1 is the whole context (the scheduler bounds it by the
+    // slot's), 0 turns the penalties off.
+    let penalty_last_n = match integer_field(&o, "repeat_last_n")? {
+        None => DEFAULT_PENALTY_LAST_N,
+        Some(-1) => usize::MAX,
+        Some(n) if n >= 0 => n as usize,
+        Some(n) => return Err(ApiError::invalid(format!("'repeat_last_n' must be -1, 0 or positive, not {n}"), Some("repeat_last_n"))),
+    };
     let stream = bool_field(&o, "stream")?.unwrap_or(false);
     let stream_usage = match field(&o, "stream_options") {
         None => false,
@@ -160,6 +185,10 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
             top_p: top_p as f32,
             // Without a seed, a fresh one per request (sampled requests only).
             seed: seed.unwrap_or_else(fresh_seed),
+            repeat_penalty,
+            frequency_penalty,
+            presence_penalty,
+            penalty_last_n,
         },
         stop,
         ignore_eos: bool_field(&o, "ignore_eos")?.unwrap_or(false),
@@ -207,16 +236,6 @@ fn refuse_unsupported(o: &Obj, chat: bool) -> Result<(), ApiError> {
     };
     if logprobs || field(o, "top_logprobs").is_some_and(|v| v.as_u64() != Some(0)) {
         return unsupported("logprobs", "log probabilities are not returned");
-    }
-    for name in ["presence_penalty", "frequency_penalty"] {
-        if number_field(o, if name == "presence_penalty" { "presence_penalty" } else { "frequency_penalty" })?.is_some_and(|v| v != 0.0) {
-            return unsupported(if name == "presence_penalty" { "presence_penalty" } else { "frequency_penalty" }, "penalties are not implemented");
-        }
-    }
-    if let Some(v) = number_field(o, "repetition_penalty")? {
-        if v != 1.0 {
-            return unsupported("repetition_penalty", "penalties are not implemented");
-        }
     }
     match field(o, "logit_bias") {
         None => {}
@@ -399,7 +418,7 @@ mod tests {
         .unwrap();
         assert_eq!(r.prompt, Prompt::Text("hi".into()));
         assert_eq!(r.max_tokens, Some(7));
-        assert_eq!(r.sampling, SamplingParams { temperature: 0.0, top_k: 0, top_p: 0.5, seed: 3 });
+        assert_eq!(r.sampling, SamplingParams { temperature: 0.0, top_k: 0, top_p: 0.5, seed: 3, ..SamplingParams::default() });
         assert_eq!(r.stop, ["a", "b"]);
         assert!(r.ignore_eos && r.stream && r.stream_usage);
         let r = parse_request(br#"{"prompt": [1, 2, 3], "max_completion_tokens": 2, "stop": "x"}"#, false).unwrap();
@@ -411,6 +430,18 @@ mod tests {
         .unwrap();
         assert_eq!(r.prompt, Prompt::Chat(vec![Message::new("system", "be brief"), Message::new("user", "ab")]));
         assert_eq!(r.sampling.temperature, 1.0, "OpenAI's default temperature");
+        assert!(!r.sampling.penalizes(), "no penalties unless asked");
+    }
+
+    #[test]
+    fn parses_the_penalties() {
+        let r = parse_request(br#"{"prompt": "a", "frequency_penalty": 0.5, "presence_penalty": -0.25, "repeat_penalty": 1.3, "repeat_last_n": 16}"#, false).unwrap();
+        let s = r.sampling;
+        assert_eq!((s.frequency_penalty, s.presence_penalty, s.repeat_penalty, s.penalty_last_n), (0.5, -0.25, 1.3, 16));
+        let r = parse_request(br#"{"prompt": "a", "repetition_penalty": 1.2, "repeat_last_n": -1}"#, false).unwrap();
+        assert_eq!((r.sampling.repeat_penalty, r.sampling.penalty_last_n), (1.2, usize::MAX));
+        let r = parse_request(br#"{"prompt": "a", "frequency_penalty": 1, "repeat_last_n": 0}"#, false).unwrap();
+        assert!(!r.sampling.penalizes(), "a window of 0 turns them off");
     }
 
     #[test]
@@ -438,7 +469,13 @@ mod tests {
             (r#"{"prompt": "a", "model": 3}"#, false, "'model'"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": true}"#, true, "logprobs"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]}"#, true, "'tools'"),
-            (r#"{"messages": [{"role": "user", "content": "a"}], "frequency_penalty": 0.5}"#, true, "penalties"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "frequency_penalty": 2.5}"#, true, "between -2 and 2"),
+            (r#"{"prompt": "a", "presence_penalty": "x"}"#, false, "must be a number"),
+            (r#"{"prompt": "a", "repeat_penalty": 0}"#, false, "'repeat_penalty' must be a number > 0"),
+            (r#"{"prompt": "a", "repetition_penalty": -1}"#, false, "'repeat_penalty' must be a number > 0"),
+            (r#"{"prompt": "a", "repeat_penalty": 1.1, "repetition_penalty": 1.1}"#, false, "not both"),
+            (r#"{"prompt": "a", "repeat_last_n": -2}"#, false, "'repeat_last_n'"),
+            (r#"{"prompt": "a", "logit_bias": {"5": 1}}"#, false, "'logit_bias' is not supported"),
             (r#"{"messages": []}"#, true, "empty"),
             (r#"{"prompt": "a"}"#, true, "'messages' is required"),
             (r#"{"messages": [{"role": "wizard", "content": "a"}]}"#, true, "unknown role 'wizard'"),

@@ -252,7 +252,10 @@ impl<'m, 'v> Scheduler<'m, 'v> {
                     continue;
                 }
                 self.admitted += 1;
-                let sampler = Sampler::new(job.sampling, self.model.config.vocab_size as usize);
+                // A penalty window past the slot's context ('repeat_last_n': -1) is the context.
+                let sampling = SamplingParams { penalty_last_n: job.sampling.penalty_last_n.min(self.config.context), ..job.sampling };
+                let mut sampler = Sampler::new(sampling, self.model.config.vocab_size as usize);
+                sampler.set_context(&job.prompt);
                 let text = StopText::new(job.stop.clone());
                 self.slots[free] = Some(Active {
                     seq: self.admitted,
