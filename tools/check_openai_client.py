@@ -10,8 +10,8 @@ completions and chat completions, whole and streamed (greedy: the streamed text 
 equal the whole one; `stream_options.include_usage`: usage on the last chunk); checks
 usage counts, max_tokens / max_completion_tokens, stop strings, seeded sampling (same
 seed, same text) and the errors the client raises (wrong key: AuthenticationError;
-n=2, an unknown role, a prompt over the context: BadRequestError). Exits non-zero on
-the first failure.
+n=2, an unknown role, a prompt over the context: BadRequestError), log-probabilities
+in the client's types, and penalties. Exits non-zero on the first failure.
 """
 
 import sys
@@ -71,6 +71,20 @@ def main():
                        for _ in range(2)]
             check(sampled[0] == sampled[1], "the same seed samples the same reply")
 
+            scored = client.chat.completions.create(**chat_args, logprobs=True, top_logprobs=3)
+            content = scored.choices[0].logprobs.content
+            check(len(content) == 10 and all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content),
+                  "chat logprobs: an entry per token, three alternatives each")
+            check("".join(t.token for t in content) == scored.choices[0].message.content, "chat logprobs spell the reply")
+            legacy = client.completions.create(**args, logprobs=2)
+            check(len(legacy.choices[0].logprobs.token_logprobs) == legacy.usage.completion_tokens,
+                  "completion logprobs: one per token")
+            # (Random weights rarely repeat a token: the trained model's server test shows
+            # the penalties' effect; here the client passes them.)
+            penalized = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "repeat_penalty": 1.2, "repeat_last_n": -1}},
+                                                  frequency_penalty=1.5, presence_penalty=1.0)
+            check(penalized.usage.completion_tokens == 12, "penalties are taken")
+
             for what, call, error in [
                 ("a wrong API key", lambda: openai.OpenAI(base_url=server.base_url, api_key="nope", max_retries=0).models.list(),
                  openai.AuthenticationError),
@@ -78,7 +92,9 @@ def main():
                 ("an unknown role", lambda: client.chat.completions.create(model=name, messages=[{"role": "wizard", "content": "x"}]),
                  openai.BadRequestError),
                 ("a prompt over the context", lambda: client.completions.create(model=name, prompt=[1] * 200), openai.BadRequestError),
-                ("logprobs", lambda: client.chat.completions.create(**chat_args, logprobs=True), openai.BadRequestError),
+                ("top_logprobs over 20", lambda: client.chat.completions.create(**chat_args, logprobs=True, top_logprobs=21),
+                 openai.BadRequestError),
+                ("a frequency penalty over 2", lambda: client.completions.create(**args, frequency_penalty=3), openai.BadRequestError),
             ]:
                 try:
                     call()

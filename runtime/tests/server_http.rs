@@ -115,6 +115,106 @@ fn penalties_are_per_request_and_match_transformers() {
     });
 }
 
+/// transformers' logits for the trained fixture's reference steps, log-softmaxed in f64.
+fn reference_log_softmax() -> (Vec<u32>, Vec<Vec<f64>>) {
+    let dir = common::fixture("trained");
+    let json: Value = serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+    let tokens: Vec<u32> = json["input_tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    let bytes = std::fs::read(dir.join("reference_logits.npy")).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let vocab = npy.shape()[1] as usize;
+    let logits: Vec<f32> = npy.into_vec().unwrap();
+    let rows = logits
+        .chunks(vocab)
+        .map(|row| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            row.iter().map(|&v| v as f64 - lse).collect()
+        })
+        .collect();
+    (tokens, rows)
+}
+
+/// Completions' `logprobs: N`: each generated token's log-probability and the N best,
+/// the log-softmax of transformers' logits at its position; streamed, the same entries
+/// spread over the chunks.
+#[test]
+fn logprobs_are_the_log_softmax_of_the_reference() {
+    let (tokens, rows) = reference_log_softmax();
+    let (prompt, steps) = (8, 4);
+    let ids: Vec<String> = tokens[..prompt].iter().map(u32::to_string).collect();
+    let body = format!(r#"{{"prompt": [{}], "max_tokens": {steps}, "temperature": 0, "ignore_eos": true, "logprobs": 5}}"#, ids.join(", "));
+    with_server("trained", options(1, 256, 16, 4), |addr, _| {
+        let v = post(addr, "/v1/completions", &body).json();
+        let lp = &v["choices"][0]["logprobs"];
+        let values: Vec<f64> = lp["token_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(values.len(), steps);
+        for (k, &got) in values.iter().enumerate() {
+            // Greedy: the reference's next token, and the best of the alternatives.
+            let row = &rows[prompt - 1 + k];
+            let want = row[tokens[prompt + k] as usize];
+            assert!((got - want).abs() < 1e-4, "step {k}: {got} against {want}");
+            let mut best: Vec<f64> = row.clone();
+            best.sort_by(|a, b| b.total_cmp(a));
+            let mut top: Vec<f64> = lp["top_logprobs"][k].as_object().unwrap().values().map(|x| x.as_f64().unwrap()).collect();
+            top.sort_by(|a, b| b.total_cmp(a));
+            assert_eq!(top.len(), 5, "step {k}");
+            for (g, w) in top.iter().zip(&best) {
+                assert!((g - w).abs() < 1e-4, "step {k}: {top:?} against {:?}", &best[..5]);
+            }
+            assert!((top[0] - want).abs() < 1e-4);
+        }
+        let text = v["choices"][0]["text"].as_str().unwrap();
+        let spelled: String = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        assert_eq!(spelled, text);
+        assert_eq!(lp["text_offset"][0], 0);
+
+        let streamed = post(addr, "/v1/completions", &body.replace("}", r#", "stream": true}"#)).events();
+        let chunks: Vec<Value> = streamed.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
+        let (mut values_streamed, mut offsets) = (Vec::new(), Vec::new());
+        for c in &chunks {
+            let l = &c["choices"][0]["logprobs"];
+            values_streamed.extend(l["token_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()));
+            offsets.extend(l["text_offset"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()));
+        }
+        assert_eq!(values_streamed, values);
+        assert_eq!(offsets, lp["text_offset"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect::<Vec<_>>());
+        // Without asking: null.
+        let plain = post(addr, "/v1/completions", r#"{"prompt": [1, 2], "max_tokens": 2}"#).json();
+        assert!(plain["choices"][0]["logprobs"].is_null());
+    });
+}
+
+/// Chat's `logprobs: true` with `top_logprobs`: an entry per generated token, in
+/// OpenAI's shape, whole and streamed alike.
+#[test]
+fn chat_logprobs_have_an_entry_per_token() {
+    with_server("chat/olmo2", options(1, 128, 16, 4), |addr, _| {
+        let body = r#"{"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 6, "temperature": 0, "ignore_eos": true, "logprobs": true, "top_logprobs": 3}"#;
+        let v = post(addr, "/v1/chat/completions", body).json();
+        let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
+        assert_eq!(content.len(), 6);
+        let reply = v["choices"][0]["message"]["content"].as_str().unwrap();
+        let bytes: Vec<u8> = content.iter().flat_map(|e| e["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8)).collect();
+        assert_eq!(String::from_utf8_lossy(&bytes), reply);
+        for e in &content {
+            let top = e["top_logprobs"].as_array().unwrap();
+            assert_eq!(top.len(), 3);
+            // Greedy: the chosen token is the first alternative.
+            assert_eq!((&top[0]["token"], &top[0]["logprob"]), (&e["token"], &e["logprob"]));
+            assert!(e["logprob"].as_f64().unwrap() <= 0.0 && top[2]["logprob"].as_f64() <= top[1]["logprob"].as_f64());
+        }
+        let streamed = post(addr, "/v1/chat/completions", &body.replace("}", r#", "stream": true}"#)).events();
+        let entries: Vec<Value> = streamed
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str::<Value>(e).unwrap())
+            .flat_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned().unwrap_or_default())
+            .collect();
+        assert_eq!(entries, content);
+    });
+}
+
 /// Every refusal: its status and an OpenAI error body; the server goes on.
 #[test]
 fn bad_requests_get_openai_errors() {

@@ -26,6 +26,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (Job, mpsc::Receiver<Event>, Arc<
         sampling: SamplingParams::default(),
         stop: Vec::new(),
         ignore_eos: true,
+        logprobs: None,
         events: tx,
         cancel: Arc::clone(&cancel),
     };
@@ -37,7 +38,7 @@ fn collect(rx: &mpsc::Receiver<Event>) -> (String, Finish) {
     let mut text = String::new();
     loop {
         match rx.recv_timeout(Duration::from_secs(120)).expect("an event") {
-            Event::Started => {}
+            Event::Started | Event::Logprob(_) => {}
             Event::Text(t) => text.push_str(&t),
             Event::Done(f) => return (text, f),
         }

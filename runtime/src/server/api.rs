@@ -2,11 +2,12 @@
 //! message for a 400), and the JSON of answers, stream chunks and errors.
 //!
 //! Unknown fields are ignored, as vLLM and llama-server ignore them; fields the server
-//! knows but does not implement (`n > 1`, tools, logprobs, `logit_bias`, ...) are
+//! knows but does not implement (`n > 1`, tools, `logit_bias`, `echo`, ...) are
 //! refused rather than silently dropped.
 
 use serde_json::{json, Map, Value};
 
+use crate::generation::logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 use crate::generation::sampling::{SamplingParams, DEFAULT_PENALTY_LAST_N};
 use crate::text::chat_template::Message;
 
@@ -57,6 +58,9 @@ pub struct CompletionRequest {
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk with the usage.
     pub stream_usage: bool,
+    /// Each generated token's log-probability and this many alternatives: chat's
+    /// `logprobs: true` with `top_logprobs`, completions' `logprobs: N`.
+    pub logprobs: Option<usize>,
 }
 
 /// Stop strings a request may give (OpenAI allows 4).
@@ -99,7 +103,7 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
     let Value::Object(o) = value else {
         return Err(ApiError::invalid("the body must be a JSON object", None));
     };
-    refuse_unsupported(&o, chat)?;
+    refuse_unsupported(&o)?;
     if let Some(m) = field(&o, "model") {
         if !m.is_string() {
             return Err(ApiError::invalid("'model' must be a string", Some("model")));
@@ -170,6 +174,7 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         Some(n) if n >= 0 => n as usize,
         Some(n) => return Err(ApiError::invalid(format!("'repeat_last_n' must be -1, 0 or positive, not {n}"), Some("repeat_last_n"))),
     };
+    let logprobs = parse_logprobs(&o, chat)?;
     let stream = bool_field(&o, "stream")?.unwrap_or(false);
     let stream_usage = match field(&o, "stream_options") {
         None => false,
@@ -194,7 +199,63 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         ignore_eos: bool_field(&o, "ignore_eos")?.unwrap_or(false),
         stream,
         stream_usage,
+        logprobs,
     })
+}
+
+/// Chat: `logprobs: true` and `top_logprobs: 0..=20`; completions: `logprobs: 0..=20`.
+fn parse_logprobs(o: &Obj, chat: bool) -> Result<Option<usize>, ApiError> {
+    let top_range = |n: i64, name: &'static str| -> Result<usize, ApiError> {
+        if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) {
+            Ok(n as usize)
+        } else {
+            Err(ApiError::invalid(format!("'{name}' must be between 0 and {MAX_TOP_LOGPROBS}, not {n}"), Some(name)))
+        }
+    };
+    if chat {
+        let top = integer_field(o, "top_logprobs")?;
+        match (bool_field(o, "logprobs")?, top) {
+            (Some(true), top) => Ok(Some(top_range(top.unwrap_or(0), "top_logprobs")?)),
+            (_, Some(_)) => Err(ApiError::invalid("'top_logprobs' needs 'logprobs': true", Some("top_logprobs"))),
+            _ => Ok(None),
+        }
+    } else {
+        match field(o, "logprobs") {
+            None | Some(Value::Bool(false)) => Ok(None),
+            Some(Value::Number(_)) => Ok(Some(top_range(integer_field(o, "logprobs")?.unwrap_or(0), "logprobs")?)),
+            Some(_) => Err(ApiError::invalid("'logprobs' must be an integer (alternatives per token)", Some("logprobs"))),
+        }
+    }
+}
+
+/// The `logprobs` of a choice for `entries` (generated tokens, in order), each token
+/// spelled by `token` (its bytes); `offset` is where the first token's text starts in
+/// the reply (completions' `text_offset`, in characters), advanced past the last.
+pub fn logprobs(chat: bool, entries: &[TokenLogprob], token: &dyn Fn(u32) -> Vec<u8>, offset: &mut usize) -> Value {
+    let text = |id: u32| String::from_utf8_lossy(&token(id)).into_owned();
+    if chat {
+        let entry = |id: u32, logprob: f32| json!({"token": text(id), "logprob": logprob, "bytes": token(id)});
+        let content: Vec<Value> = entries
+            .iter()
+            .map(|e| {
+                let mut v = entry(e.token, e.logprob);
+                v["top_logprobs"] = e.top().iter().map(|&(id, lp)| entry(id, lp)).collect();
+                v
+            })
+            .collect();
+        json!({"content": content, "refusal": null})
+    } else {
+        let (mut tokens, mut values, mut tops, mut offsets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for e in entries {
+            let t = text(e.token);
+            offsets.push(*offset);
+            *offset += t.chars().count();
+            tokens.push(t);
+            values.push(e.logprob);
+            tops.push(e.top().iter().map(|&(id, lp)| (text(id), Value::from(lp))).collect::<Map<String, Value>>());
+        }
+        json!({"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets})
+    }
 }
 
 fn fresh_seed() -> u64 {
@@ -205,7 +266,7 @@ fn fresh_seed() -> u64 {
 }
 
 /// Options OpenAI's API has that this server does not implement: refused by name.
-fn refuse_unsupported(o: &Obj, chat: bool) -> Result<(), ApiError> {
+fn refuse_unsupported(o: &Obj) -> Result<(), ApiError> {
     let unsupported = |name: &'static str, what: &str| Err(ApiError::invalid(format!("'{name}' is not supported: {what}"), Some(name)));
     match integer_field(o, "n")? {
         None | Some(1) => {}
@@ -228,14 +289,6 @@ fn refuse_unsupported(o: &Obj, chat: bool) -> Result<(), ApiError> {
             Some(Value::String(s)) if s == "none" || s == "auto" => {}
             Some(_) => return unsupported(if name == "tool_choice" { "tool_choice" } else { "function_call" }, "tool calls are not implemented"),
         }
-    }
-    let logprobs = match field(o, "logprobs") {
-        None | Some(Value::Bool(false)) => false,
-        Some(Value::Number(n)) if !chat && n.as_u64() == Some(0) => false,
-        Some(_) => true,
-    };
-    if logprobs || field(o, "top_logprobs").is_some_and(|v| v.as_u64() != Some(0)) {
-        return unsupported("logprobs", "log probabilities are not returned");
     }
     match field(o, "logit_bias") {
         None => {}
@@ -336,12 +389,13 @@ fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-/// A whole (non-streamed) answer.
-pub fn answer(info: &AnswerInfo, text: &str, finish: &str, prompt: usize, completion: usize) -> String {
+/// A whole (non-streamed) answer; `logprobs` from [`logprobs`] if asked for.
+pub fn answer(info: &AnswerInfo, text: &str, finish: &str, prompt: usize, completion: usize, logprobs: Option<Value>) -> String {
+    let logprobs = logprobs.unwrap_or(Value::Null);
     let choice = if info.chat {
-        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": null})
+        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": logprobs})
     } else {
-        json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": null})
+        json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs})
     };
     json!({
         "id": info.id,
@@ -355,9 +409,10 @@ pub fn answer(info: &AnswerInfo, text: &str, finish: &str, prompt: usize, comple
     .to_string()
 }
 
-/// One stream chunk: `text` (the chat's first chunk carries the role instead), and the
-/// finish reason on the last one.
-pub fn chunk(info: &AnswerInfo, text: Option<&str>, first: bool, finish: Option<&str>) -> String {
+/// One stream chunk: `text` (the chat's first chunk carries the role instead), the
+/// finish reason on the last one, and the `logprobs` of the tokens since the last chunk.
+pub fn chunk(info: &AnswerInfo, text: Option<&str>, first: bool, finish: Option<&str>, logprobs: Option<Value>) -> String {
+    let logprobs = logprobs.unwrap_or(Value::Null);
     let choice = if info.chat {
         let mut delta = Map::new();
         if first {
@@ -367,9 +422,9 @@ pub fn chunk(info: &AnswerInfo, text: Option<&str>, first: bool, finish: Option<
         if let Some(t) = text {
             delta.insert("content".into(), t.into());
         }
-        json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null})
+        json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs})
     } else {
-        json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null})
+        json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs})
     };
     json!({
         "id": info.id,
@@ -431,6 +486,13 @@ mod tests {
         assert_eq!(r.prompt, Prompt::Chat(vec![Message::new("system", "be brief"), Message::new("user", "ab")]));
         assert_eq!(r.sampling.temperature, 1.0, "OpenAI's default temperature");
         assert!(!r.sampling.penalizes(), "no penalties unless asked");
+        assert_eq!(r.logprobs, None);
+        let logprobs = |body: &str, chat| parse_request(body.as_bytes(), chat).unwrap().logprobs;
+        assert_eq!(logprobs(r#"{"prompt": "a", "logprobs": 3}"#, false), Some(3));
+        assert_eq!(logprobs(r#"{"prompt": "a", "logprobs": null}"#, false), None);
+        assert_eq!(logprobs(r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": true}"#, true), Some(0));
+        assert_eq!(logprobs(r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": true, "top_logprobs": 20}"#, true), Some(20));
+        assert_eq!(logprobs(r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": false}"#, true), None);
     }
 
     #[test]
@@ -464,10 +526,13 @@ mod tests {
             (r#"{"prompt": "a", "stop": [1]}"#, false, "'stop'"),
             (r#"{"prompt": "a", "stream": "yes"}"#, false, "boolean"),
             (r#"{"prompt": "a", "n": 2}"#, false, "'n' is not supported"),
-            (r#"{"prompt": "a", "logprobs": 2}"#, false, "'logprobs' is not supported"),
+            (r#"{"prompt": "a", "logprobs": 21}"#, false, "between 0 and 20"),
+            (r#"{"prompt": "a", "logprobs": true}"#, false, "'logprobs' must be an integer"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}"#, true, "needs 'logprobs': true"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": true, "top_logprobs": -1}"#, true, "between 0 and 20"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": 1}"#, true, "must be a boolean"),
             (r#"{"prompt": "a", "echo": true}"#, false, "'echo'"),
             (r#"{"prompt": "a", "model": 3}"#, false, "'model'"),
-            (r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": true}"#, true, "logprobs"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]}"#, true, "'tools'"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "frequency_penalty": 2.5}"#, true, "between -2 and 2"),
             (r#"{"prompt": "a", "presence_penalty": "x"}"#, false, "must be a number"),
@@ -495,13 +560,43 @@ mod tests {
     #[test]
     fn answers_have_openai_shapes() {
         let info = AnswerInfo { id: "x", created: 1, model: "m", chat: true };
-        let v: Value = serde_json::from_str(&answer(&info, "hi", "stop", 3, 1)).unwrap();
+        let v: Value = serde_json::from_str(&answer(&info, "hi", "stop", 3, 1, None)).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "hi");
         assert_eq!(v["usage"]["total_tokens"], 4);
-        let v: Value = serde_json::from_str(&chunk(&info, None, true, None)).unwrap();
+        assert!(v["choices"][0]["logprobs"].is_null());
+        let v: Value = serde_json::from_str(&chunk(&info, None, true, None, None)).unwrap();
         assert_eq!(v["choices"][0]["delta"]["role"], "assistant");
         let info = AnswerInfo { chat: false, ..info };
-        let v: Value = serde_json::from_str(&chunk(&info, Some("a"), false, Some("length"))).unwrap();
+        let v: Value = serde_json::from_str(&chunk(&info, Some("a"), false, Some("length"), None)).unwrap();
         assert_eq!((v["choices"][0]["text"].as_str(), v["choices"][0]["finish_reason"].as_str()), (Some("a"), Some("length")));
+    }
+
+    #[test]
+    fn logprobs_have_openai_shapes() {
+        // Tokens 1 ("ab") and 2 ("é"), the second with one alternative.
+        let spell = |id: u32| match id {
+            1 => b"ab".to_vec(),
+            2 => "é".as_bytes().to_vec(),
+            _ => b"z".to_vec(),
+        };
+        let mut second = TokenLogprob::new(&[0.0, 0.0, 1.0], 2, 1);
+        second.logprob = -0.5;
+        let entries = [TokenLogprob::new(&[0.0, 1.0], 1, 0), second];
+        let chat = logprobs(true, &entries, &spell, &mut 0);
+        let content = chat["content"].as_array().unwrap();
+        assert_eq!((content[0]["token"].as_str(), content[1]["token"].as_str()), (Some("ab"), Some("é")));
+        assert_eq!(content[1]["bytes"], json!([0xc3, 0xa9]));
+        assert_eq!(content[1]["logprob"], -0.5);
+        assert_eq!(content[0]["top_logprobs"], json!([]));
+        assert_eq!(content[1]["top_logprobs"][0]["token"], "é");
+        let mut offset = 3;
+        let legacy = logprobs(false, &entries, &spell, &mut offset);
+        assert_eq!(legacy["tokens"], json!(["ab", "é"]));
+        assert_eq!(legacy["token_logprobs"][1], -0.5);
+        assert_eq!(legacy["text_offset"], json!([3, 5]));
+        assert_eq!(offset, 6, "characters, not bytes");
+        assert!(legacy["top_logprobs"][1]["é"].is_number());
+        let answer: Value = serde_json::from_str(&answer(&AnswerInfo { id: "x", created: 1, model: "m", chat: false }, "abé", "length", 1, 2, Some(legacy))).unwrap();
+        assert_eq!(answer["choices"][0]["logprobs"]["tokens"][0], "ab");
     }
 }

@@ -16,6 +16,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::generation::logprobs::TokenLogprob;
 use crate::generation::session::ChatFormat;
 use crate::server::api::{self, AnswerInfo, ApiError, Prompt};
 use crate::server::metrics::Metrics;
@@ -238,6 +239,7 @@ impl<'a, 'v> App<'a, 'v> {
             sampling: req.sampling,
             stop: req.stop.clone(),
             ignore_eos: req.ignore_eos,
+            logprobs: req.logprobs,
             events: tx,
             cancel: Arc::clone(&cancel),
         };
@@ -250,7 +252,7 @@ impl<'a, 'v> App<'a, 'v> {
         }
         let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, self.next_id.fetch_add(1, Ordering::Relaxed));
         let info = AnswerInfo { id: &id, created: unix_time(), model: &self.config.model_name, chat };
-        let mut events = Events { rx, stream, cancel: &cancel, queue: &self.queue };
+        let mut events = Events { rx, stream, cancel: &cancel, queue: &self.queue, logprobs: req.logprobs.is_some() };
         let done = if req.stream { self.stream_answer(&mut events, &info, req.stream_usage) } else { self.whole_answer(&mut events, &info) };
         match done {
             Some(()) => Metrics::add(&self.metrics().requests_ok, 1),
@@ -266,31 +268,44 @@ impl<'a, 'v> App<'a, 'v> {
     /// Collects the reply, then answers with it whole. `None`: the client went away.
     fn whole_answer(&self, events: &mut Events, info: &AnswerInfo) -> Option<()> {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         loop {
             match events.next()? {
                 Event::Started => {}
+                Event::Logprob(l) => logprobs.push(l),
                 Event::Text(t) => text.push_str(&t),
                 Event::Done(f) => {
-                    let body = api::answer(info, &text, f.reason.as_str(), f.prompt_tokens, f.completion_tokens);
+                    let logprobs = events_logprobs(events.logprobs, info.chat, &logprobs, &|id| self.token_bytes(id), &mut 0);
+                    let body = api::answer(info, &text, f.reason.as_str(), f.prompt_tokens, f.completion_tokens, logprobs);
                     return respond(events.stream, 200, "application/json", body.as_bytes()).ok();
                 }
             }
         }
     }
 
-    /// Streams the reply as server-sent events. `None`: the client went away.
+    /// Streams the reply as server-sent events; each chunk carries the `logprobs` of the
+    /// tokens since the one before. `None`: the client went away.
     fn stream_answer(&self, events: &mut Events, info: &AnswerInfo, usage: bool) -> Option<()> {
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
         events.stream.write_all(head.as_bytes()).ok()?;
         if info.chat {
-            send_event(events.stream, &api::chunk(info, None, true, None))?;
+            send_event(events.stream, &api::chunk(info, None, true, None, None))?;
         }
+        let mut pending = Vec::new();
+        let mut offset = 0;
+        let asked = events.logprobs;
+        let mut take = |pending: &mut Vec<TokenLogprob>| {
+            let v = events_logprobs(asked, info.chat, pending, &|id| self.token_bytes(id), &mut offset);
+            pending.clear();
+            v
+        };
         loop {
             match events.next()? {
                 Event::Started => {}
-                Event::Text(t) => send_event(events.stream, &api::chunk(info, Some(&t), false, None))?,
+                Event::Logprob(l) => pending.push(l),
+                Event::Text(t) => send_event(events.stream, &api::chunk(info, Some(&t), false, None, take(&mut pending)))?,
                 Event::Done(f) => {
-                    send_event(events.stream, &api::chunk(info, None, false, Some(f.reason.as_str())))?;
+                    send_event(events.stream, &api::chunk(info, None, false, Some(f.reason.as_str()), take(&mut pending)))?;
                     if usage {
                         send_event(events.stream, &api::usage_chunk(info, f.prompt_tokens, f.completion_tokens))?;
                     }
@@ -300,6 +315,16 @@ impl<'a, 'v> App<'a, 'v> {
             }
         }
     }
+
+    /// A token's bytes (none without a tokenizer).
+    fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.tokenizer.map(|t| t.decode(&[id])).unwrap_or_default()
+    }
+}
+
+/// The `logprobs` of a chunk: `None` unless the request asked for them.
+fn events_logprobs(asked: bool, chat: bool, entries: &[TokenLogprob], token: &dyn Fn(u32) -> Vec<u8>, offset: &mut usize) -> Option<serde_json::Value> {
+    asked.then(|| api::logprobs(chat, entries, token, offset))
 }
 
 /// A job's events, watching the client while it waits for them.
@@ -308,6 +333,8 @@ struct Events<'s, 'q> {
     stream: &'s mut TcpStream,
     cancel: &'q AtomicBool,
     queue: &'q Queue,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
 }
 
 impl Events<'_, '_> {

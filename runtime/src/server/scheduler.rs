@@ -27,6 +27,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
+use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::{Sampler, SamplingParams};
 use crate::generation::stop::StopText;
 use crate::model::forward::{forward_chunks, forward_rows, Chunk, Row, RunState};
@@ -43,6 +44,9 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Keep going past end-of-sequence tokens.
     pub ignore_eos: bool,
+    /// Send each generated token's log-probability with this many alternatives
+    /// ([`Event::Logprob`]).
+    pub logprobs: Option<usize>,
     pub events: Sender<Event>,
     /// Set by the handler when its client goes away.
     pub cancel: Arc<AtomicBool>,
@@ -53,6 +57,9 @@ pub struct Job {
 pub enum Event {
     /// The job left the queue for a slot.
     Started,
+    /// A generated token's log-probability (jobs that ask for them), sent before the
+    /// text it adds, which a stop string may hold back or cut.
+    Logprob(TokenLogprob),
     /// More reply text (whole characters, held back while it could start a stop string).
     Text(String),
     /// The reply is over.
@@ -391,6 +398,12 @@ fn emit(model: &Model, context: usize, metrics: &Metrics, a: &mut Active, logits
     }
     a.generated += 1;
     Metrics::add(&metrics.generated_tokens, 1);
+    if let Some(n) = a.job.logprobs {
+        if a.job.events.send(Event::Logprob(TokenLogprob::new(logits, token, n))).is_err() {
+            Metrics::add(&metrics.requests_cancelled, 1);
+            return false;
+        }
+    }
     let bytes = model.vocab.and_then(|v| v.token(token)).unwrap_or(&[]);
     let (text, stopped) = a.text.push(bytes);
     if !text.is_empty() && a.job.events.send(Event::Text(text.to_string())).is_err() {
