@@ -93,7 +93,7 @@ fn routes_answers_and_streams() {
 
 /// Repetition penalties per request, as transformers applies `repetition_penalty` over
 /// the whole context: two requests side by side, one penalised and one not, each get the
-/// greedy text transformers generates for it.
+/// greedy text transformers generates for it; and `logit_bias`.
 #[test]
 fn penalties_are_per_request_and_match_transformers() {
     let r: Value = serde_json::from_str(&std::fs::read_to_string(common::fixture("trained").join("generate_reference.json")).unwrap()).unwrap();
@@ -112,6 +112,21 @@ fn penalties_are_per_request_and_match_transformers() {
         // OpenAI's penalties move the text off the plain loop too.
         let f = post(addr, "/v1/completions", &body(r#", "frequency_penalty": 0.5, "presence_penalty": 0.5"#)).json();
         assert_ne!(f["choices"][0]["text"], r["text"]);
+        // A bias of -100 on the plain reply's first token: greedy takes the model's second
+        // choice (the log-probabilities are the model's own, where the banned one is first).
+        let first = r["ids"][0].as_u64().unwrap();
+        let banned = post(addr, "/v1/completions", &body(&format!(r#", "logit_bias": {{"{first}": -100}}, "logprobs": 2"#))).json();
+        let lp = &banned["choices"][0]["logprobs"];
+        let top: Vec<(&String, &Value)> = lp["top_logprobs"][0].as_object().unwrap().iter().collect();
+        let mut top = top.into_iter().map(|(t, v)| (t.clone(), v.as_f64().unwrap())).collect::<Vec<_>>();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let plain = post(addr, "/v1/completions", &body(r#", "logprobs": 0"#)).json();
+        let plain_first = plain["choices"][0]["logprobs"]["tokens"][0].as_str().unwrap().to_string();
+        assert_eq!(top[0].0, plain_first, "the banned token still leads the model's own");
+        assert_eq!(lp["tokens"][0].as_str().unwrap(), top[1].0, "chosen: the second");
+        let outside = post(addr, "/v1/completions", &body(r#", "logit_bias": {"4000000": 5}"#));
+        assert_eq!(outside.status, 400);
+        assert!(outside.json()["error"]["message"].as_str().unwrap().contains("outside the vocabulary"));
     });
 }
 

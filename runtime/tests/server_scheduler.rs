@@ -27,6 +27,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (Job, mpsc::Receiver<Event>, Arc<
         stop: Vec::new(),
         ignore_eos: true,
         logprobs: None,
+        logit_bias: Vec::new(),
         events: tx,
         cancel: Arc::clone(&cancel),
     };

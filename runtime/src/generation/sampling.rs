@@ -1,7 +1,8 @@
 //! Choosing the next token from logits: greedy (temperature 0, the default) or sampled
 //! with temperature, top-k and top-p, from a seeded generator so that the same seed
-//! gives the same tokens; either after repetition penalties on the tokens of the
-//! context's last `penalty_last_n`, as llama.cpp applies them.
+//! gives the same tokens; either after a bias per token ([`Sampler::set_logit_bias`])
+//! and repetition penalties on the tokens of the context's last `penalty_last_n`, as
+//! llama.cpp applies them (the bias first).
 //!
 //! The candidate and penalty buffers are allocated once, at the vocabulary's size; a
 //! step only writes into them.
@@ -124,18 +125,23 @@ impl Rng {
     }
 }
 
-/// Chooses tokens; holds the generator, a buffer of (id, weight) candidates and, when
-/// [`SamplingParams::penalizes`], the context's last tokens.
+/// Chooses tokens; holds the generator, a buffer of (id, weight) candidates and, with a
+/// logit bias or [`SamplingParams::penalizes`], what changes the logits before the
+/// choice.
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
     candidates: Vec<(u32, f32)>,
-    penalties: Option<Penalties>,
+    vocab_size: usize,
+    adjust: Option<Adjustments>,
 }
 
-/// The state of the repetition penalties: the window of recent tokens and the scratch a
-/// step penalises a copy of the logits in.
-struct Penalties {
+/// What changes the logits before a choice, in the order applied: a bias added to some
+/// tokens', then the repetition penalties' window of recent tokens; and the scratch a
+/// step adjusts a copy of the logits in.
+struct Adjustments {
+    /// (token, added to its logit); only ids within the logits are applied.
+    bias: Vec<(u32, f32)>,
     /// The context's last tokens, oldest first once `recent` is full from `next` on (a
     /// ring of `penalty_last_n`).
     recent: Vec<u32>,
@@ -145,7 +151,17 @@ struct Penalties {
     logits: Vec<f32>,
 }
 
-impl Penalties {
+impl Adjustments {
+    fn new(params: &SamplingParams, vocab_size: usize) -> Adjustments {
+        Adjustments {
+            bias: Vec::new(),
+            recent: Vec::with_capacity(if params.penalizes() { params.penalty_last_n } else { 0 }),
+            next: 0,
+            counts: vec![0; vocab_size],
+            logits: vec![0.0; vocab_size],
+        }
+    }
+
     fn push(&mut self, token: u32, window: usize) {
         if self.recent.len() < window {
             self.recent.push(token);
@@ -155,7 +171,7 @@ impl Penalties {
         }
     }
 
-    /// `logits` with the penalties applied, in the scratch buffer.
+    /// `logits` with the bias and the penalties applied, in the scratch buffer.
     fn apply(&mut self, p: &SamplingParams, logits: &[f32]) -> &[f32] {
         if self.logits.len() != logits.len() {
             // Only if the model's logits are not `vocab_size` long: sized once.
@@ -163,6 +179,11 @@ impl Penalties {
             self.counts.resize(logits.len(), 0);
         }
         self.logits.copy_from_slice(logits);
+        for &(t, b) in &self.bias {
+            if let Some(l) = self.logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
         for &t in &self.recent {
             if let Some(c) = self.counts.get_mut(t as usize) {
                 *c += 1;
@@ -199,13 +220,22 @@ impl Sampler {
             } else {
                 Vec::with_capacity(vocab_size)
             },
-            penalties: params.penalizes().then(|| Penalties {
-                recent: Vec::with_capacity(params.penalty_last_n.min(MAX_PENALTY_WINDOW)),
-                next: 0,
-                counts: vec![0; vocab_size],
-                logits: vec![0.0; vocab_size],
-            }),
+            vocab_size,
+            adjust: params.penalizes().then(|| Adjustments::new(&params, vocab_size)),
         }
+    }
+
+    /// Adds `bias` to the logits of its tokens before every choice (OpenAI's
+    /// `logit_bias`; ids past the logits are left out). Allocates; call it before
+    /// generating, not per token.
+    pub fn set_logit_bias(&mut self, bias: &[(u32, f32)]) {
+        if bias.is_empty() && self.adjust.is_none() {
+            return;
+        }
+        let (params, vocab) = (self.params, self.vocab_size);
+        let adjust = self.adjust.get_or_insert_with(|| Adjustments::new(&params, vocab));
+        adjust.bias.clear();
+        adjust.bias.extend_from_slice(bias);
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -216,7 +246,10 @@ impl Sampler {
     /// now on, then at each token [`Sampler::sample`] returns.
     pub fn set_context(&mut self, tokens: &[u32]) {
         let window = self.params.penalty_last_n;
-        if let Some(p) = &mut self.penalties {
+        if !self.params.penalizes() {
+            return;
+        }
+        if let Some(p) = &mut self.adjust {
             p.recent.clear();
             p.next = 0;
             for &t in &tokens[tokens.len().saturating_sub(window)..] {
@@ -225,14 +258,14 @@ impl Sampler {
         }
     }
 
-    /// The next token for these logits (after the penalties, if any); it joins the
-    /// context the penalties look at. NaN logits are never chosen.
+    /// The next token for these logits (after the bias and the penalties, if any); it
+    /// joins the context the penalties look at. NaN logits are never chosen.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let token = match &mut self.penalties {
+        let token = match &mut self.adjust {
             Some(p) => choose(&self.params, &mut self.rng, &mut self.candidates, p.apply(&self.params, logits)),
             None => choose(&self.params, &mut self.rng, &mut self.candidates, logits),
         };
-        if let Some(p) = &mut self.penalties {
+        if let (Some(p), true) = (&mut self.adjust, self.params.penalizes()) {
             p.push(token, self.params.penalty_last_n);
         }
         token
@@ -327,7 +360,7 @@ mod tests {
         // 0.25 = 0.25 and -1.0 * 2 - 0.5 - 0.25 = -2.75; token 0 keeps 1.0.
         let mut s = Sampler::new(penalties(2.0, 0.5, 0.25, 8), 4);
         s.set_context(&[1, 2, 1]);
-        let p = s.penalties.as_mut().unwrap();
+        let p = s.adjust.as_mut().unwrap();
         let params = s.params;
         assert_eq!(p.apply(&params, &[1.0, 3.0, -1.0, 0.5]), &[1.0, 0.25, -2.75, 0.5]);
         assert!(p.counts.iter().all(|&c| c == 0), "counts cleared for the next step");
@@ -360,7 +393,23 @@ mod tests {
         // Window [1, 2]: 0 again; 3 (0.9) never beats a free 1.0.
         assert_eq!(s.sample(&logits), 0);
         let off = penalties(1.0, 0.0, 1.0, 0);
-        assert!(!off.penalizes() && Sampler::new(off, 4).penalties.is_none());
+        assert!(!off.penalizes() && Sampler::new(off, 4).adjust.is_none());
+    }
+
+    #[test]
+    fn a_logit_bias_is_added_before_the_penalties() {
+        let logits = [2.0f32, 1.0, 0.5];
+        let mut s = Sampler::new(SamplingParams::default(), 3);
+        s.set_logit_bias(&[(0, -100.0), (1, 0.25), (7, 50.0)]);
+        assert_eq!(s.sample(&logits), 1, "0 banned; 7 is past the logits and ignored");
+        // With a penalty: (1.0 + 2.0) / 2 = 1.5 against token 2's 0.5 + 0.9.
+        let mut s = Sampler::new(penalties(2.0, 0.0, 0.0, 4), 3);
+        s.set_logit_bias(&[(1, 2.0), (2, 0.9)]);
+        s.set_context(&[1]);
+        let p = s.adjust.as_mut().unwrap();
+        assert_eq!(p.apply(&penalties(2.0, 0.0, 0.0, 4), &logits), &[2.0, 1.5, 1.4]);
+        s.set_logit_bias(&[]);
+        assert_eq!(s.adjust.as_mut().unwrap().apply(&penalties(2.0, 0.0, 0.0, 4), &logits), &[2.0, 0.5, 0.5]);
     }
 
     #[test]
@@ -368,12 +417,12 @@ mod tests {
         let logits: Vec<f32> = (0..1000).map(|i| (i % 13) as f32).collect();
         let mut s = Sampler::new(SamplingParams { temperature: 0.8, ..penalties(1.1, 0.2, 0.1, 16) }, logits.len());
         s.set_context(&(0..100).collect::<Vec<u32>>());
-        let p = s.penalties.as_ref().unwrap();
+        let p = s.adjust.as_ref().unwrap();
         let before = (p.recent.capacity(), p.counts.capacity(), p.logits.capacity(), s.candidates.capacity());
         for _ in 0..50 {
             s.sample(&logits);
         }
-        let p = s.penalties.as_ref().unwrap();
+        let p = s.adjust.as_ref().unwrap();
         assert_eq!((p.recent.capacity(), p.counts.capacity(), p.logits.capacity(), s.candidates.capacity()), before);
         assert_eq!(p.recent.len(), 16);
     }

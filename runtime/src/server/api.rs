@@ -2,8 +2,8 @@
 //! message for a 400), and the JSON of answers, stream chunks and errors.
 //!
 //! Unknown fields are ignored, as vLLM and llama-server ignore them; fields the server
-//! knows but does not implement (`n > 1`, tools, `logit_bias`, `echo`, ...) are
-//! refused rather than silently dropped.
+//! knows but does not implement (`n > 1`, tools, `echo`, ...) are refused rather
+//! than silently dropped.
 
 use serde_json::{json, Map, Value};
 
@@ -61,6 +61,9 @@ pub struct CompletionRequest {
     /// Each generated token's log-probability and this many alternatives: chat's
     /// `logprobs: true` with `top_logprobs`, completions' `logprobs: N`.
     pub logprobs: Option<usize>,
+    /// `logit_bias`: (token id, -100 to 100) added to its logit before each choice; the
+    /// handler checks the ids against the vocabulary.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 /// Stop strings a request may give (OpenAI allows 4).
@@ -175,6 +178,7 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         Some(n) => return Err(ApiError::invalid(format!("'repeat_last_n' must be -1, 0 or positive, not {n}"), Some("repeat_last_n"))),
     };
     let logprobs = parse_logprobs(&o, chat)?;
+    let logit_bias = parse_logit_bias(&o)?;
     let stream = bool_field(&o, "stream")?.unwrap_or(false);
     let stream_usage = match field(&o, "stream_options") {
         None => false,
@@ -200,7 +204,27 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         stream,
         stream_usage,
         logprobs,
+        logit_bias,
     })
+}
+
+/// `logit_bias`: an object from token ids (as strings) to numbers from -100 to 100.
+fn parse_logit_bias(o: &Obj) -> Result<Vec<(u32, f32)>, ApiError> {
+    let bad = |m: String| ApiError::invalid(m, Some("logit_bias"));
+    match field(o, "logit_bias") {
+        None => Ok(Vec::new()),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                let id = k.parse::<u32>().map_err(|_| bad(format!("'logit_bias' keys are token ids, not '{k}'")))?;
+                match v.as_f64() {
+                    Some(b) if (-100.0..=100.0).contains(&b) => Ok((id, b as f32)),
+                    _ => Err(bad(format!("'logit_bias' values are numbers from -100 to 100, not {v}"))),
+                }
+            })
+            .collect(),
+        Some(_) => Err(bad("'logit_bias' must be an object of token ids to numbers".into())),
+    }
 }
 
 /// Chat: `logprobs: true` and `top_logprobs: 0..=20`; completions: `logprobs: 0..=20`.
@@ -289,11 +313,6 @@ fn refuse_unsupported(o: &Obj) -> Result<(), ApiError> {
             Some(Value::String(s)) if s == "none" || s == "auto" => {}
             Some(_) => return unsupported(if name == "tool_choice" { "tool_choice" } else { "function_call" }, "tool calls are not implemented"),
         }
-    }
-    match field(o, "logit_bias") {
-        None => {}
-        Some(Value::Object(m)) if m.is_empty() => {}
-        Some(_) => return unsupported("logit_bias", "logit biases are not implemented"),
     }
     if bool_field(o, "echo")? == Some(true) {
         return unsupported("echo", "the prompt is not echoed");
@@ -493,6 +512,9 @@ mod tests {
         assert_eq!(logprobs(r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": true}"#, true), Some(0));
         assert_eq!(logprobs(r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": true, "top_logprobs": 20}"#, true), Some(20));
         assert_eq!(logprobs(r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": false}"#, true), None);
+        let mut bias = parse_request(br#"{"prompt": "a", "logit_bias": {"7": -100, "12": 2.5}}"#, false).unwrap().logit_bias;
+        bias.sort_by_key(|b| b.0);
+        assert_eq!(bias, [(7, -100.0), (12, 2.5)]);
     }
 
     #[test]
@@ -540,7 +562,10 @@ mod tests {
             (r#"{"prompt": "a", "repetition_penalty": -1}"#, false, "'repeat_penalty' must be a number > 0"),
             (r#"{"prompt": "a", "repeat_penalty": 1.1, "repetition_penalty": 1.1}"#, false, "not both"),
             (r#"{"prompt": "a", "repeat_last_n": -2}"#, false, "'repeat_last_n'"),
-            (r#"{"prompt": "a", "logit_bias": {"5": 1}}"#, false, "'logit_bias' is not supported"),
+            (r#"{"prompt": "a", "logit_bias": {"x": 1}}"#, false, "keys are token ids"),
+            (r#"{"prompt": "a", "logit_bias": {"5": 101}}"#, false, "from -100 to 100"),
+            (r#"{"prompt": "a", "logit_bias": {"5": "1"}}"#, false, "from -100 to 100"),
+            (r#"{"prompt": "a", "logit_bias": [5]}"#, false, "must be an object"),
             (r#"{"messages": []}"#, true, "empty"),
             (r#"{"prompt": "a"}"#, true, "'messages' is required"),
             (r#"{"messages": [{"role": "wizard", "content": "a"}]}"#, true, "unknown role 'wizard'"),

@@ -229,6 +229,9 @@ impl<'a, 'v> App<'a, 'v> {
 
     fn completion(&self, stream: &mut TcpStream, body: &[u8], chat: bool) -> Result<(), ApiError> {
         let req = api::parse_request(body, chat)?;
+        if let Some(&(bad, _)) = req.logit_bias.iter().find(|&&(t, _)| t >= self.vocab_size) {
+            return Err(ApiError::invalid(format!("'logit_bias': token id {bad} is outside the vocabulary of {}", self.vocab_size), Some("logit_bias")));
+        }
         let prompt = self.encode(&req.prompt)?;
         let room = self.config.context - prompt.len();
         let (tx, rx) = mpsc::channel();
@@ -240,6 +243,7 @@ impl<'a, 'v> App<'a, 'v> {
             stop: req.stop.clone(),
             ignore_eos: req.ignore_eos,
             logprobs: req.logprobs,
+            logit_bias: req.logit_bias.clone(),
             events: tx,
             cancel: Arc::clone(&cancel),
         };

@@ -47,6 +47,8 @@ pub struct Job {
     /// Send each generated token's log-probability with this many alternatives
     /// ([`Event::Logprob`]).
     pub logprobs: Option<usize>,
+    /// Added to these tokens' logits before each choice (ids within the vocabulary).
+    pub logit_bias: Vec<(u32, f32)>,
     pub events: Sender<Event>,
     /// Set by the handler when its client goes away.
     pub cancel: Arc<AtomicBool>,
@@ -263,6 +265,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
                 let sampling = SamplingParams { penalty_last_n: job.sampling.penalty_last_n.min(self.config.context), ..job.sampling };
                 let mut sampler = Sampler::new(sampling, self.model.config.vocab_size as usize);
                 sampler.set_context(&job.prompt);
+                sampler.set_logit_bias(&job.logit_bias);
                 let text = StopText::new(job.stop.clone());
                 self.slots[free] = Some(Active {
                     seq: self.admitted,
