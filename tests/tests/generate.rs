@@ -256,6 +256,9 @@ fn bad_requests_are_one_line_each() {
     assert!(refused(&[&tiny, "--prompt", "a", "--frequency-penalty", "inf"]).contains("--frequency-penalty"));
     assert!(refused(&[&tiny, "--prompt", "a", "--presence-penalty", "NaN"]).contains("--presence-penalty"));
     assert!(refused(&[&tiny, "--prompt", "a", "--repeat-last-n", "-2"]).contains("--repeat-last-n"));
+    assert!(refused(&[&tiny, "--prompt", "a", "--logit-bias", "5"]).contains("--logit-bias 5"));
+    assert!(refused(&[&tiny, "--prompt", "a", "--logit-bias", "100000000=1"]).contains("token id of this model"));
+    assert!(refused(&[&tiny, "--prompt", "a", "--logit-bias", "5=inf"]).contains("finite"));
     // The tiny model has 128 positions.
     assert!(refused(&[&tiny, "--prompt", "a", "--format", "text", "--max-tokens", "500"])
         .contains("maximum sequence length"));

@@ -56,6 +56,29 @@ fn greedy_text_is_what_transformers_generates() {
     assert_eq!(out, format!("{}{}", r.prompt, r.text));
 }
 
+/// `--logit-bias ID=-100` on the reference's greedy next token: greedy takes the
+/// second of transformers' top 5 at the prompt's last position instead.
+#[test]
+fn a_logit_bias_moves_greedy_to_the_reference_second_choice() {
+    let scratch = Scratch::new("trained-bias");
+    let blob = pack(&scratch, "trained", "f32");
+    let r: Value = read_json("reference.json");
+    let n = r["prompt_length"].as_u64().unwrap() as usize;
+    let top = &r["top5"][n - 1];
+    let prompt = fixtures().join("trained/prompt.tokens.bin");
+    let first = |extra: &[&str]| -> u64 {
+        let mut args = vec![blob.as_str(), prompt.to_str().unwrap(), "--format", "jsonl", "--max-tokens", "1"];
+        args.extend_from_slice(extra);
+        let out = olmort(&args);
+        let step: Value = serde_json::from_str(out.lines().nth(n - 1).unwrap()).unwrap();
+        assert_eq!(step["generated"], true);
+        step["next"].as_u64().unwrap()
+    };
+    assert_eq!(first(&[]), top[0].as_u64().unwrap());
+    let ban = format!("{}=-100", top[0]);
+    assert_eq!(first(&["--logit-bias", &ban]), top[1].as_u64().unwrap());
+}
+
 /// `--repeat-penalty` over the whole context is transformers' `repetition_penalty`: the
 /// same greedy continuation, which leaves the plain one's loop.
 #[test]

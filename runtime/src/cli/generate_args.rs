@@ -45,6 +45,9 @@ pub struct GenerateArgs {
     pub ignore_eos: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Add BIAS to token ID's logit before every choice (repeatable; -100 bans it).
+    #[arg(long, value_name = "ID=BIAS", allow_hyphen_values = true)]
+    pub logit_bias: Vec<String>,
 }
 
 /// How new tokens are chosen (`olmort` and `olmort chat`).
@@ -124,17 +127,36 @@ impl GenerateArgs {
     pub fn is_seed_trace(&self) -> bool {
         let s = &self.sampling;
         let penalties = s.repeat_penalty != 1.0 || s.frequency_penalty != 0.0 || s.presence_penalty != 0.0;
-        self.format == Format::Trace && s.temperature == 0.0 && !penalties && self.max_tokens.is_none()
+        self.format == Format::Trace && s.temperature == 0.0 && !penalties && self.logit_bias.is_empty() && self.max_tokens.is_none()
     }
 
-    /// The checked options; the seed is drawn here when sampling without one.
-    pub fn options(&self, steps: Option<usize>) -> Result<GenerateOptions, String> {
+    /// `--logit-bias ID=BIAS` pairs, the ids checked against the model's vocabulary.
+    pub fn logit_bias(&self, vocab_size: u32) -> Result<Vec<(u32, f32)>, String> {
+        self.logit_bias
+            .iter()
+            .map(|pair| {
+                let bad = || format!("--logit-bias {pair}: give ID=BIAS, a token id of this model and a finite number");
+                let (id, bias) = pair.split_once('=').ok_or_else(bad)?;
+                let id: u32 = id.trim().parse().map_err(|_| bad())?;
+                let bias: f32 = bias.trim().parse().map_err(|_| bad())?;
+                if id >= vocab_size || !bias.is_finite() {
+                    return Err(bad());
+                }
+                Ok((id, bias))
+            })
+            .collect()
+    }
+
+    /// The checked options for a model of `vocab_size` tokens; the seed is drawn here
+    /// when sampling without one.
+    pub fn options(&self, steps: Option<usize>, vocab_size: u32) -> Result<GenerateOptions, String> {
         Ok(GenerateOptions {
             format: self.format,
             steps,
             max_tokens: self.max_tokens,
             ignore_eos: self.ignore_eos,
             sampling: self.sampling.params()?,
+            logit_bias: self.logit_bias(vocab_size)?,
         })
     }
 

@@ -76,7 +76,7 @@ fn run(cli: Cli) -> Result<(), String> {
     super::load::start(&file.map, &blob, cli.load).map_err(|e| format!("--load: {e}"))?;
     let prompt = cli.generation.read_prompt(&model, blob.manifest.chat.as_ref(), &cli.model, cli.tokens.as_ref())?;
     let seed_trace = cli.generation.is_seed_trace();
-    let options = cli.generation.options(cli.steps)?;
+    let options = cli.generation.options(cli.steps, model.config.vocab_size)?;
     let generation_plan = if seed_trace {
         None
     } else {

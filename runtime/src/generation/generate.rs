@@ -49,6 +49,8 @@ pub struct GenerateOptions {
     /// it otherwise; the trace format never stops early, as the seed's loop).
     pub ignore_eos: bool,
     pub sampling: SamplingParams,
+    /// Added to these tokens' logits before each choice (ids within the vocabulary).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 /// The positions a request runs, decided before anything runs.
@@ -133,6 +135,7 @@ pub fn generate(
         generated: 0,
     };
     steps.sampler.set_context(prompt);
+    steps.sampler.set_logit_bias(&options.logit_bias);
     let mut timings = Timings::default();
     if options.format == Format::Text {
         for &id in prompt {
