@@ -118,8 +118,7 @@ fn log_sum_exp(row: &[f32]) -> (f64, usize) {
         }
     }
     let max = row[argmax];
-    let sum: f64 = row.iter().map(|&v| f64::from((v - max).exp())).sum();
-    (f64::from(max) + sum.ln(), argmax)
+    (f64::from(max) + crate::kernels::sum_exp(crate::kernels::active(), row, max).ln(), argmax)
 }
 
 fn score_row(logits: &[f32], base: Option<&[f32]>, target: usize) -> RowScore {

@@ -2,6 +2,7 @@
 //! `logprobs` returns them: from the model's own distribution (the softmax of the raw
 //! logits, before temperature and penalties, as vLLM returns it by default).
 
+use crate::kernels;
 use crate::model::ops::top_k;
 
 /// The most alternatives a request may ask for (OpenAI's `top_logprobs` limit).
@@ -22,11 +23,7 @@ impl TokenLogprob {
     /// [`MAX_TOP_LOGPROBS`]) best tokens'; NaN logits take no part.
     pub fn new(logits: &[f32], token: u32, n_top: usize) -> TokenLogprob {
         let max = logits.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = if max.is_finite() {
-            logits.iter().filter(|v| !v.is_nan()).map(|&v| ((v - max) as f64).exp()).sum()
-        } else {
-            1.0
-        };
+        let sum = if max.is_finite() { kernels::sum_exp(kernels::active(), logits, max) } else { 1.0 };
         let lse = max as f64 + sum.ln();
         let logprob = |v: f32| (v as f64 - lse) as f32;
         let mut top = top_k::<MAX_TOP_LOGPROBS>(logits);

@@ -856,6 +856,28 @@ pub unsafe fn softmax(x: &mut [f32]) {
     }
 }
 
+/// `sum(exp(x[i] - shift))`, eight at a time with [`exp8`], each lane's exponentials
+/// summed in f64; a NaN adds nothing (the clamp in [`exp8`] makes it `exp(-88.4)`,
+/// as in the tail).
+///
+/// # Safety
+/// AVX2/FMA/F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn sum_exp(x: &[f32], shift: f32) -> f64 {
+    let whole = x.len() / 8 * 8;
+    let (p, sv) = (x.as_ptr(), _mm256_set1_ps(shift));
+    let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    for i in (0..whole).step_by(8) {
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), sv));
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+    }
+    let mut lanes = [0f64; 4];
+    _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(lo, hi));
+    let tail: f64 = x[whole..].iter().filter(|v| !v.is_nan()).map(|&v| f64::from((v - shift).exp())).sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
 /// `out[i] = gate[i] / (1 + exp(-gate[i])) * up[i]`, eight at a time.
 ///
 /// # Safety

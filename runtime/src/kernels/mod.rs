@@ -558,6 +558,20 @@ pub fn softmax(k: Kernels, x: &mut [f32]) {
     }
 }
 
+/// `sum(exp(x[i] - shift))` in f64, NaN values left out: a log-softmax's normaliser
+/// over a vocabulary (`shift` its largest logit), for log-probabilities and perplexity.
+/// The AVX2 path takes 8 at a time with the polynomial `exp` (within 2 ulp of
+/// `f32::exp`): a 100k-token vocabulary in 45-66 us against 447 with `f32::exp` (one
+/// core of a Sapphire Rapids while another job ran).
+pub fn sum_exp(k: Kernels, x: &[f32], shift: f32) -> f64 {
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA/F16C (checked).
+        _ if k.avx2() => unsafe { avx2::sum_exp(x, shift) },
+        _ => x.iter().filter(|v| !v.is_nan()).map(|&v| f64::from((v - shift).exp())).sum(),
+    }
+}
+
 /// `out[i] = silu(gate[i]) * up[i]`: SwiGLU. The AVX2 path computes `exp` with a
 /// polynomial (Cephes' `expf`, within 2 ulp) eight at a time; over a 512-token prompt
 /// of the 1B that is 67 million exponentials.

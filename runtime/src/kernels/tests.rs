@@ -551,6 +551,28 @@ fn softmax_kernels_match_the_definition() {
     }
 }
 
+#[test]
+fn sum_exp_kernels_match_the_definition() {
+    let mut rng = Rng(0x5E4E);
+    for n in [1, 7, 8, 9, 100, 100_352] {
+        for spread in [1.0, 30.0, 400.0] {
+            let mut x: Vec<f32> = rng.vec(n).iter().map(|v| v * spread).collect();
+            if n > 8 {
+                x[3] = f32::NAN; // left out, in the lanes and in the tail
+                x[n - 1] = f32::NAN;
+            }
+            let max = x.iter().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            let want: f64 = x.iter().filter(|v| !v.is_nan()).map(|&v| (v as f64 - max as f64).exp()).sum();
+            for k in available_kernels() {
+                let got = sum_exp(k, &x, max);
+                // A few ulp of f32 per term (the argument rounded to f32, exp's 2 ulp),
+                // summed in f64: the relative error of the sum is that of its terms.
+                assert!((got / want - 1.0).abs() < 1e-6, "{k:?} n={n} spread {spread}: {got} vs {want}");
+            }
+        }
+    }
+}
+
 /// A decode batch gives each token exactly (bit for bit) what a batch of that token
 /// alone gives, whatever the batch size, under every kernel set and dtype; q8_0 and
 /// 4-bit tokens exactly their matvec's, float ones within rounding of it. Matrices big
@@ -902,3 +924,4 @@ fn huge_scratch_grows_only_and_stays_aligned() {
     assert_eq!(big.as_ptr() as usize % (2 << 20), 0);
     assert!(big.iter().all(|&v| v == 0));
 }
+
