@@ -6,8 +6,9 @@ bad requests, bounded in time.
 
 Packs the chat fixture (tests/fixtures/chat/olmo2), starts `olmort serve --parallel 4
 --queue 8` and first asks each good request alone for its greedy answer. Then the
-clients send, in a shuffled mix: good completions and chats (whole and streamed, each
-checked against its answer alone: batching must not change greedy text), streams they
+clients send, in a shuffled mix: good completions and chats (whole and streamed, some
+with logprobs, penalties and a logit bias; each checked against its answer alone:
+batching must not change greedy text), streams they
 hang up on after the first event, and bad requests (malformed JSON, missing and
 mistyped fields, an unknown role, out-of-range values, n=2, a prompt over the context,
 a body over the cap, an unknown route, a truncated body), each of which must get its
@@ -38,6 +39,12 @@ GOOD = [
     ("/v1/chat/completions", {"messages": [{"role": "system", "content": "Be brief."},
                                            {"role": "user", "content": "Tell me about the sea, please, at length."}],
                               "max_completion_tokens": 30}),
+    # Log-probabilities, penalties and a bias: per request, so their texts too must not
+    # depend on the batch.
+    ("/v1/completions", {"prompt": "It was a dark and stormy night", "max_tokens": 20, "logprobs": 3,
+                         "frequency_penalty": 0.5, "repeat_penalty": 1.2, "logit_bias": {"13": -100}}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 16,
+                              "logprobs": True, "top_logprobs": 2, "presence_penalty": 1.0, "stop": ["\n\n"]}),
 ]
 for _, body in GOOD:
     body.update({"temperature": 0, "ignore_eos": True})
@@ -49,6 +56,9 @@ BAD = [
     ("/v1/completions", {"prompt": "a", "temperature": 9}, 400),
     ("/v1/completions", {"prompt": "a", "top_p": 0}, 400),
     ("/v1/completions", {"prompt": "a", "n": 2}, 400),
+    ("/v1/completions", {"prompt": "a", "logprobs": 50}, 400),
+    ("/v1/completions", {"prompt": "a", "logit_bias": {"99999999": 1}}, 400),
+    ("/v1/completions", {"prompt": "a", "repeat_penalty": -1}, 400),
     ("/v1/completions", {"prompt": [5] * 300}, 400),
     ("/v1/chat/completions", {"messages": [{"role": "pirate", "content": "arr"}]}, 400),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400),
