@@ -251,6 +251,48 @@ fn chat_through_a_pipe_answers_each_line_and_reuses_the_kv_cache() {
     assert_eq!(turns[2], (lens[2], shared, lens[2] - shared));
 }
 
+/// An OLMo-3 model (sliding-window layers) through the REPL: its cache holds only the
+/// window before where it stopped, so a turn that cannot continue there (after /reset)
+/// starts over instead of failing, and every reply is the one `--messages` gives.
+#[test]
+fn a_sliding_window_chat_continues_or_starts_over() {
+    let scratch = Scratch::new("chat-olmo3");
+    let blob = pack_chat("olmo3", &scratch);
+    let system = "Be brief.";
+    let lines = ["Hello!", "And then?", "Hi again"];
+    let input = format!("{}\n{}\n/reset\n{}\n", lines[0], lines[1], lines[2]);
+    let out = with_stdin(&["chat", &blob, "--system", system, "--max-tokens", "6"], &input);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let map = MappedFile::open(Path::new(&blob)).unwrap();
+    let parsed = Blob::parse(map.bytes()).unwrap();
+    let model = Model::new(&parsed).unwrap();
+    assert!(model.config.sliding_window.is_some());
+    let format = ChatFormat::for_model(&model, parsed.manifest.chat.as_ref(), None).unwrap();
+    let mut messages = vec![Message::new("system", system)];
+    let mut want = String::new();
+    let mut lens = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if i == 2 {
+            messages.truncate(1);
+        }
+        messages.push(Message::new("user", *line));
+        let rendered = format.template().render(&messages, None, true).unwrap();
+        lens.push(format.prompt(&messages).unwrap().len());
+        let reply = reply_to(&blob, &scratch, &messages, "6", &rendered);
+        want.push_str(&reply);
+        want.push('\n');
+        messages.push(Message::new("assistant", reply));
+    }
+    assert_eq!(stdout, want);
+    let turns = turn_counts(&stderr);
+    assert_eq!(turns.len(), 3, "{stderr}");
+    assert_eq!(turns[0], (lens[0], 0, lens[0]));
+    assert!(turns[1].1 == 0 || turns[1].1 >= lens[0], "continued whole or started over: {turns:?}");
+    assert_eq!(turns[2], (lens[2], 0, lens[2]), "after /reset the system prefix cannot be kept alone");
+}
+
 #[test]
 fn the_session_reuses_the_kv_cache_and_replies_as_a_fresh_one() {
     let scratch = Scratch::new("chat-session");

@@ -159,10 +159,15 @@ impl KvTokens {
 
     /// Keeps the cache's longest common prefix with `prompt` and returns its length:
     /// the prompt's tokens from there on are the ones to run. At least the prompt's
-    /// last token is always left to run, since its logits start the reply.
-    pub fn reuse(&mut self, prompt: &[u32]) -> usize {
+    /// last token is always left to run, since its logits start the reply. A cache with
+    /// sliding-window layers (`sliding`) holds only the window before where it stopped,
+    /// so it keeps all it holds or nothing.
+    pub fn reuse(&mut self, prompt: &[u32], sliding: bool) -> usize {
         let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-        let keep = common.min(prompt.len().saturating_sub(1));
+        let mut keep = common.min(prompt.len().saturating_sub(1));
+        if sliding && keep < self.tokens.len() {
+            keep = 0;
+        }
         self.tokens.truncate(keep);
         keep
     }
@@ -322,7 +327,7 @@ impl<'m, 'v> ChatSession<'m, 'v> {
         if prompt.is_empty() {
             return Err(RunError::Tokens("the chat template rendered an empty prompt".into()));
         }
-        let reused = self.kv.reuse(prompt);
+        let reused = self.kv.reuse(prompt, self.model.config.sliding_window.is_some());
         self.sampler.set_context(prompt);
         let mut stats = TurnStats {
             prompt_tokens: prompt.len(),
@@ -400,17 +405,28 @@ mod tests {
     #[test]
     fn reuse_keeps_the_common_prefix_and_the_last_token_to_run() {
         let mut kv = KvTokens::with_capacity(8);
-        assert_eq!(kv.reuse(&[1, 2, 3]), 0);
+        assert_eq!(kv.reuse(&[1, 2, 3], false), 0);
         kv.extend(&[1, 2, 3, 4]);
-        assert_eq!(kv.reuse(&[1, 2, 3, 4, 5, 6]), 4);
+        assert_eq!(kv.reuse(&[1, 2, 3, 4, 5, 6], false), 4);
         assert_eq!(kv.tokens(), [1, 2, 3, 4]);
         // A prompt the cache holds whole still runs its last token for the logits.
-        assert_eq!(kv.reuse(&[1, 2, 3, 4]), 3);
+        assert_eq!(kv.reuse(&[1, 2, 3, 4], false), 3);
         assert_eq!(kv.tokens(), [1, 2, 3]);
-        assert_eq!(kv.reuse(&[1, 9, 3]), 1);
+        assert_eq!(kv.reuse(&[1, 9, 3], false), 1);
         assert_eq!(kv.tokens(), [1]);
-        assert_eq!(kv.reuse(&[]), 0);
+        assert_eq!(kv.reuse(&[], false), 0);
         assert!(kv.is_empty());
+    }
+
+    #[test]
+    fn a_sliding_window_cache_continues_or_starts_over() {
+        let mut kv = KvTokens::with_capacity(8);
+        kv.extend(&[1, 2, 3, 4]);
+        assert_eq!(kv.reuse(&[1, 2, 3, 4, 5], true), 4, "continues where it stopped");
+        assert_eq!(kv.reuse(&[1, 2, 3, 9, 9], true), 0, "a shorter prefix: over from 0");
+        assert!(kv.is_empty());
+        kv.extend(&[1, 2, 3]);
+        assert_eq!(kv.reuse(&[1, 2, 3], true), 0, "the last token must run: over from 0");
     }
 
     #[test]
