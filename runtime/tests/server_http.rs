@@ -230,6 +230,42 @@ fn chat_logprobs_have_an_entry_per_token() {
     });
 }
 
+/// `cache_prompt`: a chat's next turn starts from the slot's cache where it holds the
+/// conversation so far, reports those tokens as `cached_tokens`, and replies as the same
+/// request run from position 0 (f32 weights: the cached keys are the ones a full run
+/// computes); with sliding-window layers (`chat/olmo3`) a cache that cannot continue is
+/// not kept, and the reply is again the uncached one.
+#[test]
+fn cache_prompt_reuses_a_slot_and_replies_the_same() {
+    for fixture in ["chat/chatml", "chat/olmo3"] {
+        with_server(fixture, options(1, 256, 16, 4), |addr, _| {
+            let turn = |messages: &str, cache: bool| {
+                let body = format!(r#"{{"messages": {messages}, "max_tokens": 8, "temperature": 0, "ignore_eos": true, "cache_prompt": {cache}}}"#);
+                let v = post(addr, "/v1/chat/completions", &body).json();
+                let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+                (v["choices"][0]["message"]["content"].as_str().unwrap().to_string(), cached, v["usage"]["prompt_tokens"].as_u64().unwrap())
+            };
+            let first = r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]"#;
+            let (reply, cached, first_len) = turn(first, true);
+            assert_eq!(cached, 0, "{fixture}: an empty cache");
+            let second = format!(
+                r#"[{{"role": "system", "content": "Be brief."}}, {{"role": "user", "content": "Hi!"}}, {{"role": "assistant", "content": {}}}, {{"role": "user", "content": "Tell me more."}}]"#,
+                serde_json::to_string(&reply).unwrap()
+            );
+            let (cached_reply, cached, len) = turn(&second, true);
+            if fixture == "chat/chatml" {
+                assert!(cached >= first_len && cached < len, "{fixture}: {cached} of {len} cached");
+            } else {
+                assert!(cached == 0 || cached >= first_len, "{fixture}: all the cache or none: {cached}");
+            }
+            let (fresh_reply, fresh_cached, _) = turn(&second, false);
+            assert_eq!(fresh_cached, 0);
+            assert_eq!(cached_reply, fresh_reply, "{fixture}");
+            assert_eq!(metric(addr, "olmort_prompt_tokens_cached_total"), cached);
+        });
+    }
+}
+
 /// Every refusal: its status and an OpenAI error body; the server goes on.
 #[test]
 fn bad_requests_get_openai_errors() {

@@ -28,6 +28,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (Job, mpsc::Receiver<Event>, Arc<
         ignore_eos: true,
         logprobs: None,
         logit_bias: Vec::new(),
+        cache_prompt: false,
         events: tx,
         cancel: Arc::clone(&cancel),
     };

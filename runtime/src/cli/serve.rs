@@ -69,6 +69,10 @@ struct Cli {
     /// What the KV cache stores: f32 or f16 (default: f32 for f32 weights, else f16).
     #[arg(long, value_name = "DTYPE")]
     kv_cache: Option<KvDtype>,
+    /// Start each request from a free slot's cache where it holds the prompt's beginning
+    /// (a chat's earlier turns), unless the request says `"cache_prompt": false`.
+    #[arg(long)]
+    cache_prompt: bool,
 }
 
 fn run(cli: Cli) -> Result<(), String> {
@@ -104,6 +108,7 @@ fn run(cli: Cli) -> Result<(), String> {
     http.max_body = cli.max_body;
     http.max_connections = cli.max_connections.max(1);
     http.request_timeout = Duration::from_secs(cli.timeout.max(1));
+    http.cache_prompt = cli.cache_prompt;
     let options = ServeOptions {
         scheduler: SchedulerConfig { slots: cli.parallel, context, prefill_chunk: cli.prefill_chunk, queue: cli.queue },
         http,

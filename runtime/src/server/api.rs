@@ -64,6 +64,9 @@ pub struct CompletionRequest {
     /// `logit_bias`: (token id, -100 to 100) added to its logit before each choice; the
     /// handler checks the ids against the vocabulary.
     pub logit_bias: Vec<(u32, f32)>,
+    /// llama-server's `cache_prompt`: start from a slot's cache where it holds the
+    /// prompt's beginning (`None`: the server's `--cache-prompt`).
+    pub cache_prompt: Option<bool>,
 }
 
 /// Stop strings a request may give (OpenAI allows 4).
@@ -205,6 +208,7 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         stream_usage,
         logprobs,
         logit_bias,
+        cache_prompt: bool_field(&o, "cache_prompt")?,
     })
 }
 
@@ -404,12 +408,26 @@ pub struct AnswerInfo<'a> {
     pub chat: bool,
 }
 
-fn usage(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+/// An answer's token counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: usize,
+    /// Prompt tokens a slot's cache already held (`cache_prompt`).
+    pub cached: usize,
+    pub completion: usize,
+}
+
+fn usage(u: Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt,
+        "completion_tokens": u.completion,
+        "total_tokens": u.prompt + u.completion,
+        "prompt_tokens_details": {"cached_tokens": u.cached},
+    })
 }
 
 /// A whole (non-streamed) answer; `logprobs` from [`logprobs`] if asked for.
-pub fn answer(info: &AnswerInfo, text: &str, finish: &str, prompt: usize, completion: usize, logprobs: Option<Value>) -> String {
+pub fn answer(info: &AnswerInfo, text: &str, finish: &str, counts: Usage, logprobs: Option<Value>) -> String {
     let logprobs = logprobs.unwrap_or(Value::Null);
     let choice = if info.chat {
         json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": logprobs})
@@ -422,7 +440,7 @@ pub fn answer(info: &AnswerInfo, text: &str, finish: &str, prompt: usize, comple
         "created": info.created,
         "model": info.model,
         "choices": [choice],
-        "usage": usage(prompt, completion),
+        "usage": usage(counts),
         "system_fingerprint": null,
     })
     .to_string()
@@ -456,14 +474,14 @@ pub fn chunk(info: &AnswerInfo, text: Option<&str>, first: bool, finish: Option<
 }
 
 /// The stream's usage chunk (`stream_options.include_usage`): no choices.
-pub fn usage_chunk(info: &AnswerInfo, prompt: usize, completion: usize) -> String {
+pub fn usage_chunk(info: &AnswerInfo, counts: Usage) -> String {
     json!({
         "id": info.id,
         "object": if info.chat { "chat.completion.chunk" } else { "text_completion" },
         "created": info.created,
         "model": info.model,
         "choices": [],
-        "usage": usage(prompt, completion),
+        "usage": usage(counts),
     })
     .to_string()
 }
@@ -566,6 +584,7 @@ mod tests {
             (r#"{"prompt": "a", "logit_bias": {"5": 101}}"#, false, "from -100 to 100"),
             (r#"{"prompt": "a", "logit_bias": {"5": "1"}}"#, false, "from -100 to 100"),
             (r#"{"prompt": "a", "logit_bias": [5]}"#, false, "must be an object"),
+            (r#"{"prompt": "a", "cache_prompt": 1}"#, false, "'cache_prompt' must be a boolean"),
             (r#"{"messages": []}"#, true, "empty"),
             (r#"{"prompt": "a"}"#, true, "'messages' is required"),
             (r#"{"messages": [{"role": "wizard", "content": "a"}]}"#, true, "unknown role 'wizard'"),
@@ -585,9 +604,10 @@ mod tests {
     #[test]
     fn answers_have_openai_shapes() {
         let info = AnswerInfo { id: "x", created: 1, model: "m", chat: true };
-        let v: Value = serde_json::from_str(&answer(&info, "hi", "stop", 3, 1, None)).unwrap();
+        let v: Value = serde_json::from_str(&answer(&info, "hi", "stop", Usage { prompt: 3, cached: 2, completion: 1 }, None)).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "hi");
         assert_eq!(v["usage"]["total_tokens"], 4);
+        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
         assert!(v["choices"][0]["logprobs"].is_null());
         let v: Value = serde_json::from_str(&chunk(&info, None, true, None, None)).unwrap();
         assert_eq!(v["choices"][0]["delta"]["role"], "assistant");
@@ -621,7 +641,7 @@ mod tests {
         assert_eq!(legacy["text_offset"], json!([3, 5]));
         assert_eq!(offset, 6, "characters, not bytes");
         assert!(legacy["top_logprobs"][1]["é"].is_number());
-        let answer: Value = serde_json::from_str(&answer(&AnswerInfo { id: "x", created: 1, model: "m", chat: false }, "abé", "length", 1, 2, Some(legacy))).unwrap();
+        let answer: Value = serde_json::from_str(&answer(&AnswerInfo { id: "x", created: 1, model: "m", chat: false }, "abé", "length", Usage { prompt: 1, cached: 0, completion: 2 }, Some(legacy))).unwrap();
         assert_eq!(answer["choices"][0]["logprobs"]["tokens"][0], "ab");
     }
 }

@@ -20,7 +20,7 @@ use crate::generation::logprobs::TokenLogprob;
 use crate::generation::session::ChatFormat;
 use crate::server::api::{self, AnswerInfo, ApiError, Prompt};
 use crate::server::metrics::Metrics;
-use crate::server::scheduler::{Event, Job, Queue, SubmitError};
+use crate::server::scheduler::{Event, Finish, Job, Queue, SubmitError};
 use crate::text::tokenizer::Tokenizer;
 
 /// Limits and identity of the HTTP side.
@@ -40,6 +40,9 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Time one write to a client may block.
     pub write_timeout: Duration,
+    /// Whether a request that does not say (`cache_prompt`) starts from a slot's cache
+    /// where it holds the prompt's beginning.
+    pub cache_prompt: bool,
 }
 
 impl HttpConfig {
@@ -52,6 +55,7 @@ impl HttpConfig {
             max_connections: 256,
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
+            cache_prompt: false,
         }
     }
 }
@@ -244,6 +248,7 @@ impl<'a, 'v> App<'a, 'v> {
             ignore_eos: req.ignore_eos,
             logprobs: req.logprobs,
             logit_bias: req.logit_bias.clone(),
+            cache_prompt: req.cache_prompt.unwrap_or(self.config.cache_prompt),
             events: tx,
             cancel: Arc::clone(&cancel),
         };
@@ -280,7 +285,7 @@ impl<'a, 'v> App<'a, 'v> {
                 Event::Text(t) => text.push_str(&t),
                 Event::Done(f) => {
                     let logprobs = events_logprobs(events.logprobs, info.chat, &logprobs, &|id| self.token_bytes(id), &mut 0);
-                    let body = api::answer(info, &text, f.reason.as_str(), f.prompt_tokens, f.completion_tokens, logprobs);
+                    let body = api::answer(info, &text, f.reason.as_str(), usage_of(&f), logprobs);
                     return respond(events.stream, 200, "application/json", body.as_bytes()).ok();
                 }
             }
@@ -311,7 +316,7 @@ impl<'a, 'v> App<'a, 'v> {
                 Event::Done(f) => {
                     send_event(events.stream, &api::chunk(info, None, false, Some(f.reason.as_str()), take(&mut pending)))?;
                     if usage {
-                        send_event(events.stream, &api::usage_chunk(info, f.prompt_tokens, f.completion_tokens))?;
+                        send_event(events.stream, &api::usage_chunk(info, usage_of(&f)))?;
                     }
                     events.stream.write_all(b"data: [DONE]\n\n").ok()?;
                     return events.stream.flush().ok();
@@ -324,6 +329,10 @@ impl<'a, 'v> App<'a, 'v> {
     fn token_bytes(&self, id: u32) -> Vec<u8> {
         self.tokenizer.map(|t| t.decode(&[id])).unwrap_or_default()
     }
+}
+
+fn usage_of(f: &Finish) -> api::Usage {
+    api::Usage { prompt: f.prompt_tokens, cached: f.cached_tokens, completion: f.completion_tokens }
 }
 
 /// The `logprobs` of a chunk: `None` unless the request asked for them.

@@ -14,6 +14,8 @@ pub struct Metrics {
     /// Requests whose client went away before the end.
     pub requests_cancelled: AtomicU64,
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens a slot's cache already held (`cache_prompt`), not run.
+    pub prompt_tokens_cached: AtomicU64,
     pub generated_tokens: AtomicU64,
     /// Requests waiting for a slot.
     pub queue_depth: AtomicU64,
@@ -59,6 +61,12 @@ impl Metrics {
             ],
         );
         metric("prompt_tokens_total", "counter", "Prompt tokens run.", &[("", get(&self.prompt_tokens))]);
+        metric(
+            "prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens a slot's cache already held (not run).",
+            &[("", get(&self.prompt_tokens_cached))],
+        );
         metric("generated_tokens_total", "counter", "Tokens generated.", &[("", get(&self.generated_tokens))]);
         metric("queue_depth", "gauge", "Requests waiting for a slot.", &[("", get(&self.queue_depth))]);
         metric("busy_slots", "gauge", "Slots running a request.", &[("", get(&self.busy_slots))]);

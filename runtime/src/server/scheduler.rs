@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::{Sampler, SamplingParams};
+use crate::generation::session::KvTokens;
 use crate::generation::stop::StopText;
 use crate::model::forward::{forward_chunks, forward_rows, Chunk, Row, RunState};
 use crate::model::Model;
@@ -49,6 +50,9 @@ pub struct Job {
     pub logprobs: Option<usize>,
     /// Added to these tokens' logits before each choice (ids within the vocabulary).
     pub logit_bias: Vec<(u32, f32)>,
+    /// Start from a free slot's cache where it holds the prompt's beginning (the
+    /// longest such prefix among the free slots), running only the rest.
+    pub cache_prompt: bool,
     pub events: Sender<Event>,
     /// Set by the handler when its client goes away.
     pub cancel: Arc<AtomicBool>,
@@ -89,6 +93,8 @@ impl FinishReason {
 pub struct Finish {
     pub reason: FinishReason,
     pub prompt_tokens: usize,
+    /// Of those, the ones a slot's cache already held ([`Job::cache_prompt`]).
+    pub cached_tokens: usize,
     /// Tokens generated (an end-of-sequence token that ended the reply not counted).
     pub completion_tokens: usize,
     /// From queueing to the first token, in milliseconds.
@@ -181,6 +187,8 @@ struct Active {
     queued: Instant,
     /// Prompt tokens already in the cache.
     prefilled: usize,
+    /// Of those, the ones the slot's cache held when the job came in.
+    cached: usize,
     /// The token to feed next (decoding) and its position.
     next: u32,
     pos: usize,
@@ -207,6 +215,9 @@ pub struct Scheduler<'m, 'v> {
     /// The decode batch's rows and the slots they belong to (capacity: every slot).
     rows: Vec<Row>,
     row_slots: Vec<usize>,
+    /// The tokens each slot's cache holds, kept after its job ends for the next job
+    /// that asks to reuse them ([`Job::cache_prompt`]); each room for a whole context.
+    kv: Vec<KvTokens>,
     /// The prompts being read, (admission, slot), and the chunks of a pass, (slot,
     /// tokens) (capacity: every slot).
     reading: Vec<(u64, usize)>,
@@ -230,6 +241,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             queue,
             rows: Vec::with_capacity(config.slots),
             row_slots: Vec::with_capacity(config.slots),
+            kv: (0..config.slots).map(|_| KvTokens::with_capacity(config.context)).collect(),
             reading: Vec::with_capacity(config.slots),
             chunks: Vec::with_capacity(config.slots),
             admitted: 0,
@@ -254,7 +266,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             if w.closed {
                 return false;
             }
-            while let Some(free) = self.slots.iter().position(Option::is_none) {
+            while self.slots.iter().any(Option::is_none) {
                 let Some((job, queued)) = w.jobs.pop_front() else { break };
                 if job.cancel.load(Ordering::Relaxed) || job.events.send(Event::Started).is_err() {
                     Metrics::add(&self.queue.metrics.requests_cancelled, 1);
@@ -266,13 +278,16 @@ impl<'m, 'v> Scheduler<'m, 'v> {
                 let mut sampler = Sampler::new(sampling, self.model.config.vocab_size as usize);
                 sampler.set_context(&job.prompt);
                 sampler.set_logit_bias(&job.logit_bias);
+                let (free, cached) = self.take_slot(&job);
+                Metrics::add(&self.queue.metrics.prompt_tokens_cached, cached as u64);
                 let text = StopText::new(job.stop.clone());
                 self.slots[free] = Some(Active {
                     seq: self.admitted,
                     queued,
-                    prefilled: 0,
+                    prefilled: cached,
+                    cached,
                     next: 0,
-                    pos: 0,
+                    pos: cached,
                     generated: 0,
                     first_token: None,
                     sampler,
@@ -288,6 +303,31 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             }
             w = self.queue.wake.wait(w).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// A free slot for `job` and how many of its prompt's tokens the slot's cache keeps:
+    /// with [`Job::cache_prompt`], the free slot whose cache holds the longest beginning
+    /// of the prompt (a cache with sliding-window layers only where it holds no more
+    /// than that, [`KvTokens::reuse`]); otherwise the first free slot, from position 0.
+    fn take_slot(&mut self, job: &Job) -> (usize, usize) {
+        let sliding = self.model.config.sliding_window.is_some();
+        let free = (0..self.slots.len()).filter(|&i| self.slots[i].is_none());
+        let best = if job.cache_prompt {
+            free.max_by_key(|&i| {
+                let kv = self.kv[i].tokens();
+                let common = kv.iter().zip(&job.prompt).take_while(|(a, b)| a == b).count().min(job.prompt.len() - 1);
+                // Ties to the lowest slot; a cache that cannot be kept counts as none.
+                (if sliding && common < kv.len() { 0 } else { common }, std::cmp::Reverse(i))
+            })
+        } else {
+            free.min()
+        };
+        let i = best.expect("a free slot");
+        if !job.cache_prompt {
+            self.kv[i].clear();
+            return (i, 0);
+        }
+        (i, self.kv[i].reuse(&job.prompt, sliding))
     }
 
     fn drop_cancelled(&mut self) {
@@ -308,6 +348,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
                 if a.decoding() {
                     self.rows.push(Row { slot: i, token: a.next, pos: a.pos });
                     self.row_slots.push(i);
+                    self.kv[i].extend(&[a.next]);
                 }
             }
         }
@@ -370,6 +411,9 @@ impl<'m, 'v> Scheduler<'m, 'v> {
                 Chunk { slot: i, tokens: &a.job.prompt[a.prefilled..end], start: a.prefilled, logits: end == a.job.prompt.len() }
             })
             .collect();
+        for c in &chunks {
+            self.kv[c.slot].extend(c.tokens);
+        }
         let logits = forward_chunks(self.model, &mut self.state, &chunks);
         let vocab = self.model.config.vocab_size as usize;
         // A row of logits for each chunk that ends its prompt, in order.
@@ -435,6 +479,7 @@ fn finish(a: &mut Active, reason: FinishReason) -> bool {
     let _ = a.job.events.send(Event::Done(Finish {
         reason,
         prompt_tokens: a.job.prompt.len(),
+        cached_tokens: a.cached,
         completion_tokens: a.generated,
         time_to_first_token_ms: ttft,
     }));
