@@ -84,6 +84,11 @@ def main():
             penalized = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "repeat_penalty": 1.2, "repeat_last_n": -1}},
                                                   frequency_penalty=1.5, presence_penalty=1.0)
             check(penalized.usage.completion_tokens == 12, "penalties are taken")
+            first = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "cache_prompt": True}})
+            again = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "cache_prompt": True}})
+            check(first.choices[0].text == again.choices[0].text == text, "cache_prompt: the same text")
+            check(again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1,
+                  "cache_prompt: all but the last prompt token cached (usage.prompt_tokens_details)")
 
             for what, call, error in [
                 ("a wrong API key", lambda: openai.OpenAI(base_url=server.base_url, api_key="nope", max_retries=0).models.list(),
