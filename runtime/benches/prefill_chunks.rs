@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use olmort::{forward_chunks, Chunk, KvDtype, Model, RunState};
+use olmort::{forward_chunks, Chunk, KvDtype, LogitRows, Model, RunState};
 
 mod common;
 use common::{alternating_rounds, median, Args};
@@ -32,7 +32,7 @@ fn run(args: &Args, model: &Model) -> Result<(), String> {
     let vocab = model.config.vocab_size;
     let prompts: Vec<Vec<u32>> = (0..slots).map(|s| (0..len).map(|i| (1000 + 7919 * (s * len + i) as u32) % vocab).collect()).collect();
     let pass = |state: &mut RunState, n: usize| -> f64 {
-        let chunks: Vec<Chunk> = (0..n).map(|s| Chunk { slot: s, tokens: &prompts[s], start: 0, logits: true }).collect();
+        let chunks: Vec<Chunk> = (0..n).map(|s| Chunk { slot: s, tokens: &prompts[s], start: 0, logits: LogitRows::Last }).collect();
         let t = Instant::now();
         std::hint::black_box(forward_chunks(model, state, &chunks));
         t.elapsed().as_secs_f64() * 1e3

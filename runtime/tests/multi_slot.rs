@@ -102,7 +102,7 @@ fn together(model: &Model, kv: KvDtype, seqs: &[Seq]) -> Vec<Vec<Vec<f32>>> {
             for &(q, slot, done) in &joining {
                 let len = CHUNK.min(seqs[q].prompt.len() - done);
                 if tokens + len <= 8 {
-                    let logits = done + len == seqs[q].prompt.len();
+                    let logits = LogitRows::last_of_prompt(done + len, seqs[q].prompt.len());
                     chunks.push(Chunk { slot, tokens: &seqs[q].prompt[done..done + len], start: done, logits });
                     tokens += len;
                 }
@@ -217,7 +217,7 @@ fn a_slot_appears_once_per_batch() {
 fn a_slot_appears_once_per_chunk_batch() {
     with_model("tiny", DType::F32, |model| {
         let mut s = RunState::with_slots(model, 16, 4, KvDtype::F32, 2).unwrap();
-        forward_chunks(model, &mut s, &[Chunk { slot: 1, tokens: &[3], start: 0, logits: true }, Chunk { slot: 1, tokens: &[4], start: 1, logits: true }]);
+        forward_chunks(model, &mut s, &[Chunk { slot: 1, tokens: &[3], start: 0, logits: LogitRows::Last }, Chunk { slot: 1, tokens: &[4], start: 1, logits: LogitRows::Last }]);
     });
 }
 
@@ -231,7 +231,7 @@ fn only_chunks_that_ask_get_logits() {
         let vocab = model.config.vocab_size as usize;
         let prompts: [&[u32]; 3] = [&[5, 9, 2], &[7, 1, 8, 3], &[4, 6]];
         let mut s = RunState::with_slots(model, 16, 16, KvDtype::F32, 3).unwrap();
-        let chunks: Vec<Chunk> = prompts.iter().enumerate().map(|(slot, p)| Chunk { slot, tokens: p, start: 0, logits: slot != 1 }).collect();
+        let chunks: Vec<Chunk> = prompts.iter().enumerate().map(|(slot, p)| Chunk { slot, tokens: p, start: 0, logits: if slot != 1 { LogitRows::Last } else { LogitRows::None } }).collect();
         let together = forward_chunks(model, &mut s, &chunks).to_vec();
         assert_eq!(together.len(), 2 * vocab, "a row for each chunk that asks, none for the other");
         let mut lone = RunState::with_slots(model, 16, 16, KvDtype::F32, 1).unwrap();
@@ -239,9 +239,34 @@ fn only_chunks_that_ask_get_logits() {
             let want = forward_batch_in(model, &mut lone, 0, prompts[slot], 0, LogitRows::Last).to_vec();
             assert_eq!(&together[row * vocab..][..vocab], &want[..], "slot {slot}");
         }
-        let next = forward_chunks(model, &mut s, &[Chunk { slot: 1, tokens: &[2, 2], start: 4, logits: true }]).to_vec();
+        let next = forward_chunks(model, &mut s, &[Chunk { slot: 1, tokens: &[2, 2], start: 4, logits: LogitRows::Last }]).to_vec();
         forward_batch_in(model, &mut lone, 0, prompts[1], 0, LogitRows::None);
         let want = forward_batch_in(model, &mut lone, 0, &[2, 2], 4, LogitRows::Last).to_vec();
         assert_eq!(next, want);
+    });
+}
+
+/// A chunk that asks for all its rows (a prompt's own log-probabilities) gets one per
+/// position, in order before the next chunk's: within rounding of a lone batch with
+/// [`LogitRows::All`] (each row its own `lm_head` product here), and its last row the
+/// bits a lone run's last row has.
+#[test]
+fn a_chunk_may_ask_for_every_row() {
+    with_model("tiny", DType::F32, |model| {
+        let vocab = model.config.vocab_size as usize;
+        let prompts: [&[u32]; 2] = [&[5, 9, 2, 11, 3], &[7, 1, 8]];
+        let mut s = RunState::with_slots(model, 16, 16, KvDtype::F32, 2).unwrap();
+        let chunks = [
+            Chunk { slot: 0, tokens: prompts[0], start: 0, logits: LogitRows::All },
+            Chunk { slot: 1, tokens: prompts[1], start: 0, logits: LogitRows::Last },
+        ];
+        let together = forward_chunks(model, &mut s, &chunks).to_vec();
+        assert_eq!(together.len(), 6 * vocab);
+        let mut lone = RunState::with_slots(model, 16, 16, KvDtype::F32, 1).unwrap();
+        let all = forward_batch_in(model, &mut lone, 0, prompts[0], 0, LogitRows::All).to_vec();
+        let worst = together[..5 * vocab].iter().zip(&all).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{worst}");
+        let last = forward_batch_in(model, &mut lone, 0, prompts[1], 0, LogitRows::Last).to_vec();
+        assert_eq!(&together[5 * vocab..], &last[..]);
     });
 }

@@ -444,21 +444,23 @@ pub fn forward_batch_in<'s>(
 
 /// A run of consecutive positions of one slot for [`forward_chunks`]: `tokens` at
 /// positions `start ..` of the sequence in KV slot `slot` (a prompt or a chunk of one),
-/// and whether its last position's logits are wanted (`logits`: the chunk ends its
-/// prompt; the chunks before only fill the cache).
+/// and which positions' logits are wanted (`logits`: the last where the chunk ends its
+/// prompt, none for the chunks before, which only fill the cache, or all of them for
+/// a prompt's own log-probabilities).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chunk<'a> {
     pub slot: usize,
     pub tokens: &'a [u32],
     pub start: usize,
-    pub logits: bool,
+    pub logits: LogitRows,
 }
 
 /// Runs several slots' prompt chunks in one pass (each slot at most once, each chunk
-/// non-empty and as [`forward_batch_in`] takes it) and returns the last-position
-/// logits of each chunk that asks for them (`Chunk::logits`), a row each in `chunks`'
-/// order; the others skip the final norm and `lm_head` (for the 1B's q8_0 lm_head, a
-/// read of 218 MB). A chunk's logits and the cache it leaves are exactly those
+/// non-empty and as [`forward_batch_in`] takes it) and returns the logits each chunk
+/// asks for (`Chunk::logits`), its rows in order, the chunks in `chunks`' order; the
+/// others skip the final norm and `lm_head` (for the 1B's q8_0 lm_head, a read of 218
+/// MB). Each row of logits is a product of its own (a one-token segment). A chunk's
+/// last row and the cache it leaves are exactly those
 /// [`forward_batch_in`] with [`LogitRows::Last`] gives it alone: each product runs the
 /// kernel the chunk alone would, over every chunk at once where that is one kernel
 /// (`kernels::matmul_segments`; the weights are then read once for all), and attention
@@ -491,7 +493,7 @@ pub fn forward_chunks<'s>(model: &Model, s: &'s mut RunState, chunks: &[Chunk]) 
     let team = Arc::clone(&s.team);
     team.install(|| run(k, model, s, &Batch::Runs { chunks, rows: &rows, lens: &lens }));
     (s.chunk_rows, s.chunk_lens) = (rows, lens);
-    &s.logits[..chunks.iter().filter(|c| c.logits).count() * vocab]
+    &s.logits[..chunks.iter().map(|c| c.tokens.len() - c.logits.first(c.tokens.len())).sum::<usize>() * vocab]
 }
 
 /// Checks that slot `slot` may take positions `start .. start + len`: a slot of the
@@ -730,17 +732,17 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
         clock.lap(&mut s.sections, |t| &mut t.mlp_residual);
     }
 
-    // Only the rows that get logits need the final norm: a run's last ones, each
-    // chunk's last one (gathered in `proj`, free by now).
+    // Only the rows that get logits need the final norm: a run's last ones, the rows
+    // each chunk asks for (gathered in `proj`, free by now).
     let (x, m) = match batch {
         Batch::Runs { chunks, .. } => {
-            let (mut end, mut m) = (0, 0);
+            let (mut start, mut m) = (0, 0);
             for c in *chunks {
-                end += c.tokens.len();
-                if c.logits {
-                    s.proj[m * d..][..d].copy_from_slice(&s.x[(end - 1) * d..end * d]);
-                    m += 1;
-                }
+                let len = c.tokens.len();
+                let rows = len - c.logits.first(len);
+                s.proj[m * d..][..rows * d].copy_from_slice(&s.x[(start + len - rows) * d..(start + len) * d]);
+                m += rows;
+                start += len;
             }
             (&mut s.proj[..m * d], m)
         }

@@ -31,7 +31,7 @@ use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::{Sampler, SamplingParams};
 use crate::generation::session::KvTokens;
 use crate::generation::stop::StopText;
-use crate::model::forward::{forward_chunks, forward_rows, Chunk, Row, RunState};
+use crate::model::forward::{forward_chunks, forward_rows, Chunk, LogitRows, Row, RunState};
 use crate::model::Model;
 use crate::server::metrics::Metrics;
 
@@ -408,7 +408,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             .map(|&(i, n)| {
                 let a = slots[i].as_ref().expect("a reading slot");
                 let end = a.prefilled + n;
-                Chunk { slot: i, tokens: &a.job.prompt[a.prefilled..end], start: a.prefilled, logits: end == a.job.prompt.len() }
+                Chunk { slot: i, tokens: &a.job.prompt[a.prefilled..end], start: a.prefilled, logits: LogitRows::last_of_prompt(end, a.job.prompt.len()) }
             })
             .collect();
         for c in &chunks {
