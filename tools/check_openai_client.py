@@ -84,6 +84,11 @@ def main():
             penalized = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "repeat_penalty": 1.2, "repeat_last_n": -1}},
                                                   frequency_penalty=1.5, presence_penalty=1.0)
             check(penalized.usage.completion_tokens == 12, "penalties are taken")
+            scored = client.completions.create(model=name, prompt="Once upon a time", max_tokens=0, echo=True, logprobs=1)
+            lp = scored.choices[0].logprobs
+            check(scored.choices[0].text == "Once upon a time" and lp.token_logprobs[0] is None
+                  and all(v is not None and v <= 0 for v in lp.token_logprobs[1:]),
+                  "echo with max_tokens 0 scores the prompt (the first token None)")
             first = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "cache_prompt": True}})
             again = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "cache_prompt": True}})
             check(first.choices[0].text == again.choices[0].text == text, "cache_prompt: the same text")

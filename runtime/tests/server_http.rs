@@ -200,6 +200,54 @@ fn logprobs_are_the_log_softmax_of_the_reference() {
     });
 }
 
+/// Completions' `echo` with `logprobs`: the prompt's own tokens scored, the first
+/// `null`, the others the log-softmax of transformers' logits at the position before;
+/// `max_tokens: 0` scores the prompt alone; streamed, the prompt comes first and the
+/// entries are the whole answer's.
+#[test]
+fn echo_scores_the_prompt_against_the_reference() {
+    let (tokens, rows) = reference_log_softmax();
+    let prompt = 8;
+    let ids: Vec<String> = tokens[..prompt].iter().map(u32::to_string).collect();
+    let body = |max_tokens: usize| format!(r#"{{"prompt": [{}], "max_tokens": {max_tokens}, "temperature": 0, "echo": true, "logprobs": 2}}"#, ids.join(", "));
+    with_server("trained", options(2, 256, 3, 4), |addr, _| {
+        let scored = post(addr, "/v1/completions", &body(0)).json();
+        assert_eq!(scored["usage"]["completion_tokens"], 0);
+        assert_eq!(scored["choices"][0]["finish_reason"], "length");
+        let lp = &scored["choices"][0]["logprobs"];
+        let values = lp["token_logprobs"].as_array().unwrap();
+        assert_eq!(values.len(), prompt);
+        assert!(values[0].is_null() && lp["top_logprobs"][0].is_null());
+        for k in 1..prompt {
+            let (got, want) = (values[k].as_f64().unwrap(), rows[k - 1][tokens[k] as usize]);
+            assert!((got - want).abs() < 1e-4, "prompt token {k}: {got} against {want}");
+        }
+        let spelled: String = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        assert_eq!(scored["choices"][0]["text"].as_str().unwrap(), spelled, "the text is the prompt's");
+
+        // Two new tokens after the prompt: scored as the reference's greedy steps.
+        let whole = post(addr, "/v1/completions", &body(2)).json();
+        let lp = &whole["choices"][0]["logprobs"];
+        let values: Vec<Value> = lp["token_logprobs"].as_array().unwrap().clone();
+        assert_eq!(values.len(), prompt + 2);
+        for k in prompt..prompt + 2 {
+            let (got, want) = (values[k].as_f64().unwrap(), rows[k - 1][tokens[k] as usize]);
+            assert!((got - want).abs() < 1e-4, "generated token {k}: {got} against {want}");
+        }
+        assert!(whole["choices"][0]["text"].as_str().unwrap().starts_with(&spelled));
+
+        let streamed = post(addr, "/v1/completions", &body(2).replace("}", r#", "stream": true}"#)).events();
+        let chunks: Vec<Value> = streamed.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
+        assert_eq!(chunks[0]["choices"][0]["text"].as_str().unwrap(), spelled, "the prompt first");
+        let streamed_values: Vec<Value> = chunks.iter().flat_map(|c| c["choices"][0]["logprobs"]["token_logprobs"].as_array().cloned().unwrap_or_default()).collect();
+        assert_eq!(streamed_values, values);
+        // Without logprobs an echo is text only; chat has none.
+        let plain = post(addr, "/v1/completions", &format!(r#"{{"prompt": [{}], "max_tokens": 0, "echo": true}}"#, ids.join(", "))).json();
+        assert_eq!(plain["choices"][0]["text"].as_str().unwrap(), spelled);
+        assert!(plain["choices"][0]["logprobs"].is_null());
+    });
+}
+
 /// Chat's `logprobs: true` with `top_logprobs`: an entry per generated token, in
 /// OpenAI's shape, whole and streamed alike.
 #[test]

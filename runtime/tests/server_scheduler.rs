@@ -27,6 +27,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (Job, mpsc::Receiver<Event>, Arc<
         stop: Vec::new(),
         ignore_eos: true,
         logprobs: None,
+        prompt_logprobs: false,
         logit_bias: Vec::new(),
         cache_prompt: false,
         events: tx,
@@ -40,7 +41,7 @@ fn collect(rx: &mpsc::Receiver<Event>) -> (String, Finish) {
     let mut text = String::new();
     loop {
         match rx.recv_timeout(Duration::from_secs(120)).expect("an event") {
-            Event::Started | Event::Logprob(_) => {}
+            Event::Started | Event::Logprob(_) | Event::PromptLogprob(_) => {}
             Event::Text(t) => text.push_str(&t),
             Event::Done(f) => return (text, f),
         }

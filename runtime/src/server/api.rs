@@ -2,7 +2,7 @@
 //! message for a 400), and the JSON of answers, stream chunks and errors.
 //!
 //! Unknown fields are ignored, as vLLM and llama-server ignore them; fields the server
-//! knows but does not implement (`n > 1`, tools, `echo`, ...) are refused rather
+//! knows but does not implement (`n > 1`, tools, `suffix`, ...) are refused rather
 //! than silently dropped.
 
 use serde_json::{json, Map, Value};
@@ -67,6 +67,9 @@ pub struct CompletionRequest {
     /// llama-server's `cache_prompt`: start from a slot's cache where it holds the
     /// prompt's beginning (`None`: the server's `--cache-prompt`).
     pub cache_prompt: Option<bool>,
+    /// Completions' `echo`: the reply's text (and with `logprobs`, its log-probabilities
+    /// from the prompt's second token on) starts with the prompt's.
+    pub echo: bool,
 }
 
 /// Stop strings a request may give (OpenAI allows 4).
@@ -116,10 +119,16 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         }
     }
     let prompt = if chat { Prompt::Chat(parse_messages(&o)?) } else { parse_prompt(&o)? };
+    // Completions only: the reply starts with the prompt, and may be nothing more.
+    let echo = bool_field(&o, "echo")?.unwrap_or(false);
+    if echo && chat {
+        return Err(ApiError::invalid("'echo' is a /v1/completions option", Some("echo")));
+    }
+    let least = if echo { 0 } else { 1 };
     let max_tokens = match (integer_field(&o, "max_tokens")?, integer_field(&o, "max_completion_tokens")?) {
         (Some(_), Some(_)) => return Err(ApiError::invalid("give 'max_tokens' or 'max_completion_tokens', not both", Some("max_tokens"))),
-        (Some(n), None) | (None, Some(n)) if n < 1 => {
-            return Err(ApiError::invalid(format!("'max_tokens' must be at least 1, not {n}"), Some("max_tokens")))
+        (Some(n), None) | (None, Some(n)) if n < least => {
+            return Err(ApiError::invalid(format!("'max_tokens' must be at least {least}, not {n}"), Some("max_tokens")))
         }
         (Some(n), None) | (None, Some(n)) => Some(n as usize),
         (None, None) => None,
@@ -209,6 +218,7 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         logprobs,
         logit_bias,
         cache_prompt: bool_field(&o, "cache_prompt")?,
+        echo,
     })
 }
 
@@ -256,10 +266,12 @@ fn parse_logprobs(o: &Obj, chat: bool) -> Result<Option<usize>, ApiError> {
     }
 }
 
-/// The `logprobs` of a choice for `entries` (generated tokens, in order), each token
-/// spelled by `token` (its bytes); `offset` is where the first token's text starts in
-/// the reply (completions' `text_offset`, in characters), advanced past the last.
-pub fn logprobs(chat: bool, entries: &[TokenLogprob], token: &dyn Fn(u32) -> Vec<u8>, offset: &mut usize) -> Value {
+/// The `logprobs` of a choice for `entries` (tokens in order), each token spelled by
+/// `token` (its bytes); `offset` is where the first token's text starts in the reply
+/// (completions' `text_offset`, in characters), advanced past the last. `first`: an
+/// echoed prompt's first token, which comes before `entries` with no log-probability
+/// (`null`, as nothing precedes it; completions only).
+pub fn logprobs(chat: bool, first: Option<u32>, entries: &[TokenLogprob], token: &dyn Fn(u32) -> Vec<u8>, offset: &mut usize) -> Value {
     let text = |id: u32| String::from_utf8_lossy(&token(id)).into_owned();
     if chat {
         let entry = |id: u32, logprob: f32| json!({"token": text(id), "logprob": logprob, "bytes": token(id)});
@@ -274,13 +286,21 @@ pub fn logprobs(chat: bool, entries: &[TokenLogprob], token: &dyn Fn(u32) -> Vec
         json!({"content": content, "refusal": null})
     } else {
         let (mut tokens, mut values, mut tops, mut offsets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        if let Some(id) = first {
+            let t = text(id);
+            offsets.push(*offset);
+            *offset += t.chars().count();
+            tokens.push(t);
+            values.push(Value::Null);
+            tops.push(Value::Null);
+        }
         for e in entries {
             let t = text(e.token);
             offsets.push(*offset);
             *offset += t.chars().count();
             tokens.push(t);
-            values.push(e.logprob);
-            tops.push(e.top().iter().map(|&(id, lp)| (text(id), Value::from(lp))).collect::<Map<String, Value>>());
+            values.push(Value::from(e.logprob));
+            tops.push(Value::Object(e.top().iter().map(|&(id, lp)| (text(id), Value::from(lp))).collect::<Map<String, Value>>()));
         }
         json!({"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets})
     }
@@ -317,9 +337,6 @@ fn refuse_unsupported(o: &Obj) -> Result<(), ApiError> {
             Some(Value::String(s)) if s == "none" || s == "auto" => {}
             Some(_) => return unsupported(if name == "tool_choice" { "tool_choice" } else { "function_call" }, "tool calls are not implemented"),
         }
-    }
-    if bool_field(o, "echo")? == Some(true) {
-        return unsupported("echo", "the prompt is not echoed");
     }
     if field(o, "suffix").is_some_and(|v| v.as_str() != Some("")) {
         return unsupported("suffix", "insertion is not implemented");
@@ -571,7 +588,9 @@ mod tests {
             (r#"{"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}"#, true, "needs 'logprobs': true"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": true, "top_logprobs": -1}"#, true, "between 0 and 20"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "logprobs": 1}"#, true, "must be a boolean"),
-            (r#"{"prompt": "a", "echo": true}"#, false, "'echo'"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "echo": true}"#, true, "'echo' is a /v1/completions option"),
+            (r#"{"prompt": "a", "max_tokens": 0}"#, false, "at least 1"),
+            (r#"{"prompt": "a", "echo": true, "max_tokens": -1}"#, false, "at least 0"),
             (r#"{"prompt": "a", "model": 3}"#, false, "'model'"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]}"#, true, "'tools'"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "frequency_penalty": 2.5}"#, true, "between -2 and 2"),
@@ -627,7 +646,7 @@ mod tests {
         let mut second = TokenLogprob::new(&[0.0, 0.0, 1.0], 2, 1);
         second.logprob = -0.5;
         let entries = [TokenLogprob::new(&[0.0, 1.0], 1, 0), second];
-        let chat = logprobs(true, &entries, &spell, &mut 0);
+        let chat = logprobs(true, None, &entries, &spell, &mut 0);
         let content = chat["content"].as_array().unwrap();
         assert_eq!((content[0]["token"].as_str(), content[1]["token"].as_str()), (Some("ab"), Some("é")));
         assert_eq!(content[1]["bytes"], json!([0xc3, 0xa9]));
@@ -635,12 +654,16 @@ mod tests {
         assert_eq!(content[0]["top_logprobs"], json!([]));
         assert_eq!(content[1]["top_logprobs"][0]["token"], "é");
         let mut offset = 3;
-        let legacy = logprobs(false, &entries, &spell, &mut offset);
+        let legacy = logprobs(false, None, &entries, &spell, &mut offset);
         assert_eq!(legacy["tokens"], json!(["ab", "é"]));
         assert_eq!(legacy["token_logprobs"][1], -0.5);
         assert_eq!(legacy["text_offset"], json!([3, 5]));
         assert_eq!(offset, 6, "characters, not bytes");
         assert!(legacy["top_logprobs"][1]["é"].is_number());
+        let echoed = logprobs(false, Some(2), &entries, &spell, &mut 0);
+        assert_eq!(echoed["tokens"], json!(["é", "ab", "é"]));
+        assert_eq!((echoed["token_logprobs"][0].is_null(), echoed["top_logprobs"][0].is_null()), (true, true));
+        assert_eq!(echoed["text_offset"], json!([0, 1, 3]));
         let answer: Value = serde_json::from_str(&answer(&AnswerInfo { id: "x", created: 1, model: "m", chat: false }, "abé", "length", Usage { prompt: 1, cached: 0, completion: 2 }, Some(legacy))).unwrap();
         assert_eq!(answer["choices"][0]["logprobs"]["tokens"][0], "ab");
     }

@@ -237,6 +237,15 @@ impl<'a, 'v> App<'a, 'v> {
             return Err(ApiError::invalid(format!("'logit_bias': token id {bad} is outside the vocabulary of {}", self.vocab_size), Some("logit_bias")));
         }
         let prompt = self.encode(&req.prompt)?;
+        // What an echo puts first: the prompt's text, and its first token (which has no
+        // log-probability).
+        let echo = req.echo.then(|| {
+            let text = match &req.prompt {
+                Prompt::Text(t) => t.clone(),
+                _ => String::from_utf8_lossy(&self.tokenizer.map(|t| t.decode(&prompt)).unwrap_or_default()).into_owned(),
+            };
+            (text, prompt[0])
+        });
         let room = self.config.context - prompt.len();
         let (tx, rx) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -247,6 +256,7 @@ impl<'a, 'v> App<'a, 'v> {
             stop: req.stop.clone(),
             ignore_eos: req.ignore_eos,
             logprobs: req.logprobs,
+            prompt_logprobs: req.echo && req.logprobs.is_some(),
             logit_bias: req.logit_bias.clone(),
             cache_prompt: req.cache_prompt.unwrap_or(self.config.cache_prompt),
             events: tx,
@@ -261,7 +271,7 @@ impl<'a, 'v> App<'a, 'v> {
         }
         let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, self.next_id.fetch_add(1, Ordering::Relaxed));
         let info = AnswerInfo { id: &id, created: unix_time(), model: &self.config.model_name, chat };
-        let mut events = Events { rx, stream, cancel: &cancel, queue: &self.queue, logprobs: req.logprobs.is_some() };
+        let mut events = Events { rx, stream, cancel: &cancel, queue: &self.queue, logprobs: req.logprobs.is_some(), echo };
         let done = if req.stream { self.stream_answer(&mut events, &info, req.stream_usage) } else { self.whole_answer(&mut events, &info) };
         match done {
             Some(()) => Metrics::add(&self.metrics().requests_ok, 1),
@@ -274,17 +284,22 @@ impl<'a, 'v> App<'a, 'v> {
         Ok(())
     }
 
-    /// Collects the reply, then answers with it whole. `None`: the client went away.
+    /// Collects the reply, then answers with it whole (after the prompt, for an echo).
+    /// `None`: the client went away.
     fn whole_answer(&self, events: &mut Events, info: &AnswerInfo) -> Option<()> {
-        let mut text = String::new();
+        let (mut text, first) = match events.echo.take() {
+            Some((t, first)) => (t, Some(first)),
+            None => (String::new(), None),
+        };
         let mut logprobs = Vec::new();
         loop {
             match events.next()? {
                 Event::Started => {}
-                Event::Logprob(l) => logprobs.push(l),
+                // The prompt's all come before the first generated token's.
+                Event::PromptLogprob(l) | Event::Logprob(l) => logprobs.push(l),
                 Event::Text(t) => text.push_str(&t),
                 Event::Done(f) => {
-                    let logprobs = events_logprobs(events.logprobs, info.chat, &logprobs, &|id| self.token_bytes(id), &mut 0);
+                    let logprobs = events_logprobs(events.logprobs, info.chat, first, &logprobs, &|id| self.token_bytes(id), &mut 0);
                     let body = api::answer(info, &text, f.reason.as_str(), usage_of(&f), logprobs);
                     return respond(events.stream, 200, "application/json", body.as_bytes()).ok();
                 }
@@ -292,8 +307,9 @@ impl<'a, 'v> App<'a, 'v> {
         }
     }
 
-    /// Streams the reply as server-sent events; each chunk carries the `logprobs` of the
-    /// tokens since the one before. `None`: the client went away.
+    /// Streams the reply as server-sent events (an echo's prompt first, in a chunk of its
+    /// own); each chunk carries the `logprobs` of the tokens since the one before.
+    /// `None`: the client went away.
     fn stream_answer(&self, events: &mut Events, info: &AnswerInfo, usage: bool) -> Option<()> {
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
         events.stream.write_all(head.as_bytes()).ok()?;
@@ -303,18 +319,31 @@ impl<'a, 'v> App<'a, 'v> {
         let mut pending = Vec::new();
         let mut offset = 0;
         let asked = events.logprobs;
-        let mut take = |pending: &mut Vec<TokenLogprob>| {
-            let v = events_logprobs(asked, info.chat, pending, &|id| self.token_bytes(id), &mut offset);
+        let mut echo = events.echo.take();
+        let mut take = |pending: &mut Vec<TokenLogprob>, first: Option<u32>| {
+            let v = events_logprobs(asked, info.chat, first, pending, &|id| self.token_bytes(id), &mut offset);
             pending.clear();
             v
         };
         loop {
-            match events.next()? {
-                Event::Started => {}
+            let event = events.next()?;
+            match event {
+                Event::Started => continue,
+                Event::PromptLogprob(l) => {
+                    pending.push(l);
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some((text, first)) = echo.take() {
+                send_event(events.stream, &api::chunk(info, Some(&text), false, None, take(&mut pending, Some(first))))?;
+            }
+            match event {
+                Event::Started | Event::PromptLogprob(_) => {}
                 Event::Logprob(l) => pending.push(l),
-                Event::Text(t) => send_event(events.stream, &api::chunk(info, Some(&t), false, None, take(&mut pending)))?,
+                Event::Text(t) => send_event(events.stream, &api::chunk(info, Some(&t), false, None, take(&mut pending, None)))?,
                 Event::Done(f) => {
-                    send_event(events.stream, &api::chunk(info, None, false, Some(f.reason.as_str()), take(&mut pending)))?;
+                    send_event(events.stream, &api::chunk(info, None, false, Some(f.reason.as_str()), take(&mut pending, None)))?;
                     if usage {
                         send_event(events.stream, &api::usage_chunk(info, usage_of(&f)))?;
                     }
@@ -335,9 +364,17 @@ fn usage_of(f: &Finish) -> api::Usage {
     api::Usage { prompt: f.prompt_tokens, cached: f.cached_tokens, completion: f.completion_tokens }
 }
 
-/// The `logprobs` of a chunk: `None` unless the request asked for them.
-fn events_logprobs(asked: bool, chat: bool, entries: &[TokenLogprob], token: &dyn Fn(u32) -> Vec<u8>, offset: &mut usize) -> Option<serde_json::Value> {
-    asked.then(|| api::logprobs(chat, entries, token, offset))
+/// The `logprobs` of a chunk (`first`: an echoed prompt's first token): `None` unless
+/// the request asked for them.
+fn events_logprobs(
+    asked: bool,
+    chat: bool,
+    first: Option<u32>,
+    entries: &[TokenLogprob],
+    token: &dyn Fn(u32) -> Vec<u8>,
+    offset: &mut usize,
+) -> Option<serde_json::Value> {
+    asked.then(|| api::logprobs(chat, first, entries, token, offset))
 }
 
 /// A job's events, watching the client while it waits for them.
@@ -348,6 +385,8 @@ struct Events<'s, 'q> {
     queue: &'q Queue,
     /// Whether the request asked for log-probabilities.
     logprobs: bool,
+    /// An echo's prompt text and first token, until the answer puts them first.
+    echo: Option<(String, u32)>,
 }
 
 impl Events<'_, '_> {

@@ -48,6 +48,10 @@ pub struct Job {
     /// Send each generated token's log-probability with this many alternatives
     /// ([`Event::Logprob`]).
     pub logprobs: Option<usize>,
+    /// With `logprobs`, also each prompt token's after the first
+    /// ([`Event::PromptLogprob`]): every prompt position's logits are computed, and no
+    /// cache is reused. `max_tokens` may then be 0: the prompt is only scored.
+    pub prompt_logprobs: bool,
     /// Added to these tokens' logits before each choice (ids within the vocabulary).
     pub logit_bias: Vec<(u32, f32)>,
     /// Start from a free slot's cache where it holds the prompt's beginning (the
@@ -66,6 +70,9 @@ pub enum Event {
     /// A generated token's log-probability (jobs that ask for them), sent before the
     /// text it adds, which a stop string may hold back or cut.
     Logprob(TokenLogprob),
+    /// A prompt token's log-probability given the tokens before it, in order from the
+    /// second ([`Job::prompt_logprobs`]); all of them before the first generated token.
+    PromptLogprob(TokenLogprob),
     /// More reply text (whole characters, held back while it could start a stop string).
     Text(String),
     /// The reply is over.
@@ -312,7 +319,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
     fn take_slot(&mut self, job: &Job) -> (usize, usize) {
         let sliding = self.model.config.sliding_window.is_some();
         let free = (0..self.slots.len()).filter(|&i| self.slots[i].is_none());
-        let best = if job.cache_prompt {
+        let best = if job.cache_prompt && !job.prompt_logprobs {
             free.max_by_key(|&i| {
                 let kv = self.kv[i].tokens();
                 let common = kv.iter().zip(&job.prompt).take_while(|(a, b)| a == b).count().min(job.prompt.len() - 1);
@@ -323,7 +330,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             free.min()
         };
         let i = best.expect("a free slot");
-        if !job.cache_prompt {
+        if !job.cache_prompt || job.prompt_logprobs {
             self.kv[i].clear();
             return (i, 0);
         }
@@ -408,7 +415,8 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             .map(|&(i, n)| {
                 let a = slots[i].as_ref().expect("a reading slot");
                 let end = a.prefilled + n;
-                Chunk { slot: i, tokens: &a.job.prompt[a.prefilled..end], start: a.prefilled, logits: LogitRows::last_of_prompt(end, a.job.prompt.len()) }
+                let logits = if a.job.prompt_logprobs { LogitRows::All } else { LogitRows::last_of_prompt(end, a.job.prompt.len()) };
+                Chunk { slot: i, tokens: &a.job.prompt[a.prefilled..end], start: a.prefilled, logits }
             })
             .collect();
         for c in &chunks {
@@ -416,18 +424,36 @@ impl<'m, 'v> Scheduler<'m, 'v> {
         }
         let logits = forward_chunks(self.model, &mut self.state, &chunks);
         let vocab = self.model.config.vocab_size as usize;
-        // A row of logits for each chunk that ends its prompt, in order.
+        // The rows each chunk asked for, in order: its last if it ends its prompt, all
+        // of them for a prompt's own log-probabilities.
         let mut r = 0;
         for &(i, n) in &self.chunks {
             let a = self.slots[i].as_mut().expect("a reading slot");
+            if a.job.prompt_logprobs {
+                // Row j is position prefilled + j: it scores the prompt's next token.
+                let top = a.job.logprobs.unwrap_or(0);
+                for j in 0..n {
+                    let pos = a.prefilled + j;
+                    if pos + 1 < a.job.prompt.len() {
+                        let l = TokenLogprob::new(&logits[(r + j) * vocab..][..vocab], a.job.prompt[pos + 1], top);
+                        if a.job.events.send(Event::PromptLogprob(l)).is_err() {
+                            break; // the client is gone: `emit` or the next pass notices
+                        }
+                    }
+                }
+                r += n - 1;
+            }
             a.prefilled += n;
             a.pos = a.prefilled;
             if a.decoding() {
                 let row = &logits[r * vocab..][..vocab];
                 r += 1;
-                if !emit(self.model, self.config.context, &metrics, a, row) {
+                let going = if a.job.max_tokens == 0 { finish(a, FinishReason::Length) } else { emit(self.model, self.config.context, &metrics, a, row) };
+                if !going {
                     self.slots[i] = None;
                 }
+            } else if a.job.prompt_logprobs {
+                r += 1;
             }
         }
     }
