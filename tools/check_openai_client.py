@@ -10,7 +10,7 @@ completions and chat completions, whole and streamed (greedy: the streamed text 
 equal the whole one; `stream_options.include_usage`: usage on the last chunk); checks
 usage counts, max_tokens / max_completion_tokens, stop strings, seeded sampling (same
 seed, same text) and the errors the client raises (wrong key: AuthenticationError;
-n=2, an unknown role, a prompt over the context: BadRequestError), log-probabilities
+n=17, an unknown role, a prompt over the context: BadRequestError), n choices, log-probabilities
 in the client's types, and penalties. Exits non-zero on the first failure.
 """
 
@@ -84,6 +84,9 @@ def main():
             penalized = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "repeat_penalty": 1.2, "repeat_last_n": -1}},
                                                   frequency_penalty=1.5, presence_penalty=1.0)
             check(penalized.usage.completion_tokens == 12, "penalties are taken")
+            several = client.chat.completions.create(**{**chat_args, "temperature": 0.9, "seed": 3}, n=3)
+            check([c.index for c in several.choices] == [0, 1, 2] and several.usage.completion_tokens == 30,
+                  "n=3: three chat choices of 10 tokens each")
             scored = client.completions.create(model=name, prompt="Once upon a time", max_tokens=0, echo=True, logprobs=1)
             lp = scored.choices[0].logprobs
             check(scored.choices[0].text == "Once upon a time" and lp.token_logprobs[0] is None
@@ -98,7 +101,7 @@ def main():
             for what, call, error in [
                 ("a wrong API key", lambda: openai.OpenAI(base_url=server.base_url, api_key="nope", max_retries=0).models.list(),
                  openai.AuthenticationError),
-                ("n=2", lambda: client.completions.create(**args, n=2), openai.BadRequestError),
+                ("n=17", lambda: client.completions.create(**args, n=17), openai.BadRequestError),
                 ("an unknown role", lambda: client.chat.completions.create(model=name, messages=[{"role": "wizard", "content": "x"}]),
                  openai.BadRequestError),
                 ("a prompt over the context", lambda: client.completions.create(model=name, prompt=[1] * 200), openai.BadRequestError),

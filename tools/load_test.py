@@ -10,7 +10,7 @@ clients send, in a shuffled mix: good completions and chats (whole and streamed,
 with logprobs, penalties and a logit bias; each checked against its answer alone:
 batching must not change greedy text), streams they
 hang up on after the first event, and bad requests (malformed JSON, missing and
-mistyped fields, an unknown role, out-of-range values, n=2, a prompt over the context,
+mistyped fields, an unknown role, out-of-range values, n=17, a prompt over the context,
 a body over the cap, an unknown route, a truncated body), each of which must get its
 4xx with an OpenAI error body. A good request refused with 503 (queue full) is retried
 after its Retry-After. At the end: every good request answered correctly, the server
@@ -41,6 +41,7 @@ GOOD = [
                               "max_completion_tokens": 30}),
     # Log-probabilities, penalties and a bias: per request, so their texts too must not
     # depend on the batch.
+    ("/v1/completions", {"prompt": "Two roads diverged", "max_tokens": 10, "n": 3}),
     ("/v1/completions", {"prompt": "It was a dark and stormy night", "max_tokens": 20, "logprobs": 3,
                          "frequency_penalty": 0.5, "repeat_penalty": 1.2, "logit_bias": {"13": -100}}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 16,
@@ -55,7 +56,7 @@ BAD = [
     ("/v1/completions", {"prompt": "a", "max_tokens": "many"}, 400),
     ("/v1/completions", {"prompt": "a", "temperature": 9}, 400),
     ("/v1/completions", {"prompt": "a", "top_p": 0}, 400),
-    ("/v1/completions", {"prompt": "a", "n": 2}, 400),
+    ("/v1/completions", {"prompt": "a", "n": 17}, 400),
     ("/v1/completions", {"prompt": "a", "logprobs": 50}, 400),
     ("/v1/completions", {"prompt": "a", "logit_bias": {"99999999": 1}}, 400),
     ("/v1/completions", {"prompt": "a", "repeat_penalty": -1}, 400),
@@ -68,17 +69,19 @@ BAD = [
 
 
 def answer_text(path, payload):
-    choice = payload["choices"][0]
-    return choice["message"]["content"] if "chat" in path else choice["text"]
+    """Every choice's text, by index (greedy: n equal texts)."""
+    return [c["message"]["content"] if "chat" in path else c["text"] for c in payload["choices"]]
 
 
 def stream_text(path, events):
-    out = []
+    """Each choice's text from its chunks (tagged by index)."""
+    out = {}
     for _, e in events:
         if e and e.get("choices"):
             c = e["choices"][0]
-            out.append((c.get("delta", {}).get("content") if "chat" in path else c.get("text")) or "")
-    return "".join(out)
+            text = (c.get("delta", {}).get("content") if "chat" in path else c.get("text")) or ""
+            out[c["index"]] = out.get(c["index"], "") + text
+    return [out[i] for i in sorted(out)]
 
 
 def good(port, i, expected, deadline):

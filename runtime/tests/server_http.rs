@@ -314,6 +314,47 @@ fn cache_prompt_reuses_a_slot_and_replies_the_same() {
     }
 }
 
+/// `n` choices: each a reply of its own from a slot of its own, whole and streamed alike
+/// (chunks tagged by index), greedy ones all the same text, sampled ones each the text a
+/// request of one with the seed `seed + index` gives; usage counts the prompt once.
+#[test]
+fn n_choices_are_replies_of_their_own() {
+    with_server("chat/olmo2", options(2, 128, 16, 8), |addr, _| {
+        let body = |extra: &str| format!(r#"{{"prompt": "Once upon a time", "max_tokens": 6, "ignore_eos": true{extra}}}"#);
+        let texts = |v: &Value| -> Vec<String> { v["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_string()).collect() };
+        let greedy = post(addr, "/v1/completions", &body(r#", "temperature": 0, "n": 3"#)).json();
+        let g = texts(&greedy);
+        assert_eq!(g.len(), 3);
+        assert!(g.iter().all(|t| *t == g[0]), "{g:?}");
+        assert_eq!(greedy["usage"]["completion_tokens"], 18);
+        let one_prompt = post(addr, "/v1/completions", &body(r#", "temperature": 0"#)).json();
+        assert_eq!(greedy["usage"]["prompt_tokens"], one_prompt["usage"]["prompt_tokens"]);
+        assert_eq!(one_prompt["choices"][0]["text"].as_str().unwrap(), g[0]);
+
+        // Sampled, three choices against two slots: choice i is seed 40 + i's reply.
+        let sampled = post(addr, "/v1/completions", &body(r#", "temperature": 1, "seed": 40, "n": 3"#)).json();
+        let s = texts(&sampled);
+        for (i, text) in s.iter().enumerate() {
+            let alone = post(addr, "/v1/completions", &body(&format!(r#", "temperature": 1, "seed": {}"#, 40 + i))).json();
+            assert_eq!(alone["choices"][0]["text"].as_str().unwrap(), text, "choice {i}");
+            assert_eq!(sampled["choices"][i]["index"], i);
+        }
+        assert!(s[0] != s[1] || s[1] != s[2], "three seeds, three replies: {s:?}");
+
+        // Streamed: each choice's chunks, in order, make its text.
+        let events = post(addr, "/v1/completions", &body(r#", "temperature": 1, "seed": 40, "n": 3, "stream": true"#)).events();
+        let mut streamed = vec![String::new(); 3];
+        let mut finishes = 0;
+        for e in events.iter().filter(|e| *e != "[DONE]") {
+            let c: Value = serde_json::from_str(e).unwrap();
+            let i = c["choices"][0]["index"].as_u64().unwrap() as usize;
+            streamed[i].push_str(c["choices"][0]["text"].as_str().unwrap());
+            finishes += c["choices"][0]["finish_reason"].is_string() as usize;
+        }
+        assert_eq!((streamed, finishes), (s, 3));
+    });
+}
+
 /// Every refusal: its status and an OpenAI error body; the server goes on.
 #[test]
 fn bad_requests_get_openai_errors() {
@@ -331,7 +372,7 @@ fn bad_requests_get_openai_errors() {
             (400, request_bytes("POST", "/v1/completions", &auth, r#"{"prompt": "a", "max_tokens": "3"}"#), "integer"),
             (400, request_bytes("POST", "/v1/completions", &auth, r#"{"prompt": "a", "temperature": -1}"#), "temperature"),
             (400, request_bytes("POST", "/v1/completions", &auth, r#"{"prompt": "a", "top_p": 1.5}"#), "top_p"),
-            (400, request_bytes("POST", "/v1/completions", &auth, r#"{"prompt": "a", "n": 3}"#), "'n' is not supported"),
+            (400, request_bytes("POST", "/v1/completions", &auth, r#"{"prompt": "a", "n": 17}"#), "'n' must be from 1 to 16"),
             (400, request_bytes("POST", "/v1/completions", &auth, r#"{"prompt": [999999999]}"#), "outside the vocabulary"),
             (400, request_bytes("POST", "/v1/completions", &auth, &long_prompt), "context"),
             (400, request_bytes("POST", "/v1/chat/completions", &auth, r#"{"messages": [{"role": "robot", "content": "x"}]}"#), "unknown role"),

@@ -17,7 +17,7 @@ use olmort::server::metrics::Metrics;
 use olmort::server::scheduler::{Event, Finish, FinishReason, Job, Queue, Scheduler, SchedulerConfig, SubmitError};
 use olmort::{KvDtype, Model, RunState};
 
-fn job(prompt: Vec<u32>, max_tokens: usize) -> (Job, mpsc::Receiver<Event>, Arc<AtomicBool>) {
+fn job(prompt: Vec<u32>, max_tokens: usize) -> (Job, mpsc::Receiver<(usize, Event)>, Arc<AtomicBool>) {
     let (tx, rx) = mpsc::channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let job = Job {
@@ -26,6 +26,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (Job, mpsc::Receiver<Event>, Arc<
         sampling: SamplingParams::default(),
         stop: Vec::new(),
         ignore_eos: true,
+        choice: 0,
         logprobs: None,
         prompt_logprobs: false,
         logit_bias: Vec::new(),
@@ -37,10 +38,10 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (Job, mpsc::Receiver<Event>, Arc<
 }
 
 /// The reply's text and how it ended.
-fn collect(rx: &mpsc::Receiver<Event>) -> (String, Finish) {
+fn collect(rx: &mpsc::Receiver<(usize, Event)>) -> (String, Finish) {
     let mut text = String::new();
     loop {
-        match rx.recv_timeout(Duration::from_secs(120)).expect("an event") {
+        match rx.recv_timeout(Duration::from_secs(120)).expect("an event").1 {
             Event::Started | Event::Logprob(_) | Event::PromptLogprob(_) => {}
             Event::Text(t) => text.push_str(&t),
             Event::Done(f) => return (text, f),
@@ -49,7 +50,7 @@ fn collect(rx: &mpsc::Receiver<Event>) -> (String, Finish) {
 }
 
 /// Queues a job per (prompt, max tokens); their event channels in order.
-fn submit_all(queue: &Queue, requests: &[(Vec<u32>, usize)]) -> Vec<mpsc::Receiver<Event>> {
+fn submit_all(queue: &Queue, requests: &[(Vec<u32>, usize)]) -> Vec<mpsc::Receiver<(usize, Event)>> {
     requests
         .iter()
         .map(|(p, n)| {
@@ -225,10 +226,10 @@ fn a_cancelled_request_frees_its_slot_at_once() {
             // A long reply occupies the only slot; the next request waits for it.
             let (long, rx_long, cancel) = job(vec![1, 2, 3], 250);
             queue.submit(long).unwrap();
-            assert_eq!(rx_long.recv().unwrap(), Event::Started);
+            assert_eq!(rx_long.recv().unwrap(), (0, Event::Started));
             let (next, rx_next, _) = job(vec![4, 5], 3);
             queue.submit(next).unwrap();
-            while !matches!(rx_long.recv().unwrap(), Event::Text(_)) {}
+            while !matches!(rx_long.recv().unwrap().1, Event::Text(_)) {}
             let cancelled = Instant::now();
             cancel.store(true, Ordering::Relaxed);
             queue.nudge();
@@ -240,7 +241,7 @@ fn a_cancelled_request_frees_its_slot_at_once() {
             assert_eq!(queue.metrics.requests_cancelled.load(Ordering::Relaxed), 1);
             // The cancelled reply stops: no Done for it.
             while let Ok(e) = rx_long.try_recv() {
-                assert!(!matches!(e, Event::Done(_)), "a cancelled request finished");
+                assert!(!matches!(e.1, Event::Done(_)), "a cancelled request finished");
             }
             // A dropped receiver (the handler gone) frees the slot too.
             let (gone, rx_gone, _) = job(vec![6], 250);

@@ -2,7 +2,7 @@
 //! message for a 400), and the JSON of answers, stream chunks and errors.
 //!
 //! Unknown fields are ignored, as vLLM and llama-server ignore them; fields the server
-//! knows but does not implement (`n > 1`, tools, `suffix`, ...) are refused rather
+//! knows but does not implement (`best_of`, tools, `suffix`, ...) are refused rather
 //! than silently dropped.
 
 use serde_json::{json, Map, Value};
@@ -46,6 +46,9 @@ pub enum Prompt {
     Chat(Vec<Message>),
 }
 
+/// The most choices (`n`) one request may ask for.
+pub const MAX_CHOICES: usize = 16;
+
 /// A parsed and validated request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompletionRequest {
@@ -70,6 +73,9 @@ pub struct CompletionRequest {
     /// Completions' `echo`: the reply's text (and with `logprobs`, its log-probabilities
     /// from the prompt's second token on) starts with the prompt's.
     pub echo: bool,
+    /// `n`: replies generated from the prompt, each in a slot of its own (1 to
+    /// [`MAX_CHOICES`]); with a seed, choice `i` samples from `seed + i`.
+    pub n: usize,
 }
 
 /// Stop strings a request may give (OpenAI allows 4).
@@ -219,6 +225,11 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         logit_bias,
         cache_prompt: bool_field(&o, "cache_prompt")?,
         echo,
+        n: match integer_field(&o, "n")? {
+            None => 1,
+            Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
+            Some(n) => return Err(ApiError::invalid(format!("'n' must be from 1 to {MAX_CHOICES}, not {n}"), Some("n"))),
+        },
     })
 }
 
@@ -316,10 +327,6 @@ fn fresh_seed() -> u64 {
 /// Options OpenAI's API has that this server does not implement: refused by name.
 fn refuse_unsupported(o: &Obj) -> Result<(), ApiError> {
     let unsupported = |name: &'static str, what: &str| Err(ApiError::invalid(format!("'{name}' is not supported: {what}"), Some(name)));
-    match integer_field(o, "n")? {
-        None | Some(1) => {}
-        Some(n) => return unsupported("n", &format!("one choice per request (n = 1), not {n}")),
-    }
     match integer_field(o, "best_of")? {
         None | Some(1) => {}
         Some(_) => return unsupported("best_of", "one candidate per request"),
@@ -443,29 +450,35 @@ fn usage(u: Usage) -> Value {
     })
 }
 
-/// A whole (non-streamed) answer; `logprobs` from [`logprobs`] if asked for.
-pub fn answer(info: &AnswerInfo, text: &str, finish: &str, counts: Usage, logprobs: Option<Value>) -> String {
+/// One choice of a whole answer: its index, text, finish reason and `logprobs` (from
+/// [`logprobs`], if asked for).
+pub fn choice(info: &AnswerInfo, index: usize, text: &str, finish: &str, logprobs: Option<Value>) -> Value {
     let logprobs = logprobs.unwrap_or(Value::Null);
-    let choice = if info.chat {
-        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": logprobs})
+    if info.chat {
+        json!({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": logprobs})
     } else {
-        json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs})
-    };
+        json!({"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs})
+    }
+}
+
+/// A whole (non-streamed) answer of `choices` ([`choice`]).
+pub fn answer(info: &AnswerInfo, choices: Vec<Value>, counts: Usage) -> String {
     json!({
         "id": info.id,
         "object": if info.chat { "chat.completion" } else { "text_completion" },
         "created": info.created,
         "model": info.model,
-        "choices": [choice],
+        "choices": choices,
         "usage": usage(counts),
         "system_fingerprint": null,
     })
     .to_string()
 }
 
-/// One stream chunk: `text` (the chat's first chunk carries the role instead), the
-/// finish reason on the last one, and the `logprobs` of the tokens since the last chunk.
-pub fn chunk(info: &AnswerInfo, text: Option<&str>, first: bool, finish: Option<&str>, logprobs: Option<Value>) -> String {
+/// One stream chunk of choice `index`: `text` (the chat's first chunk carries the role
+/// instead), the finish reason on the last one, and the `logprobs` of the tokens since
+/// the last chunk.
+pub fn chunk(info: &AnswerInfo, index: usize, text: Option<&str>, first: bool, finish: Option<&str>, logprobs: Option<Value>) -> String {
     let logprobs = logprobs.unwrap_or(Value::Null);
     let choice = if info.chat {
         let mut delta = Map::new();
@@ -476,9 +489,9 @@ pub fn chunk(info: &AnswerInfo, text: Option<&str>, first: bool, finish: Option<
         if let Some(t) = text {
             delta.insert("content".into(), t.into());
         }
-        json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs})
+        json!({"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs})
     } else {
-        json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs})
+        json!({"index": index, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs})
     };
     json!({
         "id": info.id,
@@ -582,7 +595,8 @@ mod tests {
             (r#"{"prompt": "a", "seed": 1.5}"#, false, "'seed'"),
             (r#"{"prompt": "a", "stop": [1]}"#, false, "'stop'"),
             (r#"{"prompt": "a", "stream": "yes"}"#, false, "boolean"),
-            (r#"{"prompt": "a", "n": 2}"#, false, "'n' is not supported"),
+            (r#"{"prompt": "a", "n": 0}"#, false, "'n' must be from 1 to 16"),
+            (r#"{"prompt": "a", "n": 17}"#, false, "'n' must be from 1 to 16"),
             (r#"{"prompt": "a", "logprobs": 21}"#, false, "between 0 and 20"),
             (r#"{"prompt": "a", "logprobs": true}"#, false, "'logprobs' must be an integer"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}"#, true, "needs 'logprobs': true"),
@@ -623,16 +637,17 @@ mod tests {
     #[test]
     fn answers_have_openai_shapes() {
         let info = AnswerInfo { id: "x", created: 1, model: "m", chat: true };
-        let v: Value = serde_json::from_str(&answer(&info, "hi", "stop", Usage { prompt: 3, cached: 2, completion: 1 }, None)).unwrap();
+        let v: Value = serde_json::from_str(&answer(&info, vec![choice(&info, 0, "hi", "stop", None)], Usage { prompt: 3, cached: 2, completion: 1 })).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "hi");
         assert_eq!(v["usage"]["total_tokens"], 4);
         assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
         assert!(v["choices"][0]["logprobs"].is_null());
-        let v: Value = serde_json::from_str(&chunk(&info, None, true, None, None)).unwrap();
+        let v: Value = serde_json::from_str(&chunk(&info, 0, None, true, None, None)).unwrap();
         assert_eq!(v["choices"][0]["delta"]["role"], "assistant");
         let info = AnswerInfo { chat: false, ..info };
-        let v: Value = serde_json::from_str(&chunk(&info, Some("a"), false, Some("length"), None)).unwrap();
+        let v: Value = serde_json::from_str(&chunk(&info, 2, Some("a"), false, Some("length"), None)).unwrap();
         assert_eq!((v["choices"][0]["text"].as_str(), v["choices"][0]["finish_reason"].as_str()), (Some("a"), Some("length")));
+        assert_eq!(v["choices"][0]["index"], 2);
     }
 
     #[test]
@@ -664,7 +679,8 @@ mod tests {
         assert_eq!(echoed["tokens"], json!(["é", "ab", "é"]));
         assert_eq!((echoed["token_logprobs"][0].is_null(), echoed["top_logprobs"][0].is_null()), (true, true));
         assert_eq!(echoed["text_offset"], json!([0, 1, 3]));
-        let answer: Value = serde_json::from_str(&answer(&AnswerInfo { id: "x", created: 1, model: "m", chat: false }, "abé", "length", Usage { prompt: 1, cached: 0, completion: 2 }, Some(legacy))).unwrap();
+        let info = AnswerInfo { id: "x", created: 1, model: "m", chat: false };
+        let answer: Value = serde_json::from_str(&answer(&info, vec![choice(&info, 0, "abé", "length", Some(legacy))], Usage { prompt: 1, cached: 0, completion: 2 })).unwrap();
         assert_eq!(answer["choices"][0]["logprobs"]["tokens"][0], "ab");
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::generation::logprobs::TokenLogprob;
+use crate::generation::sampling::SamplingParams;
 use crate::generation::session::ChatFormat;
 use crate::server::api::{self, AnswerInfo, ApiError, Prompt};
 use crate::server::metrics::Metrics;
@@ -247,22 +248,30 @@ impl<'a, 'v> App<'a, 'v> {
             (text, prompt[0])
         });
         let room = self.config.context - prompt.len();
+        if req.n > self.queue.capacity() {
+            return Err(ApiError::invalid(format!("'n' = {} is more than this server queues ({})", req.n, self.queue.capacity()), Some("n")));
+        }
         let (tx, rx) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = Job {
-            prompt,
-            max_tokens: req.max_tokens.unwrap_or(room).min(room),
-            sampling: req.sampling,
-            stop: req.stop.clone(),
-            ignore_eos: req.ignore_eos,
-            logprobs: req.logprobs,
-            prompt_logprobs: req.echo && req.logprobs.is_some(),
-            logit_bias: req.logit_bias.clone(),
-            cache_prompt: req.cache_prompt.unwrap_or(self.config.cache_prompt),
-            events: tx,
-            cancel: Arc::clone(&cancel),
-        };
-        match self.queue.submit(job) {
+        let jobs = (0..req.n)
+            .map(|choice| Job {
+                prompt: prompt.clone(),
+                max_tokens: req.max_tokens.unwrap_or(room).min(room),
+                // Choice i samples from seed + i: different replies, each reproducible.
+                sampling: SamplingParams { seed: req.sampling.seed.wrapping_add(choice as u64), ..req.sampling },
+                stop: req.stop.clone(),
+                ignore_eos: req.ignore_eos,
+                choice,
+                logprobs: req.logprobs,
+                prompt_logprobs: req.echo && req.logprobs.is_some(),
+                logit_bias: req.logit_bias.clone(),
+                cache_prompt: req.cache_prompt.unwrap_or(self.config.cache_prompt),
+                events: tx.clone(),
+                cancel: Arc::clone(&cancel),
+            })
+            .collect();
+        drop(tx);
+        match self.queue.submit_all(jobs) {
             Ok(()) => {}
             Err(SubmitError::Busy) => {
                 return Err(ApiError::new(503, "server_error", "overloaded", "every slot is busy and the queue is full: try again later"))
@@ -271,7 +280,7 @@ impl<'a, 'v> App<'a, 'v> {
         }
         let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, self.next_id.fetch_add(1, Ordering::Relaxed));
         let info = AnswerInfo { id: &id, created: unix_time(), model: &self.config.model_name, chat };
-        let mut events = Events { rx, stream, cancel: &cancel, queue: &self.queue, logprobs: req.logprobs.is_some(), echo };
+        let mut events = Events { rx, stream, cancel: &cancel, queue: &self.queue, logprobs: req.logprobs.is_some(), echo, choices: req.n };
         let done = if req.stream { self.stream_answer(&mut events, &info, req.stream_usage) } else { self.whole_answer(&mut events, &info) };
         match done {
             Some(()) => Metrics::add(&self.metrics().requests_ok, 1),
@@ -284,74 +293,89 @@ impl<'a, 'v> App<'a, 'v> {
         Ok(())
     }
 
-    /// Collects the reply, then answers with it whole (after the prompt, for an echo).
-    /// `None`: the client went away.
+    /// Collects the replies, then answers with them whole (each after the prompt, for
+    /// an echo). `None`: the client went away.
     fn whole_answer(&self, events: &mut Events, info: &AnswerInfo) -> Option<()> {
-        let (mut text, first) = match events.echo.take() {
+        let (echo, first) = match events.echo.take() {
             Some((t, first)) => (t, Some(first)),
             None => (String::new(), None),
         };
-        let mut logprobs = Vec::new();
-        loop {
-            match events.next()? {
+        let mut texts = vec![echo; events.choices];
+        let mut logprobs = vec![Vec::new(); events.choices];
+        let mut finished: Vec<Option<Finish>> = vec![None; events.choices];
+        while finished.iter().any(Option::is_none) {
+            let (i, event) = events.next()?;
+            match event {
                 Event::Started => {}
                 // The prompt's all come before the first generated token's.
-                Event::PromptLogprob(l) | Event::Logprob(l) => logprobs.push(l),
-                Event::Text(t) => text.push_str(&t),
-                Event::Done(f) => {
-                    let logprobs = events_logprobs(events.logprobs, info.chat, first, &logprobs, &|id| self.token_bytes(id), &mut 0);
-                    let body = api::answer(info, &text, f.reason.as_str(), usage_of(&f), logprobs);
-                    return respond(events.stream, 200, "application/json", body.as_bytes()).ok();
-                }
+                Event::PromptLogprob(l) | Event::Logprob(l) => logprobs[i].push(l),
+                Event::Text(t) => texts[i].push_str(&t),
+                Event::Done(f) => finished[i] = Some(f),
             }
         }
+        let finished: Vec<Finish> = finished.into_iter().flatten().collect();
+        let choices = (0..events.choices)
+            .map(|i| {
+                let lp = events_logprobs(events.logprobs, info.chat, first, &logprobs[i], &|id| self.token_bytes(id), &mut 0);
+                api::choice(info, i, &texts[i], finished[i].reason.as_str(), lp)
+            })
+            .collect();
+        let body = api::answer(info, choices, usage_of(&finished));
+        respond(events.stream, 200, "application/json", body.as_bytes()).ok()
     }
 
-    /// Streams the reply as server-sent events (an echo's prompt first, in a chunk of its
-    /// own); each chunk carries the `logprobs` of the tokens since the one before.
-    /// `None`: the client went away.
+    /// Streams the replies as server-sent events, each chunk one choice's (an echo's
+    /// prompt first, in a chunk of its own per choice); each carries the `logprobs` of
+    /// its choice's tokens since its chunk before. `None`: the client went away.
     fn stream_answer(&self, events: &mut Events, info: &AnswerInfo, usage: bool) -> Option<()> {
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
         events.stream.write_all(head.as_bytes()).ok()?;
+        let n = events.choices;
         if info.chat {
-            send_event(events.stream, &api::chunk(info, None, true, None, None))?;
+            for i in 0..n {
+                send_event(events.stream, &api::chunk(info, i, None, true, None, None))?;
+            }
         }
-        let mut pending = Vec::new();
-        let mut offset = 0;
+        let mut pending = vec![Vec::new(); n];
+        let mut offsets = vec![0; n];
         let asked = events.logprobs;
-        let mut echo = events.echo.take();
-        let mut take = |pending: &mut Vec<TokenLogprob>, first: Option<u32>| {
-            let v = events_logprobs(asked, info.chat, first, pending, &|id| self.token_bytes(id), &mut offset);
+        let echo = events.echo.take();
+        let mut echoed = vec![echo.is_none(); n];
+        let mut take = |i: usize, pending: &mut Vec<TokenLogprob>, first: Option<u32>| {
+            let v = events_logprobs(asked, info.chat, first, pending, &|id| self.token_bytes(id), &mut offsets[i]);
             pending.clear();
             v
         };
-        loop {
-            let event = events.next()?;
+        let mut finished = Vec::with_capacity(n);
+        while finished.len() < n {
+            let (i, event) = events.next()?;
             match event {
                 Event::Started => continue,
                 Event::PromptLogprob(l) => {
-                    pending.push(l);
+                    pending[i].push(l);
                     continue;
                 }
                 _ => {}
             }
-            if let Some((text, first)) = echo.take() {
-                send_event(events.stream, &api::chunk(info, Some(&text), false, None, take(&mut pending, Some(first))))?;
+            if let (false, Some((text, first))) = (echoed[i], &echo) {
+                echoed[i] = true;
+                send_event(events.stream, &api::chunk(info, i, Some(text), false, None, take(i, &mut pending[i], Some(*first))))?;
             }
             match event {
                 Event::Started | Event::PromptLogprob(_) => {}
-                Event::Logprob(l) => pending.push(l),
-                Event::Text(t) => send_event(events.stream, &api::chunk(info, Some(&t), false, None, take(&mut pending, None)))?,
+                Event::Logprob(l) => pending[i].push(l),
+                Event::Text(t) => send_event(events.stream, &api::chunk(info, i, Some(&t), false, None, take(i, &mut pending[i], None)))?,
                 Event::Done(f) => {
-                    send_event(events.stream, &api::chunk(info, None, false, Some(f.reason.as_str()), take(&mut pending, None)))?;
-                    if usage {
-                        send_event(events.stream, &api::usage_chunk(info, usage_of(&f)))?;
-                    }
-                    events.stream.write_all(b"data: [DONE]\n\n").ok()?;
-                    return events.stream.flush().ok();
+                    send_event(events.stream, &api::chunk(info, i, None, false, Some(f.reason.as_str()), take(i, &mut pending[i], None)))?;
+                    finished.push(f);
                 }
             }
         }
+        if usage {
+            send_event(events.stream, &api::usage_chunk(info, usage_of(&finished)))?;
+        }
+        events.stream.write_all(b"data: [DONE]\n\n").ok()?;
+        events.stream.flush().ok()
     }
 
     /// A token's bytes (none without a tokenizer).
@@ -360,8 +384,14 @@ impl<'a, 'v> App<'a, 'v> {
     }
 }
 
-fn usage_of(f: &Finish) -> api::Usage {
-    api::Usage { prompt: f.prompt_tokens, cached: f.cached_tokens, completion: f.completion_tokens }
+/// The usage of a request's choices: its prompt once (and what the first choice's
+/// slot had cached of it), every choice's new tokens.
+fn usage_of(finished: &[Finish]) -> api::Usage {
+    api::Usage {
+        prompt: finished.first().map_or(0, |f| f.prompt_tokens),
+        cached: finished.first().map_or(0, |f| f.cached_tokens),
+        completion: finished.iter().map(|f| f.completion_tokens).sum(),
+    }
 }
 
 /// The `logprobs` of a chunk (`first`: an echoed prompt's first token): `None` unless
@@ -379,7 +409,7 @@ fn events_logprobs(
 
 /// A job's events, watching the client while it waits for them.
 struct Events<'s, 'q> {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<(usize, Event)>,
     stream: &'s mut TcpStream,
     cancel: &'q AtomicBool,
     queue: &'q Queue,
@@ -387,11 +417,14 @@ struct Events<'s, 'q> {
     logprobs: bool,
     /// An echo's prompt text and first token, until the answer puts them first.
     echo: Option<(String, u32)>,
+    /// Choices of the request: jobs sending on `rx`, tagged 0 to `choices - 1`.
+    choices: usize,
 }
 
 impl Events<'_, '_> {
-    /// The next event; `None` if the client closed its connection or the scheduler is gone.
-    fn next(&mut self) -> Option<Event> {
+    /// The next event and its choice; `None` if the client closed its connection or the
+    /// scheduler is gone.
+    fn next(&mut self) -> Option<(usize, Event)> {
         loop {
             match self.rx.recv_timeout(PEER_CHECK) {
                 Ok(e) => return Some(e),

@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -45,6 +45,8 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Keep going past end-of-sequence tokens.
     pub ignore_eos: bool,
+    /// Which of a request's choices this job is (`n` jobs share one channel).
+    pub choice: usize,
     /// Send each generated token's log-probability with this many alternatives
     /// ([`Event::Logprob`]).
     pub logprobs: Option<usize>,
@@ -57,9 +59,16 @@ pub struct Job {
     /// Start from a free slot's cache where it holds the prompt's beginning (the
     /// longest such prefix among the free slots), running only the rest.
     pub cache_prompt: bool,
-    pub events: Sender<Event>,
+    pub events: Sender<(usize, Event)>,
     /// Set by the handler when its client goes away.
     pub cancel: Arc<AtomicBool>,
+}
+
+impl Job {
+    /// Sends `e`, tagged with the job's choice; an error when the handler is gone.
+    fn send(&self, e: Event) -> Result<(), mpsc::SendError<(usize, Event)>> {
+        self.events.send((self.choice, e))
+    }
 }
 
 /// What the scheduler sends back for a job.
@@ -155,14 +164,25 @@ impl Queue {
 
     /// Queues `job`, or refuses it when `capacity` jobs are already waiting.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        self.submit_all(vec![job])
+    }
+
+    /// Jobs that may wait at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Queues all of `jobs` (a request's choices), or none when they do not fit.
+    pub fn submit_all(&self, jobs: Vec<Job>) -> Result<(), SubmitError> {
         let mut w = self.lock();
         if w.closed {
             return Err(SubmitError::Closed);
         }
-        if w.jobs.len() >= self.capacity {
+        if w.jobs.len() + jobs.len() > self.capacity {
             return Err(SubmitError::Busy);
         }
-        w.jobs.push_back((job, Instant::now()));
+        let now = Instant::now();
+        w.jobs.extend(jobs.into_iter().map(|j| (j, now)));
         Metrics::set(&self.metrics.queue_depth, w.jobs.len() as u64);
         self.wake.notify_one();
         Ok(())
@@ -275,7 +295,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             }
             while self.slots.iter().any(Option::is_none) {
                 let Some((job, queued)) = w.jobs.pop_front() else { break };
-                if job.cancel.load(Ordering::Relaxed) || job.events.send(Event::Started).is_err() {
+                if job.cancel.load(Ordering::Relaxed) || job.send(Event::Started).is_err() {
                     Metrics::add(&self.queue.metrics.requests_cancelled, 1);
                     continue;
                 }
@@ -436,7 +456,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
                     let pos = a.prefilled + j;
                     if pos + 1 < a.job.prompt.len() {
                         let l = TokenLogprob::new(&logits[(r + j) * vocab..][..vocab], a.job.prompt[pos + 1], top);
-                        if a.job.events.send(Event::PromptLogprob(l)).is_err() {
+                        if a.job.send(Event::PromptLogprob(l)).is_err() {
                             break; // the client is gone: `emit` or the next pass notices
                         }
                     }
@@ -472,14 +492,14 @@ fn emit(model: &Model, context: usize, metrics: &Metrics, a: &mut Active, logits
     a.generated += 1;
     Metrics::add(&metrics.generated_tokens, 1);
     if let Some(n) = a.job.logprobs {
-        if a.job.events.send(Event::Logprob(TokenLogprob::new(logits, token, n))).is_err() {
+        if a.job.send(Event::Logprob(TokenLogprob::new(logits, token, n))).is_err() {
             Metrics::add(&metrics.requests_cancelled, 1);
             return false;
         }
     }
     let bytes = model.vocab.and_then(|v| v.token(token)).unwrap_or(&[]);
     let (text, stopped) = a.text.push(bytes);
-    if !text.is_empty() && a.job.events.send(Event::Text(text.to_string())).is_err() {
+    if !text.is_empty() && a.job.send(Event::Text(text.to_string())).is_err() {
         Metrics::add(&metrics.requests_cancelled, 1);
         return false;
     }
@@ -499,10 +519,10 @@ fn emit(model: &Model, context: usize, metrics: &Metrics, a: &mut Active, logits
 fn finish(a: &mut Active, reason: FinishReason) -> bool {
     let rest = a.text.finish();
     if !rest.is_empty() {
-        let _ = a.job.events.send(Event::Text(rest.to_string()));
+        let _ = a.job.send(Event::Text(rest.to_string()));
     }
     let ttft = a.first_token.map_or(0, |t| t.duration_since(a.queued).as_millis() as u64);
-    let _ = a.job.events.send(Event::Done(Finish {
+    let _ = a.job.send(Event::Done(Finish {
         reason,
         prompt_tokens: a.job.prompt.len(),
         cached_tokens: a.cached,
