@@ -18,7 +18,11 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn pack(name: &str, dtype: DType) -> PathBuf {
-    let out = std::env::temp_dir().join(format!("olmort-multi-slot-{}-{name}-{dtype}.bin", std::process::id()));
+    // A file per call: tests run in parallel, and each removes its blob when done, so
+    // a shared name could vanish between another test's pack and its open.
+    static PACKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = PACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = std::env::temp_dir().join(format!("olmort-multi-slot-{}-{n}-{name}-{dtype}.bin", std::process::id()));
     olmoc::pack(&fixture(name), &out, &olmoc::PackOptions { dtype, ..Default::default() }).expect("pack fixture");
     out
 }

@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -65,9 +65,9 @@ pub struct Job {
 }
 
 impl Job {
-    /// Sends `e`, tagged with the job's choice; an error when the handler is gone.
-    fn send(&self, e: Event) -> Result<(), mpsc::SendError<(usize, Event)>> {
-        self.events.send((self.choice, e))
+    /// Sends `e`, tagged with the job's choice; false when the handler is gone.
+    fn send(&self, e: Event) -> bool {
+        self.events.send((self.choice, e)).is_ok()
     }
 }
 
@@ -295,7 +295,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             }
             while self.slots.iter().any(Option::is_none) {
                 let Some((job, queued)) = w.jobs.pop_front() else { break };
-                if job.cancel.load(Ordering::Relaxed) || job.send(Event::Started).is_err() {
+                if job.cancel.load(Ordering::Relaxed) || !job.send(Event::Started) {
                     Metrics::add(&self.queue.metrics.requests_cancelled, 1);
                     continue;
                 }
@@ -456,7 +456,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
                     let pos = a.prefilled + j;
                     if pos + 1 < a.job.prompt.len() {
                         let l = TokenLogprob::new(&logits[(r + j) * vocab..][..vocab], a.job.prompt[pos + 1], top);
-                        if a.job.send(Event::PromptLogprob(l)).is_err() {
+                        if !a.job.send(Event::PromptLogprob(l)) {
                             break; // the client is gone: `emit` or the next pass notices
                         }
                     }
@@ -492,14 +492,14 @@ fn emit(model: &Model, context: usize, metrics: &Metrics, a: &mut Active, logits
     a.generated += 1;
     Metrics::add(&metrics.generated_tokens, 1);
     if let Some(n) = a.job.logprobs {
-        if a.job.send(Event::Logprob(TokenLogprob::new(logits, token, n))).is_err() {
+        if !a.job.send(Event::Logprob(TokenLogprob::new(logits, token, n))) {
             Metrics::add(&metrics.requests_cancelled, 1);
             return false;
         }
     }
     let bytes = model.vocab.and_then(|v| v.token(token)).unwrap_or(&[]);
     let (text, stopped) = a.text.push(bytes);
-    if !text.is_empty() && a.job.send(Event::Text(text.to_string())).is_err() {
+    if !text.is_empty() && !a.job.send(Event::Text(text.to_string())) {
         Metrics::add(&metrics.requests_cancelled, 1);
         return false;
     }
@@ -519,10 +519,10 @@ fn emit(model: &Model, context: usize, metrics: &Metrics, a: &mut Active, logits
 fn finish(a: &mut Active, reason: FinishReason) -> bool {
     let rest = a.text.finish();
     if !rest.is_empty() {
-        let _ = a.job.send(Event::Text(rest.to_string()));
+        a.job.send(Event::Text(rest.to_string()));
     }
     let ttft = a.first_token.map_or(0, |t| t.duration_since(a.queued).as_millis() as u64);
-    let _ = a.job.send(Event::Done(Finish {
+    a.job.send(Event::Done(Finish {
         reason,
         prompt_tokens: a.job.prompt.len(),
         cached_tokens: a.cached,
