@@ -130,15 +130,7 @@ fn score_row(logits: &[f32], base: Option<&[f32]>, target: usize) -> RowScore {
     let (base_lse, base_argmax) = log_sum_exp(base);
     // sum_v p_b(v) (log p_b(v) - log p_m(v)), with log p = logit - lse.
     let shift = (lse - base_lse) as f32;
-    let base_lse32 = base_lse as f32;
-    let kl: f64 = base
-        .iter()
-        .zip(logits)
-        .map(|(&b, &m)| {
-            let log_pb = b - base_lse32;
-            f64::from(log_pb.exp() * (b - m + shift))
-        })
-        .sum();
+    let kl = crate::kernels::kl_sum(crate::kernels::active(), base, logits, base_lse as f32, shift);
     RowScore { nll, base_nll: base_lse - f64::from(base[target]), kl, same_top1: argmax == base_argmax }
 }
 

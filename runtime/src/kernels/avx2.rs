@@ -878,6 +878,31 @@ pub unsafe fn sum_exp(x: &[f32], shift: f32) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
+/// `sum(exp(b[i] - base_lse) * (b[i] - m[i] + shift))`, eight at a time with
+/// [`exp8`], each term in f32 and the sum in f64 lanes: [`super::kl_sum`].
+///
+/// # Safety
+/// AVX2/FMA/F16C; `m` at least as long as `b`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn kl_sum(b: &[f32], m: &[f32], base_lse: f32, shift: f32) -> f64 {
+    debug_assert!(m.len() >= b.len());
+    let whole = b.len() / 8 * 8;
+    let (bp, mp) = (b.as_ptr(), m.as_ptr());
+    let (lse, sh) = (_mm256_set1_ps(base_lse), _mm256_set1_ps(shift));
+    let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    for i in (0..whole).step_by(8) {
+        let bv = _mm256_loadu_ps(bp.add(i));
+        let e = exp8(_mm256_sub_ps(bv, lse));
+        let t = _mm256_mul_ps(e, _mm256_add_ps(_mm256_sub_ps(bv, _mm256_loadu_ps(mp.add(i))), sh));
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(t)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(t)));
+    }
+    let mut lanes = [0f64; 4];
+    _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(lo, hi));
+    let tail: f64 = b[whole..].iter().zip(&m[whole..]).map(|(&b, &m)| f64::from((b - base_lse).exp() * (b - m + shift))).sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
 /// `out[i] = gate[i] / (1 + exp(-gate[i])) * up[i]`, eight at a time.
 ///
 /// # Safety

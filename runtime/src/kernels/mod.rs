@@ -572,6 +572,20 @@ pub fn sum_exp(k: Kernels, x: &[f32], shift: f32) -> f64 {
     }
 }
 
+/// `sum(exp(b[i] - base_lse) * (b[i] - m[i] + shift))` in f64: the KL divergence of a
+/// model's next-token distribution (logits `m`) from a base's (`b`), with `base_lse`
+/// the base's log-sum-exp and `shift` the model's less the base's (perplexity's
+/// `--kl-base`, over a whole vocabulary per scored position).
+pub fn kl_sum(k: Kernels, b: &[f32], m: &[f32], base_lse: f32, shift: f32) -> f64 {
+    assert_eq!(b.len(), m.len());
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA/F16C (checked); the lengths match (asserted).
+        _ if k.avx2() => unsafe { avx2::kl_sum(b, m, base_lse, shift) },
+        _ => b.iter().zip(m).map(|(&b, &m)| f64::from((b - base_lse).exp() * (b - m + shift))).sum(),
+    }
+}
+
 /// `out[i] = silu(gate[i]) * up[i]`: SwiGLU. The AVX2 path computes `exp` with a
 /// polynomial (Cephes' `expf`, within 2 ulp) eight at a time; over a 512-token prompt
 /// of the 1B that is 67 million exponentials.

@@ -573,6 +573,26 @@ fn sum_exp_kernels_match_the_definition() {
     }
 }
 
+#[test]
+fn kl_sum_kernels_match_the_definition() {
+    let mut rng = Rng(0x6B1D);
+    for n in [1, 7, 8, 9, 100, 100_352] {
+        let b: Vec<f32> = rng.vec(n).iter().map(|v| v * 8.0).collect();
+        let m: Vec<f32> = b.iter().zip(rng.vec(n)).map(|(&b, d)| b + d * 0.5).collect();
+        let lse = |x: &[f32]| {
+            let max = x.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            max + x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
+        };
+        let (lb, lm) = (lse(&b), lse(&m));
+        let want: f64 = b.iter().zip(&m).map(|(&b, &m)| (b as f64 - lb).exp() * ((b as f64 - lb) - (m as f64 - lm))).sum();
+        for k in available_kernels() {
+            let got = kl_sum(k, &b, &m, lb as f32, (lm - lb) as f32);
+            // Terms rounded to f32 (the differences and exp's 2 ulp) against an f64 sum.
+            assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()) + 1e-6, "{k:?} n={n}: {got} vs {want}");
+        }
+    }
+}
+
 /// A decode batch gives each token exactly (bit for bit) what a batch of that token
 /// alone gives, whatever the batch size, under every kernel set and dtype; q8_0 and
 /// 4-bit tokens exactly their matvec's, float ones within rounding of it. Matrices big
