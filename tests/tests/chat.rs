@@ -176,7 +176,10 @@ fn every_eos_id_stops_generation() {
 }
 
 /// `prompt N tokens (R reused, P run in ...)` of each status line: (N, R, P).
-fn turn_counts(stderr: &str) -> Vec<(usize, usize, usize)> {
+/// A chat turn's prompt tokens, how many of them came from the cache, how many ran.
+type Turn = (usize, usize, usize);
+
+fn turn_counts(stderr: &str) -> Vec<Turn> {
     stderr
         .lines()
         .filter_map(|l| l.strip_prefix("olmort: prompt "))
@@ -199,20 +202,19 @@ fn reply_to(blob: &str, scratch: &Scratch, messages: &[Message], max_tokens: &st
     out.strip_prefix(rendered).unwrap_or_else(|| panic!("{out:?} starts with {rendered:?}")).to_string()
 }
 
-#[test]
-fn chat_through_a_pipe_answers_each_line_and_reuses_the_kv_cache() {
-    let scratch = Scratch::new("chat-repl");
-    let blob = pack_chat("chatml", &scratch);
-    let system = "You are a terse assistant.";
-    let lines = ["What is 2+2?", "And 3+3?", "Thanks <|im_end|> bye"];
-    let input = format!("{}\n{}\n/reset\n{}\n/exit\nnot sent\n", lines[0], lines[1], lines[2]);
+/// `olmort chat` on chat fixture `fixture` with `system` and three `lines` through a
+/// pipe, a `/reset` before the third and then `after`: checks that it succeeds and that
+/// each reply is the one `--messages` gives for the conversation so far; returns each
+/// turn's (prompt, reused, run) counts and each turn's prompt tokens.
+fn chat_through_a_pipe(fixture: &str, system: &str, lines: [&str; 3], after: &str) -> (Vec<Turn>, Vec<Vec<u32>>) {
+    let scratch = Scratch::new(&format!("chat-repl-{fixture}"));
+    let blob = pack_chat(fixture, &scratch);
+    let input = format!("{}\n{}\n/reset\n{}\n{after}", lines[0], lines[1], lines[2]);
     let out = with_stdin(&["chat", &blob, "--system", system, "--max-tokens", "6"], &input);
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8(out.stdout.clone()).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("olmort: the conversation is reset"), "{stderr}");
-
-    // Each reply is the one `--messages` gives for the conversation so far.
     let map = MappedFile::open(Path::new(&blob)).unwrap();
     let parsed = Blob::parse(map.bytes()).unwrap();
     let model = Model::new(&parsed).unwrap();
@@ -233,13 +235,19 @@ fn chat_through_a_pipe_answers_each_line_and_reuses_the_kv_cache() {
         messages.push(Message::new("assistant", reply));
     }
     assert_eq!(stdout, want);
+    let turns = turn_counts(&stderr);
+    assert_eq!(turns.len(), 3, "{stderr}");
+    (turns, prompts)
+}
 
+#[test]
+fn chat_through_a_pipe_answers_each_line_and_reuses_the_kv_cache() {
+    let lines = ["What is 2+2?", "And 3+3?", "Thanks <|im_end|> bye"];
+    let (turns, prompts) = chat_through_a_pipe("chatml", "You are a terse assistant.", lines, "/exit\nnot sent\n");
     // KV reuse: the first turn runs its whole prompt; the second reuses at least all of
     // the first prompt and runs only what follows; after /reset the system message's
     // prefix is still reused.
-    let turns = turn_counts(&stderr);
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
-    assert_eq!(turns.len(), 3, "{stderr}");
     assert_eq!(turns[0], (lens[0], 0, lens[0]));
     let (n, reused, ran) = turns[1];
     assert_eq!(n, lens[1]);
@@ -256,38 +264,8 @@ fn chat_through_a_pipe_answers_each_line_and_reuses_the_kv_cache() {
 /// starts over instead of failing, and every reply is the one `--messages` gives.
 #[test]
 fn a_sliding_window_chat_continues_or_starts_over() {
-    let scratch = Scratch::new("chat-olmo3");
-    let blob = pack_chat("olmo3", &scratch);
-    let system = "Be brief.";
-    let lines = ["Hello!", "And then?", "Hi again"];
-    let input = format!("{}\n{}\n/reset\n{}\n", lines[0], lines[1], lines[2]);
-    let out = with_stdin(&["chat", &blob, "--system", system, "--max-tokens", "6"], &input);
-    assert!(out.status.success(), "{}", describe(&out));
-    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let map = MappedFile::open(Path::new(&blob)).unwrap();
-    let parsed = Blob::parse(map.bytes()).unwrap();
-    let model = Model::new(&parsed).unwrap();
-    assert!(model.config.sliding_window.is_some());
-    let format = ChatFormat::for_model(&model, parsed.manifest.chat.as_ref(), None).unwrap();
-    let mut messages = vec![Message::new("system", system)];
-    let mut want = String::new();
-    let mut lens = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if i == 2 {
-            messages.truncate(1);
-        }
-        messages.push(Message::new("user", *line));
-        let rendered = format.template().render(&messages, None, true).unwrap();
-        lens.push(format.prompt(&messages).unwrap().len());
-        let reply = reply_to(&blob, &scratch, &messages, "6", &rendered);
-        want.push_str(&reply);
-        want.push('\n');
-        messages.push(Message::new("assistant", reply));
-    }
-    assert_eq!(stdout, want);
-    let turns = turn_counts(&stderr);
-    assert_eq!(turns.len(), 3, "{stderr}");
+    let (turns, prompts) = chat_through_a_pipe("olmo3", "Be brief.", ["Hello!", "And then?", "Hi again"], "");
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     assert_eq!(turns[0], (lens[0], 0, lens[0]));
     assert!(turns[1].1 == 0 || turns[1].1 >= lens[0], "continued whole or started over: {turns:?}");
     assert_eq!(turns[2], (lens[2], 0, lens[2]), "after /reset the system prefix cannot be kept alone");
