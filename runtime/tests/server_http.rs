@@ -312,6 +312,19 @@ fn cache_prompt_reuses_a_slot_and_replies_the_same() {
             assert_eq!(metric(addr, "olmort_prompt_tokens_cached_total"), cached);
         });
     }
+    // With two slots, a request that does not cache takes the slot holding less, so the
+    // conversation's slot is still there for its next turn.
+    with_server("chat/chatml", options(2, 256, 16, 4), |addr, _| {
+        let chat = |messages: &str, cache: bool| {
+            let body = format!(r#"{{"messages": {messages}, "max_tokens": 4, "temperature": 0, "ignore_eos": true, "cache_prompt": {cache}}}"#);
+            post(addr, "/v1/chat/completions", &body).json()["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap()
+        };
+        let long = r#"[{"role": "system", "content": "Be brief, and answer every question in one sentence."}, {"role": "user", "content": "Hi!"}]"#;
+        chat(long, true);
+        chat(r#"[{"role": "user", "content": "x"}]"#, false);
+        chat(r#"[{"role": "user", "content": "y"}]"#, false);
+        assert!(chat(long, true) > 10, "the long conversation's slot was kept");
+    });
 }
 
 /// `n` choices: each a reply of its own from a slot of its own, whole and streamed alike

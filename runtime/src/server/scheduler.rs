@@ -335,7 +335,8 @@ impl<'m, 'v> Scheduler<'m, 'v> {
     /// A free slot for `job` and how many of its prompt's tokens the slot's cache keeps:
     /// with [`Job::cache_prompt`], the free slot whose cache holds the longest beginning
     /// of the prompt (a cache with sliding-window layers only where it holds no more
-    /// than that, [`KvTokens::reuse`]); otherwise the first free slot, from position 0.
+    /// than that, [`KvTokens::reuse`]); otherwise, from position 0, the free slot whose
+    /// cache holds the least, so that the caches later requests may reuse stay.
     fn take_slot(&mut self, job: &Job) -> (usize, usize) {
         let sliding = self.model.config.sliding_window.is_some();
         let free = (0..self.slots.len()).filter(|&i| self.slots[i].is_none());
@@ -347,7 +348,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
                 (if sliding && common < kv.len() { 0 } else { common }, std::cmp::Reverse(i))
             })
         } else {
-            free.min()
+            free.min_by_key(|&i| (self.kv[i].len(), i))
         };
         let i = best.expect("a free slot");
         if !job.cache_prompt || job.prompt_logprobs {
