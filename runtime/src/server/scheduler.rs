@@ -344,8 +344,9 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             free.max_by_key(|&i| {
                 let kv = self.kv[i].tokens();
                 let common = kv.iter().zip(&job.prompt).take_while(|(a, b)| a == b).count().min(job.prompt.len() - 1);
-                // Ties to the lowest slot; a cache that cannot be kept counts as none.
-                (if sliding && common < kv.len() { 0 } else { common }, std::cmp::Reverse(i))
+                // A cache that cannot be kept counts as none; ties go to the slot that
+                // holds the least (the others' caches stay), then to the lowest.
+                (if sliding && common < kv.len() { 0 } else { common }, std::cmp::Reverse((kv.len(), i)))
             })
         } else {
             free.min_by_key(|&i| (self.kv[i].len(), i))
