@@ -2,7 +2,7 @@
 """A load test of `olmort serve`: tens of concurrent clients, hundreds of mixed good and
 bad requests, bounded in time.
 
-    python3 tools/load_test.py [--clients 32] [--requests 400] [--seconds 300]
+    python3 tools/load_test.py [--clients 32] [--requests 400] [--seconds 300] [--cache-prompt]
 
 Packs the chat fixture (tests/fixtures/chat/olmo2), starts `olmort serve --parallel 4
 --queue 8` and first asks each good request alone for its greedy answer. Then the
@@ -15,7 +15,8 @@ a body over the cap, an unknown route, a truncated body), each of which must get
 4xx with an OpenAI error body. A good request refused with 503 (queue full) is retried
 after its Retry-After. At the end: every good request answered correctly, the server
 alive, every slot free, and its resident memory within 10% (+8 MiB) of what it was
-after the warm-up. Exits non-zero otherwise.
+after the warm-up. Exits non-zero otherwise. With `--cache-prompt` every request may start
+from a slot's kept cache (the fixture's f32 weights: the same texts either way).
 """
 
 import argparse
@@ -142,11 +143,14 @@ def main():
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--seconds", type=float, default=300)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--cache-prompt", action="store_true",
+                    help="serve with --cache-prompt: requests start from slots' kept caches")
     args = ap.parse_args()
     random.seed(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         blob = pack(ROOT / "tests/fixtures/chat/olmo2", Path(tmp) / "chat-olmo2.bin")
-        with Server(blob, "--parallel", "4", "--queue", "8", "--ctx-size", "128", "--max-body", "65536") as server:
+        extra = ["--cache-prompt"] if args.cache_prompt else []
+        with Server(blob, "--parallel", "4", "--queue", "8", "--ctx-size", "128", "--max-body", "65536", *extra) as server:
             port = server.port
             expected = []
             for path, body in GOOD:
