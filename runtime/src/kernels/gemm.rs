@@ -11,9 +11,8 @@ use std::cell::RefCell;
 
 use olmo_format::DType;
 
-use super::avx2::{q8_row_to_f32, Widen, WBF16, WF16, WF32};
+use super::avx2::{q8_row_to_f32, round_like_q8, Widen, WBF16, WF16, WF32};
 use super::q4_avx2::dequantize_group;
-use super::activations::round_like_q8;
 use super::matrix::{Matrix, MatrixData};
 use super::tasks::{for_each_task, grow, grow_aligned, with_local, SendPtr};
 
@@ -95,7 +94,11 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], wide: bool)
 /// Packs `x` (`n x k`) as described in [`matmul`]: slice `k0` starts at `k0 * groups * MR`.
 /// With `q8`, each row is first rounded as q8_0 activations ([`round_like_q8`]), as
 /// the one-token products of quantised weights round them.
-fn pack_a(x: &[f32], n: usize, k: usize, q8: bool, apack: &mut [f32]) {
+///
+/// # Safety
+/// AVX2/FMA/F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_a(x: &[f32], n: usize, k: usize, q8: bool, apack: &mut [f32]) {
     let mut tmp = [0f32; KC];
     let groups = n.div_ceil(MR);
     let mut k0 = 0;

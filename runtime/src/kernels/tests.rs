@@ -551,6 +551,29 @@ fn softmax_kernels_match_the_definition() {
     }
 }
 
+/// The AVX2 q8_0 activation rounding is the scalar one, bit for bit: whole blocks and a
+/// partial last one, zeros, values on rounding ties.
+#[test]
+fn avx2_round_like_q8_is_the_scalar_one() {
+    if !avx2_available() {
+        return;
+    }
+    let mut rng = Rng(0x0A8);
+    for n in [32, 33, 64, 100, 512, 2050] {
+        let mut x: Vec<f32> = rng.vec(n).iter().map(|v| v * 3.0).collect();
+        x[1] = 0.0;
+        x[n - 1] = 127.5 / 127.0; // a tie once scaled, where the block's max is 1
+        if n >= 64 {
+            x[32..64].fill(0.0); // an all-zero block: scale 0
+        }
+        let mut want = x.clone();
+        super::activations::round_like_q8(&mut want);
+        // SAFETY: AVX2/FMA/F16C (checked).
+        unsafe { avx2::round_like_q8(&mut x) };
+        assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "n={n}");
+    }
+}
+
 #[test]
 fn sum_exp_kernels_match_the_definition() {
     let mut rng = Rng(0x5E4E);
