@@ -21,6 +21,10 @@ after a warm-up request:
 - under load: 7 streams decoding, then an 8th request with a 512-token prompt: its time
   to first token (the prompt goes in --prefill-chunk chunks between the others' steps)
   and the longest pause the running streams saw meanwhile.
+- a conversation's next turn (`--history N`, default 900 of the 1024 positions): a
+  request of N prompt tokens, then the same N and 40 more (as a chat resends its
+  history), its time to the first token with `"cache_prompt": true` and then `false`,
+  alternating.
 
 Prints a Markdown table; name the CPU beside it.
 """
@@ -99,6 +103,21 @@ def under_load(port, tokens, prompt_len):
     return t1 - t0, max(gaps) if gaps else float("nan"), prompt_len / (t1 - t0)
 
 
+def next_turn(port, history, cache, base):
+    """Time (s) to the first token of a turn that resends `history` tokens and adds 40,
+    after a request of the history alone; and the prompt tokens it found cached."""
+    first = prompt(base, history)
+    request(port, "POST", "/v1/completions", {"prompt": first, "max_tokens": 1, "temperature": 0, "cache_prompt": cache})
+    body = {"prompt": first + prompt(base + 1, 40), "max_tokens": 1, "temperature": 0, "cache_prompt": cache,
+            "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    status, events = stream(port, "/v1/completions", body)
+    assert status == 200, status
+    first_token = next(t for t, e in events if e and e.get("choices"))
+    usage = next(e["usage"] for _, e in events if e and e.get("usage"))
+    return first_token - t0, usage["prompt_tokens_details"]["cached_tokens"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dtypes", nargs="+", default=["q8_0", "bf16"])
@@ -108,6 +127,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prefill-chunk", type=int, default=64)
     ap.add_argument("--weights", default=str(ROOT / "bench-data/1b"))
+    ap.add_argument("--history", type=int, default=900, help="prompt tokens before a conversation's next turn")
     args = ap.parse_args()
     weights = Path(args.weights)
     if not weights.exists():
@@ -130,6 +150,10 @@ def main():
                     results[s].append(run_streams(server.port, s, args.tokens, 10 * s + 100 * run))
                     print(f"{dtype} run {run} streams {s}: {results[s][-1]}", file=sys.stderr)
             loads = [under_load(server.port, 4 * args.tokens, 512) for _ in range(args.runs)]
+            turns = {True: [], False: []}
+            for run in range(args.runs):
+                for cache in (True, False):
+                    turns[cache].append(next_turn(server.port, args.history, cache, 1000 + 10 * run + cache))
         base = statistics.median(r[0] for r in results[args.streams[0]])
         for s in args.streams:
             agg = statistics.median(r[0] for r in results[s])
@@ -139,6 +163,11 @@ def main():
         ttft, gap, speed = (statistics.median(x[i] for x in loads) for i in range(3))
         rows.append(f"| {dtype} | 7 + a 512-token prompt | | | | {ttft * 1e3:.0f} (prompt {speed:.0f} tok/s; "
                     f"longest pause of the 7: {gap * 1e3:.0f} ms) |")
+        for cache in (True, False):
+            t = statistics.median(x[0] for x in turns[cache])
+            kept = statistics.median(x[1] for x in turns[cache])
+            rows.append(f"| {dtype} | 1, next turn after {args.history} tokens, cache_prompt {str(cache).lower()} "
+                        f"({kept:.0f} cached) | | | | {t * 1e3:.0f} |")
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     print(f"\n{cpu}, {args.threads} threads, {args.tokens} new tokens per stream, medians of {args.runs} runs\n")
     print("| dtype | streams | aggregate tokens/s | vs 1 stream | decode tokens/s | time to first token, ms |")
