@@ -163,13 +163,21 @@ impl KvTokens {
     /// sliding-window layers (`sliding`) holds only the window before where it stopped,
     /// so it keeps all it holds or nothing.
     pub fn reuse(&mut self, prompt: &[u32], sliding: bool) -> usize {
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-        let mut keep = common.min(prompt.len().saturating_sub(1));
-        if sliding && keep < self.tokens.len() {
-            keep = 0;
-        }
+        let keep = self.reusable(prompt, sliding);
         self.tokens.truncate(keep);
         keep
+    }
+
+    /// How many tokens [`KvTokens::reuse`] would keep for `prompt`, the cache left as
+    /// it is.
+    pub fn reusable(&self, prompt: &[u32], sliding: bool) -> usize {
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let keep = common.min(prompt.len().saturating_sub(1));
+        if sliding && keep < self.tokens.len() {
+            0
+        } else {
+            keep
+        }
     }
 
     /// Records that the forward pass filed `tokens` at the next positions.

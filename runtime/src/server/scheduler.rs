@@ -339,20 +339,18 @@ impl<'m, 'v> Scheduler<'m, 'v> {
     /// cache holds the least, so that the caches later requests may reuse stay.
     fn take_slot(&mut self, job: &Job) -> (usize, usize) {
         let sliding = self.model.config.sliding_window.is_some();
+        // A prompt scored for its own log-probabilities needs every position's logits.
+        let reuse = job.cache_prompt && !job.prompt_logprobs;
         let free = (0..self.slots.len()).filter(|&i| self.slots[i].is_none());
-        let best = if job.cache_prompt && !job.prompt_logprobs {
-            free.max_by_key(|&i| {
-                let kv = self.kv[i].tokens();
-                let common = kv.iter().zip(&job.prompt).take_while(|(a, b)| a == b).count().min(job.prompt.len() - 1);
-                // A cache that cannot be kept counts as none; ties go to the slot that
-                // holds the least (the others' caches stay), then to the lowest.
-                (if sliding && common < kv.len() { 0 } else { common }, std::cmp::Reverse((kv.len(), i)))
-            })
+        // Ties go to the slot that holds the least (the others' caches stay), then to
+        // the lowest.
+        let i = if reuse {
+            free.max_by_key(|&i| (self.kv[i].reusable(&job.prompt, sliding), std::cmp::Reverse((self.kv[i].len(), i))))
         } else {
             free.min_by_key(|&i| (self.kv[i].len(), i))
-        };
-        let i = best.expect("a free slot");
-        if !job.cache_prompt || job.prompt_logprobs {
+        }
+        .expect("a free slot");
+        if !reuse {
             self.kv[i].clear();
             return (i, 0);
         }
