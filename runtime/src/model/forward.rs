@@ -399,6 +399,11 @@ impl LogitRows {
         }
     }
 
+    /// How many of a batch of `n` tokens get logits.
+    pub fn rows(self, n: usize) -> usize {
+        n - self.first(n)
+    }
+
     /// [`LogitRows::Last`] for a prompt's last batch, [`LogitRows::None`] for the ones
     /// before it: a batch that ends at `end` of a prompt of `len` positions.
     pub fn last_of_prompt(end: usize, len: usize) -> LogitRows {
@@ -493,7 +498,7 @@ pub fn forward_chunks<'s>(model: &Model, s: &'s mut RunState, chunks: &[Chunk]) 
     let team = Arc::clone(&s.team);
     team.install(|| run(k, model, s, &Batch::Runs { chunks, rows: &rows, lens: &lens }));
     (s.chunk_rows, s.chunk_lens) = (rows, lens);
-    &s.logits[..chunks.iter().map(|c| c.tokens.len() - c.logits.first(c.tokens.len())).sum::<usize>() * vocab]
+    &s.logits[..chunks.iter().map(|c| c.logits.rows(c.tokens.len())).sum::<usize>() * vocab]
 }
 
 /// Checks that slot `slot` may take positions `start .. start + len`: a slot of the
@@ -739,7 +744,7 @@ fn run(k: Kernels, model: &Model, s: &mut RunState, batch: &Batch) {
             let (mut start, mut m) = (0, 0);
             for c in *chunks {
                 let len = c.tokens.len();
-                let rows = len - c.logits.first(len);
+                let rows = c.logits.rows(len);
                 s.proj[m * d..][..rows * d].copy_from_slice(&s.x[(start + len - rows) * d..(start + len) * d]);
                 m += rows;
                 start += len;

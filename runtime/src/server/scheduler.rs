@@ -435,8 +435,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             .map(|&(i, n)| {
                 let a = slots[i].as_ref().expect("a reading slot");
                 let end = a.prefilled + n;
-                let logits = if a.job.prompt_logprobs { LogitRows::All } else { LogitRows::last_of_prompt(end, a.job.prompt.len()) };
-                Chunk { slot: i, tokens: &a.job.prompt[a.prefilled..end], start: a.prefilled, logits }
+                Chunk { slot: i, tokens: &a.job.prompt[a.prefilled..end], start: a.prefilled, logits: logit_rows(&a.job, end) }
             })
             .collect();
         for c in &chunks {
@@ -444,38 +443,47 @@ impl<'m, 'v> Scheduler<'m, 'v> {
         }
         let logits = forward_chunks(self.model, &mut self.state, &chunks);
         let vocab = self.model.config.vocab_size as usize;
-        // The rows each chunk asked for, in order: its last if it ends its prompt, all
-        // of them for a prompt's own log-probabilities.
+        // The rows each chunk asked for, in order.
         let mut r = 0;
         for &(i, n) in &self.chunks {
             let a = self.slots[i].as_mut().expect("a reading slot");
+            let rows = logit_rows(&a.job, a.prefilled + n).rows(n);
+            let chunk_logits = &logits[r * vocab..][..rows * vocab];
+            r += rows;
             if a.job.prompt_logprobs {
                 // Row j is position prefilled + j: it scores the prompt's next token.
                 let top = a.job.logprobs.unwrap_or(0);
                 for j in 0..n {
                     let pos = a.prefilled + j;
                     if pos + 1 < a.job.prompt.len() {
-                        let l = TokenLogprob::new(&logits[(r + j) * vocab..][..vocab], a.job.prompt[pos + 1], top);
+                        let l = TokenLogprob::new(&chunk_logits[j * vocab..][..vocab], a.job.prompt[pos + 1], top);
                         if !a.job.send(Event::PromptLogprob(l)) {
                             break; // the client is gone: `emit` or the next pass notices
                         }
                     }
                 }
-                r += n - 1;
             }
             a.prefilled += n;
             a.pos = a.prefilled;
             if a.decoding() {
-                let row = &logits[r * vocab..][..vocab];
-                r += 1;
+                // The last row: the prompt's end.
+                let row = &chunk_logits[(rows - 1) * vocab..];
                 let going = if a.job.max_tokens == 0 { finish(a, FinishReason::Length) } else { emit(self.model, self.config.context, &metrics, a, row) };
                 if !going {
                     self.slots[i] = None;
                 }
-            } else if a.job.prompt_logprobs {
-                r += 1;
             }
         }
+    }
+}
+
+/// The logits a prompt chunk of `job` ending at `end` asks for: the last row where it
+/// ends the prompt, or every row for the prompt's own log-probabilities.
+fn logit_rows(job: &Job, end: usize) -> LogitRows {
+    if job.prompt_logprobs {
+        LogitRows::All
+    } else {
+        LogitRows::last_of_prompt(end, job.prompt.len())
     }
 }
 
