@@ -343,21 +343,10 @@ impl QuantX {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn round_like_q8(x: &mut [f32]) {
     let whole = x.len() / 32 * 32;
-    let sign = _mm256_set1_ps(-0.0);
     for xb in x[..whole].chunks_exact_mut(32) {
-        let p = xb.as_mut_ptr();
-        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
-        let m = _mm256_max_ps(
-            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
-        );
-        let amax = hmax(m);
-        let inv = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
-        let d = _mm256_set1_ps(amax / 127.0);
-        for (j, v) in v.iter().enumerate() {
-            // Through the integer, as the quant is: -0.3 rounds to 0, not -0.0.
-            let q = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(*v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-            _mm256_storeu_ps(p.add(8 * j), _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+        let (q, d) = quantize_block32(xb.as_ptr());
+        for (j, q) in q.iter().enumerate() {
+            _mm256_storeu_ps(xb.as_mut_ptr().add(8 * j), _mm256_mul_ps(_mm256_cvtepi32_ps(*q), _mm256_set1_ps(d)));
         }
     }
     if whole < x.len() {
@@ -365,32 +354,38 @@ pub unsafe fn round_like_q8(x: &mut [f32]) {
     }
 }
 
+/// One block of 32 values at `p` as q8_0 activations, `activations::quantize_block`'s
+/// numbers: the quants in i32 lanes (in order, eight a register) and the scale.
+/// Through the integer, as the quant is: -0.3 rounds to 0, not -0.0.
+///
+/// # Safety
+/// AVX2 (inlined into the callers' target features); `p` must hold 32 values.
+#[inline(always)]
+unsafe fn quantize_block32(p: *const f32) -> ([__m256i; 4], f32) {
+    let sign = _mm256_set1_ps(-0.0);
+    let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+    let m = _mm256_max_ps(
+        _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+        _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+    );
+    let amax = hmax(m);
+    let inv = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+    // A loop, not `array::from_fn`: a closure has no target features, so the
+    // intrinsics in it would not inline.
+    let mut q = [_mm256_setzero_si256(); 4];
+    for (q, v) in q.iter_mut().zip(&v) {
+        *q = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(*v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    (q, amax / 127.0)
+}
+
 /// Quantises whole blocks of 32 (`x.len()` a multiple of 32).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32]) {
-    let sign = _mm256_set1_ps(-0.0);
     let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (b, xb) in x.chunks_exact(32).enumerate() {
-        let p = xb.as_ptr();
-        let v = [
-            _mm256_loadu_ps(p),
-            _mm256_loadu_ps(p.add(8)),
-            _mm256_loadu_ps(p.add(16)),
-            _mm256_loadu_ps(p.add(24)),
-        ];
-        let m = _mm256_max_ps(
-            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
-        );
-        let amax = hmax(m);
-        d[b] = amax / 127.0;
-        let inv = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
-        // A loop, not `array::from_fn`: a closure has no target features, so the
-        // intrinsics in it would not inline.
-        let mut i = [_mm256_setzero_si256(); 4];
-        for (i, v) in i.iter_mut().zip(&v) {
-            *i = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(*v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        }
+        let (i, scale) = quantize_block32(xb.as_ptr());
+        d[b] = scale;
         let lo = _mm256_packs_epi32(i[0], i[1]);
         let hi = _mm256_packs_epi32(i[2], i[3]);
         let all = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), perm);
