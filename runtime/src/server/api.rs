@@ -297,21 +297,18 @@ pub fn logprobs(chat: bool, first: Option<u32>, entries: &[TokenLogprob], token:
         json!({"content": content, "refusal": null})
     } else {
         let (mut tokens, mut values, mut tops, mut offsets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        if let Some(id) = first {
+        // The echoed first token (no log-probability, no alternatives), then the entries.
+        let rows = first.map(|id| (id, Value::Null, Value::Null)).into_iter().chain(entries.iter().map(|e| {
+            let top = e.top().iter().map(|&(id, lp)| (text(id), Value::from(lp))).collect::<Map<String, Value>>();
+            (e.token, Value::from(e.logprob), Value::Object(top))
+        }));
+        for (id, value, top) in rows {
             let t = text(id);
             offsets.push(*offset);
             *offset += t.chars().count();
             tokens.push(t);
-            values.push(Value::Null);
-            tops.push(Value::Null);
-        }
-        for e in entries {
-            let t = text(e.token);
-            offsets.push(*offset);
-            *offset += t.chars().count();
-            tokens.push(t);
-            values.push(Value::from(e.logprob));
-            tops.push(Value::Object(e.top().iter().map(|&(id, lp)| (text(id), Value::from(lp))).collect::<Map<String, Value>>()));
+            values.push(value);
+            tops.push(top);
         }
         json!({"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets})
     }
