@@ -894,16 +894,12 @@ pub unsafe fn softmax(x: &mut [f32]) {
 pub unsafe fn sum_exp(x: &[f32], shift: f32) -> f64 {
     let whole = x.len() / 8 * 8;
     let (p, sv) = (x.as_ptr(), _mm256_set1_ps(shift));
-    let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let mut sum = F64Lanes::new();
     for i in (0..whole).step_by(8) {
-        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), sv));
-        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+        sum.add(exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), sv)));
     }
-    let mut lanes = [0f64; 4];
-    _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(lo, hi));
     let tail: f64 = x[whole..].iter().filter(|v| !v.is_nan()).map(|&v| f64::from((v - shift).exp())).sum();
-    lanes.iter().sum::<f64>() + tail
+    sum.total() + tail
 }
 
 /// `sum(exp(b[i] - base_lse) * (b[i] - m[i] + shift))`, eight at a time with
@@ -917,18 +913,41 @@ pub unsafe fn kl_sum(b: &[f32], m: &[f32], base_lse: f32, shift: f32) -> f64 {
     let whole = b.len() / 8 * 8;
     let (bp, mp) = (b.as_ptr(), m.as_ptr());
     let (lse, sh) = (_mm256_set1_ps(base_lse), _mm256_set1_ps(shift));
-    let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let mut sum = F64Lanes::new();
     for i in (0..whole).step_by(8) {
         let bv = _mm256_loadu_ps(bp.add(i));
         let e = exp8(_mm256_sub_ps(bv, lse));
-        let t = _mm256_mul_ps(e, _mm256_add_ps(_mm256_sub_ps(bv, _mm256_loadu_ps(mp.add(i))), sh));
-        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(t)));
-        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(t)));
+        sum.add(_mm256_mul_ps(e, _mm256_add_ps(_mm256_sub_ps(bv, _mm256_loadu_ps(mp.add(i))), sh)));
     }
-    let mut lanes = [0f64; 4];
-    _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(lo, hi));
     let tail: f64 = b[whole..].iter().zip(&m[whole..]).map(|(&b, &m)| f64::from((b - base_lse).exp() * (b - m + shift))).sum();
-    lanes.iter().sum::<f64>() + tail
+    sum.total() + tail
+}
+
+/// Eight f32 lanes summed, each in an f64 lane of its own: [`sum_exp`] and [`kl_sum`]'s
+/// accumulator over a whole vocabulary.
+struct F64Lanes {
+    lo: __m256d,
+    hi: __m256d,
+}
+
+impl F64Lanes {
+    #[inline(always)]
+    unsafe fn new() -> F64Lanes {
+        F64Lanes { lo: _mm256_setzero_pd(), hi: _mm256_setzero_pd() }
+    }
+
+    #[inline(always)]
+    unsafe fn add(&mut self, t: __m256) {
+        self.lo = _mm256_add_pd(self.lo, _mm256_cvtps_pd(_mm256_castps256_ps128(t)));
+        self.hi = _mm256_add_pd(self.hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(t)));
+    }
+
+    #[inline(always)]
+    unsafe fn total(self) -> f64 {
+        let mut lanes = [0f64; 4];
+        _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(self.lo, self.hi));
+        lanes.iter().sum()
+    }
 }
 
 /// `out[i] = gate[i] / (1 + exp(-gate[i])) * up[i]`, eight at a time.
