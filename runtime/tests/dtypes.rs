@@ -304,9 +304,14 @@ fn four_bit_dtypes_track_f32() {
 /// quarter of q8_0's own error against f32 there, 0.379) between kernel sets, and under
 /// AVX2 between a batch and one token at a time; the float types stay at 1e-5.
 const Q8_0_PATHS: f32 = 0.15;
-/// The 4-bit types round activations the same way: up to 0.235 (olmo3-window q4_k
-/// between kernel sets; 0.205 on `tiny` q4_0), against their mean error of 0.45-0.92.
+/// q4_0 rounds activations the same way: up to 0.205 (`tiny`), against its mean error
+/// of 0.57-0.92.
 const Q4_PATHS: f32 = 0.3;
+/// q4_k rounds them per super-block of 256 (`ScaleSpan::SuperBlock`), so an edge moves a
+/// value by its super-block's step, not its block's: up to 0.488 (olmo3-window under
+/// AVX2, batches of 5; 0.235 between kernel sets when it rounded per 32), against its
+/// mean error of 0.45-0.75.
+const Q4_K_PATHS: f32 = 0.6;
 
 /// The AMX GEMM rounds a batch's activations to bf16 (the one-token kernels keep them
 /// in f32): on `tiny`, whose every matrix it takes, the whole prompt as one batch moved
@@ -339,6 +344,7 @@ fn batched_prompt_matches_one_token_at_a_time() {
                         d if k == Kernels::Amx && !d.is_float() => QUANTISED_AMX_PATHS,
                         d if d.is_float() => 1e-4,
                         DType::Q8_0 => Q8_0_PATHS,
+                        DType::Q4_K => Q4_K_PATHS,
                         _ => Q4_PATHS,
                     };
                     assert!(diff <= bound, "{name} {dtype} {k:?} batch {batch}: {diff}");
@@ -441,9 +447,10 @@ fn kernel_sets_agree_for_every_dtype() {
 const F16_CACHE_FLOAT: (f32, f64, f32) = (0.015, 0.95, 3e-3);
 const F16_CACHE_Q8_0: (f32, f64, f32) = (0.4, 0.9, 0.26);
 /// The same for q4_0 and q4_k: max logit error 0.554 (olmo3-window q4_k; 0.271 on the
-/// OLMo-2 fixtures), top-1 93.8% (wide q4_k), batched against single and kernel sets
+/// OLMo-2 fixtures), top-1 87.5% (wide q4_k: 2 of its 16 steps, near ties of flat
+/// random logits moved by at most 0.192), batched against single and kernel sets
 /// within 0.166 (olmo2-odd q4_0 under AVX2: a rounding edge, as for q8_0).
-const F16_CACHE_Q4: (f32, f64, f32) = (0.65, 0.9, 0.25);
+const F16_CACHE_Q4: (f32, f64, f32) = (0.65, 0.85, 0.25);
 
 #[test]
 fn f16_kv_cache_tracks_the_f32_cache() {

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 
 use half::{bf16, f16};
 
-use super::activations::QuantX;
+use super::activations::{QuantX, ScaleSpan};
 use super::exp::exp8;
 use super::kv_element::KvElement;
 use super::matrix::{Matrix, MatrixData};
@@ -314,82 +314,99 @@ unsafe fn rows_panels(w: &Matrix, r0: usize, x: &[f32], xd: &[f32], y: &mut [f32
 }
 
 impl QuantX {
-    /// Quantises `x` (see [`super::activations::quantize_block`]); grows the buffers only
-    /// when `x` is longer than any before.
-    pub(super) fn quantize(&mut self, x: &[f32]) {
+    /// Quantises `x` per `span` (see [`super::activations::quantize_span`]); grows the
+    /// buffers only when `x` is longer than any before.
+    pub(super) fn quantize(&mut self, x: &[f32], span: ScaleSpan) {
         let blocks = self.reserve(x.len());
-        let whole = x.len() / 32;
-        // SAFETY (both calls): reached only through `super::matvec_with` (or the VNNI matvec or GEMM, reached from it), which checked
-        // the CPU features; `reserve` sized `quants` and `scales` for every block.
-        unsafe { quantize_blocks(&x[..whole * 32], &mut self.quants, &mut self.scales) };
-        if whole < blocks {
-            let mut tail = [0f32; 32];
-            tail[..x.len() - whole * 32].copy_from_slice(&x[whole * 32..]);
-            unsafe {
-                quantize_blocks(&tail, &mut self.quants[whole * 32..], &mut self.scales[whole..])
-            };
+        let per = span.values();
+        let whole = x.len() / per * per;
+        // SAFETY (both calls): reached only through `super::matvec_with` (or the VNNI
+        // matvec or GEMM, reached from it), which checked the CPU features; `reserve`
+        // sized `quants` and `scales` for every block, and the tail's blocks are copied
+        // out of a whole span.
+        unsafe { quantize_spans(&x[..whole], per, &mut self.quants, &mut self.scales) };
+        if whole < x.len() {
+            let mut tail = [0f32; 256];
+            tail[..x.len() - whole].copy_from_slice(&x[whole..]);
+            let (mut q, mut d) = ([0i8; 256], [0f32; 8]);
+            unsafe { quantize_spans(&tail[..per], per, &mut q, &mut d) };
+            let b0 = whole / 32;
+            self.quants[whole..blocks * 32].copy_from_slice(&q[..(blocks - b0) * 32]);
+            self.scales[b0..blocks].copy_from_slice(&d[..blocks - b0]);
         }
     }
 }
 
-/// `x` replaced by its q8_0 activation rounding, `q * d` per block of 32: the bits
-/// `activations::round_like_q8` gives (the same max, scale and round-to-nearest-even of
-/// the same products), whole blocks eight values at a time, a last partial block by
+/// `x` replaced by its int8 activation rounding per `span`, `q * d`: the bits
+/// `activations::round_like_int8` gives (the same max, scale and round-to-nearest-even
+/// of the same products), whole spans eight values at a time, a last partial span by
 /// that function. The scalar form's rounding was a call into libm per value (`rintf`:
 /// x86-64's baseline has no rounding instruction), 4% of an AVX2 q8_0 prompt.
 ///
 /// # Safety
 /// AVX2/FMA/F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn round_like_q8(x: &mut [f32]) {
-    let whole = x.len() / 32 * 32;
-    for xb in x[..whole].chunks_exact_mut(32) {
-        let (q, d) = quantize_block32(xb.as_ptr());
-        for (j, q) in q.iter().enumerate() {
-            _mm256_storeu_ps(xb.as_mut_ptr().add(8 * j), _mm256_mul_ps(_mm256_cvtepi32_ps(*q), _mm256_set1_ps(d)));
+pub unsafe fn round_like_int8(x: &mut [f32], span: ScaleSpan) {
+    let per = span.values();
+    let whole = x.len() / per * per;
+    for xs in x[..whole].chunks_exact_mut(per) {
+        let (inv, d) = span_scale(xs.as_ptr(), per / 32);
+        for xb in xs.chunks_exact_mut(32) {
+            for (j, q) in quantize32(xb.as_ptr(), inv).iter().enumerate() {
+                _mm256_storeu_ps(xb.as_mut_ptr().add(8 * j), _mm256_mul_ps(_mm256_cvtepi32_ps(*q), _mm256_set1_ps(d)));
+            }
         }
     }
     if whole < x.len() {
-        super::activations::round_like_q8(&mut x[whole..]);
+        super::activations::round_like_int8(&mut x[whole..], span);
     }
 }
 
-/// One block of 32 values at `p` as q8_0 activations, `activations::quantize_block`'s
-/// numbers: the quants in i32 lanes (in order, eight a register) and the scale.
-/// Through the integer, as the quant is: -0.3 rounds to 0, not -0.0.
+/// The multiplier `127 / max|x|` (0 for zeros) and scale `max|x| / 127` of the
+/// `blocks` blocks of 32 values at `p`, as `activations::quantize_span` finds them.
+#[inline(always)]
+unsafe fn span_scale(p: *const f32, blocks: usize) -> (__m256, f32) {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for j in 0..blocks * 4 {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * j))));
+    }
+    let amax = hmax(m);
+    (_mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 }), amax / 127.0)
+}
+
+/// One block of 32 values at `p` times `inv`, rounded to the nearest integer (ties to
+/// even) in i32 lanes, in order, eight a register. Through the integer, as the quant
+/// is: -0.3 rounds to 0, not -0.0.
 ///
 /// # Safety
 /// AVX2 (inlined into the callers' target features); `p` must hold 32 values.
 #[inline(always)]
-unsafe fn quantize_block32(p: *const f32) -> ([__m256i; 4], f32) {
-    let sign = _mm256_set1_ps(-0.0);
-    let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
-    let m = _mm256_max_ps(
-        _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-        _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
-    );
-    let amax = hmax(m);
-    let inv = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+unsafe fn quantize32(p: *const f32, inv: __m256) -> [__m256i; 4] {
     // A loop, not `array::from_fn`: a closure has no target features, so the
     // intrinsics in it would not inline.
     let mut q = [_mm256_setzero_si256(); 4];
-    for (q, v) in q.iter_mut().zip(&v) {
-        *q = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(*v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (j, q) in q.iter_mut().enumerate() {
+        *q = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(p.add(8 * j)), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     }
-    (q, amax / 127.0)
+    q
 }
 
-/// Quantises whole blocks of 32 (`x.len()` a multiple of 32).
+/// Quantises whole spans of `per` values (`x.len()` a multiple of `per`).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+unsafe fn quantize_spans(x: &[f32], per: usize, q: &mut [i8], d: &mut [f32]) {
     let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (b, xb) in x.chunks_exact(32).enumerate() {
-        let (i, scale) = quantize_block32(xb.as_ptr());
-        d[b] = scale;
-        let lo = _mm256_packs_epi32(i[0], i[1]);
-        let hi = _mm256_packs_epi32(i[2], i[3]);
-        let all = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), perm);
-        _mm256_storeu_si256(q.as_mut_ptr().add(b * 32) as *mut __m256i, all);
+    for (s, xs) in x.chunks_exact(per).enumerate() {
+        let (inv, scale) = span_scale(xs.as_ptr(), per / 32);
+        for (j, xb) in xs.chunks_exact(32).enumerate() {
+            let b = s * per / 32 + j;
+            let i = quantize32(xb.as_ptr(), inv);
+            d[b] = scale;
+            let lo = _mm256_packs_epi32(i[0], i[1]);
+            let hi = _mm256_packs_epi32(i[2], i[3]);
+            let all = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), perm);
+            _mm256_storeu_si256(q.as_mut_ptr().add(b * 32) as *mut __m256i, all);
+        }
     }
 }
 
@@ -515,7 +532,7 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
         }),
         MatrixData::Q8_0 { quants, scales } => with_local(&QX, |qx| {
             let blocks = cols.div_ceil(32);
-            qx.quantize(x);
+            qx.quantize(x, ScaleSpan::Block);
             let (xq, xd) = (&qx.quants[..blocks * 32], &qx.scales[..blocks]);
             par_rows_guided(y, min, 1, |r0, ys| unsafe {
                 rows_q8_0(quants.as_ptr(), scales.as_ptr(), blocks, r0, xq, xd, ys)
@@ -561,7 +578,7 @@ pub fn matmul_decode(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
                     qx.resize_with(n, QuantX::new);
                 }
                 for (t, q) in qx[..n].iter_mut().enumerate() {
-                    q.quantize(&x[t * cols..][..cols]);
+                    q.quantize(&x[t * cols..][..cols], ScaleSpan::Block);
                 }
                 let qx = &qx[..n];
                 let yp = SendPtr(y.as_mut_ptr());

@@ -11,7 +11,8 @@ use std::cell::RefCell;
 
 use olmo_format::DType;
 
-use super::avx2::{q8_row_to_f32, round_like_q8, Widen, WBF16, WF16, WF32};
+use super::activations::ScaleSpan;
+use super::avx2::{q8_row_to_f32, round_like_int8, Widen, WBF16, WF16, WF32};
 use super::q4_avx2::dequantize_group;
 use super::matrix::{Matrix, MatrixData};
 use super::tasks::{for_each_task, grow, grow_aligned, with_local, SendPtr};
@@ -61,7 +62,7 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], wide: bool)
     with_local(&APACK, |apack| {
         grow(apack, groups * MR * k);
         let apack = &mut apack[..groups * MR * k];
-        pack_a(x, n, k, w.data.is_quantised(), apack);
+        pack_a(x, n, k, w.data.int8_activations(), apack);
         let apack = &*apack;
         let yp = SendPtr(y.as_mut_ptr());
         let nb_max = rows_per_block(k);
@@ -92,13 +93,14 @@ pub unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], wide: bool)
 }
 
 /// Packs `x` (`n x k`) as described in [`matmul`]: slice `k0` starts at `k0 * groups * MR`.
-/// With `q8`, each row is first rounded as q8_0 activations ([`round_like_q8`]), as
-/// the one-token products of quantised weights round them.
+/// With `int8`, each row is first rounded as int8 activations of that span
+/// ([`round_like_int8`]; slices of [`KC`] are whole spans), as the one-token products
+/// of quantised weights round them.
 ///
 /// # Safety
 /// AVX2/FMA/F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pack_a(x: &[f32], n: usize, k: usize, q8: bool, apack: &mut [f32]) {
+unsafe fn pack_a(x: &[f32], n: usize, k: usize, int8: Option<ScaleSpan>, apack: &mut [f32]) {
     let mut tmp = [0f32; KC];
     let groups = n.div_ceil(MR);
     let mut k0 = 0;
@@ -110,9 +112,9 @@ unsafe fn pack_a(x: &[f32], n: usize, k: usize, q8: bool, apack: &mut [f32]) {
                 let row = g * MR + i;
                 if row < n {
                     let mut src = &x[row * k + k0..][..kc];
-                    if q8 {
+                    if let Some(span) = int8 {
                         tmp[..kc].copy_from_slice(src);
-                        round_like_q8(&mut tmp[..kc]);
+                        round_like_int8(&mut tmp[..kc], span);
                         src = &tmp[..kc];
                     }
                     for (kk, &v) in src.iter().enumerate() {

@@ -1,9 +1,9 @@
 //! 4-bit (q4_0, q4_k) `Y = X W^T` for many rows of `X` at once (prompt processing)
 //! with AVX-512 VNNI integer dot products, as `gemm_q8` multiplies q8_0: the same
 //! micro-kernel shape ([`MR`] tokens by [`NR`] rows, `vpdpbusd` on 256-bit registers),
-//! the same activation bytes (int8 per block of 32 as every integer product rounds
-//! them, offset by 128 to be unsigned) and the same weight panels, unpacked from the
-//! tiles once per task.
+//! the same activation bytes (int8 as every integer product of the dtype rounds them:
+//! q4_0 per block of 32, q4_k per super-block of 256; offset by 128 to be unsigned)
+//! and the same weight panels, unpacked from the tiles once per task.
 //!
 //! Layout, per block of 32 columns:
 //! - weights, per strip of [`NR`] rows (two tile groups): the 32 values of each row as
@@ -16,10 +16,11 @@
 //!   as `q - 8` (signed bytes) with scale `d`, so a block's integer sum is exactly the
 //!   weights' over `d`, as for q8_0; q4_k values as `q` with scale `d * sc` (exact in
 //!   f32) and the min `-dmin * m` per row, which the kernel multiplies by each token's
-//!   `dx * sum(xq)` for the block;
+//!   `sum(xq)` for the block, and the sum of both by the token's scale once per
+//!   super-block ([`kernel_q4_k`]);
 //! - activations, per group of [`MR`] tokens: as `gemm_q8` (`[kq][token][4]`, bytes
-//!   offset by 128), the token scales beside them and, for q4_k, `dx * sum(xq)` per
-//!   token and block.
+//!   offset by 128), the token scales beside them and, for q4_k, `sum(xq)` per token
+//!   and block.
 //!
 //! Each parallel task owns up to [`NB`] weight rows (a multiple of 16, so its strips are
 //! whole pairs of tile groups), packs them once, and sweeps every token group over
@@ -27,15 +28,19 @@
 //!
 //! The 1B's 512-token prompt (2 threads, a quiet Zen 4, `tools/bench_decode.py`):
 //! q4_0 198.5 and q4_k 183.2 tokens/s against q8_0's 187.6 in the same run, and 60-64
-//! for both on the AVX2 path (tiles dequantised into the float GEMM).
+//! for both on the AVX2 path (tiles dequantised into the float GEMM). On Sapphire
+//! Rapids with `OLMORT_KERNELS=avx512` (`prompt_floor`, 2 rounds of 3): q4_k 2252 ms
+//! against q8_0's 2094 with a scale per block, 2082-2083 against 2071-2073 (q4_0
+//! 2040-2042) with one per super-block.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use olmo_format::{q4, DType};
 
-use super::activations::QuantX;
-use super::gemm_q8::{for_each_tile, kernel, pack_group, MIN, NEG, SCALE};
+use super::activations::{QuantX, ScaleSpan};
+use super::gemm::store_tile;
+use super::gemm_q8::{block_sums, for_each_tile, kernel, pack_group, KB, NEG, SCALE};
 use super::q4_avx2::q4_k_scales;
 use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr};
 
@@ -46,9 +51,11 @@ const MR: usize = super::gemm_q8::MR;
 /// groups (as many as the float GEMM's outputs, so all three share `gemm::store_tile`).
 const NR: usize = super::gemm::NR;
 const _: () = assert!(NR == 2 * q4::TILE_ROWS);
-/// Bytes of one strip's record for one block: values, `-128 * sum`, scales, mins (at
-/// `gemm_q8`'s offsets [`NEG`], [`SCALE`], [`MIN`]: the two GEMMs share the micro-kernel).
+/// Bytes of one strip's record for one block: values, `-128 * sum`, scales (at
+/// `gemm_q8`'s offsets [`NEG`], [`SCALE`]: q4_0 takes its micro-kernel), mins.
 const STRIP_BLOCK: usize = 32 * NR + 4 * NR + 4 * NR + 4 * NR;
+const MIN: usize = 40 * NR;
+const _: () = assert!(KB == q4::TILE_COLS / q4::BLOCK);
 /// Bytes of one token group's activation quants for one block.
 const GROUP_BLOCK: usize = 32 * MR;
 /// Weight rows per task at most; fewer when the packed rows would pass [`PANEL_BYTES`].
@@ -60,7 +67,7 @@ fn rows_per_block(blocks: usize) -> usize {
     (PANEL_BYTES / (blocks.max(1) * STRIP_BLOCK / NR)).clamp(NR, NB) / NR * NR
 }
 
-/// A group of tokens' packed activations: quants, scales, and `dx * sum(xq)`.
+/// A group of tokens' packed activations: quants, scales, and (q4_k) `sum(xq)`.
 #[derive(Default)]
 struct Acts {
     quants: Vec<u8>,
@@ -105,7 +112,7 @@ pub(super) unsafe fn matmul(dtype: DType, tiles: &[u8], rows: usize, k: usize, x
                 )
             };
             // SAFETY: the caller vouches for the CPU features and `x`'s length.
-            with_local(&ROW, |row| unsafe { pack_group(x, n, k, g, row, aq, ad, Some(asum)) })
+            with_local(&ROW, |row| unsafe { pack_group(x, n, k, g, ScaleSpan::of(dtype), row, aq, ad, q4k.then_some(asum)) })
         });
         let (aq, ad, asum) = (&*aq, &*ad, &*asum);
         let yp = SendPtr(y.as_mut_ptr());
@@ -202,7 +209,44 @@ unsafe fn sweep<const K: bool>(panel: &[u8], aq: &[u8], ad: &[f32], asum: &[f32]
         let a = aq.as_ptr().add((g * blocks + b0) * GROUP_BLOCK);
         let d = ad.as_ptr().add((g * blocks + b0) * MR);
         let sums = asum.as_ptr().add((g * blocks + b0) * MR);
-        kernel::<K, STRIP_BLOCK>(kb, a, d, sums, w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
+        if K {
+            // `KB` is a super-block: each slice's blocks share the tokens' scales.
+            kernel_q4_k(kb, a, d, sums, w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
+        } else {
+            kernel::<STRIP_BLOCK>(kb, a, d, w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
+        }
     })
 }
 
+
+
+/// q4_k's micro-kernel: `C[mr x valid] (+)= dx * sum over the kb blocks of one
+/// super-block of (d sc) (int8 x . q) + (-dmin m) sum(xq)`, where `dx` is each token's
+/// one scale for the super-block (`ScaleSpan::SuperBlock`): applied once, where q4_0's
+/// kernel multiplies every block's scales by the tokens'. (With a scale per block the
+/// mins' multiply-adds had left q4_k prompts at 0.93x q8_0's speed.)
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn kernel_q4_k(kb: usize, a: *const u8, ad: *const f32, sums: *const f32, w: *const u8, c: *mut f32, ldc: usize, mr: usize, valid: usize, acc: bool) {
+    let mut f = [[_mm256_setzero_ps(); 2]; MR];
+    for blk in 0..kb {
+        let wb = w.add(blk * STRIP_BLOCK);
+        let s = block_sums(wb, a.add(blk * GROUP_BLOCK));
+        let d0 = _mm256_load_ps(wb.add(SCALE) as *const f32);
+        let d1 = _mm256_load_ps(wb.add(SCALE + 32) as *const f32);
+        let m0 = _mm256_load_ps(wb.add(MIN) as *const f32);
+        let m1 = _mm256_load_ps(wb.add(MIN + 32) as *const f32);
+        for (i, (fi, si)) in f.iter_mut().zip(&s).enumerate() {
+            let xs = _mm256_set1_ps(*sums.add(blk * MR + i));
+            fi[0] = _mm256_fmadd_ps(m0, xs, _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[0]), d0, fi[0]));
+            fi[1] = _mm256_fmadd_ps(m1, xs, _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[1]), d1, fi[1]));
+        }
+    }
+    for (i, fi) in f.iter_mut().enumerate() {
+        let dx = _mm256_set1_ps(*ad.add(i));
+        fi[0] = _mm256_mul_ps(fi[0], dx);
+        fi[1] = _mm256_mul_ps(fi[1], dx);
+    }
+    store_tile(&f, c, ldc, mr, valid, acc);
+}

@@ -24,21 +24,20 @@ use std::cell::RefCell;
 
 
 use super::gemm::{store_tile, transpose8};
-use super::activations::QuantX;
+use super::activations::{QuantX, ScaleSpan};
 use super::tasks::{for_each_row_block, for_each_task, grow, with_local, SendPtr};
 
 /// Tokens per micro-kernel call.
 pub(super) const MR: usize = 6;
 /// Where a strip's record for one block keeps, after the values (32 bytes per row),
-/// `-128 * sum` per row, the scales, and (q4_k, `gemm_q4`) the mins.
+/// `-128 * sum` per row and the scales (`gemm_q4`'s records start alike).
 pub(super) const NEG: usize = 32 * NR;
 pub(super) const SCALE: usize = 36 * NR;
-pub(super) const MIN: usize = 40 * NR;
 /// Weight rows per micro-kernel call (two registers of eight 32-bit lanes, as many as
 /// the float GEMM's outputs, so the two share `store_tile`).
 const NR: usize = super::gemm::NR;
 /// Blocks of 32 columns per slice of the sweep.
-const KB: usize = 8;
+pub(super) const KB: usize = 8;
 /// Bytes of one strip's record for one block: quants, `-128 * sum`, scales.
 const STRIP_BLOCK: usize = 32 * NR + 4 * NR + 4 * NR;
 /// Bytes of one token group's activation quants for one block.
@@ -94,7 +93,7 @@ pub unsafe fn matmul(quants: &[i8], scales: &[u16], rows: usize, k: usize, x: &[
                     std::slice::from_raw_parts_mut(adp.get().add(g * blocks * MR), blocks * MR),
                 )
             };
-            with_local(&ROW, |row| unsafe { pack_group(x, n, k, g, row, aq, ad, None) })
+            with_local(&ROW, |row| unsafe { pack_group(x, n, k, g, ScaleSpan::Block, row, aq, ad, None) })
         });
         let (aq, ad) = (&*aq, &*ad);
         let yp = SendPtr(y.as_mut_ptr());
@@ -110,18 +109,18 @@ pub unsafe fn matmul(quants: &[i8], scales: &[u16], rows: usize, k: usize, x: &[
     })
 }
 
-/// Quantises tokens `g * MR ..` of `x` and lays them out for the micro-kernel
-/// (tokens past `n` quantise to zero); with `asum` (q4_k, `gemm_q4`), also each token's
-/// `dx * sum(xq)` per block.
+/// Quantises tokens `g * MR ..` of `x` per `span` and lays them out for the
+/// micro-kernel (tokens past `n` quantise to zero); with `sums` (q4_k, `gemm_q4`), also
+/// each token's `sum(xq)` per block.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn pack_group(x: &[f32], n: usize, k: usize, g: usize, row: &mut QuantX, aq: &mut [u8], ad: &mut [f32], mut asum: Option<&mut [f32]>) {
+pub(super) unsafe fn pack_group(x: &[f32], n: usize, k: usize, g: usize, span: ScaleSpan, row: &mut QuantX, aq: &mut [u8], ad: &mut [f32], mut sums: Option<&mut [f32]>) {
     let blocks = k.div_ceil(32);
     for i in 0..MR {
         let t = g * MR + i;
         if t < n {
-            row.quantize(&x[t * k..][..k]);
-            if asum.is_some() {
+            row.quantize(&x[t * k..][..k], span);
+            if sums.is_some() {
                 row.pad_and_sum(k, blocks);
             }
         }
@@ -139,8 +138,8 @@ pub(super) unsafe fn pack_group(x: &[f32], n: usize, k: usize, g: usize, row: &m
                 }
                 ad[b * MR + i] = 0.0;
             }
-            if let Some(asum) = asum.as_deref_mut() {
-                asum[b * MR + i] = if t < n { row.scaled_sums[b] } else { 0.0 };
+            if let Some(sums) = sums.as_deref_mut() {
+                sums[b * MR + i] = if t < n { row.sums[b] as f32 } else { 0.0 };
             }
         }
     }
@@ -195,7 +194,7 @@ unsafe fn sweep(panel: &[u8], aq: &[u8], ad: &[f32], n: usize, blocks: usize, nb
         let w = panel.as_ptr().add((s * blocks + b0) * STRIP_BLOCK);
         let a = aq.as_ptr().add((g * blocks + b0) * GROUP_BLOCK);
         let d = ad.as_ptr().add((g * blocks + b0) * MR);
-        kernel::<false, STRIP_BLOCK>(kb, a, d, std::ptr::null(), w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
+        kernel::<STRIP_BLOCK>(kb, a, d, w, y.add(g * MR * ldy + s * NR), ldy, mr, valid, b0 > 0);
     })
 }
 
@@ -220,18 +219,16 @@ pub(super) fn for_each_tile(n: usize, blocks: usize, nb: usize, mut f: impl FnMu
     }
 }
 
-/// `C[mr x valid] (+)= sum over kb blocks of (dx * dw) * (int8 x . w)`, plus with
-/// `MINS` (q4_k) `(dx * sum(xq)) * (-dmin * m)`: the micro-kernel of this GEMM and of
-/// `gemm_q4`, whose strip records start alike (the values, `-128 * sum`, the scales;
-/// q4_k's mins after them), `STRIP` bytes per block. `asum` is read only with `MINS`.
+/// `C[mr x valid] (+)= sum over kb blocks of (dx * dw) * (int8 x . w)`: the
+/// micro-kernel of this GEMM and of `gemm_q4`'s q4_0, whose strip records start alike
+/// (the values, `-128 * sum`, the scales), `STRIP` bytes per block.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-pub(super) unsafe fn kernel<const MINS: bool, const STRIP: usize>(
+pub(super) unsafe fn kernel<const STRIP: usize>(
     kb: usize,
     a: *const u8,
     ad: *const f32,
-    asum: *const f32,
     w: *const u8,
     c: *mut f32,
     ldc: usize,
@@ -243,18 +240,7 @@ pub(super) unsafe fn kernel<const MINS: bool, const STRIP: usize>(
     for blk in 0..kb {
         let wb = w.add(blk * STRIP);
         let ab = a.add(blk * GROUP_BLOCK);
-        let neg0 = _mm256_load_si256(wb.add(NEG) as *const __m256i);
-        let neg1 = _mm256_load_si256(wb.add(NEG + 32) as *const __m256i);
-        let mut s = [[neg0, neg1]; MR];
-        for kq in 0..8 {
-            let w0 = _mm256_load_si256(wb.add(kq * 4 * NR) as *const __m256i);
-            let w1 = _mm256_load_si256(wb.add(kq * 4 * NR + 32) as *const __m256i);
-            for (i, si) in s.iter_mut().enumerate() {
-                let xv = _mm256_set1_epi32((ab.add((kq * MR + i) * 4) as *const i32).read_unaligned());
-                si[0] = _mm256_dpbusd_epi32(si[0], xv, w0);
-                si[1] = _mm256_dpbusd_epi32(si[1], xv, w1);
-            }
-        }
+        let s = block_sums(wb, ab);
         let d0 = _mm256_load_ps(wb.add(SCALE) as *const f32);
         let d1 = _mm256_load_ps(wb.add(SCALE + 32) as *const f32);
         for (i, (fi, si)) in f.iter_mut().zip(&s).enumerate() {
@@ -262,15 +248,26 @@ pub(super) unsafe fn kernel<const MINS: bool, const STRIP: usize>(
             fi[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[0]), _mm256_mul_ps(d0, dx), fi[0]);
             fi[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[1]), _mm256_mul_ps(d1, dx), fi[1]);
         }
-        if MINS {
-            let m0 = _mm256_load_ps(wb.add(MIN) as *const f32);
-            let m1 = _mm256_load_ps(wb.add(MIN + 32) as *const f32);
-            for (i, fi) in f.iter_mut().enumerate() {
-                let xs = _mm256_set1_ps(*asum.add(blk * MR + i));
-                fi[0] = _mm256_fmadd_ps(m0, xs, fi[0]);
-                fi[1] = _mm256_fmadd_ps(m1, xs, fi[1]);
-            }
-        }
     }
     store_tile(&f, c, ldc, mr, valid, acc);
+}
+
+/// One block's exact integer products of [`MR`] tokens' activation bytes (`ab`) and a
+/// strip's [`NR`] rows (`wb`, a record laid out as this module's), the activations'
+/// offset of 128 taken back out: per token, two registers of eight rows.
+#[inline(always)]
+pub(super) unsafe fn block_sums(wb: *const u8, ab: *const u8) -> [[__m256i; 2]; MR] {
+    let neg0 = _mm256_load_si256(wb.add(NEG) as *const __m256i);
+    let neg1 = _mm256_load_si256(wb.add(NEG + 32) as *const __m256i);
+    let mut s = [[neg0, neg1]; MR];
+    for kq in 0..8 {
+        let w0 = _mm256_load_si256(wb.add(kq * 4 * NR) as *const __m256i);
+        let w1 = _mm256_load_si256(wb.add(kq * 4 * NR + 32) as *const __m256i);
+        for (i, si) in s.iter_mut().enumerate() {
+            let xv = _mm256_set1_epi32((ab.add((kq * MR + i) * 4) as *const i32).read_unaligned());
+            si[0] = _mm256_dpbusd_epi32(si[0], xv, w0);
+            si[1] = _mm256_dpbusd_epi32(si[1], xv, w1);
+        }
+    }
+    s
 }

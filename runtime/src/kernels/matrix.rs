@@ -4,6 +4,8 @@
 use half::{bf16, f16};
 use olmo_format::{q4, DType};
 
+use super::activations::ScaleSpan;
+
 /// A weight matrix viewed in place over the blob.
 #[derive(Debug, Clone, Copy)]
 pub struct Matrix<'a> {
@@ -44,6 +46,15 @@ impl<'a> MatrixData<'a> {
     /// and multiplied against activations rounded to int8.
     pub fn is_quantised(&self) -> bool {
         matches!(self, MatrixData::Q8_0 { .. } | MatrixData::Q4_0(_) | MatrixData::Q4_K(_))
+    }
+
+    /// For quantised elements, the span their products round activations in.
+    pub(crate) fn int8_activations(&self) -> Option<ScaleSpan> {
+        match self {
+            MatrixData::Q8_0 { .. } | MatrixData::Q4_0(_) => Some(ScaleSpan::Block),
+            MatrixData::Q4_K(_) => Some(ScaleSpan::SuperBlock),
+            _ => None,
+        }
     }
 }
 

@@ -95,9 +95,9 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
             }
         });
     };
-    if w.data.is_quantised() {
+    if let Some(span) = w.data.int8_activations() {
         with_local(&QX, |qx| {
-            qx.quantize_portable(x);
+            qx.quantize_portable(x, span);
             if w.data.q4().is_some() {
                 qx.pad_and_sum(x.len(), x.len().div_ceil(32));
             }

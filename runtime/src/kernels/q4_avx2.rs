@@ -7,7 +7,8 @@
 //! multiplies each with `vpmaddubsw` by four int8 activations broadcast to every lane,
 //! adds a block's eight products in 16 bits (at most 8 x 2 x 15 x 127 = 30480), widens
 //! once with `vpmaddwd`, and applies the block's scales to the eight rows with one FMA.
-//! The activations are rounded to int8 per block of 32 as for q8_0; the 4-bit values
+//! The activations are rounded to int8 as for q8_0 (q4_k: per super-block of 256,
+//! `ScaleSpan`, the one scale repeated for its eight blocks); the 4-bit values
 //! are unsigned, so each block's offset (q4_0: `8 d`, q4_k: `dmin m`) multiplies the
 //! activations' sum per block, computed once per call.
 //!
@@ -19,7 +20,7 @@ use std::cell::RefCell;
 
 use olmo_format::{q4, DType};
 
-use super::activations::QuantX;
+use super::activations::{QuantX, ScaleSpan};
 use super::matrix::Matrix;
 use super::tasks::{min_rows_per_block, par_rows_guided, par_rows_many, rows_per_sub_block, with_local, prefetch_weights, Q4_PREFETCH};
 
@@ -38,7 +39,7 @@ pub fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
     let chunks = q4::tiles_per_group(w.cols);
     let min = min_rows_per_block(w.row_bytes(), q4::TILE_ROWS);
     with_local(&QX, |qx| {
-        qx.quantize(x);
+        qx.quantize(x, ScaleSpan::of(dtype));
         // The last tile's columns past `x` multiply zeros.
         qx.pad_and_sum(x.len(), chunks * 8);
         let qx = &*qx;
@@ -63,7 +64,7 @@ pub fn matvec_many(w: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
             qx.resize_with(n, QuantX::new);
         }
         for (t, q) in qx[..n].iter_mut().enumerate() {
-            q.quantize(&x[t * w.cols..][..w.cols]);
+            q.quantize(&x[t * w.cols..][..w.cols], ScaleSpan::of(dtype));
             q.pad_and_sum(w.cols, chunks * 8);
         }
         let qx = &qx[..n];

@@ -28,7 +28,7 @@
 //!   4x). On Zen 4, which splits 512-bit operations in two, the wider forms gain no
 //!   multiply-adds per cycle.
 //!
-//! The activations are rounded to int8 per block of 32 as for q8_0 ([`QuantX`]); the
+//! The activations are rounded to int8 as `q4_avx2` rounds them ([`QuantX`]); the
 //! block offsets (q4_0 `8 d`, q4_k `dmin m`) multiply the activations' block sums,
 //! as in the AVX2 kernel. The float steps are the AVX2 kernel's, in the same order:
 //! q4_0 adds `(dot - 8 sum(x)) * (d dx)` per block with one FMA; q4_k multiplies a
@@ -46,7 +46,7 @@ use std::cell::RefCell;
 
 use olmo_format::{q4, DType};
 
-use super::activations::QuantX;
+use super::activations::{QuantX, ScaleSpan};
 use super::matrix::Matrix;
 use super::q4_avx2::q4_k_scales;
 use super::tasks::{min_rows_per_block, par_row_groups, par_rows_guided, rows_per_sub_block, with_local, SendPtr, prefetch_weights, Q4_PREFETCH};
@@ -60,9 +60,9 @@ const FEW: usize = 4;
 /// Weights a sub-block of a decode batch covers: a quarter of the L2.
 const MANY_SUB_BYTES: usize = 256 << 10;
 
-/// Quantises `x` into `tok` for a matrix of `chunks` tiles per row group.
-fn prepare(tok: &mut QuantX, x: &[f32], chunks: usize) {
-    tok.quantize(x);
+/// Quantises `x` into `tok` for a `dtype` matrix of `chunks` tiles per row group.
+fn prepare(tok: &mut QuantX, dtype: DType, x: &[f32], chunks: usize) {
+    tok.quantize(x, ScaleSpan::of(dtype));
     // The last tile's columns past `x` multiply zeros.
     tok.pad_and_sum(x.len(), chunks * 8);
 }
@@ -84,7 +84,7 @@ pub(super) unsafe fn matvec(w: &Matrix, x: &[f32], y: &mut [f32]) {
     let chunks = q4::tiles_per_group(w.cols);
     let min = min_rows_per_block(w.row_bytes(), ROWS);
     with_local(&ONE, |tok| {
-        prepare(tok, x, chunks);
+        prepare(tok, dtype, x, chunks);
         let tok = &*tok;
         // SAFETY: as the caller vouches; `prepare` sized the activations for whole
         // tiles; `par_rows_guided` gives each call a disjoint `ys` starting at row `r0`
@@ -114,7 +114,7 @@ pub(super) unsafe fn matmul_decode(w: &Matrix, x: &[f32], n: usize, y: &mut [f32
             toks.resize_with(n, QuantX::new);
         }
         for (t, tok) in toks[..n].iter_mut().enumerate() {
-            prepare(tok, &x[t * cols..][..cols], chunks);
+            prepare(tok, dtype, &x[t * cols..][..cols], chunks);
         }
         let toks = &toks[..n];
         // SAFETY: as the caller vouches; `par_row_groups` gives each call rows

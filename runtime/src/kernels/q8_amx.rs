@@ -37,7 +37,7 @@ use std::cell::RefCell;
 
 use half::f16;
 
-use super::activations::QuantX;
+use super::activations::{QuantX, ScaleSpan};
 use super::amx::{self, TileConfig};
 use super::gemm_amx::transpose16;
 use super::tasks::{for_each_task, grow_aligned, min_rows_per_block, par_row_groups, with_local, SendPtr};
@@ -250,7 +250,7 @@ fn pack_tokens(x: &[f32], n: usize, cols: usize, tt: usize, quads: &mut [u8], sc
     scales.fill(0.0);
     with_local(&QX, |qx| {
         for t in 0..TOKENS.min(n - tt * TOKENS) {
-            qx.quantize(&x[(tt * TOKENS + t) * cols..][..cols]);
+            qx.quantize(&x[(tt * TOKENS + t) * cols..][..cols], ScaleSpan::Block);
             for b in 0..blocks {
                 let (p, h) = (b / 2, b % 2);
                 let column = 2 * t + h;

@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 
 use std::cell::RefCell;
 
-use super::activations::QuantX;
+use super::activations::{QuantX, ScaleSpan};
 use super::tasks::{grow, min_rows_per_block, par_row_groups, rows_per_sub_block, with_local, SendPtr};
 
 /// Weights a sub-block of a decode batch covers: a quarter of a 2 MiB L2.
@@ -127,7 +127,7 @@ pub(super) unsafe fn matmul_decode(quants: &[i8], scales: &[u16], cols: usize, x
             many.resize_with(n, Default::default);
         }
         for (t, token) in many[..n].iter_mut().enumerate() {
-            token.q.quantize(&x[t * cols..][..cols]);
+            token.q.quantize(&x[t * cols..][..cols], ScaleSpan::Block);
             token.lanes.fill(&token.q, blocks);
         }
         let many = &many[..n];
@@ -299,7 +299,7 @@ unsafe fn rows_lanes<const N: usize>(quants: *const i8, scales: *const u16, bloc
 pub(super) fn lanes_reference(quants: &[i8], scales: &[u16], cols: usize, x: &[f32], y: &mut [f32]) {
     let blocks = cols.div_ceil(32);
     let mut qx = QuantX::default();
-    qx.quantize(x);
+    qx.quantize(x, ScaleSpan::Block);
     for (r, y) in y.iter_mut().enumerate() {
         let mut acc = [[0f32; 2]; 2];
         for p in 0..blocks.div_ceil(2) {

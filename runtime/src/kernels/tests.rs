@@ -2,7 +2,7 @@
 
 use half::{bf16, f16};
 
-use super::activations::QuantX;
+use super::activations::{QuantX, ScaleSpan};
 use super::tasks::{grow_huge, par_rows_guided};
 use super::*;
 
@@ -317,19 +317,79 @@ fn q8_0_activation_rounding_stays_within_its_bound() {
 }
 
 #[test]
-fn q8_0_activation_bytes_agree() {
+fn int8_activation_bytes_agree() {
     let mut rng = Rng(5);
-    let x: Vec<f32> = (0..200).map(|i| if i % 37 == 0 { 0.0 } else { rng.next() * 3.0 }).collect();
-    let mut a = QuantX::new();
-    a.quantize_portable(&x);
-    #[cfg(target_arch = "x86_64")]
-    if avx2_available() {
-        let mut b = QuantX::new();
-        b.quantize(&x);
-        assert_eq!(a.quants, b.quants);
-        assert_eq!(a.scales, b.scales);
+    // 600: two whole super-blocks and a partial one; 200: one partial.
+    for n in [200usize, 600] {
+        // Each block of 32 a different magnitude, so the two spans round differently.
+        let x: Vec<f32> = (0..n).map(|i| if i % 37 == 0 { 0.0 } else { rng.next() * (1 + i / 32 % 5) as f32 }).collect();
+        let mut per_span = Vec::new();
+        for span in [ScaleSpan::Block, ScaleSpan::SuperBlock] {
+            let mut a = QuantX::new();
+            a.quantize_portable(&x, span);
+            #[cfg(target_arch = "x86_64")]
+            if avx2_available() {
+                let mut b = QuantX::new();
+                b.quantize(&x, span);
+                assert_eq!(a.quants, b.quants, "{span:?} n={n}");
+                assert_eq!(a.scales, b.scales, "{span:?} n={n}");
+            }
+            let blocks = n.div_ceil(32);
+            for (b, &d) in a.scales[..blocks].iter().enumerate() {
+                // The scale is the span's max over 127; its max quantises to +-127.
+                let s0 = b * 32 / span.values() * span.values();
+                let amax = x[s0..n.min(s0 + span.values())].iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert_eq!(d, amax / 127.0, "{span:?} n={n} block {b}");
+            }
+            assert!(a.quants.iter().any(|&q| q == 127 || q == -127));
+            per_span.push(a.quants[..n].to_vec());
+        }
+        assert_ne!(per_span[0], per_span[1], "n={n}: the spans must round differently here");
     }
-    assert!(a.quants.iter().any(|&q| q == 127 || q == -127));
+}
+
+/// Every kernel set's 4-bit products, one token and GEMM, multiply the weights by the
+/// activations rounded per their dtype's span (q4_k per super-block of 256, as
+/// llama.cpp's Q8_K; q4_0 per block of 32): against the f64 product of the dequantised
+/// rows with `x` so rounded, within reordering, and far from the other span's.
+#[test]
+fn q4_products_round_activations_per_their_span() {
+    let mut rng = Rng(0x5EA1);
+    let (rows, cols, n) = (19, 600, 5);
+    let owned = Owned::new(&mut rng, rows, cols);
+    // One value in each super-block 20 times the others: rounded with it, they lose
+    // most of their precision.
+    let x: Vec<f32> = (0..n * cols).map(|i| if i % cols % 256 == 3 { 20.0 } else { rng.next() }).collect();
+    for (name, w) in owned.all().into_iter().filter(|(name, _)| name.starts_with("q4")) {
+        let span = w.data.int8_activations().unwrap();
+        assert_eq!(span, if name == "q4_k" { ScaleSpan::SuperBlock } else { ScaleSpan::Block });
+        let other = if span == ScaleSpan::Block { ScaleSpan::SuperBlock } else { ScaleSpan::Block };
+        let exact = |t: usize, r: usize, span: ScaleSpan| {
+            let mut xr = x[t * cols..][..cols].to_vec();
+            super::activations::round_like_int8(&mut xr, span);
+            let mut row = vec![0f32; cols];
+            w.row_to_f32(r, &mut row);
+            row.iter().zip(&xr).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32
+        };
+        for k in available_kernels().into_iter().filter(|&k| k != Kernels::Amx) {
+            let mut gemm = vec![0f32; n * rows];
+            matmul_with(k, &w, &x, n, &mut gemm);
+            for t in 0..n {
+                let xt = &x[t * cols..][..cols];
+                let mut one = vec![0f32; rows];
+                matvec_with(k, &w, xt, &mut one);
+                let mut apart = 0;
+                for r in 0..rows {
+                    let (want, tol) = (exact(t, r, span), tolerance(name, &w, r, xt, false));
+                    for (how, got) in [("matvec", one[r]), ("GEMM", gemm[t * rows + r])] {
+                        assert!((got - want).abs() <= tol, "{k:?} {name} {how} [{t},{r}]: {got} vs {want} (tol {tol})");
+                    }
+                    apart += usize::from((exact(t, r, other) - want).abs() > 5.0 * tol);
+                }
+                assert!(apart > rows / 2, "{name} token {t}: the spans agree on {} of {rows} rows", rows - apart);
+            }
+        }
+    }
 }
 
 /// Attention's two kernels over a cache of `E` against the f64 definition on the
@@ -551,26 +611,31 @@ fn softmax_kernels_match_the_definition() {
     }
 }
 
-/// The AVX2 q8_0 activation rounding is the scalar one, bit for bit: whole blocks and a
-/// partial last one, zeros, values on rounding ties.
+/// The AVX2 int8 activation rounding is the scalar one, bit for bit, for both spans:
+/// whole spans and a partial last one, zeros, values on rounding ties.
 #[test]
-fn avx2_round_like_q8_is_the_scalar_one() {
+fn avx2_round_like_int8_is_the_scalar_one() {
     if !avx2_available() {
         return;
     }
     let mut rng = Rng(0x0A8);
-    for n in [32, 33, 64, 100, 512, 2050] {
-        let mut x: Vec<f32> = rng.vec(n).iter().map(|v| v * 3.0).collect();
-        x[1] = 0.0;
-        x[n - 1] = 127.5 / 127.0; // a tie once scaled, where the block's max is 1
-        if n >= 64 {
-            x[32..64].fill(0.0); // an all-zero block: scale 0
+    for span in [ScaleSpan::Block, ScaleSpan::SuperBlock] {
+        for n in [32, 33, 64, 100, 256, 300, 512, 2050] {
+            let mut x: Vec<f32> = rng.vec(n).iter().map(|v| v * 3.0).collect();
+            x[1] = 0.0;
+            x[n - 1] = 127.5 / 127.0; // a tie once scaled, where the block's max is 1
+            if n >= 64 {
+                x[32..64].fill(0.0); // an all-zero block: scale 0
+            }
+            if n >= 512 {
+                x[256..512].fill(0.0); // an all-zero super-block
+            }
+            let mut want = x.clone();
+            super::activations::round_like_int8(&mut want, span);
+            // SAFETY: AVX2/FMA/F16C (checked).
+            unsafe { avx2::round_like_int8(&mut x, span) };
+            assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{span:?} n={n}");
         }
-        let mut want = x.clone();
-        super::activations::round_like_q8(&mut want);
-        // SAFETY: AVX2/FMA/F16C (checked).
-        unsafe { avx2::round_like_q8(&mut x) };
-        assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "n={n}");
     }
 }
 
@@ -803,7 +868,7 @@ fn q8_amx_matches_its_reference_bit_for_bit() {
             }
             for t in 0..n {
                 let mut qx = QuantX::new();
-                qx.quantize_portable(&x[t * cols..][..cols]);
+                qx.quantize_portable(&x[t * cols..][..cols], ScaleSpan::Block);
                 for r in 0..rows {
                     let want = q8_amx::reference(&owned.quants, &owned.scales, blocks, r, &qx);
                     let (d, p) = (decode[t * rows + r], prompt[t * rows + r]);
