@@ -85,9 +85,10 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     /// The checked parameters; the seed is drawn here when sampling without one.
     pub fn params(&self) -> Result<SamplingParams, String> {
-        let seed = match self.seed {
+        let mut sampling = self.unseeded()?;
+        sampling.seed = match self.seed {
             Some(seed) => seed,
-            None if self.temperature > 0.0 => {
+            None if !sampling.is_greedy() => {
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64);
@@ -97,6 +98,11 @@ impl SamplingArgs {
             }
             None => 0,
         };
+        Ok(sampling)
+    }
+
+    /// The checked parameters with seed 0 (drawing none).
+    fn unseeded(&self) -> Result<SamplingParams, String> {
         let penalty_last_n = match self.repeat_last_n {
             -1 => usize::MAX,
             n if n >= 0 => n as usize,
@@ -106,7 +112,7 @@ impl SamplingArgs {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
-            seed,
+            seed: 0,
             repeat_penalty: self.repeat_penalty,
             frequency_penalty: self.frequency_penalty,
             presence_penalty: self.presence_penalty,
@@ -125,9 +131,10 @@ impl GenerateArgs {
     /// Whether the request is the seed's loop exactly: greedy trace lines, `--steps`
     /// positions, nothing else.
     pub fn is_seed_trace(&self) -> bool {
-        let s = &self.sampling;
-        let penalties = s.repeat_penalty != 1.0 || s.frequency_penalty != 0.0 || s.presence_penalty != 0.0;
-        self.format == Format::Trace && s.temperature == 0.0 && !penalties && self.logit_bias.is_empty() && self.max_tokens.is_none()
+        // Parameters that fail their checks are not the seed's loop; the caller's
+        // `params` reports them.
+        let plain = self.sampling.unseeded().is_ok_and(|s| s.is_greedy() && !s.penalizes());
+        self.format == Format::Trace && plain && self.logit_bias.is_empty() && self.max_tokens.is_none()
     }
 
     /// `--logit-bias ID=BIAS` pairs, the ids checked against the model's vocabulary.
