@@ -241,15 +241,46 @@ pub(super) unsafe fn transpose_rows(src: *const f32, ld: usize, rows: usize, wid
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn scores(keys: *const u16, key_rows: usize, width: usize, queries: *const u16, cols: usize, s: *mut f32) {
     let groups = cols / TILE;
+    let a = |kt: usize, c: usize| keys.add(kt * TILE * width + c * DEPTH) as *const u8;
+    let b = |q: usize, c: usize| queries.add((c * groups + q) * B_ELEMS) as *const u8;
+    let out = |kt: usize, q: usize| s.add(kt * TILE * cols + q * TILE) as *mut u8;
+    let (a_stride, c_stride) = (width * 2, cols * 4);
+    let pairs = |n: usize| n / 2 * 2;
+    // 2 x 2 tiles of `S` at a time: each `A` and `B` load serves two products, and
+    // the four sums are independent chains (one tile's chain waits on each product).
+    for kt in (0..pairs(key_rows / TILE)).step_by(2) {
+        for q in (0..pairs(groups)).step_by(2) {
+            amx::zero::<0>();
+            amx::zero::<1>();
+            amx::zero::<2>();
+            amx::zero::<3>();
+            for c in 0..width / DEPTH {
+                amx::load::<4>(a(kt, c), a_stride);
+                amx::load::<5>(a(kt + 1, c), a_stride);
+                amx::load::<6>(b(q, c), 64);
+                amx::load::<7>(b(q + 1, c), 64);
+                amx::dot_bf16::<0, 4, 6>();
+                amx::dot_bf16::<1, 4, 7>();
+                amx::dot_bf16::<2, 5, 6>();
+                amx::dot_bf16::<3, 5, 7>();
+            }
+            amx::store::<0>(out(kt, q), c_stride);
+            amx::store::<1>(out(kt, q + 1), c_stride);
+            amx::store::<2>(out(kt + 1, q), c_stride);
+            amx::store::<3>(out(kt + 1, q + 1), c_stride);
+        }
+    }
+    // The odd tile row and column left, one tile at a time.
     for kt in 0..key_rows / TILE {
-        for q in 0..groups {
+        let qs = if kt < pairs(key_rows / TILE) { pairs(groups)..groups } else { 0..groups };
+        for q in qs {
             amx::zero::<0>();
             for c in 0..width / DEPTH {
-                amx::load::<4>(keys.add(kt * TILE * width + c * DEPTH) as *const u8, width * 2);
-                amx::load::<6>(queries.add((c * groups + q) * B_ELEMS) as *const u8, 64);
+                amx::load::<4>(a(kt, c), a_stride);
+                amx::load::<6>(b(q, c), 64);
                 amx::dot_bf16::<0, 4, 6>();
             }
-            amx::store::<0>(s.add(kt * TILE * cols + q * TILE) as *mut u8, cols * 4);
+            amx::store::<0>(out(kt, q), c_stride);
         }
     }
 }
@@ -265,17 +296,45 @@ pub(super) unsafe fn scores(keys: *const u16, key_rows: usize, width: usize, que
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn accumulate(vt: *const u16, ldv: usize, keys: usize, width: usize, p: *const u16, cols: usize, ot: *mut f32) {
     let groups = cols / TILE;
-    let padded = padded_keys(keys);
+    let depth = padded_keys(keys) / DEPTH;
+    let a = |dt: usize, c: usize| vt.add(dt * TILE * ldv + c * DEPTH) as *const u8;
+    let b = |q: usize, c: usize| p.add((c * groups + q) * B_ELEMS) as *const u8;
+    let out = |dt: usize, q: usize| ot.add(dt * TILE * cols + q * TILE) as *mut u8;
+    let (a_stride, c_stride) = (ldv * 2, cols * 4);
+    let pairs = |n: usize| n / 2 * 2;
+    // 2 x 2 tiles of `O^T` at a time, as in `scores`.
+    for dt in (0..pairs(width / TILE)).step_by(2) {
+        for q in (0..pairs(groups)).step_by(2) {
+            amx::load::<0>(out(dt, q), c_stride);
+            amx::load::<1>(out(dt, q + 1), c_stride);
+            amx::load::<2>(out(dt + 1, q), c_stride);
+            amx::load::<3>(out(dt + 1, q + 1), c_stride);
+            for c in 0..depth {
+                amx::load::<4>(a(dt, c), a_stride);
+                amx::load::<5>(a(dt + 1, c), a_stride);
+                amx::load::<6>(b(q, c), 64);
+                amx::load::<7>(b(q + 1, c), 64);
+                amx::dot_bf16::<0, 4, 6>();
+                amx::dot_bf16::<1, 4, 7>();
+                amx::dot_bf16::<2, 5, 6>();
+                amx::dot_bf16::<3, 5, 7>();
+            }
+            amx::store::<0>(out(dt, q), c_stride);
+            amx::store::<1>(out(dt, q + 1), c_stride);
+            amx::store::<2>(out(dt + 1, q), c_stride);
+            amx::store::<3>(out(dt + 1, q + 1), c_stride);
+        }
+    }
     for dt in 0..width / TILE {
-        for q in 0..groups {
-            let c_tile = ot.add(dt * TILE * cols + q * TILE) as *mut u8;
-            amx::load::<0>(c_tile, cols * 4);
-            for c in 0..padded / DEPTH {
-                amx::load::<4>(vt.add(dt * TILE * ldv + c * DEPTH) as *const u8, ldv * 2);
-                amx::load::<6>(p.add((c * groups + q) * B_ELEMS) as *const u8, 64);
+        let qs = if dt < pairs(width / TILE) { pairs(groups)..groups } else { 0..groups };
+        for q in qs {
+            amx::load::<0>(out(dt, q), c_stride);
+            for c in 0..depth {
+                amx::load::<4>(a(dt, c), a_stride);
+                amx::load::<6>(b(q, c), 64);
                 amx::dot_bf16::<0, 4, 6>();
             }
-            amx::store::<0>(c_tile, cols * 4);
+            amx::store::<0>(out(dt, q), c_stride);
         }
     }
 }
@@ -429,7 +488,7 @@ mod tests {
         }
         for (d, ld) in [(32, 40), (64, 64), (128, 136)] {
             for len in [1, 15, 16, 17, 33, 64] {
-                for cols in [16, 32, 64] {
+                for cols in [16, 32, 48, 64] {
                     let (q, k, v, p) = (values(d * cols, 1), values(len * ld, 2), values(len * ld, 3), values(len * cols, 4));
                     let ot0 = values(d * cols, 5);
                     let key_rows = len.next_multiple_of(TILE);
