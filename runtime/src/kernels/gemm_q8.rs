@@ -222,8 +222,12 @@ pub(super) fn for_each_tile(n: usize, blocks: usize, nb: usize, mut f: impl FnMu
 /// `C[mr x valid] (+)= sum over kb blocks of (dx * dw) * (int8 x . w)`: the
 /// micro-kernel of this GEMM and of `gemm_q4`'s q4_0, whose strip records start alike
 /// (the values, `-128 * sum`, the scales), `STRIP` bytes per block.
+///
+/// Never inlined: inlined into the sweep's closure it ran slower (1B 512-token prompt,
+/// `OLMORT_KERNELS=avx512`, Sapphire Rapids, alternating builds: q8_0 2105-2108 ms
+/// inlined, 1940-1999 not; q4_k's kernel below the same, 2106-2118 -> 1975-1983).
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 pub(super) unsafe fn kernel<const STRIP: usize>(
     kb: usize,
