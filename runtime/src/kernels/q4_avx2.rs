@@ -164,9 +164,12 @@ pub(super) unsafe fn q4_k_scales(tile: *const u8) -> ([u8; 64], [u8; 64]) {
     (sc, m)
 }
 
-/// `acc + d * sum_j dx_j sc_j (q . xq) - dmin * sum_j dx_j sum_j(xq) m_j` over a q4_k
-/// tile for eight rows; `b0` is the tile's first block of `x`. The 6-bit scale is
-/// applied in integers by `vpmaddwd` (it multiplies both 16-bit halves of a row's lane).
+/// `acc + d * dx * sum_j sc_j (q . xq) - dmin * sum_j dx sum_j(xq) m_j` over a q4_k
+/// tile for eight rows, whose activations share one scale `dx` (`ScaleSpan::SuperBlock`);
+/// `b0` is the tile's first block of `x`. The 6-bit scale is applied in integers by
+/// `vpmaddwd` (it multiplies both 16-bit halves of a row's lane); each block's scaled
+/// sum is then exact in f32 (under 2^22 in magnitude), added up in f32 in block order
+/// as the VNNI kernel adds them.
 #[inline(always)]
 unsafe fn tile_q4_k(tile: *const u8, x: &QuantX, b0: usize, acc: __m256) -> __m256 {
     let s = tile.add(q4::QUANT_BYTES);
@@ -179,13 +182,12 @@ unsafe fn tile_q4_k(tile: *const u8, x: &QuantX, b0: usize, acc: __m256) -> __m2
         let p = block_products(tile.add(128 * j), x.quants.as_ptr().add(32 * xb));
         let scj = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc.as_ptr().add(8 * j) as *const __m128i));
         let pairs = _mm256_or_si256(scj, _mm256_slli_epi32::<16>(scj));
-        let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, pairs));
-        let dx = *x.scales.get_unchecked(xb);
-        scaled = _mm256_fmadd_ps(dot, _mm256_set1_ps(dx), scaled);
+        scaled = _mm256_add_ps(scaled, _mm256_cvtepi32_ps(_mm256_madd_epi16(p, pairs)));
         let mj = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(m.as_ptr().add(8 * j) as *const __m128i)));
         mins = _mm256_fmadd_ps(mj, _mm256_set1_ps(*x.scaled_sums.get_unchecked(xb)), mins);
     }
-    _mm256_fnmadd_ps(dmin, mins, _mm256_fmadd_ps(d, scaled, acc))
+    let ddx = _mm256_mul_ps(d, _mm256_set1_ps(*x.scales.get_unchecked(b0)));
+    _mm256_fnmadd_ps(dmin, mins, _mm256_fmadd_ps(ddx, scaled, acc))
 }
 
 /// Block `b`'s scale and offset for the eight rows of a tile at `tile` (lane `r`: row

@@ -240,8 +240,9 @@ unsafe fn tile_q4_0<const N: usize>(tile: *const u8, x: &[Act; N], b0: usize, ac
     }
 }
 
-/// `acc[t] + d * sum_j dx_j sc_j (q . xq) - dmin * sum_j dx_j sum_j(xq) m_j` over a
-/// q4_k tile for eight rows; `b0` is the tile's first block of `x`.
+/// `acc[t] + d * dx * sum_j sc_j (q . xq) - dmin * sum_j dx sum_j(xq) m_j` over a q4_k
+/// tile for eight rows, whose activations share one scale `dx`; `b0` is the tile's
+/// first block of `x`.
 #[inline(always)]
 unsafe fn tile_q4_k<const N: usize>(tile: *const u8, x: &[Act; N], b0: usize, acc: &mut [__m256; N]) {
     let s = tile.add(q4::QUANT_BYTES);
@@ -257,18 +258,18 @@ unsafe fn tile_q4_k<const N: usize>(tile: *const u8, x: &[Act; N], b0: usize, ac
         let xb = b0 + j;
         let dots = block_dots(tile, j, x, xb, [_mm256_setzero_si256(); N]);
         // The 6-bit scale as a float: a block's sum (under 2^16 in magnitude) times it
-        // stays under 2^24, so the float product is the integer one, exactly, for one
-        // multiply where `vpmulld` takes two (the AVX2 kernel's numbers, bit for bit).
+        // stays under 2^22, so the FMA adds the integer product exactly (as the AVX2
+        // kernel's `vpmaddwd` and add: its numbers, bit for bit), one instruction
+        // where `vpmulld` takes two.
         let scj = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(scs.as_ptr().add(8 * j) as *const __m128i)));
         let mj = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(ms.as_ptr().add(8 * j) as *const __m128i)));
         for t in 0..N {
-            let dx = *x[t].scales.add(xb);
-            let dot = _mm256_mul_ps(_mm256_cvtepi32_ps(dots[t]), scj);
-            scaled[t] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dx), scaled[t]);
+            scaled[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[t]), scj, scaled[t]);
             mins[t] = _mm256_fmadd_ps(mj, _mm256_set1_ps(*x[t].scaled_sums.add(xb)), mins[t]);
         }
     }
     for t in 0..N {
-        acc[t] = _mm256_fnmadd_ps(dmin, mins[t], _mm256_fmadd_ps(d, scaled[t], acc[t]));
+        let ddx = _mm256_mul_ps(d, _mm256_set1_ps(*x[t].scales.add(b0)));
+        acc[t] = _mm256_fnmadd_ps(dmin, mins[t], _mm256_fmadd_ps(ddx, scaled[t], acc[t]));
     }
 }
