@@ -240,49 +240,7 @@ pub(super) unsafe fn transpose_rows(src: *const f32, ld: usize, rows: usize, wid
 /// of 16, `s` 64-byte aligned with `cols` a multiple of 16.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn scores(keys: *const u16, key_rows: usize, width: usize, queries: *const u16, cols: usize, s: *mut f32) {
-    let groups = cols / TILE;
-    let a = |kt: usize, c: usize| keys.add(kt * TILE * width + c * DEPTH) as *const u8;
-    let b = |q: usize, c: usize| queries.add((c * groups + q) * B_ELEMS) as *const u8;
-    let out = |kt: usize, q: usize| s.add(kt * TILE * cols + q * TILE) as *mut u8;
-    let (a_stride, c_stride) = (width * 2, cols * 4);
-    let pairs = |n: usize| n / 2 * 2;
-    // 2 x 2 tiles of `S` at a time: each `A` and `B` load serves two products, and
-    // the four sums are independent chains (one tile's chain waits on each product).
-    for kt in (0..pairs(key_rows / TILE)).step_by(2) {
-        for q in (0..pairs(groups)).step_by(2) {
-            amx::zero::<0>();
-            amx::zero::<1>();
-            amx::zero::<2>();
-            amx::zero::<3>();
-            for c in 0..width / DEPTH {
-                amx::load::<4>(a(kt, c), a_stride);
-                amx::load::<5>(a(kt + 1, c), a_stride);
-                amx::load::<6>(b(q, c), 64);
-                amx::load::<7>(b(q + 1, c), 64);
-                amx::dot_bf16::<0, 4, 6>();
-                amx::dot_bf16::<1, 4, 7>();
-                amx::dot_bf16::<2, 5, 6>();
-                amx::dot_bf16::<3, 5, 7>();
-            }
-            amx::store::<0>(out(kt, q), c_stride);
-            amx::store::<1>(out(kt, q + 1), c_stride);
-            amx::store::<2>(out(kt + 1, q), c_stride);
-            amx::store::<3>(out(kt + 1, q + 1), c_stride);
-        }
-    }
-    // The odd tile row and column left, one tile at a time.
-    for kt in 0..key_rows / TILE {
-        let qs = if kt < pairs(key_rows / TILE) { pairs(groups)..groups } else { 0..groups };
-        for q in qs {
-            amx::zero::<0>();
-            for c in 0..width / DEPTH {
-                amx::load::<4>(a(kt, c), a_stride);
-                amx::load::<6>(b(q, c), 64);
-                amx::dot_bf16::<0, 4, 6>();
-            }
-            amx::store::<0>(out(kt, q), c_stride);
-        }
-    }
+    products(keys, width, key_rows / TILE, width / DEPTH, queries, s, cols, false)
 }
 
 /// `O^T += V^T P`: `vt` from [`transpose_rows`] (`width` dims of `keys` keys, `ldv`
@@ -295,47 +253,68 @@ pub(super) unsafe fn scores(keys: *const u16, key_rows: usize, width: usize, que
 /// too; `ot` 64-byte aligned.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn accumulate(vt: *const u16, ldv: usize, keys: usize, width: usize, p: *const u16, cols: usize, ot: *mut f32) {
+    products(vt, ldv, width / TILE, padded_keys(keys) / DEPTH, p, ot, cols, true)
+}
+
+/// `C (+)= A B` on tiles: `C` is `rows` tiles by `cols / 16` of f32 at `c` (rows
+/// `cols` apart; `accumulate`: added to, else written), `A` the bf16 rows at `a`
+/// (`lda` apart; tile `(i, k)` holds rows `16 i ..` and columns `32 k ..`), `B` the
+/// pair tiles at `b` as [`pack_pairs`] lays them out (`depth` tiles deep). 2 x 2
+/// tiles of `C` at a time: each `A` and `B` load serves two products, and the four
+/// sums are independent chains (a single tile's chain waits on each product); the
+/// odd tile row and column left, one tile at a time.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn products(a: *const u16, lda: usize, rows: usize, depth: usize, b: *const u16, c: *mut f32, cols: usize, accumulate: bool) {
     let groups = cols / TILE;
-    let depth = padded_keys(keys) / DEPTH;
-    let a = |dt: usize, c: usize| vt.add(dt * TILE * ldv + c * DEPTH) as *const u8;
-    let b = |q: usize, c: usize| p.add((c * groups + q) * B_ELEMS) as *const u8;
-    let out = |dt: usize, q: usize| ot.add(dt * TILE * cols + q * TILE) as *mut u8;
-    let (a_stride, c_stride) = (ldv * 2, cols * 4);
+    let a_tile = |i: usize, k: usize| a.add(i * TILE * lda + k * DEPTH) as *const u8;
+    let b_tile = |q: usize, k: usize| b.add((k * groups + q) * B_ELEMS) as *const u8;
+    let c_tile = |i: usize, q: usize| c.add(i * TILE * cols + q * TILE) as *mut u8;
+    let (a_stride, c_stride) = (lda * 2, cols * 4);
     let pairs = |n: usize| n / 2 * 2;
-    // 2 x 2 tiles of `O^T` at a time, as in `scores`.
-    for dt in (0..pairs(width / TILE)).step_by(2) {
+    for i in (0..pairs(rows)).step_by(2) {
         for q in (0..pairs(groups)).step_by(2) {
-            amx::load::<0>(out(dt, q), c_stride);
-            amx::load::<1>(out(dt, q + 1), c_stride);
-            amx::load::<2>(out(dt + 1, q), c_stride);
-            amx::load::<3>(out(dt + 1, q + 1), c_stride);
-            for c in 0..depth {
-                amx::load::<4>(a(dt, c), a_stride);
-                amx::load::<5>(a(dt + 1, c), a_stride);
-                amx::load::<6>(b(q, c), 64);
-                amx::load::<7>(b(q + 1, c), 64);
+            start::<0>(accumulate, c_tile(i, q), c_stride);
+            start::<1>(accumulate, c_tile(i, q + 1), c_stride);
+            start::<2>(accumulate, c_tile(i + 1, q), c_stride);
+            start::<3>(accumulate, c_tile(i + 1, q + 1), c_stride);
+            for k in 0..depth {
+                amx::load::<4>(a_tile(i, k), a_stride);
+                amx::load::<5>(a_tile(i + 1, k), a_stride);
+                amx::load::<6>(b_tile(q, k), 64);
+                amx::load::<7>(b_tile(q + 1, k), 64);
                 amx::dot_bf16::<0, 4, 6>();
                 amx::dot_bf16::<1, 4, 7>();
                 amx::dot_bf16::<2, 5, 6>();
                 amx::dot_bf16::<3, 5, 7>();
             }
-            amx::store::<0>(out(dt, q), c_stride);
-            amx::store::<1>(out(dt, q + 1), c_stride);
-            amx::store::<2>(out(dt + 1, q), c_stride);
-            amx::store::<3>(out(dt + 1, q + 1), c_stride);
+            amx::store::<0>(c_tile(i, q), c_stride);
+            amx::store::<1>(c_tile(i, q + 1), c_stride);
+            amx::store::<2>(c_tile(i + 1, q), c_stride);
+            amx::store::<3>(c_tile(i + 1, q + 1), c_stride);
         }
     }
-    for dt in 0..width / TILE {
-        let qs = if dt < pairs(width / TILE) { pairs(groups)..groups } else { 0..groups };
+    for i in 0..rows {
+        let qs = if i < pairs(rows) { pairs(groups)..groups } else { 0..groups };
         for q in qs {
-            amx::load::<0>(out(dt, q), c_stride);
-            for c in 0..depth {
-                amx::load::<4>(a(dt, c), a_stride);
-                amx::load::<6>(b(q, c), 64);
+            start::<0>(accumulate, c_tile(i, q), c_stride);
+            for k in 0..depth {
+                amx::load::<4>(a_tile(i, k), a_stride);
+                amx::load::<6>(b_tile(q, k), 64);
                 amx::dot_bf16::<0, 4, 6>();
             }
-            amx::store::<0>(out(dt, q), c_stride);
+            amx::store::<0>(c_tile(i, q), c_stride);
         }
+    }
+}
+
+/// Tile `T` loaded from `c` (`accumulate`) or zeroed.
+#[inline(always)]
+unsafe fn start<const T: u8>(accumulate: bool, c: *mut u8, stride: usize) {
+    if accumulate {
+        amx::load::<T>(c, stride);
+    } else {
+        amx::zero::<T>();
     }
 }
 
