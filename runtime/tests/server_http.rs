@@ -369,6 +369,48 @@ fn n_choices_are_replies_of_their_own() {
 }
 
 /// Every refusal: its status and an OpenAI error body; the server goes on.
+/// `response_format: {"type": "json_object"}`: the reply is one JSON object, as
+/// serde_json parses it, and ends where the object closes (finish "stop", fewer tokens
+/// than allowed), whole or streamed, greedy or sampled; without it the same request's
+/// reply is no JSON. The fixture's weights are random, so `logit_bias` pulls toward
+/// `"` (id 1) and `}` (id 92): unconstrained, greedy then repeats `"`.
+#[test]
+fn json_mode_replies_are_json_objects() {
+    with_server("chat/olmo2", options(2, 256, 16, 8), |addr, _| {
+        let body = |extra: &str| {
+            format!(
+                r#"{{"messages": [{{"role": "user", "content": "Reply in JSON."}}], "max_tokens": 120, "temperature": 0, "logit_bias": {{"1": 30, "92": 25}}{extra}}}"#
+            )
+        };
+        let json = r#", "response_format": {"type": "json_object"}"#;
+        let v = post(addr, "/v1/chat/completions", &body(json)).json();
+        let reply = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+        let parsed: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+        assert!(parsed.is_object(), "{reply:?}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{reply:?}");
+        assert!(v["usage"]["completion_tokens"].as_u64().unwrap() < 120);
+        let streamed = post(addr, "/v1/chat/completions", &body(&format!(r#"{json}, "stream": true"#))).events();
+        assert_eq!(text_of_stream(&streamed, true), reply);
+
+        let free = post(addr, "/v1/chat/completions", &body("")).json();
+        let text = free["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(serde_json::from_str::<Value>(text).is_err(), "{text:?} is JSON without the format");
+
+        for seed in 0..4 {
+            let sampled = post(addr, "/v1/chat/completions", &body(&format!(r#"{json}, "temperature": 1.0, "seed": {seed}"#).replace(r#""temperature": 0, "#, ""))).json();
+            let reply = sampled["choices"][0]["message"]["content"].as_str().unwrap();
+            if sampled["choices"][0]["finish_reason"] == "stop" {
+                assert!(serde_json::from_str::<Value>(reply).is_ok_and(|v| v.is_object()), "seed {seed}: {reply:?}");
+            }
+        }
+        for (format, needle) in [(r#"{"type": "json_schema", "json_schema": {}}"#, "json_schema"), (r#""json""#, "must be an object"), (r#"{"type": "xml"}"#, "json_object")] {
+            let e = post(addr, "/v1/chat/completions", &body(&format!(r#", "response_format": {format}"#)));
+            assert_eq!(e.status, 400, "{}", e.body);
+            assert!(e.json()["error"]["message"].as_str().unwrap().contains(needle), "{}", e.body);
+        }
+    });
+}
+
 #[test]
 fn bad_requests_get_openai_errors() {
     let mut opts = options(2, 64, 16, 8);

@@ -76,6 +76,9 @@ pub struct CompletionRequest {
     /// `n`: replies generated from the prompt, each in a slot of its own (1 to
     /// [`MAX_CHOICES`]); with a seed, choice `i` samples from `seed + i`.
     pub n: usize,
+    /// `response_format: {"type": "json_object"}`: the reply is held to one JSON object
+    /// (`generation::json`).
+    pub json: bool,
 }
 
 /// Stop strings a request may give (OpenAI allows 4).
@@ -230,7 +233,24 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
             Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
             Some(n) => return Err(ApiError::invalid(format!("'n' must be from 1 to {MAX_CHOICES}, not {n}"), Some("n"))),
         },
+        json: parse_response_format(&o)?,
     })
+}
+
+/// `response_format`: `{"type": "text"}` (the default) or `{"type": "json_object"}`
+/// (true); a JSON schema is refused by name.
+fn parse_response_format(o: &Obj) -> Result<bool, ApiError> {
+    let bad = |m: &str| Err(ApiError::invalid(m.to_string(), Some("response_format")));
+    match field(o, "response_format") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Object(f)) => match f.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(false),
+            Some("json_object") => Ok(true),
+            Some("json_schema") => bad("'response_format' of type 'json_schema' is not supported: 'json_object' holds the reply to a JSON object"),
+            _ => bad("'response_format' must be {\"type\": \"text\"} or {\"type\": \"json_object\"}"),
+        },
+        Some(_) => bad("'response_format' must be an object"),
+    }
 }
 
 /// `logit_bias`: an object from token ids (as strings) to numbers from -100 to 100.
@@ -344,11 +364,6 @@ fn refuse_unsupported(o: &Obj) -> Result<(), ApiError> {
     }
     if field(o, "suffix").is_some_and(|v| v.as_str() != Some("")) {
         return unsupported("suffix", "insertion is not implemented");
-    }
-    match field(o, "response_format") {
-        None => {}
-        Some(Value::Object(f)) if f.get("type").and_then(Value::as_str) == Some("text") => {}
-        Some(_) => return unsupported("response_format", "only text replies"),
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
+use crate::generation::json::{JsonMode, JsonVocab};
 use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::{Sampler, SamplingParams};
 use crate::generation::session::KvTokens;
@@ -56,6 +57,9 @@ pub struct Job {
     pub prompt_logprobs: bool,
     /// Added to these tokens' logits before each choice (ids within the vocabulary).
     pub logit_bias: Vec<(u32, f32)>,
+    /// Hold the reply to one JSON object, ending it when the object closes (a model
+    /// with a vocabulary; `generation::json`).
+    pub json: bool,
     /// Start from a free slot's cache where it holds the prompt's beginning (the
     /// longest such prefix among the free slots), running only the rest.
     pub cache_prompt: bool,
@@ -223,6 +227,8 @@ struct Active {
     first_token: Option<Instant>,
     sampler: Sampler,
     text: StopText,
+    /// What the reply may continue with ([`Job::json`]).
+    json: Option<JsonMode>,
 }
 
 impl Active {
@@ -250,6 +256,8 @@ pub struct Scheduler<'m, 'v> {
     reading: Vec<(u64, usize)>,
     chunks: Vec<(usize, usize)>,
     admitted: u64,
+    /// The vocabulary's token classes for JSON-mode replies (a model with a vocabulary).
+    json_vocab: Option<Arc<JsonVocab>>,
 }
 
 impl<'m, 'v> Scheduler<'m, 'v> {
@@ -272,6 +280,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             reading: Vec::with_capacity(config.slots),
             chunks: Vec::with_capacity(config.slots),
             admitted: 0,
+            json_vocab: model.vocab.map(|v| Arc::new(JsonVocab::new(&v, model.config.vocab_size as usize))),
         }
     }
 
@@ -318,6 +327,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
                     generated: 0,
                     first_token: None,
                     sampler,
+                    json: self.json_vocab.as_ref().filter(|_| job.json).map(|v| JsonMode::new(Arc::clone(v))),
                     text,
                     job,
                 });
@@ -490,7 +500,10 @@ fn logit_rows(job: &Job, end: usize) -> LogitRows {
 /// Chooses the slot's next token from `logits` and sends what it adds to the reply;
 /// false when the reply is over (or its client gone) and the slot is free.
 fn emit(model: &Model, context: usize, metrics: &Metrics, a: &mut Active, logits: &[f32]) -> bool {
-    let token = a.sampler.sample(logits);
+    let token = match (&mut a.json, model.vocab) {
+        (Some(json), Some(vocab)) => a.sampler.sample(json.mask(&vocab, logits)),
+        _ => a.sampler.sample(logits),
+    };
     if a.first_token.is_none() {
         a.first_token = Some(Instant::now());
     }
@@ -511,7 +524,10 @@ fn emit(model: &Model, context: usize, metrics: &Metrics, a: &mut Active, logits
         Metrics::add(&metrics.requests_cancelled, 1);
         return false;
     }
-    if stopped {
+    // The mask lets only tokens that continue the object through; the object's close
+    // ends the reply.
+    let closed = a.json.as_mut().is_some_and(|json| json.push(bytes) && json.is_complete());
+    if stopped || closed {
         return finish(a, FinishReason::Stop);
     }
     // The token is fed at `pos` in the next step; the last position of the context is

@@ -1,0 +1,537 @@
+//! JSON mode (the server's `response_format: {"type": "json_object"}`): the reply is
+//! held to one JSON object (RFC 8259) while it is generated. Before each choice every
+//! token that cannot continue the reply so far into a valid object is ruled out
+//! ([`JsonMode::mask`]); the reply ends with the token that closes the object.
+//!
+//! [`JsonPrefix`] is the grammar as a byte automaton: its state after a prefix says
+//! which bytes may come next, and it is `Copy` (a fixed stack of containers), so a
+//! token is tried on a copy without allocating. Strings are checked as UTF-8 across
+//! token boundaries (a token may end inside a character), with escapes and no control
+//! characters; numbers as JSON spells them. Whitespace runs are capped
+//! ([`MAX_WHITESPACE`]): a model that only pads would otherwise never end.
+
+use std::sync::Arc;
+
+use olmo_format::vocab::VocabView;
+
+/// Containers open at once, at most.
+const MAX_DEPTH: u8 = 64;
+/// Whitespace bytes in a row, at most (pretty-printing's newline and indentation fit).
+pub const MAX_WHITESPACE: u8 = 64;
+
+const WORDS: [&[u8]; 3] = [b"true", b"false", b"null"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Number {
+    /// `-`: a digit must follow.
+    Minus,
+    /// A leading `0`: no more integer digits.
+    Zero,
+    Int,
+    /// `.`: a digit must follow.
+    Dot,
+    Frac,
+    /// `e` or `E`: a sign or a digit must follow.
+    Exp,
+    /// The exponent's sign: a digit must follow.
+    ExpSign,
+    ExpInt,
+}
+
+impl Number {
+    /// Whether the number may end here.
+    fn complete(self) -> bool {
+        matches!(self, Number::Zero | Number::Int | Number::Frac | Number::ExpInt)
+    }
+
+    /// The state after `b`, if `b` continues the number.
+    fn next(self, b: u8) -> Option<Number> {
+        let digit = b.is_ascii_digit();
+        Some(match (self, b) {
+            (Number::Minus, b'0') => Number::Zero,
+            (Number::Minus, _) if digit => Number::Int,
+            (Number::Int, _) if digit => Number::Int,
+            (Number::Zero | Number::Int, b'.') => Number::Dot,
+            (Number::Zero | Number::Int | Number::Frac, b'e' | b'E') => Number::Exp,
+            (Number::Dot | Number::Frac, _) if digit => Number::Frac,
+            (Number::Exp, b'+' | b'-') => Number::ExpSign,
+            (Number::Exp | Number::ExpSign | Number::ExpInt, _) if digit => Number::ExpInt,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Before the object: whitespace or `{`.
+    Start,
+    /// A value must come (after `:`, or `,` in an array).
+    Value,
+    /// After `{`: a key or `}`.
+    FirstKey,
+    /// After `,` in an object: a key.
+    Key,
+    /// After a key: `:`.
+    Colon,
+    /// After `[`: a value or `]`.
+    FirstValue,
+    /// After a value: `,` or the container's end.
+    After,
+    /// Inside a string (a key or a value).
+    Str { key: bool },
+    /// After a backslash in a string.
+    Escape { key: bool },
+    /// Within `\u`, `left` hex digits to go.
+    Unicode { key: bool, left: u8 },
+    Number(Number),
+    /// Within `true`, `false` or `null` (`WORDS[word]`), `at` bytes read.
+    Word { word: u8, at: u8 },
+    /// The object is closed: nothing may follow.
+    Done,
+}
+
+/// A prefix of one JSON object: what it has read so far, and what may follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JsonPrefix {
+    mode: Mode,
+    /// Open containers; bit `i` set where level `i` is an object (else an array).
+    depth: u8,
+    objects: u64,
+    /// Within a string's multi-byte character: continuation bytes to go, and the range
+    /// the next one must fall in (narrower after some lead bytes: no overlong forms,
+    /// no surrogates, nothing past U+10FFFF).
+    utf8_left: u8,
+    utf8_lo: u8,
+    utf8_hi: u8,
+    /// Whitespace bytes just read in a row.
+    whitespace: u8,
+}
+
+impl Default for JsonPrefix {
+    fn default() -> JsonPrefix {
+        JsonPrefix::new()
+    }
+}
+
+impl JsonPrefix {
+    /// The empty reply.
+    pub const fn new() -> JsonPrefix {
+        JsonPrefix { mode: Mode::Start, depth: 0, objects: 0, utf8_left: 0, utf8_lo: 0x80, utf8_hi: 0xBF, whitespace: 0 }
+    }
+
+    /// Whether the object is complete (and nothing may follow).
+    pub fn is_complete(&self) -> bool {
+        self.mode == Mode::Done
+    }
+
+    /// Whether the prefix is inside a string, between characters: any printable ASCII
+    /// but `"` and `\` may follow, and leaves it there.
+    fn in_plain_string(&self) -> bool {
+        matches!(self.mode, Mode::Str { .. }) && self.utf8_left == 0
+    }
+
+    /// Whether whitespace may come here and leaves the grammar where it is (between
+    /// tokens, not after a number, which whitespace ends).
+    fn skips_whitespace(&self) -> bool {
+        !matches!(self.mode, Mode::Str { .. } | Mode::Escape { .. } | Mode::Unicode { .. } | Mode::Word { .. } | Mode::Number(_) | Mode::Done)
+    }
+
+    /// The state after `bytes`, if they continue a prefix of a JSON object (an empty
+    /// `bytes` does not: a token must make progress).
+    pub fn after(mut self, bytes: &[u8]) -> Option<JsonPrefix> {
+        if bytes.is_empty() {
+            return None;
+        }
+        for &b in bytes {
+            if !self.feed(b) {
+                return None;
+            }
+        }
+        Some(self)
+    }
+
+    fn in_object(&self) -> bool {
+        self.depth > 0 && self.objects >> (self.depth - 1) & 1 == 1
+    }
+
+    fn open(&mut self, object: bool) -> bool {
+        if self.depth == MAX_DEPTH {
+            return false;
+        }
+        self.objects = self.objects & !(1 << self.depth) | (object as u64) << self.depth;
+        self.depth += 1;
+        self.mode = if object { Mode::FirstKey } else { Mode::FirstValue };
+        true
+    }
+
+    fn close(&mut self) -> bool {
+        self.depth -= 1;
+        self.mode = if self.depth == 0 { Mode::Done } else { Mode::After };
+        true
+    }
+
+    /// A value starting with `b`.
+    fn value(&mut self, b: u8) -> bool {
+        self.mode = match b {
+            b'{' => return self.open(true),
+            b'[' => return self.open(false),
+            b'"' => Mode::Str { key: false },
+            b'-' => Mode::Number(Number::Minus),
+            b'0' => Mode::Number(Number::Zero),
+            b'1'..=b'9' => Mode::Number(Number::Int),
+            b't' => Mode::Word { word: 0, at: 1 },
+            b'f' => Mode::Word { word: 1, at: 1 },
+            b'n' => Mode::Word { word: 2, at: 1 },
+            _ => return false,
+        };
+        true
+    }
+
+    /// Reads one byte; false if it cannot come here.
+    fn feed(&mut self, b: u8) -> bool {
+        let whitespace = is_space(b);
+        let between = !matches!(self.mode, Mode::Str { .. } | Mode::Escape { .. } | Mode::Unicode { .. } | Mode::Word { .. } | Mode::Done);
+        if whitespace && between {
+            // A number ends at whitespace; everywhere else between tokens it is free.
+            if let Mode::Number(n) = self.mode {
+                if !n.complete() {
+                    return false;
+                }
+                self.mode = Mode::After;
+            }
+            if self.whitespace == MAX_WHITESPACE {
+                return false;
+            }
+            self.whitespace += 1;
+            return true;
+        }
+        self.whitespace = 0;
+        match self.mode {
+            Mode::Start => b == b'{' && self.open(true),
+            Mode::Value => self.value(b),
+            Mode::FirstValue if b == b']' => self.close(),
+            Mode::FirstValue => self.value(b),
+            Mode::FirstKey if b == b'}' => self.close(),
+            Mode::FirstKey | Mode::Key => {
+                self.mode = Mode::Str { key: true };
+                b == b'"'
+            }
+            Mode::Colon => {
+                self.mode = Mode::Value;
+                b == b':'
+            }
+            Mode::After => match b {
+                b',' => {
+                    self.mode = if self.in_object() { Mode::Key } else { Mode::Value };
+                    true
+                }
+                b'}' if self.in_object() => self.close(),
+                b']' if !self.in_object() => self.close(),
+                _ => false,
+            },
+            Mode::Str { key } => self.string(b, key),
+            Mode::Escape { key } => {
+                self.mode = match b {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Mode::Str { key },
+                    b'u' => Mode::Unicode { key, left: 4 },
+                    _ => return false,
+                };
+                true
+            }
+            Mode::Unicode { key, left } => {
+                self.mode = if left == 1 { Mode::Str { key } } else { Mode::Unicode { key, left: left - 1 } };
+                b.is_ascii_hexdigit()
+            }
+            Mode::Number(n) => match n.next(b) {
+                Some(n) => {
+                    self.mode = Mode::Number(n);
+                    true
+                }
+                // The byte after a number belongs to what follows it.
+                None if n.complete() => {
+                    self.mode = Mode::After;
+                    self.feed(b)
+                }
+                None => false,
+            },
+            Mode::Word { word, at } => {
+                let w = WORDS[word as usize];
+                if w[at as usize] != b {
+                    return false;
+                }
+                self.mode = if at as usize + 1 == w.len() { Mode::After } else { Mode::Word { word, at: at + 1 } };
+                true
+            }
+            Mode::Done => false,
+        }
+    }
+
+    /// A byte within a string.
+    fn string(&mut self, b: u8, key: bool) -> bool {
+        if self.utf8_left > 0 {
+            if !(self.utf8_lo..=self.utf8_hi).contains(&b) {
+                return false;
+            }
+            self.utf8_left -= 1;
+            (self.utf8_lo, self.utf8_hi) = (0x80, 0xBF);
+            return true;
+        }
+        let (left, lo, hi) = match b {
+            b'"' => {
+                self.mode = if key { Mode::Colon } else { Mode::After };
+                return true;
+            }
+            b'\\' => {
+                self.mode = Mode::Escape { key };
+                return true;
+            }
+            0x00..=0x1F => return false,
+            0x20..=0x7F => return true,
+            0xC2..=0xDF => (1, 0x80, 0xBF),
+            0xE0 => (2, 0xA0, 0xBF),
+            0xED => (2, 0x80, 0x9F),
+            0xE1..=0xEF => (2, 0x80, 0xBF),
+            0xF0 => (3, 0x90, 0xBF),
+            0xF1..=0xF3 => (3, 0x80, 0xBF),
+            0xF4 => (3, 0x80, 0x8F),
+            _ => return false,
+        };
+        (self.utf8_left, self.utf8_lo, self.utf8_hi) = (left, lo, hi);
+        true
+    }
+}
+
+/// What [`JsonMode::mask`] knows of every token without reading its bytes, built once
+/// per model: whether it may appear in a reply at all (not special, with bytes),
+/// whether it is plain string text (printable ASCII without `"` or `\`, which a string
+/// takes whatever came before), and the byte that decides most refusals: its first,
+/// or for a token that starts with whitespace (most start with a space) its first
+/// after the whitespace, offset by 256.
+pub struct JsonVocab {
+    key: Vec<u16>,
+    class: Vec<Class>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Never,
+    Plain,
+    Other,
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+impl JsonVocab {
+    /// The classes of token ids `0 .. vocab_size` (ids past `vocab` never appear).
+    pub fn new(vocab: &VocabView, vocab_size: usize) -> JsonVocab {
+        let (mut key, mut class) = (vec![0; vocab_size], vec![Class::Never; vocab_size]);
+        for id in 0..vocab_size {
+            let Some(t) = vocab.token(id as u32).filter(|t| !t.is_empty() && !vocab.is_special(id as u32)) else { continue };
+            key[id] = match t.iter().position(|&b| !is_space(b)) {
+                _ if !is_space(t[0]) => t[0] as u16,
+                Some(i) => 256 + t[i] as u16,
+                // Whitespace only: the whitespace byte stands for it.
+                None => 256 + t[0] as u16,
+            };
+            class[id] = if t.iter().all(|&b| (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\') { Class::Plain } else { Class::Other };
+        }
+        JsonVocab { key, class }
+    }
+}
+
+/// A reply held to a JSON object: the prefix so far and the scratch of masked logits,
+/// allocated once per reply.
+pub struct JsonMode {
+    prefix: JsonPrefix,
+    vocab: Arc<JsonVocab>,
+    logits: Vec<f32>,
+}
+
+impl JsonMode {
+    pub fn new(vocab: Arc<JsonVocab>) -> JsonMode {
+        let logits = vec![0.0; vocab.class.len()];
+        JsonMode { prefix: JsonPrefix::new(), vocab, logits }
+    }
+
+    /// `logits` with every token that cannot come next at minus infinity: special
+    /// tokens (end-of-sequence among them: the reply ends when the object closes), ids
+    /// without bytes, and tokens whose bytes do not continue the object. A token's
+    /// bytes are read only where its deciding byte ([`JsonVocab`]) may come next and it
+    /// is not plain text inside a string: 100k tokens in 0.1-0.4 ms instead of 1.3-3.6.
+    pub fn mask(&mut self, vocab: &VocabView, logits: &[f32]) -> &[f32] {
+        let prefix = self.prefix;
+        // Entry b: byte b may come next; entry 256 + b: byte b may come after
+        // whitespace, where whitespace leaves the grammar as it is (after a number it
+        // ends it); elsewhere a token starting with whitespace is read whole.
+        let mut possible = [true; 512];
+        let (next, after_space) = possible.split_at_mut(256);
+        for (b, ok) in next.iter_mut().enumerate() {
+            *ok = prefix.after(&[b as u8]).is_some();
+        }
+        if let Some(spaced) = prefix.after(b" ").filter(JsonPrefix::skips_whitespace) {
+            for (b, ok) in after_space.iter_mut().enumerate() {
+                *ok = spaced.after(&[b as u8]).is_some();
+            }
+        }
+        let plain = prefix.in_plain_string();
+        let n = logits.len().min(self.logits.len());
+        let v = &*self.vocab;
+        let tokens = v.key.iter().zip(&v.class);
+        for (id, ((out, &l), (&key, &class))) in self.logits[..n].iter_mut().zip(logits).zip(tokens).enumerate() {
+            let allowed = match class {
+                Class::Never => false,
+                _ if !possible[key as usize] => false,
+                Class::Plain if plain => true,
+                _ => vocab.token(id as u32).is_some_and(|t| prefix.after(t).is_some()),
+            };
+            *out = if allowed { l } else { f32::NEG_INFINITY };
+        }
+        &self.logits[..n]
+    }
+
+    /// Takes the chosen token's bytes; false if they do not continue the object (the
+    /// mask rules such tokens out, unless every token was ruled out).
+    pub fn push(&mut self, bytes: &[u8]) -> bool {
+        match self.prefix.after(bytes) {
+            Some(p) => {
+                self.prefix = p;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the object is closed: the reply is over.
+    pub fn is_complete(&self) -> bool {
+        self.prefix.is_complete()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepts(text: &[u8]) -> Option<JsonPrefix> {
+        JsonPrefix::new().after(text)
+    }
+
+    const VALID: &[&str] = &[
+        "{}",
+        " \n{ }",
+        r#"{"a": 1}"#,
+        r#"{"a": -0.5e+10, "b": [true, false, null, "x", {"c": []}], "d": 0}"#,
+        r#"{"k": "esc \" \\ \/ \b \f \n \r \t \u00e9 \uD83D\uDE00"}"#,
+        "{\"ü\": \"日本語 😀\"}",
+        r#"{"n": [0, -0, 1.5, 2E3, 4e-2, 10]}"#,
+        r#"{"deep": [[[[{"a": [[]]}]]]]}"#,
+    ];
+
+    #[test]
+    fn whole_objects_are_complete_and_every_prefix_continues() {
+        for doc in VALID {
+            assert!(serde_json::from_str::<serde_json::Value>(doc).unwrap().is_object(), "{doc}");
+            let bytes = doc.as_bytes();
+            let p = accepts(bytes).unwrap_or_else(|| panic!("{doc} refused"));
+            assert!(p.is_complete(), "{doc}");
+            // Any split into tokens: each prefix continues.
+            for cut in 1..bytes.len() {
+                let p = accepts(&bytes[..cut]).unwrap_or_else(|| panic!("{doc}: prefix {cut} refused"));
+                assert!(!p.is_complete(), "{doc}: complete after {cut} bytes");
+                assert_eq!(p.after(&bytes[cut..]).map(|p| p.is_complete()), Some(true), "{doc} split at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn what_is_not_json_is_refused_where_it_goes_wrong() {
+        // (text, bytes accepted before the first refused one)
+        let cases: &[(&[u8], usize)] = &[
+            (b"[1]", 0),        // the reply is an object
+            (b"\"a\"", 0),
+            (b"{a: 1}", 1),     // keys are strings
+            (b"{\"a\" 1}", 5),  // the colon
+            (b"{\"a\": 01}", 7),
+            (b"{\"a\": -}", 7),
+            (b"{\"a\": 1.}", 8),
+            (b"{\"a\": 1e}", 8),
+            (b"{\"a\": .5}", 6),
+            (b"{\"a\": tru }", 9),
+            (b"{\"a\": nul}", 9),
+            (b"{\"a\": 1,}", 8), // no trailing comma
+            (b"{\"a\": [1,]}", 9),
+            (b"{\"a\": [1}", 8),
+            (b"{\"a\": \"\x01\"}", 7), // control characters
+            (b"{\"a\": \"\\x\"}", 8),
+            (b"{\"a\": \"\\u12g4\"}", 11),
+            (b"{\"a\": \"\xC0\x80\"}", 7), // overlong
+            (b"{\"a\": \"\xED\xA0\x80\"}", 8), // a surrogate
+            (b"{\"a\": \"\xF4\x90\x80\x80\"}", 8), // past U+10FFFF
+            (b"{\"a\": \"\xE2\x28\"}", 8),
+            (b"{} ", 2), // nothing after the object
+            (b"{}}", 2),
+        ];
+        for &(text, good) in cases {
+            assert!(accepts(&text[..good]).is_some() || good == 0, "{:?}: prefix of {good}", String::from_utf8_lossy(text));
+            assert!(accepts(&text[..good + 1]).is_none(), "{:?}: byte {good} accepted", String::from_utf8_lossy(text));
+        }
+        assert!(accepts(b"").is_none(), "an empty token makes no progress");
+    }
+
+    #[test]
+    fn a_number_ends_at_what_follows_it() {
+        let p = accepts(b"{\"a\": 12").unwrap();
+        assert!(p.after(b",").is_some() && p.after(b"}").is_some() && p.after(b" ").is_some() && p.after(b"]").is_none());
+        assert!(p.after(b"}").unwrap().is_complete());
+        assert!(accepts(b"{\"a\": [1.5e3]}").unwrap().is_complete());
+    }
+
+    #[test]
+    fn depth_and_whitespace_are_bounded() {
+        let mut deep = b"{\"a\": ".to_vec();
+        deep.extend(std::iter::repeat_n(b'[', MAX_DEPTH as usize - 1));
+        let p = accepts(&deep).unwrap();
+        assert!(p.after(b"[").is_none() && p.after(b"1").is_some());
+        let spaces = vec![b' '; MAX_WHITESPACE as usize];
+        let p = accepts(b"{").unwrap().after(&spaces).unwrap();
+        assert!(p.after(b" ").is_none() && p.after(b"}").is_some());
+        // A string holds any number of spaces.
+        assert!(accepts(b"{\"a\": \"").unwrap().after(&vec![b' '; 1000]).is_some());
+    }
+
+    /// Random byte strings: the prefix automaton accepts exactly the prefixes of JSON
+    /// objects, as serde_json judges the complete ones.
+    #[test]
+    fn random_texts_agree_with_serde_json() {
+        let alphabet: &[u8] = b"{}[]:,\"\\ 0123456789-+.eEtrufalsn\xC3\xA9x";
+        let mut state = 0x2545F4914F6CDD1Du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut complete = 0;
+        for _ in 0..200_000 {
+            let len = 1 + (next() % 12) as usize;
+            let mut text = b"{".to_vec();
+            text.extend((0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]));
+            let ours = accepts(&text);
+            let parsed = serde_json::from_slice::<serde_json::Value>(&text);
+            // serde_json refuses numbers past f64's range, which JSON's grammar allows.
+            if parsed.as_ref().is_err_and(|e| e.to_string().contains("out of range")) {
+                continue;
+            }
+            let theirs = parsed.ok().filter(|v| v.is_object());
+            if ours.is_some_and(|p| p.is_complete()) {
+                assert!(theirs.is_some(), "{:?} complete here, not JSON there", String::from_utf8_lossy(&text));
+                complete += 1;
+            }
+            if theirs.is_some() && !text.ends_with(b" ") {
+                assert!(ours.is_some_and(|p| p.is_complete()), "{:?}: JSON there, not complete here", String::from_utf8_lossy(&text));
+            }
+        }
+        assert!(complete > 50, "only {complete} complete objects drawn");
+    }
+}

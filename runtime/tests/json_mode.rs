@@ -1,0 +1,60 @@
+//! JSON mode's mask over the real dolma2 vocabulary (the chat fixture's): after each of
+//! a set of replies so far, exactly the tokens whose bytes continue a JSON object keep
+//! their logits, and special tokens never do.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::Packed;
+use olmo_format::mapped::MappedFile;
+use olmo_format::Blob;
+use olmort::generation::json::{JsonMode, JsonPrefix, JsonVocab};
+use olmort::Model;
+
+#[test]
+fn the_mask_keeps_exactly_the_tokens_that_continue_the_object() {
+    let packed = Packed::new("chat/olmo2");
+    let map = MappedFile::open(&packed.0).unwrap();
+    let blob = Blob::parse(map.bytes()).unwrap();
+    let model = Model::new(&blob).unwrap();
+    let vocab = model.vocab.unwrap();
+    let n = model.config.vocab_size as usize;
+    let classes = Arc::new(JsonVocab::new(&vocab, n));
+    let logits: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.1).collect();
+    let replies: &[&[u8]] = &[
+        b"",
+        b"  \n",
+        b"{",
+        b"{\"key",
+        b"{\"k\\",
+        b"{\"k\\u00",
+        b"{\"caf\xC3",
+        b"{\"a\"",
+        b"{\"a\":",
+        b"{\"a\": 1",
+        b"{\"a\": -",
+        b"{\"a\": 1.5e",
+        b"{\"a\": tr",
+        b"{\"a\": [true, ",
+        b"{\"a\": [1 ",
+        b"{\"a\": {}",
+        b"{\"a\": \"x\"}",
+    ];
+    for reply in replies {
+        let mut json = JsonMode::new(Arc::clone(&classes));
+        assert!(reply.is_empty() || json.push(reply), "{:?}", String::from_utf8_lossy(reply));
+        let prefix = JsonPrefix::new().after(reply).unwrap_or_default();
+        let masked = json.mask(&vocab, &logits).to_vec();
+        let mut kept = 0;
+        for (id, (&m, &l)) in masked.iter().zip(&logits).enumerate() {
+            let id = id as u32;
+            let want = !vocab.is_special(id) && vocab.token(id).is_some_and(|t| prefix.after(t).is_some());
+            assert_eq!(m == l, want, "{:?} then token {id} {:?}", String::from_utf8_lossy(reply), vocab.token(id).map(String::from_utf8_lossy));
+            assert!(m == l || m == f32::NEG_INFINITY);
+            kept += usize::from(want);
+        }
+        // Something may always come next, until the object is closed.
+        assert_eq!(kept == 0, prefix.is_complete(), "{:?}: {kept} tokens kept", String::from_utf8_lossy(reply));
+    }
+}
