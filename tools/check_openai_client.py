@@ -11,9 +11,10 @@ equal the whole one; `stream_options.include_usage`: usage on the last chunk); c
 usage counts, max_tokens / max_completion_tokens, stop strings, seeded sampling (same
 seed, same text) and the errors the client raises (wrong key: AuthenticationError;
 n=17, an unknown role, a prompt over the context: BadRequestError), n choices, log-probabilities
-in the client's types, and penalties. Exits non-zero on the first failure.
+in the client's types, penalties and JSON mode. Exits non-zero on the first failure.
 """
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -92,6 +93,12 @@ def main():
             check(scored.choices[0].text == "Once upon a time" and lp.token_logprobs[0] is None
                   and all(v is not None and v <= 0 for v in lp.token_logprobs[1:]),
                   "echo with max_tokens 0 scores the prompt (the first token None)")
+            # JSON mode; the random weights are pulled toward '"' (id 1) and '}' (id 92) so
+            # that the object closes within the context.
+            shaped = client.chat.completions.create(model=name, messages=messages, max_tokens=100, temperature=0,
+                                                    logit_bias={"1": 30, "92": 25}, response_format={"type": "json_object"})
+            check(shaped.choices[0].finish_reason == "stop" and isinstance(json.loads(shaped.choices[0].message.content), dict),
+                  f"response_format json_object: a JSON object ({shaped.choices[0].message.content!r})")
             first = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "cache_prompt": True}})
             again = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "cache_prompt": True}})
             check(first.choices[0].text == again.choices[0].text == text, "cache_prompt: the same text")
