@@ -24,7 +24,7 @@ fn the_mask_keeps_exactly_the_tokens_that_continue_the_object() {
     let logits: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.1).collect();
     let replies: &[&[u8]] = &[
         b"",
-        b"  \n",
+        b"{ \n",
         b"{",
         b"{\"key",
         b"{\"k\\",

@@ -63,7 +63,8 @@ impl Number {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
-    /// Before the object: whitespace or `{`.
+    /// Before the object: `{` (no whitespace first: as llama.cpp's JSON grammar, the
+    /// reply starts with the object, where a model would otherwise pad).
     Start,
     /// A value must come (after `:`, or `,` in an array).
     Value,
@@ -133,7 +134,7 @@ impl JsonPrefix {
     /// Whether whitespace may come here and leaves the grammar where it is (between
     /// tokens, not after a number, which whitespace ends).
     fn skips_whitespace(&self) -> bool {
-        !matches!(self.mode, Mode::Str { .. } | Mode::Escape { .. } | Mode::Unicode { .. } | Mode::Word { .. } | Mode::Number(_) | Mode::Done)
+        !matches!(self.mode, Mode::Start | Mode::Str { .. } | Mode::Escape { .. } | Mode::Unicode { .. } | Mode::Word { .. } | Mode::Number(_) | Mode::Done)
     }
 
     /// The state after `bytes`, if they continue a prefix of a JSON object (an empty
@@ -190,7 +191,7 @@ impl JsonPrefix {
     /// Reads one byte; false if it cannot come here.
     fn feed(&mut self, b: u8) -> bool {
         let whitespace = is_space(b);
-        let between = !matches!(self.mode, Mode::Str { .. } | Mode::Escape { .. } | Mode::Unicode { .. } | Mode::Word { .. } | Mode::Done);
+        let between = !matches!(self.mode, Mode::Start | Mode::Str { .. } | Mode::Escape { .. } | Mode::Unicode { .. } | Mode::Word { .. } | Mode::Done);
         if whitespace && between {
             // A number ends at whitespace; everywhere else between tokens it is free.
             if let Mode::Number(n) = self.mode {
@@ -419,7 +420,7 @@ mod tests {
 
     const VALID: &[&str] = &[
         "{}",
-        " \n{ }",
+        "{ \n}",
         r#"{"a": 1}"#,
         r#"{"a": -0.5e+10, "b": [true, false, null, "x", {"c": []}], "d": 0}"#,
         r#"{"k": "esc \" \\ \/ \b \f \n \r \t \u00e9 \uD83D\uDE00"}"#,
@@ -450,6 +451,7 @@ mod tests {
         let cases: &[(&[u8], usize)] = &[
             (b"[1]", 0),        // the reply is an object
             (b"\"a\"", 0),
+            (b" {}", 0),        // from its first byte
             (b"{a: 1}", 1),     // keys are strings
             (b"{\"a\" 1}", 5),  // the colon
             (b"{\"a\": 01}", 7),
