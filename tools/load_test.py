@@ -47,6 +47,9 @@ GOOD = [
                          "frequency_penalty": 0.5, "repeat_penalty": 1.2, "logit_bias": {"13": -100}}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 16,
                               "logprobs": True, "top_logprobs": 2, "presence_penalty": 1.0, "stop": ["\n\n"]}),
+    # JSON mode (the bias pulls the random weights toward '"' and '}', closing the object).
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Reply in JSON."}], "max_tokens": 40,
+                              "response_format": {"type": "json_object"}, "logit_bias": {"1": 30, "92": 25}}),
 ]
 for _, body in GOOD:
     body.update({"temperature": 0, "ignore_eos": True})
@@ -64,6 +67,8 @@ BAD = [
     ("/v1/completions", {"prompt": [5] * 300}, 400),
     ("/v1/chat/completions", {"messages": [{"role": "pirate", "content": "arr"}]}, 400),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                              "response_format": {"type": "json_schema", "json_schema": {}}}, 400),
     ("/v1/completions", {"prompt": "a" * 70000}, 413),
     ("/v2/nothing", {}, 404),
 ]
