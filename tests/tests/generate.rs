@@ -95,6 +95,44 @@ fn text_format_prints_the_prompt_and_the_continuation() {
     assert_eq!(out.as_bytes(), decode(&vocab, &expected_ids[..7]));
 }
 
+/// `--json`: the new text is one JSON object (as serde_json parses it) and the run ends
+/// where it closes, before `--max-tokens`; without it the same run prints no JSON. The
+/// tiny fixture's weights are random: `--logit-bias` pulls toward `"` (id 1) and `}`
+/// (id 92), which unconstrained greedy then repeats, and bans `{}` (id 6390), which
+/// would be a whole reply in one token.
+#[test]
+fn json_runs_end_with_a_json_object() {
+    let scratch = Scratch::new("gen-json");
+    let blob = pack_fixture("tiny", &scratch);
+    let prompt = "Four score and seven";
+    let run = |extra: &[&str]| {
+        let mut args = vec![blob.as_str(), "--prompt", prompt, "--format", "text", "--max-tokens", "60"];
+        args.extend_from_slice(&["--logit-bias", "1=30", "--logit-bias", "92=25", "--logit-bias", "6390=-100"]);
+        args.extend_from_slice(extra);
+        let (out, _) = olmort(&args);
+        out.strip_prefix(prompt).unwrap_or_else(|| panic!("{out:?}")).to_string()
+    };
+    let object = |text: &str| serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.is_object() && !v.as_object().unwrap().is_empty());
+    let reply = run(&["--json"]);
+    assert!(object(&reply), "{reply:?}");
+    assert!(!run(&[]).starts_with('{'));
+    for seed in ["5", "6"] {
+        let sampled = run(&["--json", "--temperature", "1", "--seed", seed]);
+        assert!(object(&sampled), "seed {seed}: {sampled:?}");
+    }
+    // jsonl: the generated steps spell the same object.
+    let bias = ["--logit-bias", "1=30", "--logit-bias", "92=25", "--logit-bias", "6390=-100"];
+    let (out, _) = olmort(&[&[blob.as_str(), "--prompt", prompt, "--format", "jsonl", "--max-tokens", "60", "--json"][..], &bias].concat());
+    let text: String = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["generated"] == true)
+        .map(|v| v["next_text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, reply);
+    assert!(refused(&[&blob, "--prompt", prompt, "--json"]).contains("--format text or jsonl"));
+}
+
 #[test]
 fn jsonl_format_has_one_object_per_position() {
     let scratch = Scratch::new("gen-jsonl");
@@ -259,6 +297,7 @@ fn bad_requests_are_one_line_each() {
     assert!(refused(&[&tiny, "--prompt", "a", "--logit-bias", "5"]).contains("--logit-bias 5"));
     assert!(refused(&[&tiny, "--prompt", "a", "--logit-bias", "100000000=1"]).contains("token id of this model"));
     assert!(refused(&[&tiny, "--prompt", "a", "--logit-bias", "5=inf"]).contains("finite"));
+    assert!(refused(&[&gqa, gqa_prompt.to_str().unwrap(), "--format", "jsonl", "--json"]).contains("--json needs a vocabulary"));
     // The tiny model has 128 positions.
     assert!(refused(&[&tiny, "--prompt", "a", "--format", "text", "--max-tokens", "500"])
         .contains("maximum sequence length"));

@@ -48,6 +48,10 @@ pub struct GenerateArgs {
     /// Add BIAS to token ID's logit before every choice (repeatable; -100 bans it).
     #[arg(long, value_name = "ID=BIAS", allow_hyphen_values = true)]
     pub logit_bias: Vec<String>,
+    /// Hold the new text to one JSON object, ending where it closes (text and jsonl
+    /// formats; the server's response_format json_object).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How new tokens are chosen (`olmort` and `olmort chat`).
@@ -134,7 +138,7 @@ impl GenerateArgs {
         // Parameters that fail their checks are not the seed's loop; the caller's
         // `params` reports them.
         let plain = self.sampling.unseeded().is_ok_and(|s| s.is_greedy() && !s.penalizes());
-        self.format == Format::Trace && plain && self.logit_bias.is_empty() && self.max_tokens.is_none()
+        self.format == Format::Trace && plain && self.logit_bias.is_empty() && self.max_tokens.is_none() && !self.json
     }
 
     /// `--logit-bias ID=BIAS` pairs, the ids checked against the model's vocabulary.
@@ -164,6 +168,7 @@ impl GenerateArgs {
             ignore_eos: self.ignore_eos,
             sampling: self.sampling.params()?,
             logit_bias: self.logit_bias(vocab_size)?,
+            json: self.json,
         })
     }
 

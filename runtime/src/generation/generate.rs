@@ -10,11 +10,13 @@
 //! need no forward pass for the last new token, so they run `prompt + N - 1`.
 
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::model::forward::{forward, forward_batch_for, LogitRows, RunState};
 use crate::model::Model;
 use crate::model::ops::top_k;
+use crate::generation::json::{JsonMode, JsonVocab};
 use crate::generation::sampling::{Sampler, SamplingParams};
 use crate::text::detokenize::Utf8Stream;
 use crate::generation::trace::{write_trace_line, LogitsSink, Timings};
@@ -51,6 +53,9 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     /// Added to these tokens' logits before each choice (ids within the vocabulary).
     pub logit_bias: Vec<(u32, f32)>,
+    /// Hold the new tokens to one JSON object ([`super::json`]), ending where it closes
+    /// (text and jsonl formats, a model with a vocabulary).
+    pub json: bool,
 }
 
 /// The positions a request runs, decided before anything runs.
@@ -125,6 +130,14 @@ pub fn generate(
             "--format text needs a vocabulary; this model was packed without one".into(),
         ));
     }
+    let json = match (options.json, model.vocab) {
+        (false, _) => None,
+        (true, _) if options.format == Format::Trace => {
+            return Err(RunError::Usage("--json applies to --format text or jsonl".into()))
+        }
+        (true, None) => return Err(RunError::Usage("--json needs a vocabulary; this model was packed without one".into())),
+        (true, Some(v)) => Some(JsonMode::new(Arc::new(JsonVocab::new(&v, model.config.vocab_size as usize)))),
+    };
     let mut steps = Steps {
         model,
         options,
@@ -133,6 +146,7 @@ pub fn generate(
         sampler: Sampler::new(options.sampling, model.config.vocab_size as usize),
         stream: Utf8Stream::new(),
         generated: 0,
+        json,
     };
     steps.sampler.set_context(prompt);
     steps.sampler.set_logit_bias(&options.logit_bias);
@@ -195,6 +209,8 @@ struct Steps<'a, 'm> {
     stream: Utf8Stream,
     /// New tokens so far.
     generated: usize,
+    /// What the new text may continue with (`--json`).
+    json: Option<JsonMode>,
 }
 
 impl Steps<'_, '_> {
@@ -211,10 +227,10 @@ impl Steps<'_, '_> {
         let model = self.model;
         let format = self.options.format;
         let from_prompt = pos + 1 < self.prompt.len();
-        let next = if from_prompt {
-            self.prompt[pos + 1]
-        } else {
-            self.sampler.sample(logits)
+        let next = match (&mut self.json, model.vocab) {
+            _ if from_prompt => self.prompt[pos + 1],
+            (Some(json), Some(vocab)) => self.sampler.sample(json.mask(&vocab, logits)),
+            _ => self.sampler.sample(logits),
         };
         if let Some(sink) = logits_sink.as_deref_mut() {
             sink.write_step(logits)?;
@@ -240,6 +256,12 @@ impl Steps<'_, '_> {
         if !from_prompt {
             self.generated += 1;
             if stop_at_eos && is_eos {
+                return Ok(None);
+            }
+            // The mask lets only tokens that continue the object through; its close ends
+            // the run.
+            let bytes = model.vocab.and_then(|v| v.token(next)).unwrap_or(&[]);
+            if self.json.as_mut().is_some_and(|json| json.push(bytes) && json.is_complete()) {
                 return Ok(None);
             }
             if format != Format::Trace && self.generated >= self.plan.max_new {
