@@ -61,6 +61,84 @@ impl Number {
     }
 }
 
+/// Inside a JSON string: escapes (`\"`, `\\`, `\/`, `\b` ... `\u` and four hex digits) and
+/// UTF-8 checked as they come, also across token boundaries, control characters
+/// refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StringState {
+    /// 0, or 1 after a backslash, or 1 + the hex digits a `\u` still needs.
+    escape: u8,
+    /// Within a multi-byte character: continuation bytes to go, and the range the next
+    /// one must fall in (narrower after some lead bytes: no overlong forms, no
+    /// surrogates, nothing past U+10FFFF).
+    utf8_left: u8,
+    lo: u8,
+    hi: u8,
+}
+
+/// What a byte does to a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StringStep {
+    /// Taken; the string goes on.
+    More,
+    /// The closing quote.
+    End,
+    /// Not allowed here.
+    Bad,
+}
+
+impl StringState {
+    /// Just after the opening quote.
+    pub(crate) const OPEN: StringState = StringState { escape: 0, utf8_left: 0, lo: 0x80, hi: 0xBF };
+
+    /// Whether the string is between characters: any printable ASCII but `"` and `\`
+    /// may come, and leaves it so.
+    pub(crate) fn between_chars(&self) -> bool {
+        self.escape == 0 && self.utf8_left == 0
+    }
+
+    pub(crate) fn feed(&mut self, b: u8) -> StringStep {
+        use StringStep::*;
+        let ok = |taken: bool| if taken { More } else { Bad };
+        match self.escape {
+            0 => {}
+            1 => {
+                self.escape = if b == b'u' { 5 } else { 0 };
+                return ok(matches!(b, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' | b'u'));
+            }
+            _ => {
+                self.escape = if self.escape == 2 { 0 } else { self.escape - 1 };
+                return ok(b.is_ascii_hexdigit());
+            }
+        }
+        if self.utf8_left > 0 {
+            let fits = (self.lo..=self.hi).contains(&b);
+            self.utf8_left -= 1;
+            (self.lo, self.hi) = (0x80, 0xBF);
+            return ok(fits);
+        }
+        let (left, lo, hi) = match b {
+            b'"' => return End,
+            b'\\' => {
+                self.escape = 1;
+                return More;
+            }
+            0x00..=0x1F => return Bad,
+            0x20..=0x7F => return More,
+            0xC2..=0xDF => (1, 0x80, 0xBF),
+            0xE0 => (2, 0xA0, 0xBF),
+            0xED => (2, 0x80, 0x9F),
+            0xE1..=0xEF => (2, 0x80, 0xBF),
+            0xF0 => (3, 0x90, 0xBF),
+            0xF1..=0xF3 => (3, 0x80, 0xBF),
+            0xF4 => (3, 0x80, 0x8F),
+            _ => return Bad,
+        };
+        (self.utf8_left, self.lo, self.hi) = (left, lo, hi);
+        More
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     /// Before the object: `{` (no whitespace first: as llama.cpp's JSON grammar, the
@@ -79,11 +157,7 @@ enum Mode {
     /// After a value: `,` or the container's end.
     After,
     /// Inside a string (a key or a value).
-    Str { key: bool },
-    /// After a backslash in a string.
-    Escape { key: bool },
-    /// Within `\u`, `left` hex digits to go.
-    Unicode { key: bool, left: u8 },
+    Str { key: bool, s: StringState },
     Number(Number),
     /// Within `true`, `false` or `null` (`WORDS[word]`), `at` bytes read.
     Word { word: u8, at: u8 },
@@ -98,12 +172,6 @@ pub struct JsonPrefix {
     /// Open containers; bit `i` set where level `i` is an object (else an array).
     depth: u8,
     objects: u64,
-    /// Within a string's multi-byte character: continuation bytes to go, and the range
-    /// the next one must fall in (narrower after some lead bytes: no overlong forms,
-    /// no surrogates, nothing past U+10FFFF).
-    utf8_left: u8,
-    utf8_lo: u8,
-    utf8_hi: u8,
     /// Whitespace bytes just read in a row.
     whitespace: u8,
 }
@@ -117,7 +185,7 @@ impl Default for JsonPrefix {
 impl JsonPrefix {
     /// The empty reply.
     pub const fn new() -> JsonPrefix {
-        JsonPrefix { mode: Mode::Start, depth: 0, objects: 0, utf8_left: 0, utf8_lo: 0x80, utf8_hi: 0xBF, whitespace: 0 }
+        JsonPrefix { mode: Mode::Start, depth: 0, objects: 0, whitespace: 0 }
     }
 
     /// Whether the object is complete (and nothing may follow).
@@ -128,13 +196,13 @@ impl JsonPrefix {
     /// Whether the prefix is inside a string, between characters: any printable ASCII
     /// but `"` and `\` may follow, and leaves it there.
     fn in_plain_string(&self) -> bool {
-        matches!(self.mode, Mode::Str { .. }) && self.utf8_left == 0
+        matches!(self.mode, Mode::Str { s, .. } if s.between_chars())
     }
 
     /// Whether whitespace may come here and leaves the grammar where it is (between
     /// tokens, not after a number, which whitespace ends).
     fn skips_whitespace(&self) -> bool {
-        !matches!(self.mode, Mode::Start | Mode::Str { .. } | Mode::Escape { .. } | Mode::Unicode { .. } | Mode::Word { .. } | Mode::Number(_) | Mode::Done)
+        !matches!(self.mode, Mode::Start | Mode::Str { .. } | Mode::Word { .. } | Mode::Number(_) | Mode::Done)
     }
 
     /// The state after `bytes`, if they continue a prefix of a JSON object (an empty
@@ -176,7 +244,7 @@ impl JsonPrefix {
         self.mode = match b {
             b'{' => return self.open(true),
             b'[' => return self.open(false),
-            b'"' => Mode::Str { key: false },
+            b'"' => Mode::Str { key: false, s: StringState::OPEN },
             b'-' => Mode::Number(Number::Minus),
             b'0' => Mode::Number(Number::Zero),
             b'1'..=b'9' => Mode::Number(Number::Int),
@@ -191,7 +259,7 @@ impl JsonPrefix {
     /// Reads one byte; false if it cannot come here.
     fn feed(&mut self, b: u8) -> bool {
         let whitespace = is_space(b);
-        let between = !matches!(self.mode, Mode::Start | Mode::Str { .. } | Mode::Escape { .. } | Mode::Unicode { .. } | Mode::Word { .. } | Mode::Done);
+        let between = !matches!(self.mode, Mode::Start | Mode::Str { .. } | Mode::Word { .. } | Mode::Done);
         if whitespace && between {
             // A number ends at whitespace; everywhere else between tokens it is free.
             if let Mode::Number(n) = self.mode {
@@ -214,7 +282,7 @@ impl JsonPrefix {
             Mode::FirstValue => self.value(b),
             Mode::FirstKey if b == b'}' => self.close(),
             Mode::FirstKey | Mode::Key => {
-                self.mode = Mode::Str { key: true };
+                self.mode = Mode::Str { key: true, s: StringState::OPEN };
                 b == b'"'
             }
             Mode::Colon => {
@@ -230,19 +298,17 @@ impl JsonPrefix {
                 b']' if !self.in_object() => self.close(),
                 _ => false,
             },
-            Mode::Str { key } => self.string(b, key),
-            Mode::Escape { key } => {
-                self.mode = match b {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Mode::Str { key },
-                    b'u' => Mode::Unicode { key, left: 4 },
-                    _ => return false,
-                };
-                true
-            }
-            Mode::Unicode { key, left } => {
-                self.mode = if left == 1 { Mode::Str { key } } else { Mode::Unicode { key, left: left - 1 } };
-                b.is_ascii_hexdigit()
-            }
+            Mode::Str { key, mut s } => match s.feed(b) {
+                StringStep::More => {
+                    self.mode = Mode::Str { key, s };
+                    true
+                }
+                StringStep::End => {
+                    self.mode = if key { Mode::Colon } else { Mode::After };
+                    true
+                }
+                StringStep::Bad => false,
+            },
             Mode::Number(n) => match n.next(b) {
                 Some(n) => {
                     self.mode = Mode::Number(n);
@@ -265,40 +331,6 @@ impl JsonPrefix {
             }
             Mode::Done => false,
         }
-    }
-
-    /// A byte within a string.
-    fn string(&mut self, b: u8, key: bool) -> bool {
-        if self.utf8_left > 0 {
-            if !(self.utf8_lo..=self.utf8_hi).contains(&b) {
-                return false;
-            }
-            self.utf8_left -= 1;
-            (self.utf8_lo, self.utf8_hi) = (0x80, 0xBF);
-            return true;
-        }
-        let (left, lo, hi) = match b {
-            b'"' => {
-                self.mode = if key { Mode::Colon } else { Mode::After };
-                return true;
-            }
-            b'\\' => {
-                self.mode = Mode::Escape { key };
-                return true;
-            }
-            0x00..=0x1F => return false,
-            0x20..=0x7F => return true,
-            0xC2..=0xDF => (1, 0x80, 0xBF),
-            0xE0 => (2, 0xA0, 0xBF),
-            0xED => (2, 0x80, 0x9F),
-            0xE1..=0xEF => (2, 0x80, 0xBF),
-            0xF0 => (3, 0x90, 0xBF),
-            0xF1..=0xF3 => (3, 0x80, 0xBF),
-            0xF4 => (3, 0x80, 0x8F),
-            _ => return false,
-        };
-        (self.utf8_left, self.utf8_lo, self.utf8_hi) = (left, lo, hi);
-        true
     }
 }
 
