@@ -11,7 +11,7 @@ equal the whole one; `stream_options.include_usage`: usage on the last chunk); c
 usage counts, max_tokens / max_completion_tokens, stop strings, seeded sampling (same
 seed, same text) and the errors the client raises (wrong key: AuthenticationError;
 n=17, an unknown role, a prompt over the context: BadRequestError), n choices, log-probabilities
-in the client's types, penalties and JSON mode. Exits non-zero on the first failure.
+in the client's types, penalties, JSON mode and a JSON schema. Exits non-zero on the first failure.
 """
 
 import json
@@ -99,6 +99,14 @@ def main():
                                                     logit_bias={"1": 30, "92": 25}, response_format={"type": "json_object"})
             check(shaped.choices[0].finish_reason == "stop" and isinstance(json.loads(shaped.choices[0].message.content), dict),
                   f"response_format json_object: a JSON object ({shaped.choices[0].message.content!r})")
+            schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                      "required": ["city", "days"], "additionalProperties": False}
+            structured = client.chat.completions.create(
+                model=name, messages=messages, max_tokens=100, temperature=0, logit_bias={"1": 30, "92": 25, "11": 20},
+                response_format={"type": "json_schema", "json_schema": {"name": "trip", "strict": True, "schema": schema}})
+            value = json.loads(structured.choices[0].message.content)
+            check(list(value) == ["city", "days"] and isinstance(value["city"], str) and isinstance(value["days"], int),
+                  f"response_format json_schema: an object of the schema ({structured.choices[0].message.content!r})")
             first = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "cache_prompt": True}})
             again = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "cache_prompt": True}})
             check(first.choices[0].text == again.choices[0].text == text, "cache_prompt: the same text")

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use common::Packed;
 use olmo_format::mapped::MappedFile;
 use olmo_format::Blob;
-use olmort::generation::json::{JsonMode, JsonPrefix, JsonVocab};
+use olmort::generation::json::{Grammar, JsonFormat, JsonMode, JsonPrefix, JsonVocab};
+use olmort::generation::json_schema::{Schema, SchemaPrefix};
 use olmort::Model;
 
 #[test]
@@ -42,7 +43,7 @@ fn the_mask_keeps_exactly_the_tokens_that_continue_the_object() {
         b"{\"a\": \"x\"}",
     ];
     for reply in replies {
-        let mut json = JsonMode::new(Arc::clone(&classes));
+        let mut json = JsonMode::new(Arc::clone(&classes), &JsonFormat::Object);
         assert!(reply.is_empty() || json.push(reply), "{:?}", String::from_utf8_lossy(reply));
         let prefix = JsonPrefix::new().after(reply).unwrap_or_default();
         let masked = json.mask(&vocab, &logits).to_vec();
@@ -56,5 +57,47 @@ fn the_mask_keeps_exactly_the_tokens_that_continue_the_object() {
         }
         // Something may always come next, until the object is closed.
         assert_eq!(kept == 0, prefix.is_complete(), "{:?}: {kept} tokens kept", String::from_utf8_lossy(reply));
+    }
+}
+
+/// The same for a schema's grammar: keys in order, typed values, an enum.
+#[test]
+fn the_schema_mask_keeps_exactly_the_tokens_that_continue_the_object() {
+    let packed = Packed::new("chat/olmo2");
+    let map = MappedFile::open(&packed.0).unwrap();
+    let blob = Blob::parse(map.bytes()).unwrap();
+    let model = Model::new(&blob).unwrap();
+    let vocab = model.vocab.unwrap();
+    let n = model.config.vocab_size as usize;
+    let classes = Arc::new(JsonVocab::new(&vocab, n));
+    let schema = Arc::new(
+        Schema::compile(&serde_json::json!({
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": "integer"},
+                "rain": {"type": ["number", "null"]},
+                "kind": {"enum": ["sun", "snow", 3]}
+            },
+            "required": ["city", "days", "rain", "kind"],
+            "additionalProperties": false
+        }))
+        .unwrap(),
+    );
+    let logits: Vec<f32> = (0..n).map(|i| (i % 89) as f32 * 0.1).collect();
+    let replies: &[&[u8]] = &[b"", b"{", b"{\"ci", b"{\"city\"", b"{\"city\": \"Par", b"{\"city\": \"\xC3", b"{\"city\": \"P\", ", b"{\"city\": \"P\", \"days\": 1", b"{\"city\": \"P\", \"days\": 1, \"rain\": ", b"{\"city\": \"P\", \"days\": 1, \"rain\": null, \"kind\": \"s", b"{\"city\": \"P\", \"days\": 1, \"rain\": 2.5, \"kind\": 3"];
+    for reply in replies {
+        let mut json = JsonMode::new(Arc::clone(&classes), &JsonFormat::Schema(Arc::clone(&schema)));
+        assert!(reply.is_empty() || json.push(reply), "{:?}", String::from_utf8_lossy(reply));
+        let prefix = if reply.is_empty() { SchemaPrefix::new() } else { SchemaPrefix::new().after(&schema, reply).unwrap() };
+        let masked = json.mask(&vocab, &logits).to_vec();
+        let mut kept = 0;
+        for (id, (&m, &l)) in masked.iter().zip(&logits).enumerate() {
+            let id = id as u32;
+            let want = !vocab.is_special(id) && vocab.token(id).is_some_and(|t| prefix.after(&schema, t).is_some());
+            assert_eq!(m == l, want, "{:?} then token {id} {:?}", String::from_utf8_lossy(reply), vocab.token(id).map(String::from_utf8_lossy));
+            kept += usize::from(want);
+        }
+        assert!(kept > 0, "{:?}: nothing may follow", String::from_utf8_lossy(reply));
     }
 }

@@ -403,7 +403,29 @@ fn json_mode_replies_are_json_objects() {
                 assert!(serde_json::from_str::<Value>(reply).is_ok_and(|v| v.is_object()), "seed {seed}: {reply:?}");
             }
         }
-        for (format, needle) in [(r#"{"type": "json_schema", "json_schema": {}}"#, "json_schema"), (r#""json""#, "must be an object"), (r#"{"type": "xml"}"#, "json_object")] {
+        // A schema: its keys in order, its types, whole and streamed.
+        let schema = r#"{"type": "json_schema", "json_schema": {"name": "forecast", "strict": true, "schema": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "sky": {"enum": ["sun", "rain"]}, "cold": {"type": "boolean"}}, "required": ["city", "days", "sky", "cold"], "additionalProperties": false}}}"#;
+        // ',' (id 11) ends the integer.
+        let shaped = |extra: &str| body(&format!(r#", "response_format": {schema}{extra}"#)).replace(r#""92": 25"#, r#""92": 25, "11": 20"#);
+        let v = post(addr, "/v1/chat/completions", &shaped("")).json();
+        let reply = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+        let parsed: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+        let keys: Vec<&String> = parsed.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 4, "{reply:?}");
+        assert!(parsed["city"].is_string() && parsed["days"].is_i64() && parsed["cold"].is_boolean(), "{reply:?}");
+        assert!(["sun", "rain"].contains(&parsed["sky"].as_str().unwrap()), "{reply:?}");
+        let at = |k: &str| reply.find(&format!("\"{k}\"")).unwrap();
+        assert!(at("city") < at("days") && at("days") < at("sky") && at("sky") < at("cold"), "{reply:?}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(text_of_stream(&post(addr, "/v1/chat/completions", &shaped(r#", "stream": true"#)).events(), true), reply);
+
+        for (format, needle) in [
+            (r#"{"type": "json_schema", "json_schema": {}}"#, "needs 'json_schema'"),
+            (r#"{"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"a": {"type": "string"}}}}}"#, "'required'"),
+            (r#"{"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"a": {"type": "string", "format": "email"}}, "required": ["a"]}}}"#, "'format'"),
+            (r#""json""#, "must be an object"),
+            (r#"{"type": "xml"}"#, "json_object"),
+        ] {
             let e = post(addr, "/v1/chat/completions", &body(&format!(r#", "response_format": {format}"#)));
             assert_eq!(e.status, 400, "{}", e.body);
             assert!(e.json()["error"]["message"].as_str().unwrap().contains(needle), "{}", e.body);

@@ -30,7 +30,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (Job, mpsc::Receiver<(usize, Even
         logprobs: None,
         prompt_logprobs: false,
         logit_bias: Vec::new(),
-        json: false,
+        json: None,
         cache_prompt: false,
         events: tx,
         cancel: Arc::clone(&cancel),

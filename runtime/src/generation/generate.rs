@@ -16,7 +16,7 @@ use std::time::Instant;
 use crate::model::forward::{forward, forward_batch_for, LogitRows, RunState};
 use crate::model::Model;
 use crate::model::ops::top_k;
-use crate::generation::json::{JsonMode, JsonVocab};
+use crate::generation::json::{JsonFormat, JsonMode, JsonVocab};
 use crate::generation::sampling::{Sampler, SamplingParams};
 use crate::text::detokenize::Utf8Stream;
 use crate::generation::trace::{write_trace_line, LogitsSink, Timings};
@@ -136,7 +136,7 @@ pub fn generate(
             return Err(RunError::Usage("--json applies to --format text or jsonl".into()))
         }
         (true, None) => return Err(RunError::Usage("--json needs a vocabulary; this model was packed without one".into())),
-        (true, Some(v)) => Some(JsonMode::new(Arc::new(JsonVocab::new(&v, model.config.vocab_size as usize)))),
+        (true, Some(v)) => Some(JsonMode::new(Arc::new(JsonVocab::new(&v, model.config.vocab_size as usize)), &JsonFormat::Object)),
     };
     let mut steps = Steps {
         model,

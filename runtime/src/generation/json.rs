@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use olmo_format::vocab::VocabView;
 
+use super::json_schema::{Schema, SchemaPrefix};
+
 /// Containers open at once, at most.
 const MAX_DEPTH: u8 = 64;
 /// Whitespace bytes in a row, at most (pretty-printing's newline and indentation fit).
@@ -22,7 +24,7 @@ pub const MAX_WHITESPACE: u8 = 64;
 const WORDS: [&[u8]; 3] = [b"true", b"false", b"null"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Number {
+pub(crate) enum Number {
     /// `-`: a digit must follow.
     Minus,
     /// A leading `0`: no more integer digits.
@@ -40,12 +42,12 @@ enum Number {
 
 impl Number {
     /// Whether the number may end here.
-    fn complete(self) -> bool {
+    pub(crate) fn complete(self) -> bool {
         matches!(self, Number::Zero | Number::Int | Number::Frac | Number::ExpInt)
     }
 
     /// The state after `b`, if `b` continues the number.
-    fn next(self, b: u8) -> Option<Number> {
+    pub(crate) fn next(self, b: u8) -> Option<Number> {
         let digit = b.is_ascii_digit();
         Some(match (self, b) {
             (Number::Minus, b'0') => Number::Zero,
@@ -176,6 +178,43 @@ pub struct JsonPrefix {
     whitespace: u8,
 }
 
+/// A grammar's state after a prefix of the reply, as [`JsonMode::mask`] asks it:
+/// `Copy`, so that each token is tried on a copy; `Rules` is what it reads besides
+/// (a compiled schema).
+pub trait Grammar: Copy {
+    type Rules: ?Sized;
+    /// The state after `bytes`, if they continue the reply (an empty `bytes` does not:
+    /// a token must make progress).
+    fn after(self, rules: &Self::Rules, bytes: &[u8]) -> Option<Self>;
+    /// Whether the reply is complete (and nothing may follow).
+    fn is_complete(&self) -> bool;
+    /// Whether the reply is inside a string, between characters: any printable ASCII
+    /// but `"` and `\` may follow, and leaves it there.
+    fn in_plain_string(&self) -> bool;
+    /// Whether whitespace may come here and leaves the grammar where it is.
+    fn skips_whitespace(&self) -> bool;
+}
+
+impl Grammar for JsonPrefix {
+    type Rules = ();
+
+    fn after(self, _: &(), bytes: &[u8]) -> Option<JsonPrefix> {
+        JsonPrefix::after(self, bytes)
+    }
+
+    fn is_complete(&self) -> bool {
+        JsonPrefix::is_complete(self)
+    }
+
+    fn in_plain_string(&self) -> bool {
+        matches!(self.mode, Mode::Str { s, .. } if s.between_chars())
+    }
+
+    fn skips_whitespace(&self) -> bool {
+        !matches!(self.mode, Mode::Start | Mode::Str { .. } | Mode::Word { .. } | Mode::Number(_) | Mode::Done)
+    }
+}
+
 impl Default for JsonPrefix {
     fn default() -> JsonPrefix {
         JsonPrefix::new()
@@ -191,18 +230,6 @@ impl JsonPrefix {
     /// Whether the object is complete (and nothing may follow).
     pub fn is_complete(&self) -> bool {
         self.mode == Mode::Done
-    }
-
-    /// Whether the prefix is inside a string, between characters: any printable ASCII
-    /// but `"` and `\` may follow, and leaves it there.
-    fn in_plain_string(&self) -> bool {
-        matches!(self.mode, Mode::Str { s, .. } if s.between_chars())
-    }
-
-    /// Whether whitespace may come here and leaves the grammar where it is (between
-    /// tokens, not after a number, which whitespace ends).
-    fn skips_whitespace(&self) -> bool {
-        !matches!(self.mode, Mode::Start | Mode::Str { .. } | Mode::Word { .. } | Mode::Number(_) | Mode::Done)
     }
 
     /// The state after `bytes`, if they continue a prefix of a JSON object (an empty
@@ -352,7 +379,7 @@ enum Class {
     Other,
 }
 
-fn is_space(b: u8) -> bool {
+pub(crate) fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
@@ -374,71 +401,112 @@ impl JsonVocab {
     }
 }
 
-/// A reply held to a JSON object: the prefix so far and the scratch of masked logits,
-/// allocated once per reply.
+/// What a reply is held to: any JSON object, or an object of a schema.
+#[derive(Debug, Clone)]
+pub enum JsonFormat {
+    Object,
+    Schema(Arc<Schema>),
+}
+
+impl PartialEq for JsonFormat {
+    /// Schemas compare by identity (requests are compared in tests, not schemas).
+    fn eq(&self, other: &JsonFormat) -> bool {
+        match (self, other) {
+            (JsonFormat::Object, JsonFormat::Object) => true,
+            (JsonFormat::Schema(a), JsonFormat::Schema(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// A reply's grammar and where it is (a schema's state boxed: it holds a stack).
+enum State {
+    Object(JsonPrefix),
+    Schema(Box<SchemaPrefix>, Arc<Schema>),
+}
+
+/// A reply held to a JSON object: the grammar's state so far and the scratch of masked
+/// logits, allocated once per reply.
 pub struct JsonMode {
-    prefix: JsonPrefix,
+    state: State,
     vocab: Arc<JsonVocab>,
     logits: Vec<f32>,
 }
 
 impl JsonMode {
-    pub fn new(vocab: Arc<JsonVocab>) -> JsonMode {
+    pub fn new(vocab: Arc<JsonVocab>, format: &JsonFormat) -> JsonMode {
         let logits = vec![0.0; vocab.class.len()];
-        JsonMode { prefix: JsonPrefix::new(), vocab, logits }
+        let state = match format {
+            JsonFormat::Object => State::Object(JsonPrefix::new()),
+            JsonFormat::Schema(s) => State::Schema(Box::default(), Arc::clone(s)),
+        };
+        JsonMode { state, vocab, logits }
     }
 
     /// `logits` with every token that cannot come next at minus infinity: special
     /// tokens (end-of-sequence among them: the reply ends when the object closes), ids
-    /// without bytes, and tokens whose bytes do not continue the object. A token's
+    /// without bytes, and tokens whose bytes do not continue the reply. A token's
     /// bytes are read only where its deciding byte ([`JsonVocab`]) may come next and it
     /// is not plain text inside a string: 100k tokens in 0.1-0.4 ms instead of 1.3-3.6.
     pub fn mask(&mut self, vocab: &VocabView, logits: &[f32]) -> &[f32] {
-        let prefix = self.prefix;
-        // Entry b: byte b may come next; entry 256 + b: byte b may come after
-        // whitespace, where whitespace leaves the grammar as it is (after a number it
-        // ends it); elsewhere a token starting with whitespace is read whole.
-        let mut possible = [true; 512];
-        let (next, after_space) = possible.split_at_mut(256);
-        for (b, ok) in next.iter_mut().enumerate() {
-            *ok = prefix.after(&[b as u8]).is_some();
-        }
-        if let Some(spaced) = prefix.after(b" ").filter(JsonPrefix::skips_whitespace) {
-            for (b, ok) in after_space.iter_mut().enumerate() {
-                *ok = spaced.after(&[b as u8]).is_some();
-            }
-        }
-        let plain = prefix.in_plain_string();
         let n = logits.len().min(self.logits.len());
-        let v = &*self.vocab;
-        let tokens = v.key.iter().zip(&v.class);
-        for (id, ((out, &l), (&key, &class))) in self.logits[..n].iter_mut().zip(logits).zip(tokens).enumerate() {
-            let allowed = match class {
-                Class::Never => false,
-                _ if !possible[key as usize] => false,
-                Class::Plain if plain => true,
-                _ => vocab.token(id as u32).is_some_and(|t| prefix.after(t).is_some()),
-            };
-            *out = if allowed { l } else { f32::NEG_INFINITY };
+        let (out, classes) = (&mut self.logits[..n], &*self.vocab);
+        match &self.state {
+            State::Object(p) => mask_with(*p, &(), classes, vocab, &logits[..n], out),
+            State::Schema(p, s) => mask_with(**p, &**s, classes, vocab, &logits[..n], out),
         }
         &self.logits[..n]
     }
 
-    /// Takes the chosen token's bytes; false if they do not continue the object (the
+    /// Takes the chosen token's bytes; false if they do not continue the reply (the
     /// mask rules such tokens out, unless every token was ruled out).
     pub fn push(&mut self, bytes: &[u8]) -> bool {
-        match self.prefix.after(bytes) {
-            Some(p) => {
-                self.prefix = p;
-                true
-            }
-            None => false,
+        match &mut self.state {
+            State::Object(p) => p.after(bytes).map(|next| *p = next).is_some(),
+            State::Schema(p, s) => Grammar::after(**p, &**s, bytes).map(|next| **p = next).is_some(),
         }
     }
 
     /// Whether the object is closed: the reply is over.
     pub fn is_complete(&self) -> bool {
-        self.prefix.is_complete()
+        match &self.state {
+            State::Object(p) => p.is_complete(),
+            State::Schema(p, _) => p.is_complete(),
+        }
+    }
+}
+
+/// [`JsonMode::mask`] for the grammar at `prefix`: `out[id]` is `logits[id]` where
+/// token `id` may come next, else minus infinity.
+fn mask_with<G: Grammar>(prefix: G, rules: &G::Rules, classes: &JsonVocab, vocab: &VocabView, logits: &[f32], out: &mut [f32]) {
+    // Entry b: byte b may come next; entry 256 + b: byte b may come after whitespace,
+    // where whitespace leaves the grammar as it is (after a number it ends it); none
+    // where no whitespace may come; elsewhere (a string) a token starting with
+    // whitespace is read whole.
+    let mut possible = [true; 512];
+    let (next, after_space) = possible.split_at_mut(256);
+    for (b, ok) in next.iter_mut().enumerate() {
+        *ok = prefix.after(rules, &[b as u8]).is_some();
+    }
+    match prefix.after(rules, b" ") {
+        None => after_space.fill(false),
+        Some(spaced) if spaced.skips_whitespace() => {
+            for (b, ok) in after_space.iter_mut().enumerate() {
+                *ok = spaced.after(rules, &[b as u8]).is_some();
+            }
+        }
+        Some(_) => {}
+    }
+    let plain = prefix.in_plain_string();
+    let tokens = classes.key.iter().zip(&classes.class);
+    for (id, ((out, &l), (&key, &class))) in out.iter_mut().zip(logits).zip(tokens).enumerate() {
+        let allowed = match class {
+            Class::Never => false,
+            _ if !possible[key as usize] => false,
+            Class::Plain if plain => true,
+            _ => vocab.token(id as u32).is_some_and(|t| prefix.after(rules, t).is_some()),
+        };
+        *out = if allowed { l } else { f32::NEG_INFINITY };
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod generate;
 pub mod json;
+pub mod json_schema;
 pub mod logprobs;
 pub mod sampling;
 pub mod session;

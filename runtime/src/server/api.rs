@@ -5,8 +5,12 @@
 //! knows but does not implement (`best_of`, tools, `suffix`, ...) are refused rather
 //! than silently dropped.
 
+use std::sync::Arc;
+
 use serde_json::{json, Map, Value};
 
+use crate::generation::json::JsonFormat;
+use crate::generation::json_schema::Schema;
 use crate::generation::logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 use crate::generation::sampling::{SamplingParams, DEFAULT_PENALTY_LAST_N};
 use crate::text::chat_template::Message;
@@ -76,9 +80,9 @@ pub struct CompletionRequest {
     /// `n`: replies generated from the prompt, each in a slot of its own (1 to
     /// [`MAX_CHOICES`]); with a seed, choice `i` samples from `seed + i`.
     pub n: usize,
-    /// `response_format: {"type": "json_object"}`: the reply is held to one JSON object
-    /// (`generation::json`).
-    pub json: bool,
+    /// `response_format` `json_object` or `json_schema`: the reply is held to one JSON
+    /// object, of the schema (`generation::json`, `generation::json_schema`).
+    pub json: Option<JsonFormat>,
 }
 
 /// Stop strings a request may give (OpenAI allows 4).
@@ -237,19 +241,28 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
     })
 }
 
-/// `response_format`: `{"type": "text"}` (the default) or `{"type": "json_object"}`
-/// (true); a JSON schema is refused by name.
-fn parse_response_format(o: &Obj) -> Result<bool, ApiError> {
-    let bad = |m: &str| Err(ApiError::invalid(m.to_string(), Some("response_format")));
+/// `response_format`: `{"type": "text"}` (the default), `{"type": "json_object"}`, or
+/// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}` with a schema
+/// of the subset `generation::json_schema` takes (what it does not take is refused).
+fn parse_response_format(o: &Obj) -> Result<Option<JsonFormat>, ApiError> {
+    let bad = |m: String| Err(ApiError::invalid(m, Some("response_format")));
     match field(o, "response_format") {
-        None | Some(Value::Null) => Ok(false),
+        None | Some(Value::Null) => Ok(None),
         Some(Value::Object(f)) => match f.get("type").and_then(Value::as_str) {
-            Some("text") => Ok(false),
-            Some("json_object") => Ok(true),
-            Some("json_schema") => bad("'response_format' of type 'json_schema' is not supported: 'json_object' holds the reply to a JSON object"),
-            _ => bad("'response_format' must be {\"type\": \"text\"} or {\"type\": \"json_object\"}"),
+            Some("text") => Ok(None),
+            Some("json_object") => Ok(Some(JsonFormat::Object)),
+            Some("json_schema") => {
+                let Some(schema) = f.get("json_schema").and_then(|j| j.get("schema")) else {
+                    return bad("'response_format' of type 'json_schema' needs 'json_schema': {\"name\": ..., \"schema\": {...}}".into());
+                };
+                match Schema::compile(schema) {
+                    Ok(s) => Ok(Some(JsonFormat::Schema(Arc::new(s)))),
+                    Err(e) => bad(format!("'response_format': {e}")),
+                }
+            }
+            _ => bad("'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or {\"type\": \"json_schema\", ...}".into()),
         },
-        Some(_) => bad("'response_format' must be an object"),
+        Some(_) => bad("'response_format' must be an object".into()),
     }
 }
 

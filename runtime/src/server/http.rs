@@ -237,8 +237,8 @@ impl<'a, 'v> App<'a, 'v> {
         if let Some(&(bad, _)) = req.logit_bias.iter().find(|&&(t, _)| t >= self.vocab_size) {
             return Err(ApiError::invalid(format!("'logit_bias': token id {bad} is outside the vocabulary of {}", self.vocab_size), Some("logit_bias")));
         }
-        if req.json && self.tokenizer.is_none() {
-            return Err(ApiError::invalid("'response_format' json_object needs the model's vocabulary, which this blob has not", Some("response_format")));
+        if req.json.is_some() && self.tokenizer.is_none() {
+            return Err(ApiError::invalid("a JSON 'response_format' needs the model's vocabulary, which this blob has not", Some("response_format")));
         }
         let prompt = self.encode(&req.prompt)?;
         // What an echo puts first: the prompt's text, and its first token (which has no
@@ -268,7 +268,7 @@ impl<'a, 'v> App<'a, 'v> {
                 logprobs: req.logprobs,
                 prompt_logprobs: req.echo && req.logprobs.is_some(),
                 logit_bias: req.logit_bias.clone(),
-                json: req.json,
+                json: req.json.clone(),
                 cache_prompt: req.cache_prompt.unwrap_or(self.config.cache_prompt),
                 events: tx.clone(),
                 cancel: Arc::clone(&cancel),

@@ -27,7 +27,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use crate::generation::json::{JsonMode, JsonVocab};
+use crate::generation::json::{JsonFormat, JsonMode, JsonVocab};
 use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::{Sampler, SamplingParams};
 use crate::generation::session::KvTokens;
@@ -57,9 +57,9 @@ pub struct Job {
     pub prompt_logprobs: bool,
     /// Added to these tokens' logits before each choice (ids within the vocabulary).
     pub logit_bias: Vec<(u32, f32)>,
-    /// Hold the reply to one JSON object, ending it when the object closes (a model
-    /// with a vocabulary; `generation::json`).
-    pub json: bool,
+    /// Hold the reply to one JSON object (of a schema), ending it when the object
+    /// closes (a model with a vocabulary; `generation::json`).
+    pub json: Option<JsonFormat>,
     /// Start from a free slot's cache where it holds the prompt's beginning (the
     /// longest such prefix among the free slots), running only the rest.
     pub cache_prompt: bool,
@@ -327,7 +327,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
                     generated: 0,
                     first_token: None,
                     sampler,
-                    json: self.json_vocab.as_ref().filter(|_| job.json).map(|v| JsonMode::new(Arc::clone(v))),
+                    json: job.json.as_ref().zip(self.json_vocab.as_ref()).map(|(format, v)| JsonMode::new(Arc::clone(v), format)),
                     text,
                     job,
                 });

@@ -1,0 +1,577 @@
+//! JSON mode with a schema (`response_format: {"type": "json_schema", ...}`): the reply
+//! is held to one JSON object of the schema, as OpenAI's Structured Outputs hold it in
+//! strict mode. The subset taken is strict mode's: objects whose properties are all
+//! `required` (their keys come in that order, each once, and no others), arrays of
+//! `items`, strings, numbers, integers, booleans, null, `enum` and `const` of scalars,
+//! a `type` list or `anyOf` whose alternatives start with different bytes (such as a
+//! type or null). Anything else is refused by name when the request is read, never
+//! ignored.
+//!
+//! [`Schema::compile`] turns the schema into a table of nodes and literal byte
+//! strings (keys as JSON spells them, enum values, `true`/`false`/`null`);
+//! [`SchemaPrefix`] is the grammar as a `Copy` byte automaton over that table (a fixed
+//! stack of open containers), so that [`super::json::JsonMode`] tries each token on a
+//! copy, as it does for a plain JSON object.
+
+use serde_json::{Map, Value};
+
+use super::json::{is_space, Grammar, Number, StringState, StringStep, MAX_WHITESPACE};
+
+/// Containers open at once, at most (and schema nesting).
+const MAX_DEPTH: usize = 32;
+/// Parts of a schema, at most.
+const MAX_NODES: usize = 1024;
+/// Values of one `enum`, at most (a bit each while they are matched).
+const MAX_LITERALS: usize = 64;
+
+/// The schema keywords taken; `description`, `title`, `default`, `$schema` and
+/// `strict` are read and left.
+const KEYWORDS: [&str; 13] =
+    ["type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "description", "title", "default", "$schema", "strict"];
+
+#[derive(Debug)]
+enum Node {
+    /// Keys in order: (literal of the key as JSON spells it, its value's node).
+    Object(Vec<(u16, u16)>),
+    Array(u16),
+    String,
+    Number { integer: bool },
+    /// One of `literals[first .. first + count]`.
+    Literals { first: u16, count: u8 },
+    /// One of these, told apart by their first byte.
+    AnyOf(Vec<u16>),
+}
+
+/// A compiled schema: its nodes (the root first) and literal byte strings.
+#[derive(Debug)]
+pub struct Schema {
+    nodes: Vec<Node>,
+    literals: Vec<Box<[u8]>>,
+}
+
+impl Schema {
+    /// The schema of a `json_schema` response format's `schema`; the error names what
+    /// is not supported or not well formed.
+    pub fn compile(schema: &Value) -> Result<Schema, String> {
+        let mut s = Schema { nodes: Vec::new(), literals: Vec::new() };
+        let root = s.node(schema, 0)?;
+        if !matches!(s.nodes[root as usize], Node::Object(_)) {
+            return Err("the schema must describe an object (\"type\": \"object\"), as OpenAI's".into());
+        }
+        // The root first: the automaton starts there.
+        s.nodes.swap(0, root as usize);
+        let fix = |i: u16| if i == 0 { root } else if i == root { 0 } else { i };
+        for n in &mut s.nodes {
+            match n {
+                Node::Object(keys) => keys.iter_mut().for_each(|k| k.1 = fix(k.1)),
+                Node::Array(items) => *items = fix(*items),
+                Node::AnyOf(alts) => alts.iter_mut().for_each(|a| *a = fix(*a)),
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+
+    fn push(&mut self, node: Node) -> Result<u16, String> {
+        if self.nodes.len() == MAX_NODES {
+            return Err(format!("the schema has more than {MAX_NODES} parts"));
+        }
+        self.nodes.push(node);
+        Ok((self.nodes.len() - 1) as u16)
+    }
+
+    fn node(&mut self, v: &Value, depth: usize) -> Result<u16, String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("the schema nests more than {MAX_DEPTH} deep"));
+        }
+        let Value::Object(o) = v else { return Err(format!("a schema must be an object, not {v}")) };
+        if let Some(k) = o.keys().find(|k| !KEYWORDS.contains(&k.as_str())) {
+            return Err(format!("the schema keyword '{k}' is not supported"));
+        }
+        if let Some(c) = o.get("const") {
+            return self.literals(std::slice::from_ref(c));
+        }
+        if let Some(e) = o.get("enum") {
+            let Value::Array(values) = e else { return Err("'enum' must be a list".into()) };
+            return self.literals(values);
+        }
+        if let Some(alts) = o.get("anyOf") {
+            let Value::Array(alts) = alts else { return Err("'anyOf' must be a list".into()) };
+            let alts = alts.iter().map(|a| self.node(a, depth + 1)).collect::<Result<Vec<_>, _>>()?;
+            return self.any_of(alts);
+        }
+        match o.get("type") {
+            Some(Value::String(t)) => self.typed(t, o, depth),
+            Some(Value::Array(types)) => {
+                let alts = types
+                    .iter()
+                    .map(|t| t.as_str().ok_or_else(|| "'type' must be a name or a list of names".to_string()).and_then(|t| self.typed(t, o, depth)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.any_of(alts)
+            }
+            _ => Err("a schema needs 'type', 'enum', 'const' or 'anyOf'".into()),
+        }
+    }
+
+    fn typed(&mut self, t: &str, o: &Map<String, Value>, depth: usize) -> Result<u16, String> {
+        let node = match t {
+            "object" => {
+                if o.get("additionalProperties").is_some_and(|a| a != &Value::Bool(false)) {
+                    return Err("'additionalProperties' must be false: the reply has exactly the listed properties".into());
+                }
+                let empty = Map::new();
+                let props = match o.get("properties") {
+                    None => &empty,
+                    Some(Value::Object(p)) => p,
+                    Some(_) => return Err("'properties' must be an object".into()),
+                };
+                let required: Vec<&str> = match o.get("required") {
+                    None => Vec::new(),
+                    Some(Value::Array(r)) => r.iter().map(|k| k.as_str().ok_or("'required' must list property names")).collect::<Result<_, _>>()?,
+                    Some(_) => return Err("'required' must be a list".into()),
+                };
+                if let Some(k) = props.keys().find(|k| !required.contains(&k.as_str())) {
+                    return Err(format!("property '{k}' must be in 'required': every property is, as in OpenAI's strict mode"));
+                }
+                let mut keys = Vec::with_capacity(required.len());
+                for (i, &k) in required.iter().enumerate() {
+                    if required[..i].contains(&k) {
+                        return Err(format!("'required' names '{k}' twice"));
+                    }
+                    let value = props.get(k).ok_or_else(|| format!("'required' names '{k}', which is not in 'properties'"))?;
+                    let literal = self.literal(serde_json::to_vec(k).expect("a string serialises"))?;
+                    keys.push((literal, self.node(value, depth + 1)?));
+                }
+                Node::Object(keys)
+            }
+            "array" => Node::Array(self.node(o.get("items").ok_or("an array schema needs 'items'")?, depth + 1)?),
+            "string" => Node::String,
+            "number" => Node::Number { integer: false },
+            "integer" => Node::Number { integer: true },
+            "boolean" => return self.literals(&[Value::Bool(true), Value::Bool(false)]),
+            "null" => return self.literals(&[Value::Null]),
+            other => return Err(format!("the type '{other}' is not supported")),
+        };
+        self.push(node)
+    }
+
+    fn literal(&mut self, bytes: Vec<u8>) -> Result<u16, String> {
+        if self.literals.len() >= u16::MAX as usize {
+            return Err("the schema has too many names and values".into());
+        }
+        self.literals.push(bytes.into_boxed_slice());
+        Ok((self.literals.len() - 1) as u16)
+    }
+
+    /// A node for one of `values` (scalars), each spelled as serde_json writes it.
+    fn literals(&mut self, values: &[Value]) -> Result<u16, String> {
+        if values.is_empty() || values.len() > MAX_LITERALS {
+            return Err(format!("'enum' must have 1 to {MAX_LITERALS} values"));
+        }
+        let first = self.literals.len() as u16;
+        for v in values {
+            if v.is_object() || v.is_array() {
+                return Err("'enum' and 'const' values must be strings, numbers, booleans or null".into());
+            }
+            self.literal(serde_json::to_vec(v).expect("a scalar serialises"))?;
+        }
+        self.push(Node::Literals { first, count: values.len() as u8 })
+    }
+
+    fn any_of(&mut self, alts: Vec<u16>) -> Result<u16, String> {
+        if alts.is_empty() {
+            return Err("'anyOf' and 'type' lists must not be empty".into());
+        }
+        for (i, &a) in alts.iter().enumerate() {
+            for &b in &alts[..i] {
+                if (0..=255u8).any(|x| self.starts(a, x) && self.starts(b, x)) {
+                    return Err("the alternatives of an 'anyOf' or 'type' list must start differently (an object, an array, a string, a number, true, false, null)".into());
+                }
+            }
+        }
+        self.push(Node::AnyOf(alts))
+    }
+
+    /// Whether a value of `node` may start with `b`.
+    fn starts(&self, node: u16, b: u8) -> bool {
+        match &self.nodes[node as usize] {
+            Node::Object(_) => b == b'{',
+            Node::Array(_) => b == b'[',
+            Node::String => b == b'"',
+            Node::Number { .. } => b == b'-' || b.is_ascii_digit(),
+            &Node::Literals { first, count } => self.literals[first as usize..][..count as usize].iter().any(|l| l[0] == b),
+            Node::AnyOf(alts) => alts.iter().any(|&a| self.starts(a, b)),
+        }
+    }
+}
+
+/// Where an open container is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// After `{` or `[`.
+    Open,
+    /// After a key: `:`.
+    Colon,
+    /// Within a value.
+    Value,
+    /// After a value: `,` or the end.
+    After,
+    /// After `,` in an object: the next key.
+    NextKey,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Frame {
+    node: u16,
+    /// Objects: the keys done.
+    done: u16,
+    phase: Phase,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leaf {
+    /// Between a container's parts.
+    None,
+    /// A value of this node comes next.
+    Expect(u16),
+    Str(StringState),
+    Num { n: Number, integer: bool },
+    /// Literals `first ..` still matching (bits of `alive`), `at` bytes read; `key`: an
+    /// object's key (a `:` follows it).
+    Literal { first: u16, alive: u64, at: u8, key: bool },
+}
+
+/// A prefix of a JSON value of a [`Schema`]: what it has read, and what may follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchemaPrefix {
+    stack: [Frame; MAX_DEPTH],
+    depth: u8,
+    leaf: Leaf,
+    whitespace: u8,
+    done: bool,
+}
+
+impl SchemaPrefix {
+    /// The empty reply: the schema's root object comes, from its first byte.
+    pub fn new() -> SchemaPrefix {
+        SchemaPrefix { stack: [Frame { node: 0, done: 0, phase: Phase::Open }; MAX_DEPTH], depth: 0, leaf: Leaf::Expect(0), whitespace: 0, done: false }
+    }
+
+    fn top(&mut self) -> &mut Frame {
+        &mut self.stack[self.depth as usize - 1]
+    }
+
+    /// A value ended: the container it was in moves on, or the reply is complete.
+    fn value_done(&mut self) -> bool {
+        self.leaf = Leaf::None;
+        if self.depth == 0 {
+            self.done = true;
+        } else {
+            let f = self.top();
+            f.done += 1;
+            f.phase = Phase::After;
+        }
+        true
+    }
+
+    fn close(&mut self) -> bool {
+        self.depth -= 1;
+        self.value_done()
+    }
+
+    /// A value of `node` starting with `b`.
+    fn start(&mut self, s: &Schema, node: u16, b: u8) -> bool {
+        match &s.nodes[node as usize] {
+            Node::Object(_) | Node::Array(_) => {
+                let open = if matches!(s.nodes[node as usize], Node::Object(_)) { b'{' } else { b'[' };
+                if b != open || self.depth as usize == MAX_DEPTH {
+                    return false;
+                }
+                self.stack[self.depth as usize] = Frame { node, done: 0, phase: Phase::Open };
+                self.depth += 1;
+                self.leaf = Leaf::None;
+                true
+            }
+            Node::String => {
+                self.leaf = Leaf::Str(StringState::OPEN);
+                b == b'"'
+            }
+            &Node::Number { integer } => {
+                let n = match b {
+                    b'-' => Number::Minus,
+                    b'0' => Number::Zero,
+                    b'1'..=b'9' => Number::Int,
+                    _ => return false,
+                };
+                self.leaf = Leaf::Num { n, integer };
+                true
+            }
+            &Node::Literals { first, count } => {
+                self.leaf = Leaf::Literal { first, alive: u64::MAX >> (64 - count as u32), at: 0, key: false };
+                self.feed(s, b)
+            }
+            Node::AnyOf(alts) => match alts.iter().find(|&&a| s.starts(a, b)) {
+                Some(&a) => self.start(s, a, b),
+                None => false,
+            },
+        }
+    }
+
+    /// The literal being matched ended: a key's colon comes next, or the value is done.
+    fn literal_done(&mut self, key: bool) -> bool {
+        if key {
+            self.leaf = Leaf::None;
+            self.top().phase = Phase::Colon;
+            true
+        } else {
+            self.value_done()
+        }
+    }
+
+    fn feed(&mut self, s: &Schema, b: u8) -> bool {
+        if self.done {
+            return false;
+        }
+        let between = match self.leaf {
+            Leaf::None => true,
+            // Not before the reply's first byte.
+            Leaf::Expect(_) => self.depth > 0,
+            _ => false,
+        };
+        if between && is_space(b) {
+            if self.whitespace == MAX_WHITESPACE {
+                return false;
+            }
+            self.whitespace += 1;
+            return true;
+        }
+        self.whitespace = 0;
+        match self.leaf {
+            Leaf::Expect(node) => self.start(s, node, b),
+            Leaf::Str(mut st) => match st.feed(b) {
+                StringStep::More => {
+                    self.leaf = Leaf::Str(st);
+                    true
+                }
+                StringStep::End => self.value_done(),
+                StringStep::Bad => false,
+            },
+            Leaf::Num { n, integer } => match n.next(b).filter(|m| !integer || !matches!(m, Number::Dot | Number::Exp)) {
+                Some(n) => {
+                    self.leaf = Leaf::Num { n, integer };
+                    true
+                }
+                // The byte after a number belongs to what follows it.
+                None if n.complete() => self.value_done() && self.feed(s, b),
+                None => false,
+            },
+            Leaf::Literal { first, alive, at, key } => {
+                let (mut next, mut ended, mut longer) = (0u64, false, false);
+                for i in 0..64 {
+                    if alive >> i & 1 == 1 {
+                        let l = &s.literals[first as usize + i];
+                        ended |= l.len() == at as usize;
+                        if l.get(at as usize) == Some(&b) {
+                            next |= 1 << i;
+                            longer |= l.len() > at as usize + 1;
+                        }
+                    }
+                }
+                if next != 0 {
+                    self.leaf = Leaf::Literal { first, alive: next, at: at + 1, key };
+                    // Complete once no matching literal goes on.
+                    if !longer {
+                        return self.literal_done(key);
+                    }
+                    true
+                } else if ended {
+                    // A shorter literal (a number of the enum) ended before this byte.
+                    self.literal_done(key) && self.feed(s, b)
+                } else {
+                    false
+                }
+            }
+            Leaf::None => self.structural(s, b),
+        }
+    }
+
+    /// `b` between the parts of the innermost open container.
+    fn structural(&mut self, s: &Schema, b: u8) -> bool {
+        let f = *self.top();
+        match (&s.nodes[f.node as usize], f.phase, b) {
+            (Node::Object(keys), Phase::Open, b'}') if keys.is_empty() => self.close(),
+            (Node::Object(keys), Phase::Open | Phase::NextKey, b'"') if (f.done as usize) < keys.len() => {
+                // The key's literal, from its opening quote on.
+                self.leaf = Leaf::Literal { first: keys[f.done as usize].0, alive: 1, at: 1, key: true };
+                true
+            }
+            (Node::Object(keys), Phase::Colon, b':') => {
+                self.top().phase = Phase::Value;
+                self.leaf = Leaf::Expect(keys[f.done as usize].1);
+                true
+            }
+            (Node::Object(keys), Phase::After, b',') if (f.done as usize) < keys.len() => {
+                self.top().phase = Phase::NextKey;
+                true
+            }
+            (Node::Object(keys), Phase::After, b'}') if f.done as usize == keys.len() => self.close(),
+            (Node::Array(_), Phase::Open | Phase::After, b']') => self.close(),
+            (&Node::Array(items), Phase::Open, _) => {
+                self.top().phase = Phase::Value;
+                self.start(s, items, b)
+            }
+            (&Node::Array(items), Phase::After, b',') => {
+                self.top().phase = Phase::Value;
+                self.leaf = Leaf::Expect(items);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Default for SchemaPrefix {
+    fn default() -> SchemaPrefix {
+        SchemaPrefix::new()
+    }
+}
+
+impl Grammar for SchemaPrefix {
+    type Rules = Schema;
+
+    fn after(mut self, s: &Schema, bytes: &[u8]) -> Option<SchemaPrefix> {
+        if bytes.is_empty() {
+            return None;
+        }
+        for &b in bytes {
+            if !self.feed(s, b) {
+                return None;
+            }
+        }
+        Some(self)
+    }
+
+    fn is_complete(&self) -> bool {
+        self.done
+    }
+
+    fn in_plain_string(&self) -> bool {
+        matches!(self.leaf, Leaf::Str(st) if st.between_chars())
+    }
+
+    fn skips_whitespace(&self) -> bool {
+        !self.done && (self.leaf == Leaf::None || matches!(self.leaf, Leaf::Expect(_)) && self.depth > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Schema {
+        Schema::compile(&json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "description": "who"},
+                "age": {"type": "integer"},
+                "score": {"type": ["number", "null"]},
+                "tags": {"type": "array", "items": {"enum": ["a", "ab", 1, 10, true]}},
+                "ok": {"type": "boolean"},
+                "inner": {"type": "object", "properties": {"x": {"const": "y"}}, "required": ["x"], "additionalProperties": false},
+                "none": {"type": "object", "properties": {}}
+            },
+            "required": ["name", "age", "score", "tags", "ok", "inner", "none"],
+            "additionalProperties": false
+        }))
+        .unwrap()
+    }
+
+    fn accepts(s: &Schema, text: &str) -> Option<SchemaPrefix> {
+        SchemaPrefix::new().after(s, text.as_bytes())
+    }
+
+    #[test]
+    fn instances_are_complete_and_every_prefix_continues() {
+        let s = schema();
+        let instances = [
+            r#"{"name": "Ann", "age": 41, "score": 2.5e3, "tags": ["ab", 10, true, "a", 1], "ok": false, "inner": {"x": "y"}, "none": {}}"#,
+            r#"{"name":"","age":-0,"score":null,"tags":[],"ok":true,"inner":{"x":"y"},"none":{ }}"#,
+            "{\n  \"name\": \"\\u00e9\\n\u{1F600}\",\n  \"age\": 7,\n  \"score\": -1,\n  \"tags\": [1 , 10],\n  \"ok\": true,\n  \"inner\": {\"x\": \"y\"},\n  \"none\": {}\n}",
+        ];
+        for text in instances {
+            assert!(serde_json::from_str::<Value>(text).is_ok(), "{text}");
+            let p = accepts(&s, text).unwrap_or_else(|| panic!("{text} refused"));
+            assert!(p.is_complete(), "{text}");
+            for cut in 1..text.len() {
+                if !text.is_char_boundary(cut) {
+                    continue;
+                }
+                let p = accepts(&s, &text[..cut]).unwrap_or_else(|| panic!("{text}: prefix {cut} refused"));
+                assert!(!p.is_complete(), "{text}: complete after {cut}");
+                assert_eq!(p.after(&s, &text.as_bytes()[cut..]).map(|p| p.is_complete()), Some(true), "{text} split at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn what_breaks_the_schema_is_refused_where_it_does() {
+        let s = schema();
+        let ok = r#"{"name": "Ann", "age": 41, "score": null, "tags": [], "ok": false, "inner": {"x": "y"}, "none": {}}"#;
+        assert!(accepts(&s, ok).is_some_and(|p| p.is_complete()));
+        // (a change to `ok`, the prefix that must still be taken)
+        let cases = [
+            (r#"{"age""#, r#"{""#),                       // keys in `required` order
+            (r#"{"nam": "#, r#"{"nam"#),                 // a key exactly
+            (r#"{"name" , "#, r#"{"name" "#),            // the colon
+            (r#"{"name": 5"#, r#"{"name": "#),           // a string
+            (r#"{"name": "A", "age": 4.5"#, r#"{"name": "A", "age": 4"#), // an integer
+            (r#"{"name": "A", "age": 4e1"#, r#"{"name": "A", "age": 4"#),
+            (r#"{"name": "A", "age": 4, "score": "1""#, r#"{"name": "A", "age": 4, "score": "#),
+            (r#"{"name": "A", "age": 4, "score": nul}"#, r#"{"name": "A", "age": 4, "score": nul"#),
+            (r#"{"name": "A", "age": 4, "score": 1, "tags": ["b"]"#, r#"{"name": "A", "age": 4, "score": 1, "tags": [""#),
+            (r#"{"name": "A", "age": 4, "score": 1, "tags": [100]"#, r#"{"name": "A", "age": 4, "score": 1, "tags": [10"#),
+            (r#"{"name": "A", "age": 4, "score": 1, "tags": [tru]"#, r#"{"name": "A", "age": 4, "score": 1, "tags": [tru"#),
+            (r#"{"name": "A", "age": 4, "score": 1, "tags": [], "ok": 1"#, r#"{"name": "A", "age": 4, "score": 1, "tags": [], "ok": "#),
+            (r#"{"name": "A", "age": 4, "score": 1, "tags": [], "ok": true}"#, r#"{"name": "A", "age": 4, "score": 1, "tags": [], "ok": true"#), // keys missing
+            (r#"{"name": "A", "age": 4, "score": 1, "tags": [], "ok": true, "inner": {"x": "z"#, r#"{"name": "A", "age": 4, "score": 1, "tags": [], "ok": true, "inner": {"x": ""#),
+            (r#"{"name": "A", "age": 4, "score": 1, "tags": [], "ok": true, "inner": {"x": "y", "#, r#"{"name": "A", "age": 4, "score": 1, "tags": [], "ok": true, "inner": {"x": "y""#), // no more keys
+            (r#"{"name": "A", "age": 4, "score": 1, "tags": [], "ok": true, "inner": {"x": "y"}, "none": {"a"#, r#"{"name": "A", "age": 4, "score": 1, "tags": [], "ok": true, "inner": {"x": "y"}, "none": {"#),
+            (" {", ""), // from the first byte
+        ];
+        for (bad, good) in cases {
+            assert!(bad.starts_with(good), "{bad} / {good}");
+            assert!(good.is_empty() || accepts(&s, good).is_some(), "{good:?} refused");
+            assert!(accepts(&s, bad).is_none(), "{bad:?} accepted");
+        }
+        let done = accepts(&s, ok).unwrap();
+        assert!(done.after(&s, b" ").is_none() && done.after(&s, b"}").is_none(), "nothing after the object");
+    }
+
+    #[test]
+    fn unsupported_schemas_are_refused_by_name() {
+        let cases = [
+            (json!({"type": "string"}), "must describe an object"),
+            (json!({"type": "object", "properties": {"a": {"type": "string"}}}), "must be in 'required'"),
+            (json!({"type": "object", "properties": {}, "additionalProperties": true}), "additionalProperties"),
+            (json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "x+"}}, "required": ["a"]}), "'pattern'"),
+            (json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}}, "required": ["a"]}), "'$ref'"),
+            (json!({"type": "object", "required": ["a"]}), "not in 'properties'"),
+            (json!({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}, {"enum": ["x"]}]}}, "required": ["a"]}), "start differently"),
+            (json!({"type": "object", "properties": {"a": {"enum": [[1]]}}, "required": ["a"]}), "strings, numbers"),
+            (json!({"type": "object", "properties": {"a": {"type": "date"}}, "required": ["a"]}), "'date'"),
+            (json!({"type": "object", "properties": {"a": {"type": "array"}}, "required": ["a"]}), "'items'"),
+            (json!({"type": "object", "properties": {"a": {}}, "required": ["a"]}), "needs 'type'"),
+            (json!([1]), "must be an object"),
+        ];
+        for (schema, needle) in cases {
+            let e = Schema::compile(&schema).expect_err(&schema.to_string());
+            assert!(e.contains(needle), "{schema}: {e}");
+        }
+        let mut deep = json!({"type": "string"});
+        for _ in 0..40 {
+            deep = json!({"type": "object", "properties": {"a": deep}, "required": ["a"]});
+        }
+        assert!(Schema::compile(&deep).unwrap_err().contains("deep"));
+    }
+}
