@@ -1,6 +1,6 @@
 //! JSON mode's mask over the real dolma2 vocabulary (the chat fixture's): after each of
-//! a set of replies so far, exactly the tokens whose bytes continue a JSON object keep
-//! their logits, and special tokens never do.
+//! a set of replies so far, exactly the tokens whose bytes continue a JSON object (of a
+//! schema) keep their logits, and special tokens never do.
 
 mod common;
 
@@ -8,21 +8,47 @@ use std::sync::Arc;
 
 use common::Packed;
 use olmo_format::mapped::MappedFile;
+use olmo_format::vocab::VocabView;
 use olmo_format::Blob;
 use olmort::generation::json::{Grammar, JsonFormat, JsonMode, JsonPrefix, JsonVocab};
 use olmort::generation::json_schema::{Schema, SchemaPrefix};
 use olmort::Model;
 
-#[test]
-fn the_mask_keeps_exactly_the_tokens_that_continue_the_object() {
+/// For each of `replies` (continuing from `start` under `rules`): the mask of a
+/// `format` reply keeps exactly the tokens whose bytes continue it. Returns each
+/// reply's grammar state and how many tokens it keeps.
+fn kept_after<G: Grammar>(format: &JsonFormat, start: G, rules: &G::Rules, replies: &[&[u8]]) -> Vec<(G, usize)> {
     let packed = Packed::new("chat/olmo2");
     let map = MappedFile::open(&packed.0).unwrap();
     let blob = Blob::parse(map.bytes()).unwrap();
     let model = Model::new(&blob).unwrap();
-    let vocab = model.vocab.unwrap();
+    let vocab: VocabView = model.vocab.unwrap();
     let n = model.config.vocab_size as usize;
     let classes = Arc::new(JsonVocab::new(&vocab, n));
     let logits: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.1).collect();
+    replies
+        .iter()
+        .map(|reply| {
+            let what = String::from_utf8_lossy(reply);
+            let mut json = JsonMode::new(Arc::clone(&classes), format);
+            assert!(reply.is_empty() || json.push(reply), "{what:?}");
+            let prefix = if reply.is_empty() { start } else { start.after(rules, reply).unwrap() };
+            let masked = json.mask(&vocab, &logits).to_vec();
+            let mut kept = 0;
+            for (id, (&m, &l)) in masked.iter().zip(&logits).enumerate() {
+                let id = id as u32;
+                let want = !vocab.is_special(id) && vocab.token(id).is_some_and(|t| prefix.after(rules, t).is_some());
+                assert_eq!(m == l, want, "{what:?} then token {id} {:?}", vocab.token(id).map(String::from_utf8_lossy));
+                assert!(m == l || m == f32::NEG_INFINITY);
+                kept += usize::from(want);
+            }
+            (prefix, kept)
+        })
+        .collect()
+}
+
+#[test]
+fn the_mask_keeps_exactly_the_tokens_that_continue_the_object() {
     let replies: &[&[u8]] = &[
         b"",
         b"{ \n",
@@ -42,19 +68,7 @@ fn the_mask_keeps_exactly_the_tokens_that_continue_the_object() {
         b"{\"a\": {}",
         b"{\"a\": \"x\"}",
     ];
-    for reply in replies {
-        let mut json = JsonMode::new(Arc::clone(&classes), &JsonFormat::Object);
-        assert!(reply.is_empty() || json.push(reply), "{:?}", String::from_utf8_lossy(reply));
-        let prefix = JsonPrefix::new().after(reply).unwrap_or_default();
-        let masked = json.mask(&vocab, &logits).to_vec();
-        let mut kept = 0;
-        for (id, (&m, &l)) in masked.iter().zip(&logits).enumerate() {
-            let id = id as u32;
-            let want = !vocab.is_special(id) && vocab.token(id).is_some_and(|t| prefix.after(t).is_some());
-            assert_eq!(m == l, want, "{:?} then token {id} {:?}", String::from_utf8_lossy(reply), vocab.token(id).map(String::from_utf8_lossy));
-            assert!(m == l || m == f32::NEG_INFINITY);
-            kept += usize::from(want);
-        }
+    for ((prefix, kept), reply) in kept_after(&JsonFormat::Object, JsonPrefix::new(), &(), replies).into_iter().zip(replies) {
         // Something may always come next, until the object is closed.
         assert_eq!(kept == 0, prefix.is_complete(), "{:?}: {kept} tokens kept", String::from_utf8_lossy(reply));
     }
@@ -63,13 +77,6 @@ fn the_mask_keeps_exactly_the_tokens_that_continue_the_object() {
 /// The same for a schema's grammar: keys in order, typed values, an enum.
 #[test]
 fn the_schema_mask_keeps_exactly_the_tokens_that_continue_the_object() {
-    let packed = Packed::new("chat/olmo2");
-    let map = MappedFile::open(&packed.0).unwrap();
-    let blob = Blob::parse(map.bytes()).unwrap();
-    let model = Model::new(&blob).unwrap();
-    let vocab = model.vocab.unwrap();
-    let n = model.config.vocab_size as usize;
-    let classes = Arc::new(JsonVocab::new(&vocab, n));
     let schema = Arc::new(
         Schema::compile(&serde_json::json!({
             "type": "object",
@@ -84,20 +91,21 @@ fn the_schema_mask_keeps_exactly_the_tokens_that_continue_the_object() {
         }))
         .unwrap(),
     );
-    let logits: Vec<f32> = (0..n).map(|i| (i % 89) as f32 * 0.1).collect();
-    let replies: &[&[u8]] = &[b"", b"{", b"{\"ci", b"{\"city\"", b"{\"city\": \"Par", b"{\"city\": \"\xC3", b"{\"city\": \"P\", ", b"{\"city\": \"P\", \"days\": 1", b"{\"city\": \"P\", \"days\": 1, \"rain\": ", b"{\"city\": \"P\", \"days\": 1, \"rain\": null, \"kind\": \"s", b"{\"city\": \"P\", \"days\": 1, \"rain\": 2.5, \"kind\": 3"];
-    for reply in replies {
-        let mut json = JsonMode::new(Arc::clone(&classes), &JsonFormat::Schema(Arc::clone(&schema)));
-        assert!(reply.is_empty() || json.push(reply), "{:?}", String::from_utf8_lossy(reply));
-        let prefix = if reply.is_empty() { SchemaPrefix::new() } else { SchemaPrefix::new().after(&schema, reply).unwrap() };
-        let masked = json.mask(&vocab, &logits).to_vec();
-        let mut kept = 0;
-        for (id, (&m, &l)) in masked.iter().zip(&logits).enumerate() {
-            let id = id as u32;
-            let want = !vocab.is_special(id) && vocab.token(id).is_some_and(|t| prefix.after(&schema, t).is_some());
-            assert_eq!(m == l, want, "{:?} then token {id} {:?}", String::from_utf8_lossy(reply), vocab.token(id).map(String::from_utf8_lossy));
-            kept += usize::from(want);
-        }
+    let replies: &[&[u8]] = &[
+        b"",
+        b"{",
+        b"{\"ci",
+        b"{\"city\"",
+        b"{\"city\": \"Par",
+        b"{\"city\": \"\xC3",
+        b"{\"city\": \"P\", ",
+        b"{\"city\": \"P\", \"days\": 1",
+        b"{\"city\": \"P\", \"days\": 1, \"rain\": ",
+        b"{\"city\": \"P\", \"days\": 1, \"rain\": null, \"kind\": \"s",
+        b"{\"city\": \"P\", \"days\": 1, \"rain\": 2.5, \"kind\": 3",
+    ];
+    let format = JsonFormat::Schema(Arc::clone(&schema));
+    for ((_, kept), reply) in kept_after(&format, SchemaPrefix::new(), &*schema, replies).into_iter().zip(replies) {
         assert!(kept > 0, "{:?}: nothing may follow", String::from_utf8_lossy(reply));
     }
 }

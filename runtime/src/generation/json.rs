@@ -295,11 +295,7 @@ impl JsonPrefix {
                 }
                 self.mode = Mode::After;
             }
-            if self.whitespace == MAX_WHITESPACE {
-                return false;
-            }
-            self.whitespace += 1;
-            return true;
+            return take_space(&mut self.whitespace);
         }
         self.whitespace = 0;
         match self.mode {
@@ -377,6 +373,15 @@ enum Class {
     Never,
     Plain,
     Other,
+}
+
+/// One more whitespace byte in a run of `run`; false past [`MAX_WHITESPACE`].
+pub(crate) fn take_space(run: &mut u8) -> bool {
+    if *run == MAX_WHITESPACE {
+        return false;
+    }
+    *run += 1;
+    true
 }
 
 pub(crate) fn is_space(b: u8) -> bool {

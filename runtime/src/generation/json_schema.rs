@@ -15,7 +15,7 @@
 
 use serde_json::{Map, Value};
 
-use super::json::{is_space, Grammar, Number, StringState, StringStep, MAX_WHITESPACE};
+use super::json::{is_space, take_space, Grammar, Number, StringState, StringStep};
 
 /// Containers open at once, at most (and schema nesting).
 const MAX_DEPTH: usize = 32;
@@ -339,11 +339,7 @@ impl SchemaPrefix {
             _ => false,
         };
         if between && is_space(b) {
-            if self.whitespace == MAX_WHITESPACE {
-                return false;
-            }
-            self.whitespace += 1;
-            return true;
+            return take_space(&mut self.whitespace);
         }
         self.whitespace = 0;
         match self.leaf {
