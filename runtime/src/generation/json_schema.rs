@@ -81,7 +81,8 @@ impl Schema {
     }
 
     fn node(&mut self, v: &Value, depth: usize) -> Result<u16, String> {
-        if depth > MAX_DEPTH {
+        // Each level may be a container: the automaton's stack holds them all.
+        if depth >= MAX_DEPTH {
             return Err(format!("the schema nests more than {MAX_DEPTH} deep"));
         }
         let Value::Object(o) = v else { return Err(format!("a schema must be an object, not {v}")) };
@@ -268,7 +269,8 @@ impl SchemaPrefix {
             self.done = true;
         } else {
             let f = self.top();
-            f.done += 1;
+            // (An array's count is not read; a long one only saturates it.)
+            f.done = f.done.saturating_add(1);
             f.phase = Phase::After;
         }
         true
@@ -564,10 +566,17 @@ mod tests {
             let e = Schema::compile(&schema).expect_err(&schema.to_string());
             assert!(e.contains(needle), "{schema}: {e}");
         }
-        let mut deep = json!({"type": "string"});
-        for _ in 0..40 {
-            deep = json!({"type": "object", "properties": {"a": deep}, "required": ["a"]});
-        }
-        assert!(Schema::compile(&deep).unwrap_err().contains("deep"));
+        // 32 objects nested: the most the automaton holds, so the most compiled.
+        let nested = |levels: usize| {
+            let mut schema = json!({"type": "object", "properties": {}});
+            for _ in 1..levels {
+                schema = json!({"type": "object", "properties": {"a": schema}, "required": ["a"]});
+            }
+            schema
+        };
+        let s = Schema::compile(&nested(MAX_DEPTH)).unwrap();
+        let instance = format!("{}{{}}{}", "{\"a\": ".repeat(MAX_DEPTH - 1), "}".repeat(MAX_DEPTH - 1));
+        assert!(accepts(&s, &instance).is_some_and(|p| p.is_complete()), "{instance}");
+        assert!(Schema::compile(&nested(MAX_DEPTH + 1)).unwrap_err().contains("deep"));
     }
 }
