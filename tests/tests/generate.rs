@@ -131,6 +131,19 @@ fn json_runs_end_with_a_json_object() {
         .collect();
     assert_eq!(text, reply);
     assert!(refused(&[&blob, "--prompt", prompt, "--json"]).contains("--format text or jsonl"));
+
+    // --json-schema: the schema's keys in order, their types; ',' (id 11) ends the integer.
+    let schema = scratch.path("schema.json");
+    std::fs::write(&schema, r#"{"type": "object", "properties": {"who": {"type": "string"}, "n": {"type": "integer"}, "ok": {"type": "boolean"}}, "required": ["who", "n", "ok"], "additionalProperties": false}"#).unwrap();
+    let reply = run(&["--json-schema", schema.to_str().unwrap(), "--logit-bias", "11=20"]);
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+    assert_eq!(v.as_object().map(|o| o.len()), Some(3), "{reply:?}");
+    assert!(v["who"].is_string() && v["n"].is_i64() && v["ok"].is_boolean(), "{reply:?}");
+    assert!(reply.find("\"who\"") < reply.find("\"n\"") && reply.find("\"n\"") < reply.find("\"ok\""), "{reply:?}");
+    std::fs::write(&schema, r#"{"type": "object", "properties": {"who": {"type": "string", "pattern": "x"}}, "required": ["who"]}"#).unwrap();
+    let e = refused(&[&blob, "--prompt", prompt, "--format", "text", "--json-schema", schema.to_str().unwrap()]);
+    assert!(e.contains("schema.json") && e.contains("'pattern'"), "{e}");
+    assert!(refused(&[&blob, "--prompt", prompt, "--json", "--json-schema", schema.to_str().unwrap()]).contains("cannot be used with"));
 }
 
 #[test]
@@ -297,7 +310,7 @@ fn bad_requests_are_one_line_each() {
     assert!(refused(&[&tiny, "--prompt", "a", "--logit-bias", "5"]).contains("--logit-bias 5"));
     assert!(refused(&[&tiny, "--prompt", "a", "--logit-bias", "100000000=1"]).contains("token id of this model"));
     assert!(refused(&[&tiny, "--prompt", "a", "--logit-bias", "5=inf"]).contains("finite"));
-    assert!(refused(&[&gqa, gqa_prompt.to_str().unwrap(), "--format", "jsonl", "--json"]).contains("--json needs a vocabulary"));
+    assert!(refused(&[&gqa, gqa_prompt.to_str().unwrap(), "--format", "jsonl", "--json"]).contains("--json-schema need a vocabulary"));
     // The tiny model has 128 positions.
     assert!(refused(&[&tiny, "--prompt", "a", "--format", "text", "--max-tokens", "500"])
         .contains("maximum sequence length"));

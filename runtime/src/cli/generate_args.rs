@@ -4,9 +4,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use olmo_format::ChatInfo;
 use olmort::generation::generate::{Format, GenerateOptions};
+use olmort::generation::json::JsonFormat;
+use olmort::generation::json_schema::Schema;
 use olmort::generation::sampling::{SamplingParams, DEFAULT_PENALTY_LAST_N};
 use olmort::generation::session::ChatFormat;
 use olmort::generation::trace::parse_tokens;
@@ -52,6 +55,10 @@ pub struct GenerateArgs {
     /// formats; the server's response_format json_object).
     #[arg(long)]
     pub json: bool,
+    /// Hold the new text to one object of the JSON schema in FILE (as --json; the
+    /// server's response_format json_schema and its subset of schemas).
+    #[arg(long, value_name = "FILE.json", conflicts_with = "json")]
+    pub json_schema: Option<PathBuf>,
 }
 
 /// How new tokens are chosen (`olmort` and `olmort chat`).
@@ -138,7 +145,7 @@ impl GenerateArgs {
         // Parameters that fail their checks are not the seed's loop; the caller's
         // `params` reports them.
         let plain = self.sampling.unseeded().is_ok_and(|s| s.is_greedy() && !s.penalizes());
-        self.format == Format::Trace && plain && self.logit_bias.is_empty() && self.max_tokens.is_none() && !self.json
+        self.format == Format::Trace && plain && self.logit_bias.is_empty() && self.max_tokens.is_none() && !self.json && self.json_schema.is_none()
     }
 
     /// `--logit-bias ID=BIAS` pairs, the ids checked against the model's vocabulary.
@@ -158,6 +165,18 @@ impl GenerateArgs {
             .collect()
     }
 
+    /// `--json` or `--json-schema`'s format; the error names the file.
+    fn json_format(&self) -> Result<Option<JsonFormat>, String> {
+        if self.json {
+            return Ok(Some(JsonFormat::Object));
+        }
+        let Some(path) = &self.json_schema else { return Ok(None) };
+        let (name, text) = read_text_file(path)?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{name}: not JSON: {e}"))?;
+        let schema = Schema::compile(&value).map_err(|e| format!("{name}: {e}"))?;
+        Ok(Some(JsonFormat::Schema(Arc::new(schema))))
+    }
+
     /// The checked options for a model of `vocab_size` tokens; the seed is drawn here
     /// when sampling without one.
     pub fn options(&self, steps: Option<usize>, vocab_size: u32) -> Result<GenerateOptions, String> {
@@ -168,7 +187,7 @@ impl GenerateArgs {
             ignore_eos: self.ignore_eos,
             sampling: self.sampling.params()?,
             logit_bias: self.logit_bias(vocab_size)?,
-            json: self.json,
+            json: self.json_format()?,
         })
     }
 

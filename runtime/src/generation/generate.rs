@@ -53,9 +53,10 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     /// Added to these tokens' logits before each choice (ids within the vocabulary).
     pub logit_bias: Vec<(u32, f32)>,
-    /// Hold the new tokens to one JSON object ([`super::json`]), ending where it closes
-    /// (text and jsonl formats, a model with a vocabulary).
-    pub json: bool,
+    /// Hold the new tokens to one JSON object ([`super::json`]; of a schema,
+    /// [`super::json_schema`]), ending where it closes (text and jsonl formats, a model
+    /// with a vocabulary).
+    pub json: Option<JsonFormat>,
 }
 
 /// The positions a request runs, decided before anything runs.
@@ -130,13 +131,15 @@ pub fn generate(
             "--format text needs a vocabulary; this model was packed without one".into(),
         ));
     }
-    let json = match (options.json, model.vocab) {
-        (false, _) => None,
-        (true, _) if options.format == Format::Trace => {
-            return Err(RunError::Usage("--json applies to --format text or jsonl".into()))
+    let json = match (&options.json, model.vocab) {
+        (None, _) => None,
+        (Some(_), _) if options.format == Format::Trace => {
+            return Err(RunError::Usage("--json and --json-schema apply to --format text or jsonl".into()))
         }
-        (true, None) => return Err(RunError::Usage("--json needs a vocabulary; this model was packed without one".into())),
-        (true, Some(v)) => Some(JsonMode::new(Arc::new(JsonVocab::new(&v, model.config.vocab_size as usize)), &JsonFormat::Object)),
+        (Some(_), None) => {
+            return Err(RunError::Usage("--json and --json-schema need a vocabulary; this model was packed without one".into()))
+        }
+        (Some(format), Some(v)) => Some(JsonMode::new(Arc::new(JsonVocab::new(&v, model.config.vocab_size as usize)), format)),
     };
     let mut steps = Steps {
         model,
