@@ -1,14 +1,17 @@
-//! JSON mode (the server's `response_format: {"type": "json_object"}`): the reply is
-//! held to one JSON object (RFC 8259) while it is generated. Before each choice every
-//! token that cannot continue the reply so far into a valid object is ruled out
-//! ([`JsonMode::mask`]); the reply ends with the token that closes the object.
+//! JSON mode (the server's `response_format: {"type": "json_object"}`, `olmort
+//! --json`): the reply is held to one JSON object (RFC 8259) while it is generated.
+//! Before each choice every token that cannot continue the reply so far into a valid
+//! object is ruled out ([`JsonMode::mask`]); the reply ends with the token that closes
+//! the object. With a schema ([`JsonFormat::Schema`]) the object is one of the schema,
+//! by the grammar of [`super::json_schema`]; both grammars answer [`Grammar`]'s
+//! questions, which is all the mask asks.
 //!
 //! [`JsonPrefix`] is the grammar as a byte automaton: its state after a prefix says
 //! which bytes may come next, and it is `Copy` (a fixed stack of containers), so a
 //! token is tried on a copy without allocating. Strings are checked as UTF-8 across
 //! token boundaries (a token may end inside a character), with escapes and no control
-//! characters; numbers as JSON spells them. Whitespace runs are capped
-//! ([`MAX_WHITESPACE`]): a model that only pads would otherwise never end.
+//! characters ([`StringState`]); numbers as JSON spells them. Whitespace runs are
+//! capped ([`MAX_WHITESPACE`]): a model that only pads would otherwise never end.
 
 use std::sync::Arc;
 
