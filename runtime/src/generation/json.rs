@@ -10,7 +10,7 @@
 //! which bytes may come next, and it is `Copy` (a fixed stack of containers), so a
 //! token is tried on a copy without allocating. Strings are checked as UTF-8 across
 //! token boundaries (a token may end inside a character), with escapes and no control
-//! characters ([`StringState`]); numbers as JSON spells them. Whitespace runs are
+//! characters (`StringState`); numbers as JSON spells them. Whitespace runs are
 //! capped ([`MAX_WHITESPACE`]): a model that only pads would otherwise never end.
 
 use std::sync::Arc;
