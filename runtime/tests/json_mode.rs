@@ -52,6 +52,10 @@ fn the_mask_keeps_exactly_the_tokens_that_continue_the_object() {
     let replies: &[&[u8]] = &[
         b"",
         b"{ \n",
+        // Whitespace runs: a \r waiting for its \n, a line break taken, spaces used up.
+        b"{\r",
+        b"{\"a\":\n",
+        b"{\n                                ",
         b"{",
         b"{\"key",
         b"{\"k\\",

@@ -21,8 +21,14 @@ use super::json_schema::{Schema, SchemaPrefix};
 
 /// Containers open at once, at most.
 const MAX_DEPTH: u8 = 64;
-/// Whitespace bytes in a row, at most (pretty-printing's newline and indentation fit).
-pub const MAX_WHITESPACE: u8 = 64;
+/// Spaces and tabs in a run of whitespace, at most; a run also holds at most one line
+/// break (`\n` or `\r\n`). As llama.cpp's JSON grammar bounds it (a newline and 20
+/// spaces or tabs): pretty-printing's indentation fits, and a model that would only
+/// pad (the trained fixture writes newline after newline) must go on.
+pub const MAX_WHITESPACE: u8 = 32;
+/// Bits of a whitespace run besides its count of spaces and tabs.
+const RUN_NEWLINE: u8 = 0x80;
+const RUN_CR: u8 = 0x40;
 
 const WORDS: [&[u8]; 3] = [b"true", b"false", b"null"];
 
@@ -298,9 +304,11 @@ impl JsonPrefix {
                 }
                 self.mode = Mode::After;
             }
-            return take_space(&mut self.whitespace);
+            return take_space(&mut self.whitespace, b);
         }
-        self.whitespace = 0;
+        if !end_space(&mut self.whitespace) {
+            return false;
+        }
         match self.mode {
             Mode::Start => b == b'{' && self.open(true),
             Mode::Value => self.value(b),
@@ -365,7 +373,8 @@ impl JsonPrefix {
 /// whether it is plain string text (printable ASCII without `"` or `\`, which a string
 /// takes whatever came before), and the byte that decides most refusals: its first,
 /// or for a token that starts with whitespace (most start with a space) its first
-/// after the whitespace, offset by 256.
+/// after the whitespace, offset by 256 (a token of whitespace only: 512, always read
+/// whole, as whether a run may take it depends on the run so far).
 pub struct JsonVocab {
     key: Vec<u16>,
     class: Vec<Class>,
@@ -378,13 +387,26 @@ enum Class {
     Other,
 }
 
-/// One more whitespace byte in a run of `run`; false past [`MAX_WHITESPACE`].
-pub(crate) fn take_space(run: &mut u8) -> bool {
-    if *run == MAX_WHITESPACE {
-        return false;
+/// Whitespace byte `b` added to the run `run` (spaces and tabs counted, and whether
+/// it holds a line break or a `\r` waiting for its `\n`); false where the run may not
+/// take it ([`MAX_WHITESPACE`]).
+pub(crate) fn take_space(run: &mut u8, b: u8) -> bool {
+    let (newline, cr) = (*run & RUN_NEWLINE != 0, *run & RUN_CR != 0);
+    match b {
+        b'\n' if !newline => *run = (*run | RUN_NEWLINE) & !RUN_CR,
+        b'\r' if !newline && !cr => *run |= RUN_CR,
+        b' ' | b'\t' if !cr && *run & !(RUN_NEWLINE | RUN_CR) < MAX_WHITESPACE => *run += 1,
+        _ => return false,
     }
-    *run += 1;
     true
+}
+
+/// Ends the whitespace run `run` before a byte that is not whitespace; false if it
+/// ended on a `\r` without its `\n`.
+pub(crate) fn end_space(run: &mut u8) -> bool {
+    let ok = *run & RUN_CR == 0;
+    *run = 0;
+    ok
 }
 
 pub(crate) fn is_space(b: u8) -> bool {
@@ -400,8 +422,7 @@ impl JsonVocab {
             key[id] = match t.iter().position(|&b| !is_space(b)) {
                 _ if !is_space(t[0]) => t[0] as u16,
                 Some(i) => 256 + t[i] as u16,
-                // Whitespace only: the whitespace byte stands for it.
-                None => 256 + t[0] as u16,
+                None => 512,
             };
             class[id] = if t.iter().all(|&b| (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\') { Class::Plain } else { Class::Other };
         }
@@ -491,12 +512,15 @@ fn mask_with<G: Grammar>(prefix: G, rules: &G::Rules, classes: &JsonVocab, vocab
     // where whitespace leaves the grammar as it is (after a number it ends it); none
     // where no whitespace may come; elsewhere (a string) a token starting with
     // whitespace is read whole.
-    let mut possible = [true; 512];
+    let mut possible = [true; 513];
     let (next, after_space) = possible.split_at_mut(256);
+    let after_space = &mut after_space[..256];
     for (b, ok) in next.iter_mut().enumerate() {
         *ok = prefix.after(rules, &[b as u8]).is_some();
     }
-    match prefix.after(rules, b" ") {
+    // (After any whitespace byte the run may take: they leave the grammar alike. Not
+    // `\r`, after which only `\n` may come.)
+    match [b" ", b"\n", b"\t"].iter().find_map(|w| prefix.after(rules, *w)) {
         None => after_space.fill(false),
         Some(spaced) if spaced.skips_whitespace() => {
             for (b, ok) in after_space.iter_mut().enumerate() {
@@ -605,7 +629,14 @@ mod tests {
         assert!(p.after(b"[").is_none() && p.after(b"1").is_some());
         let spaces = vec![b' '; MAX_WHITESPACE as usize];
         let p = accepts(b"{").unwrap().after(&spaces).unwrap();
-        assert!(p.after(b" ").is_none() && p.after(b"}").is_some());
+        assert!(p.after(b" ").is_none() && p.after(b"\t").is_none() && p.after(b"}").is_some());
+        // One line break a run, spaces and tabs around it, \r only before \n.
+        let p = accepts(b"{ \t\n").unwrap();
+        assert!(p.after(b"\n").is_none() && p.after(b"\r").is_none() && p.after(b"  }").is_some_and(|p| p.is_complete()));
+        assert!(accepts(b"{\r\n}").is_some_and(|p| p.is_complete()));
+        assert!(accepts(b"{\r}").is_none() && accepts(b"{\r ").is_none() && accepts(b"{\n\r").is_none());
+        // A new run after every token.
+        assert!(accepts(b"{\n\"a\"\n:\n1\n,\n\"b\"\n:\n[\n]\n}").is_some_and(|p| p.is_complete()));
         // A string holds any number of spaces.
         assert!(accepts(b"{\"a\": \"").unwrap().after(&vec![b' '; 1000]).is_some());
     }

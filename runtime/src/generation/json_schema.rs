@@ -15,7 +15,7 @@
 
 use serde_json::{Map, Value};
 
-use super::json::{is_space, take_space, Grammar, Number, StringState, StringStep};
+use super::json::{end_space, is_space, take_space, Grammar, Number, StringState, StringStep};
 
 /// Containers open at once, at most (and schema nesting).
 const MAX_DEPTH: usize = 32;
@@ -341,9 +341,11 @@ impl SchemaPrefix {
             _ => false,
         };
         if between && is_space(b) {
-            return take_space(&mut self.whitespace);
+            return take_space(&mut self.whitespace, b);
         }
-        self.whitespace = 0;
+        if !end_space(&mut self.whitespace) {
+            return false;
+        }
         match self.leaf {
             Leaf::Expect(node) => self.start(s, node, b),
             Leaf::Str(mut st) => match st.feed(b) {
