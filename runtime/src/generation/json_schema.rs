@@ -548,6 +548,130 @@ mod tests {
         assert!(done.after(&s, b" ").is_none() && done.after(&s, b"}").is_none(), "nothing after the object");
     }
 
+    /// xorshift64: a different stream per seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// A random schema of the subset, `depth` levels at most, and an instance of it.
+    fn random_schema(r: &mut Rng, depth: u32) -> Value {
+        let pick = if depth == 0 { 2 + r.below(5) } else { r.below(7) };
+        match pick {
+            0 => {
+                let names: Vec<String> = (0..r.below(4)).map(|i| format!("k{i}{}", ["", "é", "\"q\"", " x"][r.below(4) as usize])).collect();
+                let props: Map<String, Value> = names.iter().map(|n| (n.clone(), random_schema(r, depth - 1))).collect();
+                json!({"type": "object", "properties": props, "required": names, "additionalProperties": false})
+            }
+            1 => json!({"type": "array", "items": random_schema(r, depth - 1)}),
+            2 => json!({"type": "string"}),
+            3 => {
+                let t = ["integer", "null"][r.below(2) as usize];
+                json!({"type": t})
+            }
+            4 => json!({"type": ["number", "null"]}),
+            5 => json!({"type": "boolean"}),
+            _ => json!({"enum": ["a", "ab", 1, 10, -2.5, true, null]}),
+        }
+    }
+
+    fn random_instance(r: &mut Rng, schema: &Value) -> Value {
+        if let Some(e) = schema.get("enum") {
+            return e[r.below(e.as_array().unwrap().len() as u64) as usize].clone();
+        }
+        match &schema["type"] {
+            Value::String(t) if t == "object" => {
+                let props = schema["properties"].as_object().unwrap();
+                let mut out = Map::new();
+                for name in schema["required"].as_array().unwrap() {
+                    let name = name.as_str().unwrap();
+                    out.insert(name.to_string(), random_instance(r, &props[name]));
+                }
+                Value::Object(out)
+            }
+            Value::String(t) if t == "array" => Value::Array((0..r.below(4)).map(|_| random_instance(r, &schema["items"])).collect()),
+            Value::String(t) if t == "string" => Value::from(["", "x", "a\"b\\c\n", "日本", "\u{1F600}"][r.below(5) as usize]),
+            Value::String(t) if t == "integer" => json!(r.below(2000) as i64 - 1000),
+            Value::String(t) if t == "null" => Value::Null,
+            Value::String(_) => json!(r.below(2) == 1),
+            Value::Array(_) if r.below(3) == 0 => Value::Null,
+            _ => json!((r.below(10_000) as f64 - 5000.0) / 64.0),
+        }
+    }
+
+    /// Random schemas of the subset and random instances of them, compact and pretty:
+    /// every instance is complete and every prefix continues; random edits of an
+    /// instance are refused or accepted without a panic, and whatever the automaton
+    /// calls complete parses.
+    #[test]
+    fn random_schemas_take_their_instances() {
+        let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..300 {
+            let schema = json!({"type": "object", "properties": {"root": random_schema(&mut r, 4)}, "required": ["root"], "additionalProperties": false});
+            let s = Schema::compile(&schema).unwrap_or_else(|e| panic!("{schema}: {e}"));
+            let value = random_instance(&mut r, &schema);
+            // serde_json without preserve_order sorts keys: write them in `required` order.
+            fn write(v: &Value, schema: &Value, pretty: bool, out: &mut String) {
+                match (v, schema.get("required")) {
+                    (Value::Object(o), Some(Value::Array(order))) => {
+                        out.push('{');
+                        for (i, k) in order.iter().enumerate() {
+                            let k = k.as_str().unwrap();
+                            out.push_str(if i > 0 { "," } else { "" });
+                            out.push_str(if pretty { "\n  " } else { "" });
+                            out.push_str(&serde_json::to_string(k).unwrap());
+                            out.push_str(if pretty { ": " } else { ":" });
+                            write(&o[k], &schema["properties"][k], pretty, out);
+                        }
+                        out.push_str(if pretty && !order.is_empty() { "\n}" } else { "}" });
+                    }
+                    (Value::Array(items), _) => {
+                        out.push('[');
+                        for (i, item) in items.iter().enumerate() {
+                            out.push_str(if i > 0 { ", " } else { "" });
+                            write(item, &schema["items"], pretty, out);
+                        }
+                        out.push(']');
+                    }
+                    _ => out.push_str(&serde_json::to_string(v).unwrap()),
+                }
+            }
+            for pretty in [false, true] {
+                let mut text = String::new();
+                write(&value, &schema, pretty, &mut text);
+                let bytes = text.as_bytes();
+                assert!(accepts(&s, &text).is_some_and(|p| p.is_complete()), "{schema}\n{text}");
+                for cut in 1..bytes.len() {
+                    let p = SchemaPrefix::new().after(&s, &bytes[..cut]).unwrap_or_else(|| panic!("{text}: prefix {cut} refused"));
+                    assert!(!p.is_complete(), "{text}: complete after {cut}");
+                }
+                for _ in 0..20 {
+                    let mut edited = bytes.to_vec();
+                    let at = r.below(edited.len() as u64) as usize;
+                    match r.below(3) {
+                        0 => edited[at] = b"{}[]:,\" 0-1a\\e."[r.below(15) as usize],
+                        1 => {
+                            edited.remove(at);
+                        }
+                        _ => edited.insert(at, b"{}[]:,\" 0-1a\\e."[r.below(15) as usize]),
+                    }
+                    if SchemaPrefix::new().after(&s, &edited).is_some_and(|p| p.is_complete()) {
+                        // (serde_json refuses numbers past f64's range, which JSON allows.)
+                        let parsed = serde_json::from_slice::<Value>(&edited);
+                        let out_of_range = parsed.as_ref().is_err_and(|e| e.to_string().contains("out of range"));
+                        assert!(parsed.is_ok() || out_of_range, "{:?} complete here, not JSON", String::from_utf8_lossy(&edited));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn unsupported_schemas_are_refused_by_name() {
         let cases = [
