@@ -45,9 +45,10 @@ pub(crate) struct QuantX {
     /// Per block, the sum of its quants: what a 4-bit product's offsets multiply
     /// (filled by [`QuantX::pad_and_sum`] only).
     pub sums: Vec<i32>,
-    /// Per block, `scales[b] * sums[b] as f32`: what q4_k's mins multiply, computed
-    /// once per product instead of once per group of rows (with `sums`).
-    pub scaled_sums: Vec<f32>,
+    /// Per pair of blocks, their `sums` as 16-bit halves (the even block's low): what
+    /// q4_k's mins, in 16-bit pairs, multiply with one `vpmaddwd` per pair (with
+    /// `sums`).
+    pub sum_pairs: Vec<i32>,
 }
 
 impl Default for QuantX {
@@ -58,7 +59,7 @@ impl Default for QuantX {
 
 impl QuantX {
     pub(crate) const fn new() -> QuantX {
-        QuantX { quants: Vec::new(), scales: Vec::new(), sums: Vec::new(), scaled_sums: Vec::new() }
+        QuantX { quants: Vec::new(), scales: Vec::new(), sums: Vec::new(), sum_pairs: Vec::new() }
     }
 
     /// After quantising `len` values: zeros the blocks from there up to `blocks` (the
@@ -74,11 +75,15 @@ impl QuantX {
         self.scales[used..blocks].fill(0.0);
         if self.sums.len() < blocks {
             self.sums.resize(blocks, 0);
-            self.scaled_sums.resize(blocks, 0.0);
+            self.sum_pairs.resize(blocks.div_ceil(2), 0);
         }
         for (b, q) in self.quants[..blocks * 32].chunks_exact(32).enumerate() {
             self.sums[b] = q.iter().map(|&v| v as i32).sum();
-            self.scaled_sums[b] = self.scales[b] * self.sums[b] as f32;
+        }
+        // A block's sum is at most 32 x 127 in magnitude: an i16.
+        let half = |b: usize| self.sums.get(b).filter(|_| b < blocks).map_or(0, |&s| s as i16 as u16 as u32);
+        for (p, pair) in self.sum_pairs[..blocks.div_ceil(2)].iter_mut().enumerate() {
+            *pair = (half(2 * p) | half(2 * p + 1) << 16) as i32;
         }
     }
 

@@ -133,6 +133,15 @@ unsafe fn tile_q4_0(tile: *const u8, x: &QuantX, b0: usize, mut acc: __m256) -> 
     acc
 }
 
+/// Pair `p` of a q4_k tile's 6-bit mins (`ms`, [`q4_k_scales`]' second) as 16-bit
+/// pairs: lane `r` holds row `r`'s mins of blocks `2p` and `2p + 1` (low, high), for
+/// `vpmaddwd` against a token's block sums in the same pairs (`QuantX::sum_pairs`).
+#[inline(always)]
+pub(super) unsafe fn q4_k_min_pairs(ms: &[u8; 64], p: usize) -> __m256i {
+    let v = _mm_loadu_si128(ms.as_ptr().add(16 * p) as *const __m128i);
+    _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, _mm_srli_si128::<8>(v)))
+}
+
 /// A q4_k tile's 6-bit scales and mins, `[sub-block][row]` as bytes.
 #[inline(always)]
 pub(super) unsafe fn q4_k_scales(tile: *const u8) -> ([u8; 64], [u8; 64]) {
@@ -164,30 +173,34 @@ pub(super) unsafe fn q4_k_scales(tile: *const u8) -> ([u8; 64], [u8; 64]) {
     (sc, m)
 }
 
-/// `acc + d * dx * sum_j sc_j (q . xq) - dmin * sum_j dx sum_j(xq) m_j` over a q4_k
+/// `acc + d * dx * sum_j sc_j (q . xq) - dmin * dx * sum_j m_j sum_j(xq)` over a q4_k
 /// tile for eight rows, whose activations share one scale `dx` (`ScaleSpan::SuperBlock`);
 /// `b0` is the tile's first block of `x`. The 6-bit scale is applied in integers by
 /// `vpmaddwd` (it multiplies both 16-bit halves of a row's lane); each block's scaled
 /// sum is then exact in f32 (under 2^22 in magnitude), added up in f32 in block order
-/// as the VNNI kernel adds them.
+/// as the VNNI kernel adds them. The mins' sum is exact in integers, a `vpmaddwd` per
+/// pair of blocks (the VNNI kernel's `vpdpwssd`: the same numbers).
 #[inline(always)]
 unsafe fn tile_q4_k(tile: *const u8, x: &QuantX, b0: usize, acc: __m256) -> __m256 {
     let s = tile.add(q4::QUANT_BYTES);
     let d = _mm256_cvtph_ps(_mm_loadu_si128(s as *const __m128i));
     let dmin = _mm256_cvtph_ps(_mm_loadu_si128(s.add(16) as *const __m128i));
     let (sc, m) = q4_k_scales(tile);
-    let (mut scaled, mut mins) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut scaled = _mm256_setzero_ps();
     for j in 0..8 {
         let xb = b0 + j;
         let p = block_products(tile.add(128 * j), x.quants.as_ptr().add(32 * xb));
         let scj = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc.as_ptr().add(8 * j) as *const __m128i));
         let pairs = _mm256_or_si256(scj, _mm256_slli_epi32::<16>(scj));
         scaled = _mm256_add_ps(scaled, _mm256_cvtepi32_ps(_mm256_madd_epi16(p, pairs)));
-        let mj = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(m.as_ptr().add(8 * j) as *const __m128i)));
-        mins = _mm256_fmadd_ps(mj, _mm256_set1_ps(*x.scaled_sums.get_unchecked(xb)), mins);
     }
-    let ddx = _mm256_mul_ps(d, _mm256_set1_ps(*x.scales.get_unchecked(b0)));
-    _mm256_fnmadd_ps(dmin, mins, _mm256_fmadd_ps(ddx, scaled, acc))
+    let mut mins = _mm256_setzero_si256();
+    for p in 0..4 {
+        let sums = _mm256_set1_epi32(*x.sum_pairs.get_unchecked(b0 / 2 + p));
+        mins = _mm256_add_epi32(mins, _mm256_madd_epi16(q4_k_min_pairs(&m, p), sums));
+    }
+    let dx = _mm256_set1_ps(*x.scales.get_unchecked(b0));
+    _mm256_fnmadd_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(mins), _mm256_fmadd_ps(_mm256_mul_ps(d, dx), scaled, acc))
 }
 
 /// Block `b`'s scale and offset for the eight rows of a tile at `tile` (lane `r`: row

@@ -48,7 +48,7 @@ use olmo_format::{q4, DType};
 
 use super::activations::{QuantX, ScaleSpan};
 use super::matrix::Matrix;
-use super::q4_avx2::q4_k_scales;
+use super::q4_avx2::{q4_k_min_pairs, q4_k_scales};
 use super::tasks::{min_rows_per_block, par_row_groups, par_rows_guided, rows_per_sub_block, with_local, SendPtr, prefetch_weights, Q4_PREFETCH};
 
 const TILE: usize = q4::TILE_BYTES;
@@ -149,7 +149,7 @@ struct Act {
     quants: *const i8,
     scales: *const f32,
     sums: *const i32,
-    scaled_sums: *const f32,
+    sum_pairs: *const i32,
 }
 
 /// Rows `r0 .. r0 + len` (`r0` a multiple of 8) of a 4-bit matrix (`K`: q4_k, else
@@ -166,7 +166,7 @@ struct Act {
 unsafe fn rows<const N: usize, const K: bool>(tiles: *const u8, chunks: usize, r0: usize, len: usize, x: &[QuantX], y: *mut f32, ldy: usize) {
     debug_assert!(r0.is_multiple_of(ROWS) && x.len() == N);
     debug_assert!(x.iter().all(|t| t.quants.len() >= chunks * 256 && t.scales.len() >= chunks * 8 && t.sums.len() >= chunks * 8));
-    let xs: [Act; N] = std::array::from_fn(|t| Act { quants: x[t].quants.as_ptr(), scales: x[t].scales.as_ptr(), sums: x[t].sums.as_ptr(), scaled_sums: x[t].scaled_sums.as_ptr() });
+    let xs: [Act; N] = std::array::from_fn(|t| Act { quants: x[t].quants.as_ptr(), scales: x[t].scales.as_ptr(), sums: x[t].sums.as_ptr(), sum_pairs: x[t].sum_pairs.as_ptr() });
     for r in (r0..r0 + len).step_by(ROWS) {
         let base = tiles.add(r / ROWS * chunks * TILE);
         let mut acc = [_mm256_setzero_ps(); N];
@@ -240,7 +240,7 @@ unsafe fn tile_q4_0<const N: usize>(tile: *const u8, x: &[Act; N], b0: usize, ac
     }
 }
 
-/// `acc[t] + d * dx * sum_j sc_j (q . xq) - dmin * sum_j dx sum_j(xq) m_j` over a q4_k
+/// `acc[t] + d * dx * sum_j sc_j (q . xq) - dmin * dx * sum_j m_j sum_j(xq)` over a q4_k
 /// tile for eight rows, whose activations share one scale `dx`; `b0` is the tile's
 /// first block of `x`.
 #[inline(always)]
@@ -253,7 +253,6 @@ unsafe fn tile_q4_k<const N: usize>(tile: *const u8, x: &[Act; N], b0: usize, ac
     // against 42.7 (Sapphire Rapids, kernels bench, 1 thread, 1024 x 2048).
     let (scs, ms) = q4_k_scales(tile);
     let mut scaled = [_mm256_setzero_ps(); N];
-    let mut mins = [_mm256_setzero_ps(); N];
     for j in 0..8 {
         let xb = b0 + j;
         let dots = block_dots(tile, j, x, xb, [_mm256_setzero_si256(); N]);
@@ -262,14 +261,21 @@ unsafe fn tile_q4_k<const N: usize>(tile: *const u8, x: &[Act; N], b0: usize, ac
         // kernel's `vpmaddwd` and add: its numbers, bit for bit), one instruction
         // where `vpmulld` takes two.
         let scj = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(scs.as_ptr().add(8 * j) as *const __m128i)));
-        let mj = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(ms.as_ptr().add(8 * j) as *const __m128i)));
         for t in 0..N {
             scaled[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[t]), scj, scaled[t]);
-            mins[t] = _mm256_fmadd_ps(mj, _mm256_set1_ps(*x[t].scaled_sums.add(xb)), mins[t]);
+        }
+    }
+    // The mins' sum, exact in integers: 16-bit pairs of mins against the tokens'
+    // pairs of block sums (the AVX2 kernel's `vpmaddwd` and adds, the same numbers).
+    let mut mins = [_mm256_setzero_si256(); N];
+    for p in 0..4 {
+        let pairs = q4_k_min_pairs(&ms, p);
+        for t in 0..N {
+            mins[t] = _mm256_dpwssd_epi32(mins[t], _mm256_set1_epi32(*x[t].sum_pairs.add(b0 / 2 + p)), pairs);
         }
     }
     for t in 0..N {
-        let ddx = _mm256_mul_ps(d, _mm256_set1_ps(*x[t].scales.add(b0)));
-        acc[t] = _mm256_fnmadd_ps(dmin, mins[t], _mm256_fmadd_ps(ddx, scaled[t], acc[t]));
+        let dx = _mm256_set1_ps(*x[t].scales.add(b0));
+        acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(mins[t]), _mm256_fmadd_ps(_mm256_mul_ps(d, dx), scaled[t], acc[t]));
     }
 }
