@@ -433,6 +433,18 @@ fn json_mode_replies_are_json_objects() {
     });
 }
 
+/// JSON formats mask tokens by their bytes: a blob without a vocabulary refuses them
+/// (and still serves token prompts).
+#[test]
+fn json_formats_need_a_vocabulary() {
+    with_server("gqa", options(1, 64, 16, 4), |addr, _| {
+        let e = post(addr, "/v1/completions", r#"{"prompt": [1, 2, 3], "max_tokens": 2, "response_format": {"type": "json_object"}}"#);
+        assert_eq!(e.status, 400, "{}", e.body);
+        assert!(e.json()["error"]["message"].as_str().unwrap().contains("vocabulary"), "{}", e.body);
+        assert_eq!(post(addr, "/v1/completions", r#"{"prompt": [1, 2, 3], "max_tokens": 2}"#).status, 200);
+    });
+}
+
 #[test]
 fn bad_requests_get_openai_errors() {
     let mut opts = options(2, 64, 16, 8);
