@@ -48,12 +48,12 @@ impl<'a> MatrixData<'a> {
         matches!(self, MatrixData::Q8_0 { .. } | MatrixData::Q4_0(_) | MatrixData::Q4_K(_))
     }
 
-    /// For quantised elements, the span their products round activations in.
+    /// For quantised elements, the span their products round activations in
+    /// ([`ScaleSpan::of`] their dtype).
     pub(crate) fn int8_activations(&self) -> Option<ScaleSpan> {
         match self {
-            MatrixData::Q8_0 { .. } | MatrixData::Q4_0(_) => Some(ScaleSpan::Block),
-            MatrixData::Q4_K(_) => Some(ScaleSpan::SuperBlock),
-            _ => None,
+            MatrixData::Q8_0 { .. } => Some(ScaleSpan::of(DType::Q8_0)),
+            _ => self.q4().map(|(dtype, _)| ScaleSpan::of(dtype)),
         }
     }
 }
