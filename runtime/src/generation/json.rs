@@ -192,9 +192,21 @@ pub struct JsonPrefix {
 /// (a compiled schema).
 pub trait Grammar: Copy {
     type Rules: ?Sized;
+    /// Reads one byte; false if it cannot come here.
+    fn feed(&mut self, rules: &Self::Rules, b: u8) -> bool;
     /// The state after `bytes`, if they continue the reply (an empty `bytes` does not:
     /// a token must make progress).
-    fn after(self, rules: &Self::Rules, bytes: &[u8]) -> Option<Self>;
+    fn after(mut self, rules: &Self::Rules, bytes: &[u8]) -> Option<Self> {
+        if bytes.is_empty() {
+            return None;
+        }
+        for &b in bytes {
+            if !self.feed(rules, b) {
+                return None;
+            }
+        }
+        Some(self)
+    }
     /// Whether the reply is complete (and nothing may follow).
     fn is_complete(&self) -> bool;
     /// Whether the reply is inside a string, between characters: any printable ASCII
@@ -207,8 +219,8 @@ pub trait Grammar: Copy {
 impl Grammar for JsonPrefix {
     type Rules = ();
 
-    fn after(self, _: &(), bytes: &[u8]) -> Option<JsonPrefix> {
-        JsonPrefix::after(self, bytes)
+    fn feed(&mut self, _: &(), b: u8) -> bool {
+        JsonPrefix::feed(self, b)
     }
 
     fn is_complete(&self) -> bool {
@@ -243,16 +255,8 @@ impl JsonPrefix {
 
     /// The state after `bytes`, if they continue a prefix of a JSON object (an empty
     /// `bytes` does not: a token must make progress).
-    pub fn after(mut self, bytes: &[u8]) -> Option<JsonPrefix> {
-        if bytes.is_empty() {
-            return None;
-        }
-        for &b in bytes {
-            if !self.feed(b) {
-                return None;
-            }
-        }
-        Some(self)
+    pub fn after(self, bytes: &[u8]) -> Option<JsonPrefix> {
+        Grammar::after(self, &(), bytes)
     }
 
     fn in_object(&self) -> bool {

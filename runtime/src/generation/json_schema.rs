@@ -439,16 +439,8 @@ impl Default for SchemaPrefix {
 impl Grammar for SchemaPrefix {
     type Rules = Schema;
 
-    fn after(mut self, s: &Schema, bytes: &[u8]) -> Option<SchemaPrefix> {
-        if bytes.is_empty() {
-            return None;
-        }
-        for &b in bytes {
-            if !self.feed(s, b) {
-                return None;
-            }
-        }
-        Some(self)
+    fn feed(&mut self, s: &Schema, b: u8) -> bool {
+        SchemaPrefix::feed(self, s, b)
     }
 
     fn is_complete(&self) -> bool {
