@@ -16,7 +16,7 @@ use std::time::Instant;
 use crate::model::forward::{forward, forward_batch_for, LogitRows, RunState};
 use crate::model::Model;
 use crate::model::ops::top_k;
-use crate::generation::json::{JsonFormat, JsonMode, JsonVocab};
+use crate::generation::json::{self, JsonFormat, JsonMode, JsonVocab};
 use crate::generation::sampling::{Sampler, SamplingParams};
 use crate::text::detokenize::Utf8Stream;
 use crate::generation::trace::{write_trace_line, LogitsSink, Timings};
@@ -230,10 +230,10 @@ impl Steps<'_, '_> {
         let model = self.model;
         let format = self.options.format;
         let from_prompt = pos + 1 < self.prompt.len();
-        let next = match (&mut self.json, model.vocab) {
-            _ if from_prompt => self.prompt[pos + 1],
-            (Some(json), Some(vocab)) => self.sampler.sample(json.mask(&vocab, logits)),
-            _ => self.sampler.sample(logits),
+        let next = if from_prompt {
+            self.prompt[pos + 1]
+        } else {
+            json::sample(&mut self.sampler, self.json.as_mut(), model.vocab, logits)
         };
         if let Some(sink) = logits_sink.as_deref_mut() {
             sink.write_step(logits)?;
@@ -264,7 +264,7 @@ impl Steps<'_, '_> {
             // The mask lets only tokens that continue the object through; its close ends
             // the run.
             let bytes = model.vocab.and_then(|v| v.token(next)).unwrap_or(&[]);
-            if self.json.as_mut().is_some_and(|json| json.push(bytes) && json.is_complete()) {
+            if self.json.as_mut().is_some_and(|json| json.closes(bytes)) {
                 return Ok(None);
             }
             if format != Format::Trace && self.generated >= self.plan.max_new {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use olmo_format::vocab::VocabView;
 
 use super::json_schema::{Schema, SchemaPrefix};
+use super::sampling::Sampler;
 
 /// Containers open at once, at most.
 const MAX_DEPTH: u8 = 64;
@@ -506,6 +507,21 @@ impl JsonMode {
             State::Object(p) => p.is_complete(),
             State::Schema(p, _) => p.is_complete(),
         }
+    }
+
+    /// Takes the chosen token's bytes ([`JsonMode::push`]); whether they close the
+    /// object, ending the reply.
+    pub fn closes(&mut self, bytes: &[u8]) -> bool {
+        self.push(bytes) && self.is_complete()
+    }
+}
+
+/// `sampler`'s choice from `logits`: where a reply is held to JSON (`json`, a model with
+/// a `vocab`), among the tokens that may come next ([`JsonMode::mask`]).
+pub fn sample(sampler: &mut Sampler, json: Option<&mut JsonMode>, vocab: Option<VocabView>, logits: &[f32]) -> u32 {
+    match (json, vocab) {
+        (Some(json), Some(vocab)) => sampler.sample(json.mask(&vocab, logits)),
+        _ => sampler.sample(logits),
     }
 }
 

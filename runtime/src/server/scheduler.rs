@@ -27,7 +27,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use crate::generation::json::{JsonFormat, JsonMode, JsonVocab};
+use crate::generation::json::{self, JsonFormat, JsonMode, JsonVocab};
 use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::{Sampler, SamplingParams};
 use crate::generation::session::KvTokens;
@@ -500,10 +500,7 @@ fn logit_rows(job: &Job, end: usize) -> LogitRows {
 /// Chooses the slot's next token from `logits` and sends what it adds to the reply;
 /// false when the reply is over (or its client gone) and the slot is free.
 fn emit(model: &Model, context: usize, metrics: &Metrics, a: &mut Active, logits: &[f32]) -> bool {
-    let token = match (&mut a.json, model.vocab) {
-        (Some(json), Some(vocab)) => a.sampler.sample(json.mask(&vocab, logits)),
-        _ => a.sampler.sample(logits),
-    };
+    let token = json::sample(&mut a.sampler, a.json.as_mut(), model.vocab, logits);
     if a.first_token.is_none() {
         a.first_token = Some(Instant::now());
     }
@@ -526,7 +523,7 @@ fn emit(model: &Model, context: usize, metrics: &Metrics, a: &mut Active, logits
     }
     // The mask lets only tokens that continue the object through; the object's close
     // ends the reply.
-    let closed = a.json.as_mut().is_some_and(|json| json.push(bytes) && json.is_complete());
+    let closed = a.json.as_mut().is_some_and(|json| json.closes(bytes));
     if stopped || closed {
         return finish(a, FinishReason::Stop);
     }
