@@ -24,6 +24,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::cell::OnceCell;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -256,8 +257,9 @@ pub struct Scheduler<'m, 'v> {
     reading: Vec<(u64, usize)>,
     chunks: Vec<(usize, usize)>,
     admitted: u64,
-    /// The vocabulary's token classes for JSON-mode replies (a model with a vocabulary).
-    json_vocab: Option<Arc<JsonVocab>>,
+    /// The vocabulary's token classes for JSON-mode replies, made for the first (2.3 ms
+    /// over the dolma2 vocabulary, which a server without such requests never spends).
+    json_vocab: OnceCell<Arc<JsonVocab>>,
 }
 
 impl<'m, 'v> Scheduler<'m, 'v> {
@@ -280,7 +282,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
             reading: Vec::with_capacity(config.slots),
             chunks: Vec::with_capacity(config.slots),
             admitted: 0,
-            json_vocab: model.vocab.map(|v| Arc::new(JsonVocab::new(&v, model.config.vocab_size as usize))),
+            json_vocab: OnceCell::new(),
         }
     }
 
@@ -317,6 +319,13 @@ impl<'m, 'v> Scheduler<'m, 'v> {
                 let (free, cached) = self.take_slot(&job);
                 Metrics::add(&self.queue.metrics.prompt_tokens_cached, cached as u64);
                 let text = StopText::new(job.stop.clone());
+                let json = match (&job.json, self.model.vocab) {
+                    (Some(format), Some(vocab)) => {
+                        let classes = self.json_vocab.get_or_init(|| Arc::new(JsonVocab::new(&vocab, self.model.config.vocab_size as usize)));
+                        Some(JsonMode::new(Arc::clone(classes), format))
+                    }
+                    _ => None,
+                };
                 self.slots[free] = Some(Active {
                     seq: self.admitted,
                     queued,
@@ -327,7 +336,7 @@ impl<'m, 'v> Scheduler<'m, 'v> {
                     generated: 0,
                     first_token: None,
                     sampler,
-                    json: job.json.as_ref().zip(self.json_vocab.as_ref()).map(|(format, v)| JsonMode::new(Arc::clone(v), format)),
+                    json,
                     text,
                     job,
                 });
