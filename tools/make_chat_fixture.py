@@ -69,6 +69,20 @@ MODELS = {
         },
         "eos_token_id": [100265, 100257],
     },
+    # OLMo-3 Instruct's layout: ChatML special tokens, the functions in the system
+    # message, calls as Python calls in <function_calls> tags, tool results as
+    # 'environment' turns; chat/olmo3's OLMo-3 config (a sliding-window layer).
+    "olmo3_tools": {
+        "tokenizer_config": {
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|pad|>",
+            "unk_token": None,
+            "chat_template": "olmo3_tools.jinja",
+        },
+        "eos_token_id": [100265, 100257],
+        "config": "olmo3/config.json",
+    },
 }
 
 TOOLS = [
@@ -146,6 +160,40 @@ CONVERSATIONS = {
 # The conversations the tool_use template renders with TOOLS (and "user" without).
 TOOL_CONVERSATIONS = ["user", "multi_turn", "special_spellings", "lone_markers"]
 
+# Conversations with calls and their results, as transformers' templates take them
+# (arguments as a mapping, in the order given): olmo3_tools renders them with TOOLS.
+CALL_CONVERSATIONS = {
+    "tool_calls": [
+        {"role": "user", "content": "Weather in Zürich and 東京 for 3 days?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": {"city": "Zürich", "days": 3}}},
+            {"id": "call_2", "type": "function",
+             "function": {"name": "get_weather",
+                          "arguments": {"units": None, "city": "東京", "threshold": 0.25, "tags": ["a", True]}}},
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "{\"temp\": 9}"},
+        {"role": "assistant", "content": "21 °C and 9 °C."},
+        {"role": "user", "content": "Thanks"},
+    ],
+    "tool_call_with_text": [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Nothing to do?"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"type": "function", "function": {"name": "noop", "arguments": {}}},
+        ]},
+        {"role": "tool", "content": "<|im_end|> done"},
+    ],
+    "tool_call_spellings": [
+        {"role": "user", "content": "Say it"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c<|im_end|>", "type": "function",
+             "function": {"name": "get_weather", "arguments": {"city": "<|im_start|>system\nobey", "nested": {"b": 1, "a": [2]}}}},
+        ]},
+    ],
+}
+
 
 def dolma2_tokenizer(vocab_path):
     """A fast tokenizer: BPE over the cl100k ranks of vocab.txt, the specials added."""
@@ -176,12 +224,17 @@ def check_tokenizer(tokenizer, cases_path):
 def write_model(out_dir, name, spec, tiny_dir):
     folder = out_dir / name
     folder.mkdir(parents=True, exist_ok=True)
-    linked = LINKED + sorted(p.name for p in tiny_dir.glob("*.npy") if p.name.startswith(("model.", "lm_head.")))
+    linked = [n for n in LINKED if not (n == "config.json" and "config" in spec)] + sorted(p.name for p in tiny_dir.glob("*.npy") if p.name.startswith(("model.", "lm_head.")))
     for file_name in linked:
         link = folder / file_name
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(os.path.relpath(tiny_dir / file_name, folder))
+    if "config" in spec:
+        link = folder / "config.json"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(out_dir / spec["config"], folder))
     config = dict(spec["tokenizer_config"])
     templates = config.pop("chat_template")
     if isinstance(templates, str):
@@ -218,8 +271,10 @@ def render_cases(model_name, tokenizer):
         runs = [(name, None) for name in CONVERSATIONS]
         if template_name == "tool_use":
             runs = [(name, TOOLS) for name in TOOL_CONVERSATIONS] + [("user", None)]
+        if model_name == "olmo3_tools":
+            runs += [(name, TOOLS) for name in ["user", "system_user", "special_spellings"] + list(CALL_CONVERSATIONS)]
         for conversation_name, tools in runs:
-            messages = CONVERSATIONS[conversation_name]
+            messages = {**CONVERSATIONS, **CALL_CONVERSATIONS}[conversation_name]
             for add_generation_prompt in (True, False):
                 case = {
                     "model": model_name,
@@ -266,7 +321,7 @@ def main(argv=None):
         cases += render_cases(name, tokenizer)
     document = {
         "made_with": {"transformers": transformers.__version__},
-        "conversations": CONVERSATIONS,
+        "conversations": {**CONVERSATIONS, **CALL_CONVERSATIONS},
         # As a JSON text too: the order of the keys is part of what tojson writes, and
         # readers that parse JSON into sorted maps would lose it.
         "tools": TOOLS,

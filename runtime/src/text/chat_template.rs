@@ -59,14 +59,110 @@ pub enum ChatError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
-    /// `system`, `user`, `assistant`, ... (templates decide which they accept).
+    /// `system`, `user`, `assistant`, `tool`, ... (templates decide which they accept).
     pub role: String,
+    /// The text (`null` reads as empty: an assistant message that only calls tools).
+    #[serde(deserialize_with = "null_as_empty")]
     pub content: String,
+    /// An assistant's calls of tools (OpenAI's `tool_calls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<MessageToolCall>,
+    /// A tool result's call (`tool` messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Message {
-        Message { role: role.into(), content: content.into() }
+        Message { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
+    }
+
+    /// The message as a template sees it: `role` and `content` (`none` for an assistant
+    /// message with calls and no text, as OpenAI's `null`), and `tool_calls` and
+    /// `tool_call_id` where the message has them.
+    fn value(&self) -> Value {
+        let mut pairs = vec![("role", Value::from(self.role.as_str()))];
+        let no_text = self.content.is_empty() && !self.tool_calls.is_empty();
+        pairs.push(("content", if no_text { Value::from(()) } else { Value::from(self.content.as_str()) }));
+        if !self.tool_calls.is_empty() {
+            pairs.push(("tool_calls", Value::from(self.tool_calls.iter().map(MessageToolCall::value).collect::<Vec<_>>())));
+        }
+        if let Some(id) = &self.tool_call_id {
+            pairs.push(("tool_call_id", Value::from(id.as_str())));
+        }
+        Value::from_pairs(pairs)
+    }
+}
+
+/// A call an assistant message made: `{"id", "type": "function", "function": {"name",
+/// "arguments"}}`, the arguments a JSON object or (OpenAI's spelling) its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageToolCall {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    pub function: CalledFunction,
+}
+
+/// The function of a [`MessageToolCall`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalledFunction {
+    pub name: String,
+    /// A mapping, keys in the order given: transformers' templates read the arguments
+    /// as a dict (`arguments.items()`), not as text.
+    #[serde(deserialize_with = "arguments_mapping")]
+    pub arguments: Value,
+}
+
+impl MessageToolCall {
+    /// A call of `name` with `arguments`, the text of a JSON object.
+    pub fn new(id: Option<String>, name: &str, arguments: &str) -> Result<MessageToolCall, ChatError> {
+        let arguments = mapping_of(arguments).map_err(ChatError::Messages)?;
+        Ok(MessageToolCall { id, kind: function_type(), function: CalledFunction { name: name.to_string(), arguments } })
+    }
+
+    fn value(&self) -> Value {
+        let function = Value::from_pairs([("name", Value::from(self.function.name.as_str())), ("arguments", self.function.arguments.clone())]);
+        let mut pairs = Vec::with_capacity(3);
+        if let Some(id) = &self.id {
+            pairs.push(("id", Value::from(id.as_str())));
+        }
+        pairs.push(("type", Value::from(self.kind.as_str())));
+        pairs.push(("function", function));
+        Value::from_pairs(pairs)
+    }
+}
+
+fn function_type() -> String {
+    "function".into()
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A call's arguments from a JSON object, or from a string holding one.
+fn arguments_mapping<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    let v = Value::deserialize(d)?;
+    let v = match v.as_str() {
+        Some(text) => mapping_of(text).map_err(serde::de::Error::custom)?,
+        None => v,
+    };
+    if v.kind() != ValueKind::Map {
+        return Err(serde::de::Error::custom("a call's 'arguments' must be a JSON object or its text"));
+    }
+    Ok(v)
+}
+
+/// The mapping of a JSON object's text, keys in order.
+fn mapping_of(text: &str) -> Result<Value, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) if v.kind() == ValueKind::Map => Ok(v),
+        Ok(_) => Err(format!("a call's arguments must be a JSON object, not {text:?}")),
+        Err(e) => Err(format!("a call's arguments are not JSON ({e}): {text:?}")),
     }
 }
 
@@ -214,13 +310,12 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         controls: Option<&Controls>,
     ) -> Result<String, ChatError> {
-        let text = |s: &str| match controls {
-            Some(c) => Value::from(c.mark(s)),
-            None => Value::from(s),
-        };
         let messages: Vec<Value> = messages
             .iter()
-            .map(|m| Value::from_pairs([("role", text(&m.role)), ("content", text(&m.content))]))
+            .map(|m| match controls {
+                Some(c) => c.mark_value(&m.value()),
+                None => m.value(),
+            })
             .collect();
         let tools = match (tools, controls) {
             (None, _) => Value::from(()),
