@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use olmo_format::vocab::VocabView;
 
+use super::call_grammar::{CallPrefix, CallRules};
 use super::json_schema::{Schema, SchemaPrefix};
 use super::sampling::Sampler;
 
@@ -249,9 +250,25 @@ impl JsonPrefix {
         JsonPrefix { mode: Mode::Start, depth: 0, objects: 0, whitespace: 0 }
     }
 
+    /// Before one JSON value of any kind (a function's argument), whitespace
+    /// first refused; [`JsonPrefix::may_end`] tells where it may end.
+    pub const fn one_value() -> JsonPrefix {
+        JsonPrefix { mode: Mode::Value, depth: 0, objects: 0, whitespace: 0 }
+    }
+
     /// Whether the object is complete (and nothing may follow).
     pub fn is_complete(&self) -> bool {
         self.mode == Mode::Done
+    }
+
+    /// Whether the value read so far is whole: complete, or a number that the next
+    /// byte may end.
+    pub fn may_end(&self) -> bool {
+        match self.mode {
+            Mode::Done => true,
+            Mode::Number(n) => self.depth == 0 && n.complete(),
+            _ => false,
+        }
     }
 
     /// The state after `bytes`, if they continue a prefix of a JSON object (an empty
@@ -276,8 +293,18 @@ impl JsonPrefix {
 
     fn close(&mut self) -> bool {
         self.depth -= 1;
-        self.mode = if self.depth == 0 { Mode::Done } else { Mode::After };
+        self.mode = self.after_value();
         true
+    }
+
+    /// The mode after a value: `After` in a container, `Done` for a value alone
+    /// ([`JsonPrefix::one_value`]).
+    fn after_value(&self) -> Mode {
+        if self.depth == 0 {
+            Mode::Done
+        } else {
+            Mode::After
+        }
     }
 
     /// A value starting with `b`.
@@ -307,7 +334,7 @@ impl JsonPrefix {
                 if !n.complete() {
                     return false;
                 }
-                self.mode = Mode::After;
+                self.mode = self.after_value();
             }
             return take_space(&mut self.whitespace, b);
         }
@@ -343,7 +370,7 @@ impl JsonPrefix {
                     true
                 }
                 StringStep::End => {
-                    self.mode = if key { Mode::Colon } else { Mode::After };
+                    self.mode = if key { Mode::Colon } else { self.after_value() };
                     true
                 }
                 StringStep::Bad => false,
@@ -355,7 +382,7 @@ impl JsonPrefix {
                 }
                 // The byte after a number belongs to what follows it.
                 None if n.complete() => {
-                    self.mode = Mode::After;
+                    self.mode = self.after_value();
                     self.feed(b)
                 }
                 None => false,
@@ -365,7 +392,7 @@ impl JsonPrefix {
                 if w[at as usize] != b {
                     return false;
                 }
-                self.mode = if at as usize + 1 == w.len() { Mode::After } else { Mode::Word { word, at: at + 1 } };
+                self.mode = if at as usize + 1 == w.len() { self.after_value() } else { Mode::Word { word, at: at + 1 } };
                 true
             }
             Mode::Done => false,
@@ -435,11 +462,13 @@ impl JsonVocab {
     }
 }
 
-/// What a reply is held to: any JSON object, or an object of a schema.
+/// What a reply is held to: any JSON object, an object of a schema, or tool calls
+/// (`call_grammar`).
 #[derive(Debug, Clone)]
 pub enum JsonFormat {
     Object,
     Schema(Arc<Schema>),
+    Calls(Arc<CallRules>),
 }
 
 impl PartialEq for JsonFormat {
@@ -448,6 +477,7 @@ impl PartialEq for JsonFormat {
         match (self, other) {
             (JsonFormat::Object, JsonFormat::Object) => true,
             (JsonFormat::Schema(a), JsonFormat::Schema(b)) => Arc::ptr_eq(a, b),
+            (JsonFormat::Calls(a), JsonFormat::Calls(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -457,6 +487,7 @@ impl PartialEq for JsonFormat {
 enum State {
     Object(JsonPrefix),
     Schema(Box<SchemaPrefix>, Arc<Schema>),
+    Calls(Box<CallPrefix>, Arc<CallRules>),
 }
 
 /// A reply held to a JSON object: the grammar's state so far and the scratch of masked
@@ -473,6 +504,7 @@ impl JsonMode {
         let state = match format {
             JsonFormat::Object => State::Object(JsonPrefix::new()),
             JsonFormat::Schema(s) => State::Schema(Box::default(), Arc::clone(s)),
+            JsonFormat::Calls(r) => State::Calls(Box::default(), Arc::clone(r)),
         };
         JsonMode { state, vocab, logits }
     }
@@ -488,6 +520,7 @@ impl JsonMode {
         match &self.state {
             State::Object(p) => mask_with(*p, &(), classes, vocab, &logits[..n], out),
             State::Schema(p, s) => mask_with(**p, &**s, classes, vocab, &logits[..n], out),
+            State::Calls(p, r) => mask_with(**p, &**r, classes, vocab, &logits[..n], out),
         }
         &self.logits[..n]
     }
@@ -498,6 +531,7 @@ impl JsonMode {
         match &mut self.state {
             State::Object(p) => p.after(bytes).map(|next| *p = next).is_some(),
             State::Schema(p, s) => Grammar::after(**p, &**s, bytes).map(|next| **p = next).is_some(),
+            State::Calls(p, r) => p.after(&**r, bytes).map(|next| **p = next).is_some(),
         }
     }
 
@@ -506,6 +540,7 @@ impl JsonMode {
         match &self.state {
             State::Object(p) => p.is_complete(),
             State::Schema(p, _) => p.is_complete(),
+            State::Calls(p, _) => p.is_complete(),
         }
     }
 

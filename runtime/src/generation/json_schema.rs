@@ -47,13 +47,16 @@ enum Node {
 pub struct Schema {
     nodes: Vec<Node>,
     literals: Vec<Box<[u8]>>,
+    /// Keywords outside [`KEYWORDS`] are read past, not refused
+    /// ([`Schema::compile_values`]).
+    lenient: bool,
 }
 
 impl Schema {
     /// The schema of a `json_schema` response format's `schema`; the error names what
     /// is not supported or not well formed.
     pub fn compile(schema: &Value) -> Result<Schema, String> {
-        let mut s = Schema { nodes: Vec::new(), literals: Vec::new() };
+        let mut s = Schema { nodes: Vec::new(), literals: Vec::new(), lenient: false };
         let root = s.node(schema, 0)?;
         if !matches!(s.nodes[root as usize], Node::Object(_)) {
             return Err("the schema must describe an object (\"type\": \"object\"), as OpenAI's".into());
@@ -72,6 +75,28 @@ impl Schema {
         Ok(s)
     }
 
+    /// One schema for several values (a function's arguments): the node of each, or
+    /// `None` where its schema is outside the subset taken. Keywords that only bound a
+    /// value (`minimum`, `format`, `nullable`, ...) are read past: its type is held,
+    /// not its bounds.
+    pub fn compile_values<'a>(schemas: impl IntoIterator<Item = &'a Value>) -> (Schema, Vec<Option<u16>>) {
+        let mut s = Schema { nodes: Vec::new(), literals: Vec::new(), lenient: true };
+        let nodes = schemas
+            .into_iter()
+            .map(|v| {
+                let (nodes, literals) = (s.nodes.len(), s.literals.len());
+                let node = s.node(v, 0).ok();
+                if node.is_none() {
+                    // What the refused schema added is of no use.
+                    s.nodes.truncate(nodes);
+                    s.literals.truncate(literals);
+                }
+                node
+            })
+            .collect();
+        (s, nodes)
+    }
+
     fn push(&mut self, node: Node) -> Result<u16, String> {
         if self.nodes.len() == MAX_NODES {
             return Err(format!("the schema has more than {MAX_NODES} parts"));
@@ -86,7 +111,7 @@ impl Schema {
             return Err(format!("the schema nests more than {MAX_DEPTH} deep"));
         }
         let Value::Object(o) = v else { return Err(format!("a schema must be an object, not {v}")) };
-        if let Some(k) = o.keys().find(|k| !KEYWORDS.contains(&k.as_str())) {
+        if let Some(k) = o.keys().find(|k| !self.lenient && !KEYWORDS.contains(&k.as_str())) {
             return Err(format!("the schema keyword '{k}' is not supported"));
         }
         if let Some(c) = o.get("const") {
@@ -256,6 +281,29 @@ impl SchemaPrefix {
     /// The empty reply: the schema's root object comes, from its first byte.
     pub fn new() -> SchemaPrefix {
         SchemaPrefix { stack: [Frame { node: 0, done: 0, phase: Phase::Open }; MAX_DEPTH], depth: 0, leaf: Leaf::Expect(0), whitespace: 0, done: false }
+    }
+
+    /// Before one value of `node` (of a schema from [`Schema::compile_values`]);
+    /// [`SchemaPrefix::may_end`] tells where it may end.
+    pub fn value_of(node: u16) -> SchemaPrefix {
+        SchemaPrefix { leaf: Leaf::Expect(node), ..SchemaPrefix::new() }
+    }
+
+    /// Whether no byte of the value was read ([`SchemaPrefix::value_of`]).
+    pub fn is_expecting(&self) -> bool {
+        self.depth == 0 && !self.done && matches!(self.leaf, Leaf::Expect(_))
+    }
+
+    /// Whether the value read so far is whole: complete, or a number or an enum's
+    /// literal that the next byte may end.
+    pub fn may_end(&self, s: &Schema) -> bool {
+        match self.leaf {
+            _ if self.done => true,
+            _ if self.depth > 0 => false,
+            Leaf::Num { n, .. } => n.complete(),
+            Leaf::Literal { first, alive, at, .. } => (0..64).any(|i| alive >> i & 1 == 1 && s.literals[first as usize + i].len() == at as usize),
+            _ => false,
+        }
     }
 
     fn top(&mut self) -> &mut Frame {

@@ -1,8 +1,10 @@
 //! From a prompt to new tokens: choosing each token ([`sampling`]; in JSON mode only
-//! among those that continue a JSON object, [`json`]) and what it was worth
+//! among those that continue a JSON object, [`json`], or a call block when a tool call
+//! is required, [`call_grammar`]) and what it was worth
 //! ([`logprobs`]), the seed's trace loop ([`trace`]), generation in text, JSON or
 //! trace form ([`generate`]), and multi-turn chat on a kept KV cache ([`session`]).
 
+pub mod call_grammar;
 pub mod generate;
 pub mod json;
 pub mod json_schema;

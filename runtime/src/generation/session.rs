@@ -22,7 +22,7 @@ use olmo_format::ChatInfo;
 use crate::generation::sampling::{Sampler, SamplingParams};
 use crate::model::forward::{forward, forward_batch_for, LogitRows, RunState};
 use crate::model::Model;
-use crate::text::chat_template::{ChatError, ChatTemplate, Message};
+use crate::text::chat_template::{ChatError, ChatTemplate, Message, Tools};
 use crate::text::tokenizer::Tokenizer;
 use crate::RunError;
 
@@ -49,7 +49,12 @@ impl<'v> ChatFormat<'v> {
     /// prompt and encoded, the template's special tokens as tokens and the messages'
     /// text as text.
     pub fn prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ChatError> {
-        self.template.encode(&self.tokenizer, messages, None, true)
+        self.prompt_with_tools(messages, None)
+    }
+
+    /// [`ChatFormat::prompt`] with the functions the model may call shown to it.
+    pub fn prompt_with_tools(&self, messages: &[Message], tools: Option<&Tools>) -> Result<Vec<u32>, ChatError> {
+        self.template.encode(&self.tokenizer, messages, tools, true)
     }
 
     pub fn template(&self) -> &ChatTemplate {

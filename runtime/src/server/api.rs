@@ -2,18 +2,20 @@
 //! message for a 400), and the JSON of answers, stream chunks and errors.
 //!
 //! Unknown fields are ignored, as vLLM and llama-server ignore them; fields the server
-//! knows but does not implement (`best_of`, tools, `suffix`, ...) are refused rather
-//! than silently dropped.
+//! knows but does not implement (`best_of`, `functions`, `suffix`, ...) are refused
+//! rather than silently dropped.
 
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+use crate::generation::call_grammar::CallRules;
 use crate::generation::json::JsonFormat;
 use crate::generation::json_schema::Schema;
 use crate::generation::logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 use crate::generation::sampling::{SamplingParams, DEFAULT_PENALTY_LAST_N};
-use crate::text::chat_template::Message;
+use crate::text::chat_template::{Message, MessageToolCall, Tools};
+use crate::text::tool_calls::ToolCall;
 
 /// An error answer: HTTP status and OpenAI's `{"error": {...}}` body.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +85,42 @@ pub struct CompletionRequest {
     /// `response_format` `json_object` or `json_schema`: the reply is held to one JSON
     /// object, of the schema (`generation::json`, `generation::json_schema`).
     pub json: Option<JsonFormat>,
+    /// Chat's `tools`, `tool_choice` and `parallel_tool_calls`.
+    pub tools: Option<ToolRequest>,
+}
+
+/// The functions a chat request offers the model, and whether it must call one.
+#[derive(Debug, Clone)]
+pub struct ToolRequest {
+    /// The `tools` list as given (key order kept: the template writes it out).
+    pub tools: Tools,
+    /// Each tool's function name, in order.
+    pub names: Vec<String>,
+    pub choice: ToolChoice,
+    /// `parallel_tool_calls` (default true): false keeps a reply's first call only.
+    pub parallel: bool,
+    /// What the reply is held to where the choice requires a call.
+    pub required: Option<Arc<CallRules>>,
+}
+
+impl PartialEq for ToolRequest {
+    /// Requests are compared in tests; the tools by their names.
+    fn eq(&self, other: &ToolRequest) -> bool {
+        (&self.names, &self.choice, self.parallel) == (&other.names, &other.choice, other.parallel)
+    }
+}
+
+/// `tool_choice`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The template is shown the tools; the reply is text, never read for calls.
+    None,
+    /// The model writes text or calls (the default).
+    Auto,
+    /// The reply is calls, of any of the tools.
+    Required,
+    /// The reply is one call of this function.
+    Function(String),
 }
 
 /// Stop strings a request may give (OpenAI allows 4).
@@ -132,6 +170,14 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         }
     }
     let prompt = if chat { Prompt::Chat(parse_messages(&o)?) } else { parse_prompt(&o)? };
+    let tools = parse_tools(&o, body)?;
+    if tools.is_some() && !chat {
+        return Err(ApiError::invalid("'tools' is a /v1/chat/completions option", Some("tools")));
+    }
+    let json = parse_response_format(&o)?;
+    if json.is_some() && tools.as_ref().is_some_and(|t| t.required.is_some()) {
+        return Err(ApiError::invalid("a JSON 'response_format' and a 'tool_choice' that requires a call cannot both hold the reply", Some("tool_choice")));
+    }
     // Completions only: the reply starts with the prompt, and may be nothing more.
     let echo = bool_field(&o, "echo")?.unwrap_or(false);
     if echo && chat {
@@ -237,8 +283,85 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
             Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
             Some(n) => return Err(ApiError::invalid(format!("'n' must be from 1 to {MAX_CHOICES}, not {n}"), Some("n"))),
         },
-        json: parse_response_format(&o)?,
+        json,
+        tools,
     })
+}
+
+/// The longest function name OpenAI takes.
+const MAX_NAME: usize = 64;
+
+/// `tools` (a list of `{"type": "function", "function": {"name", "description",
+/// "parameters"}}`), `tool_choice` and `parallel_tool_calls`. `None` where no tool is
+/// given; `tool_choice` `none` or `auto` then means what it says without tools.
+fn parse_tools(o: &Obj, body: &[u8]) -> Result<Option<ToolRequest>, ApiError> {
+    let bad = |m: String, param| Err(ApiError::invalid(m, Some(param)));
+    let choice = match field(o, "tool_choice") {
+        None => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => Some(ToolChoice::None),
+            "auto" => Some(ToolChoice::Auto),
+            "required" => Some(ToolChoice::Required),
+            _ => return bad(format!("'tool_choice' must be \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, not {s:?}"), "tool_choice"),
+        },
+        Some(c) => match (c.get("type").and_then(Value::as_str), c.get("function").and_then(|f| f.get("name")).and_then(Value::as_str)) {
+            (Some("function"), Some(name)) => Some(ToolChoice::Function(name.to_string())),
+            _ => return bad("'tool_choice' names a function as {\"type\": \"function\", \"function\": {\"name\": ...}}".into(), "tool_choice"),
+        },
+    };
+    let parallel = bool_field(o, "parallel_tool_calls")?.unwrap_or(true);
+    let list = match field(o, "tools") {
+        None => &Vec::new(),
+        Some(Value::Array(a)) => a,
+        Some(_) => return bad("'tools' must be a list of {\"type\": \"function\", \"function\": {...}}".into(), "tools"),
+    };
+    if list.is_empty() {
+        return match choice {
+            None | Some(ToolChoice::None | ToolChoice::Auto) => Ok(None),
+            Some(_) => bad("'tool_choice' asks for a call, but the request has no 'tools'".into(), "tool_choice"),
+        };
+    }
+    let mut names: Vec<String> = Vec::with_capacity(list.len());
+    let mut parameters = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let f = match (t.get("type").and_then(Value::as_str), t.get("function")) {
+            (Some("function"), Some(Value::Object(f))) => f,
+            _ => return bad(format!("tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ..., \"parameters\": ...}}}}"), "tools"),
+        };
+        let name = match f.get("name") {
+            Some(Value::String(n)) if (1..=MAX_NAME).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => n,
+            _ => return bad(format!("tools[{i}]: a function's 'name' is 1 to {MAX_NAME} letters, digits, '_' or '-'"), "tools"),
+        };
+        if names.contains(name) {
+            return bad(format!("tools[{i}]: the function '{name}' is given twice"), "tools");
+        }
+        if f.get("parameters").is_some_and(|p| !p.is_object()) {
+            return bad(format!("tools[{i}]: 'parameters' must be a JSON schema object"), "tools");
+        }
+        names.push(name.clone());
+        parameters.push(f.get("parameters"));
+    }
+    let choice = choice.unwrap_or(ToolChoice::Auto);
+    if let ToolChoice::Function(name) = &choice {
+        if !names.contains(name) {
+            return bad(format!("'tool_choice' names '{name}', which is not among the 'tools'"), "tool_choice");
+        }
+    }
+    let functions = names.iter().map(String::as_str).zip(parameters.iter().copied());
+    let required = match &choice {
+        ToolChoice::None | ToolChoice::Auto => None,
+        ToolChoice::Required => Some(CallRules::new(functions, parallel)),
+        ToolChoice::Function(name) => Some(CallRules::new(functions.filter(|(n, _)| n == name), false)),
+    };
+    let required = match required.transpose() {
+        Ok(r) => r.map(Arc::new),
+        Err(e) => return bad(format!("'tool_choice' requires a call, which cannot be held to the tools: {e}"), "tool_choice"),
+    };
+    // The list again with its keys in order: serde_json's map sorts them.
+    let ordered: minijinja::Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))?;
+    let tools = Tools::from_value(ordered.get_attr("tools").unwrap_or_default())
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("tools")))?;
+    Ok(Some(ToolRequest { tools, names, choice, parallel, required }))
 }
 
 /// `response_format`: `{"type": "text"}` (the default), `{"type": "json_object"}`, or
@@ -361,19 +484,12 @@ fn refuse_unsupported(o: &Obj) -> Result<(), ApiError> {
         None | Some(1) => {}
         Some(_) => return unsupported("best_of", "one candidate per request"),
     }
-    for name in ["tools", "functions"] {
-        match field(o, name) {
-            None => {}
-            Some(Value::Array(a)) if a.is_empty() => {}
-            Some(_) => return unsupported(if name == "tools" { "tools" } else { "functions" }, "tool calls are not implemented"),
-        }
+    // The deprecated spellings of tools.
+    if field(o, "functions").is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
+        return unsupported("functions", "give the functions as 'tools'");
     }
-    for name in ["tool_choice", "function_call"] {
-        match field(o, name) {
-            None => {}
-            Some(Value::String(s)) if s == "none" || s == "auto" => {}
-            Some(_) => return unsupported(if name == "tool_choice" { "tool_choice" } else { "function_call" }, "tool calls are not implemented"),
-        }
+    if field(o, "function_call").is_some_and(|v| v.as_str().is_none_or(|s| s != "none" && s != "auto")) {
+        return unsupported("function_call", "use 'tool_choice'");
     }
     if field(o, "suffix").is_some_and(|v| v.as_str() != Some("")) {
         return unsupported("suffix", "insertion is not implemented");
@@ -404,7 +520,7 @@ fn parse_prompt(o: &Obj) -> Result<Prompt, ApiError> {
 }
 
 /// Roles a message may have; `developer` (OpenAI's newer name) is read as `system`.
-const ROLES: [&str; 4] = ["system", "developer", "user", "assistant"];
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
 fn parse_messages(o: &Obj) -> Result<Vec<Message>, ApiError> {
     let Some(Value::Array(items)) = field(o, "messages") else {
@@ -421,13 +537,25 @@ fn parse_messages(o: &Obj) -> Result<Vec<Message>, ApiError> {
             let Value::Object(m) = m else { return Err(bad("must be an object".into())) };
             let role = match m.get("role") {
                 Some(Value::String(r)) if ROLES.contains(&r.as_str()) => if r == "developer" { "system" } else { r.as_str() },
-                Some(Value::String(r)) if r == "tool" || r == "function" => return Err(bad(format!("role '{r}': tool calls are not supported"))),
-                Some(Value::String(r)) => return Err(bad(format!("unknown role '{r}' (system, user or assistant)"))),
+                Some(Value::String(r)) if r == "function" => return Err(bad("role 'function' is deprecated: give tool results as role 'tool'".into())),
+                Some(Value::String(r)) => return Err(bad(format!("unknown role '{r}' (system, user, assistant or tool)"))),
                 _ => return Err(bad("'role' must be a string".into())),
             };
-            if m.get("tool_calls").is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty())) {
-                return Err(bad("tool calls are not supported".into()));
-            }
+            let tool_calls = match m.get("tool_calls") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(calls)) if role == "assistant" => calls
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| parse_message_call(c).map_err(|e| bad(format!("tool_calls[{j}]: {e}"))))
+                    .collect::<Result<_, _>>()?,
+                Some(_) if role == "assistant" => return Err(bad("'tool_calls' must be a list".into())),
+                Some(_) => return Err(bad(format!("a '{role}' message has no 'tool_calls' (assistant messages do)"))),
+            };
+            let tool_call_id = match m.get("tool_call_id") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(id)) if role == "tool" => Some(id.clone()),
+                Some(_) => return Err(bad("'tool_call_id' is a string, on 'tool' messages".into())),
+            };
             let content = match m.get("content") {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Array(parts)) => {
@@ -444,9 +572,31 @@ fn parse_messages(o: &Obj) -> Result<Vec<Message>, ApiError> {
                 Some(Value::Null) | None if role == "assistant" => String::new(),
                 _ => return Err(bad("'content' must be a string or a list of text parts".into())),
             };
-            Ok(Message::new(role, content))
+            Ok(Message { tool_calls, tool_call_id, ..Message::new(role, content) })
         })
         .collect()
+}
+
+/// An assistant message's call: `{"id", "type": "function", "function": {"name",
+/// "arguments"}}`, the arguments the text of a JSON object (or the object).
+fn parse_message_call(c: &Value) -> Result<MessageToolCall, String> {
+    let id = match c.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(_) => return Err("'id' must be a string".into()),
+    };
+    if c.get("type").is_some_and(|t| t != "function") {
+        return Err("'type' must be \"function\"".into());
+    }
+    let Some(Value::Object(f)) = c.get("function") else { return Err("a call is {\"type\": \"function\", \"function\": {\"name\", \"arguments\"}}".into()) };
+    let Some(Value::String(name)) = f.get("name") else { return Err("a call's function needs a 'name'".into()) };
+    let arguments = match f.get("arguments") {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(Value::String(a)) => a.clone(),
+        Some(a @ Value::Object(_)) => a.to_string(),
+        Some(_) => return Err("'arguments' must be the text of a JSON object".into()),
+    };
+    MessageToolCall::new(id, name, &arguments).map_err(|e| e.to_string())
 }
 
 /// What an answer needs besides the text.
@@ -475,6 +625,23 @@ fn usage(u: Usage) -> Value {
     })
 }
 
+/// A reply's calls as OpenAI's `tool_calls`: `{"id", "type": "function", "function":
+/// {"name", "arguments"}}` each (with `"index"` in a stream's delta), ids `call_` and
+/// `id_base`, the call's number after it.
+pub fn tool_calls(calls: &[ToolCall], id_base: &str, streamed: bool) -> Value {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let mut v = json!({"id": format!("call_{id_base}_{k}"), "type": "function", "function": {"name": c.name, "arguments": c.arguments}});
+            if streamed {
+                v["index"] = k.into();
+            }
+            v
+        })
+        .collect()
+}
+
 /// One choice of a whole answer: its index, text, finish reason and `logprobs` (from
 /// [`logprobs`], if asked for).
 pub fn choice(info: &AnswerInfo, index: usize, text: &str, finish: &str, logprobs: Option<Value>) -> Value {
@@ -484,6 +651,29 @@ pub fn choice(info: &AnswerInfo, index: usize, text: &str, finish: &str, logprob
     } else {
         json!({"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs})
     }
+}
+
+/// A chat [`choice`] whose reply called tools: its message's `tool_calls` ([`tool_calls`]),
+/// and `content` null where no text came with them.
+pub fn add_tool_calls(choice: &mut Value, calls: Value) {
+    let message = &mut choice["message"];
+    if message["content"] == "" {
+        message["content"] = Value::Null;
+    }
+    message["tool_calls"] = calls;
+}
+
+/// A chat stream's chunk of choice `index` whose delta is the reply's calls
+/// ([`tool_calls`], streamed).
+pub fn tool_calls_chunk(info: &AnswerInfo, index: usize, calls: Value) -> String {
+    json!({
+        "id": info.id,
+        "object": "chat.completion.chunk",
+        "created": info.created,
+        "model": info.model,
+        "choices": [{"index": index, "delta": {"tool_calls": calls}, "finish_reason": null, "logprobs": null}],
+    })
+    .to_string()
 }
 
 /// A whole (non-streamed) answer of `choices` ([`choice`]).
@@ -631,7 +821,28 @@ mod tests {
             (r#"{"prompt": "a", "max_tokens": 0}"#, false, "at least 1"),
             (r#"{"prompt": "a", "echo": true, "max_tokens": -1}"#, false, "at least 0"),
             (r#"{"prompt": "a", "model": 3}"#, false, "'model'"),
-            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]}"#, true, "'tools'"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]}"#, true, "tools[0] must be"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": {"type": "function"}}"#, true, "'tools' must be a list"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "a b"}}]}"#, true, "'name' is 1 to 64"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]}"#, true, "'f' is given twice"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}"#, true, "'parameters' must be"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "always"}"#, true, "'tool_choice' must be"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}}"#, true, "'g', which is not among"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "tool_choice": "required"}"#, true, "has no 'tools'"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"properties": {"a-b": {}}}}}], "tool_choice": "required"}"#, true, "'a-b' cannot be a keyword argument"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required", "response_format": {"type": "json_object"}}"#, true, "cannot both hold"),
+            (r#"{"prompt": "a", "tools": [{"type": "function", "function": {"name": "f"}}]}"#, false, "/v1/chat/completions option"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "functions": [{"name": "f"}]}"#, true, "'functions' is not supported"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "function_call": {"name": "f"}}"#, true, "'function_call' is not supported"),
+            (r#"{"messages": [{"role": "function", "content": "a"}]}"#, true, "role 'tool'"),
+            (r#"{"messages": [{"role": "user", "content": "a", "tool_calls": []}]}"#, true, "assistant messages do"),
+            (r#"{"messages": [{"role": "user", "content": "a", "tool_call_id": "x"}]}"#, true, "on 'tool' messages"),
+            (r#"{"messages": [{"role": "assistant", "content": null, "tool_calls": {}}]}"#, true, "must be a list"),
+            (r#"{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]}"#, true, "tool_calls[0]: a call's arguments must be a JSON object"),
+            (r#"{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{"}}]}]}"#, true, "are not JSON"),
+            (r#"{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"type": "code", "function": {"name": "f"}}]}]}"#, true, "'type' must be"),
+            (r#"{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"function": {}}]}]}"#, true, "needs a 'name'"),
+            (r#"{"messages": [{"role": "tool", "content": null}]}"#, true, "'content'"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "frequency_penalty": 2.5}"#, true, "between -2 and 2"),
             (r#"{"prompt": "a", "presence_penalty": "x"}"#, false, "must be a number"),
             (r#"{"prompt": "a", "repeat_penalty": 0}"#, false, "'repeat_penalty' must be a number > 0"),
@@ -646,7 +857,6 @@ mod tests {
             (r#"{"messages": []}"#, true, "empty"),
             (r#"{"prompt": "a"}"#, true, "'messages' is required"),
             (r#"{"messages": [{"role": "wizard", "content": "a"}]}"#, true, "unknown role 'wizard'"),
-            (r#"{"messages": [{"role": "tool", "content": "a"}]}"#, true, "tool calls"),
             (r#"{"messages": [{"role": "user"}]}"#, true, "'content'"),
             (r#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#, true, "'image_url'"),
             (r#"{"messages": ["hi"]}"#, true, "must be an object"),
@@ -660,6 +870,39 @@ mod tests {
     }
 
     #[test]
+    fn parses_tools_calls_and_results() {
+        let body = r#"{"messages": [
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"z\": 1, \"a\": [true]}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"z": {}, "a": {}}}}},
+                      {"type": "function", "function": {"name": "now"}}],
+            "parallel_tool_calls": false}"#;
+        let r = parse_request(body.as_bytes(), true).unwrap();
+        let Prompt::Chat(messages) = &r.prompt else { panic!("a chat") };
+        let call = &messages[1].tool_calls[0];
+        assert_eq!((call.id.as_deref(), call.function.name.as_str()), (Some("c1"), "get_weather"));
+        // The arguments keep their order for the template.
+        assert_eq!(call.function.arguments.to_string(), "{'z': 1, 'a': [True]}");
+        assert_eq!((messages[2].role.as_str(), messages[2].tool_call_id.as_deref(), messages[2].content.as_str()), ("tool", Some("c1"), "sunny"));
+        let tools = r.tools.unwrap();
+        assert_eq!((tools.names, tools.choice, tools.parallel), (vec!["get_weather".to_string(), "now".to_string()], ToolChoice::Auto, false));
+        assert!(tools.required.is_none());
+        let choice = |c: &str| {
+            let body = format!(r#"{{"messages": [{{"role": "user", "content": "a"}}], "tools": [{{"type": "function", "function": {{"name": "f"}}}}], "tool_choice": {c}}}"#);
+            parse_request(body.as_bytes(), true).unwrap().tools.unwrap().choice
+        };
+        assert_eq!(choice(r#""none""#), ToolChoice::None);
+        assert_eq!(choice(r#""required""#), ToolChoice::Required);
+        let body = r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}"#;
+        assert!(parse_request(body.as_bytes(), true).unwrap().tools.unwrap().required.is_some());
+        assert_eq!(choice(r#"{"type": "function", "function": {"name": "f"}}"#), ToolChoice::Function("f".into()));
+        // No tools: nothing to call, whatever 'none' or 'auto' say.
+        let r = parse_request(br#"{"messages": [{"role": "user", "content": "a"}], "tools": [], "tool_choice": "auto"}"#, true).unwrap();
+        assert!(r.tools.is_none());
+    }
+
+    #[test]
     fn answers_have_openai_shapes() {
         let info = AnswerInfo { id: "x", created: 1, model: "m", chat: true };
         let v: Value = serde_json::from_str(&answer(&info, vec![choice(&info, 0, "hi", "stop", None)], Usage { prompt: 3, cached: 2, completion: 1 })).unwrap();
@@ -669,6 +912,18 @@ mod tests {
         assert!(v["choices"][0]["logprobs"].is_null());
         let v: Value = serde_json::from_str(&chunk(&info, 0, None, true, None, None)).unwrap();
         assert_eq!(v["choices"][0]["delta"]["role"], "assistant");
+        let calls = [ToolCall { name: "f".into(), arguments: r#"{"a":1}"#.into() }, ToolCall { name: "g".into(), arguments: "{}".into() }];
+        let mut c = choice(&info, 1, "", "tool_calls", None);
+        add_tool_calls(&mut c, tool_calls(&calls, "x_1", false));
+        assert_eq!(
+            c["message"],
+            json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_x_1_0", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
+                {"id": "call_x_1_1", "type": "function", "function": {"name": "g", "arguments": "{}"}}]})
+        );
+        let v: Value = serde_json::from_str(&tool_calls_chunk(&info, 1, tool_calls(&calls, "x_1", true))).unwrap();
+        assert_eq!(v["choices"][0]["delta"]["tool_calls"][1]["index"], 1);
+        assert_eq!(v["choices"][0]["delta"]["tool_calls"][1]["function"]["name"], "g");
         let info = AnswerInfo { chat: false, ..info };
         let v: Value = serde_json::from_str(&chunk(&info, 2, Some("a"), false, Some("length"), None)).unwrap();
         assert_eq!((v["choices"][0]["text"].as_str(), v["choices"][0]["finish_reason"].as_str()), (Some("a"), Some("length")));

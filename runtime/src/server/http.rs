@@ -16,13 +16,16 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::generation::json::JsonFormat;
 use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::SamplingParams;
 use crate::generation::session::ChatFormat;
-use crate::server::api::{self, AnswerInfo, ApiError, Prompt};
+use crate::server::api::{self, AnswerInfo, ApiError, Prompt, ToolChoice};
 use crate::server::metrics::Metrics;
 use crate::server::scheduler::{Event, Finish, Job, Queue, SubmitError};
+use crate::text::chat_template::Tools;
 use crate::text::tokenizer::Tokenizer;
+use crate::text::tool_calls::{read_reply, CallSplitter, ReadReply, ToolSyntax};
 
 /// Limits and identity of the HTTP side.
 #[derive(Debug, Clone)]
@@ -197,8 +200,9 @@ impl<'a, 'v> App<'a, 'v> {
         }
     }
 
-    /// The prompt's tokens, refused when they do not fit the context.
-    fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>, ApiError> {
+    /// The prompt's tokens (a chat's with the `tools` shown to the model), refused when
+    /// they do not fit the context.
+    fn encode(&self, prompt: &Prompt, tools: Option<&Tools>) -> Result<Vec<u32>, ApiError> {
         let tokens = match prompt {
             Prompt::Tokens(t) => {
                 if let Some(bad) = t.iter().find(|&&t| t >= self.vocab_size) {
@@ -214,7 +218,7 @@ impl<'a, 'v> App<'a, 'v> {
             }
             Prompt::Chat(messages) => {
                 let chat = self.chat.ok_or_else(|| ApiError::invalid("this model has no chat template: use /v1/completions", Some("messages")))?;
-                chat.prompt(messages).map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?
+                chat.prompt_with_tools(messages, tools).map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?
             }
         };
         if tokens.is_empty() {
@@ -240,7 +244,23 @@ impl<'a, 'v> App<'a, 'v> {
         if req.json.is_some() && self.tokenizer.is_none() {
             return Err(ApiError::invalid("a JSON 'response_format' needs the model's vocabulary, which this blob has not", Some("response_format")));
         }
-        let prompt = self.encode(&req.prompt)?;
+        if req.tools.is_some() && self.tokenizer.is_none() {
+            return Err(ApiError::invalid("'tools' need the model's vocabulary, which this blob has not", Some("tools")));
+        }
+        // How the reply's calls are read: a request with tools the model may call.
+        let calls = match &req.tools {
+            None => None,
+            Some(t) => {
+                let syntax = self.chat.and_then(|c| c.template().tool_syntax()).ok_or_else(|| {
+                    ApiError::invalid("'tools': this model's chat template shows no tool-call syntax olmort reads (OLMo-3's <function_calls>)", Some("tools"))
+                })?;
+                (t.choice != ToolChoice::None).then_some(ReadCalls { syntax, parallel: t.parallel })
+            }
+        };
+        // A required call holds the reply to a call block, as a JSON format holds it to
+        // an object (the request has not both).
+        let held = req.json.clone().or_else(|| req.tools.as_ref()?.required.clone().map(JsonFormat::Calls));
+        let prompt = self.encode(&req.prompt, req.tools.as_ref().map(|t| &t.tools))?;
         // What an echo puts first: the prompt's text, and its first token (which has no
         // log-probability).
         let echo = req.echo.then(|| {
@@ -268,7 +288,7 @@ impl<'a, 'v> App<'a, 'v> {
                 logprobs: req.logprobs,
                 prompt_logprobs: req.echo && req.logprobs.is_some(),
                 logit_bias: req.logit_bias.clone(),
-                json: req.json.clone(),
+                json: held.clone(),
                 cache_prompt: req.cache_prompt.unwrap_or(self.config.cache_prompt),
                 events: tx.clone(),
                 cancel: Arc::clone(&cancel),
@@ -284,7 +304,7 @@ impl<'a, 'v> App<'a, 'v> {
         }
         let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, self.next_id.fetch_add(1, Ordering::Relaxed));
         let info = AnswerInfo { id: &id, created: unix_time(), model: &self.config.model_name, chat };
-        let mut events = Events { rx, stream, cancel: &cancel, queue: &self.queue, logprobs: req.logprobs.is_some(), echo, choices: req.n };
+        let mut events = Events { rx, stream, cancel: &cancel, queue: &self.queue, logprobs: req.logprobs.is_some(), echo, choices: req.n, calls };
         let done = if req.stream { self.stream_answer(&mut events, &info, req.stream_usage) } else { self.whole_answer(&mut events, &info) };
         match done {
             Some(()) => Metrics::add(&self.metrics().requests_ok, 1),
@@ -321,7 +341,12 @@ impl<'a, 'v> App<'a, 'v> {
         let choices = (0..events.choices)
             .map(|i| {
                 let lp = events_logprobs(events.logprobs, info.chat, first, &logprobs[i], &|id| self.token_bytes(id), &mut 0);
-                api::choice(info, i, &texts[i], finished[i].reason.as_str(), lp)
+                let Some(read) = events.calls.map(|c| c.read(&texts[i])).filter(|r| !r.calls.is_empty()) else {
+                    return api::choice(info, i, &texts[i], finished[i].reason.as_str(), lp);
+                };
+                let mut choice = api::choice(info, i, &read.content, "tool_calls", lp);
+                api::add_tool_calls(&mut choice, api::tool_calls(&read.calls, &format!("{}_{i}", info.id), false));
+                choice
             })
             .collect();
         let body = api::answer(info, choices, usage_of(&finished));
@@ -350,6 +375,7 @@ impl<'a, 'v> App<'a, 'v> {
             pending.clear();
             v
         };
+        let mut splitters: Vec<Option<CallSplitter>> = (0..n).map(|_| events.calls.map(|c| CallSplitter::new(c.syntax))).collect();
         let mut finished = Vec::with_capacity(n);
         while finished.len() < n {
             let (i, event) = events.next()?;
@@ -368,9 +394,30 @@ impl<'a, 'v> App<'a, 'v> {
             match event {
                 Event::Started | Event::PromptLogprob(_) => {}
                 Event::Logprob(l) => pending[i].push(l),
-                Event::Text(t) => send_event(events.stream, &api::chunk(info, i, Some(&t), false, None, take(i, &mut pending[i], None)))?,
+                Event::Text(t) => {
+                    // Text that may be a call block is held (with its tokens'
+                    // log-probabilities) until the reply ends.
+                    let t = match &mut splitters[i] {
+                        Some(s) => s.push(&t),
+                        None => &t,
+                    };
+                    if !t.is_empty() {
+                        send_event(events.stream, &api::chunk(info, i, Some(t), false, None, take(i, &mut pending[i], None)))?
+                    }
+                }
                 Event::Done(f) => {
-                    send_event(events.stream, &api::chunk(info, i, None, false, Some(f.reason.as_str()), take(i, &mut pending[i], None)))?;
+                    let mut reason = f.reason.as_str();
+                    if let (Some(s), Some(calls)) = (splitters[i].take(), events.calls) {
+                        let read = calls.finish(s);
+                        if !read.content.is_empty() {
+                            send_event(events.stream, &api::chunk(info, i, Some(&read.content), false, None, take(i, &mut pending[i], None)))?;
+                        }
+                        if !read.calls.is_empty() {
+                            send_event(events.stream, &api::tool_calls_chunk(info, i, api::tool_calls(&read.calls, &format!("{}_{i}", info.id), true)))?;
+                            reason = "tool_calls";
+                        }
+                    }
+                    send_event(events.stream, &api::chunk(info, i, None, false, Some(reason), take(i, &mut pending[i], None)))?;
                     finished.push(f);
                 }
             }
@@ -423,6 +470,35 @@ struct Events<'s, 'q> {
     echo: Option<(String, u32)>,
     /// Choices of the request: jobs sending on `rx`, tagged 0 to `choices - 1`.
     choices: usize,
+    /// How to read calls in the replies (a request with tools the model may call).
+    calls: Option<ReadCalls>,
+}
+
+/// How a request's replies are read for tool calls.
+#[derive(Debug, Clone, Copy)]
+struct ReadCalls {
+    syntax: ToolSyntax,
+    /// `parallel_tool_calls`: false keeps a reply's first call only.
+    parallel: bool,
+}
+
+impl ReadCalls {
+    /// A whole reply's text and calls.
+    fn read(self, reply: &str) -> ReadReply {
+        self.keep(read_reply(self.syntax, reply))
+    }
+
+    /// A streamed reply's held text and calls.
+    fn finish(self, splitter: CallSplitter) -> ReadReply {
+        self.keep(splitter.finish())
+    }
+
+    fn keep(self, mut read: ReadReply) -> ReadReply {
+        if !self.parallel {
+            read.calls.truncate(1);
+        }
+        read
+    }
 }
 
 impl Events<'_, '_> {

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::text::python_values::{json_dumps, python_str, JsonOptions};
 use crate::text::tokenizer::Tokenizer;
+use crate::text::tool_calls::ToolSyntax;
 
 /// Why a conversation could not become a prompt; one line each.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -200,6 +201,14 @@ impl Tools {
         }
         Ok(Tools(value))
     }
+
+    /// A list of tool definitions already read (with its key order).
+    pub fn from_value(value: Value) -> Result<Tools, ChatError> {
+        if value.kind() != ValueKind::Seq {
+            return Err(ChatError::Messages("tools: expected a JSON list".into()));
+        }
+        Ok(Tools(value))
+    }
 }
 
 /// Marks transformers wraps control tokens in user strings with.
@@ -220,6 +229,8 @@ const TEMPLATE_FUEL: u64 = 5_000_000;
 pub struct ChatTemplate {
     env: Environment<'static>,
     name: String,
+    /// How the template's model writes calls, where olmort reads them.
+    tool_syntax: Option<ToolSyntax>,
     /// `bos_token`, `eos_token`, ... as template variables.
     special_tokens: Vec<(String, Value)>,
 }
@@ -274,6 +285,7 @@ impl ChatTemplate {
         Ok(ChatTemplate {
             env,
             name: name.to_string(),
+            tool_syntax: ToolSyntax::of_template(source),
             special_tokens: special_tokens.iter().map(|(n, c)| (n.clone(), Value::from(c.as_str()))).collect(),
         })
     }
@@ -281,6 +293,12 @@ impl ChatTemplate {
     /// The template's name (`default`, `tool_use`, ...).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How the model writes tool calls, if in a syntax read here
+    /// ([`ToolSyntax::of_template`]).
+    pub fn tool_syntax(&self) -> Option<ToolSyntax> {
+        self.tool_syntax
     }
 
     /// The prompt text, exactly as transformers' `apply_chat_template(messages,
@@ -747,11 +765,23 @@ mod tests {
     fn messages_parse_from_openai_json() {
         let m = parse_messages(r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]"#).unwrap();
         assert_eq!(m, [Message::new("system", "Be brief."), Message::new("user", "Hi")]);
+        // A call with its arguments as text (OpenAI) or as an object (transformers), and
+        // its result.
+        let m = parse_messages(
+            r#"[{"role": "assistant", "content": null, "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}},
+                {"function": {"name": "g", "arguments": {"y": [2]}}}]}, {"role": "tool", "tool_call_id": "a", "content": "3"}]"#,
+        )
+        .unwrap();
+        let want = vec![MessageToolCall::new(Some("a".into()), "f", r#"{"x": 1}"#).unwrap(), MessageToolCall::new(None, "g", r#"{"y": [2]}"#).unwrap()];
+        assert_eq!(m[0], Message { tool_calls: want, ..Message::new("assistant", "") });
+        assert_eq!(m[1], Message { tool_call_id: Some("a".into()), ..Message::new("tool", "3") });
         for (bad, why) in [
             ("{}", "expected a JSON list"),
             ("[]", "empty"),
             ("[{\"role\": \"user\"}]", "message 0: missing field `content`"),
-            ("[{\"role\": \"user\", \"content\": null}]", "message 0: invalid type: null"),
+            ("[{\"role\": \"user\", \"content\": 5}]", "message 0: invalid type: integer"),
+            ("[{\"role\": \"assistant\", \"content\": null, \"tool_calls\": [{\"function\": {\"name\": \"f\", \"arguments\": \"[1]\"}}]}]", "must be a JSON object"),
+            ("[{\"role\": \"assistant\", \"content\": null, \"tool_calls\": [{\"function\": {\"name\": \"f\", \"arguments\": 7}}]}]", "must be a JSON object or its text"),
             ("[{\"role\": \"user\", \"content\": \"x\", \"name\": \"a\"}]", "unknown field `name`"),
             ("[", "not JSON"),
         ] {
