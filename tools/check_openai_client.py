@@ -11,7 +11,11 @@ equal the whole one; `stream_options.include_usage`: usage on the last chunk); c
 usage counts, max_tokens / max_completion_tokens, stop strings, seeded sampling (same
 seed, same text) and the errors the client raises (wrong key: AuthenticationError;
 n=17, an unknown role, a prompt over the context: BadRequestError), n choices, log-probabilities
-in the client's types, penalties, JSON mode and a JSON schema. Exits non-zero on the first failure.
+in the client's types, penalties, JSON mode and a JSON schema. Then serves
+tests/fixtures/chat/olmo3_tools (OLMo-3's tool-call template) and checks tool calls in the
+client's types: a required call and a named one, whole and streamed (the streamed deltas
+add up to the whole answer's calls), and the call and its result sent back as the next
+turn. Exits non-zero on the first failure.
 """
 
 import json
@@ -130,7 +134,59 @@ def main():
                 except error as e:
                     check(isinstance(e.body, dict) and "message" in e.body, f"{what}: {type(e).__name__} ({e.body['message']})")
             check(server.alive(), "the server is alive")
+        check_tool_calls(Path(tmp))
     print("all openai client checks passed")
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                                                     "required": ["city"]}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}},
+                                                                         "required": ["zone"]}}},
+]
+
+
+def check_tool_calls(tmp):
+    """Tool calls through the client on a model whose template writes <function_calls>;
+    the random weights are pulled toward '"' (id 1) and ')' (id 8) so that calls close."""
+    blob = pack(ROOT / "tests/fixtures/chat/olmo3_tools", tmp / "olmo3-tools.bin")
+    with Server(blob, "--parallel", "2", "--ctx-size", "512") as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+        messages = [{"role": "user", "content": "Weather in Oslo?"}]
+        args = dict(model="olmo3-tools", messages=messages, tools=TOOLS, max_tokens=60, temperature=0, logit_bias={"1": 30, "8": 25})
+        whole = client.chat.completions.create(**args, tool_choice="required", parallel_tool_calls=False)
+        choice = whole.choices[0]
+        calls = choice.message.tool_calls
+        check(choice.finish_reason == "tool_calls" and choice.message.content is None and len(calls) == 1,
+              f"tool_choice required: one call, finish tool_calls ({calls})")
+        call = calls[0]
+        arguments = json.loads(call.function.arguments)
+        required = {"get_weather": "city", "get_time": "zone"}[call.function.name]
+        check(call.type == "function" and isinstance(arguments.get(required), str),
+              f"the call's arguments parse and hold the required key ({call.function.name}({call.function.arguments}))")
+        parts = {}
+        for chunk in client.chat.completions.create(**args, tool_choice="required", parallel_tool_calls=False, stream=True):
+            for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                part = parts.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                part["id"] += delta.id or ""
+                part["name"] += delta.function.name or ""
+                part["arguments"] += delta.function.arguments or ""
+        check([(p["name"], p["arguments"]) for p in parts.values()] == [(call.function.name, call.function.arguments)],
+              "streamed tool-call deltas add up to the whole answer's call")
+        named = client.chat.completions.create(**args, tool_choice={"type": "function", "function": {"name": "get_time"}})
+        check([c.function.name for c in named.choices[0].message.tool_calls] == ["get_time"], "a named tool_choice calls that function")
+        turn = messages + [choice.message.model_dump(exclude_none=True),
+                           {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"sky": "clear"})}]
+        after = client.chat.completions.create(**{**args, "messages": turn, "max_tokens": 4}, tool_choice="none")
+        check(after.choices[0].message.tool_calls is None and after.usage.prompt_tokens > whole.usage.prompt_tokens,
+              "the call and its result go back as the next turn's prompt")
+        try:
+            client.chat.completions.create(**args, tool_choice={"type": "function", "function": {"name": "nope"}})
+            check(False, "an unknown function in tool_choice is refused")
+        except openai.BadRequestError as e:
+            check("nope" in e.body["message"], f"an unknown tool_choice function: BadRequestError ({e.body['message']})")
+        check(server.alive(), "the server is alive")
 
 
 if __name__ == "__main__":

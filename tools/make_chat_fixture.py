@@ -71,7 +71,8 @@ MODELS = {
     },
     # OLMo-3 Instruct's layout: ChatML special tokens, the functions in the system
     # message, calls as Python calls in <function_calls> tags, tool results as
-    # 'environment' turns; chat/olmo3's OLMo-3 config (a sliding-window layer).
+    # 'environment' turns; chat/olmo3's OLMo-3 config (a sliding-window layer) with room
+    # for a prompt that lists functions (default RoPE: the length changes no math).
     "olmo3_tools": {
         "tokenizer_config": {
             "bos_token": "<|endoftext|>",
@@ -81,7 +82,7 @@ MODELS = {
             "chat_template": "olmo3_tools.jinja",
         },
         "eos_token_id": [100265, 100257],
-        "config": "olmo3/config.json",
+        "config": ("olmo3/config.json", {"max_position_embeddings": 1024}),
     },
 }
 
@@ -231,10 +232,13 @@ def write_model(out_dir, name, spec, tiny_dir):
             link.unlink()
         link.symlink_to(os.path.relpath(tiny_dir / file_name, folder))
     if "config" in spec:
-        link = folder / "config.json"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(os.path.relpath(out_dir / spec["config"], folder))
+        source, changes = spec["config"]
+        config = json.loads((out_dir / source).read_text(encoding="utf-8"))
+        config.update(changes)
+        target = folder / "config.json"
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        target.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     config = dict(spec["tokenizer_config"])
     templates = config.pop("chat_template")
     if isinstance(templates, str):
