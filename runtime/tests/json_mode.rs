@@ -10,6 +10,7 @@ use common::Packed;
 use olmo_format::mapped::MappedFile;
 use olmo_format::vocab::VocabView;
 use olmo_format::Blob;
+use olmort::generation::call_grammar::{CallPrefix, CallRules};
 use olmort::generation::json::{Grammar, JsonFormat, JsonMode, JsonPrefix, JsonVocab};
 use olmort::generation::json_schema::{Schema, SchemaPrefix};
 use olmort::Model;
@@ -112,4 +113,55 @@ fn the_schema_mask_keeps_exactly_the_tokens_that_continue_the_object() {
     for ((_, kept), reply) in kept_after(&format, SchemaPrefix::new(), &*schema, replies).into_iter().zip(replies) {
         assert!(kept > 0, "{:?}: nothing may follow", String::from_utf8_lossy(reply));
     }
+}
+
+/// The same for a tool call's grammar, required (from the reply's first byte) and lazy
+/// (`tool_choice: auto`: free text, no mask, until the model opens a block): known
+/// function names and keys, typed values, the required key before `)`.
+#[test]
+fn the_call_mask_keeps_exactly_the_tokens_that_continue_the_block() {
+    let weather = serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "units": {"enum": ["c", "f"]}}, "required": ["city"]});
+    let time = serde_json::json!({"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]});
+    let rules = || CallRules::new([("get_weather", Some(&weather)), ("get_time", Some(&time))], true).unwrap();
+    let replies: &[&[u8]] = &[
+        b"",
+        b"<function",
+        b"<function_calls>",
+        b"<function_calls>get_",
+        b"<function_calls>get_weather(",
+        b"<function_calls>get_weather(days=1",
+        b"<function_calls>get_weather(days=1, ",
+        b"<function_calls>get_weather(days=1, city=\"Os",
+        b"<function_calls>get_weather(units=\"",
+        b"<function_calls>get_weather(city=\"a\")",
+        b"<function_calls>get_weather(city=\"a\")\n",
+        b"<function_calls>get_time(zone=\"UTC\")</function",
+    ];
+    let required = Arc::new(rules());
+    let format = JsonFormat::Calls(Arc::clone(&required));
+    for ((prefix, kept), reply) in kept_after(&format, CallPrefix::start(&required), &*required, replies).into_iter().zip(replies) {
+        assert!(kept > 0 && !prefix.is_complete(), "{:?}: {kept} tokens kept", String::from_utf8_lossy(reply));
+    }
+    // Lazy: the same after the opening tag, free text before it.
+    let lazy = Arc::new(rules().lazy());
+    let format = JsonFormat::Calls(Arc::clone(&lazy));
+    let texts: Vec<Vec<u8>> = replies[2..].iter().map(|r| [b"Let me check. ".as_slice(), r].concat()).collect();
+    let texts: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
+    for ((_, kept), reply) in kept_after(&format, CallPrefix::start(&lazy), &*lazy, &texts).into_iter().zip(&texts) {
+        assert!(kept > 0, "{:?}", String::from_utf8_lossy(reply));
+    }
+    let packed = Packed::new("chat/olmo2");
+    let map = MappedFile::open(&packed.0).unwrap();
+    let blob = Blob::parse(map.bytes()).unwrap();
+    let model = Model::new(&blob).unwrap();
+    let classes = Arc::new(JsonVocab::new(&model.vocab.unwrap(), model.config.vocab_size as usize));
+    let holds = |text: &[u8]| {
+        let mut mode = JsonMode::new(Arc::clone(&classes), &format);
+        assert!(mode.push(text));
+        mode.holds()
+    };
+    assert!(!holds(b"Free text <function"));
+    assert!(holds(b"Free text <function_calls>"));
+    // A token that opens the block and goes on past the grammar lets the reply go.
+    assert!(!holds(b"Free text <function_calls>nope("));
 }

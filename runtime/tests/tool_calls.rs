@@ -149,6 +149,8 @@ fn a_conversation_carries_calls_and_results() {
     });
 }
 
+/// "auto": the model decides; a block it opens is held to the tools (tests/json_mode.rs
+/// checks that mask over the real vocabulary).
 #[test]
 fn auto_replies_are_text_unless_they_call() {
     with_server("chat/olmo3_tools", options(1, 512, 32, 4), |addr, _| {
@@ -160,6 +162,10 @@ fn auto_replies_are_text_unless_they_call() {
         let (calls, text, _) = streamed(&events);
         assert!(calls.is_null());
         assert_eq!(text, choice["message"]["content"].as_str().unwrap());
+        // Until a block opens nothing is held: the reply is "none"'s, token for token.
+        let none = post(addr, "/v1/chat/completions", &body(ASK, r#", "tool_choice": "none""#)).json();
+        assert_eq!(none["choices"][0]["message"], choice["message"]);
+        assert_eq!(none["usage"], v["usage"]);
     });
 }
 

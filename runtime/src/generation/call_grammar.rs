@@ -15,6 +15,11 @@
 //! line break between calls, and more than one call only where the request allows
 //! parallel calls.
 //!
+//! With `tool_choice: "auto"` the rules are lazy ([`CallRules::lazy`]): the reply is
+//! free text until it writes the opening tag, and held from there (llama.cpp's lazy
+//! grammars hold a model's own calls so): a call the model chooses to make names a
+//! function it was given, with arguments that read back.
+//!
 //! [`CallPrefix`] is the grammar as a `Copy` automaton over [`CallRules`]; names and keys
 //! are matched by narrowing a set of candidates byte by byte, so a state never holds
 //! the bytes read.
@@ -49,6 +54,8 @@ pub struct CallRules {
     /// Every function's argument schemas.
     values: Schema,
     many: bool,
+    /// Free text comes before the block, which may never come.
+    lazy: bool,
 }
 
 impl CallRules {
@@ -92,7 +99,17 @@ impl CallRules {
         for f in &mut out {
             f.values = nodes.by_ref().take(f.keys.len()).collect();
         }
-        Ok(CallRules { functions: out, values, many })
+        Ok(CallRules { functions: out, values, many, lazy: false })
+    }
+
+    /// Whether a reply is held only from where it opens a call block.
+    pub fn is_lazy(&self) -> bool {
+        self.lazy
+    }
+
+    /// The same rules holding a reply only from where it opens a call block.
+    pub fn lazy(self) -> CallRules {
+        CallRules { lazy: true, ..self }
     }
 
     fn all(&self) -> u128 {
@@ -110,6 +127,8 @@ fn is_identifier(k: &str) -> bool {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Free text (lazy rules); it ends with `at` bytes of the opening tag.
+    Free,
     /// `at` bytes of the opening tag read.
     Open,
     /// `at` bytes of a function's name read; `candidates`: the names they begin.
@@ -203,6 +222,17 @@ impl Default for CallPrefix {
 }
 
 impl CallPrefix {
+    /// The empty reply under `rules`.
+    pub fn start(rules: &CallRules) -> CallPrefix {
+        CallPrefix { phase: if rules.lazy { Phase::Free } else { Phase::Open }, ..CallPrefix::default() }
+    }
+
+    /// Whether the reply is free text (lazy rules, no block opened yet): anything may
+    /// come.
+    pub fn is_free(&self) -> bool {
+        self.phase == Phase::Free
+    }
+
     /// Reads the first byte of a key.
     fn start_key(&mut self, rules: &CallRules, b: u8) -> bool {
         let f = &rules.functions[self.function as usize];
@@ -245,6 +275,18 @@ impl Grammar for CallPrefix {
 
     fn feed(&mut self, rules: &CallRules, b: u8) -> bool {
         match self.phase {
+            Phase::Free => {
+                // The tag's first byte appears in it only first: a mismatch starts over.
+                self.at = if OPEN[self.at as usize] == b {
+                    self.at + 1
+                } else {
+                    (b == OPEN[0]) as u8
+                };
+                if self.at as usize == OPEN.len() {
+                    (self.phase, self.at, self.candidates) = (Phase::Name, 0, rules.all());
+                }
+                true
+            }
             Phase::Open | Phase::Close => {
                 let tag = if self.phase == Phase::Open { OPEN } else { CLOSE };
                 if tag[self.at as usize] != b {
@@ -400,6 +442,26 @@ mod tests {
         assert!(p.after(&r, b",").is_some() && p.after(&r, b")").is_some());
         let p = after(&r, "<function_calls>get_weather(days=12").unwrap();
         assert!(p.after(&r, b"3").is_some() && p.after(&r, b")").is_none(), "city is still required");
+    }
+
+    #[test]
+    fn lazy_rules_hold_the_reply_from_the_opening_tag() {
+        let r = rules(true).lazy();
+        let free = CallPrefix::start(&r);
+        for text in ["", "Any text <b>, </function_calls>, <function", "a <<function_calls", "x <function_callsX"] {
+            let p = free.after(&r, text.as_bytes()).unwrap_or(free);
+            assert!(p.is_free() && !p.is_complete(), "{text:?}");
+        }
+        let block = "I will look. <<function_calls>get_weather(city=\"Oslo\")\nnow()</function_calls>";
+        let p = free.after(&r, block.as_bytes()).unwrap();
+        assert!(p.is_complete() && !p.is_free());
+        let opened = free.after(&r, b"ok <function_calls>").unwrap();
+        assert!(!opened.is_free());
+        for bad in ["nope(", " get_weather(", "get_weather(town="] {
+            assert!(opened.after(&r, bad.as_bytes()).is_none(), "{bad:?}");
+        }
+        // Not lazy: the tag first.
+        assert!(CallPrefix::start(&rules(true)).after(&rules(true), b"I ").is_none());
     }
 
     #[test]

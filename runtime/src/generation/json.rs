@@ -496,6 +496,9 @@ pub struct JsonMode {
     state: State,
     vocab: Arc<JsonVocab>,
     logits: Vec<f32>,
+    /// Lazy call rules whose block began inside a token that went on past what the
+    /// grammar allows (the mask could not see it coming): the reply is no longer held.
+    released: bool,
 }
 
 impl JsonMode {
@@ -504,9 +507,15 @@ impl JsonMode {
         let state = match format {
             JsonFormat::Object => State::Object(JsonPrefix::new()),
             JsonFormat::Schema(s) => State::Schema(Box::default(), Arc::clone(s)),
-            JsonFormat::Calls(r) => State::Calls(Box::default(), Arc::clone(r)),
+            JsonFormat::Calls(r) => State::Calls(Box::new(CallPrefix::start(r)), Arc::clone(r)),
         };
-        JsonMode { state, vocab, logits }
+        JsonMode { state, vocab, logits, released: false }
+    }
+
+    /// Whether the next token is held to the grammar: false while lazy call rules wait
+    /// for a block to open ([`CallRules::lazy`]), or once they let the reply go.
+    pub fn holds(&self) -> bool {
+        !self.released && !matches!(&self.state, State::Calls(p, _) if p.is_free())
     }
 
     /// `logits` with every token that cannot come next at minus infinity: special
@@ -526,17 +535,34 @@ impl JsonMode {
     }
 
     /// Takes the chosen token's bytes; false if they do not continue the reply (the
-    /// mask rules such tokens out, unless every token was ruled out).
+    /// mask rules such tokens out, unless every token was ruled out; lazy call rules let
+    /// the reply go instead).
     pub fn push(&mut self, bytes: &[u8]) -> bool {
+        if self.released {
+            return true;
+        }
         match &mut self.state {
             State::Object(p) => p.after(bytes).map(|next| *p = next).is_some(),
             State::Schema(p, s) => Grammar::after(**p, &**s, bytes).map(|next| **p = next).is_some(),
-            State::Calls(p, r) => p.after(&**r, bytes).map(|next| **p = next).is_some(),
+            State::Calls(p, r) => match p.after(&**r, bytes) {
+                Some(next) => {
+                    **p = next;
+                    true
+                }
+                None if r.is_lazy() => {
+                    self.released = true;
+                    true
+                }
+                None => false,
+            },
         }
     }
 
     /// Whether the object is closed: the reply is over.
     pub fn is_complete(&self) -> bool {
+        if self.released {
+            return false;
+        }
         match &self.state {
             State::Object(p) => p.is_complete(),
             State::Schema(p, _) => p.is_complete(),
@@ -555,7 +581,7 @@ impl JsonMode {
 /// a `vocab`), among the tokens that may come next ([`JsonMode::mask`]).
 pub fn sample(sampler: &mut Sampler, json: Option<&mut JsonMode>, vocab: Option<VocabView>, logits: &[f32]) -> u32 {
     match (json, vocab) {
-        (Some(json), Some(vocab)) => sampler.sample(json.mask(&vocab, logits)),
+        (Some(json), Some(vocab)) if json.holds() => sampler.sample(json.mask(&vocab, logits)),
         _ => sampler.sample(logits),
     }
 }

@@ -99,8 +99,10 @@ pub struct ToolRequest {
     pub choice: ToolChoice,
     /// `parallel_tool_calls` (default true): false keeps a reply's first call only.
     pub parallel: bool,
-    /// What the reply is held to where the choice requires a call.
-    pub required: Option<Arc<CallRules>>,
+    /// What the reply is held to: a call block where the choice requires one; with
+    /// "auto", the block from where the model opens one (lazy rules; none where the
+    /// functions' calls cannot be held, and the reply is read as written).
+    pub grammar: Option<Arc<CallRules>>,
 }
 
 impl PartialEq for ToolRequest {
@@ -175,7 +177,8 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         return Err(ApiError::invalid("'tools' is a /v1/chat/completions option", Some("tools")));
     }
     let json = parse_response_format(&o)?;
-    if json.is_some() && tools.as_ref().is_some_and(|t| t.required.is_some()) {
+    let required = tools.as_ref().is_some_and(|t| matches!(t.choice, ToolChoice::Required | ToolChoice::Function(_)));
+    if json.is_some() && required {
         return Err(ApiError::invalid("a JSON 'response_format' and a 'tool_choice' that requires a call cannot both hold the reply", Some("tool_choice")));
     }
     // Completions only: the reply starts with the prompt, and may be nothing more.
@@ -348,20 +351,25 @@ fn parse_tools(o: &Obj, body: &[u8]) -> Result<Option<ToolRequest>, ApiError> {
         }
     }
     let functions = names.iter().map(String::as_str).zip(parameters.iter().copied());
-    let required = match &choice {
-        ToolChoice::None | ToolChoice::Auto => None,
-        ToolChoice::Required => Some(CallRules::new(functions, parallel)),
-        ToolChoice::Function(name) => Some(CallRules::new(functions.filter(|(n, _)| n == name), false)),
-    };
-    let required = match required.transpose() {
-        Ok(r) => r.map(Arc::new),
-        Err(e) => return bad(format!("'tool_choice' requires a call, which cannot be held to the tools: {e}"), "tool_choice"),
+    let grammar = match &choice {
+        ToolChoice::None => None,
+        ToolChoice::Auto => CallRules::new(functions, parallel).ok().map(|r| Arc::new(r.lazy())),
+        ToolChoice::Required | ToolChoice::Function(_) => {
+            let rules = match &choice {
+                ToolChoice::Function(name) => CallRules::new(functions.filter(|(n, _)| n == name), false),
+                _ => CallRules::new(functions, parallel),
+            };
+            match rules {
+                Ok(r) => Some(Arc::new(r)),
+                Err(e) => return bad(format!("'tool_choice' requires a call, which cannot be held to the tools: {e}"), "tool_choice"),
+            }
+        }
     };
     // The list again with its keys in order: serde_json's map sorts them.
     let ordered: minijinja::Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))?;
     let tools = Tools::from_value(ordered.get_attr("tools").unwrap_or_default())
         .map_err(|e| ApiError::invalid(e.to_string(), Some("tools")))?;
-    Ok(Some(ToolRequest { tools, names, choice, parallel, required }))
+    Ok(Some(ToolRequest { tools, names, choice, parallel, grammar }))
 }
 
 /// `response_format`: `{"type": "text"}` (the default), `{"type": "json_object"}`, or
@@ -887,7 +895,7 @@ mod tests {
         assert_eq!((messages[2].role.as_str(), messages[2].tool_call_id.as_deref(), messages[2].content.as_str()), ("tool", Some("c1"), "sunny"));
         let tools = r.tools.unwrap();
         assert_eq!((tools.names, tools.choice, tools.parallel), (vec!["get_weather".to_string(), "now".to_string()], ToolChoice::Auto, false));
-        assert!(tools.required.is_none());
+        assert!(tools.grammar.is_some_and(|g| g.is_lazy()), "auto holds a block the model opens");
         let choice = |c: &str| {
             let body = format!(r#"{{"messages": [{{"role": "user", "content": "a"}}], "tools": [{{"type": "function", "function": {{"name": "f"}}}}], "tool_choice": {c}}}"#);
             parse_request(body.as_bytes(), true).unwrap().tools.unwrap().choice
@@ -895,7 +903,7 @@ mod tests {
         assert_eq!(choice(r#""none""#), ToolChoice::None);
         assert_eq!(choice(r#""required""#), ToolChoice::Required);
         let body = r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}"#;
-        assert!(parse_request(body.as_bytes(), true).unwrap().tools.unwrap().required.is_some());
+        assert!(parse_request(body.as_bytes(), true).unwrap().tools.unwrap().grammar.is_some_and(|g| !g.is_lazy()));
         assert_eq!(choice(r#"{"type": "function", "function": {"name": "f"}}"#), ToolChoice::Function("f".into()));
         // No tools: nothing to call, whatever 'none' or 'auto' say.
         let r = parse_request(br#"{"messages": [{"role": "user", "content": "a"}], "tools": [], "tool_choice": "auto"}"#, true).unwrap();

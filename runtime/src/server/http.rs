@@ -257,9 +257,10 @@ impl<'a, 'v> App<'a, 'v> {
                 (t.choice != ToolChoice::None).then_some(ReadCalls { syntax, parallel: t.parallel })
             }
         };
-        // A required call holds the reply to a call block, as a JSON format holds it to
-        // an object (the request has not both).
-        let held = req.json.clone().or_else(|| req.tools.as_ref()?.required.clone().map(JsonFormat::Calls));
+        // Tools hold the reply to a call block (from its start where a call is
+        // required, else from where the model opens one), as a JSON format holds it to
+        // an object; a JSON format comes first (never with a required call).
+        let held = req.json.clone().or_else(|| req.tools.as_ref()?.grammar.clone().map(JsonFormat::Calls));
         let prompt = self.encode(&req.prompt, req.tools.as_ref().map(|t| &t.tools))?;
         // What an echo puts first: the prompt's text, and its first token (which has no
         // log-probability).
