@@ -173,7 +173,7 @@ fn auto_replies_are_text_unless_they_call() {
 fn what_cannot_be_served_is_refused() {
     with_server("chat/olmo3_tools", options(1, 256, 32, 4), |addr, _| {
         for (extra, needle) in [
-            (r#", "tool_choice": {"type": "function", "function": {"name": "nope"}}"#, "'nope', which is not among"),
+            (r#", "tool_choice": {"type": "function", "function": {"name": "nope"}}"#, "'nope' is not among"),
             (r#", "tool_choice": "required", "response_format": {"type": "json_object"}"#, "cannot both hold"),
         ] {
             let e = post(addr, "/v1/chat/completions", &body(ASK, extra));

@@ -146,6 +146,47 @@ fn json_runs_end_with_a_json_object() {
     assert!(refused(&[&blob, "--prompt", prompt, "--json", "--json-schema", schema.to_str().unwrap()]).contains("cannot be used with"));
 }
 
+/// `--tools` with `--messages`: the functions reach the prompt through the template, and
+/// `--tool-choice required` or a function's name holds the reply to a call block that
+/// reads back as calls of the tools (`"` id 1 and `)` id 8 pulled up: random weights).
+#[test]
+fn tool_runs_end_with_a_call_block() {
+    let scratch = Scratch::new("gen-tools");
+    let blob = scratch.path("tools.bin");
+    pack(&fixtures().join("chat/olmo3_tools"), &blob);
+    let blob = blob.to_str().unwrap().to_string();
+    let messages = scratch.path("messages.json");
+    std::fs::write(&messages, r#"[{"role": "user", "content": "Weather in Oslo?"}]"#).unwrap();
+    let tools = scratch.path("tools.json");
+    std::fs::write(&tools, r#"[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "get_time", "parameters": {"properties": {"zone": {"type": "string"}}, "required": ["zone"]}}}]"#).unwrap();
+    let (messages, tools) = (messages.to_str().unwrap(), tools.to_str().unwrap());
+    let run = |extra: &[&str]| {
+        let mut args = vec![blob.as_str(), "--messages", messages, "--format", "text", "--max-tokens", "40", "--logit-bias", "1=30", "--logit-bias", "8=25"];
+        args.extend_from_slice(extra);
+        let (out, _) = olmort(&args);
+        out.rsplit_once("<|im_start|>assistant\n").unwrap_or_else(|| panic!("{out:?}")).1.to_string()
+    };
+    let (shown, _) = olmort(&[blob.as_str(), "--messages", messages, "--format", "text", "--max-tokens", "1", "--tools", tools, "--tool-choice", "none"]);
+    assert!(shown.contains("<functions>[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""), "{shown:?}");
+    for (choice, names) in [("required", &["get_weather", "get_time"][..]), ("get_time", &["get_time"][..])] {
+        let reply = run(&["--tools", tools, "--tool-choice", choice]);
+        let read = olmort::text::tool_calls::read_reply(olmort::text::tool_calls::ToolSyntax::FunctionCallTags, &reply);
+        assert!(reply.starts_with("<function_calls>") && reply.ends_with("</function_calls>"), "{choice}: {reply:?}");
+        assert!(!read.calls.is_empty() && read.calls.iter().all(|c| names.contains(&c.name.as_str())), "{choice}: {reply:?}");
+        for c in &read.calls {
+            let args: serde_json::Value = serde_json::from_str(&c.arguments).unwrap();
+            assert!(args[if c.name == "get_time" { "zone" } else { "city" }].is_string(), "{reply:?}");
+        }
+    }
+    assert!(refused(&[&blob, "--messages", messages, "--format", "text", "--tools", tools, "--tool-choice", "nope"]).contains("'nope' is not among"));
+    assert!(refused(&[&blob, "--messages", messages, "--format", "text", "--tools", tools, "--tool-choice", "required", "--json"]).contains("cannot hold"));
+    assert!(refused(&[&blob, "--prompt", "hi", "--tools", tools]).contains("--messages"));
+    let olmo2 = scratch.path("olmo2.bin");
+    pack(&fixtures().join("chat/olmo2"), &olmo2);
+    assert!(refused(&[olmo2.to_str().unwrap(), "--messages", messages, "--format", "text", "--tools", tools]).contains("no tool-call syntax"));
+}
+
 #[test]
 fn jsonl_format_has_one_object_per_position() {
     let scratch = Scratch::new("gen-jsonl");

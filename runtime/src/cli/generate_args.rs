@@ -12,6 +12,7 @@ use olmort::generation::json::JsonFormat;
 use olmort::generation::json_schema::Schema;
 use olmort::generation::sampling::{SamplingParams, DEFAULT_PENALTY_LAST_N};
 use olmort::generation::session::ChatFormat;
+use olmort::generation::tools::{ToolChoice, ToolSet};
 use olmort::generation::trace::parse_tokens;
 use olmort::text::chat_template::parse_messages;
 use olmort::text::tokenizer::Tokenizer;
@@ -36,6 +37,16 @@ pub struct GenerateArgs {
     /// Which of the model's chat templates renders --messages (default: "default").
     #[arg(long, value_name = "NAME")]
     pub chat_template: Option<String>,
+    /// Functions the model may call, as an OpenAI-style JSON list of {"type":
+    /// "function", "function": {"name", "description", "parameters"}}, shown to it
+    /// through the chat template (--messages; a template that writes OLMo-3's
+    /// <function_calls>).
+    #[arg(long, value_name = "FILE.json", requires = "messages")]
+    pub tools: Option<PathBuf>,
+    /// auto (the model decides; a call block it opens is held to the tools), none,
+    /// required (the reply is a call block), or a function's name (one call of it).
+    #[arg(long, value_name = "CHOICE", requires = "tools", default_value = "auto")]
+    pub tool_choice: String,
     /// Output: the seed's trace lines, running text, or one JSON object per position.
     #[arg(long, value_enum, default_value = "trace")]
     pub format: Format,
@@ -145,7 +156,8 @@ impl GenerateArgs {
         // Parameters that fail their checks are not the seed's loop; the caller's
         // `params` reports them.
         let plain = self.sampling.unseeded().is_ok_and(|s| s.is_greedy() && !s.penalizes());
-        self.format == Format::Trace && plain && self.logit_bias.is_empty() && self.max_tokens.is_none() && !self.json && self.json_schema.is_none()
+        let held = self.json || self.json_schema.is_some() || self.tools.is_some();
+        self.format == Format::Trace && plain && self.logit_bias.is_empty() && self.max_tokens.is_none() && !held
     }
 
     /// `--logit-bias ID=BIAS` pairs, the ids checked against the model's vocabulary.
@@ -165,10 +177,30 @@ impl GenerateArgs {
             .collect()
     }
 
-    /// `--json` or `--json-schema`'s format; the error names the file.
+    /// `--tools`, checked; the error names the file.
+    fn tool_set(&self) -> Result<Option<ToolSet>, String> {
+        let Some(path) = &self.tools else { return Ok(None) };
+        if path.as_os_str() == "-" {
+            return Err("--tools takes a file (standard input may hold --messages)".into());
+        }
+        let (name, text) = read_text_file(path)?;
+        ToolSet::parse(&text).map(Some).map_err(|e| format!("{name}: {e}"))
+    }
+
+    /// What the new text is held to: `--json` or `--json-schema`'s format, else a call
+    /// block of `--tools` as `--tool-choice` asks; the error names the file.
     fn json_format(&self) -> Result<Option<JsonFormat>, String> {
+        let choice = ToolChoice::from_word(&self.tool_choice);
+        let json = self.json || self.json_schema.is_some();
+        if json && self.tools.is_some() && choice.requires_call() {
+            return Err("--json and --json-schema cannot hold a reply that --tool-choice requires to be a call".into());
+        }
         if self.json {
             return Ok(Some(JsonFormat::Object));
+        }
+        if let Some(set) = self.tool_set()? {
+            let grammar = set.grammar(&choice, true).map_err(|e| format!("--tool-choice {}: {e}", self.tool_choice))?;
+            return Ok(grammar.map(JsonFormat::Calls));
         }
         let Some(path) = &self.json_schema else { return Ok(None) };
         let (name, text) = read_text_file(path)?;
@@ -216,7 +248,14 @@ impl GenerateArgs {
             let where_ = |e: &dyn std::fmt::Display| format!("{}: {e}", model_path.display());
             let format = ChatFormat::for_model(model, chat, self.chat_template.as_deref()).map_err(|e| where_(&e))?;
             let messages = parse_messages(&text).map_err(|e| format!("{name}: {e}"))?;
-            return format.prompt(&messages).map_err(|e| e.to_string());
+            let tools = self.tool_set()?;
+            if tools.is_some() && format.template().tool_syntax().is_none() {
+                return Err(format!(
+                    "--tools: {}: the chat template shows no tool-call syntax olmort reads (OLMo-3's <function_calls>)",
+                    model_path.display()
+                ));
+            }
+            return format.prompt_with_tools(&messages, tools.as_ref().map(|t| &t.tools)).map_err(|e| e.to_string());
         }
         if !self.has_text_prompt() {
             return read_token_file(tokens);

@@ -134,10 +134,10 @@ pub fn generate(
     let json = match (&options.json, model.vocab) {
         (None, _) => None,
         (Some(_), _) if options.format == Format::Trace => {
-            return Err(RunError::Usage("--json and --json-schema apply to --format text or jsonl".into()))
+            return Err(RunError::Usage("--json, --json-schema and --tools apply to --format text or jsonl".into()))
         }
         (Some(_), None) => {
-            return Err(RunError::Usage("--json and --json-schema need a vocabulary; this model was packed without one".into()))
+            return Err(RunError::Usage("--json, --json-schema and --tools need a vocabulary; this model was packed without one".into()))
         }
         (Some(format), Some(v)) => Some(JsonMode::new(Arc::new(JsonVocab::new(&v, model.config.vocab_size as usize)), format)),
     };

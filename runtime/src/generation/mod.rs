@@ -1,6 +1,6 @@
 //! From a prompt to new tokens: choosing each token ([`sampling`]; in JSON mode only
 //! among those that continue a JSON object, [`json`], or a call block when a tool call
-//! is required, [`call_grammar`]) and what it was worth
+//! is required, [`call_grammar`], for the functions of [`tools`]) and what it was worth
 //! ([`logprobs`]), the seed's trace loop ([`trace`]), generation in text, JSON or
 //! trace form ([`generate`]), and multi-turn chat on a kept KV cache ([`session`]).
 
@@ -12,4 +12,5 @@ pub mod logprobs;
 pub mod sampling;
 pub mod session;
 pub mod stop;
+pub mod tools;
 pub mod trace;

@@ -13,8 +13,9 @@ use crate::generation::call_grammar::CallRules;
 use crate::generation::json::JsonFormat;
 use crate::generation::json_schema::Schema;
 use crate::generation::logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
+use crate::generation::tools::{ToolChoice, ToolSet};
 use crate::generation::sampling::{SamplingParams, DEFAULT_PENALTY_LAST_N};
-use crate::text::chat_template::{Message, MessageToolCall, Tools};
+use crate::text::chat_template::{Message, MessageToolCall};
 use crate::text::tool_calls::ToolCall;
 
 /// An error answer: HTTP status and OpenAI's `{"error": {...}}` body.
@@ -92,37 +93,19 @@ pub struct CompletionRequest {
 /// The functions a chat request offers the model, and whether it must call one.
 #[derive(Debug, Clone)]
 pub struct ToolRequest {
-    /// The `tools` list as given (key order kept: the template writes it out).
-    pub tools: Tools,
-    /// Each tool's function name, in order.
-    pub names: Vec<String>,
+    pub set: ToolSet,
     pub choice: ToolChoice,
     /// `parallel_tool_calls` (default true): false keeps a reply's first call only.
     pub parallel: bool,
-    /// What the reply is held to: a call block where the choice requires one; with
-    /// "auto", the block from where the model opens one (lazy rules; none where the
-    /// functions' calls cannot be held, and the reply is read as written).
+    /// What the reply is held to ([`ToolSet::grammar`]).
     pub grammar: Option<Arc<CallRules>>,
 }
 
 impl PartialEq for ToolRequest {
     /// Requests are compared in tests; the tools by their names.
     fn eq(&self, other: &ToolRequest) -> bool {
-        (&self.names, &self.choice, self.parallel) == (&other.names, &other.choice, other.parallel)
+        (&self.set.names, &self.choice, self.parallel) == (&other.set.names, &other.choice, other.parallel)
     }
-}
-
-/// `tool_choice`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ToolChoice {
-    /// The template is shown the tools; the reply is text, never read for calls.
-    None,
-    /// The model writes text or calls (the default).
-    Auto,
-    /// The reply is calls, of any of the tools.
-    Required,
-    /// The reply is one call of this function.
-    Function(String),
 }
 
 /// Stop strings a request may give (OpenAI allows 4).
@@ -177,8 +160,7 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         return Err(ApiError::invalid("'tools' is a /v1/chat/completions option", Some("tools")));
     }
     let json = parse_response_format(&o)?;
-    let required = tools.as_ref().is_some_and(|t| matches!(t.choice, ToolChoice::Required | ToolChoice::Function(_)));
-    if json.is_some() && required {
+    if json.is_some() && tools.as_ref().is_some_and(|t| t.choice.requires_call()) {
         return Err(ApiError::invalid("a JSON 'response_format' and a 'tool_choice' that requires a call cannot both hold the reply", Some("tool_choice")));
     }
     // Completions only: the reply starts with the prompt, and may be nothing more.
@@ -291,9 +273,6 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
     })
 }
 
-/// The longest function name OpenAI takes.
-const MAX_NAME: usize = 64;
-
 /// `tools` (a list of `{"type": "function", "function": {"name", "description",
 /// "parameters"}}`), `tool_choice` and `parallel_tool_calls`. `None` where no tool is
 /// given; `tool_choice` `none` or `auto` then means what it says without tools.
@@ -301,12 +280,10 @@ fn parse_tools(o: &Obj, body: &[u8]) -> Result<Option<ToolRequest>, ApiError> {
     let bad = |m: String, param| Err(ApiError::invalid(m, Some(param)));
     let choice = match field(o, "tool_choice") {
         None => None,
-        Some(Value::String(s)) => match s.as_str() {
-            "none" => Some(ToolChoice::None),
-            "auto" => Some(ToolChoice::Auto),
-            "required" => Some(ToolChoice::Required),
-            _ => return bad(format!("'tool_choice' must be \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, not {s:?}"), "tool_choice"),
-        },
+        Some(Value::String(s)) if matches!(s.as_str(), "none" | "auto" | "required") => Some(ToolChoice::from_word(s)),
+        Some(Value::String(s)) => {
+            return bad(format!("'tool_choice' must be \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, not {s:?}"), "tool_choice")
+        }
         Some(c) => match (c.get("type").and_then(Value::as_str), c.get("function").and_then(|f| f.get("name")).and_then(Value::as_str)) {
             (Some("function"), Some(name)) => Some(ToolChoice::Function(name.to_string())),
             _ => return bad("'tool_choice' names a function as {\"type\": \"function\", \"function\": {\"name\": ...}}".into(), "tool_choice"),
@@ -324,52 +301,12 @@ fn parse_tools(o: &Obj, body: &[u8]) -> Result<Option<ToolRequest>, ApiError> {
             Some(_) => bad("'tool_choice' asks for a call, but the request has no 'tools'".into(), "tool_choice"),
         };
     }
-    let mut names: Vec<String> = Vec::with_capacity(list.len());
-    let mut parameters = Vec::with_capacity(list.len());
-    for (i, t) in list.iter().enumerate() {
-        let f = match (t.get("type").and_then(Value::as_str), t.get("function")) {
-            (Some("function"), Some(Value::Object(f))) => f,
-            _ => return bad(format!("tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ..., \"parameters\": ...}}}}"), "tools"),
-        };
-        let name = match f.get("name") {
-            Some(Value::String(n)) if (1..=MAX_NAME).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => n,
-            _ => return bad(format!("tools[{i}]: a function's 'name' is 1 to {MAX_NAME} letters, digits, '_' or '-'"), "tools"),
-        };
-        if names.contains(name) {
-            return bad(format!("tools[{i}]: the function '{name}' is given twice"), "tools");
-        }
-        if f.get("parameters").is_some_and(|p| !p.is_object()) {
-            return bad(format!("tools[{i}]: 'parameters' must be a JSON schema object"), "tools");
-        }
-        names.push(name.clone());
-        parameters.push(f.get("parameters"));
-    }
-    let choice = choice.unwrap_or(ToolChoice::Auto);
-    if let ToolChoice::Function(name) = &choice {
-        if !names.contains(name) {
-            return bad(format!("'tool_choice' names '{name}', which is not among the 'tools'"), "tool_choice");
-        }
-    }
-    let functions = names.iter().map(String::as_str).zip(parameters.iter().copied());
-    let grammar = match &choice {
-        ToolChoice::None => None,
-        ToolChoice::Auto => CallRules::new(functions, parallel).ok().map(|r| Arc::new(r.lazy())),
-        ToolChoice::Required | ToolChoice::Function(_) => {
-            let rules = match &choice {
-                ToolChoice::Function(name) => CallRules::new(functions.filter(|(n, _)| n == name), false),
-                _ => CallRules::new(functions, parallel),
-            };
-            match rules {
-                Ok(r) => Some(Arc::new(r)),
-                Err(e) => return bad(format!("'tool_choice' requires a call, which cannot be held to the tools: {e}"), "tool_choice"),
-            }
-        }
-    };
     // The list again with its keys in order: serde_json's map sorts them.
     let ordered: minijinja::Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))?;
-    let tools = Tools::from_value(ordered.get_attr("tools").unwrap_or_default())
-        .map_err(|e| ApiError::invalid(e.to_string(), Some("tools")))?;
-    Ok(Some(ToolRequest { tools, names, choice, parallel, grammar }))
+    let set = ToolSet::new(list, ordered.get_attr("tools").unwrap_or_default()).map_err(|e| ApiError::invalid(e, Some("tools")))?;
+    let choice = choice.unwrap_or(ToolChoice::Auto);
+    let grammar = set.grammar(&choice, parallel).map_err(|e| ApiError::invalid(format!("'tool_choice': {e}"), Some("tool_choice")))?;
+    Ok(Some(ToolRequest { set, choice, parallel, grammar }))
 }
 
 /// `response_format`: `{"type": "text"}` (the default), `{"type": "json_object"}`, or
@@ -835,7 +772,7 @@ mod tests {
             (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]}"#, true, "'f' is given twice"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}"#, true, "'parameters' must be"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "always"}"#, true, "'tool_choice' must be"),
-            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}}"#, true, "'g', which is not among"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}}"#, true, "'g' is not among"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "tool_choice": "required"}"#, true, "has no 'tools'"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"properties": {"a-b": {}}}}}], "tool_choice": "required"}"#, true, "'a-b' cannot be a keyword argument"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required", "response_format": {"type": "json_object"}}"#, true, "cannot both hold"),
@@ -894,7 +831,7 @@ mod tests {
         assert_eq!(call.function.arguments.to_string(), "{'z': 1, 'a': [True]}");
         assert_eq!((messages[2].role.as_str(), messages[2].tool_call_id.as_deref(), messages[2].content.as_str()), ("tool", Some("c1"), "sunny"));
         let tools = r.tools.unwrap();
-        assert_eq!((tools.names, tools.choice, tools.parallel), (vec!["get_weather".to_string(), "now".to_string()], ToolChoice::Auto, false));
+        assert_eq!((tools.set.names, tools.choice, tools.parallel), (vec!["get_weather".to_string(), "now".to_string()], ToolChoice::Auto, false));
         assert!(tools.grammar.is_some_and(|g| g.is_lazy()), "auto holds a block the model opens");
         let choice = |c: &str| {
             let body = format!(r#"{{"messages": [{{"role": "user", "content": "a"}}], "tools": [{{"type": "function", "function": {{"name": "f"}}}}], "tool_choice": {c}}}"#);

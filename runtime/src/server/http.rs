@@ -20,7 +20,8 @@ use crate::generation::json::JsonFormat;
 use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::SamplingParams;
 use crate::generation::session::ChatFormat;
-use crate::server::api::{self, AnswerInfo, ApiError, Prompt, ToolChoice};
+use crate::generation::tools::ToolChoice;
+use crate::server::api::{self, AnswerInfo, ApiError, Prompt};
 use crate::server::metrics::Metrics;
 use crate::server::scheduler::{Event, Finish, Job, Queue, SubmitError};
 use crate::text::chat_template::Tools;
@@ -261,7 +262,7 @@ impl<'a, 'v> App<'a, 'v> {
         // required, else from where the model opens one), as a JSON format holds it to
         // an object; a JSON format comes first (never with a required call).
         let held = req.json.clone().or_else(|| req.tools.as_ref()?.grammar.clone().map(JsonFormat::Calls));
-        let prompt = self.encode(&req.prompt, req.tools.as_ref().map(|t| &t.tools))?;
+        let prompt = self.encode(&req.prompt, req.tools.as_ref().map(|t| &t.set.tools))?;
         // What an echo puts first: the prompt's text, and its first token (which has no
         // log-probability).
         let echo = req.echo.then(|| {
