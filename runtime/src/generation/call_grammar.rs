@@ -364,6 +364,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::generation::sampling::Rng;
     use crate::text::tool_calls::{read_reply, ToolSyntax};
 
     fn rules(many: bool) -> CallRules {
@@ -478,14 +479,13 @@ mod tests {
         assert!(after(&r, "<function_calls>f127()\nf0()</function_calls>").is_some_and(|p| p.is_complete()));
     }
 
-    struct Rng(u64);
+    trait Below {
+        fn below(&mut self, n: u64) -> u64;
+    }
 
-    impl Rng {
+    impl Below for Rng {
         fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
+            self.next_u64() % n
         }
     }
 
@@ -505,7 +505,7 @@ mod tests {
     /// grammar takes whole, and each reads back to the arguments written.
     #[test]
     fn random_calls_are_taken_and_read_back() {
-        let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut r = Rng::new(40);
         let types = ["string", "integer", "number", "boolean", "any"];
         for round in 0..300 {
             let functions: Vec<(String, Value)> = (0..1 + r.below(4))
