@@ -418,10 +418,19 @@ fn json_mode_replies_are_json_objects() {
         assert!(at("city") < at("days") && at("days") < at("sky") && at("sky") < at("cold"), "{reply:?}");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(text_of_stream(&post(addr, "/v1/chat/completions", &shaped(r#", "stream": true"#)).events(), true), reply);
+        // As Pydantic writes a nested model: `$defs` and `$ref`, an optional field.
+        let nested = r##"{"type": "json_schema", "json_schema": {"name": "plan", "schema": {"type": "object", "properties": {"trip": {"$ref": "#/$defs/Trip"}, "note": {"type": "string"}},
+            "required": ["trip"], "$defs": {"Trip": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city", "days"]}}}}}"##;
+        let v = post(addr, "/v1/chat/completions", &body(&format!(r#", "response_format": {nested}"#)).replace(r#""92": 25"#, r#""92": 25, "11": 20"#)).json();
+        let reply = v["choices"][0]["message"]["content"].as_str().unwrap();
+        let parsed: Value = serde_json::from_str(reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+        assert!(parsed["trip"]["city"].is_string() && parsed["trip"]["days"].is_i64(), "{reply:?}");
+        assert!(parsed.as_object().unwrap().keys().all(|k| k == "trip" || k == "note"), "{reply:?}");
+        assert!(parsed.get("note").is_none_or(Value::is_string), "{reply:?}");
 
         for (format, needle) in [
             (r#"{"type": "json_schema", "json_schema": {}}"#, "needs 'json_schema'"),
-            (r#"{"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"a": {"type": "string"}}}}}"#, "'required'"),
+            (r##"{"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/b"}}}}}"##, "'$ref'"),
             (r#"{"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"a": {"type": "string", "format": "email"}}, "required": ["a"]}}}"#, "'format'"),
             (r#""json""#, "must be an object"),
             (r#"{"type": "xml"}"#, "json_object"),

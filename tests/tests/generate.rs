@@ -351,7 +351,7 @@ fn bad_requests_are_one_line_each() {
     assert!(refused(&[&tiny, "--prompt", "a", "--logit-bias", "5"]).contains("--logit-bias 5"));
     assert!(refused(&[&tiny, "--prompt", "a", "--logit-bias", "100000000=1"]).contains("token id of this model"));
     assert!(refused(&[&tiny, "--prompt", "a", "--logit-bias", "5=inf"]).contains("finite"));
-    assert!(refused(&[&gqa, gqa_prompt.to_str().unwrap(), "--format", "jsonl", "--json"]).contains("--json-schema need a vocabulary"));
+    assert!(refused(&[&gqa, gqa_prompt.to_str().unwrap(), "--format", "jsonl", "--json"]).contains("--tools need a vocabulary"));
     // The tiny model has 128 positions.
     assert!(refused(&[&tiny, "--prompt", "a", "--format", "text", "--max-tokens", "500"])
         .contains("maximum sequence length"));

@@ -88,7 +88,8 @@ impl CallRules {
                     required |= 1 << k;
                 }
             }
-            schemas.extend(properties.values());
+            let root = parameters.unwrap_or(&Value::Null);
+            schemas.extend(properties.values().map(|v| (root, v)));
             out.push(Function { name: name.as_bytes().into(), keys, values: Vec::new(), required });
         }
         if out.is_empty() || out.len() > MAX_FUNCTIONS {
@@ -463,6 +464,19 @@ mod tests {
         }
         // Not lazy: the tag first.
         assert!(CallPrefix::start(&rules(true)).after(&rules(true), b"I ").is_none());
+    }
+
+    #[test]
+    fn argument_refs_resolve_in_their_function_s_parameters() {
+        // Two functions define "P" differently: each argument follows its own.
+        let f = json!({"properties": {"p": {"$ref": "#/$defs/P"}}, "required": ["p"], "$defs": {"P": {"type": "integer"}}});
+        let g = json!({"properties": {"p": {"$ref": "#/$defs/P"}, "q": {"$ref": "#/$defs/Nope"}}, "$defs": {"P": {"type": "object", "properties": {"x": {"type": "string"}}}}});
+        let r = CallRules::new([("f", Some(&f)), ("g", Some(&g))], true).unwrap();
+        assert!(after(&r, "<function_calls>f(p=3)\ng(p={\"x\": \"a\"})</function_calls>").is_some_and(|p| p.is_complete()));
+        assert!(after(&r, "<function_calls>f(p=\"3\"").is_none());
+        assert!(after(&r, "<function_calls>g(p=3").is_none());
+        // An unresolved ref: any value.
+        assert!(after(&r, "<function_calls>g(q=[true])</function_calls>").is_some_and(|p| p.is_complete()));
     }
 
     #[test]

@@ -1,17 +1,19 @@
 //! JSON mode with a schema (`response_format: {"type": "json_schema", ...}`): the reply
-//! is held to one JSON object of the schema, as OpenAI's Structured Outputs hold it in
-//! strict mode. The subset taken is strict mode's: objects whose properties are all
-//! `required` (their keys come in that order, each once, and no others), arrays of
-//! `items`, strings, numbers, integers, booleans, null, `enum` and `const` of scalars,
-//! a `type` list or `anyOf` whose alternatives start with different bytes (such as a
-//! type or null). Anything else is refused by name when the request is read, never
-//! ignored.
+//! is held to one JSON object of the schema, as OpenAI's Structured Outputs hold it. The
+//! subset taken: objects of `properties` (the `required` ones in that order, then the
+//! others in their names' order, each at most once, no keys besides), arrays of
+//! `items`, strings, numbers, integers, booleans, null, `enum` and `const` of scalars, a
+//! `type` list or `anyOf` whose alternatives start with different bytes (such as a type
+//! or null), and `$ref` to the root (`#`) or to its `$defs` / `definitions` (recursion
+//! included, as nested Pydantic models write them). Anything else is refused by name
+//! when the request is read, never ignored.
 //!
 //! [`Schema::compile`] turns the schema into a table of nodes and literal byte
-//! strings (keys as JSON spells them, enum values, `true`/`false`/`null`);
-//! [`SchemaPrefix`] is the grammar as a `Copy` byte automaton over that table (a fixed
-//! stack of open containers), so that [`super::json::JsonMode`] tries each token on a
-//! copy, as it does for a plain JSON object.
+//! strings (keys as JSON spells them, an object's keys one after another, enum values,
+//! `true`/`false`/`null`); [`SchemaPrefix`] is the grammar as a `Copy` byte automaton
+//! over that table (a fixed stack of open containers), so that
+//! [`super::json::JsonMode`] tries each token on a copy, as it does for a plain JSON
+//! object.
 
 use serde_json::{Map, Value};
 
@@ -21,18 +23,44 @@ use super::json::{end_space, is_space, take_space, Grammar, Number, StringState,
 const MAX_DEPTH: usize = 32;
 /// Parts of a schema, at most.
 const MAX_NODES: usize = 1024;
-/// Values of one `enum`, at most (a bit each while they are matched).
+/// Values of one `enum`, and properties of one object, at most (a bit each while they
+/// are matched).
 const MAX_LITERALS: usize = 64;
 
 /// The schema keywords taken; `description`, `title`, `default`, `$schema` and
 /// `strict` are read and left.
-const KEYWORDS: [&str; 13] =
-    ["type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "description", "title", "default", "$schema", "strict"];
+const KEYWORDS: [&str; 16] = [
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "enum",
+    "const",
+    "anyOf",
+    "$ref",
+    "$defs",
+    "definitions",
+    "description",
+    "title",
+    "default",
+    "$schema",
+    "strict",
+];
+
+/// A property of an object node.
+#[derive(Debug)]
+struct Key {
+    /// The key as JSON spells it; an object's keys are consecutive literals.
+    literal: u16,
+    value: u16,
+    required: bool,
+}
 
 #[derive(Debug)]
 enum Node {
-    /// Keys in order: (literal of the key as JSON spells it, its value's node).
-    Object(Vec<(u16, u16)>),
+    /// Keys in order: the required ones, then the others.
+    Object(Vec<Key>),
     Array(u16),
     String,
     Number { integer: bool },
@@ -50,51 +78,113 @@ pub struct Schema {
     /// Keywords outside [`KEYWORDS`] are read past, not refused
     /// ([`Schema::compile_values`]).
     lenient: bool,
+    /// The schema `$ref`s resolve in, while compiling.
+    root: Value,
+    /// Each `$ref` met and its node.
+    refs: Vec<(String, u16)>,
 }
 
 impl Schema {
     /// The schema of a `json_schema` response format's `schema`; the error names what
     /// is not supported or not well formed.
     pub fn compile(schema: &Value) -> Result<Schema, String> {
-        let mut s = Schema { nodes: Vec::new(), literals: Vec::new(), lenient: false };
-        let root = s.node(schema, 0)?;
-        if !matches!(s.nodes[root as usize], Node::Object(_)) {
-            return Err("the schema must describe an object (\"type\": \"object\"), as OpenAI's".into());
-        }
-        // The root first: the automaton starts there.
-        s.nodes.swap(0, root as usize);
-        let fix = |i: u16| if i == 0 { root } else if i == root { 0 } else { i };
-        for n in &mut s.nodes {
-            match n {
-                Node::Object(keys) => keys.iter_mut().for_each(|k| k.1 = fix(k.1)),
-                Node::Array(items) => *items = fix(*items),
-                Node::AnyOf(alts) => alts.iter_mut().for_each(|a| *a = fix(*a)),
-                _ => {}
+        let mut s = Schema { nodes: Vec::new(), literals: Vec::new(), lenient: false, root: schema.clone(), refs: Vec::new() };
+        // Node 0 is where the automaton starts: the root's node once compiled (and
+        // what `#` refers to).
+        s.reference_to("#", schema, 0)?;
+        s.refuse_empty_loops()?;
+        // (Through the nodes of `$ref`s: an AnyOf of one each.)
+        let mut root = 0;
+        while let Node::AnyOf(alts) = &s.nodes[root] {
+            match alts[..] {
+                [one] if one as usize != root => root = one as usize,
+                _ => break,
             }
         }
+        if !matches!(s.nodes[root], Node::Object(_)) {
+            return Err("the schema must describe an object (\"type\": \"object\"), as OpenAI's".into());
+        }
+        s.root = Value::Null;
         Ok(s)
     }
 
-    /// One schema for several values (a function's arguments): the node of each, or
+    /// One schema for several values (functions' arguments), each a `(root, schema)`
+    /// pair whose `$ref`s resolve in `root` (its `parameters`): the node of each, or
     /// `None` where its schema is outside the subset taken. Keywords that only bound a
     /// value (`minimum`, `format`, `nullable`, ...) are read past: its type is held,
     /// not its bounds.
-    pub fn compile_values<'a>(schemas: impl IntoIterator<Item = &'a Value>) -> (Schema, Vec<Option<u16>>) {
-        let mut s = Schema { nodes: Vec::new(), literals: Vec::new(), lenient: true };
+    pub fn compile_values<'a>(schemas: impl IntoIterator<Item = (&'a Value, &'a Value)>) -> (Schema, Vec<Option<u16>>) {
+        let mut s = Schema { nodes: Vec::new(), literals: Vec::new(), lenient: true, root: Value::Null, refs: Vec::new() };
         let nodes = schemas
             .into_iter()
-            .map(|v| {
+            .map(|(root, v)| {
+                if *root != s.root {
+                    (s.root, s.refs) = (root.clone(), Vec::new());
+                }
                 let (nodes, literals) = (s.nodes.len(), s.literals.len());
-                let node = s.node(v, 0).ok();
+                let node = s.node(v, 0).ok().filter(|_| s.refuse_empty_loops().is_ok());
                 if node.is_none() {
-                    // What the refused schema added is of no use.
+                    // What the refused schema added is of no use (nor are its refs).
                     s.nodes.truncate(nodes);
                     s.literals.truncate(literals);
+                    s.refs.retain(|&(_, n)| (n as usize) < nodes);
                 }
                 node
             })
             .collect();
+        s.root = Value::Null;
         (s, nodes)
+    }
+
+    /// The node of `target`, which `$ref` `name` names: compiled once, behind a node of
+    /// its own made first, so that a schema that refers to itself refers to that node.
+    fn reference_to(&mut self, name: &str, target: &Value, depth: usize) -> Result<u16, String> {
+        let at = self.push(Node::AnyOf(Vec::new()))?;
+        self.refs.push((name.to_string(), at));
+        let node = self.node(target, depth)?;
+        self.nodes[at as usize] = Node::AnyOf(vec![node]);
+        Ok(at)
+    }
+
+    /// `$ref`s that come back to themselves through alternatives only (`X` is `X`, or
+    /// `X` is `X` or null): a value of them would never begin. Objects and arrays
+    /// between read a byte first, so recursion through them is taken.
+    fn refuse_empty_loops(&self) -> Result<(), String> {
+        // 0: not seen, 1: on the path, 2: done.
+        let mut state = vec![0u8; self.nodes.len()];
+        fn visit(s: &Schema, n: usize, state: &mut [u8]) -> bool {
+            match state[n] {
+                1 => return false,
+                2 => return true,
+                _ => {}
+            }
+            state[n] = 1;
+            let ok = match &s.nodes[n] {
+                Node::AnyOf(alts) => alts.iter().all(|&a| visit(s, a as usize, state)),
+                _ => true,
+            };
+            state[n] = 2;
+            ok
+        }
+        match (0..self.nodes.len()).all(|n| visit(self, n, &mut state)) {
+            true => Ok(()),
+            false => Err("a '$ref' comes back to itself before any value begins".into()),
+        }
+    }
+
+    /// `$ref` `name`: `#`, or `#/$defs/NAME` or `#/definitions/NAME` of the root.
+    fn reference(&mut self, name: &str, depth: usize) -> Result<u16, String> {
+        if let Some(&(_, node)) = self.refs.iter().find(|(n, _)| n == name) {
+            return Ok(node);
+        }
+        let target = name
+            .strip_prefix("#/")
+            .and_then(|path| path.split_once('/'))
+            .filter(|(section, def)| matches!(*section, "$defs" | "definitions") && !def.contains('/'))
+            .and_then(|(section, def)| self.root.get(section)?.get(def.replace("~1", "/").replace("~0", "~")))
+            .cloned()
+            .ok_or_else(|| format!("'$ref' {name:?} is not '#' or a '#/$defs/...' of this schema"))?;
+        self.reference_to(name, &target, depth)
     }
 
     fn push(&mut self, node: Node) -> Result<u16, String> {
@@ -113,6 +203,10 @@ impl Schema {
         let Value::Object(o) = v else { return Err(format!("a schema must be an object, not {v}")) };
         if let Some(k) = o.keys().find(|k| !self.lenient && !KEYWORDS.contains(&k.as_str())) {
             return Err(format!("the schema keyword '{k}' is not supported"));
+        }
+        if let Some(r) = o.get("$ref") {
+            let Value::String(r) = r else { return Err("'$ref' must be a string".into()) };
+            return self.reference(r, depth + 1);
         }
         if let Some(c) = o.get("const") {
             return self.literals(std::slice::from_ref(c));
@@ -143,7 +237,7 @@ impl Schema {
         let node = match t {
             "object" => {
                 if o.get("additionalProperties").is_some_and(|a| a != &Value::Bool(false)) {
-                    return Err("'additionalProperties' must be false: the reply has exactly the listed properties".into());
+                    return Err("'additionalProperties' must be false: the reply has only the listed properties".into());
                 }
                 let empty = Map::new();
                 let props = match o.get("properties") {
@@ -156,17 +250,28 @@ impl Schema {
                     Some(Value::Array(r)) => r.iter().map(|k| k.as_str().ok_or("'required' must list property names")).collect::<Result<_, _>>()?,
                     Some(_) => return Err("'required' must be a list".into()),
                 };
-                if let Some(k) = props.keys().find(|k| !required.contains(&k.as_str())) {
-                    return Err(format!("property '{k}' must be in 'required': every property is, as in OpenAI's strict mode"));
-                }
-                let mut keys = Vec::with_capacity(required.len());
                 for (i, &k) in required.iter().enumerate() {
                     if required[..i].contains(&k) {
                         return Err(format!("'required' names '{k}' twice"));
                     }
-                    let value = props.get(k).ok_or_else(|| format!("'required' names '{k}', which is not in 'properties'"))?;
-                    let literal = self.literal(serde_json::to_vec(k).expect("a string serialises"))?;
-                    keys.push((literal, self.node(value, depth + 1)?));
+                    if !props.contains_key(k) {
+                        return Err(format!("'required' names '{k}', which is not in 'properties'"));
+                    }
+                }
+                // The required keys in their order, then the others (in their names'
+                // order: serde_json's maps keep no other).
+                let optional = props.keys().map(String::as_str).filter(|k| !required.contains(k));
+                let order: Vec<(&str, bool)> = required.iter().map(|&k| (k, true)).chain(optional.map(|k| (k, false))).collect();
+                if order.len() > MAX_LITERALS {
+                    return Err(format!("an object has more than {MAX_LITERALS} properties"));
+                }
+                let first = self.literals.len();
+                for (k, _) in &order {
+                    self.literal(serde_json::to_vec(k).expect("a string serialises"))?;
+                }
+                let mut keys = Vec::with_capacity(order.len());
+                for (i, (k, required)) in order.into_iter().enumerate() {
+                    keys.push(Key { literal: (first + i) as u16, value: self.node(&props[k], depth + 1)?, required });
                 }
                 Node::Object(keys)
             }
@@ -367,11 +472,14 @@ impl SchemaPrefix {
         }
     }
 
-    /// The literal being matched ended: a key's colon comes next, or the value is done.
-    fn literal_done(&mut self, key: bool) -> bool {
+    /// The literal being matched ended: a key's colon comes next (`matched`: its bit
+    /// among the keys tried, counted from the frame's next key), or the value is done.
+    fn literal_done(&mut self, key: bool, matched: u64) -> bool {
         if key {
             self.leaf = Leaf::None;
-            self.top().phase = Phase::Colon;
+            let f = self.top();
+            f.done += matched.trailing_zeros() as u16;
+            f.phase = Phase::Colon;
             true
         } else {
             self.value_done()
@@ -429,12 +537,13 @@ impl SchemaPrefix {
                     self.leaf = Leaf::Literal { first, alive: next, at: at + 1, key };
                     // Complete once no matching literal goes on.
                     if !longer {
-                        return self.literal_done(key);
+                        return self.literal_done(key, next);
                     }
                     true
                 } else if ended {
-                    // A shorter literal (a number of the enum) ended before this byte.
-                    self.literal_done(key) && self.feed(s, b)
+                    // A shorter literal (a number of the enum) ended before this byte
+                    // (keys end with their quote: never here).
+                    self.literal_done(key, 0) && self.feed(s, b)
                 } else {
                     false
                 }
@@ -446,23 +555,28 @@ impl SchemaPrefix {
     /// `b` between the parts of the innermost open container.
     fn structural(&mut self, s: &Schema, b: u8) -> bool {
         let f = *self.top();
+        // An object's `done`: the index of the first key that may still come.
+        let rest = |keys: &[Key]| keys.get(f.done as usize..).unwrap_or_default().iter().all(|k| !k.required);
         match (&s.nodes[f.node as usize], f.phase, b) {
-            (Node::Object(keys), Phase::Open, b'}') if keys.is_empty() => self.close(),
+            (Node::Object(keys), Phase::Open, b'}') if rest(keys) => self.close(),
             (Node::Object(keys), Phase::Open | Phase::NextKey, b'"') if (f.done as usize) < keys.len() => {
-                // The key's literal, from its opening quote on.
-                self.leaf = Leaf::Literal { first: keys[f.done as usize].0, alive: 1, at: 1, key: true };
+                // The keys from the next one up to the next required one, from the
+                // opening quote on.
+                let from = f.done as usize;
+                let count = keys[from..].iter().position(|k| k.required).map_or(keys.len() - from, |p| p + 1);
+                self.leaf = Leaf::Literal { first: keys[from].literal, alive: u64::MAX >> (64 - count), at: 1, key: true };
                 true
             }
             (Node::Object(keys), Phase::Colon, b':') => {
                 self.top().phase = Phase::Value;
-                self.leaf = Leaf::Expect(keys[f.done as usize].1);
+                self.leaf = Leaf::Expect(keys[f.done as usize].value);
                 true
             }
             (Node::Object(keys), Phase::After, b',') if (f.done as usize) < keys.len() => {
                 self.top().phase = Phase::NextKey;
                 true
             }
-            (Node::Object(keys), Phase::After, b'}') if f.done as usize == keys.len() => self.close(),
+            (Node::Object(keys), Phase::After, b'}') if rest(keys) => self.close(),
             (Node::Array(_), Phase::Open | Phase::After, b']') => self.close(),
             (&Node::Array(items), Phase::Open, _) => {
                 self.top().phase = Phase::Value;
@@ -607,7 +721,12 @@ mod tests {
             0 => {
                 let names: Vec<String> = (0..r.below(4)).map(|i| format!("k{i}{}", ["", "é", "\"q\"", " x"][r.below(4) as usize])).collect();
                 let props: Map<String, Value> = names.iter().map(|n| (n.clone(), random_schema(r, depth - 1))).collect();
-                json!({"type": "object", "properties": props, "required": names, "additionalProperties": false})
+                // Some required, in a shuffled order; the rest optional.
+                let mut required: Vec<&String> = names.iter().filter(|_| r.below(3) > 0).collect();
+                for i in (1..required.len()).rev() {
+                    required.swap(i, r.below(i as u64 + 1) as usize);
+                }
+                json!({"type": "object", "properties": props, "required": required, "additionalProperties": false})
             }
             1 => json!({"type": "array", "items": random_schema(r, depth - 1)}),
             2 => json!({"type": "string"}),
@@ -628,10 +747,12 @@ mod tests {
         match &schema["type"] {
             Value::String(t) if t == "object" => {
                 let props = schema["properties"].as_object().unwrap();
+                let required = schema["required"].as_array().unwrap();
                 let mut out = Map::new();
-                for name in schema["required"].as_array().unwrap() {
-                    let name = name.as_str().unwrap();
-                    out.insert(name.to_string(), random_instance(r, &props[name]));
+                for (name, value) in props {
+                    if required.iter().any(|k| k == name) || r.below(2) == 0 {
+                        out.insert(name.to_string(), random_instance(r, value));
+                    }
                 }
                 Value::Object(out)
             }
@@ -656,13 +777,15 @@ mod tests {
             let schema = json!({"type": "object", "properties": {"root": random_schema(&mut r, 4)}, "required": ["root"], "additionalProperties": false});
             let s = Schema::compile(&schema).unwrap_or_else(|e| panic!("{schema}: {e}"));
             let value = random_instance(&mut r, &schema);
-            // serde_json without preserve_order sorts keys: write them in `required` order.
+            // serde_json without preserve_order sorts keys: write them in `required` order,
+            // then the others given.
             fn write(v: &Value, schema: &Value, pretty: bool, out: &mut String) {
                 match (v, schema.get("required")) {
-                    (Value::Object(o), Some(Value::Array(order))) => {
+                    (Value::Object(o), Some(Value::Array(required))) => {
+                        let required: Vec<&str> = required.iter().map(|k| k.as_str().unwrap()).collect();
+                        let order: Vec<&str> = required.iter().copied().chain(o.keys().map(String::as_str).filter(|k| !required.contains(k))).collect();
                         out.push('{');
-                        for (i, k) in order.iter().enumerate() {
-                            let k = k.as_str().unwrap();
+                        for (i, &k) in order.iter().enumerate() {
                             out.push_str(if i > 0 { "," } else { "" });
                             out.push_str(if pretty { "\n  " } else { "" });
                             out.push_str(&serde_json::to_string(k).unwrap());
@@ -713,13 +836,64 @@ mod tests {
     }
 
     #[test]
+    fn optional_properties_come_after_the_required_ones_in_order_or_not_at_all() {
+        // Required: b then d; optional: a, c (their names' order), after them.
+        let s = Schema::compile(&json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}, "c": {"type": "boolean"}, "d": {"type": "null"}},
+            "required": ["b", "d"]}))
+        .unwrap();
+        for ok in [r#"{"b": 1, "d": null}"#, r#"{"b": 1, "d": null, "a": "x"}"#, r#"{"b": 1, "d": null, "c": true}"#, r#"{"b":1,"d":null,"a":"","c":false}"#] {
+            assert!(accepts(&s, ok).is_some_and(|p| p.is_complete()), "{ok}");
+        }
+        for bad in [r#"{"a""#, r#"{"d""#, r#"{"b": 1}"#, r#"{"b": 1, "b""#, r#"{"b": 1, "d": null, "c": true, "a""#, r#"{"b": 1, "d": null, "e""#, r#"{}"#] {
+            assert!(accepts(&s, bad).is_none(), "{bad}");
+        }
+        // Nothing required: the empty object, any ordered subset.
+        let s = Schema::compile(&json!({"type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}}})).unwrap();
+        for ok in ["{}", r#"{"y": 2}"#, r#"{"x": 1, "y": 2}"#] {
+            assert!(accepts(&s, ok).is_some_and(|p| p.is_complete()), "{ok}");
+        }
+        assert!(accepts(&s, r#"{"y": 2, "x""#).is_none());
+    }
+
+    #[test]
+    fn refs_name_defs_once_and_may_recurse() {
+        let point = json!({"type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}}, "required": ["x", "y"]});
+        let s = Schema::compile(&json!({"type": "object", "properties": {"p": {"$ref": "#/$defs/Point"}, "q": {"$ref": "#/definitions/Point"}, "r": {"$ref": "#/$defs/Point"}},
+            "required": ["p", "q", "r"], "$defs": {"Point": point}, "definitions": {"Point": point}}))
+        .unwrap();
+        // Point compiled once per section: two objects of two keys, besides the root's.
+        assert_eq!(s.nodes.iter().filter(|n| matches!(n, Node::Object(k) if k.len() == 2)).count(), 2);
+        assert!(accepts(&s, r#"{"p": {"x": 1, "y": 2}, "q": {"x": 3, "y": 4}, "r": {"x": 5, "y": 6}}"#).is_some_and(|p| p.is_complete()));
+        assert!(accepts(&s, r#"{"p": {"x": 1, "y": "2"#).is_none());
+        // A tree of its own kind, as Pydantic writes a recursive model (its root a $ref).
+        let tree = Schema::compile(&json!({"$ref": "#/$defs/Node", "$defs": {"Node": {"type": "object",
+            "properties": {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}, "required": ["v", "kids"]}}}))
+        .unwrap();
+        assert!(accepts(&tree, r#"{"v": 1, "kids": [{"v": 2, "kids": []}, {"v": 3, "kids": [{"v": 4, "kids": []}]}]}"#).is_some_and(|p| p.is_complete()));
+        // As deep as the automaton's stack, and no deeper (refused, not a panic).
+        let deep = |n: usize| format!("{}{{\"v\": 0, \"kids\": []}}{}", "{\"v\": 0, \"kids\": [".repeat(n), "]}".repeat(n));
+        assert!(accepts(&tree, &deep(MAX_DEPTH / 2 - 1)).is_some_and(|p| p.is_complete()));
+        assert!(accepts(&tree, &deep(MAX_DEPTH)).is_none());
+        // The root itself ('#').
+        let list = Schema::compile(&json!({"type": "object", "properties": {"next": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}}, "required": ["next"]})).unwrap();
+        assert!(accepts(&list, r#"{"next": {"next": {"next": null}}}"#).is_some_and(|p| p.is_complete()));
+    }
+
+    #[test]
     fn unsupported_schemas_are_refused_by_name() {
         let cases = [
             (json!({"type": "string"}), "must describe an object"),
-            (json!({"type": "object", "properties": {"a": {"type": "string"}}}), "must be in 'required'"),
             (json!({"type": "object", "properties": {}, "additionalProperties": true}), "additionalProperties"),
             (json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "x+"}}, "required": ["a"]}), "'pattern'"),
-            (json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}}, "required": ["a"]}), "'$ref'"),
+            (json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}}, "required": ["a"]}), "'$ref' \"#/$defs/x\" is not"),
+            (json!({"type": "object", "properties": {"a": {"$ref": "https://x/y.json"}}}), "is not '#'"),
+            (json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/x/y"}}, "$defs": {"x": {"type": "string"}}}), "is not '#'"),
+            (json!({"type": "object", "properties": {"a": {"$ref": 5}}}), "'$ref' must be a string"),
+            (json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}}, "$defs": {"x": {"$ref": "#/$defs/x"}}}), "comes back to itself"),
+            (json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}}, "$defs": {"x": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/y"}]}, "y": {"$ref": "#/$defs/x"}}}), "comes back to itself"),
+            (json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}}, "$defs": {"x": {"type": "string", "format": "date"}}}), "'format'"),
+            (json!({"type": "object", "properties": (0..65).map(|i| (format!("k{i}"), json!({"type": "null"}))).collect::<Map<String, Value>>()}), "more than 64 properties"),
+            (json!({"type": "object", "properties": {"a": {"type": "null"}}, "required": ["a", "a"]}), "names 'a' twice"),
             (json!({"type": "object", "required": ["a"]}), "not in 'properties'"),
             (json!({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}, {"enum": ["x"]}]}}, "required": ["a"]}), "start differently"),
             (json!({"type": "object", "properties": {"a": {"enum": [[1]]}}, "required": ["a"]}), "strings, numbers"),
