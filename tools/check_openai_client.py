@@ -11,7 +11,8 @@ equal the whole one; `stream_options.include_usage`: usage on the last chunk); c
 usage counts, max_tokens / max_completion_tokens, stop strings, seeded sampling (same
 seed, same text) and the errors the client raises (wrong key: AuthenticationError;
 n=17, an unknown role, a prompt over the context: BadRequestError), n choices, log-probabilities
-in the client's types, penalties, JSON mode and a JSON schema. Then serves
+in the client's types, penalties, JSON mode, a JSON schema and `chat.completions.parse` with
+a nested Pydantic model ($defs and $ref). Then serves
 tests/fixtures/chat/olmo3_tools (OLMo-3's tool-call template) and checks tool calls in the
 client's types: a required call and a named one, whole and streamed (the streamed deltas
 add up to the whole answer's calls), and the call and its result sent back as the next
@@ -24,9 +25,20 @@ import tempfile
 from pathlib import Path
 
 import openai
+import pydantic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_common import ROOT, Server, pack  # noqa: E402
+
+
+class Trip(pydantic.BaseModel):
+    city: str
+    days: int
+
+
+class Plan(pydantic.BaseModel):
+    trip: Trip
+    note: str | None = None
 
 
 def check(cond, what):
@@ -111,6 +123,12 @@ def main():
             value = json.loads(structured.choices[0].message.content)
             check(list(value) == ["city", "days"] and isinstance(value["city"], str) and isinstance(value["days"], int),
                   f"response_format json_schema: an object of the schema ({structured.choices[0].message.content!r})")
+            # The client's own Pydantic path: a nested model becomes $defs and $ref.
+            parsed = client.chat.completions.parse(model=name, messages=messages, max_tokens=100, temperature=0,
+                                                   logit_bias={"1": 30, "92": 25, "11": 20}, response_format=Plan)
+            plan = parsed.choices[0].message.parsed
+            check(isinstance(plan, Plan) and isinstance(plan.trip, Trip),
+                  f"chat.completions.parse with a nested Pydantic model ({parsed.choices[0].message.content!r})")
             first = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "cache_prompt": True}})
             again = client.completions.create(**{**args, "extra_body": {**args["extra_body"], "cache_prompt": True}})
             check(first.choices[0].text == again.choices[0].text == text, "cache_prompt: the same text")
