@@ -2,7 +2,7 @@
 //! is held to one JSON object of the schema, as OpenAI's Structured Outputs hold it. The
 //! subset taken: objects of `properties` (the `required` ones in that order, then the
 //! others in their names' order, each at most once, no keys besides), arrays of
-//! `items`, strings, numbers, integers, booleans, null, `enum` and `const` of scalars, a
+//! `items` (`minItems` to `maxItems` of them), strings, numbers, integers, booleans, null, `enum` and `const` of scalars, a
 //! `type` list or `anyOf` whose alternatives start with different bytes (such as a type
 //! or null), and `$ref` to the root (`#`) or to its `$defs` / `definitions` (recursion
 //! included, as nested Pydantic models write them). Anything else is refused by name
@@ -29,12 +29,14 @@ const MAX_LITERALS: usize = 64;
 
 /// The schema keywords taken; `description`, `title`, `default`, `$schema` and
 /// `strict` are read and left.
-const KEYWORDS: [&str; 16] = [
+const KEYWORDS: [&str; 18] = [
     "type",
     "properties",
     "required",
     "additionalProperties",
     "items",
+    "minItems",
+    "maxItems",
     "enum",
     "const",
     "anyOf",
@@ -61,7 +63,8 @@ struct Key {
 enum Node {
     /// Keys in order: the required ones, then the others.
     Object(Vec<Key>),
-    Array(u16),
+    /// Items of a node, `min` to `max` of them.
+    Array { items: u16, min: u16, max: u16 },
     String,
     Number { integer: bool },
     /// One of `literals[first .. first + count]`.
@@ -275,7 +278,18 @@ impl Schema {
                 }
                 Node::Object(keys)
             }
-            "array" => Node::Array(self.node(o.get("items").ok_or("an array schema needs 'items'")?, depth + 1)?),
+            "array" => {
+                let count = |name: &str, default: u16| match o.get(name) {
+                    None => Ok(default),
+                    Some(v) => v.as_u64().map(|n| n.min(u16::MAX as u64) as u16).ok_or(format!("'{name}' must be a count")),
+                };
+                let (min, max) = (count("minItems", 0)?, count("maxItems", u16::MAX)?);
+                if min > max {
+                    return Err("'minItems' is more than 'maxItems'".into());
+                }
+                // (An array's count saturates at u16::MAX: past it, any number may follow.)
+                Node::Array { items: self.node(o.get("items").ok_or("an array schema needs 'items'")?, depth + 1)?, min, max }
+            }
             "string" => Node::String,
             "number" => Node::Number { integer: false },
             "integer" => Node::Number { integer: true },
@@ -327,7 +341,7 @@ impl Schema {
     fn starts(&self, node: u16, b: u8) -> bool {
         match &self.nodes[node as usize] {
             Node::Object(_) => b == b'{',
-            Node::Array(_) => b == b'[',
+            Node::Array { .. } => b == b'[',
             Node::String => b == b'"',
             Node::Number { .. } => b == b'-' || b.is_ascii_digit(),
             &Node::Literals { first, count } => self.literals[first as usize..][..count as usize].iter().any(|l| l[0] == b),
@@ -437,7 +451,7 @@ impl SchemaPrefix {
     /// A value of `node` starting with `b`.
     fn start(&mut self, s: &Schema, node: u16, b: u8) -> bool {
         match &s.nodes[node as usize] {
-            Node::Object(_) | Node::Array(_) => {
+            Node::Object(_) | Node::Array { .. } => {
                 let open = if matches!(s.nodes[node as usize], Node::Object(_)) { b'{' } else { b'[' };
                 if b != open || self.depth as usize == MAX_DEPTH {
                     return false;
@@ -577,12 +591,12 @@ impl SchemaPrefix {
                 true
             }
             (Node::Object(keys), Phase::After, b'}') if rest(keys) => self.close(),
-            (Node::Array(_), Phase::Open | Phase::After, b']') => self.close(),
-            (&Node::Array(items), Phase::Open, _) => {
+            (&Node::Array { min, .. }, Phase::Open | Phase::After, b']') if f.done >= min => self.close(),
+            (&Node::Array { items, max, .. }, Phase::Open, _) if max > 0 => {
                 self.top().phase = Phase::Value;
                 self.start(s, items, b)
             }
-            (&Node::Array(items), Phase::After, b',') => {
+            (&Node::Array { items, max, .. }, Phase::After, b',') if f.done < max => {
                 self.top().phase = Phase::Value;
                 self.leaf = Leaf::Expect(items);
                 true
@@ -856,6 +870,19 @@ mod tests {
     }
 
     #[test]
+    fn arrays_hold_min_to_max_items() {
+        let s = Schema::compile(&json!({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 3},
+            "none": {"type": "array", "items": {"type": "integer"}, "maxItems": 0}}, "required": ["a", "none"]}))
+        .unwrap();
+        for ok in [r#"{"a": [1], "none": []}"#, r#"{"a": [1, 2, 3], "none": [ ]}"#] {
+            assert!(accepts(&s, ok).is_some_and(|p| p.is_complete()), "{ok}");
+        }
+        for bad in [r#"{"a": []"#, r#"{"a": [1, 2, 3,"#, r#"{"a": [1], "none": [1"#] {
+            assert!(accepts(&s, bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
     fn refs_name_defs_once_and_may_recurse() {
         let point = json!({"type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}}, "required": ["x", "y"]});
         let s = Schema::compile(&json!({"type": "object", "properties": {"p": {"$ref": "#/$defs/Point"}, "q": {"$ref": "#/definitions/Point"}, "r": {"$ref": "#/$defs/Point"}},
@@ -899,6 +926,8 @@ mod tests {
             (json!({"type": "object", "properties": {"a": {"enum": [[1]]}}, "required": ["a"]}), "strings, numbers"),
             (json!({"type": "object", "properties": {"a": {"type": "date"}}, "required": ["a"]}), "'date'"),
             (json!({"type": "object", "properties": {"a": {"type": "array"}}, "required": ["a"]}), "'items'"),
+            (json!({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "null"}, "minItems": 3, "maxItems": 2}}}), "more than 'maxItems'"),
+            (json!({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "null"}, "minItems": -1}}}), "'minItems' must be a count"),
             (json!({"type": "object", "properties": {"a": {}}, "required": ["a"]}), "needs 'type'"),
             (json!([1]), "must be an object"),
         ];
