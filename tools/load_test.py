@@ -4,11 +4,12 @@ bad requests, bounded in time.
 
     python3 tools/load_test.py [--clients 32] [--requests 400] [--seconds 300] [--cache-prompt]
 
-Packs the chat fixture (tests/fixtures/chat/olmo2), starts `olmort serve --parallel 4
---queue 8` and first asks each good request alone for its greedy answer. Then the
-clients send, in a shuffled mix: good completions and chats (whole and streamed, some
-with logprobs, penalties and a logit bias; each checked against its answer alone:
-batching must not change greedy text), streams they
+Packs the chat fixture with OLMo-3's tool-call template (tests/fixtures/chat/olmo3_tools:
+random weights, a sliding-window layer), starts `olmort serve --parallel 4 --queue 8`
+and first asks each good request alone for its greedy answer. Then the clients send, in
+a shuffled mix: good completions and chats (whole and streamed, some with logprobs,
+penalties and a logit bias, JSON mode, required tool calls; each checked against its
+answer alone: batching must not change greedy text or calls), streams they
 hang up on after the first event, and bad requests (malformed JSON, missing and
 mistyped fields, an unknown role, out-of-range values, n=17, a prompt over the context,
 a body over the cap, an unknown route, a truncated body), each of which must get its
@@ -50,6 +51,14 @@ GOOD = [
     # JSON mode (the bias pulls the random weights toward '"' and '}', closing the object).
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Reply in JSON."}], "max_tokens": 40,
                               "response_format": {"type": "json_object"}, "logit_bias": {"1": 30, "92": 25}}),
+    # Tools: a required call (the bias pulls toward '"' and ')', closing it) and "auto".
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "max_tokens": 40,
+                              "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
+                                  "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                                  "required": ["city"]}}}],
+                              "tool_choice": "required", "logit_bias": {"1": 30, "8": 25}}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "What time is it?"}], "max_tokens": 12,
+                              "tools": [{"type": "function", "function": {"name": "now"}}]}),
 ]
 for _, body in GOOD:
     body.update({"temperature": 0, "ignore_eos": True})
@@ -64,28 +73,38 @@ BAD = [
     ("/v1/completions", {"prompt": "a", "logprobs": 50}, 400),
     ("/v1/completions", {"prompt": "a", "logit_bias": {"99999999": 1}}, 400),
     ("/v1/completions", {"prompt": "a", "repeat_penalty": -1}, 400),
-    ("/v1/completions", {"prompt": [5] * 300}, 400),
+    ("/v1/completions", {"prompt": [5] * 600}, 400),
     ("/v1/chat/completions", {"messages": [{"role": "pirate", "content": "arr"}]}, 400),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
                               "response_format": {"type": "json_schema", "json_schema": {}}}, 400),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}],
+                              "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400),
     ("/v1/completions", {"prompt": "a" * 70000}, 413),
     ("/v2/nothing", {}, 404),
 ]
 
 
+def calls_text(calls):
+    """Tool calls as text to compare: each name and arguments."""
+    return "".join(f"<{c['function']['name']}{c['function']['arguments']}>" for c in calls or [])
+
+
 def answer_text(path, payload):
-    """Every choice's text, by index (greedy: n equal texts)."""
-    return [c["message"]["content"] if "chat" in path else c["text"] for c in payload["choices"]]
+    """Every choice's text and calls, by index (greedy: n equal texts)."""
+    if "chat" in path:
+        return [(c["message"]["content"] or "") + calls_text(c["message"].get("tool_calls")) for c in payload["choices"]]
+    return [c["text"] for c in payload["choices"]]
 
 
 def stream_text(path, events):
-    """Each choice's text from its chunks (tagged by index)."""
+    """Each choice's text and calls from its chunks (tagged by index)."""
     out = {}
     for _, e in events:
         if e and e.get("choices"):
             c = e["choices"][0]
-            text = (c.get("delta", {}).get("content") if "chat" in path else c.get("text")) or ""
+            delta = c.get("delta", {})
+            text = ((delta.get("content") or "") + calls_text(delta.get("tool_calls"))) if "chat" in path else c.get("text") or ""
             out[c["index"]] = out.get(c["index"], "") + text
     return [out[i] for i in sorted(out)]
 
@@ -153,15 +172,17 @@ def main():
     args = ap.parse_args()
     random.seed(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        blob = pack(ROOT / "tests/fixtures/chat/olmo2", Path(tmp) / "chat-olmo2.bin")
+        blob = pack(ROOT / "tests/fixtures/chat/olmo3_tools", Path(tmp) / "chat-olmo3-tools.bin")
         extra = ["--cache-prompt"] if args.cache_prompt else []
-        with Server(blob, "--parallel", "4", "--queue", "8", "--ctx-size", "128", "--max-body", "65536", *extra) as server:
+        with Server(blob, "--parallel", "4", "--queue", "8", "--ctx-size", "512", "--max-body", "65536", *extra) as server:
             port = server.port
             expected = []
             for path, body in GOOD:
                 status, _, out = request(port, "POST", path, body)
                 assert status == 200, out
                 expected.append(answer_text(path, json.loads(out)))
+                if body.get("tool_choice") == "required" and "<get_weather{" not in expected[-1][0]:
+                    sys.exit(f"FAIL: a required call answered without one: {expected[-1]}")
             rss_before = server.rss_kib()
             kinds = (["good"] * 6 + ["bad"] * 3 + ["hang_up"] + ["truncated"])
             work = [random.choice(kinds) for _ in range(args.requests)]
