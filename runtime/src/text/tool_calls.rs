@@ -484,4 +484,67 @@ mod tests {
         assert_eq!(ToolSyntax::of_template("{{ '<function_calls>' }}"), Some(ToolSyntax::FunctionCallTags));
         assert_eq!(ToolSyntax::of_template("{% for m in messages %}{{ m.content }}{% endfor %}"), None);
     }
+
+    /// Random texts from pieces of the syntax, whole and streamed in random cuts: no
+    /// panic, the same reading either way, every call's arguments a JSON object, and
+    /// the text given back whole where nothing reads as calls.
+    #[test]
+    fn random_texts_read_the_same_whole_and_streamed() {
+        const PIECES: [&str; 24] = [
+            "<function_calls>", "</function_calls>", "<function", "_calls>", "f", "get_w", "(", ")", "x", "=", ", ", "\"", "'", "\\", "\\u00e9",
+            "\\ud83e", "[", "]", "{", "}", ":", "1.5", "True", "é\n",
+        ];
+        let mut rng = crate::generation::sampling::Rng::new(7);
+        let mut below = |n: usize| (rng.next_u64() % n as u64) as usize;
+        let mut with_calls = 0;
+        const VALUES: [&str; 10] = ["1", "-2.5e3", "\"a\\\"b\"", "'c'", "True", "None", "[1, 'x']", "{'k': [null]}", "\"\\ud83e\\udd80\"", "\"é\""];
+        for _ in 0..20_000 {
+            // A block of calls, then (half the time) pieces put in or taken out.
+            let mut text = String::from(["", "Sure. ", "<function"][below(3)]);
+            text.push_str("<function_calls>");
+            for c in 0..1 + below(3) {
+                let args: Vec<String> = (0..below(3)).map(|k| format!("k{k}={}", VALUES[below(VALUES.len())])).collect();
+                text.push_str(&format!("{}f{c}({})", if c > 0 { "\n" } else { "" }, args.join(", ")));
+            }
+            text.push_str(["</function_calls>", "</function_calls> done", ""][below(3)]);
+            for _ in 0..below(2) * (1 + below(2)) {
+                let mut at = below(text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                if below(2) == 0 {
+                    text.insert_str(at, PIECES[below(PIECES.len())]);
+                } else {
+                    let end = (at + 1 + below(4)).min(text.len());
+                    if text.is_char_boundary(end) {
+                        text.replace_range(at..end, "");
+                    }
+                }
+            }
+            let whole = read_reply(ToolSyntax::FunctionCallTags, &text);
+            for c in &whole.calls {
+                assert!(serde_json::from_str::<serde_json::Value>(&c.arguments).is_ok_and(|v| v.is_object()), "{text:?}: {}", c.arguments);
+            }
+            if whole.calls.is_empty() {
+                assert_eq!(whole.content, text);
+            } else {
+                with_calls += 1;
+            }
+            let mut s = CallSplitter::new(ToolSyntax::FunctionCallTags);
+            let mut content = String::new();
+            let mut rest = text.as_str();
+            while !rest.is_empty() {
+                let mut cut = below(rest.len() + 1);
+                while !rest.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                content.push_str(s.push(&rest[..cut]));
+                rest = &rest[cut..];
+            }
+            let end = s.finish();
+            content.push_str(&end.content);
+            assert_eq!((content, end.calls), (whole.content, whole.calls), "{text:?}");
+        }
+        assert!(with_calls > 100, "the pieces make calls too ({with_calls})");
+    }
 }
