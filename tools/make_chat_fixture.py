@@ -84,6 +84,18 @@ MODELS = {
         "eos_token_id": [100265, 100257],
         "config": ("olmo3/config.json", {"max_position_embeddings": 1024}),
     },
+    # A thinking model: the generation prompt opens <think>, the reply closes it.
+    "olmo3_think": {
+        "tokenizer_config": {
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|pad|>",
+            "unk_token": None,
+            "chat_template": "olmo3_think.jinja",
+        },
+        "eos_token_id": [100265, 100257],
+        "config": ("olmo3/config.json", {"max_position_embeddings": 1024}),
+    },
 }
 
 TOOLS = [

@@ -28,7 +28,7 @@ fn packed_templates_render_and_encode_as_transformers() {
     let tools = Tools::parse(&cases.tools_json).unwrap();
     let scratch = Scratch::new("chat-templates");
     let (mut rendered, mut refused, mut sanitized) = (0, 0, 0);
-    for model in ["olmo2", "chatml", "olmo3_tools"] {
+    for model in ["olmo2", "chatml", "olmo3_tools", "olmo3_think"] {
         let map = open(&pack(model, &scratch));
         let blob = Blob::parse(map.bytes()).unwrap();
         let m = Model::new(&blob).unwrap();
@@ -63,9 +63,10 @@ fn packed_templates_render_and_encode_as_transformers() {
             }
         }
     }
-    // Every case ran: the three template styles (OLMo-3's with tools, calls and their
-    // results), errors, and the spellings that stay text (in call arguments too).
-    assert_eq!((rendered, refused, sanitized), (78, 4, 22));
+    // Every case ran: the four template styles (OLMo-3's with tools, calls and their
+    // results; a thinking model's), errors, and the spellings that stay text (in call
+    // arguments too).
+    assert_eq!((rendered, refused, sanitized), (98, 4, 26));
 }
 
 #[test]

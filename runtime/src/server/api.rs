@@ -88,6 +88,10 @@ pub struct CompletionRequest {
     pub json: Option<JsonFormat>,
     /// Chat's `tools`, `tool_choice` and `parallel_tool_calls`.
     pub tools: Option<ToolRequest>,
+    /// A thinking model's reasoning given apart (`reasoning_content`), unless
+    /// `reasoning_format` is "none" (llama-server's option): then the reply's text as
+    /// written.
+    pub reasoning: bool,
 }
 
 /// The functions a chat request offers the model, and whether it must call one.
@@ -270,6 +274,11 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiEr
         },
         json,
         tools,
+        reasoning: match field(&o, "reasoning_format") {
+            None => true,
+            Some(Value::String(f)) if f == "auto" || f == "none" => f == "auto",
+            Some(_) => return Err(ApiError::invalid("'reasoning_format' must be \"auto\" (reasoning apart from the answer) or \"none\"", Some("reasoning_format"))),
+        },
     })
 }
 
@@ -608,6 +617,19 @@ pub fn add_tool_calls(choice: &mut Value, calls: Value) {
     message["tool_calls"] = calls;
 }
 
+/// A chat stream's chunk of choice `index` whose delta is reasoning text (and the
+/// `logprobs` of its tokens).
+pub fn reasoning_chunk(info: &AnswerInfo, index: usize, text: &str, logprobs: Option<Value>) -> String {
+    json!({
+        "id": info.id,
+        "object": "chat.completion.chunk",
+        "created": info.created,
+        "model": info.model,
+        "choices": [{"index": index, "delta": {"reasoning_content": text}, "finish_reason": null, "logprobs": logprobs.unwrap_or(Value::Null)}],
+    })
+    .to_string()
+}
+
 /// A chat stream's chunk of choice `index` whose delta is the reply's calls
 /// ([`tool_calls`], streamed).
 pub fn tool_calls_chunk(info: &AnswerInfo, index: usize, calls: Value) -> String {
@@ -788,6 +810,7 @@ mod tests {
             (r#"{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"type": "code", "function": {"name": "f"}}]}]}"#, true, "'type' must be"),
             (r#"{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"function": {}}]}]}"#, true, "needs a 'name'"),
             (r#"{"messages": [{"role": "tool", "content": null}]}"#, true, "'content'"),
+            (r#"{"messages": [{"role": "user", "content": "a"}], "reasoning_format": "deepseek"}"#, true, "'reasoning_format'"),
             (r#"{"messages": [{"role": "user", "content": "a"}], "frequency_penalty": 2.5}"#, true, "between -2 and 2"),
             (r#"{"prompt": "a", "presence_penalty": "x"}"#, false, "must be a number"),
             (r#"{"prompt": "a", "repeat_penalty": 0}"#, false, "'repeat_penalty' must be a number > 0"),

@@ -26,7 +26,8 @@ use crate::server::metrics::Metrics;
 use crate::server::scheduler::{Event, Finish, Job, Queue, SubmitError};
 use crate::text::chat_template::Tools;
 use crate::text::tokenizer::Tokenizer;
-use crate::text::tool_calls::{read_reply, CallSplitter, ReadReply, ToolSyntax};
+use crate::text::reasoning::prompt_opens_thinking;
+use crate::text::reply::{Reading, ReplyReader};
 
 /// Limits and identity of the HTTP side.
 #[derive(Debug, Clone)]
@@ -255,7 +256,7 @@ impl<'a, 'v> App<'a, 'v> {
                 let syntax = self.chat.and_then(|c| c.template().tool_syntax()).ok_or_else(|| {
                     ApiError::invalid("'tools': this model's chat template shows no tool-call syntax olmort reads (OLMo-3's <function_calls>)", Some("tools"))
                 })?;
-                (t.choice != ToolChoice::None).then_some(ReadCalls { syntax, parallel: t.parallel })
+                (t.choice != ToolChoice::None).then_some(syntax)
             }
         };
         // Tools hold the reply to a call block (from its start where a call is
@@ -263,6 +264,16 @@ impl<'a, 'v> App<'a, 'v> {
         // an object; a JSON format comes first (never with a required call).
         let held = req.json.clone().or_else(|| req.tools.as_ref()?.grammar.clone().map(JsonFormat::Calls));
         let prompt = self.encode(&req.prompt, req.tools.as_ref().map(|t| &t.set.tools))?;
+        // A chat of a model that thinks in <think> tags: its reasoning apart from its
+        // answer, unless the request keeps the text as it is.
+        let thinking = match (&req.prompt, self.chat, self.tokenizer) {
+            (Prompt::Chat(_), Some(chat), Some(tokenizer)) if chat.template().thinks() && req.reasoning => {
+                let tail = tokenizer.decode(&prompt[prompt.len().saturating_sub(8)..]);
+                Some(prompt_opens_thinking(&String::from_utf8_lossy(&tail)))
+            }
+            _ => None,
+        };
+        let reading = Reading { thinking, calls, parallel: req.tools.as_ref().is_none_or(|t| t.parallel) };
         // What an echo puts first: the prompt's text, and its first token (which has no
         // log-probability).
         let echo = req.echo.then(|| {
@@ -306,7 +317,7 @@ impl<'a, 'v> App<'a, 'v> {
         }
         let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, self.next_id.fetch_add(1, Ordering::Relaxed));
         let info = AnswerInfo { id: &id, created: unix_time(), model: &self.config.model_name, chat };
-        let mut events = Events { rx, stream, cancel: &cancel, queue: &self.queue, logprobs: req.logprobs.is_some(), echo, choices: req.n, calls };
+        let mut events = Events { rx, stream, cancel: &cancel, queue: &self.queue, logprobs: req.logprobs.is_some(), echo, choices: req.n, reading };
         let done = if req.stream { self.stream_answer(&mut events, &info, req.stream_usage) } else { self.whole_answer(&mut events, &info) };
         match done {
             Some(()) => Metrics::add(&self.metrics().requests_ok, 1),
@@ -343,11 +354,18 @@ impl<'a, 'v> App<'a, 'v> {
         let choices = (0..events.choices)
             .map(|i| {
                 let lp = events_logprobs(events.logprobs, info.chat, first, &logprobs[i], &|id| self.token_bytes(id), &mut 0);
-                let Some(read) = events.calls.map(|c| c.read(&texts[i])).filter(|r| !r.calls.is_empty()) else {
+                if events.reading.is_plain() {
                     return api::choice(info, i, &texts[i], finished[i].reason.as_str(), lp);
-                };
-                let mut choice = api::choice(info, i, &read.content, "tool_calls", lp);
-                api::add_tool_calls(&mut choice, api::tool_calls(&read.calls, &format!("{}_{i}", info.id), false));
+                }
+                let parts = events.reading.read(&texts[i]);
+                let reason = if parts.calls.is_empty() { finished[i].reason.as_str() } else { "tool_calls" };
+                let mut choice = api::choice(info, i, &parts.content, reason, lp);
+                if !parts.calls.is_empty() {
+                    api::add_tool_calls(&mut choice, api::tool_calls(&parts.calls, &format!("{}_{i}", info.id), false));
+                }
+                if !parts.reasoning.is_empty() {
+                    choice["message"]["reasoning_content"] = parts.reasoning.into();
+                }
                 choice
             })
             .collect();
@@ -377,7 +395,7 @@ impl<'a, 'v> App<'a, 'v> {
             pending.clear();
             v
         };
-        let mut splitters: Vec<Option<CallSplitter>> = (0..n).map(|_| events.calls.map(|c| CallSplitter::new(c.syntax))).collect();
+        let mut readers: Vec<Option<ReplyReader>> = (0..n).map(|_| (!events.reading.is_plain()).then(|| events.reading.reader())).collect();
         let mut finished = Vec::with_capacity(n);
         while finished.len() < n {
             let (i, event) = events.next()?;
@@ -397,25 +415,32 @@ impl<'a, 'v> App<'a, 'v> {
                 Event::Started | Event::PromptLogprob(_) => {}
                 Event::Logprob(l) => pending[i].push(l),
                 Event::Text(t) => {
-                    // Text that may be a call block is held (with its tokens'
-                    // log-probabilities) until the reply ends.
-                    let t = match &mut splitters[i] {
-                        Some(s) => s.push(&t),
-                        None => &t,
+                    // Reasoning and answer go out as they are told apart; text that may be
+                    // a tag or a call block is held (with its tokens' log-probabilities)
+                    // until the next piece or the reply's end.
+                    let (reasoning, content) = match &mut readers[i] {
+                        Some(r) => r.push(&t),
+                        None => ("", t.as_str()),
                     };
-                    if !t.is_empty() {
-                        send_event(events.stream, &api::chunk(info, i, Some(t), false, None, take(i, &mut pending[i], None)))?
+                    if !reasoning.is_empty() {
+                        send_event(events.stream, &api::reasoning_chunk(info, i, reasoning, take(i, &mut pending[i], None)))?;
+                    }
+                    if !content.is_empty() {
+                        send_event(events.stream, &api::chunk(info, i, Some(content), false, None, take(i, &mut pending[i], None)))?
                     }
                 }
                 Event::Done(f) => {
                     let mut reason = f.reason.as_str();
-                    if let (Some(s), Some(calls)) = (splitters[i].take(), events.calls) {
-                        let read = calls.finish(s);
-                        if !read.content.is_empty() {
-                            send_event(events.stream, &api::chunk(info, i, Some(&read.content), false, None, take(i, &mut pending[i], None)))?;
+                    if let Some(r) = readers[i].take() {
+                        let parts = r.finish();
+                        if !parts.reasoning.is_empty() {
+                            send_event(events.stream, &api::reasoning_chunk(info, i, &parts.reasoning, take(i, &mut pending[i], None)))?;
                         }
-                        if !read.calls.is_empty() {
-                            send_event(events.stream, &api::tool_calls_chunk(info, i, api::tool_calls(&read.calls, &format!("{}_{i}", info.id), true)))?;
+                        if !parts.content.is_empty() {
+                            send_event(events.stream, &api::chunk(info, i, Some(&parts.content), false, None, take(i, &mut pending[i], None)))?;
+                        }
+                        if !parts.calls.is_empty() {
+                            send_event(events.stream, &api::tool_calls_chunk(info, i, api::tool_calls(&parts.calls, &format!("{}_{i}", info.id), true)))?;
                             reason = "tool_calls";
                         }
                     }
@@ -472,35 +497,8 @@ struct Events<'s, 'q> {
     echo: Option<(String, u32)>,
     /// Choices of the request: jobs sending on `rx`, tagged 0 to `choices - 1`.
     choices: usize,
-    /// How to read calls in the replies (a request with tools the model may call).
-    calls: Option<ReadCalls>,
-}
-
-/// How a request's replies are read for tool calls.
-#[derive(Debug, Clone, Copy)]
-struct ReadCalls {
-    syntax: ToolSyntax,
-    /// `parallel_tool_calls`: false keeps a reply's first call only.
-    parallel: bool,
-}
-
-impl ReadCalls {
-    /// A whole reply's text and calls.
-    fn read(self, reply: &str) -> ReadReply {
-        self.keep(read_reply(self.syntax, reply))
-    }
-
-    /// A streamed reply's held text and calls.
-    fn finish(self, splitter: CallSplitter) -> ReadReply {
-        self.keep(splitter.finish())
-    }
-
-    fn keep(self, mut read: ReadReply) -> ReadReply {
-        if !self.parallel {
-            read.calls.truncate(1);
-        }
-        read
-    }
+    /// How the replies are read: reasoning, answer and calls (`text::reply`).
+    reading: Reading,
 }
 
 impl Events<'_, '_> {

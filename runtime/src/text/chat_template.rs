@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::text::python_values::{json_dumps, python_str, JsonOptions};
 use crate::text::tokenizer::Tokenizer;
+use crate::text::reasoning::template_thinks;
 use crate::text::tool_calls::ToolSyntax;
 
 /// Why a conversation could not become a prompt; one line each.
@@ -231,6 +232,8 @@ pub struct ChatTemplate {
     name: String,
     /// How the template's model writes calls, where olmort reads them.
     tool_syntax: Option<ToolSyntax>,
+    /// Whether its model writes reasoning in `<think>` tags.
+    thinks: bool,
     /// `bos_token`, `eos_token`, ... as template variables.
     special_tokens: Vec<(String, Value)>,
 }
@@ -286,6 +289,7 @@ impl ChatTemplate {
             env,
             name: name.to_string(),
             tool_syntax: ToolSyntax::of_template(source),
+            thinks: template_thinks(source),
             special_tokens: special_tokens.iter().map(|(n, c)| (n.clone(), Value::from(c.as_str()))).collect(),
         })
     }
@@ -299,6 +303,12 @@ impl ChatTemplate {
     /// ([`ToolSyntax::of_template`]).
     pub fn tool_syntax(&self) -> Option<ToolSyntax> {
         self.tool_syntax
+    }
+
+    /// Whether the model writes its reasoning in `<think>` tags
+    /// ([`crate::text::reasoning`]).
+    pub fn thinks(&self) -> bool {
+        self.thinks
     }
 
     /// The prompt text, exactly as transformers' `apply_chat_template(messages,
