@@ -69,6 +69,10 @@ fn reasoning_comes_apart_from_the_answer() {
             assert_eq!((r.as_str(), a.as_str()), (reasoning, content), "seed {seed}");
         }
         assert!(closed >= 3, "the bias should end some replies' reasoning ({closed} of 12)");
+        // JSON mode holds the reply from its first token: no reasoning is read from it.
+        let json = post(addr, "/v1/chat/completions", &body(0, r#", "response_format": {"type": "json_object"}, "max_tokens": 4"#)).json();
+        let message = &json["choices"][0]["message"];
+        assert!(message.get("reasoning_content").is_none() && message["content"].as_str().unwrap().starts_with('{'), "{json}");
         let e = post(addr, "/v1/chat/completions", &body(0, r#", "reasoning_format": "hidden""#));
         assert_eq!(e.status, 400, "{}", e.body);
     });

@@ -265,9 +265,11 @@ impl<'a, 'v> App<'a, 'v> {
         let held = req.json.clone().or_else(|| req.tools.as_ref()?.grammar.clone().map(JsonFormat::Calls));
         let prompt = self.encode(&req.prompt, req.tools.as_ref().map(|t| &t.set.tools))?;
         // A chat of a model that thinks in <think> tags: its reasoning apart from its
-        // answer, unless the request keeps the text as it is.
+        // answer, unless the request keeps the text as it is or holds the reply to a
+        // grammar from its first token (then there is no reasoning to read).
+        let from_start = req.json.is_some() || req.tools.as_ref().is_some_and(|t| t.choice.requires_call());
         let thinking = match (&req.prompt, self.chat, self.tokenizer) {
-            (Prompt::Chat(_), Some(chat), Some(tokenizer)) if chat.template().thinks() && req.reasoning => {
+            (Prompt::Chat(_), Some(chat), Some(tokenizer)) if chat.template().thinks() && req.reasoning && !from_start => {
                 let tail = tokenizer.decode(&prompt[prompt.len().saturating_sub(8)..]);
                 Some(prompt_opens_thinking(&String::from_utf8_lossy(&tail)))
             }
