@@ -16,7 +16,8 @@ a nested Pydantic model ($defs and $ref). Then serves
 tests/fixtures/chat/olmo3_tools (OLMo-3's tool-call template) and checks tool calls in the
 client's types: a required call and a named one, whole and streamed (the streamed deltas
 add up to the whole answer's calls), and the call and its result sent back as the next
-turn. Exits non-zero on the first failure.
+turn; and a thinking model's `reasoning_content`, whole and streamed. Exits non-zero on
+the first failure.
 """
 
 import json
@@ -153,7 +154,31 @@ def main():
                     check(isinstance(e.body, dict) and "message" in e.body, f"{what}: {type(e).__name__} ({e.body['message']})")
             check(server.alive(), "the server is alive")
         check_tool_calls(Path(tmp))
+        check_reasoning(Path(tmp))
     print("all openai client checks passed")
+
+
+def check_reasoning(tmp):
+    """A thinking model (tests/fixtures/chat/olmo3_think, its prompt opening <think>):
+    the reply's reasoning as `reasoning_content` beside `content`, whole and streamed;
+    the random weights are pulled toward the tokens of </think> (524, 27963, 29)."""
+    blob = pack(ROOT / "tests/fixtures/chat/olmo3_think", tmp / "olmo3-think.bin")
+    with Server(blob, "--ctx-size", "512") as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+        args = dict(model="olmo3-think", messages=[{"role": "user", "content": "Why is the sky blue?"}], max_tokens=48,
+                    seed=2, logit_bias={"524": 15, "27963": 15, "29": 13})
+        raw = client.chat.completions.create(**args, extra_body={"reasoning_format": "none"}).choices[0].message.content
+        message = client.chat.completions.create(**args).choices[0].message
+        reasoning = getattr(message, "reasoning_content", None) or ""
+        check("</think>" in raw and (reasoning, message.content) == tuple(raw.split("</think>", 1)),
+              f"reasoning_content and content are the raw reply split at </think> ({len(reasoning)} + {len(message.content)} characters)")
+        streamed_reasoning, streamed_content = "", ""
+        for chunk in client.chat.completions.create(**args, stream=True):
+            if chunk.choices:
+                delta = chunk.choices[0].delta
+                streamed_reasoning += getattr(delta, "reasoning_content", None) or ""
+                streamed_content += delta.content or ""
+        check((streamed_reasoning, streamed_content) == (reasoning, message.content), "streamed reasoning and content equal the whole answer's")
 
 
 TOOLS = [
