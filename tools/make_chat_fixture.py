@@ -71,31 +71,10 @@ MODELS = {
     },
     # OLMo-3 Instruct's layout: ChatML special tokens, the functions in the system
     # message, calls as Python calls in <function_calls> tags, tool results as
-    # 'environment' turns; chat/olmo3's OLMo-3 config (a sliding-window layer) with room
-    # for a prompt that lists functions (default RoPE: the length changes no math).
-    "olmo3_tools": {
-        "tokenizer_config": {
-            "bos_token": "<|endoftext|>",
-            "eos_token": "<|im_end|>",
-            "pad_token": "<|pad|>",
-            "unk_token": None,
-            "chat_template": "olmo3_tools.jinja",
-        },
-        "eos_token_id": [100265, 100257],
-        "config": ("olmo3/config.json", {"max_position_embeddings": 1024}),
-    },
+    # 'environment' turns.
+    "olmo3_tools": None,
     # A thinking model: the generation prompt opens <think>, the reply closes it.
-    "olmo3_think": {
-        "tokenizer_config": {
-            "bos_token": "<|endoftext|>",
-            "eos_token": "<|im_end|>",
-            "pad_token": "<|pad|>",
-            "unk_token": None,
-            "chat_template": "olmo3_think.jinja",
-        },
-        "eos_token_id": [100265, 100257],
-        "config": ("olmo3/config.json", {"max_position_embeddings": 1024}),
-    },
+    "olmo3_think": None,
 }
 
 TOOLS = [
@@ -169,6 +148,25 @@ CONVERSATIONS = {
     ],
 }
 
+
+def olmo3_model(template):
+    """An OLMo-3 model with ChatML's special tokens and `template`: chat/olmo3's config
+    (a sliding-window layer) with room for a prompt that lists functions (default
+    RoPE: the length changes no math)."""
+    return {
+        "tokenizer_config": {
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|pad|>",
+            "unk_token": None,
+            "chat_template": template,
+        },
+        "eos_token_id": [100265, 100257],
+        "config": ("olmo3/config.json", {"max_position_embeddings": 1024}),
+    }
+
+
+MODELS.update({name: olmo3_model(f"{name}.jinja") for name, spec in MODELS.items() if spec is None})
 
 # The conversations the tool_use template renders with TOOLS (and "user" without).
 TOOL_CONVERSATIONS = ["user", "multi_turn", "special_spellings", "lone_markers"]
