@@ -358,6 +358,12 @@ impl Grammar for CallPrefix {
     fn skips_whitespace(&self) -> bool {
         self.phase == Phase::Value && !self.value.at_start() && self.value.skips_whitespace()
     }
+
+    /// Where a tag begins: OLMo-3's tokenizer has `<function_calls>` and
+    /// `</function_calls>` as special tokens, which the model writes there.
+    fn takes_special(&self) -> bool {
+        matches!(self.phase, Phase::Open | Phase::Close | Phase::AfterCall)
+    }
 }
 
 #[cfg(test)]
@@ -477,6 +483,41 @@ mod tests {
         assert!(after(&r, "<function_calls>g(p=3").is_none());
         // An unresolved ref: any value.
         assert!(after(&r, "<function_calls>g(q=[true])</function_calls>").is_some_and(|p| p.is_complete()));
+    }
+
+    /// A vocabulary whose tokenizer has the tags as special tokens (OLMo-3 Instruct's):
+    /// the mask lets the model write them where a tag begins, and no special token
+    /// anywhere else (not `<|im_end|>`, not a tag inside a string).
+    #[test]
+    fn the_mask_takes_the_tags_as_special_tokens_where_they_begin() {
+        use std::sync::Arc;
+
+        use olmo_format::vocab::{Vocab, VocabView};
+
+        use crate::generation::json::{JsonFormat, JsonMode, JsonVocab};
+
+        let spellings = ["<function_calls>", "</function_calls>", "<|im_end|>", "<", "function", "_calls", ">", "</", "get", "_weather", "(", ")", "city", "=", "\"", "Oslo", "\n"];
+        let vocab = Vocab { tokens: spellings.iter().map(|t| t.as_bytes().to_vec()).collect(), special_ids: vec![0, 1, 2] };
+        let (info, packed) = (vocab.info(), vocab.to_packed());
+        let view = VocabView::new(&info, &packed.offsets, &packed.bytes);
+        let classes = Arc::new(JsonVocab::new(&view, spellings.len()));
+        let weather = json!({"properties": {"city": {"type": "string"}}, "required": ["city"]});
+        let rules = Arc::new(CallRules::new([("get_weather", Some(&weather))], true).unwrap());
+        let kept = |reply: &str| {
+            let mut mode = JsonMode::new(Arc::clone(&classes), &JsonFormat::Calls(Arc::clone(&rules)));
+            assert!(reply.is_empty() || mode.push(reply.as_bytes()), "{reply:?}");
+            let logits = vec![0.0; spellings.len()];
+            let masked = mode.mask(&view, &logits);
+            spellings.iter().zip(masked).filter(|(_, l)| l.is_finite()).map(|(t, _)| *t).collect::<Vec<_>>()
+        };
+        assert_eq!(kept(""), ["<function_calls>", "<"]);
+        assert_eq!(kept("<function_calls>get_weather(city=\""), ["<", "function", "_calls", ">", "</", "get", "_weather", "(", ")", "city", "=", "\"", "Oslo"]);
+        assert_eq!(kept("<function_calls>get_weather(city=\"Oslo\")"), ["</function_calls>", "<", "</", "\n"]);
+        // JSON mode never takes a special token.
+        let mut json = JsonMode::new(Arc::clone(&classes), &JsonFormat::Object);
+        assert!(json.push(b"{\"a\": \""));
+        let masked = json.mask(&view, &vec![0.0; spellings.len()]).to_vec();
+        assert!(masked[..3].iter().all(|l| l.is_infinite()) && masked[3].is_finite());
     }
 
     #[test]

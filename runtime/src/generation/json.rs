@@ -216,6 +216,12 @@ pub trait Grammar: Copy {
     fn in_plain_string(&self) -> bool;
     /// Whether whitespace may come here and leaves the grammar where it is.
     fn skips_whitespace(&self) -> bool;
+    /// Whether a special token may come here, where its spelling continues the reply
+    /// (a tag the tokenizer has as one token); elsewhere none may (an end-of-sequence
+    /// token spelled inside a string would end the reply).
+    fn takes_special(&self) -> bool {
+        false
+    }
 }
 
 impl Grammar for JsonPrefix {
@@ -401,7 +407,8 @@ impl JsonPrefix {
 }
 
 /// What [`JsonMode::mask`] knows of every token without reading its bytes, built once
-/// per model: whether it may appear in a reply at all (not special, with bytes),
+/// per model: whether it may appear in a reply at all (with bytes; a special token only
+/// where the grammar takes one, [`Grammar::takes_special`]),
 /// whether it is plain string text (printable ASCII without `"` or `\`, which a string
 /// takes whatever came before), and the byte that decides most refusals: its first,
 /// or for a token that starts with whitespace (most start with a space) its first
@@ -417,6 +424,8 @@ enum Class {
     Never,
     Plain,
     Other,
+    /// A special token (a control token, or a tag such as OLMo-3's `<function_calls>`).
+    Special,
 }
 
 /// Whitespace byte `b` added to the run `run` (spaces and tabs counted, and whether
@@ -450,13 +459,19 @@ impl JsonVocab {
     pub fn new(vocab: &VocabView, vocab_size: usize) -> JsonVocab {
         let (mut key, mut class) = (vec![0; vocab_size], vec![Class::Never; vocab_size]);
         for id in 0..vocab_size {
-            let Some(t) = vocab.token(id as u32).filter(|t| !t.is_empty() && !vocab.is_special(id as u32)) else { continue };
+            let Some(t) = vocab.token(id as u32).filter(|t| !t.is_empty()) else { continue };
             key[id] = match t.iter().position(|&b| !is_space(b)) {
                 _ if !is_space(t[0]) => t[0] as u16,
                 Some(i) => 256 + t[i] as u16,
                 None => 512,
             };
-            class[id] = if t.iter().all(|&b| (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\') { Class::Plain } else { Class::Other };
+            class[id] = if vocab.is_special(id as u32) {
+                Class::Special
+            } else if t.iter().all(|&b| (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\') {
+                Class::Plain
+            } else {
+                Class::Other
+            };
         }
         JsonVocab { key, class }
     }
@@ -610,11 +625,12 @@ fn mask_with<G: Grammar>(prefix: G, rules: &G::Rules, classes: &JsonVocab, vocab
         }
         Some(_) => {}
     }
-    let plain = prefix.in_plain_string();
+    let (plain, takes_special) = (prefix.in_plain_string(), prefix.takes_special());
     let tokens = classes.key.iter().zip(&classes.class);
     for (id, ((out, &l), (&key, &class))) in out.iter_mut().zip(logits).zip(tokens).enumerate() {
         let allowed = match class {
             Class::Never => false,
+            Class::Special if !takes_special => false,
             _ if !possible[key as usize] => false,
             Class::Plain if plain => true,
             _ => vocab.token(id as u32).is_some_and(|t| prefix.after(rules, t).is_some()),
