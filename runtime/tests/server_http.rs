@@ -442,6 +442,40 @@ fn json_mode_replies_are_json_objects() {
     });
 }
 
+/// `/tokenize` and `/detokenize`: a text's ids as the built-in tokenizer encodes them, a
+/// chat's as a completion counts its prompt, and the ids back to the text.
+#[test]
+fn tokenize_and_detokenize() {
+    with_server("chat/olmo2", options(1, 128, 16, 4), |addr, _| {
+        let v = post(addr, "/tokenize", r#"{"prompt": "Four score and seven"}"#).json();
+        // The seed's fourscore.tokens.bin.
+        assert_eq!(v["tokens"], serde_json::json!([28070, 5573, 323, 8254]));
+        assert_eq!((v["count"].as_u64(), v["max_model_len"].as_u64()), (Some(4), Some(128)));
+        assert_eq!(post(addr, "/tokenize", r#"{"content": "Four score and seven"}"#).json()["tokens"], v["tokens"], "llama-server's key");
+        let back = post(addr, "/detokenize", r#"{"tokens": [28070, 5573, 323, 8254]}"#).json();
+        assert_eq!(back["prompt"], "Four score and seven");
+        let messages = r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]"#;
+        let counted = post(addr, "/tokenize", &format!(r#"{{"messages": {messages}}}"#)).json();
+        let answered = post(addr, "/v1/chat/completions", &format!(r#"{{"messages": {messages}, "max_tokens": 1}}"#)).json();
+        assert_eq!(counted["count"], answered["usage"]["prompt_tokens"]);
+        // Longer than the context: counted, not refused.
+        let long = post(addr, "/tokenize", &format!(r#"{{"prompt": "{}"}}"#, "word ".repeat(300))).json();
+        assert!(long["count"].as_u64().unwrap() > 128);
+        for (path, body, needle) in [
+            ("/tokenize", "{}", "give 'prompt'"),
+            ("/tokenize", r#"{"prompt": 5}"#, "must be a string"),
+            ("/tokenize", r#"{"prompt": "a", "messages": []}"#, "one of them"),
+            ("/detokenize", r#"{"tokens": [-1]}"#, "list of token ids"),
+            ("/detokenize", r#"{"tokens": [100352]}"#, "outside the vocabulary"),
+        ] {
+            let e = post(addr, path, body);
+            assert_eq!(e.status, 400, "{path} {body}: {}", e.body);
+            assert!(e.json()["error"]["message"].as_str().unwrap().contains(needle), "{}", e.body);
+        }
+        assert_eq!(common::get(addr, "/tokenize").status, 405);
+    });
+}
+
 /// JSON formats mask tokens by their bytes: a blob without a vocabulary refuses them
 /// (and still serves token prompts).
 #[test]
@@ -451,6 +485,8 @@ fn json_formats_need_a_vocabulary() {
         assert_eq!(e.status, 400, "{}", e.body);
         assert!(e.json()["error"]["message"].as_str().unwrap().contains("vocabulary"), "{}", e.body);
         assert_eq!(post(addr, "/v1/completions", r#"{"prompt": [1, 2, 3], "max_tokens": 2}"#).status, 200);
+        assert_eq!(post(addr, "/tokenize", r#"{"prompt": "a"}"#).status, 400);
+        assert_eq!(post(addr, "/detokenize", r#"{"tokens": [1]}"#).status, 400);
     });
 }
 

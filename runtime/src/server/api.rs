@@ -318,6 +318,42 @@ fn parse_tools(o: &Obj, body: &[u8]) -> Result<Option<ToolRequest>, ApiError> {
     Ok(Some(ToolRequest { set, choice, parallel, grammar }))
 }
 
+/// `POST /tokenize`'s body: `{"prompt": text}` (llama-server's `"content"` too) or
+/// `{"messages": [...], "tools": [...]}` for a chat's prompt as the template renders it.
+pub fn parse_tokenize(body: &[u8]) -> Result<(Prompt, Option<ToolSet>), ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))?;
+    let Value::Object(o) = value else { return Err(ApiError::invalid("the body must be a JSON object", None)) };
+    match (field(&o, "prompt").or_else(|| field(&o, "content")), field(&o, "messages")) {
+        (Some(Value::String(text)), None) => Ok((Prompt::Text(text.clone()), None)),
+        (None, Some(_)) => {
+            let tools = parse_tools(&o, body)?.map(|t| t.set);
+            Ok((Prompt::Chat(parse_messages(&o)?), tools))
+        }
+        (Some(_), None) => Err(ApiError::invalid("'prompt' must be a string", Some("prompt"))),
+        _ => Err(ApiError::invalid("give 'prompt' (a text) or 'messages' (a chat), one of them", Some("prompt"))),
+    }
+}
+
+/// `POST /tokenize`'s answer: the ids, their count and the context they must fit.
+pub fn tokenized(tokens: &[u32], context: usize) -> String {
+    json!({"tokens": tokens, "count": tokens.len(), "max_model_len": context}).to_string()
+}
+
+/// `POST /detokenize`'s body: `{"tokens": [ids]}`.
+pub fn parse_detokenize(body: &[u8]) -> Result<Vec<u32>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))?;
+    value
+        .get("tokens")
+        .and_then(Value::as_array)
+        .and_then(|ids| ids.iter().map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok())).collect::<Option<Vec<u32>>>())
+        .ok_or_else(|| ApiError::invalid("'tokens' must be a list of token ids", Some("tokens")))
+}
+
+/// `POST /detokenize`'s answer.
+pub fn detokenized(text: &str) -> String {
+    json!({"prompt": text}).to_string()
+}
+
 /// `response_format`: `{"type": "text"}` (the default), `{"type": "json_object"}`, or
 /// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}` with a schema
 /// of the subset `generation::json_schema` takes (what it does not take is refused).

@@ -177,7 +177,9 @@ impl<'a, 'v> App<'a, 'v> {
             }
             ("POST", "/v1/completions") => self.completion(stream, &req.body, false),
             ("POST", "/v1/chat/completions") => self.completion(stream, &req.body, true),
-            (_, "/health" | "/metrics" | "/v1/models" | "/v1/completions" | "/v1/chat/completions") => {
+            ("POST", "/tokenize") => self.tokenize(stream, &req.body),
+            ("POST", "/detokenize") => self.detokenize(stream, &req.body),
+            (_, "/health" | "/metrics" | "/v1/models" | "/v1/completions" | "/v1/chat/completions" | "/tokenize" | "/detokenize") => {
                 Err(ApiError::new(405, "invalid_request_error", "method_not_allowed", format!("{method} is not allowed on {path}")))
             }
             _ => Err(ApiError::new(404, "not_found_error", "not_found", format!("no route {method} {path}"))),
@@ -202,10 +204,47 @@ impl<'a, 'v> App<'a, 'v> {
         }
     }
 
+    /// `POST /tokenize`: a text's or a chat's tokens ([`api::parse_tokenize`]), counted
+    /// against the context, without running the model.
+    fn tokenize(&self, stream: &mut TcpStream, body: &[u8]) -> Result<(), ApiError> {
+        let (prompt, tools) = api::parse_tokenize(body)?;
+        let tokens = self.tokens(&prompt, tools.as_ref().map(|t| &t.tools))?;
+        self.ok(stream, "application/json", api::tokenized(&tokens, self.config.context).as_bytes())
+    }
+
+    /// `POST /detokenize`: token ids back to text (bytes that are not UTF-8 replaced).
+    fn detokenize(&self, stream: &mut TcpStream, body: &[u8]) -> Result<(), ApiError> {
+        let ids = api::parse_detokenize(body)?;
+        let tokenizer = self.tokenizer.ok_or_else(|| ApiError::invalid("this model has no vocabulary to spell tokens with", Some("tokens")))?;
+        if let Some(bad) = ids.iter().find(|&&t| t >= self.vocab_size) {
+            return Err(ApiError::invalid(format!("token id {bad} is outside the vocabulary of {}", self.vocab_size), Some("tokens")));
+        }
+        let text = String::from_utf8_lossy(&tokenizer.decode(&ids)).into_owned();
+        self.ok(stream, "application/json", api::detokenized(&text).as_bytes())
+    }
+
     /// The prompt's tokens (a chat's with the `tools` shown to the model), refused when
     /// they do not fit the context.
     fn encode(&self, prompt: &Prompt, tools: Option<&Tools>) -> Result<Vec<u32>, ApiError> {
-        let tokens = match prompt {
+        let tokens = self.tokens(prompt, tools)?;
+        if tokens.is_empty() {
+            return Err(ApiError::invalid("the prompt has no tokens", Some("prompt")));
+        }
+        if tokens.len() >= self.config.context {
+            return Err(ApiError {
+                code: Some("context_length_exceeded"),
+                ..ApiError::invalid(
+                    format!("the prompt has {} tokens; this server's context is {} positions, prompt and reply together", tokens.len(), self.config.context),
+                    Some("prompt"),
+                )
+            });
+        }
+        Ok(tokens)
+    }
+
+    /// The prompt's tokens, whatever their count.
+    fn tokens(&self, prompt: &Prompt, tools: Option<&Tools>) -> Result<Vec<u32>, ApiError> {
+        Ok(match prompt {
             Prompt::Tokens(t) => {
                 if let Some(bad) = t.iter().find(|&&t| t >= self.vocab_size) {
                     return Err(ApiError::invalid(format!("token id {bad} is outside the vocabulary of {}", self.vocab_size), Some("prompt")));
@@ -222,20 +261,7 @@ impl<'a, 'v> App<'a, 'v> {
                 let chat = self.chat.ok_or_else(|| ApiError::invalid("this model has no chat template: use /v1/completions", Some("messages")))?;
                 chat.prompt_with_tools(messages, tools).map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?
             }
-        };
-        if tokens.is_empty() {
-            return Err(ApiError::invalid("the prompt has no tokens", Some("prompt")));
-        }
-        if tokens.len() >= self.config.context {
-            return Err(ApiError {
-                code: Some("context_length_exceeded"),
-                ..ApiError::invalid(
-                    format!("the prompt has {} tokens; this server's context is {} positions, prompt and reply together", tokens.len(), self.config.context),
-                    Some("prompt"),
-                )
-            });
-        }
-        Ok(tokens)
+        })
     }
 
     fn completion(&self, stream: &mut TcpStream, body: &[u8], chat: bool) -> Result<(), ApiError> {
