@@ -2,7 +2,8 @@
 //! is held to one JSON object of the schema, as OpenAI's Structured Outputs hold it. The
 //! subset taken: objects of `properties` (the `required` ones in that order, then the
 //! others in their names' order, each at most once, no keys besides), arrays of
-//! `items` (`minItems` to `maxItems` of them), strings, numbers, integers, booleans, null, `enum` and `const` of scalars, a
+//! `items` (`minItems` to `maxItems` of them), strings (`minLength` to `maxLength`
+//! characters), numbers, integers, booleans, null, `enum` and `const` of scalars, a
 //! `type` list or `anyOf` whose alternatives start with different bytes (such as a type
 //! or null), and `$ref` to the root (`#`) or to its `$defs` / `definitions` (recursion
 //! included, as nested Pydantic models write them). Anything else is refused by name
@@ -29,7 +30,7 @@ const MAX_LITERALS: usize = 64;
 
 /// The schema keywords taken; `description`, `title`, `default`, `$schema` and
 /// `strict` are read and left.
-const KEYWORDS: [&str; 18] = [
+const KEYWORDS: [&str; 20] = [
     "type",
     "properties",
     "required",
@@ -37,6 +38,8 @@ const KEYWORDS: [&str; 18] = [
     "items",
     "minItems",
     "maxItems",
+    "minLength",
+    "maxLength",
     "enum",
     "const",
     "anyOf",
@@ -65,7 +68,8 @@ enum Node {
     Object(Vec<Key>),
     /// Items of a node, `min` to `max` of them.
     Array { items: u16, min: u16, max: u16 },
-    String,
+    /// `min` to `max` characters.
+    String { min: u16, max: u16 },
     Number { integer: bool },
     /// One of `literals[first .. first + count]`.
     Literals { first: u16, count: u8 },
@@ -279,18 +283,20 @@ impl Schema {
                 Node::Object(keys)
             }
             "array" => {
-                let count = |name: &str, default: u16| match o.get(name) {
-                    None => Ok(default),
-                    Some(v) => v.as_u64().map(|n| n.min(u16::MAX as u64) as u16).ok_or(format!("'{name}' must be a count")),
-                };
-                let (min, max) = (count("minItems", 0)?, count("maxItems", u16::MAX)?);
+                let (min, max) = (count(o, "minItems", 0)?, count(o, "maxItems", u16::MAX)?);
                 if min > max {
                     return Err("'minItems' is more than 'maxItems'".into());
                 }
                 // (An array's count saturates at u16::MAX: past it, any number may follow.)
                 Node::Array { items: self.node(o.get("items").ok_or("an array schema needs 'items'")?, depth + 1)?, min, max }
             }
-            "string" => Node::String,
+            "string" => {
+                let (min, max) = (count(o, "minLength", 0)?, count(o, "maxLength", u16::MAX)?);
+                if min > max {
+                    return Err("'minLength' is more than 'maxLength'".into());
+                }
+                Node::String { min, max }
+            }
             "number" => Node::Number { integer: false },
             "integer" => Node::Number { integer: true },
             "boolean" => return self.literals(&[Value::Bool(true), Value::Bool(false)]),
@@ -342,11 +348,20 @@ impl Schema {
         match &self.nodes[node as usize] {
             Node::Object(_) => b == b'{',
             Node::Array { .. } => b == b'[',
-            Node::String => b == b'"',
+            Node::String { .. } => b == b'"',
             Node::Number { .. } => b == b'-' || b.is_ascii_digit(),
             &Node::Literals { first, count } => self.literals[first as usize..][..count as usize].iter().any(|l| l[0] == b),
             Node::AnyOf(alts) => alts.iter().any(|&a| self.starts(a, b)),
         }
+    }
+}
+
+/// A bound such as `minItems` of `o` (`default` where absent; saturating at u16::MAX,
+/// past which counts saturate too).
+fn count(o: &Map<String, Value>, name: &str, default: u16) -> Result<u16, String> {
+    match o.get(name) {
+        None => Ok(default),
+        Some(v) => v.as_u64().map(|n| n.min(u16::MAX as u64) as u16).ok_or(format!("'{name}' must be a count")),
     }
 }
 
@@ -379,7 +394,9 @@ enum Leaf {
     None,
     /// A value of this node comes next.
     Expect(u16),
-    Str(StringState),
+    /// A string: `chars` characters read, `min` to `max` of them allowed (an escape
+    /// counts one, a surrogate pair two).
+    Str { s: StringState, chars: u16, min: u16, max: u16 },
     Num { n: Number, integer: bool },
     /// Literals `first ..` still matching (bits of `alive`), `at` bytes read; `key`: an
     /// object's key (a `:` follows it).
@@ -461,8 +478,8 @@ impl SchemaPrefix {
                 self.leaf = Leaf::None;
                 true
             }
-            Node::String => {
-                self.leaf = Leaf::Str(StringState::OPEN);
+            &Node::String { min, max } => {
+                self.leaf = Leaf::Str { s: StringState::OPEN, chars: 0, min, max };
                 b == b'"'
             }
             &Node::Number { integer } => {
@@ -518,14 +535,22 @@ impl SchemaPrefix {
         }
         match self.leaf {
             Leaf::Expect(node) => self.start(s, node, b),
-            Leaf::Str(mut st) => match st.feed(b) {
-                StringStep::More => {
-                    self.leaf = Leaf::Str(st);
-                    true
+            Leaf::Str { s: mut st, chars, min, max } => {
+                // Between characters: the closing quote once `min` are in, another
+                // character while fewer than `max` are.
+                if st.between_chars() && (if b == b'"' { chars < min } else { chars >= max }) {
+                    return false;
                 }
-                StringStep::End => self.value_done(),
-                StringStep::Bad => false,
-            },
+                match st.feed(b) {
+                    StringStep::More => {
+                        let chars = chars.saturating_add(st.between_chars() as u16);
+                        self.leaf = Leaf::Str { s: st, chars, min, max };
+                        true
+                    }
+                    StringStep::End => self.value_done(),
+                    StringStep::Bad => false,
+                }
+            }
             Leaf::Num { n, integer } => match n.next(b).filter(|m| !integer || !matches!(m, Number::Dot | Number::Exp)) {
                 Some(n) => {
                     self.leaf = Leaf::Num { n, integer };
@@ -624,7 +649,8 @@ impl Grammar for SchemaPrefix {
     }
 
     fn in_plain_string(&self) -> bool {
-        matches!(self.leaf, Leaf::Str(st) if st.between_chars())
+        // (Not under a `maxLength`: a long token could pass it.)
+        matches!(self.leaf, Leaf::Str { s, max: u16::MAX, .. } if s.between_chars())
     }
 
     fn skips_whitespace(&self) -> bool {
@@ -883,6 +909,17 @@ mod tests {
     }
 
     #[test]
+    fn strings_hold_min_to_max_characters() {
+        let s = Schema::compile(&json!({"type": "object", "properties": {"code": {"type": "string", "minLength": 2, "maxLength": 3}}, "required": ["code"]})).unwrap();
+        for ok in [r#"{"code": "ab"}"#, r#"{"code": "abc"}"#, r#"{"code": "é\n"}"#, r#"{"code": "\u00e9ü😀"}"#] {
+            assert!(accepts(&s, ok).is_some_and(|p| p.is_complete()), "{ok}");
+        }
+        for bad in [r#"{"code": "a""#, r#"{"code": "abcd"#, r#"{"code": "ab\n\t"#, r#"{"code": """#] {
+            assert!(accepts(&s, bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
     fn refs_name_defs_once_and_may_recurse() {
         let point = json!({"type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}}, "required": ["x", "y"]});
         let s = Schema::compile(&json!({"type": "object", "properties": {"p": {"$ref": "#/$defs/Point"}, "q": {"$ref": "#/definitions/Point"}, "r": {"$ref": "#/$defs/Point"}},
@@ -928,6 +965,7 @@ mod tests {
             (json!({"type": "object", "properties": {"a": {"type": "array"}}, "required": ["a"]}), "'items'"),
             (json!({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "null"}, "minItems": 3, "maxItems": 2}}}), "more than 'maxItems'"),
             (json!({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "null"}, "minItems": -1}}}), "'minItems' must be a count"),
+            (json!({"type": "object", "properties": {"a": {"type": "string", "minLength": 2, "maxLength": 1}}}), "more than 'maxLength'"),
             (json!({"type": "object", "properties": {"a": {}}, "required": ["a"]}), "needs 'type'"),
             (json!([1]), "must be an object"),
         ];
