@@ -79,14 +79,15 @@ fn the_mask_keeps_exactly_the_tokens_that_continue_the_object() {
     }
 }
 
-/// The same for a schema's grammar: keys in order, typed values, an enum.
+/// The same for a schema's grammar: keys in order, typed values, an enum, a string's
+/// most characters (which the mask's shortcut for plain text must not pass).
 #[test]
 fn the_schema_mask_keeps_exactly_the_tokens_that_continue_the_object() {
     let schema = Arc::new(
         Schema::compile(&serde_json::json!({
             "type": "object",
             "properties": {
-                "city": {"type": "string"},
+                "city": {"type": "string", "maxLength": 6},
                 "days": {"type": "integer"},
                 "rain": {"type": ["number", "null"]},
                 "kind": {"enum": ["sun", "snow", 3]}
