@@ -402,6 +402,29 @@ fn ctrl_c_stops_the_reply_not_the_chat() {
     assert!(turns[1].1 >= turns[0].0, "{turns:?}");
 }
 
+/// A thinking model (its prompt opens `<think>`) through the REPL: the reply's reasoning
+/// goes to standard error, its answer to standard output; together they are the reply
+/// `--messages` gives.
+#[test]
+fn a_thinking_model_s_reasoning_goes_to_standard_error() {
+    let scratch = Scratch::new("chat-think");
+    let blob = pack_chat("olmo3_think", &scratch);
+    let out = with_stdin(&["chat", &blob, "--max-tokens", "12"], "Why is the sky blue?\n");
+    assert!(out.status.success(), "{}", describe(&out));
+    let (stdout, stderr) = (String::from_utf8(out.stdout.clone()).unwrap(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let map = MappedFile::open(Path::new(&blob)).unwrap();
+    let parsed = Blob::parse(map.bytes()).unwrap();
+    let model = Model::new(&parsed).unwrap();
+    let format = ChatFormat::for_model(&model, parsed.manifest.chat.as_ref(), None).unwrap();
+    let messages = [Message::new("user", "Why is the sky blue?")];
+    let rendered = format.template().render(&messages, None, true).unwrap();
+    let raw = reply_to(&blob, &scratch, &messages, "12", &rendered);
+    let (reasoning, answer) = olmort::text::reasoning::split_reply(&raw, true);
+    assert!(!reasoning.is_empty(), "{raw:?}");
+    assert_eq!(stdout, format!("{answer}\n"));
+    assert!(stderr.contains(&reasoning) && !stderr.contains("\x1b["), "{stderr:?} holds {reasoning:?}, not dimmed in a pipe");
+}
+
 #[test]
 fn chat_refusals_are_one_line() {
     let scratch = Scratch::new("chat-refusals");

@@ -1,8 +1,10 @@
 //! `olmort chat MODEL.bin`: a conversation in the terminal. Each line of standard input
 //! is a user message; the reply is streamed to standard output as it is produced and
 //! ends with a line break; prompts and status lines go to standard error, so the chat
-//! can be driven through a pipe (one turn per line). `/reset` forgets the turns, `/exit`
-//! (or the end of input) ends the chat. Ctrl-C stops the reply, not the chat.
+//! can be driven through a pipe (one turn per line). A thinking model's reasoning (its
+//! `<think>` text) goes to standard error, dimmed on a terminal, and only its answer to
+//! standard output. `/reset` forgets the turns, `/exit` (or the end of input) ends the
+//! chat. Ctrl-C stops the reply, not the chat.
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, IsTerminal, Write};
@@ -13,7 +15,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use olmort::generation::session::{ChatFormat, ChatOptions, ChatSession, Conversation, StopReason, TurnStats};
 use olmort::sys::Interrupts;
+use olmort::text::chat_template::Message;
 use olmort::text::detokenize::Utf8Stream;
+use olmort::text::reasoning::{prompt_opens_thinking, ThinkSplitter};
 use olmort::{KvDtype, RunState};
 
 /// Chats with an instruction-tuned model through the chat template packed in its blob.
@@ -140,13 +144,16 @@ fn turn(session: &mut ChatSession, interrupts: &Interrupts, text: &str, context:
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut stream = Utf8Stream::new();
+    let mut reply = Reply { think: thinking(session, text).map(ThinkSplitter::new), piece: Vec::new(), dim: io::stderr().is_terminal() };
     interrupts.catch(true);
     let result = session.send(text, interrupts.flag(), &mut |_, bytes| {
-        stream.push(bytes, &mut out)?;
-        out.flush()
+        reply.piece.clear();
+        stream.push(bytes, &mut reply.piece)?;
+        reply.write(&mut out)
     });
     interrupts.catch(false);
-    let written = stream.finish(&mut out).and_then(|()| writeln!(out)).and_then(|()| out.flush());
+    reply.piece.clear();
+    let written = stream.finish(&mut reply.piece).and_then(|()| reply.end(&mut out)).and_then(|()| writeln!(out)).and_then(|()| out.flush());
     let stats = match result {
         Ok(stats) => stats,
         Err(olmort::RunError::Io(e)) => return Err(format!("standard output: {e}")),
@@ -170,6 +177,67 @@ fn turn(session: &mut ChatSession, interrupts: &Interrupts, text: &str, context:
     }
     eprintln!("{}", status(&stats));
     Ok(())
+}
+
+/// Whether the model thinks in `<think>` tags, and if so whether the prompt for `text`
+/// opens the thinking itself.
+fn thinking(session: &ChatSession, text: &str) -> Option<bool> {
+    let template = session.format().template();
+    if !template.thinks() {
+        return None;
+    }
+    let mut messages = session.conversation().messages().to_vec();
+    messages.push(Message::new("user", text));
+    Some(template.render(&messages, None, true).is_ok_and(|p| prompt_opens_thinking(&p)))
+}
+
+/// A reply on its way out: its answer to standard output, a thinking model's reasoning
+/// to standard error (dimmed where that is a terminal).
+struct Reply {
+    think: Option<ThinkSplitter>,
+    /// Whole characters of the latest token.
+    piece: Vec<u8>,
+    dim: bool,
+}
+
+impl Reply {
+    fn write(&mut self, out: &mut impl Write) -> io::Result<()> {
+        // Utf8Stream writes whole characters only.
+        let text = std::str::from_utf8(&self.piece).unwrap_or("");
+        match &mut self.think {
+            None => out.write_all(text.as_bytes())?,
+            Some(t) => {
+                let (reasoning, answer) = t.push(text);
+                show_reasoning(reasoning, self.dim)?;
+                out.write_all(answer.as_bytes())?;
+            }
+        }
+        out.flush()
+    }
+
+    /// The last characters, and what the reasoning splitter still held.
+    fn end(&mut self, out: &mut impl Write) -> io::Result<()> {
+        self.write(out)?;
+        if let Some(t) = self.think.take() {
+            let (reasoning, answer) = t.finish();
+            show_reasoning(&reasoning, self.dim)?;
+            out.write_all(answer.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+fn show_reasoning(text: &str, dim: bool) -> io::Result<()> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    let mut err = io::stderr().lock();
+    if dim {
+        write!(err, "\x1b[2m{text}\x1b[0m")?;
+    } else {
+        err.write_all(text.as_bytes())?;
+    }
+    err.flush()
 }
 
 /// `olmort chat MODEL.bin [--system TEXT] ...`.
