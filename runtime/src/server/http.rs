@@ -21,9 +21,10 @@ use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::SamplingParams;
 use crate::generation::session::ChatFormat;
 use crate::generation::tools::ToolChoice;
-use crate::server::api::{self, AnswerInfo, ApiError, Prompt};
+use crate::server::api::{self, AnswerInfo, ApiError, CompletionRequest, Prompt};
+use crate::server::responses::{self, ResponseInfo};
 use crate::server::metrics::Metrics;
-use crate::server::scheduler::{Event, Finish, Job, Queue, SubmitError};
+use crate::server::scheduler::{Event, Finish, FinishReason, Job, Queue, SubmitError};
 use crate::text::chat_template::Tools;
 use crate::text::tokenizer::Tokenizer;
 use crate::text::reasoning::prompt_opens_thinking;
@@ -177,9 +178,10 @@ impl<'a, 'v> App<'a, 'v> {
             }
             ("POST", "/v1/completions") => self.completion(stream, &req.body, false),
             ("POST", "/v1/chat/completions") => self.completion(stream, &req.body, true),
+            ("POST", "/v1/responses") => self.answer(stream, responses::parse(&req.body)?, Api::Responses),
             ("POST", "/tokenize") => self.tokenize(stream, &req.body),
             ("POST", "/detokenize") => self.detokenize(stream, &req.body),
-            (_, "/health" | "/metrics" | "/v1/models" | "/v1/completions" | "/v1/chat/completions" | "/tokenize" | "/detokenize") => {
+            (_, "/health" | "/metrics" | "/v1/models" | "/v1/completions" | "/v1/chat/completions" | "/v1/responses" | "/tokenize" | "/detokenize") => {
                 Err(ApiError::new(405, "invalid_request_error", "method_not_allowed", format!("{method} is not allowed on {path}")))
             }
             _ => Err(ApiError::new(404, "not_found_error", "not_found", format!("no route {method} {path}"))),
@@ -266,6 +268,12 @@ impl<'a, 'v> App<'a, 'v> {
 
     fn completion(&self, stream: &mut TcpStream, body: &[u8], chat: bool) -> Result<(), ApiError> {
         let req = api::parse_request(body, chat)?;
+        self.answer(stream, req, if chat { Api::Chat } else { Api::Completions })
+    }
+
+    /// Queues a parsed request's jobs and answers in `api`'s shapes.
+    fn answer(&self, stream: &mut TcpStream, req: CompletionRequest, api: Api) -> Result<(), ApiError> {
+        let chat = api != Api::Completions;
         if let Some(&(bad, _)) = req.logit_bias.iter().find(|&&(t, _)| t >= self.vocab_size) {
             return Err(ApiError::invalid(format!("'logit_bias': token id {bad} is outside the vocabulary of {}", self.vocab_size), Some("logit_bias")));
         }
@@ -343,10 +351,19 @@ impl<'a, 'v> App<'a, 'v> {
             }
             Err(SubmitError::Closed) => return Err(ApiError::new(503, "server_error", "shutting_down", "the server is shutting down")),
         }
-        let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let prefix = match api {
+            Api::Completions => "cmpl-",
+            Api::Chat => "chatcmpl-",
+            Api::Responses => "resp_",
+        };
+        let id = format!("{prefix}{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         let info = AnswerInfo { id: &id, created: unix_time(), model: &self.config.model_name, chat };
         let mut events = Events { rx, stream, cancel: &cancel, queue: &self.queue, logprobs: req.logprobs.is_some(), echo, choices: req.n, reading };
-        let done = if req.stream { self.stream_answer(&mut events, &info, req.stream_usage) } else { self.whole_answer(&mut events, &info) };
+        let done = match (api, req.stream) {
+            (Api::Responses, streamed) => self.response(&mut events, &info, streamed),
+            (_, true) => self.stream_answer(&mut events, &info, req.stream_usage),
+            (_, false) => self.whole_answer(&mut events, &info),
+        };
         match done {
             Some(()) => Metrics::add(&self.metrics().requests_ok, 1),
             None => {
@@ -356,6 +373,45 @@ impl<'a, 'v> App<'a, 'v> {
             }
         }
         Ok(())
+    }
+
+    /// A Responses API answer (one reply), whole or as its stream of typed events.
+    /// `None`: the client went away.
+    fn response(&self, events: &mut Events, info: &AnswerInfo, streamed: bool) -> Option<()> {
+        let info = ResponseInfo { id: info.id, created: info.created, model: info.model };
+        let mut reader = events.reading.reader();
+        let mut stream = streamed.then(|| responses::Stream::new(ResponseInfo { ..info }));
+        if let Some(s) = &mut stream {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
+            events.stream.write_all(head.as_bytes()).ok()?;
+            write_flushed(events.stream, &s.start())?;
+        }
+        let mut text = String::new();
+        let finish = loop {
+            match events.next()?.1 {
+                Event::Text(t) => match &mut stream {
+                    Some(s) => {
+                        let (reasoning, content) = reader.push(&t);
+                        write_flushed(events.stream, &s.text(reasoning, content))?;
+                    }
+                    None => text.push_str(&t),
+                },
+                Event::Done(f) => break f,
+                Event::Started | Event::Logprob(_) | Event::PromptLogprob(_) => {}
+            }
+        };
+        let cut = finish.reason == FinishReason::Length;
+        let counts = usage_of(&[finish]);
+        match &mut stream {
+            Some(s) => {
+                let parts = reader.finish();
+                write_flushed(events.stream, &s.finish(&parts, cut, counts))
+            }
+            None => {
+                let parts = events.reading.read(&text);
+                respond(events.stream, 200, "application/json", responses::response(&info, &parts, cut, counts).as_bytes()).ok()
+            }
+        }
     }
 
     /// Collects the replies, then answers with them whole (each after the prompt, for
@@ -562,6 +618,20 @@ fn peer_closed(stream: &TcpStream) -> bool {
     };
     let _ = stream.set_nonblocking(false);
     closed
+}
+
+/// Which API a request came through, so which shapes answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Completions,
+    Chat,
+    Responses,
+}
+
+/// Writes server-sent events already formatted, and flushes.
+fn write_flushed(stream: &mut TcpStream, events: &str) -> Option<()> {
+    stream.write_all(events.as_bytes()).ok()?;
+    stream.flush().ok()
 }
 
 fn send_event(stream: &mut TcpStream, json: &str) -> Option<()> {

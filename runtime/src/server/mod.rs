@@ -4,12 +4,14 @@
 //! slots and the batch, and runs every active conversation's next token in one pass
 //! over the weights (`forward_rows`), a long prompt in chunks between those steps; the
 //! HTTP handlers ([`http`]) only parse and validate requests ([`api`]), render and
-//! encode prompts, queue them and stream the tokens back. [`metrics`] counts for
-//! `/metrics`.
+//! encode prompts, queue them and stream the tokens back; [`responses`] reads the
+//! Responses API as the chat it amounts to and answers in its shapes. [`metrics`]
+//! counts for `/metrics`.
 
 pub mod api;
 pub mod http;
 pub mod metrics;
+pub mod responses;
 pub mod scheduler;
 
 use std::net::TcpListener;
