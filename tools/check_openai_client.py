@@ -12,7 +12,8 @@ usage counts, max_tokens / max_completion_tokens, stop strings, seeded sampling 
 seed, same text) and the errors the client raises (wrong key: AuthenticationError;
 n=17, an unknown role, a prompt over the context: BadRequestError), n choices, log-probabilities
 in the client's types, penalties, JSON mode, a JSON schema and `chat.completions.parse` with
-a nested Pydantic model ($defs and $ref). Then serves
+a nested Pydantic model ($defs and $ref), and the Responses API (`responses.create`, whole and
+streamed). Then serves
 tests/fixtures/chat/olmo3_tools (OLMo-3's tool-call template) and checks tool calls in the
 client's types: a required call and a named one, whole and streamed (the streamed deltas
 add up to the whole answer's calls), and the call and its result sent back as the next
@@ -152,6 +153,7 @@ def main():
                     check(False, f"{what} is refused")
                 except error as e:
                     check(isinstance(e.body, dict) and "message" in e.body, f"{what}: {type(e).__name__} ({e.body['message']})")
+            check_responses(client, name, chat_args)
             check(server.alive(), "the server is alive")
         check_tool_calls(Path(tmp))
         check_reasoning(Path(tmp))
@@ -179,6 +181,30 @@ def check_reasoning(tmp):
                 streamed_reasoning += getattr(delta, "reasoning_content", None) or ""
                 streamed_content += delta.content or ""
         check((streamed_reasoning, streamed_content) == (reasoning, message.content), "streamed reasoning and content equal the whole answer's")
+
+
+def check_responses(client, name, chat_args):
+    """The Responses API through the client: the chat's reply as output_text, streamed
+    events adding up to it, a refusal."""
+    chat = client.chat.completions.create(**chat_args)
+    args = dict(model=name, instructions="Be brief.", input="Hello, who are you?", max_output_tokens=10, temperature=0,
+                extra_body={"ignore_eos": True})
+    response = client.responses.create(**args)
+    check(response.output_text == chat.choices[0].message.content and response.usage.output_tokens == 10,
+          f"responses.create: the chat's reply as output_text ({response.output_text!r})")
+    deltas, completed = "", None
+    for event in client.responses.create(**args, stream=True):
+        if event.type == "response.output_text.delta":
+            deltas += event.delta
+        elif event.type in ("response.completed", "response.incomplete"):
+            completed = event.response
+    check(deltas == response.output_text and completed is not None and completed.output_text == deltas,
+          "streamed response: output_text deltas add up, the last event holds the response")
+    try:
+        client.responses.create(model=name, input="x", previous_response_id="resp_1")
+        check(False, "previous_response_id is refused")
+    except openai.BadRequestError as e:
+        check("keeps no responses" in e.body["message"], f"previous_response_id: BadRequestError ({e.body['message']})")
 
 
 TOOLS = [
@@ -221,6 +247,13 @@ def check_tool_calls(tmp):
         check([c.function.name for c in named.choices[0].message.tool_calls] == ["get_time"], "a named tool_choice calls that function")
         turn = messages + [choice.message.model_dump(exclude_none=True),
                            {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"sky": "clear"})}]
+        flat = [{"type": "function", **t["function"]} for t in TOOLS]
+        answer = client.responses.create(model="olmo3-tools", input="Weather in Oslo?", tools=flat, tool_choice="required",
+                                         parallel_tool_calls=False, max_output_tokens=60, temperature=0,
+                                         extra_body={"logit_bias": {"1": 30, "8": 25}})
+        calls = [item for item in answer.output if item.type == "function_call"]
+        check(len(calls) == 1 and calls[0].name == call.function.name and calls[0].arguments == call.function.arguments,
+              f"responses.create with tools: the chat's call as a function_call item ({calls})")
         after = client.chat.completions.create(**{**args, "messages": turn, "max_tokens": 4}, tool_choice="none")
         check(after.choices[0].message.tool_calls is None and after.usage.prompt_tokens > whole.usage.prompt_tokens,
               "the call and its result go back as the next turn's prompt")
