@@ -8,7 +8,7 @@ Packs the chat fixture with OLMo-3's tool-call template (tests/fixtures/chat/olm
 random weights, a sliding-window layer), starts `olmort serve --parallel 4 --queue 8`
 and first asks each good request alone for its greedy answer. Then the clients send, in
 a shuffled mix: good completions and chats (whole and streamed, some with logprobs,
-penalties and a logit bias, JSON mode, required tool calls; each checked against its
+penalties and a logit bias, JSON mode, required tool calls, the Responses API; each checked against its
 answer alone: batching must not change greedy text or calls), streams they
 hang up on after the first event, and bad requests (malformed JSON, missing and
 mistyped fields, an unknown role, out-of-range values, n=17, a prompt over the context,
@@ -59,6 +59,8 @@ GOOD = [
                               "tool_choice": "required", "logit_bias": {"1": 30, "8": 25}}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "What time is it?"}], "max_tokens": 12,
                               "tools": [{"type": "function", "function": {"name": "now"}}]}),
+    # The Responses API.
+    ("/v1/responses", {"instructions": "Be brief.", "input": "Tell me about the sea.", "max_output_tokens": 20}),
 ]
 for _, body in GOOD:
     body.update({"temperature": 0, "ignore_eos": True})
@@ -92,6 +94,9 @@ def calls_text(calls):
 
 def answer_text(path, payload):
     """Every choice's text and calls, by index (greedy: n equal texts)."""
+    if "responses" in path:
+        items = payload["output"]
+        return ["".join(c["text"] for i in items if i["type"] == "message" for c in i["content"])]
     if "chat" in path:
         return [(c["message"]["content"] or "") + calls_text(c["message"].get("tool_calls")) for c in payload["choices"]]
     return [c["text"] for c in payload["choices"]]
@@ -99,6 +104,8 @@ def answer_text(path, payload):
 
 def stream_text(path, events):
     """Each choice's text and calls from its chunks (tagged by index)."""
+    if "responses" in path:
+        return ["".join(e["delta"] for _, e in events if e and e["type"] == "response.output_text.delta")]
     out = {}
     for _, e in events:
         if e and e.get("choices"):
@@ -116,7 +123,9 @@ def good(port, i, expected, deadline):
         if streamed:
             status, events = stream(port, path, body)
             if status == 200:
-                return stream_text(path, events) == expected[i] and events[-1][1] is None
+                last = events[-1][1]
+                ended = last["type"] in ("response.completed", "response.incomplete") if "responses" in path else last is None
+                return stream_text(path, events) == expected[i] and ended
         else:
             status, _, out = request(port, "POST", path, body)
             if status == 200:
