@@ -301,21 +301,22 @@ impl<'a> Stream<'a> {
 
     /// Events for the next reasoning and answer text.
     pub fn text(&mut self, reasoning: &str, content: &str) -> String {
-        let mut out = String::new();
-        if !reasoning.is_empty() {
-            out += &self.open_item(Open::Reasoning);
-            let id = format!("rs_{}", self.info.id);
-            let index = self.done.len();
-            out += &self.event("response.reasoning_text.delta", json!({"item_id": id, "output_index": index, "content_index": 0, "delta": reasoning}));
-            self.reasoning.push_str(reasoning);
+        self.delta(Open::Reasoning, reasoning) + &self.delta(Open::Message, content)
+    }
+
+    /// `text` added to the item `kind` (opened first where it is not).
+    fn delta(&mut self, kind: Open, text: &str) -> String {
+        if text.is_empty() {
+            return String::new();
         }
-        if !content.is_empty() {
-            out += &self.open_item(Open::Message);
-            let id = format!("msg_{}", self.info.id);
-            let index = self.done.len();
-            out += &self.event("response.output_text.delta", json!({"item_id": id, "output_index": index, "content_index": 0, "delta": content}));
-            self.text.push_str(content);
-        }
+        let mut out = self.open_item(kind);
+        let (prefix, event, kept) = match kind {
+            Open::Reasoning => ("rs", "response.reasoning_text.delta", &mut self.reasoning),
+            Open::Message => ("msg", "response.output_text.delta", &mut self.text),
+        };
+        kept.push_str(text);
+        let data = json!({"item_id": format!("{prefix}_{}", self.info.id), "output_index": self.done.len(), "content_index": 0, "delta": text});
+        out += &self.event(event, data);
         out
     }
 
