@@ -18,8 +18,10 @@ use olmort::text::tokenizer::Tokenizer;
 use olmort::{KvDtype, Model};
 
 /// Serves a blob over an OpenAI-compatible HTTP API: GET /health, /metrics, /v1/models;
-/// POST /v1/completions and /v1/chat/completions, streamed or not. Up to --parallel
-/// requests run at once, their tokens batched into one pass over the weights per step.
+/// POST /v1/completions, /v1/chat/completions (with tools, JSON formats and reasoning)
+/// and /v1/responses, streamed or not; POST /tokenize and /detokenize. Up to
+/// --parallel requests run at once, their tokens batched into one pass over the
+/// weights per step.
 #[derive(Parser)]
 #[command(name = "olmort serve", version)]
 struct Cli {
