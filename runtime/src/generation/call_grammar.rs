@@ -31,13 +31,25 @@ use super::json_schema::{Schema, SchemaPrefix};
 
 const OPEN: &[u8] = b"<function_calls>";
 const CLOSE: &[u8] = b"</function_calls>";
+const THINK: &[u8] = b"<think>";
+const THINK_END: &[u8] = b"</think>";
+
+/// Bytes of `tag` matched after `b`, `at` before: the tag's first byte appears in it
+/// only first, so a mismatch starts over (at that byte, where it is the first).
+fn match_tag(tag: &[u8], at: u8, b: u8) -> u8 {
+    if tag[at as usize] == b {
+        at + 1
+    } else {
+        (b == tag[0]) as u8
+    }
+}
 
 /// Functions a reply may choose from, at most (a bit each while a name is matched).
 pub const MAX_FUNCTIONS: usize = 128;
 /// Properties of one function, at most (a bit each).
 pub const MAX_KEYS: usize = 64;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Function {
     name: Box<[u8]>,
     keys: Vec<Box<[u8]>>,
@@ -48,7 +60,7 @@ struct Function {
 }
 
 /// The functions a reply may call and whether it may call more than one.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CallRules {
     functions: Vec<Function>,
     /// Every function's argument schemas.
@@ -56,6 +68,10 @@ pub struct CallRules {
     many: bool,
     /// Free text comes before the block, which may never come.
     lazy: bool,
+    /// A thinking model's reply (lazy rules): a block opened inside its reasoning
+    /// (between `<think>` and `</think>`) is not held; `Some(true)`: the prompt opened
+    /// the reasoning.
+    thinking: Option<bool>,
 }
 
 impl CallRules {
@@ -100,7 +116,7 @@ impl CallRules {
         for f in &mut out {
             f.values = nodes.by_ref().take(f.keys.len()).collect();
         }
-        Ok(CallRules { functions: out, values, many, lazy: false })
+        Ok(CallRules { functions: out, values, many, lazy: false, thinking: None })
     }
 
     /// Whether a reply is held only from where it opens a call block.
@@ -111,6 +127,12 @@ impl CallRules {
     /// The same rules holding a reply only from where it opens a call block.
     pub fn lazy(self) -> CallRules {
         CallRules { lazy: true, ..self }
+    }
+
+    /// Lazy rules for a thinking model's reply (`opened`: the prompt opened the
+    /// reasoning), whose reasoning is not held ([`crate::text::reasoning`]).
+    pub fn after_reasoning(self, opened: bool) -> CallRules {
+        CallRules { thinking: Some(opened), ..self }
     }
 
     fn all(&self) -> u128 {
@@ -128,6 +150,11 @@ fn is_identifier(k: &str) -> bool {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// A thinking model's reply before anything but whitespace: `<think>` may open the
+    /// reasoning (`at` bytes of it read).
+    Start,
+    /// Reasoning, not held: it ends with `at` bytes of `</think>`.
+    Reasoning,
     /// Free text (lazy rules); it ends with `at` bytes of the opening tag.
     Free,
     /// `at` bytes of the opening tag read.
@@ -225,13 +252,19 @@ impl Default for CallPrefix {
 impl CallPrefix {
     /// The empty reply under `rules`.
     pub fn start(rules: &CallRules) -> CallPrefix {
-        CallPrefix { phase: if rules.lazy { Phase::Free } else { Phase::Open }, ..CallPrefix::default() }
+        let phase = match (rules.lazy, rules.thinking) {
+            (false, _) => Phase::Open,
+            (true, None) => Phase::Free,
+            (true, Some(false)) => Phase::Start,
+            (true, Some(true)) => Phase::Reasoning,
+        };
+        CallPrefix { phase, ..CallPrefix::default() }
     }
 
     /// Whether the reply is free text (lazy rules, no block opened yet): anything may
     /// come.
     pub fn is_free(&self) -> bool {
-        self.phase == Phase::Free
+        matches!(self.phase, Phase::Start | Phase::Reasoning | Phase::Free)
     }
 
     /// Reads the first byte of a key.
@@ -276,13 +309,30 @@ impl Grammar for CallPrefix {
 
     fn feed(&mut self, rules: &CallRules, b: u8) -> bool {
         match self.phase {
+            Phase::Start if b.is_ascii_whitespace() && self.at == 0 => true,
+            Phase::Start if THINK[self.at as usize] == b => {
+                self.at += 1;
+                if self.at as usize == THINK.len() {
+                    (self.phase, self.at) = (Phase::Reasoning, 0);
+                }
+                true
+            }
+            // Not `<think>`: the answer, read from its first byte (the tag's beginning
+            // read so far, then this one).
+            Phase::Start => {
+                let read = self.at as usize;
+                (self.phase, self.at) = (Phase::Free, 0);
+                THINK[..read].iter().chain([&b]).all(|&c| self.feed(rules, c))
+            }
+            Phase::Reasoning => {
+                self.at = match_tag(THINK_END, self.at, b);
+                if self.at as usize == THINK_END.len() {
+                    (self.phase, self.at) = (Phase::Free, 0);
+                }
+                true
+            }
             Phase::Free => {
-                // The tag's first byte appears in it only first: a mismatch starts over.
-                self.at = if OPEN[self.at as usize] == b {
-                    self.at + 1
-                } else {
-                    (b == OPEN[0]) as u8
-                };
+                self.at = match_tag(OPEN, self.at, b);
                 if self.at as usize == OPEN.len() {
                     (self.phase, self.at, self.candidates) = (Phase::Name, 0, rules.all());
                 }
@@ -518,6 +568,26 @@ mod tests {
         assert!(json.push(b"{\"a\": \""));
         let masked = json.mask(&view, &vec![0.0; spellings.len()]).to_vec();
         assert!(masked[..3].iter().all(|l| l.is_infinite()) && masked[3].is_finite());
+    }
+
+    #[test]
+    fn a_thinking_model_s_reasoning_is_not_held() {
+        let r = |opened| rules(true).lazy().after_reasoning(opened);
+        let block = "<function_calls>get_weather(city=\"Oslo\")</function_calls>";
+        // The prompt opened the reasoning: a block in it is free text; after it, held.
+        let opened = r(true);
+        let p = CallPrefix::start(&opened).after(&opened, b"I could write <function_calls>nope( here").unwrap();
+        assert!(p.is_free());
+        let p = p.after(&opened, format!("</think>Let me call. {block}").as_bytes()).unwrap();
+        assert!(p.is_complete());
+        assert!(CallPrefix::start(&opened).after(&opened, b"x</think><function_calls>nope(").is_none());
+        // The reply opens its own reasoning, or has none.
+        let own = r(false);
+        let p = CallPrefix::start(&own).after(&own, b" \n<think>maybe <function_calls>nope(</think>").unwrap();
+        assert!(p.is_free() && p.after(&own, block.as_bytes()).is_some_and(|p| p.is_complete()));
+        assert!(CallPrefix::start(&own).after(&own, block.as_bytes()).is_some_and(|p| p.is_complete()));
+        // `<think>` later in an answer is text: a block after it is held.
+        assert!(CallPrefix::start(&own).after(&own, b"Ok <think> <function_calls>nope(").is_none());
     }
 
     #[test]

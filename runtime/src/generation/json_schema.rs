@@ -54,7 +54,7 @@ const KEYWORDS: [&str; 20] = [
 ];
 
 /// A property of an object node.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Key {
     /// The key as JSON spells it; an object's keys are consecutive literals.
     literal: u16,
@@ -62,7 +62,7 @@ struct Key {
     required: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Node {
     /// Keys in order: the required ones, then the others.
     Object(Vec<Key>),
@@ -78,7 +78,7 @@ enum Node {
 }
 
 /// A compiled schema: its nodes (the root first) and literal byte strings.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Schema {
     nodes: Vec<Node>,
     literals: Vec<Box<[u8]>>,

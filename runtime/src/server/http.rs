@@ -16,6 +16,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::generation::call_grammar::CallRules;
 use crate::generation::json::JsonFormat;
 use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::SamplingParams;
@@ -293,22 +294,29 @@ impl<'a, 'v> App<'a, 'v> {
                 (t.choice != ToolChoice::None).then_some(syntax)
             }
         };
-        // Tools hold the reply to a call block (from its start where a call is
-        // required, else from where the model opens one), as a JSON format holds it to
-        // an object; a JSON format comes first (never with a required call).
-        let held = req.json.clone().or_else(|| req.tools.as_ref()?.grammar.clone().map(JsonFormat::Calls));
         let prompt = self.encode(&req.prompt, req.tools.as_ref().map(|t| &t.set.tools))?;
-        // A chat of a model that thinks in <think> tags: its reasoning apart from its
-        // answer, unless the request keeps the text as it is or holds the reply to a
-        // grammar from its first token (then there is no reasoning to read).
+        // A chat of a model that thinks in <think> tags, unless the reply is held to a
+        // grammar from its first token (then it has no reasoning): whether the prompt
+        // opened the reasoning.
         let from_start = req.json.is_some() || req.tools.as_ref().is_some_and(|t| t.choice.requires_call());
-        let thinking = match (&req.prompt, self.chat, self.tokenizer) {
-            (Prompt::Chat(_), Some(chat), Some(tokenizer)) if chat.template().thinks() && req.reasoning && !from_start => {
+        let opened = match (&req.prompt, self.chat, self.tokenizer) {
+            (Prompt::Chat(_), Some(chat), Some(tokenizer)) if chat.template().thinks() && !from_start => {
                 let tail = tokenizer.decode(&prompt[prompt.len().saturating_sub(8)..]);
                 Some(prompt_opens_thinking(&String::from_utf8_lossy(&tail)))
             }
             _ => None,
         };
+        // Tools hold the reply to a call block (from its start where a call is
+        // required, else from where the model opens one outside its reasoning), as a
+        // JSON format holds it to an object; a JSON format comes first (never with a
+        // required call).
+        let grammar = |rules: &Arc<CallRules>| match opened {
+            Some(o) if rules.is_lazy() => Arc::new((**rules).clone().after_reasoning(o)),
+            _ => Arc::clone(rules),
+        };
+        let held = req.json.clone().or_else(|| req.tools.as_ref()?.grammar.as_ref().map(|r| JsonFormat::Calls(grammar(r))));
+        // The reasoning apart from the answer, unless the request keeps the text.
+        let thinking = opened.filter(|_| req.reasoning);
         let reading = Reading { thinking, calls, parallel: req.tools.as_ref().is_none_or(|t| t.parallel) };
         // What an echo puts first: the prompt's text, and its first token (which has no
         // log-probability).
