@@ -9,6 +9,7 @@ pub mod generate;
 pub mod json;
 pub mod json_schema;
 pub mod logprobs;
+pub mod reply_format;
 pub mod sampling;
 pub mod session;
 pub mod stop;

@@ -16,19 +16,16 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::generation::call_grammar::CallRules;
-use crate::generation::json::JsonFormat;
+use crate::generation::reply_format::{ReplyFormat, ToolUse};
 use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::SamplingParams;
 use crate::generation::session::ChatFormat;
-use crate::generation::tools::ToolChoice;
 use crate::server::api::{self, AnswerInfo, ApiError, CompletionRequest, Prompt};
 use crate::server::responses::{self, ResponseInfo};
 use crate::server::metrics::Metrics;
 use crate::server::scheduler::{Event, Finish, FinishReason, Job, Queue, SubmitError};
 use crate::text::chat_template::Tools;
 use crate::text::tokenizer::Tokenizer;
-use crate::text::reasoning::prompt_opens_thinking;
 use crate::text::reply::{Reading, ReplyReader};
 
 /// Limits and identity of the HTTP side.
@@ -284,40 +281,16 @@ impl<'a, 'v> App<'a, 'v> {
         if req.tools.is_some() && self.tokenizer.is_none() {
             return Err(ApiError::invalid("'tools' need the model's vocabulary, which this blob has not", Some("tools")));
         }
-        // How the reply's calls are read: a request with tools the model may call.
-        let calls = match &req.tools {
-            None => None,
-            Some(t) => {
-                let syntax = self.chat.and_then(|c| c.template().tool_syntax()).ok_or_else(|| {
-                    ApiError::invalid("'tools': this model's chat template shows no tool-call syntax olmort reads (OLMo-3's <function_calls>)", Some("tools"))
-                })?;
-                (t.choice != ToolChoice::None).then_some(syntax)
-            }
-        };
         let prompt = self.encode(&req.prompt, req.tools.as_ref().map(|t| &t.set.tools))?;
-        // A chat of a model that thinks in <think> tags, unless the reply is held to a
-        // grammar from its first token (then it has no reasoning): whether the prompt
-        // opened the reasoning.
-        let from_start = req.json.is_some() || req.tools.as_ref().is_some_and(|t| t.choice.requires_call());
-        let opened = match (&req.prompt, self.chat, self.tokenizer) {
-            (Prompt::Chat(_), Some(chat), Some(tokenizer)) if chat.template().thinks() && !from_start => {
-                let tail = tokenizer.decode(&prompt[prompt.len().saturating_sub(8)..]);
-                Some(prompt_opens_thinking(&String::from_utf8_lossy(&tail)))
-            }
+        // What the reply is held to and how it is read: a chat's from its template.
+        let template = match req.prompt {
+            Prompt::Chat(_) => self.chat.map(ChatFormat::template),
             _ => None,
         };
-        // Tools hold the reply to a call block (from its start where a call is
-        // required, else from where the model opens one outside its reasoning), as a
-        // JSON format holds it to an object; a JSON format comes first (never with a
-        // required call).
-        let grammar = |rules: &Arc<CallRules>| match opened {
-            Some(o) if rules.is_lazy() => Arc::new((**rules).clone().after_reasoning(o)),
-            _ => Arc::clone(rules),
-        };
-        let held = req.json.clone().or_else(|| req.tools.as_ref()?.grammar.as_ref().map(|r| JsonFormat::Calls(grammar(r))));
-        // The reasoning apart from the answer, unless the request keeps the text.
-        let thinking = opened.filter(|_| req.reasoning);
-        let reading = Reading { thinking, calls, parallel: req.tools.as_ref().is_none_or(|t| t.parallel) };
+        let tail = self.tokenizer.map(|t| t.decode(&prompt[prompt.len().saturating_sub(8)..])).unwrap_or_default();
+        let tools = req.tools.as_ref().map(|t| ToolUse { choice: &t.choice, parallel: t.parallel, grammar: t.grammar.as_ref() });
+        let ReplyFormat { held, reading } = ReplyFormat::new(template, &String::from_utf8_lossy(&tail), req.json.as_ref(), tools, req.reasoning)
+            .map_err(|e| ApiError::invalid(format!("'tools': {e}"), Some("tools")))?;
         // What an echo puts first: the prompt's text, and its first token (which has no
         // log-probability).
         let echo = req.echo.then(|| {
