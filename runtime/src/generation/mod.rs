@@ -1,8 +1,9 @@
 //! From a prompt to new tokens: choosing each token ([`sampling`]; in JSON mode only
-//! among those that continue a JSON object, [`json`], or a call block when a tool call
-//! is required, [`call_grammar`], for the functions of [`tools`]) and what it was worth
-//! ([`logprobs`]), the seed's trace loop ([`trace`]), generation in text, JSON or
-//! trace form ([`generate`]), and multi-turn chat on a kept KV cache ([`session`]).
+//! among those that continue a JSON object, [`json`] and [`json_schema`], or a call
+//! block of the functions of [`tools`], [`call_grammar`]; which of these holds a chat
+//! reply and how it is read, [`reply_format`]) and what it was worth ([`logprobs`]),
+//! the seed's trace loop ([`trace`]), generation in text, JSON or trace form
+//! ([`generate`]), and multi-turn chat on a kept KV cache ([`session`]).
 
 pub mod call_grammar;
 pub mod generate;
