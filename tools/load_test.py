@@ -82,6 +82,9 @@ BAD = [
                               "response_format": {"type": "json_schema", "json_schema": {}}}, 400),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}],
                               "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400),
+    ("/v1/responses", {"input": "x", "previous_response_id": "resp_1"}, 400),
+    ("/v1/responses", {"input": [{"type": "function_call", "name": "f"}]}, 400),
+    ("/tokenize", {"tokens": [1]}, 400),
     ("/v1/completions", {"prompt": "a" * 70000}, 413),
     ("/v2/nothing", {}, 404),
 ]
