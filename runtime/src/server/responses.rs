@@ -41,9 +41,11 @@ pub fn parse(body: &[u8]) -> Result<CompletionRequest, ApiError> {
     for key in v.try_iter().map_err(|e| ApiError::invalid(e.to_string(), None))? {
         let Some(k) = key.as_str() else { continue };
         match k {
-            "input" | "instructions" | "max_output_tokens" | "text" | "tools" | "tool_choice" | "reasoning" | "include" | "store" | "metadata" | "truncation" => {}
+            // Read below, or of no use here (`stream_options` only hides event sizes).
+            "input" | "instructions" | "max_output_tokens" | "text" | "tools" | "tool_choice" | "reasoning" | "include" | "store" | "metadata" | "truncation"
+            | "stream_options" => {}
             // Chat fields that are not the Responses API's: a request has no use for them.
-            "messages" | "max_tokens" | "max_completion_tokens" | "response_format" | "logprobs" | "functions" | "echo" | "stream_options" => {
+            "messages" | "max_tokens" | "max_completion_tokens" | "response_format" | "logprobs" | "functions" | "echo" => {
                 return Err(ApiError::invalid(format!("'{k}' is a /v1/chat/completions field"), None));
             }
             _ => chat.push((k.to_string(), get(k).unwrap_or_default())),
