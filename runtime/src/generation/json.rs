@@ -104,8 +104,8 @@ impl StringState {
     /// Just after the opening quote.
     pub(crate) const OPEN: StringState = StringState { escape: 0, utf8_left: 0, lo: 0x80, hi: 0xBF };
 
-    /// Whether the string is between characters: any printable ASCII but `"` and `\`
-    /// may come, and leaves it so.
+    /// Whether the string is between characters: any whole UTF-8 characters but control
+    /// characters, `"` and `\` may come, and leave it so.
     pub(crate) fn between_chars(&self) -> bool {
         self.escape == 0 && self.utf8_left == 0
     }
@@ -211,8 +211,8 @@ pub trait Grammar: Copy {
     }
     /// Whether the reply is complete (and nothing may follow).
     fn is_complete(&self) -> bool;
-    /// Whether the reply is inside a string, between characters: any printable ASCII
-    /// but `"` and `\` may follow, and leaves it there.
+    /// Whether the reply is inside a string, between characters: any whole UTF-8
+    /// characters but control characters, `"` and `\` may follow, and leave it there.
     fn in_plain_string(&self) -> bool;
     /// Whether whitespace may come here and leaves the grammar where it is.
     fn skips_whitespace(&self) -> bool;
@@ -409,8 +409,9 @@ impl JsonPrefix {
 /// What [`JsonMode::mask`] knows of every token without reading its bytes, built once
 /// per model: whether it may appear in a reply at all (with bytes; a special token only
 /// where the grammar takes one, [`Grammar::takes_special`]),
-/// whether it is plain string text (printable ASCII without `"` or `\`, which a string
-/// takes whatever came before), and the byte that decides most refusals: its first,
+/// whether it is plain string text (whole UTF-8 characters, none a control character,
+/// `"` or `\`, which a string between characters takes and stays between characters),
+/// and the byte that decides most refusals: its first,
 /// or for a token that starts with whitespace (most start with a space) its first
 /// after the whitespace, offset by 256 (a token of whitespace only: 512, always read
 /// whole, as whether a run may take it depends on the run so far).
@@ -467,7 +468,7 @@ impl JsonVocab {
             };
             class[id] = if vocab.is_special(id as u32) {
                 Class::Special
-            } else if t.iter().all(|&b| (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\') {
+            } else if std::str::from_utf8(t).is_ok() && t.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
                 Class::Plain
             } else {
                 Class::Other
