@@ -4,8 +4,8 @@
 //! others in their names' order, each at most once, no keys besides), arrays of
 //! `items` (`minItems` to `maxItems` of them), strings (`minLength` to `maxLength`
 //! characters), numbers, integers, booleans, null, `enum` and `const` of scalars, a
-//! `type` list or `anyOf` whose alternatives start with different bytes (such as a type
-//! or null), and `$ref` to the root (`#`) or to its `$defs` / `definitions` (recursion
+//! `type` list or `anyOf` (or `oneOf`) whose alternatives start with different bytes
+//! (such as a type or null), `allOf` of one schema, and `$ref` to the root (`#`) or to its `$defs` / `definitions` (recursion
 //! included, as nested Pydantic models write them). Anything else is refused by name
 //! when the request is read, never ignored.
 //!
@@ -30,7 +30,7 @@ const MAX_LITERALS: usize = 64;
 
 /// The schema keywords taken; `description`, `title`, `default`, `$schema` and
 /// `strict` are read and left.
-const KEYWORDS: [&str; 20] = [
+const KEYWORDS: [&str; 22] = [
     "type",
     "properties",
     "required",
@@ -43,6 +43,8 @@ const KEYWORDS: [&str; 20] = [
     "enum",
     "const",
     "anyOf",
+    "oneOf",
+    "allOf",
     "$ref",
     "$defs",
     "definitions",
@@ -222,10 +224,18 @@ impl Schema {
             let Value::Array(values) = e else { return Err("'enum' must be a list".into()) };
             return self.literals(values);
         }
-        if let Some(alts) = o.get("anyOf") {
-            let Value::Array(alts) = alts else { return Err("'anyOf' must be a list".into()) };
+        // `oneOf` as `anyOf`: alternatives that start differently match one at most.
+        if let Some((name, alts)) = ["anyOf", "oneOf"].iter().find_map(|&k| Some((k, o.get(k)?))) {
+            let Value::Array(alts) = alts else { return Err(format!("'{name}' must be a list")) };
             let alts = alts.iter().map(|a| self.node(a, depth + 1)).collect::<Result<Vec<_>, _>>()?;
             return self.any_of(alts);
+        }
+        // `allOf` of one schema (as some generators wrap a `$ref` to describe it).
+        if let Some(all) = o.get("allOf") {
+            return match all {
+                Value::Array(one) if one.len() == 1 => self.node(&one[0], depth + 1),
+                _ => Err("'allOf' is taken with one schema only".into()),
+            };
         }
         match o.get("type") {
             Some(Value::String(t)) => self.typed(t, o, depth),
@@ -938,6 +948,12 @@ mod tests {
         let deep = |n: usize| format!("{}{{\"v\": 0, \"kids\": []}}{}", "{\"v\": 0, \"kids\": [".repeat(n), "]}".repeat(n));
         assert!(accepts(&tree, &deep(MAX_DEPTH / 2 - 1)).is_some_and(|p| p.is_complete()));
         assert!(accepts(&tree, &deep(MAX_DEPTH)).is_none());
+        // `oneOf` as `anyOf`, `allOf` of one schema.
+        let s = Schema::compile(&json!({"type": "object", "properties": {"a": {"oneOf": [{"type": "integer"}, {"type": "null"}]},
+            "b": {"allOf": [{"$ref": "#/$defs/P"}], "description": "a point"}}, "required": ["a", "b"], "$defs": {"P": point}}))
+        .unwrap();
+        assert!(accepts(&s, r#"{"a": null, "b": {"x": 1, "y": 2}}"#).is_some_and(|p| p.is_complete()));
+        assert!(accepts(&s, r#"{"a": "1""#).is_none());
         // The root itself ('#').
         let list = Schema::compile(&json!({"type": "object", "properties": {"next": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}}, "required": ["next"]})).unwrap();
         assert!(accepts(&list, r#"{"next": {"next": {"next": null}}}"#).is_some_and(|p| p.is_complete()));
@@ -960,6 +976,8 @@ mod tests {
             (json!({"type": "object", "properties": {"a": {"type": "null"}}, "required": ["a", "a"]}), "names 'a' twice"),
             (json!({"type": "object", "required": ["a"]}), "not in 'properties'"),
             (json!({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}, {"enum": ["x"]}]}}, "required": ["a"]}), "start differently"),
+            (json!({"type": "object", "properties": {"a": {"oneOf": [{"type": "string"}, {"enum": ["x"]}]}}}), "start differently"),
+            (json!({"type": "object", "properties": {"a": {"allOf": [{"type": "string"}, {"type": "null"}]}}}), "'allOf' is taken with one schema only"),
             (json!({"type": "object", "properties": {"a": {"enum": [[1]]}}, "required": ["a"]}), "strings, numbers"),
             (json!({"type": "object", "properties": {"a": {"type": "date"}}, "required": ["a"]}), "'date'"),
             (json!({"type": "object", "properties": {"a": {"type": "array"}}, "required": ["a"]}), "'items'"),
