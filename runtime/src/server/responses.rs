@@ -507,4 +507,59 @@ mod tests {
         assert!(data.iter().enumerate().all(|(i, d)| d["sequence_number"] == i as u64));
         assert_eq!(data.last().unwrap()["response"]["output"], v["output"]);
     }
+
+    /// Random bodies built from the fields and values both APIs read: every one is
+    /// answered (a request or a 400), none panics.
+    #[test]
+    fn random_bodies_are_read_or_refused() {
+        use crate::generation::sampling::Rng;
+
+        const KEYS: [&str; 24] = [
+            "input", "instructions", "messages", "tools", "tool_choice", "text", "format", "type", "role", "content", "name",
+            "parameters", "properties", "required", "call_id", "arguments", "output", "function", "tool_calls", "max_output_tokens",
+            "response_format", "json_schema", "schema", "$ref",
+        ];
+        const WORDS: [&str; 12] =
+            ["user", "assistant", "tool", "function", "function_call", "function_call_output", "message", "json_schema", "object", "required", "#/$defs/x", "auto"];
+        fn value(r: &mut Rng, depth: u32) -> Value {
+            let pick = r.next_u64() % if depth == 0 { 4 } else { 7 };
+            match pick {
+                0 => Value::Null,
+                1 => json!(r.next_u64() % 3 == 0),
+                2 => json!((r.next_u64() % 200) as i64 - 100),
+                3 => json!(WORDS[(r.next_u64() % WORDS.len() as u64) as usize]),
+                4 | 5 => Value::Object((0..r.next_u64() % 4).map(|_| (KEYS[(r.next_u64() % KEYS.len() as u64) as usize].to_string(), value(r, depth - 1))).collect()),
+                _ => Value::Array((0..r.next_u64() % 3).map(|_| value(r, depth - 1)).collect()),
+            }
+        }
+        let mut r = Rng::new(11);
+        let (mut read, mut refused) = (0, 0);
+        for _ in 0..5000 {
+            // A top-level object; its lists hold objects of the fields items have.
+            let mut top = serde_json::Map::new();
+            for _ in 0..1 + r.next_u64() % 5 {
+                let key = KEYS[(r.next_u64() % KEYS.len() as u64) as usize];
+                let v = match key {
+                    "input" | "messages" | "tools" => Value::Array((0..r.next_u64() % 4).map(|_| value(&mut r, 3)).map(|v| if v.is_object() { v } else { json!({"role": "user", "content": v}) }).collect()),
+                    _ => value(&mut r, 3),
+                };
+                top.insert(key.to_string(), v);
+            }
+            if r.next_u64() % 2 == 0 {
+                top.insert("input".into(), json!("hi"));
+                top.insert("messages".into(), json!([{"role": "user", "content": "hi"}]));
+            }
+            let body = Value::Object(top).to_string();
+            for outcome in [parse(body.as_bytes()).map(|_| ()), api::parse_request(body.as_bytes(), true).map(|_| ()), api::parse_tokenize(body.as_bytes()).map(|_| ())] {
+                match outcome {
+                    Ok(()) => read += 1,
+                    Err(e) => {
+                        assert_eq!(e.status, 400, "{body}");
+                        refused += 1;
+                    }
+                }
+            }
+        }
+        assert!(read > 0 && refused > 0, "{read} read, {refused} refused");
+    }
 }
