@@ -525,7 +525,7 @@ mod tests {
             let pick = r.next_u64() % if depth == 0 { 4 } else { 7 };
             match pick {
                 0 => Value::Null,
-                1 => json!(r.next_u64() % 3 == 0),
+                1 => json!(r.next_u64().is_multiple_of(3)),
                 2 => json!((r.next_u64() % 200) as i64 - 100),
                 3 => json!(WORDS[(r.next_u64() % WORDS.len() as u64) as usize]),
                 4 | 5 => Value::Object((0..r.next_u64() % 4).map(|_| (KEYS[(r.next_u64() % KEYS.len() as u64) as usize].to_string(), value(r, depth - 1))).collect()),
@@ -545,7 +545,7 @@ mod tests {
                 };
                 top.insert(key.to_string(), v);
             }
-            if r.next_u64() % 2 == 0 {
+            if r.next_u64().is_multiple_of(2) {
                 top.insert("input".into(), json!("hi"));
                 top.insert("messages".into(), json!([{"role": "user", "content": "hi"}]));
             }
