@@ -590,6 +590,7 @@ fn parse_message_call(c: &Value) -> Result<MessageToolCall, String> {
 }
 
 /// What an answer needs besides the text.
+#[derive(Debug, Clone, Copy)]
 pub struct AnswerInfo<'a> {
     pub id: &'a str,
     pub created: u64,

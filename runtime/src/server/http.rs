@@ -21,7 +21,7 @@ use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::SamplingParams;
 use crate::generation::session::ChatFormat;
 use crate::server::api::{self, AnswerInfo, ApiError, CompletionRequest, Prompt};
-use crate::server::responses::{self, ResponseInfo};
+use crate::server::responses;
 use crate::server::metrics::Metrics;
 use crate::server::scheduler::{Event, Finish, FinishReason, Job, Queue, SubmitError};
 use crate::text::chat_template::Tools;
@@ -359,12 +359,10 @@ impl<'a, 'v> App<'a, 'v> {
     /// A Responses API answer (one reply), whole or as its stream of typed events.
     /// `None`: the client went away.
     fn response(&self, events: &mut Events, info: &AnswerInfo, streamed: bool) -> Option<()> {
-        let info = ResponseInfo { id: info.id, created: info.created, model: info.model };
         let mut reader = events.reading.reader();
-        let mut stream = streamed.then(|| responses::Stream::new(ResponseInfo { ..info }));
+        let mut stream = streamed.then(|| responses::Stream::new(*info));
         if let Some(s) = &mut stream {
-            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
-            events.stream.write_all(head.as_bytes()).ok()?;
+            start_events(events.stream)?;
             write_flushed(events.stream, &s.start())?;
         }
         let mut text = String::new();
@@ -390,7 +388,7 @@ impl<'a, 'v> App<'a, 'v> {
             }
             None => {
                 let parts = events.reading.read(&text);
-                respond(events.stream, 200, "application/json", responses::response(&info, &parts, cut, counts).as_bytes()).ok()
+                respond(events.stream, 200, "application/json", responses::response(info, &parts, cut, counts).as_bytes()).ok()
             }
         }
     }
@@ -442,8 +440,7 @@ impl<'a, 'v> App<'a, 'v> {
     /// prompt first, in a chunk of its own per choice); each carries the `logprobs` of
     /// its choice's tokens since its chunk before. `None`: the client went away.
     fn stream_answer(&self, events: &mut Events, info: &AnswerInfo, usage: bool) -> Option<()> {
-        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
-        events.stream.write_all(head.as_bytes()).ok()?;
+        start_events(events.stream)?;
         let n = events.choices;
         if info.chat {
             for i in 0..n {
@@ -607,6 +604,12 @@ enum Api {
     Completions,
     Chat,
     Responses,
+}
+
+/// The head of a server-sent event stream.
+fn start_events(stream: &mut TcpStream) -> Option<()> {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).ok()
 }
 
 /// Writes server-sent events already formatted, and flushes.

@@ -13,7 +13,7 @@
 use minijinja::value::{Value as Ordered, ValueKind};
 use serde_json::{json, Value};
 
-use crate::server::api::{self, ApiError, CompletionRequest, Usage};
+use crate::server::api::{self, AnswerInfo, ApiError, CompletionRequest, Usage};
 use crate::text::reply::ReplyParts;
 
 /// Options of the Responses API that this server does not take.
@@ -191,13 +191,6 @@ fn nested_tools(tools: &Ordered) -> Result<Ordered, ApiError> {
     Ok(Ordered::from(nested.collect::<Result<Vec<_>, _>>()?))
 }
 
-/// What a response needs besides its parts.
-pub struct ResponseInfo<'a> {
-    pub id: &'a str,
-    pub created: u64,
-    pub model: &'a str,
-}
-
 fn usage(u: Usage) -> Value {
     json!({
         "input_tokens": u.prompt,
@@ -210,7 +203,7 @@ fn usage(u: Usage) -> Value {
 
 /// The items of a reply's parts: reasoning, the message, then the calls (ids from the
 /// response's).
-fn items(info: &ResponseInfo, parts: &ReplyParts) -> Vec<Value> {
+fn items(info: &AnswerInfo, parts: &ReplyParts) -> Vec<Value> {
     let mut out = Vec::new();
     if !parts.reasoning.is_empty() {
         out.push(reasoning_item(info, &parts.reasoning));
@@ -222,11 +215,11 @@ fn items(info: &ResponseInfo, parts: &ReplyParts) -> Vec<Value> {
     out
 }
 
-fn reasoning_item(info: &ResponseInfo, text: &str) -> Value {
+fn reasoning_item(info: &AnswerInfo, text: &str) -> Value {
     json!({"type": "reasoning", "id": format!("rs_{}", info.id), "summary": [], "content": [{"type": "reasoning_text", "text": text}]})
 }
 
-fn message_item(info: &ResponseInfo, text: &str, status: &str) -> Value {
+fn message_item(info: &AnswerInfo, text: &str, status: &str) -> Value {
     let content = if status == "completed" { json!([output_text(text)]) } else { json!([]) };
     json!({"type": "message", "id": format!("msg_{}", info.id), "status": status, "role": "assistant", "content": content})
 }
@@ -235,14 +228,14 @@ fn output_text(text: &str) -> Value {
     json!({"type": "output_text", "text": text, "annotations": []})
 }
 
-fn call_item(info: &ResponseInfo, parts: &ReplyParts, k: usize) -> Value {
+fn call_item(info: &AnswerInfo, parts: &ReplyParts, k: usize) -> Value {
     let c = &parts.calls[k];
     json!({"type": "function_call", "id": format!("fc_{}_{k}", info.id), "call_id": format!("call_{}_{k}", info.id), "name": c.name, "arguments": c.arguments, "status": "completed"})
 }
 
 /// The response object: `in_progress` (no output yet), or done with its items, and
 /// `incomplete` where the reply ran into `max_output_tokens` or the context.
-fn object(info: &ResponseInfo, output: Vec<Value>, status: &str, cut: bool, counts: Option<Usage>) -> Value {
+fn object(info: &AnswerInfo, output: Vec<Value>, status: &str, cut: bool, counts: Option<Usage>) -> Value {
     json!({
         "id": info.id,
         "object": "response",
@@ -257,7 +250,7 @@ fn object(info: &ResponseInfo, output: Vec<Value>, status: &str, cut: bool, coun
 }
 
 /// A whole response.
-pub fn response(info: &ResponseInfo, parts: &ReplyParts, cut: bool, counts: Usage) -> String {
+pub fn response(info: &AnswerInfo, parts: &ReplyParts, cut: bool, counts: Usage) -> String {
     let cut = cut && parts.calls.is_empty();
     object(info, items(info, parts), if cut { "incomplete" } else { "completed" }, cut, Some(counts)).to_string()
 }
@@ -266,7 +259,7 @@ pub fn response(info: &ResponseInfo, parts: &ReplyParts, cut: bool, counts: Usag
 /// the response created, its reasoning and message text as they come, each item
 /// opened and closed, the calls when the reply ends, the response completed.
 pub struct Stream<'a> {
-    info: ResponseInfo<'a>,
+    info: AnswerInfo<'a>,
     sequence: u64,
     /// The open item (its output index): reasoning or the message.
     open: Option<(Open, usize)>,
@@ -283,7 +276,7 @@ enum Open {
 }
 
 impl<'a> Stream<'a> {
-    pub fn new(info: ResponseInfo<'a>) -> Stream<'a> {
+    pub fn new(info: AnswerInfo<'a>) -> Stream<'a> {
         Stream { info, sequence: 0, open: None, done: Vec::new(), reasoning: String::new(), text: String::new() }
     }
 
@@ -459,7 +452,7 @@ mod tests {
 
     #[test]
     fn answers_have_the_responses_api_s_shapes() {
-        let info = ResponseInfo { id: "resp_1", created: 5, model: "m" };
+        let info = AnswerInfo { id: "resp_1", created: 5, model: "m", chat: true };
         let parts = ReplyParts { reasoning: "Hmm.".into(), content: "Sunny.".into(), calls: vec![ToolCall { name: "f".into(), arguments: r#"{"a":1}"#.into() }] };
         let v: Value = serde_json::from_str(&response(&info, &parts, false, Usage { prompt: 3, cached: 1, completion: 4 })).unwrap();
         assert_eq!((v["object"].as_str(), v["status"].as_str()), (Some("response"), Some("completed")));
@@ -473,7 +466,7 @@ mod tests {
 
         // The stream: numbered events, items opened and closed in order, the same
         // response at the end.
-        let mut s = Stream::new(ResponseInfo { id: "resp_1", created: 5, model: "m" });
+        let mut s = Stream::new(AnswerInfo { id: "resp_1", created: 5, model: "m", chat: true });
         let mut events = s.start();
         events += &s.text("Hm", "");
         events += &s.text("m.", "Sun");
