@@ -146,12 +146,27 @@ fn integer_field(o: &Obj, name: &'static str) -> Result<Option<i64>, ApiError> {
     }
 }
 
+/// A request body read as JSON (as `T`: serde_json's values, or minijinja's where the
+/// key order matters).
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))
+}
+
+/// A request body that must be a JSON object.
+fn object_body(body: &[u8]) -> Result<Obj, ApiError> {
+    match json_body(body)? {
+        Value::Object(o) => Ok(o),
+        _ => Err(not_an_object()),
+    }
+}
+
+pub(crate) fn not_an_object() -> ApiError {
+    ApiError::invalid("the body must be a JSON object", None)
+}
+
 /// Parses a request body: `chat` for `/v1/chat/completions`, else `/v1/completions`.
 pub fn parse_request(body: &[u8], chat: bool) -> Result<CompletionRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))?;
-    let Value::Object(o) = value else {
-        return Err(ApiError::invalid("the body must be a JSON object", None));
-    };
+    let o = object_body(body)?;
     refuse_unsupported(&o)?;
     if let Some(m) = field(&o, "model") {
         if !m.is_string() {
@@ -311,7 +326,7 @@ fn parse_tools(o: &Obj, body: &[u8]) -> Result<Option<ToolRequest>, ApiError> {
         };
     }
     // The list again with its keys in order: serde_json's map sorts them.
-    let ordered: minijinja::Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))?;
+    let ordered: minijinja::Value = json_body(body)?;
     let set = ToolSet::new(list, ordered.get_attr("tools").unwrap_or_default()).map_err(|e| ApiError::invalid(e, Some("tools")))?;
     let choice = choice.unwrap_or(ToolChoice::Auto);
     let grammar = set.grammar(&choice, parallel).map_err(|e| ApiError::invalid(format!("'tool_choice': {e}"), Some("tool_choice")))?;
@@ -321,8 +336,7 @@ fn parse_tools(o: &Obj, body: &[u8]) -> Result<Option<ToolRequest>, ApiError> {
 /// `POST /tokenize`'s body: `{"prompt": text}` (llama-server's `"content"` too) or
 /// `{"messages": [...], "tools": [...]}` for a chat's prompt as the template renders it.
 pub fn parse_tokenize(body: &[u8]) -> Result<(Prompt, Option<ToolSet>), ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))?;
-    let Value::Object(o) = value else { return Err(ApiError::invalid("the body must be a JSON object", None)) };
+    let o = object_body(body)?;
     match (field(&o, "prompt").or_else(|| field(&o, "content")), field(&o, "messages")) {
         (Some(Value::String(text)), None) => Ok((Prompt::Text(text.clone()), None)),
         (None, Some(_)) => {
@@ -341,8 +355,7 @@ pub fn tokenized(tokens: &[u32], context: usize) -> String {
 
 /// `POST /detokenize`'s body: `{"tokens": [ids]}`.
 pub fn parse_detokenize(body: &[u8]) -> Result<Vec<u32>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))?;
-    value
+    json_body::<Value>(body)?
         .get("tokens")
         .and_then(Value::as_array)
         .and_then(|ids| ids.iter().map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok())).collect::<Option<Vec<u32>>>())

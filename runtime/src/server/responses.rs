@@ -27,9 +27,9 @@ const REFUSED: [(&str, &str); 5] = [
 
 /// The chat request a Responses request amounts to; errors name the Responses fields.
 pub fn parse(body: &[u8]) -> Result<CompletionRequest, ApiError> {
-    let v: Ordered = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))?;
+    let v: Ordered = api::json_body(body)?;
     if v.kind() != ValueKind::Map {
-        return Err(ApiError::invalid("the body must be a JSON object", None));
+        return Err(api::not_an_object());
     }
     let get = |k: &str| v.get_attr(k).ok().filter(|x| !x.is_undefined() && !x.is_none());
     for (name, why) in REFUSED {
