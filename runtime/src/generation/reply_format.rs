@@ -100,6 +100,6 @@ mod tests {
         let f = ReplyFormat::new(Some(&both), "<think>", Some(&JsonFormat::Object), None, true).unwrap();
         assert!(matches!(f.held, Some(JsonFormat::Object)) && f.reading.thinking.is_none());
         // Nothing asked of a plain template: plain reading.
-        assert!(ReplyFormat::new(Some(&plain), "", None, None, true).unwrap().reading.is_plain());
+        assert_eq!(ReplyFormat::new(Some(&plain), "", None, None, true).unwrap().reading, Reading { parallel: true, ..Reading::default() });
     }
 }

@@ -417,9 +417,6 @@ impl<'a, 'v> App<'a, 'v> {
         let choices = (0..events.choices)
             .map(|i| {
                 let lp = events_logprobs(events.logprobs, info.chat, first, &logprobs[i], &|id| self.token_bytes(id), &mut 0);
-                if events.reading.is_plain() {
-                    return api::choice(info, i, &texts[i], finished[i].reason.as_str(), lp);
-                }
                 let parts = events.reading.read(&texts[i]);
                 let reason = if parts.calls.is_empty() { finished[i].reason.as_str() } else { "tool_calls" };
                 let mut choice = api::choice(info, i, &parts.content, reason, lp);
@@ -457,7 +454,7 @@ impl<'a, 'v> App<'a, 'v> {
             pending.clear();
             v
         };
-        let mut readers: Vec<Option<ReplyReader>> = (0..n).map(|_| (!events.reading.is_plain()).then(|| events.reading.reader())).collect();
+        let mut readers: Vec<Option<ReplyReader>> = (0..n).map(|_| Some(events.reading.reader())).collect();
         let mut finished = Vec::with_capacity(n);
         while finished.len() < n {
             let (i, event) = events.next()?;
@@ -480,10 +477,8 @@ impl<'a, 'v> App<'a, 'v> {
                     // Reasoning and answer go out as they are told apart; text that may be
                     // a tag or a call block is held (with its tokens' log-probabilities)
                     // until the next piece or the reply's end.
-                    let (reasoning, content) = match &mut readers[i] {
-                        Some(r) => r.push(&t),
-                        None => ("", t.as_str()),
-                    };
+                    let Some(reader) = &mut readers[i] else { continue };
+                    let (reasoning, content) = reader.push(&t);
                     if !reasoning.is_empty() {
                         send_event(events.stream, &api::reasoning_chunk(info, i, reasoning, take(i, &mut pending[i], None)))?;
                     }

@@ -17,11 +17,6 @@ pub struct Reading {
 }
 
 impl Reading {
-    /// Whether a reply is given back as its text, unread.
-    pub fn is_plain(&self) -> bool {
-        self.thinking.is_none() && self.calls.is_none()
-    }
-
     pub fn reader(self) -> ReplyReader {
         ReplyReader {
             think: self.thinking.map(ThinkSplitter::new),
@@ -117,8 +112,6 @@ mod tests {
         content.push_str(&end.content);
         assert_eq!((reasoning, content, end.calls), (parts.reasoning, parts.content, parts.calls));
         // Plain reading gives the text back.
-        let plain = Reading::default();
-        assert!(plain.is_plain());
-        assert_eq!(plain.read(reply).content, reply);
+        assert_eq!(Reading::default().read(reply).content, reply);
     }
 }
