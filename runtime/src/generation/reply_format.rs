@@ -41,11 +41,11 @@ pub struct ReplyFormat {
 
 impl ReplyFormat {
     /// For a chat reply rendered by `template` (`None`: not a chat), whose prompt ends
-    /// with `prompt_tail` (its last tokens' text); `reasoning`: give a thinking
-    /// model's reasoning apart.
+    /// with `prompt_tail()` (its last tokens' text, asked for a thinking model only);
+    /// `reasoning`: give a thinking model's reasoning apart.
     pub fn new(
         template: Option<&ChatTemplate>,
-        prompt_tail: &str,
+        prompt_tail: impl FnOnce() -> String,
         json: Option<&JsonFormat>,
         tools: Option<ToolUse>,
         reasoning: bool,
@@ -59,7 +59,7 @@ impl ReplyFormat {
         };
         // A reply held to a grammar from its first token has no reasoning.
         let from_start = json.is_some() || tools.is_some_and(|t| t.choice.requires_call());
-        let opened = template.filter(|t| t.thinks() && !from_start).map(|_| prompt_opens_thinking(prompt_tail));
+        let opened = template.filter(|t| t.thinks() && !from_start).map(|_| prompt_opens_thinking(&prompt_tail()));
         let grammar = |rules: &Arc<CallRules>| match opened {
             Some(o) if rules.is_lazy() => Arc::new((**rules).clone().after_reasoning(o)),
             _ => Arc::clone(rules),
@@ -85,21 +85,21 @@ mod tests {
         let (auto, required) = (ToolChoice::Auto, ToolChoice::Required);
         let tools = |choice| Some(ToolUse { choice, parallel: true, grammar: Some(&rules) });
         // Tools need a template with call syntax.
-        assert_eq!(ReplyFormat::new(Some(&plain), "", None, tools(&auto), true).unwrap_err(), ReplyFormatError::NoToolSyntax);
-        assert_eq!(ReplyFormat::new(None, "", None, tools(&auto), true).unwrap_err(), ReplyFormatError::NoToolSyntax);
+        assert_eq!(ReplyFormat::new(Some(&plain), || "".into(), None, tools(&auto), true).unwrap_err(), ReplyFormatError::NoToolSyntax);
+        assert_eq!(ReplyFormat::new(None, || "".into(), None, tools(&auto), true).unwrap_err(), ReplyFormatError::NoToolSyntax);
         // A thinking template whose prompt opened <think>: reasoning read, calls held
         // past it (the rules made so), unless the request keeps the text.
-        let f = ReplyFormat::new(Some(&both), "assistant\n<think>", None, tools(&auto), true).unwrap();
+        let f = ReplyFormat::new(Some(&both), || "assistant\n<think>".into(), None, tools(&auto), true).unwrap();
         assert_eq!((f.reading.thinking, f.reading.calls.is_some()), (Some(true), true));
         let Some(JsonFormat::Calls(held)) = &f.held else { panic!("held to calls") };
         assert!(!Arc::ptr_eq(held, &rules), "rules of their own, past the reasoning");
-        assert_eq!(ReplyFormat::new(Some(&both), "assistant\n", None, tools(&auto), false).unwrap().reading.thinking, None);
+        assert_eq!(ReplyFormat::new(Some(&both), || "assistant\n".into(), None, tools(&auto), false).unwrap().reading.thinking, None);
         // A grammar from the first token: no reasoning; a JSON format over tools.
-        let f = ReplyFormat::new(Some(&both), "<think>", None, tools(&required), true).unwrap();
+        let f = ReplyFormat::new(Some(&both), || "<think>".into(), None, tools(&required), true).unwrap();
         assert_eq!(f.reading.thinking, None);
-        let f = ReplyFormat::new(Some(&both), "<think>", Some(&JsonFormat::Object), None, true).unwrap();
+        let f = ReplyFormat::new(Some(&both), || "<think>".into(), Some(&JsonFormat::Object), None, true).unwrap();
         assert!(matches!(f.held, Some(JsonFormat::Object)) && f.reading.thinking.is_none());
         // Nothing asked of a plain template: plain reading.
-        assert_eq!(ReplyFormat::new(Some(&plain), "", None, None, true).unwrap().reading, Reading { parallel: true, ..Reading::default() });
+        assert_eq!(ReplyFormat::new(Some(&plain), || "".into(), None, None, true).unwrap().reading, Reading { parallel: true, ..Reading::default() });
     }
 }

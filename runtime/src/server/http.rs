@@ -287,9 +287,12 @@ impl<'a, 'v> App<'a, 'v> {
             Prompt::Chat(_) => self.chat.map(ChatFormat::template),
             _ => None,
         };
-        let tail = self.tokenizer.map(|t| t.decode(&prompt[prompt.len().saturating_sub(8)..])).unwrap_or_default();
+        let tail = || {
+            let bytes = self.tokenizer.map(|t| t.decode(&prompt[prompt.len().saturating_sub(8)..])).unwrap_or_default();
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
         let tools = req.tools.as_ref().map(|t| ToolUse { choice: &t.choice, parallel: t.parallel, grammar: t.grammar.as_ref() });
-        let ReplyFormat { held, reading } = ReplyFormat::new(template, &String::from_utf8_lossy(&tail), req.json.as_ref(), tools, req.reasoning)
+        let ReplyFormat { held, reading } = ReplyFormat::new(template, tail, req.json.as_ref(), tools, req.reasoning)
             .map_err(|e| ApiError::invalid(format!("'tools': {e}"), Some("tools")))?;
         // What an echo puts first: the prompt's text, and its first token (which has no
         // log-probability).
