@@ -11,6 +11,7 @@ use olmort::generation::generate::{Format, GenerateOptions};
 use olmort::generation::json::JsonFormat;
 use olmort::generation::json_schema::Schema;
 use olmort::generation::sampling::{SamplingParams, DEFAULT_PENALTY_LAST_N};
+use olmort::generation::reply_format::ReplyFormatError;
 use olmort::generation::session::ChatFormat;
 use olmort::generation::tools::{ToolChoice, ToolSet};
 use olmort::generation::trace::parse_tokens;
@@ -47,6 +48,9 @@ pub struct GenerateArgs {
     /// required (the reply is a call block), or a function's name (one call of it).
     #[arg(long, value_name = "CHOICE", requires = "tools", default_value = "auto")]
     pub tool_choice: String,
+    /// `--tools` once read (the prompt and the options both ask for it).
+    #[arg(skip)]
+    tool_set_read: std::cell::OnceCell<Option<ToolSet>>,
     /// Output: the seed's trace lines, running text, or one JSON object per position.
     #[arg(long, value_enum, default_value = "trace")]
     pub format: Format,
@@ -177,14 +181,20 @@ impl GenerateArgs {
             .collect()
     }
 
-    /// `--tools`, checked; the error names the file.
-    fn tool_set(&self) -> Result<Option<ToolSet>, String> {
-        let Some(path) = &self.tools else { return Ok(None) };
-        if path.as_os_str() == "-" {
-            return Err("--tools takes a file (standard input may hold --messages)".into());
+    /// `--tools`, read and checked once; the error names the file.
+    fn tool_set(&self) -> Result<Option<&ToolSet>, String> {
+        if let Some(read) = self.tool_set_read.get() {
+            return Ok(read.as_ref());
         }
-        let (name, text) = read_text_file(path)?;
-        ToolSet::parse(&text).map(Some).map_err(|e| format!("{name}: {e}"))
+        let read = match &self.tools {
+            None => None,
+            Some(path) if path.as_os_str() == "-" => return Err("--tools takes a file (standard input may hold --messages)".into()),
+            Some(path) => {
+                let (name, text) = read_text_file(path)?;
+                Some(ToolSet::parse(&text).map_err(|e| format!("{name}: {e}"))?)
+            }
+        };
+        Ok(self.tool_set_read.get_or_init(|| read).as_ref())
     }
 
     /// What the new text is held to: `--json` or `--json-schema`'s format, else a call
@@ -250,12 +260,9 @@ impl GenerateArgs {
             let messages = parse_messages(&text).map_err(|e| format!("{name}: {e}"))?;
             let tools = self.tool_set()?;
             if tools.is_some() && format.template().tool_syntax().is_none() {
-                return Err(format!(
-                    "--tools: {}: the chat template shows no tool-call syntax olmort reads (OLMo-3's <function_calls>)",
-                    model_path.display()
-                ));
+                return Err(format!("--tools: {}: {}", model_path.display(), ReplyFormatError::NoToolSyntax));
             }
-            return format.prompt_with_tools(&messages, tools.as_ref().map(|t| &t.tools)).map_err(|e| e.to_string());
+            return format.prompt_with_tools(&messages, tools.map(|t| &t.tools)).map_err(|e| e.to_string());
         }
         if !self.has_text_prompt() {
             return read_token_file(tokens);
