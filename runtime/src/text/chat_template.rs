@@ -196,11 +196,7 @@ pub struct Tools(Value);
 impl Tools {
     /// Parses a JSON list of tool definitions.
     pub fn parse(json: &str) -> Result<Tools, ChatError> {
-        let value: Value = serde_json::from_str(json).map_err(|e| ChatError::Messages(format!("tools: not JSON: {e}")))?;
-        if value.kind() != ValueKind::Seq {
-            return Err(ChatError::Messages("tools: expected a JSON list".into()));
-        }
-        Ok(Tools(value))
+        Tools::from_value(serde_json::from_str(json).map_err(|e| ChatError::Messages(format!("tools: not JSON: {e}")))?)
     }
 
     /// A list of tool definitions already read (with its key order).
