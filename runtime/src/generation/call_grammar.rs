@@ -28,11 +28,12 @@ use serde_json::Value;
 
 use super::json::{is_space, Grammar, JsonPrefix};
 use super::json_schema::{Schema, SchemaPrefix};
+use crate::text::{reasoning, tool_calls};
 
-const OPEN: &[u8] = b"<function_calls>";
-const CLOSE: &[u8] = b"</function_calls>";
-const THINK: &[u8] = b"<think>";
-const THINK_END: &[u8] = b"</think>";
+const OPEN: &[u8] = tool_calls::OPEN.as_bytes();
+const CLOSE: &[u8] = tool_calls::CLOSE.as_bytes();
+const THINK: &[u8] = reasoning::OPEN.as_bytes();
+const THINK_END: &[u8] = reasoning::CLOSE.as_bytes();
 
 /// Bytes of `tag` matched after `b`, `at` before: the tag's first byte appears in it
 /// only first, so a mismatch starts over (at that byte, where it is the first).

@@ -9,8 +9,10 @@
 //! reply begins (after whitespace), `</think>` ends the reasoning once, and text that
 //! may begin either tag is held until the next piece tells.
 
-const OPEN: &str = "<think>";
-const CLOSE: &str = "</think>";
+/// The tags around the reasoning (also read by the tool-call grammar,
+/// `generation::call_grammar`, which lets a reasoning go unheld).
+pub(crate) const OPEN: &str = "<think>";
+pub(crate) const CLOSE: &str = "</think>";
 
 /// Whether a chat template's model writes its reasoning in `<think>` tags.
 pub fn template_thinks(source: &str) -> bool {

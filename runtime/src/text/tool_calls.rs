@@ -28,8 +28,10 @@ pub enum ToolSyntax {
     FunctionCallTags,
 }
 
-const OPEN: &str = "<function_calls>";
-const CLOSE: &str = "</function_calls>";
+/// The tags around a call block (also the tool-call grammar's,
+/// `generation::call_grammar`).
+pub(crate) const OPEN: &str = "<function_calls>";
+pub(crate) const CLOSE: &str = "</function_calls>";
 
 /// Nesting of lists and dicts in an argument, at most (the reader recurses).
 const MAX_DEPTH: usize = 32;
