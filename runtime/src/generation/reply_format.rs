@@ -7,19 +7,10 @@ use std::sync::Arc;
 
 use super::call_grammar::CallRules;
 use super::json::JsonFormat;
-use super::tools::ToolChoice;
+use super::tools::{ToolChoice, ToolRequest};
 use crate::text::chat_template::ChatTemplate;
 use crate::text::reasoning::prompt_opens_thinking;
 use crate::text::reply::Reading;
-
-/// The tools a request offers, as far as the reply is concerned.
-#[derive(Debug, Clone, Copy)]
-pub struct ToolUse<'a> {
-    pub choice: &'a ToolChoice,
-    pub parallel: bool,
-    /// What the choice holds the reply to ([`super::tools::ToolSet::grammar`]).
-    pub grammar: Option<&'a Arc<CallRules>>,
-}
 
 /// Why a reply cannot be given as asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,14 +38,14 @@ impl ReplyFormat {
         template: Option<&ChatTemplate>,
         prompt_tail: impl FnOnce() -> String,
         json: Option<&JsonFormat>,
-        tools: Option<ToolUse>,
+        tools: Option<&ToolRequest>,
         reasoning: bool,
     ) -> Result<ReplyFormat, ReplyFormatError> {
         let calls = match tools {
             None => None,
             Some(t) => {
                 let syntax = template.and_then(ChatTemplate::tool_syntax).ok_or(ReplyFormatError::NoToolSyntax)?;
-                (*t.choice != ToolChoice::None).then_some(syntax)
+                (t.choice != ToolChoice::None).then_some(syntax)
             }
         };
         // A reply held to a grammar from its first token has no reasoning.
@@ -64,7 +55,7 @@ impl ReplyFormat {
             Some(o) if rules.is_lazy() => Arc::new((**rules).clone().after_reasoning(o)),
             _ => Arc::clone(rules),
         };
-        let held = json.cloned().or_else(|| tools?.grammar.map(|r| JsonFormat::Calls(grammar(r))));
+        let held = json.cloned().or_else(|| tools?.grammar.as_ref().map(|r| JsonFormat::Calls(grammar(r))));
         let reading = Reading { thinking: opened.filter(|_| reasoning), calls, parallel: tools.is_none_or(|t| t.parallel) };
         Ok(ReplyFormat { held, reading })
     }
@@ -72,30 +63,28 @@ impl ReplyFormat {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+    use crate::generation::tools::ToolSet;
 
     #[test]
     fn holds_and_reads_as_the_request_and_the_template_say() {
         let plain = ChatTemplate::new("plain", "{{ messages }}", &[]).unwrap();
         let both = ChatTemplate::new("both", "{{ '<function_calls>' }}{{ '<think>' }}", &[]).unwrap();
-        let parameters = json!({"properties": {"a": {}}});
-        let rules = Arc::new(CallRules::new([("f", Some(&parameters))], true).unwrap().lazy());
-        let (auto, required) = (ToolChoice::Auto, ToolChoice::Required);
-        let tools = |choice| Some(ToolUse { choice, parallel: true, grammar: Some(&rules) });
+        let set = ToolSet::parse(r#"[{"type": "function", "function": {"name": "f", "parameters": {"properties": {"a": {}}}}}]"#).unwrap();
+        let (auto, required) = (ToolRequest::new(set.clone(), ToolChoice::Auto, true).unwrap(), ToolRequest::new(set, ToolChoice::Required, true).unwrap());
+        let rules = auto.grammar.clone().unwrap();
         // Tools need a template with call syntax.
-        assert_eq!(ReplyFormat::new(Some(&plain), || "".into(), None, tools(&auto), true).unwrap_err(), ReplyFormatError::NoToolSyntax);
-        assert_eq!(ReplyFormat::new(None, || "".into(), None, tools(&auto), true).unwrap_err(), ReplyFormatError::NoToolSyntax);
+        assert_eq!(ReplyFormat::new(Some(&plain), || "".into(), None, Some(&auto), true).unwrap_err(), ReplyFormatError::NoToolSyntax);
+        assert_eq!(ReplyFormat::new(None, || "".into(), None, Some(&auto), true).unwrap_err(), ReplyFormatError::NoToolSyntax);
         // A thinking template whose prompt opened <think>: reasoning read, calls held
         // past it (the rules made so), unless the request keeps the text.
-        let f = ReplyFormat::new(Some(&both), || "assistant\n<think>".into(), None, tools(&auto), true).unwrap();
+        let f = ReplyFormat::new(Some(&both), || "assistant\n<think>".into(), None, Some(&auto), true).unwrap();
         assert_eq!((f.reading.thinking, f.reading.calls.is_some()), (Some(true), true));
         let Some(JsonFormat::Calls(held)) = &f.held else { panic!("held to calls") };
         assert!(!Arc::ptr_eq(held, &rules), "rules of their own, past the reasoning");
-        assert_eq!(ReplyFormat::new(Some(&both), || "assistant\n".into(), None, tools(&auto), false).unwrap().reading.thinking, None);
+        assert_eq!(ReplyFormat::new(Some(&both), || "assistant\n".into(), None, Some(&auto), false).unwrap().reading.thinking, None);
         // A grammar from the first token: no reasoning; a JSON format over tools.
-        let f = ReplyFormat::new(Some(&both), || "<think>".into(), None, tools(&required), true).unwrap();
+        let f = ReplyFormat::new(Some(&both), || "<think>".into(), None, Some(&required), true).unwrap();
         assert_eq!(f.reading.thinking, None);
         let f = ReplyFormat::new(Some(&both), || "<think>".into(), Some(&JsonFormat::Object), None, true).unwrap();
         assert!(matches!(f.held, Some(JsonFormat::Object)) && f.reading.thinking.is_none());

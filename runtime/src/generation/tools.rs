@@ -114,6 +114,32 @@ impl ToolSet {
     }
 }
 
+/// The functions a request offers the model, and whether it must call one.
+#[derive(Debug, Clone)]
+pub struct ToolRequest {
+    pub set: ToolSet,
+    pub choice: ToolChoice,
+    /// `parallel_tool_calls` (default true): false keeps a reply's first call only.
+    pub parallel: bool,
+    /// What the reply is held to ([`ToolSet::grammar`]).
+    pub grammar: Option<Arc<CallRules>>,
+}
+
+impl ToolRequest {
+    /// `set` offered under `choice`; the error as [`ToolSet::grammar`]'s.
+    pub fn new(set: ToolSet, choice: ToolChoice, parallel: bool) -> Result<ToolRequest, String> {
+        let grammar = set.grammar(&choice, parallel)?;
+        Ok(ToolRequest { set, choice, parallel, grammar })
+    }
+}
+
+impl PartialEq for ToolRequest {
+    /// Requests are compared in tests; the tools by their names.
+    fn eq(&self, other: &ToolRequest) -> bool {
+        (&self.set.names, &self.choice, self.parallel) == (&other.set.names, &other.choice, other.parallel)
+    }
+}
+
 fn cannot_hold(e: String) -> String {
     format!("a required call cannot be held to the tools: {e}")
 }

@@ -9,11 +9,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use crate::generation::call_grammar::CallRules;
 use crate::generation::json::JsonFormat;
 use crate::generation::json_schema::Schema;
 use crate::generation::logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
-use crate::generation::tools::{ToolChoice, ToolSet};
+use crate::generation::tools::{ToolChoice, ToolRequest, ToolSet};
 use crate::generation::sampling::{SamplingParams, DEFAULT_PENALTY_LAST_N};
 use crate::text::chat_template::{Message, MessageToolCall};
 use crate::text::tool_calls::ToolCall;
@@ -92,24 +91,6 @@ pub struct CompletionRequest {
     /// `reasoning_format` is "none" (llama-server's option): then the reply's text as
     /// written.
     pub reasoning: bool,
-}
-
-/// The functions a chat request offers the model, and whether it must call one.
-#[derive(Debug, Clone)]
-pub struct ToolRequest {
-    pub set: ToolSet,
-    pub choice: ToolChoice,
-    /// `parallel_tool_calls` (default true): false keeps a reply's first call only.
-    pub parallel: bool,
-    /// What the reply is held to ([`ToolSet::grammar`]).
-    pub grammar: Option<Arc<CallRules>>,
-}
-
-impl PartialEq for ToolRequest {
-    /// Requests are compared in tests; the tools by their names.
-    fn eq(&self, other: &ToolRequest) -> bool {
-        (&self.set.names, &self.choice, self.parallel) == (&other.set.names, &other.choice, other.parallel)
-    }
 }
 
 /// Stop strings a request may give (OpenAI allows 4).
@@ -329,8 +310,7 @@ fn parse_tools(o: &Obj, body: &[u8]) -> Result<Option<ToolRequest>, ApiError> {
     let ordered: minijinja::Value = json_body(body)?;
     let set = ToolSet::new(list, ordered.get_attr("tools").unwrap_or_default()).map_err(|e| ApiError::invalid(e, Some("tools")))?;
     let choice = choice.unwrap_or(ToolChoice::Auto);
-    let grammar = set.grammar(&choice, parallel).map_err(|e| ApiError::invalid(format!("'tool_choice': {e}"), Some("tool_choice")))?;
-    Ok(Some(ToolRequest { set, choice, parallel, grammar }))
+    ToolRequest::new(set, choice, parallel).map(Some).map_err(|e| ApiError::invalid(format!("'tool_choice': {e}"), Some("tool_choice")))
 }
 
 /// `POST /tokenize`'s body: `{"prompt": text}` (llama-server's `"content"` too) or

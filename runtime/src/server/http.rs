@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::generation::reply_format::{ReplyFormat, ToolUse};
+use crate::generation::reply_format::ReplyFormat;
 use crate::generation::logprobs::TokenLogprob;
 use crate::generation::sampling::SamplingParams;
 use crate::generation::session::ChatFormat;
@@ -291,8 +291,7 @@ impl<'a, 'v> App<'a, 'v> {
             let bytes = self.tokenizer.map(|t| t.decode(&prompt[prompt.len().saturating_sub(8)..])).unwrap_or_default();
             String::from_utf8_lossy(&bytes).into_owned()
         };
-        let tools = req.tools.as_ref().map(|t| ToolUse { choice: &t.choice, parallel: t.parallel, grammar: t.grammar.as_ref() });
-        let ReplyFormat { held, reading } = ReplyFormat::new(template, tail, req.json.as_ref(), tools, req.reasoning)
+        let ReplyFormat { held, reading } = ReplyFormat::new(template, tail, req.json.as_ref(), req.tools.as_ref(), req.reasoning)
             .map_err(|e| ApiError::invalid(format!("'tools': {e}"), Some("tools")))?;
         // What an echo puts first: the prompt's text, and its first token (which has no
         // log-probability).
