@@ -650,27 +650,15 @@ pub fn add_tool_calls(choice: &mut Value, calls: Value) {
 /// A chat stream's chunk of choice `index` whose delta is reasoning text (and the
 /// `logprobs` of its tokens).
 pub fn reasoning_chunk(info: &AnswerInfo, index: usize, text: &str, logprobs: Option<Value>) -> String {
-    json!({
-        "id": info.id,
-        "object": "chat.completion.chunk",
-        "created": info.created,
-        "model": info.model,
-        "choices": [{"index": index, "delta": {"reasoning_content": text}, "finish_reason": null, "logprobs": logprobs.unwrap_or(Value::Null)}],
-    })
-    .to_string()
+    let choice = json!({"index": index, "delta": {"reasoning_content": text}, "finish_reason": null, "logprobs": logprobs.unwrap_or(Value::Null)});
+    stream_chunk(info, json!([choice])).to_string()
 }
 
 /// A chat stream's chunk of choice `index` whose delta is the reply's calls
 /// ([`tool_calls`], streamed).
 pub fn tool_calls_chunk(info: &AnswerInfo, index: usize, calls: Value) -> String {
-    json!({
-        "id": info.id,
-        "object": "chat.completion.chunk",
-        "created": info.created,
-        "model": info.model,
-        "choices": [{"index": index, "delta": {"tool_calls": calls}, "finish_reason": null, "logprobs": null}],
-    })
-    .to_string()
+    let choice = json!({"index": index, "delta": {"tool_calls": calls}, "finish_reason": null, "logprobs": null});
+    stream_chunk(info, json!([choice])).to_string()
 }
 
 /// A whole (non-streamed) answer of `choices` ([`choice`]).
@@ -705,27 +693,25 @@ pub fn chunk(info: &AnswerInfo, index: usize, text: Option<&str>, first: bool, f
     } else {
         json!({"index": index, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs})
     };
+    stream_chunk(info, json!([choice])).to_string()
+}
+
+/// A stream chunk of `choices`, as every chunk of a stream starts.
+fn stream_chunk(info: &AnswerInfo, choices: Value) -> Value {
     json!({
         "id": info.id,
         "object": if info.chat { "chat.completion.chunk" } else { "text_completion" },
         "created": info.created,
         "model": info.model,
-        "choices": [choice],
+        "choices": choices,
     })
-    .to_string()
 }
 
 /// The stream's usage chunk (`stream_options.include_usage`): no choices.
 pub fn usage_chunk(info: &AnswerInfo, counts: Usage) -> String {
-    json!({
-        "id": info.id,
-        "object": if info.chat { "chat.completion.chunk" } else { "text_completion" },
-        "created": info.created,
-        "model": info.model,
-        "choices": [],
-        "usage": usage(counts),
-    })
-    .to_string()
+    let mut chunk = stream_chunk(info, json!([]));
+    chunk["usage"] = usage(counts);
+    chunk.to_string()
 }
 
 /// `GET /v1/models`.
